@@ -1,0 +1,8 @@
+"""fleetkeeper agent: polls the reconciler outbound and converges this node's workloads.
+
+Never imports ``reconciler`` (an edge node installs the agent with few dependencies).
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

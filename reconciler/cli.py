@@ -1,0 +1,64 @@
+"""``fleetkeeper`` command line: one parser, one error handler.
+
+Each subcommand lives in ``reconciler/commands/<name>.py`` and exposes
+``register(subparsers)`` (adds its parser, sets ``func``) and a ``run(args) -> int``.
+Exit codes: 0 ok, 1 the user's input is wrong (invalid file, halted release),
+2 usage, 3 a bug (with a pointer to the log), 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+
+from reconciler import __version__
+from reconciler.commands import audit, hooks, plan, serve, status, validate
+from reconciler.errors import FleetkeeperError
+from reconciler.logs import setup_logging
+
+COMMANDS = (validate, plan, serve, status, audit, hooks)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fleetkeeper", description="GitOps reconciler for fleets of self-hosted agents."
+    )
+    parser.add_argument("--version", action="version", version=f"fleetkeeper {__version__}")
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="log line format"
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_format, args.log_level)
+    try:
+        code: int = args.func(args)
+        return code
+    except KeyboardInterrupt:
+        return 130
+    except FleetkeeperError as exc:
+        print(f"fleetkeeper: {exc}", file=sys.stderr)
+        return 1
+    except Exception:  # one place turns a bug into exit 3 with the traceback logged
+        logging.getLogger("fleetkeeper").error("internal error\n%s", traceback.format_exc())
+        print(
+            "fleetkeeper: internal error (a bug); the traceback is above. Please report it.",
+            file=sys.stderr,
+        )
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``fleetkeeper`` subcommand: ``register(sub)`` and ``run(args) -> int``."""

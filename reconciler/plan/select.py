@@ -1,0 +1,177 @@
+"""Which version of each workload is desired, on which nodes, with what resolved settings.
+
+Pure functions. The rollout logic (batches, soak, halts) lives in ``rollout``; this
+module only answers "if the rollout were complete, what would each node run".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from reconciler.spec import JSON, Deployable, FleetSpec, NodeSpec, Targets
+
+_SEMVER = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$"
+)
+_PLACEHOLDER = re.compile(r"\$\{node\.(name|labels\.([A-Za-z0-9._/-]+))\}")
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """A node as the planner sees it: from nodes/<name>.yaml, else from what it registered."""
+
+    name: str
+    platform: str
+    accelerator: str = "cpu"
+    memory_gib: float | None = None
+    roles: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    declared: bool = True  # has a file in nodes/
+    runtimes: Mapping[str, bool] = field(default_factory=dict)
+
+    @classmethod
+    def from_spec(cls, node: NodeSpec) -> NodeFacts:
+        return cls(
+            name=node.name,
+            platform=node.platform,
+            accelerator=node.accelerator,
+            memory_gib=node.memory_gib,
+            roles=node.roles,
+            labels=dict(node.labels),
+            declared=True,
+        )
+
+
+def semver_key(version: str) -> tuple[int, int, int, int, tuple[tuple[int, int | str], ...]]:
+    """Sort key for semantic versions: a prerelease sorts before its release (semver §11)."""
+    m = _SEMVER.match(version)
+    if m is None:
+        return (-1, -1, -1, 0, ())
+    major, minor, patch, pre = int(m[1]), int(m[2]), int(m[3]), m[4]
+    if pre is None:
+        return (major, minor, patch, 1, ())
+    parts: list[tuple[int, int | str]] = []
+    for p in pre.split("."):
+        parts.append((0, int(p)) if p.isdigit() else (1, p))
+    return (major, minor, patch, 0, tuple(parts))
+
+
+def latest_versions(spec: FleetSpec) -> dict[str, Deployable]:
+    """The highest version of every workload name whose file exists in the revision."""
+    best: dict[str, Deployable] = {}
+    for d in spec.deployables:
+        cur = best.get(d.name)
+        if cur is None or semver_key(d.version) > semver_key(cur.version):
+            best[d.name] = d
+    return best
+
+
+def matches(targets: Targets, node: NodeFacts) -> bool:
+    """Every given selector must match; no selector at all matches every node."""
+    if targets.nodes is not None and node.name not in targets.nodes:
+        return False
+    if targets.roles is not None and not set(targets.roles) & set(node.roles):
+        return False
+    if targets.accelerators is not None and node.accelerator not in targets.accelerators:
+        return False
+    return all(node.labels.get(k) == v for k, v in targets.labels.items())
+
+
+def inventory(spec: FleetSpec, registered: Iterable[NodeFacts] = ()) -> dict[str, NodeFacts]:
+    """Declared nodes win over registered facts; a registered node without a file keeps its own."""
+    out: dict[str, NodeFacts] = {}
+    reg = {n.name: n for n in registered}
+    for name, node in spec.nodes.items():
+        facts = NodeFacts.from_spec(node)
+        if name in reg:
+            facts = NodeFacts(
+                name=facts.name,
+                platform=facts.platform,
+                accelerator=facts.accelerator,
+                memory_gib=facts.memory_gib,
+                roles=facts.roles,
+                labels=facts.labels,
+                declared=True,
+                runtimes=dict(reg[name].runtimes),
+            )
+        out[name] = facts
+    for name, facts in reg.items():
+        if name not in out:
+            out[name] = NodeFacts(
+                name=facts.name,
+                platform=facts.platform,
+                accelerator=facts.accelerator,
+                memory_gib=facts.memory_gib,
+                roles=facts.roles,
+                labels=dict(facts.labels),
+                declared=False,
+                runtimes=dict(facts.runtimes),
+            )
+    return out
+
+
+def target_nodes(d: Deployable, nodes: Mapping[str, NodeFacts]) -> list[str]:
+    """Names of the nodes ``d`` targets, sorted, canaries first in their given order."""
+    chosen = sorted(n for n, f in nodes.items() if matches(d.targets, f))
+    canary = [c for c in d.rollout.canary if c in chosen]
+    return canary + [n for n in chosen if n not in canary]
+
+
+def resolve(value: JSON, node: NodeFacts) -> JSON:
+    """Replace ${node.name} and ${node.labels.KEY} in every string of ``value``."""
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            if m[1] == "name":
+                return node.name
+            return node.labels.get(m[2], "")
+
+        return _PLACEHOLDER.sub(sub, value)
+    if isinstance(value, list):
+        return [resolve(v, node) for v in value]
+    if isinstance(value, dict):
+        return {k: resolve(v, node) for k, v in value.items()}
+    return value
+
+
+def workload_document(d: Deployable, node: NodeFacts) -> dict[str, JSON] | None:
+    """The desired-state entry of ``d`` for ``node`` (None: no artifact for its platform)."""
+    art = d.artifact_for(node.platform)
+    if art is None:
+        return None
+    doc: dict[str, JSON] = {
+        "name": d.name,
+        "kind": d.kind,
+        "version": d.version,
+        "artifact": art.to_json(),
+    }
+    if d.run:
+        doc["run"] = resolve(dict(d.run), node)
+    if d.health:
+        doc["health"] = resolve(dict(d.health), node)
+    if d.version_probe:
+        doc["versionProbe"] = resolve(list(d.version_probe), node)
+    if d.kind == "model":
+        args = resolve(dict(d.args), node)
+        assert isinstance(args, dict)
+        port = args.get("port")
+        if isinstance(port, str) and port.isdigit():
+            args["port"] = int(port)
+        doc["model"] = {"runtime": d.runtime, "args": args}
+    return doc
+
+
+def desired_workloads(
+    spec: FleetSpec, nodes: Mapping[str, NodeFacts]
+) -> dict[str, list[dict[str, JSON]]]:
+    """Per node, the workload documents of the latest version of everything that targets it."""
+    out: dict[str, list[dict[str, JSON]]] = {n: [] for n in sorted(nodes)}
+    for name in sorted(latest := latest_versions(spec)):
+        d = latest[name]
+        for node_name in target_nodes(d, nodes):
+            doc = workload_document(d, nodes[node_name])
+            if doc is not None:
+                out[node_name].append(doc)
+    return out

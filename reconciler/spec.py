@@ -1,0 +1,222 @@
+"""The fleet spec as values: what the files of one revision of a fleet repo say.
+
+Pure: built from already-parsed documents (``dict`` per path, as the YAML loader
+returns them after schema validation). No I/O here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+
+JSON: TypeAlias = dict[str, "JSON"] | list["JSON"] | str | int | float | bool | None
+WorkloadKind = Literal["process", "model"]
+OnFailure = Literal["halt", "rollback"]
+
+DEFAULT_BATCH_SIZE: int | str = 1
+DEFAULT_SOAK_SECONDS = 300
+DEFAULT_TIMEOUT_SECONDS = 900
+DEFAULT_ON_FAILURE: OnFailure = "halt"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    platform: str  # "linux/amd64" ... or "any" (model files)
+    url: str
+    sha256: str
+    size: int | None = None
+
+    def to_json(self) -> dict[str, JSON]:
+        out: dict[str, JSON] = {"platform": self.platform, "url": self.url, "sha256": self.sha256}
+        if self.size is not None:
+            out["size"] = self.size
+        return out
+
+
+@dataclass(frozen=True)
+class Targets:
+    roles: tuple[str, ...] | None = None
+    accelerators: tuple[str, ...] | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    nodes: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Rollout:
+    batch_size: int | str = DEFAULT_BATCH_SIZE  # count or "25%"
+    canary: tuple[str, ...] = ()
+    soak_seconds: int = DEFAULT_SOAK_SECONDS
+    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
+    on_failure: OnFailure = DEFAULT_ON_FAILURE
+
+
+@dataclass(frozen=True)
+class Deployable:
+    """One version of something a node runs: a Release (kind process) or a Model."""
+
+    name: str
+    version: str
+    kind: WorkloadKind
+    path: str  # file in the fleet repo, e.g. releases/inference-agent/0.8.4.yaml
+    artifacts: tuple[Artifact, ...]
+    run: Mapping[str, JSON]  # {"command": [...], "env": {...}}; models: {} (agent builds it)
+    health: Mapping[str, JSON]
+    version_probe: tuple[str, ...] | None
+    targets: Targets
+    rollout: Rollout
+    runtime: str | None = None  # models: "llama-cpp" | "mlx-lm"
+    args: Mapping[str, JSON] = field(default_factory=dict)  # models: runtime args
+
+    def artifact_for(self, platform: str) -> Artifact | None:
+        for art in self.artifacts:
+            if art.platform == platform:
+                return art
+        for art in self.artifacts:
+            if art.platform == "any":
+                return art
+        return None
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    platform: str
+    accelerator: str = "cpu"
+    memory_gib: float | None = None
+    roles: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    path: str | None = None  # nodes/<name>.yaml; None for a node known only from registration
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    name: str = "fleet"
+    allow_insecure_urls: bool = False
+    default_rollout: Mapping[str, JSON] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    fleet: FleetSettings
+    nodes: Mapping[str, NodeSpec]
+    deployables: tuple[Deployable, ...]  # every release and model file, all versions
+
+
+def _str_tuple(value: object) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    assert isinstance(value, list)
+    return tuple(str(v) for v in value)
+
+
+def _str_map(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _dict(value: object) -> dict[str, JSON]:
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def parse_rollout(own: Mapping[str, JSON], defaults: Mapping[str, JSON]) -> Rollout:
+    """A release's rollout block over the fleet defaults over the built-in defaults."""
+    merged = {**defaults, **own}
+    batch = merged.get("batchSize", DEFAULT_BATCH_SIZE)
+    on_failure = merged.get("onFailure", DEFAULT_ON_FAILURE)
+    soak = merged.get("soakSeconds", DEFAULT_SOAK_SECONDS)
+    timeout = merged.get("timeoutSeconds", DEFAULT_TIMEOUT_SECONDS)
+    assert isinstance(batch, int | str) and isinstance(soak, int) and isinstance(timeout, int)
+    return Rollout(
+        batch_size=batch,
+        canary=_str_tuple(merged.get("canary")) or (),
+        soak_seconds=soak,
+        timeout_seconds=timeout,
+        on_failure="rollback" if on_failure == "rollback" else "halt",
+    )
+
+
+def parse_targets(doc: object) -> Targets:
+    d = _dict(doc)
+    return Targets(
+        roles=_str_tuple(d.get("roles")),
+        accelerators=_str_tuple(d.get("accelerators")),
+        labels=_str_map(d.get("labels")),
+        nodes=_str_tuple(d.get("nodes")),
+    )
+
+
+def parse_artifacts(doc: object) -> tuple[Artifact, ...]:
+    out = []
+    for a in doc if isinstance(doc, list) else []:
+        assert isinstance(a, dict)
+        size = a.get("size")
+        out.append(
+            Artifact(
+                platform=str(a["platform"]),
+                url=str(a["url"]),
+                sha256=str(a["sha256"]),
+                size=size if isinstance(size, int) else None,
+            )
+        )
+    return tuple(out)
+
+
+def parse_fleet(doc: Mapping[str, JSON] | None) -> FleetSettings:
+    if doc is None:
+        return FleetSettings()
+    defaults = _dict(doc.get("defaults"))
+    return FleetSettings(
+        name=str(doc.get("name", "fleet")),
+        allow_insecure_urls=bool(doc.get("allowInsecureURLs", False)),
+        default_rollout=_dict(defaults.get("rollout")),
+    )
+
+
+def parse_node(path: str | None, doc: Mapping[str, JSON]) -> NodeSpec:
+    mem = doc.get("memoryGiB")
+    return NodeSpec(
+        name=str(doc["name"]),
+        platform=str(doc["platform"]),
+        accelerator=str(doc.get("accelerator", "cpu")),
+        memory_gib=float(mem) if isinstance(mem, int | float) else None,
+        roles=_str_tuple(doc.get("roles")) or (),
+        labels=_str_map(doc.get("labels")),
+        path=path,
+    )
+
+
+def parse_deployable(path: str, doc: Mapping[str, JSON], fleet: FleetSettings) -> Deployable:
+    is_model = doc.get("kind") == "Model"
+    probe = doc.get("versionProbe")
+    return Deployable(
+        name=str(doc["name"] if is_model else doc["agent"]),
+        version=str(doc["version"]),
+        kind="model" if is_model else "process",
+        path=path,
+        artifacts=parse_artifacts(doc.get("artifacts")),
+        run=_dict(doc.get("run")),
+        health=_dict(doc.get("health")),
+        version_probe=_str_tuple(probe) if isinstance(probe, list) else None,
+        targets=parse_targets(doc.get("targets")),
+        rollout=parse_rollout(_dict(doc.get("rollout")), fleet.default_rollout),
+        runtime=str(doc["runtime"]) if is_model else None,
+        args=_dict(doc.get("args")) if is_model else {},
+    )
+
+
+def build_spec(documents: Mapping[str, Mapping[str, JSON]]) -> FleetSpec:
+    """The fleet spec from schema-valid documents keyed by repo-relative path."""
+    fleet = parse_fleet(documents.get("fleet.yaml"))
+    nodes: dict[str, NodeSpec] = {}
+    deployables: list[Deployable] = []
+    for path in sorted(documents):
+        doc = documents[path]
+        kind = doc.get("kind")
+        if kind == "Node":
+            node = parse_node(path, doc)
+            nodes[node.name] = node
+        elif kind in ("Release", "Model"):
+            deployables.append(parse_deployable(path, doc, fleet))
+    return FleetSpec(fleet=fleet, nodes=nodes, deployables=tuple(deployables))

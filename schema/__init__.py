@@ -1,0 +1,69 @@
+"""JSON Schemas of every fleetkeeper document, loaded with importlib.resources.
+
+Both the reconciler and the agent import this package; it depends on nothing
+but ``jsonschema`` (and its ``referencing`` library).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+NAMES = (
+    "common",
+    "fleet",
+    "node",
+    "release",
+    "model",
+    "register",
+    "register-response",
+    "desired-state",
+    "status-report",
+    "fleet-status",
+    "reconciler-config",
+    "agent-config",
+)
+
+KIND_SCHEMAS = {"Fleet": "fleet", "Node": "node", "Release": "release", "Model": "model"}
+
+
+@cache
+def load(name: str) -> dict[str, Any]:
+    """The schema document ``schema/<name>.schema.json``."""
+    text = resources.files(__name__).joinpath(f"{name}.schema.json").read_text("utf-8")
+    doc: dict[str, Any] = json.loads(text)
+    return doc
+
+
+@cache
+def registry() -> Registry:
+    resources_ = [
+        (load(n)["$id"], Resource.from_contents(load(n), default_specification=DRAFT202012))
+        for n in NAMES
+    ]
+    return Registry().with_resources(resources_)
+
+
+@cache
+def validator(name: str) -> Draft202012Validator:
+    """A ready validator for ``name`` with cross-file ``$ref`` resolved and formats checked."""
+    return Draft202012Validator(
+        load(name),
+        registry=registry(),
+        format_checker=Draft202012Validator.FORMAT_CHECKER,
+    )
+
+
+def errors(name: str, document: object) -> list[str]:
+    """Every violation of ``name`` in ``document`` as 'path: message' (empty: valid)."""
+    out = []
+    for err in sorted(validator(name).iter_errors(document), key=lambda e: list(e.path)):
+        where = "/".join(str(p) for p in err.absolute_path) or "(document)"
+        out.append(f"{where}: {err.message}")
+    return out

@@ -1,0 +1,93 @@
+"""The store interface: what the reconcile loop and the API persist.
+
+Every method is synchronous and transactional on its own: when it returns, the
+write is durable (a crash afterwards loses nothing that was acknowledged).
+Documents (desired state, reports, rollout state, approval evidence, audit details)
+are JSON values; the store does not interpret them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from reconciler.spec import JSON
+
+
+@dataclass(frozen=True)
+class AppliedRevision:
+    sha: str
+    approval: Mapping[str, JSON]  # {"kind", "ref", "signers"}
+    applied_at: float  # unix time
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    time: float
+    kind: str  # applied | refused | invalid | rollout-step | halted | succeeded | stale | registered ...
+    message: str
+    revision: str | None = None
+    release: str | None = None
+    node: str | None = None
+    details: Mapping[str, JSON] = field(default_factory=dict)
+    id: int | None = None  # assigned by the store
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    name: str
+    facts: Mapping[str, JSON]  # the register document (platform, accelerator, roles, ...)
+    token_hash: str  # sha256 hex of the node token
+    registered_at: float
+
+
+@dataclass(frozen=True)
+class DesiredRecord:
+    node: str
+    generation: int
+    etag: str  # quoted strong ETag, e.g. "\"3-ab12\""
+    document: Mapping[str, JSON]
+
+
+@dataclass(frozen=True)
+class ReportRecord:
+    node: str
+    report: Mapping[str, JSON]  # the status-report document as received
+    received_at: float
+
+
+class Store(Protocol):
+    def close(self) -> None: ...
+
+    # revisions
+    def applied_revision(self) -> AppliedRevision | None: ...
+    def set_applied_revision(self, rev: AppliedRevision) -> None: ...
+
+    # audit (append-only)
+    def append_audit(self, event: AuditEvent) -> int: ...
+    def audit(self, since: float | None = None, limit: int = 1000) -> Sequence[AuditEvent]: ...
+
+    # nodes and tokens
+    def upsert_node(self, node: NodeRecord) -> None: ...
+    def node(self, name: str) -> NodeRecord | None: ...
+    def nodes(self) -> Sequence[NodeRecord]: ...
+
+    # desired state: put_desired bumps the generation and ETag only when the
+    # workloads/revision differ from the stored document; returns the stored record
+    # and whether anything changed
+    def desired(self, node: str) -> DesiredRecord | None: ...
+    def all_desired(self) -> Sequence[DesiredRecord]: ...
+    def put_desired(self, node: str, document: Mapping[str, JSON]) -> tuple[DesiredRecord, bool]: ...
+
+    # reports (last one per node)
+    def put_report(self, report: ReportRecord) -> None: ...
+    def reports(self) -> Sequence[ReportRecord]: ...
+
+    # rollout state per release name (opaque JSON owned by reconciler.plan.rollout)
+    def rollouts(self) -> Mapping[str, Mapping[str, JSON]]: ...
+    def put_rollout(self, name: str, state: Mapping[str, JSON]) -> None: ...
+
+    # key/value for small bits of loop state (e.g. the last refused tip)
+    def get_meta(self, key: str) -> str | None: ...
+    def set_meta(self, key: str, value: str) -> None: ...

@@ -1,0 +1,148 @@
+"""The reconciler configuration: one frozen object from file, then environment, then defaults.
+
+Trust settings (branch, approval mode, allowed signers) live here and never in the fleet
+repo being judged. Secrets come from files named here or from environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+import schema
+from reconciler.errors import ConfigError
+
+DEFAULT_BRANCH = "main"
+DEFAULT_LISTEN = "127.0.0.1:8700"
+DEFAULT_TAG_PATTERN = "deploy/*"
+DEFAULT_HEARTBEAT_TTL = 90
+DEFAULT_POLL_INTERVAL = 60.0
+DEFAULT_MAX_BODY = 1024 * 1024
+DEFAULT_STATE_DIR = "/var/lib/fleetkeeper"
+
+ENV_BOOTSTRAP = "FLEETKEEPER_BOOTSTRAP_TOKEN"
+ENV_ADMIN = "FLEETKEEPER_ADMIN_TOKEN"
+ENV_WEBHOOK = "FLEETKEEPER_WEBHOOK_SECRET"
+
+ApprovalMode = Literal["merged-pr", "signed-tag"]
+
+
+@dataclass(frozen=True)
+class ApprovalSettings:
+    mode: ApprovalMode = "merged-pr"
+    tag_pattern: str = DEFAULT_TAG_PATTERN
+    threshold: int = 1
+    require_signed_merges: bool = False
+    allowed_signers: Path | None = None
+    gpg_keyring: Path | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    repo: str
+    branch: str = DEFAULT_BRANCH
+    approval: ApprovalSettings = field(default_factory=ApprovalSettings)
+    state_dir: Path = Path(DEFAULT_STATE_DIR)
+    database: str = ""  # resolved to sqlite:///<state_dir>/state.db when empty
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8700
+    bootstrap_token: str | None = field(default=None, repr=False)
+    admin_token: str | None = field(default=None, repr=False)
+    webhook_secret: str | None = field(default=None, repr=False)
+    heartbeat_ttl: int = DEFAULT_HEARTBEAT_TTL
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    source_file: Path | None = None
+
+    @property
+    def database_url(self) -> str:
+        return self.database or f"sqlite:///{self.state_dir / 'state.db'}"
+
+
+def _path(base: Path, value: object) -> Path | None:
+    if value is None:
+        return None
+    p = Path(str(value)).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def _secret(
+    base: Path, doc: Mapping[str, object], key: str, env_name: str, env: Mapping[str, str]
+) -> str | None:
+    """A secret from the environment first, else from the file the config names."""
+    if env.get(env_name):
+        return env[env_name].strip()
+    path = _path(base, doc.get(key))
+    if path is None:
+        return None
+    try:
+        value = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from exc
+    if not value:
+        raise ConfigError(f"{key}: {path} is empty")
+    return value
+
+
+def parse_config(
+    doc: Mapping[str, object], *, base: Path, env: Mapping[str, str], source: Path | None = None
+) -> Config:
+    """Build a Config from a parsed document; relative paths are relative to ``base``."""
+    problems = schema.errors("reconciler-config", doc)
+    if problems:
+        where = str(source) if source else "config"
+        raise ConfigError(f"{where} is invalid:\n  " + "\n  ".join(problems))
+    appr = doc.get("approval") or {}
+    assert isinstance(appr, dict)
+    repo = str(doc["repo"])
+    if "://" not in repo:
+        repo = str(_path(base, repo))
+    listen = str(doc.get("listen", DEFAULT_LISTEN))
+    host, _, port = listen.rpartition(":")
+    state_dir = _path(base, doc.get("stateDir")) or Path(DEFAULT_STATE_DIR)
+    database = str(doc.get("database", ""))
+    return Config(
+        repo=repo,
+        branch=str(doc.get("branch", DEFAULT_BRANCH)),
+        approval=ApprovalSettings(
+            mode="signed-tag" if appr.get("mode") == "signed-tag" else "merged-pr",
+            tag_pattern=str(appr.get("tagPattern", DEFAULT_TAG_PATTERN)),
+            threshold=int(appr.get("threshold", 1)),
+            require_signed_merges=bool(appr.get("requireSignedMerges", False)),
+            allowed_signers=_path(base, appr.get("allowedSigners")),
+            gpg_keyring=_path(base, appr.get("gpgKeyring")),
+        ),
+        state_dir=state_dir,
+        database=database,
+        listen_host=host,
+        listen_port=int(port),
+        bootstrap_token=_secret(base, doc, "bootstrapTokenFile", ENV_BOOTSTRAP, env),
+        admin_token=_secret(base, doc, "adminTokenFile", ENV_ADMIN, env),
+        webhook_secret=_secret(base, doc, "webhookSecretFile", ENV_WEBHOOK, env),
+        heartbeat_ttl=int(str(doc.get("heartbeatTTLSeconds", DEFAULT_HEARTBEAT_TTL))),
+        poll_interval=float(str(doc.get("pollIntervalSeconds", DEFAULT_POLL_INTERVAL))),
+        max_body_bytes=int(str(doc.get("maxBodyBytes", DEFAULT_MAX_BODY))),
+        source_file=source,
+    )
+
+
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the reconciler config file at ``path``."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    try:
+        doc = yaml.load(text, Loader=yaml.CSafeLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    return parse_config(
+        doc, base=path.parent.resolve(), env=os.environ if env is None else env, source=path
+    )

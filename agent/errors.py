@@ -1,0 +1,54 @@
+"""Errors of the agent, classified by what should happen next.
+
+::
+
+    AgentError (reason)
+    ├── ConfigError        a human must fix the agent's config (stalled)
+    ├── ServerError        the reconciler answered badly or not at all (transient: back off)
+    │   └── AuthError      401/403: re-register with the bootstrap token
+    └── WorkloadError      converging one workload failed (reported as Failed)
+        ├── DownloadError  fetching the artifact failed (network, disk space)
+        ├── VerifyError    size or SHA-256 mismatch: nothing was touched
+        ├── UnpackError    the archive is unsafe or unreadable
+        └── ProveError     the restarted version could not be proven to run
+"""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Base of every agent error; ``reason`` is a short CamelCase code for reports."""
+
+    reason = "AgentError"
+
+
+class ConfigError(AgentError):
+    reason = "ConfigInvalid"
+
+
+class ServerError(AgentError):
+    reason = "ServerUnreachable"
+
+
+class AuthError(ServerError):
+    reason = "Unauthorized"
+
+
+class WorkloadError(AgentError):
+    reason = "WorkloadFailed"
+
+
+class DownloadError(WorkloadError):
+    reason = "DownloadFailed"
+
+
+class VerifyError(WorkloadError):
+    reason = "VerifyFailed"
+
+
+class UnpackError(WorkloadError):
+    reason = "UnsafeArchive"
+
+
+class ProveError(WorkloadError):
+    reason = "ProveFailed"

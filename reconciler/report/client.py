@@ -1,0 +1,93 @@
+"""The admin side of the reconciler's HTTP API, for ``status`` and ``audit`` (I/O).
+
+The admin token comes from ``--token-file`` or ``FLEETKEEPER_TOKEN`` and travels only as
+``Authorization: Bearer``; it never appears in an error message.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from reconciler.errors import ConfigError, FleetkeeperError, Waiting, sanitize
+
+DEFAULT_SERVER = "http://127.0.0.1:8700"
+ENV_TOKEN = "FLEETKEEPER_TOKEN"
+ENV_SERVER = "FLEETKEEPER_SERVER"
+
+
+def read_token(token_file: str | None, env: Mapping[str, str] | None = None) -> str | None:
+    """The admin token from ``token_file`` if given, else from $FLEETKEEPER_TOKEN."""
+    environ = os.environ if env is None else env
+    if token_file:
+        path = Path(token_file).expanduser()
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"--token-file: cannot read {path}: {exc.strerror}") from exc
+        if not token:
+            raise ConfigError(f"--token-file: {path} is empty")
+        return token
+    value = environ.get(ENV_TOKEN, "").strip()
+    return value or None
+
+
+class AdminClient:
+    """GET /v1/fleet and /v1/audit with the admin token."""
+
+    def __init__(self, server: str, token: str | None, timeout: float = 10.0) -> None:
+        self.server = server.rstrip("/")
+        headers = {"Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(base_url=self.server, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        where = sanitize(f"{self.server}{path}")
+        try:
+            resp = self._http.get(path, params=params)
+        except httpx.HTTPError as exc:
+            raise Waiting(
+                f"cannot reach the reconciler at {where}: {exc.__class__.__name__}: {exc}. "
+                "Is `fleetkeeper serve` running there? (--server URL)"
+            ) from exc
+        if resp.status_code in (401, 403):
+            raise ConfigError(
+                f"{where}: the server refused the admin token ({resp.status_code}); "
+                f"pass --token-file FILE or set {ENV_TOKEN}"
+            )
+        if resp.status_code != 200:
+            raise FleetkeeperError(f"{where}: HTTP {resp.status_code}: {resp.text[:300]}")
+        try:
+            return resp.json()
+        except ValueError as exc:
+            raise FleetkeeperError(f"{where}: the answer is not JSON") from exc
+
+    def fleet(self) -> dict[str, Any]:
+        doc = self._get("/v1/fleet")
+        if not isinstance(doc, dict):
+            raise FleetkeeperError(f"{self.server}/v1/fleet: expected a JSON object")
+        return doc
+
+    def audit(self, since: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        params = {"limit": str(limit)}
+        if since is not None:
+            params["since"] = f"{since:.3f}"
+        doc = self._get("/v1/audit", params)
+        events = doc.get("events") if isinstance(doc, dict) else doc
+        if not isinstance(events, list):
+            raise FleetkeeperError(f"{self.server}/v1/audit: expected a list of events")
+        return [e for e in events if isinstance(e, dict)]

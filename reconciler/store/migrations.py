@@ -1,0 +1,70 @@
+"""Versioned schema migrations of the SQLite store.
+
+Each entry is (version, statements). A database records every applied version in
+``schema_migrations``; opening a database runs the missing ones in order, each in its
+own transaction, and refuses a database written by a newer fleetkeeper.
+Never edit a released migration: append a new one.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (
+        1,
+        (
+            """CREATE TABLE meta (
+                key TEXT PRIMARY KEY,
+                value TEXT NOT NULL
+            )""",
+            """CREATE TABLE applied_revisions (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                sha TEXT NOT NULL,
+                approval TEXT NOT NULL,
+                applied_at REAL NOT NULL
+            )""",
+            """CREATE TABLE audit (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                time REAL NOT NULL,
+                kind TEXT NOT NULL,
+                message TEXT NOT NULL,
+                revision TEXT,
+                release TEXT,
+                node TEXT,
+                details TEXT NOT NULL
+            )""",
+            "CREATE INDEX audit_by_time ON audit (time)",
+            """CREATE TABLE nodes (
+                name TEXT PRIMARY KEY,
+                facts TEXT NOT NULL,
+                token_hash TEXT NOT NULL,
+                registered_at REAL NOT NULL
+            )""",
+            """CREATE TABLE desired (
+                node TEXT PRIMARY KEY,
+                generation INTEGER NOT NULL,
+                etag TEXT NOT NULL,
+                document TEXT NOT NULL
+            )""",
+            """CREATE TABLE reports (
+                node TEXT PRIMARY KEY,
+                report TEXT NOT NULL,
+                received_at REAL NOT NULL
+            )""",
+            """CREATE TABLE rollouts (
+                name TEXT PRIMARY KEY,
+                state TEXT NOT NULL
+            )""",
+            # The history tables are append-only: the database itself refuses edits.
+            """CREATE TRIGGER audit_append_only_u BEFORE UPDATE ON audit
+               BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END""",
+            """CREATE TRIGGER audit_append_only_d BEFORE DELETE ON audit
+               BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END""",
+            """CREATE TRIGGER revisions_append_only_u BEFORE UPDATE ON applied_revisions
+               BEGIN SELECT RAISE(ABORT, 'applied revisions are append-only'); END""",
+            """CREATE TRIGGER revisions_append_only_d BEFORE DELETE ON applied_revisions
+               BEGIN SELECT RAISE(ABORT, 'applied revisions are append-only'); END""",
+        ),
+    ),
+)
+
+LATEST = MIGRATIONS[-1][0]

@@ -1,0 +1,287 @@
+"""SQLite backend of the store: one file, WAL mode, versioned migrations.
+
+Durability: the database runs in WAL mode with ``synchronous=FULL``, so every commit
+fsyncs the write-ahead log before the method returns. A crash of the process *or* of
+the machine after a method returned loses nothing (``NORMAL`` would survive a process
+crash but could drop the last commits on power loss, which breaks the promise that an
+acknowledged report or token is kept). Each method is one transaction.
+
+Threads: one connection shared behind a lock; the API calls in from worker threads and
+the reconcile loop from its own thread. Calls are short, so the lock is never held long.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, cast
+
+from reconciler.errors import ConfigError
+from reconciler.spec import JSON
+from reconciler.store.base import (
+    AppliedRevision,
+    AuditEvent,
+    DesiredRecord,
+    NodeRecord,
+    ReportRecord,
+)
+from reconciler.store.migrations import LATEST, MIGRATIONS
+
+log = logging.getLogger(__name__)
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _loads(text: str) -> Any:
+    return json.loads(text)
+
+
+def desired_etag(generation: int, document: Mapping[str, JSON]) -> str:
+    """A strong, quoted ETag from the generation and the content (stable across restarts)."""
+    digest = hashlib.sha256(_dumps(document).encode()).hexdigest()[:16]
+    return f'"{generation}-{digest}"'
+
+
+def _comparable(document: Mapping[str, JSON]) -> str:
+    return _dumps({k: v for k, v in document.items() if k != "generation"})
+
+
+class SqliteStore:
+    """The Store protocol over one SQLite file (``:memory:`` for throwaway use)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot open database {path}: {exc}") from exc
+        self._lock = threading.Lock()
+        self._closed = False
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    # plumbing
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._closed:
+                raise sqlite3.ProgrammingError("the store is closed")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            if self._closed:
+                raise sqlite3.ProgrammingError("the store is closed")
+            return list(self._db.execute(sql, params).fetchall())
+
+    def _migrate(self) -> None:
+        with self._tx() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+            )
+        current = self.schema_version()
+        if current > LATEST:
+            raise ConfigError(
+                f"database {self.path} has schema version {current}, newer than this "
+                f"fleetkeeper knows ({LATEST}); upgrade fleetkeeper or use another database"
+            )
+        for version, statements in MIGRATIONS:
+            if version <= current:
+                continue
+            with self._tx() as db:
+                for sql in statements:
+                    db.execute(sql)
+                db.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                    (version, time.time()),
+                )
+            log.info("store: applied migration %d to %s", version, self.path)
+
+    # protocol
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._db.close()
+
+    def ping(self) -> None:
+        self._read("SELECT 1")
+
+    def schema_version(self) -> int:
+        rows = self._read("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+        return int(rows[0][0])
+
+    def applied_revision(self) -> AppliedRevision | None:
+        rows = self._read(
+            "SELECT sha, approval, applied_at FROM applied_revisions ORDER BY id DESC LIMIT 1"
+        )
+        if not rows:
+            return None
+        sha, approval, at = rows[0]
+        return AppliedRevision(sha=sha, approval=_loads(approval), applied_at=at)
+
+    def set_applied_revision(self, rev: AppliedRevision) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO applied_revisions (sha, approval, applied_at) VALUES (?, ?, ?)",
+                (rev.sha, _dumps(rev.approval), rev.applied_at),
+            )
+
+    def append_audit(self, event: AuditEvent) -> int:
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO audit (time, kind, message, revision, release, node, details) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    event.time,
+                    event.kind,
+                    event.message,
+                    event.revision,
+                    event.release,
+                    event.node,
+                    _dumps(event.details),
+                ),
+            )
+            return int(cast(int, cur.lastrowid))
+
+    def audit(self, since: float | None = None, limit: int = 1000) -> Sequence[AuditEvent]:
+        rows = self._read(
+            "SELECT id, time, kind, message, revision, release, node, details FROM audit "
+            "WHERE time >= ? ORDER BY id LIMIT ?",
+            (since if since is not None else float("-inf"), max(0, limit)),
+        )
+        return [
+            AuditEvent(
+                id=r[0],
+                time=r[1],
+                kind=r[2],
+                message=r[3],
+                revision=r[4],
+                release=r[5],
+                node=r[6],
+                details=_loads(r[7]),
+            )
+            for r in rows
+        ]
+
+    def upsert_node(self, node: NodeRecord) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO nodes (name, facts, token_hash, registered_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET facts = excluded.facts, "
+                "token_hash = excluded.token_hash, registered_at = excluded.registered_at",
+                (node.name, _dumps(node.facts), node.token_hash, node.registered_at),
+            )
+
+    def node(self, name: str) -> NodeRecord | None:
+        rows = self._read(
+            "SELECT name, facts, token_hash, registered_at FROM nodes WHERE name = ?", (name,)
+        )
+        return _node(rows[0]) if rows else None
+
+    def nodes(self) -> Sequence[NodeRecord]:
+        rows = self._read("SELECT name, facts, token_hash, registered_at FROM nodes ORDER BY name")
+        return [_node(r) for r in rows]
+
+    def desired(self, node: str) -> DesiredRecord | None:
+        rows = self._read(
+            "SELECT node, generation, etag, document FROM desired WHERE node = ?", (node,)
+        )
+        return _desired(rows[0]) if rows else None
+
+    def all_desired(self) -> Sequence[DesiredRecord]:
+        rows = self._read("SELECT node, generation, etag, document FROM desired ORDER BY node")
+        return [_desired(r) for r in rows]
+
+    def put_desired(self, node: str, document: Mapping[str, JSON]) -> tuple[DesiredRecord, bool]:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT node, generation, etag, document FROM desired WHERE node = ?", (node,)
+            ).fetchone()
+            if row is not None:
+                old = _desired(row)
+                if _comparable(old.document) == _comparable(document):
+                    return old, False
+                generation = old.generation + 1
+            else:
+                generation = 1
+            doc: dict[str, JSON] = {**document, "generation": generation}
+            rec = DesiredRecord(
+                node=node, generation=generation, etag=desired_etag(generation, doc), document=doc
+            )
+            db.execute(
+                "INSERT INTO desired (node, generation, etag, document) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (node) DO UPDATE SET generation = excluded.generation, "
+                "etag = excluded.etag, document = excluded.document",
+                (node, generation, rec.etag, _dumps(doc)),
+            )
+            return rec, True
+
+    def put_report(self, report: ReportRecord) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO reports (node, report, received_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (node) DO UPDATE SET report = excluded.report, "
+                "received_at = excluded.received_at",
+                (report.node, _dumps(report.report), report.received_at),
+            )
+
+    def reports(self) -> Sequence[ReportRecord]:
+        rows = self._read("SELECT node, report, received_at FROM reports ORDER BY node")
+        return [ReportRecord(node=r[0], report=_loads(r[1]), received_at=r[2]) for r in rows]
+
+    def rollouts(self) -> Mapping[str, Mapping[str, JSON]]:
+        rows = self._read("SELECT name, state FROM rollouts ORDER BY name")
+        return {r[0]: _loads(r[1]) for r in rows}
+
+    def put_rollout(self, name: str, state: Mapping[str, JSON]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO rollouts (name, state) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET state = excluded.state",
+                (name, _dumps(state)),
+            )
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+
+def _node(row: tuple[Any, ...]) -> NodeRecord:
+    return NodeRecord(name=row[0], facts=_loads(row[1]), token_hash=row[2], registered_at=row[3])
+
+
+def _desired(row: tuple[Any, ...]) -> DesiredRecord:
+    return DesiredRecord(node=row[0], generation=row[1], etag=row[2], document=_loads(row[3]))

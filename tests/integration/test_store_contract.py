@@ -1,0 +1,231 @@
+"""Contract suite for every Store backend: the same tests run against each of BACKENDS.
+
+A new backend (PostgreSQL) adds an opener to BACKENDS; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from reconciler.errors import ConfigError
+from reconciler.store import Store, open_store
+from reconciler.store.base import (
+    AppliedRevision,
+    AuditEvent,
+    NodeRecord,
+    ReportRecord,
+)
+from reconciler.store.migrations import LATEST
+
+Opener = Callable[[], Store]
+
+
+def _sqlite(tmp: Path) -> Opener:
+    url = f"sqlite:///{tmp / 'state' / 'state.db'}"
+    return lambda: open_store(url)
+
+
+BACKENDS: dict[str, Callable[[Path], Opener]] = {"sqlite": _sqlite}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    return BACKENDS[request.param](tmp_path)
+
+
+@pytest.fixture
+def store(opener: Opener) -> Iterator[Store]:
+    s = opener()
+    yield s
+    s.close()
+
+
+def _doc(node: str, version: str = "1.0.0", revision: str = "a" * 40) -> dict[str, object]:
+    return {
+        "apiVersion": "fleetkeeper/v1",
+        "kind": "DesiredState",
+        "node": node,
+        "generation": 0,
+        "revision": revision,
+        "approval": {"kind": "merge", "ref": revision, "signers": []},
+        "workloads": [{"name": "agent", "kind": "process", "version": version}],
+    }
+
+
+def test_fresh_store_is_empty_and_migrated(store: Store) -> None:
+    assert store.schema_version() == LATEST
+    store.ping()
+    assert store.applied_revision() is None
+    assert list(store.audit()) == []
+    assert list(store.nodes()) == []
+    assert store.desired("x") is None
+    assert list(store.all_desired()) == []
+    assert list(store.reports()) == []
+    assert dict(store.rollouts()) == {}
+    assert store.get_meta("k") is None
+
+
+def test_applied_revision_latest_wins(store: Store) -> None:
+    store.set_applied_revision(AppliedRevision("a" * 40, {"kind": "merge"}, 1.0))
+    store.set_applied_revision(AppliedRevision("b" * 40, {"kind": "tag", "ref": "deploy/1"}, 2.0))
+    rev = store.applied_revision()
+    assert rev == AppliedRevision("b" * 40, {"kind": "tag", "ref": "deploy/1"}, 2.0)
+
+
+def test_audit_appends_in_order_with_since_and_limit(store: Store) -> None:
+    ids = [
+        store.append_audit(AuditEvent(time=float(t), kind="applied", message=f"m{t}", node="n"))
+        for t in range(5)
+    ]
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    events = store.audit()
+    assert [e.message for e in events] == ["m0", "m1", "m2", "m3", "m4"]
+    assert [e.id for e in events] == ids
+    assert [e.message for e in store.audit(since=3.0)] == ["m3", "m4"]
+    assert [e.message for e in store.audit(limit=2)] == ["m0", "m1"]
+    e = store.audit(since=4.0)[0]
+    assert (e.kind, e.node, e.revision, dict(e.details)) == ("applied", "n", None, {})
+
+
+def test_nodes_upsert_rotates_token_and_facts(store: Store) -> None:
+    store.upsert_node(NodeRecord("gpu-1", {"platform": "linux/amd64"}, "h1", 1.0))
+    store.upsert_node(NodeRecord("cpu-1", {"platform": "linux/arm64"}, "h2", 2.0))
+    store.upsert_node(NodeRecord("gpu-1", {"platform": "linux/amd64", "roles": ["x"]}, "h3", 3.0))
+    got = store.node("gpu-1")
+    assert got == NodeRecord("gpu-1", {"platform": "linux/amd64", "roles": ["x"]}, "h3", 3.0)
+    assert [n.name for n in store.nodes()] == ["cpu-1", "gpu-1"]
+    assert store.node("nope") is None
+
+
+def test_put_desired_bumps_generation_only_on_change(store: Store) -> None:
+    rec1, changed1 = store.put_desired("n1", _doc("n1"))
+    assert changed1 and rec1.generation == 1 and rec1.document["generation"] == 1
+    rec2, changed2 = store.put_desired("n1", _doc("n1"))
+    assert not changed2 and rec2 == rec1
+    rec3, changed3 = store.put_desired("n1", _doc("n1", version="1.1.0"))
+    assert changed3 and rec3.generation == 2 and rec3.etag != rec1.etag
+    assert rec3.etag.startswith('"') and rec3.etag.endswith('"')
+    rec4, changed4 = store.put_desired("n1", _doc("n1", version="1.1.0", revision="c" * 40))
+    assert changed4 and rec4.generation == 3
+    assert store.desired("n1") == rec4
+    store.put_desired("n0", _doc("n0"))
+    assert [d.node for d in store.all_desired()] == ["n0", "n1"]
+
+
+def test_reports_keep_last_per_node(store: Store) -> None:
+    store.put_report(ReportRecord("n1", {"generation": 1, "workloads": []}, 10.0))
+    store.put_report(ReportRecord("n1", {"generation": 2, "workloads": []}, 11.0))
+    store.put_report(ReportRecord("n2", {"generation": 1, "workloads": []}, 12.0))
+    reps = {r.node: r for r in store.reports()}
+    assert reps["n1"] == ReportRecord("n1", {"generation": 2, "workloads": []}, 11.0)
+    assert set(reps) == {"n1", "n2"}
+
+
+def test_rollouts_and_meta(store: Store) -> None:
+    store.put_rollout("agent", {"phase": "Progressing", "batch": 1})
+    store.put_rollout("agent", {"phase": "Soaking", "batch": 1})
+    store.put_rollout("model", {"phase": "Pending"})
+    assert dict(store.rollouts()) == {
+        "agent": {"phase": "Soaking", "batch": 1},
+        "model": {"phase": "Pending"},
+    }
+    store.set_meta("refused-tip", "abc")
+    store.set_meta("refused-tip", "def")
+    assert store.get_meta("refused-tip") == "def"
+
+
+def test_reopen_after_close_keeps_everything(opener: Opener) -> None:
+    s = opener()
+    s.set_applied_revision(AppliedRevision("a" * 40, {"kind": "merge"}, 1.0))
+    s.append_audit(AuditEvent(time=1.0, kind="applied", message="applied a", revision="a" * 40))
+    s.upsert_node(NodeRecord("n1", {"platform": "linux/amd64"}, "hash", 1.0))
+    rec, _ = s.put_desired("n1", _doc("n1"))
+    s.put_report(ReportRecord("n1", {"generation": 1}, 5.0))
+    s.put_rollout("agent", {"phase": "Succeeded"})
+    s.set_meta("k", "v")
+    s.close()
+    s2 = opener()
+    try:
+        assert s2.schema_version() == LATEST
+        assert s2.applied_revision() == AppliedRevision("a" * 40, {"kind": "merge"}, 1.0)
+        assert [e.message for e in s2.audit()] == ["applied a"]
+        assert s2.node("n1") == NodeRecord("n1", {"platform": "linux/amd64"}, "hash", 1.0)
+        assert s2.desired("n1") == rec
+        assert s2.put_desired("n1", _doc("n1"))[1] is False  # same content, no new generation
+        assert [r.received_at for r in s2.reports()] == [5.0]
+        assert dict(s2.rollouts()) == {"agent": {"phase": "Succeeded"}}
+        assert s2.get_meta("k") == "v"
+    finally:
+        s2.close()
+
+
+def test_concurrent_writers_from_threads(store: Store) -> None:
+    def work(i: int) -> None:
+        for j in range(20):
+            store.put_report(ReportRecord(f"n{i}", {"generation": j}, float(j)))
+            store.append_audit(AuditEvent(time=float(j), kind="report", message=f"{i}-{j}"))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(store.audit(limit=1000)) == 80
+    assert {r.node: r.report["generation"] for r in store.reports()} == {
+        f"n{i}": 19 for i in range(4)
+    }
+
+
+def test_closed_store_refuses_calls(opener: Opener) -> None:
+    s = opener()
+    s.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        s.ping()
+
+
+# SQLite specifics: the file, its journal mode and the migration bookkeeping.
+
+
+def test_sqlite_is_wal_full_and_audit_append_only(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    s = open_store(f"sqlite:///{path}")
+    s.append_audit(AuditEvent(time=1.0, kind="applied", message="m"))
+    s.close()
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        versions = [r[0] for r in db.execute("SELECT version FROM schema_migrations")]
+        assert versions == list(range(1, LATEST + 1))
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            db.execute("UPDATE audit SET message = 'x'")
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            db.execute("DELETE FROM audit")
+    finally:
+        db.close()
+
+
+def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    open_store(f"sqlite:///{path}").close()
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, 0)", (LATEST + 1,))
+    db.commit()
+    db.close()
+    with pytest.raises(ConfigError, match="newer than this fleetkeeper"):
+        open_store(f"sqlite:///{path}")
+
+
+def test_sqlite_migrations_run_once(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    for _ in range(3):
+        open_store(f"sqlite:///{path}").close()
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == LATEST
+    finally:
+        db.close()

@@ -164,24 +164,34 @@ def node_rows(status: Mapping[str, Any], now: float) -> list[NodeRow]:
     return sorted(rows, key=lambda r: r.node)
 
 
-def _batch(i: int, b: object, now: float) -> BatchStep:
+def _batch(i: int, b: object, release_phase: str, now: float) -> BatchStep:
     if not isinstance(b, Mapping):
         return BatchStep(i, (), "-", "-", "-", "muted")
     nodes = b.get("nodes") or []
-    state = _s(b.get("state") or b.get("phase") or b.get("status"))
     started = to_unix(b.get("startedAt", b.get("started")))
-    finished = to_unix(b.get("finishedAt", b.get("finished")))
+    finished = to_unix(b.get("doneAt", b.get("finishedAt", b.get("finished"))))
+    state = _s(b.get("state") or b.get("phase") or b.get("status"), "")
+    if not state:  # the store form has only times: say what they mean
+        if finished is not None:
+            state = "Done"
+        elif started is None:
+            state = "Waiting"
+        elif release_phase in ("Halted", "Superseded"):
+            state = release_phase
+        else:
+            state = "Soaking" if release_phase == "Soaking" else "Rolling out"
     lower = state.lower()
     if lower in ("halted", "failed", "timedout", "timeout"):
         tone: Tone = "bad"
     elif lower in ("succeeded", "done", "healthy", "complete", "completed"):
         tone = "ok"
-    elif lower in ("pending", "waiting", "-"):
+    elif lower in ("pending", "waiting", "superseded", "-"):
         tone = "muted"
     else:
         tone = "busy"
+    index = b.get("index", i)
     return BatchStep(
-        index=int(b.get("index", i)) if isinstance(b.get("index", i), int) else i,
+        index=index if isinstance(index, int) else i,
         nodes=tuple(str(x) for x in nodes) if isinstance(nodes, list) else (),
         state=state,
         started=ago(started, now) if started is not None else "-",
@@ -213,7 +223,7 @@ def release_rows(status: Mapping[str, Any], now: float) -> list[ReleaseRow]:
                 soak_left=soak_left,
                 reason=_s(r.get("reason"), ""),
                 tone=release_tone(phase),
-                batches=tuple(_batch(i + 1, b, now) for i, b in enumerate(batches))
+                batches=tuple(_batch(i + 1, b, phase, now) for i, b in enumerate(batches))
                 if isinstance(batches, list)
                 else (),
             )

@@ -1,15 +1,219 @@
-"""`fleetkeeper validate` (not built yet)."""
+"""`fleetkeeper validate [PATH...] [--staged] [--rev REV] [--repo DIR] [--format text|json]`.
+
+Reads fleet files from the working tree (default), the git index (``--staged``: what
+will be committed) or a revision's tree (``--rev``), validates the whole fleet repo they
+belong to, and reports on the named PATHs (all files when none is named) plus cross-file
+errors that involve them. Exit 0 valid (warnings allowed), 1 invalid, 2 usage error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from reconciler import gitfiles
+from reconciler.errors import CommandError
+from reconciler.validate import Report, validate_files
+from reconciler.validate.report import merge, render_json, render_text, summary
+
+_MARKER_DIRS = ("nodes", "releases", "models")
+
+
+class UsageError(Exception):
+    """The invocation cannot be carried out (exit 2)."""
 
 
 def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser("validate", help="(not built yet)")
+    p: argparse.ArgumentParser = sub.add_parser(
+        "validate",
+        help="validate fleet files (schema, YAML pitfalls, cross-file rules)",
+        description="Validate the fleet files of a fleet repo. Errors are printed as "
+        "path:line:column: message. Exit 0 valid, 1 invalid, 2 usage error.",
+    )
+    p.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="files or folders to report on (default: the whole fleet repo); the rest of "
+        "the repo is still loaded for cross-file rules",
+    )
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--staged", action="store_true", help="validate the git index (what will be committed)"
+    )
+    source.add_argument("--rev", metavar="REV", help="validate the tree of a commit")
+    p.add_argument(
+        "--repo", metavar="DIR", help="the fleet repo (default: found from the current folder)"
+    )
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("fleetkeeper validate: not built yet")
+    try:
+        report = collect(
+            [Path(p) for p in args.paths],
+            staged=args.staged,
+            rev=args.rev,
+            repo=Path(args.repo) if args.repo else None,
+            cwd=Path.cwd(),
+        )
+    except UsageError as exc:
+        print(f"fleetkeeper validate: {exc}", file=sys.stderr)
+        return 2
+    if args.format == "json":
+        print(render_json(report))
+    else:
+        sys.stdout.write(render_text(report))
+        print(f"fleetkeeper validate: {summary(report)}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+@dataclass
+class _Group:
+    """Named paths (relative to one fleet root); ``everything`` when the root itself is named."""
+
+    named: set[str] = field(default_factory=set)
+    everything: bool = False
+
+
+def find_root(start: Path, stop: Path | None = None) -> Path:
+    """The fleet repo holding ``start``: the nearest folder with fleet.yaml, else with
+    nodes/, releases/ or models/, else the git top level, else ``start`` itself."""
+    start = start.resolve()
+    chain = [start, *start.parents]
+    if stop is not None:
+        stop = stop.resolve()
+        chain = chain[: chain.index(stop) + 1] if stop in chain else chain
+    for folder in chain:
+        if (folder / "fleet.yaml").is_file():
+            return folder
+    for folder in chain:
+        if any((folder / d).is_dir() for d in _MARKER_DIRS):
+            return folder
+    top = gitfiles.toplevel(start) if start.is_dir() else None
+    return top.resolve() if top is not None else start
+
+
+def worktree_files(root: Path) -> dict[str, bytes]:
+    """YAML files of a fleet repo on disk (fleet.yaml and under nodes/, releases/, models/)."""
+    files: dict[str, bytes] = {}
+    for name in ("fleet.yaml", "fleet.yml"):
+        if (root / name).is_file():
+            files[name] = (root / name).read_bytes()
+    for top in _MARKER_DIRS:
+        base = root / top
+        if not base.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            rel_dir = Path(dirpath).relative_to(root).as_posix()
+            for fn in filenames:
+                if fn.endswith((".yaml", ".yml")) and not fn.startswith("."):
+                    files[f"{rel_dir}/{fn}"] = (Path(dirpath) / fn).read_bytes()
+    return files
+
+
+def _display_prefix(root: Path, cwd: Path) -> str:
+    """How paths are shown: relative to the current folder when inside it, else absolute."""
+    rel = os.path.relpath(root, cwd)
+    if rel == ".":
+        return ""
+    if rel.startswith(".."):
+        return root.as_posix() + "/"
+    return Path(rel).as_posix() + "/"
+
+
+def _group_paths(
+    paths: list[Path], cwd: Path, root_of: Any, *, on_disk: bool = True
+) -> dict[Path, _Group]:
+    groups: dict[Path, _Group] = {}
+    for raw in paths:
+        path = (cwd / raw).resolve()
+        if on_disk and not path.exists():
+            raise UsageError(f"{raw}: no such file or folder")
+        root: Path = root_of(path if path.is_dir() else path.parent)
+        group = groups.setdefault(root, _Group())
+        if path == root:
+            group.everything = True
+            continue
+        try:
+            rel = path.relative_to(root).as_posix()
+        except ValueError as exc:
+            raise UsageError(f"{raw} is outside the fleet repo {root}") from exc
+        is_folder = path.is_dir() or str(raw).endswith("/")
+        group.named.add(rel.rstrip("/") + "/" if is_folder else rel)
+    return groups
+
+
+def _narrow(report: Report, group: _Group) -> Report:
+    if group.everything:
+        return report
+    files = {p for p in group.named if not p.endswith("/")}
+    folders = tuple(p for p in group.named if p.endswith("/"))
+    wanted = files | {p for p in report.checked if p.startswith(folders)}
+    wanted |= {v.path for v in report.violations if v.path.startswith(folders)}
+    return report.only(wanted)
+
+
+def collect(
+    paths: list[Path],
+    *,
+    staged: bool = False,
+    rev: str | None = None,
+    repo: Path | None = None,
+    cwd: Path,
+) -> Report:
+    """Read, validate and narrow: the report ``fleetkeeper validate`` prints."""
+    base = (cwd / repo).resolve() if repo is not None else cwd.resolve()
+    if not base.is_dir():
+        raise UsageError(f"{repo}: no such folder")
+    if staged or rev is not None:
+        return _collect_git(paths, staged=staged, rev=rev, base=base, cwd=cwd)
+    if not paths:
+        groups = {find_root(base): _Group(everything=True)}
+    else:
+        groups = _group_paths(paths, cwd, find_root)
+    reports = []
+    for root, group in groups.items():
+        report = _narrow(validate_files(worktree_files(root)), group)
+        reports.append(report.with_prefix(_display_prefix(root, cwd.resolve())))
+    return merge(reports)
+
+
+def _collect_git(
+    paths: list[Path], *, staged: bool, rev: str | None, base: Path, cwd: Path
+) -> Report:
+    if not gitfiles.is_repository(base):
+        raise UsageError(f"{base} is not in a git repository")
+    top = gitfiles.toplevel(base)
+    if top is None:  # a bare repository: the fleet lives at the root of its trees
+        if staged:
+            raise UsageError(f"{base} is a bare repository: it has no index to validate")
+        git_dir, root, prefix = base, base, ""
+    else:
+        top = top.resolve()
+        git_dir = top
+        root = find_root(base, stop=top)
+        prefix = "" if root == top else root.relative_to(top).as_posix() + "/"
+    try:
+        if staged:
+            files = gitfiles.index_files(git_dir, prefix)
+        else:
+            assert rev is not None
+            if gitfiles.resolve_commit(git_dir, rev) is None:
+                raise UsageError(f"{rev!r} names no commit in {git_dir}")
+            files = gitfiles.tree_files(git_dir, rev, prefix)
+    except CommandError as exc:
+        raise UsageError(str(exc)) from exc
+    group = (
+        _group_paths(paths, cwd, lambda _p: root, on_disk=False)[root]
+        if paths
+        else _Group(everything=True)
+    )
+    report = _narrow(validate_files(files), group)
+    return report.with_prefix(_display_prefix(root, cwd.resolve()))

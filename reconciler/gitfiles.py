@@ -1,0 +1,128 @@
+"""Fleet files as git sees them: from the index (what will be committed) or a revision's tree.
+
+Uses the git CLI, which honours everything a hook's environment sets up: the temporary
+index of ``git commit -a`` / ``git commit PATH`` (GIT_INDEX_FILE) and the quarantined
+objects of a push being received (GIT_OBJECT_DIRECTORY, GIT_QUARANTINE_PATH). The
+environment is therefore passed through unchanged.
+
+Only YAML files are read (``*.yaml``, ``*.yml``); symlinks and submodules are skipped.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from reconciler.errors import CommandError, FleetkeeperError
+
+ZERO_SHA = "0" * 40
+_REGULAR_MODES = ("100644", "100755")
+
+
+class NotARepository(FleetkeeperError):
+    reason = "NotARepository"
+
+
+def _git(repo: Path, *args: str, stdin: bytes | None = None) -> bytes:
+    argv = ["git", *args]
+    proc = subprocess.run(argv, cwd=repo, input=stdin, capture_output=True)
+    if proc.returncode != 0:
+        raise CommandError(argv, proc.returncode, proc.stderr.decode("utf-8", "replace"))
+    return proc.stdout
+
+
+def toplevel(path: Path) -> Path | None:
+    """The work tree's top folder holding ``path``; None outside a work tree (or bare)."""
+    proc = subprocess.run(
+        ["git", "rev-parse", "--show-toplevel"], cwd=path, capture_output=True, text=True
+    )
+    out = proc.stdout.strip()
+    return Path(out) if proc.returncode == 0 and out else None
+
+
+def is_repository(path: Path) -> bool:
+    proc = subprocess.run(["git", "rev-parse", "--git-dir"], cwd=path, capture_output=True)
+    return proc.returncode == 0
+
+
+def hooks_dir(repo: Path) -> Path:
+    """Where git looks for hooks in ``repo`` (honours core.hooksPath)."""
+    if not is_repository(repo):
+        raise NotARepository(f"{repo} is not a git repository")
+    out = _git(repo, "rev-parse", "--git-path", "hooks").decode().strip()
+    path = Path(out)
+    return path if path.is_absolute() else (repo / path).resolve()
+
+
+def resolve_commit(repo: Path, rev: str) -> str | None:
+    """The commit ``rev`` names (tags peeled), or None when it names no commit."""
+    proc = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def _wanted(path: str, prefix: str) -> bool:
+    return path.startswith(prefix) and path.endswith((".yaml", ".yml"))
+
+
+def _read_blobs(repo: Path, entries: Sequence[tuple[str, str]]) -> dict[str, bytes]:
+    """``{path: bytes}`` for (path, blob sha) pairs, with one ``git cat-file --batch``."""
+    if not entries:
+        return {}
+    request = "".join(f"{sha}\n" for _, sha in entries).encode()
+    out = _git(repo, "cat-file", "--batch", stdin=request)
+    files: dict[str, bytes] = {}
+    pos = 0
+    for path, sha in entries:
+        end = out.index(b"\n", pos)
+        header = out[pos:end].decode().split()
+        if len(header) != 3 or header[0] != sha:
+            raise CommandError(["git", "cat-file", "--batch"], 0, f"unexpected header {header}")
+        size = int(header[2])
+        files[path] = out[end + 1 : end + 1 + size]
+        pos = end + 1 + size + 1  # content is followed by a newline
+    return files
+
+
+def _strip(entries: Iterable[tuple[str, str]], prefix: str) -> list[tuple[str, str]]:
+    return [(path[len(prefix) :], sha) for path, sha in entries]
+
+
+def index_files(repo: Path, prefix: str = "") -> dict[str, bytes]:
+    """YAML files staged in the index under ``prefix`` ('' or 'dir/'), paths without it.
+
+    ``repo`` is the work tree's top folder; ``prefix`` is relative to it.
+    """
+    out = _git(repo, "ls-files", "--stage", "-z", "--full-name")
+    entries: list[tuple[str, str]] = []
+    for record in out.decode("utf-8", "surrogateescape").split("\0"):
+        if not record:
+            continue
+        meta, path = record.split("\t", 1)
+        mode, sha, stage = meta.split()
+        # stage != 0: an unresolved merge conflict; the commit cannot happen yet anyway
+        if mode in _REGULAR_MODES and stage == "0" and _wanted(path, prefix):
+            entries.append((path, sha))
+    return _read_blobs(repo, _strip(entries, prefix))
+
+
+def tree_files(repo: Path, rev: str, prefix: str = "") -> dict[str, bytes]:
+    """YAML files of revision ``rev``'s tree under ``prefix``, paths without it."""
+    commit = resolve_commit(repo, rev)
+    if commit is None:
+        raise CommandError(["git", "rev-parse", rev], 128, f"{rev!r} names no commit")
+    out = _git(repo, "ls-tree", "-r", "-z", "--full-tree", commit)
+    entries: list[tuple[str, str]] = []
+    for record in out.decode("utf-8", "surrogateescape").split("\0"):
+        if not record:
+            continue
+        meta, path = record.split("\t", 1)
+        mode, kind, sha = meta.split()
+        if kind == "blob" and mode in _REGULAR_MODES and _wanted(path, prefix):
+            entries.append((path, sha))
+    return _read_blobs(repo, _strip(entries, prefix))

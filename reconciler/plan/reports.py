@@ -1,0 +1,81 @@
+"""What nodes report, as values the planner can judge. Pure.
+
+"Target version running" means: the node's last report lists the workload with
+``version == target``, ``healthy: true`` and phase ``Healthy``, and the report is within
+the heartbeat TTL. A report older than the TTL makes the node ``Stale``: never healthy,
+never converged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from reconciler.spec import JSON
+
+
+@dataclass(frozen=True)
+class WorkloadObservation:
+    name: str
+    version: str | None
+    desired_version: str | None
+    phase: str
+    healthy: bool
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    """A node's last status report and when the reconciler received it (unix seconds)."""
+
+    node: str
+    received_at: float
+    workloads: Mapping[str, WorkloadObservation]
+
+    @classmethod
+    def from_json(cls, node: str, doc: Mapping[str, JSON], received_at: float) -> NodeReport:
+        out: dict[str, WorkloadObservation] = {}
+        items = doc.get("workloads")
+        for w in items if isinstance(items, list) else []:
+            if not isinstance(w, dict) or not isinstance(w.get("name"), str):
+                continue
+            version, desired, message = w.get("version"), w.get("desiredVersion"), w.get("message")
+            name = str(w["name"])
+            out[name] = WorkloadObservation(
+                name=name,
+                version=version if isinstance(version, str) else None,
+                desired_version=desired if isinstance(desired, str) else None,
+                phase=str(w.get("phase", "")),
+                healthy=w.get("healthy") is True,
+                message=message if isinstance(message, str) else "",
+            )
+        return cls(node=node, received_at=received_at, workloads=out)
+
+    def fresh(self, now: float, ttl: float) -> bool:
+        return now - self.received_at <= ttl
+
+    def healthy(self) -> bool:
+        """Every reported workload is healthy (a node running nothing is healthy)."""
+        return all(w.healthy for w in self.workloads.values())
+
+
+def is_stale(report: NodeReport | None, now: float, ttl: float) -> bool:
+    return report is None or not report.fresh(now, ttl)
+
+
+def runs(report: NodeReport | None, name: str, version: str, now: float, ttl: float) -> bool:
+    """The node's last report shows ``name`` at ``version`` running healthy, and is fresh."""
+    if report is None or not report.fresh(now, ttl):
+        return False
+    w = report.workloads.get(name)
+    return w is not None and w.version == version and w.healthy and w.phase == "Healthy"
+
+
+def failed(report: NodeReport | None, name: str, version: str) -> WorkloadObservation | None:
+    """The observation when the node reports ``Failed`` for ``version`` of ``name``."""
+    if report is None:
+        return None
+    w = report.workloads.get(name)
+    if w is None or w.phase != "Failed":
+        return None
+    return w if version in (w.desired_version, w.version) else None

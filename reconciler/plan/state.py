@@ -1,0 +1,228 @@
+"""Rollout state of one release or model, as values, and its JSON form for the store.
+
+The store keeps this state as opaque JSON per workload name (``Store.put_rollout``);
+only this module reads and writes that JSON. Pure: no I/O.
+
+A rollout is identified by its ``fingerprint`` (version + the content of the release
+file): a new approved version, or a changed file, starts a new rollout and the old one
+moves into ``history``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
+
+from reconciler.spec import JSON, Deployable, WorkloadKind
+
+Phase = Literal["Pending", "Progressing", "Soaking", "Halted", "Succeeded", "Superseded"]
+PHASES: tuple[Phase, ...] = (
+    "Pending",
+    "Progressing",
+    "Soaking",
+    "Halted",
+    "Succeeded",
+    "Superseded",
+)
+STATE_VERSION = 1
+HISTORY_LIMIT = 5
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Nodes that receive the new version together; times are unix seconds."""
+
+    nodes: tuple[str, ...]
+    started_at: float | None = None
+    done_at: float | None = None
+
+
+@dataclass(frozen=True)
+class NodeProgress:
+    """When a node was given the target, and since when it has run it healthy."""
+
+    started_at: float
+    healthy_since: float | None = None
+
+
+@dataclass(frozen=True)
+class Halt:
+    node: str
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class PastRollout:
+    """A rollout replaced by a newer one (kept briefly so status can show it)."""
+
+    version: str
+    fingerprint: str
+    phase: Phase
+    reason: str | None
+    at: float
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    name: str
+    kind: WorkloadKind
+    version: str
+    fingerprint: str
+    started_at: float
+    batches: tuple[Batch, ...]
+    phase: Phase = "Pending"
+    nodes: Mapping[str, NodeProgress] = field(default_factory=dict)
+    # the node's workload document before this rollout (None: it had none); what a node
+    # not yet in a started batch keeps, and what `onFailure: rollback` gives back
+    previous: Mapping[str, Mapping[str, JSON] | None] = field(default_factory=dict)
+    halt: Halt | None = None
+    rolled_back: tuple[str, ...] = ()
+    history: tuple[PastRollout, ...] = ()
+
+    def started_nodes(self) -> list[str]:
+        """Nodes of every batch that has started, in batch order."""
+        return [n for b in self.batches if b.started_at is not None for n in b.nodes]
+
+    def active_batch(self) -> int | None:
+        """Index of the first batch not done (None when all are done)."""
+        for i, b in enumerate(self.batches):
+            if b.done_at is None:
+                return i
+        return None
+
+    def with_(self, **changes: object) -> RolloutState:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def fingerprint(d: Deployable) -> str:
+    """A digest of everything in a release/model file: any change starts a new rollout."""
+    text = json.dumps(asdict(d), sort_keys=True, default=lambda o: dict(o), separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --- JSON codec -------------------------------------------------------------------------
+
+
+def _num(value: JSON | None) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _str(value: JSON | None, default: str = "") -> str:
+    return value if isinstance(value, str) else default
+
+
+def _opt_str(value: JSON | None) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _obj(value: JSON | None) -> dict[str, JSON]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: JSON | None) -> list[JSON]:
+    return value if isinstance(value, list) else []
+
+
+def _phase(value: JSON | None) -> Phase:
+    return value if value in PHASES else "Pending"
+
+
+def state_to_json(s: RolloutState) -> dict[str, JSON]:
+    """The store form; deterministic (sorted keys where order carries no meaning)."""
+    out: dict[str, JSON] = {
+        "stateVersion": STATE_VERSION,
+        "name": s.name,
+        "kind": s.kind,
+        "version": s.version,
+        "fingerprint": s.fingerprint,
+        "startedAt": s.started_at,
+        "phase": s.phase,
+        "batches": [
+            {"nodes": list(b.nodes), "startedAt": b.started_at, "doneAt": b.done_at}
+            for b in s.batches
+        ],
+        "nodes": {
+            n: {"startedAt": p.started_at, "healthySince": p.healthy_since}
+            for n, p in sorted(s.nodes.items())
+        },
+        "previous": {
+            n: (dict(doc) if doc is not None else None) for n, doc in sorted(s.previous.items())
+        },
+        "halt": (
+            {"node": s.halt.node, "reason": s.halt.reason, "at": s.halt.at} if s.halt else None
+        ),
+        "rolledBack": list(s.rolled_back),
+        "history": [
+            {
+                "version": h.version,
+                "fingerprint": h.fingerprint,
+                "phase": h.phase,
+                "reason": h.reason,
+                "at": h.at,
+            }
+            for h in s.history
+        ],
+    }
+    return out
+
+
+def state_from_json(doc: Mapping[str, JSON]) -> RolloutState | None:
+    """Parse the store form; None when it is not a rollout state this version understands."""
+    if doc.get("stateVersion") != STATE_VERSION or not isinstance(doc.get("name"), str):
+        return None
+    batches = []
+    for b in _list(doc.get("batches")):
+        bo = _obj(b)
+        batches.append(
+            Batch(
+                nodes=tuple(_str(n) for n in _list(bo.get("nodes"))),
+                started_at=_num(bo.get("startedAt")),
+                done_at=_num(bo.get("doneAt")),
+            )
+        )
+    nodes = {}
+    for n, p in _obj(doc.get("nodes")).items():
+        po = _obj(p)
+        nodes[n] = NodeProgress(
+            started_at=_num(po.get("startedAt")) or 0.0,
+            healthy_since=_num(po.get("healthySince")),
+        )
+    previous: dict[str, Mapping[str, JSON] | None] = {
+        n: (v if isinstance(v, dict) else None) for n, v in _obj(doc.get("previous")).items()
+    }
+    halt_doc = doc.get("halt")
+    halt = None
+    if isinstance(halt_doc, dict):
+        halt = Halt(
+            node=_str(halt_doc.get("node")),
+            reason=_str(halt_doc.get("reason")),
+            at=_num(halt_doc.get("at")) or 0.0,
+        )
+    history = tuple(
+        PastRollout(
+            version=_str(_obj(h).get("version")),
+            fingerprint=_str(_obj(h).get("fingerprint")),
+            phase=_phase(_obj(h).get("phase")),
+            reason=_opt_str(_obj(h).get("reason")),
+            at=_num(_obj(h).get("at")) or 0.0,
+        )
+        for h in _list(doc.get("history"))
+    )
+    return RolloutState(
+        name=_str(doc.get("name")),
+        kind="model" if doc.get("kind") == "model" else "process",
+        version=_str(doc.get("version")),
+        fingerprint=_str(doc.get("fingerprint")),
+        started_at=_num(doc.get("startedAt")) or 0.0,
+        batches=tuple(batches),
+        phase=_phase(doc.get("phase")),
+        nodes=nodes,
+        previous=previous,
+        halt=halt,
+        rolled_back=tuple(_str(n) for n in _list(doc.get("rolledBack"))),
+        history=history,
+    )

@@ -1,15 +1,52 @@
-"""`fleetkeeper hooks` (not built yet)."""
+"""`fleetkeeper hooks install --repo PATH [--pre-receive] [--force]` and the hook entry
+point `fleetkeeper hooks run pre-receive` (what an installed pre-receive hook calls)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
+
+from reconciler import hooks
 
 
 def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser("hooks", help="(not built yet)")
-    p.set_defaults(func=run)
+    p: argparse.ArgumentParser = sub.add_parser(
+        "hooks", help="install git hooks that validate fleet files"
+    )
+    hsub = p.add_subparsers(dest="hooks_command", required=True, metavar="ACTION")
+    inst = hsub.add_parser(
+        "install",
+        help="install a pre-commit hook (or, with --pre-receive, a server-side hook)",
+        description="Write a git hook that runs `fleetkeeper validate` with this "
+        "fleetkeeper's own interpreter (by absolute path).",
+    )
+    inst.add_argument("--repo", default=".", metavar="PATH", help="the git repository")
+    inst.add_argument(
+        "--pre-receive",
+        action="store_true",
+        help="install a pre-receive hook that rejects pushes whose new tip is invalid "
+        "(for the bare repository people push to)",
+    )
+    inst.add_argument("--force", action="store_true", help="move an existing foreign hook aside")
+    inst.set_defaults(func=run_install)
+    run_p = hsub.add_parser("run", help="(called by installed hooks)")
+    run_p.add_argument("hook", choices=("pre-receive",))
+    run_p.set_defaults(func=run_hook)
 
 
-def run(args: argparse.Namespace) -> int:
-    raise SystemExit("fleetkeeper hooks: not built yet")
+def run_install(args: argparse.Namespace) -> int:
+    repo = Path(args.repo)
+    if not repo.is_dir():
+        print(f"fleetkeeper hooks: {repo}: no such folder", file=sys.stderr)
+        return 2
+    kind: hooks.HookKind = "pre-receive" if args.pre_receive else "pre-commit"
+    path = hooks.install(repo, kind, force=args.force)
+    print(f"installed {kind} hook: {path}")
+    return 0
+
+
+def run_hook(args: argparse.Namespace) -> int:
+    updates = [hooks.RefUpdate.parse(line) for line in sys.stdin if line.strip()]
+    return hooks.pre_receive(Path.cwd(), updates, sys.stderr)

@@ -242,12 +242,20 @@ def _message(
         and isinstance(value, str | int | float)
         and not isinstance(value, bool)
     ):
-        text = f"{name}: {_show(value)} is not valid"
-        return [(err.at, False, f"{text}: {hint}" if hint else f"{text} ({err.message})")]
+        return [(err.at, False, f"{name}: {_show(value)} {_expectation(hint, err.message)}")]
     if err.keyword == "uniqueItems":
         return [(err.at, False, f"{name}: items must be unique ({_show(value)})")]
     detail = f" ({hint})" if hint and err.keyword in ("anyOf", "oneOf") else ""
     return [(err.at, False, f"{name}: {_strip_regex(err.message)}{detail}")]
+
+
+def _expectation(hint: object, fallback: str) -> str:
+    """'is not a SHA-256 digest: 64 lowercase hex characters' from the schema's description."""
+    if isinstance(hint, str) and hint.startswith(("A ", "An ")):
+        return "is not " + hint[0].lower() + hint[1:].rstrip(".")
+    if isinstance(hint, str) and hint:
+        return f"is not valid: {hint.rstrip('.')}"
+    return f"is not valid ({fallback})"
 
 
 def _strip_regex(message: str) -> str:

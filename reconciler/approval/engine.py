@@ -1,0 +1,136 @@
+"""Wiring: gather facts from the source, verify signatures, fold them through ``decide``.
+
+Keeps, per (repository, branch, settings, pinned keys, last applied revision), the fold
+state at the last evaluated tip, so a re-evaluation walks only the new commits.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+import pygit2
+
+from reconciler.approval import decide, history
+from reconciler.approval.signatures import Verifier
+from reconciler.approval.values import ApprovalResult, Relation
+from reconciler.config import ApprovalSettings
+
+log = logging.getLogger(__name__)
+
+_MEMO_MAX = 64
+_memo: dict[tuple[object, ...], tuple[str, decide.ChainState]] = {}
+_memo_lock = threading.Lock()
+
+
+class Source(Protocol):
+    """What evaluation needs from ``reconciler.source.GitSource``."""
+
+    @property
+    def branch(self) -> str: ...
+
+    def tip(self) -> str | None: ...
+
+    def repository(self) -> pygit2.Repository: ...
+
+
+@dataclass(frozen=True)
+class _Context:
+    repo: pygit2.Repository
+    settings: ApprovalSettings
+    verifier: Verifier
+
+
+def verifier_for(settings: ApprovalSettings, state_dir: Path) -> Verifier:
+    return Verifier(settings.allowed_signers, settings.gpg_keyring, state_dir / "gnupg")
+
+
+def evaluate(
+    source: Source, settings: ApprovalSettings, last_applied: str | None, state_dir: Path
+) -> ApprovalResult:
+    """Which revision of the fleet repo is approved, with every decision as audit records."""
+    repo = source.repository()
+    ctx = _Context(repo, settings, verifier_for(settings, state_dir))
+    if settings.mode == "signed-tag":
+        return _evaluate_tags(ctx, last_applied)
+    tip = source.tip()
+    if tip is None:
+        if last_applied is None:
+            return ApprovalResult(None, None, (), ())
+        return decide.rollback_refusal(source.branch, None, last_applied)
+    if last_applied is not None and not history.contains(repo, tip, last_applied):
+        return decide.rollback_refusal(source.branch, tip, last_applied)
+    key = (repo.path, source.branch, settings, ctx.verifier.digest, last_applied)
+    state = _fold(ctx, key, tip, last_applied)
+    return decide.chain_result(state, last_applied)
+
+
+def _tag_signers(ctx: _Context) -> dict[str, frozenset[str]]:
+    """Signers of valid approving tags per commit (merged-pr with threshold > 1)."""
+    if ctx.settings.threshold <= 1:
+        return {}
+    tags = history.tag_facts(ctx.repo, ctx.verifier, _wanted_tags(ctx))
+    groups, _, _ = decide.group_tags(tags, ctx.settings)
+    return {t: g.signers for t, g in groups.items()}
+
+
+def _wanted_tags(ctx: _Context) -> set[str]:
+    return {
+        r[len("refs/tags/") :]
+        for r in ctx.repo.references
+        if r.startswith("refs/tags/") and decide.in_pattern(r[len("refs/tags/") :], ctx.settings)
+    }
+
+
+def _fold(
+    ctx: _Context, key: tuple[object, ...], tip: str, last_applied: str | None
+) -> decide.ChainState:
+    with _memo_lock:
+        memo = _memo.get(key)
+    tag_signers = _tag_signers(ctx)
+    state = decide.ChainState()
+    new: list[str] | None = None
+    if memo is not None and not tag_signers:
+        memo_tip, memo_state = memo
+        if memo_tip == tip:
+            return memo_state
+        chain = list(history.first_parent_chain(ctx.repo, tip, memo_tip))
+        oldest = history.commit_facts(ctx.repo, chain[-1]) if chain else None
+        if oldest is not None and oldest.parents and oldest.parents[0] == memo_tip:
+            new, state = chain, memo_state  # the branch moved forward: continue the fold
+    if new is None:
+        new = list(history.first_parent_chain(ctx.repo, tip, last_applied))
+    for sha in reversed(new):
+        facts = history.commit_facts(ctx.repo, sha)
+        if decide.needs_signature(facts, ctx.settings):
+            sig = history.commit_signature(ctx.repo, sha, ctx.verifier)
+            facts = replace(facts, signature=sig)
+        state = decide.advance(state, facts, ctx.settings, tag_signers.get(sha, frozenset()))
+    with _memo_lock:
+        if len(_memo) >= _MEMO_MAX:
+            _memo.clear()
+        _memo[key] = (tip, state)
+    return state
+
+
+def _evaluate_tags(ctx: _Context, last_applied: str | None) -> ApprovalResult:
+    if last_applied is not None and not history.has_commit(ctx.repo, last_applied):
+        log.warning("applied revision %s is not in the repository", last_applied)
+    tags = history.tag_facts(ctx.repo, ctx.verifier, _wanted_tags(ctx))
+    groups, refused, audit = decide.group_tags(tags, ctx.settings)
+    relations: dict[str, Relation] = {
+        t: history.relation(ctx.repo, t, last_applied) for t in groups
+    }
+    commit_signers: dict[str, frozenset[str]] = {}
+    if ctx.settings.threshold > 1:
+        for target in groups:
+            sig = history.commit_signature(ctx.repo, target, ctx.verifier)
+            if sig.valid and sig.signer:
+                commit_signers[target] = frozenset([sig.signer])
+    revision, approval, more_refused, more_audit = decide.decide_tags(
+        groups, relations, commit_signers, ctx.settings, last_applied
+    )
+    return ApprovalResult(revision, approval, (*refused, *more_refused), (*audit, *more_audit))

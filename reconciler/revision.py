@@ -1,0 +1,119 @@
+"""An approved commit -> its validated fleet spec, read from the commit's tree with pygit2.
+
+The fleet files are read from Git objects, never from a work tree. Everything is keyed by
+object id, which names content: subtree listings by tree oid, file bytes by blob oid, and
+the validation result by the set of (path, blob oid), so re-loading a revision after one
+new merge reads only the changed blobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import pygit2
+
+from reconciler.spec import FleetSpec, build_spec
+from reconciler.validate import Violation, validate_files
+
+log = logging.getLogger(__name__)
+
+FLEET_DIRS = ("nodes", "releases", "models")
+TOP_FILES = ("fleet.yaml", "fleet.yml")
+_YAML = (".yaml", ".yml")
+_CACHE_MAX = 200_000
+_RESULT_MAX = 16
+
+Listing = tuple[tuple[str, str], ...]  # (repo-relative path, blob oid), sorted
+
+_lock = threading.Lock()
+_listings: dict[str, Listing] = {}
+_blobs: dict[str, bytes] = {}
+_results: dict[Listing, tuple[FleetSpec | None, tuple[Violation, ...]]] = {}
+
+
+@dataclass(frozen=True)
+class LoadedRevision:
+    sha: str
+    spec: FleetSpec | None  # None when the revision is invalid
+    violations: tuple[Violation, ...]  # errors and warnings
+
+    @property
+    def ok(self) -> bool:
+        return self.spec is not None
+
+
+def _list_tree(repo: pygit2.Repository, tree: pygit2.Tree, prefix: str) -> Listing:
+    key = str(tree.id)
+    hit = _listings.get(key)
+    if hit is not None:
+        return tuple((prefix + p, o) for p, o in hit)
+    out: list[tuple[str, str]] = []
+    for entry in tree:
+        name = entry.name
+        assert name is not None
+        if entry.type_str == "tree":
+            sub = repo[entry.id]
+            assert isinstance(sub, pygit2.Tree)
+            out.extend(_list_tree(repo, sub, name + "/"))
+        elif entry.type_str == "blob" and name.endswith(_YAML):
+            out.append((name, str(entry.id)))
+    listing = tuple(sorted(out))
+    if len(_listings) >= _CACHE_MAX:
+        _listings.clear()
+    _listings[key] = listing
+    return tuple((prefix + p, o) for p, o in listing)
+
+
+def fleet_listing(repo: pygit2.Repository, sha: str) -> Listing:
+    """The YAML files where fleet files live in commit ``sha``: top-level and fleet folders."""
+    commit = repo[sha]
+    tree = commit.peel(pygit2.Tree)
+    out: list[tuple[str, str]] = []
+    for entry in tree:
+        name = entry.name
+        assert name is not None
+        if entry.type_str == "blob" and name in TOP_FILES:
+            out.append((name, str(entry.id)))
+        elif entry.type_str == "tree" and name in FLEET_DIRS:
+            sub = repo[entry.id]
+            assert isinstance(sub, pygit2.Tree)
+            out.extend(_list_tree(repo, sub, name + "/"))
+    return tuple(sorted(out))
+
+
+def _blob(repo: pygit2.Repository, oid: str) -> bytes:
+    data = _blobs.get(oid)
+    if data is None:
+        blob = repo[oid]
+        assert isinstance(blob, pygit2.Blob)
+        data = bytes(blob.data)
+        if len(_blobs) >= _CACHE_MAX:
+            _blobs.clear()
+        _blobs[oid] = data
+    return data
+
+
+def read_fleet_files(repo: pygit2.Repository, sha: str) -> dict[str, bytes]:
+    return {path: _blob(repo, oid) for path, oid in fleet_listing(repo, sha)}
+
+
+def load_revision(repo: pygit2.Repository, sha: str) -> LoadedRevision:
+    """Read, validate and build the fleet spec of commit ``sha`` (spec None when invalid)."""
+    listing = fleet_listing(repo, sha)
+    with _lock:
+        hit = _results.get(listing)
+    if hit is None:
+        files = {path: _blob(repo, oid) for path, oid in listing}
+        report = validate_files(files)
+        spec = build_spec(report.documents) if report.ok else None
+        hit = (spec, report.violations)
+        with _lock:
+            if len(_results) >= _RESULT_MAX:
+                _results.pop(next(iter(_results)))
+            _results[listing] = hit
+    spec, violations = hit
+    if spec is None:
+        log.warning("revision %s is invalid: %d violation(s)", sha, len(violations))
+    return LoadedRevision(sha=sha, spec=spec, violations=violations)

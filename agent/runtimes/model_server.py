@@ -1,0 +1,251 @@
+"""What the llama-cpp and mlx-lm runtimes share: a Python-module server on 127.0.0.1.
+
+A model workload is run as ``<agent's python> -m <runtime server> --model <path in the
+version dir> --host 127.0.0.1 --port <args.port> ...``. The runtime must be importable in
+the agent's own interpreter (``pip install 'fleetkeeper[llama]'`` / ``'fleetkeeper[mlx]'``);
+when it is not, :meth:`ModelServerRuntime.command` raises a ``WorkloadError`` that says so
+and how to fix it, once, instead of starting a process that would crash again and again.
+
+Proof of what is served: both servers list the model by the path they were given
+(``GET /v1/models``), and that path lies in ``<root>/<name>/versions/<version>/``, whose
+marker file holds the SHA-256 verified at download. The health result carries both the
+path and that digest (``details["modelPath"]``, ``details["sha256"]``); for a single-file
+model the file itself is hashed too (cached by inode, size and mtime) so a file changed on
+disk after verification is caught.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.errors import WorkloadError
+from agent.layout import MARKER
+from agent.runtimes.base import HealthResult, VersionProbe, WorkloadDoc
+from agent.runtimes.openai_health import check_openai, served_from
+
+log = logging.getLogger(__name__)
+
+IMPORT_PROBE_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a runtime can start on this node, and if not, why (for people)."""
+
+    ok: bool
+    reason: str
+
+
+_availability: dict[tuple[str, ...], Availability] = {}
+_availability_lock = threading.Lock()
+
+
+def probe_import(modules: Sequence[str], python: str = sys.executable) -> Availability:
+    """Import ``modules`` in a fresh interpreter (the one that will run the server).
+
+    A subprocess, not ``importlib``: a runtime whose native library fails to load must not
+    take the agent down, and the agent must not keep a model runtime loaded. Cached per
+    process: installing a runtime means restarting the agent.
+    """
+    key = (python, *modules)
+    with _availability_lock:
+        if key in _availability:
+            return _availability[key]
+    code = "; ".join(f"import {m}" for m in modules)
+    try:
+        proc = subprocess.run(
+            [python, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=IMPORT_PROBE_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        if proc.returncode == 0:
+            result = Availability(True, f"{', '.join(modules)} importable")
+        else:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            result = Availability(False, last)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        result = Availability(False, f"{python} -c {code!r}: {exc}")
+    with _availability_lock:
+        _availability[key] = result
+    return result
+
+
+def model_port(workload: WorkloadDoc) -> int:
+    """``model.args.port`` as an int (the reconciler resolves label placeholders)."""
+    args = (workload.get("model") or {}).get("args") or {}
+    port = args.get("port")
+    if isinstance(port, str) and port.isdigit():
+        port = int(port)
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise WorkloadError(
+            f"model {workload.get('name')!r}: model.args.port is {port!r}; it must be a TCP "
+            "port number (check the node label its placeholder refers to)"
+        )
+    return port
+
+
+def model_args(workload: WorkloadDoc) -> dict[str, Any]:
+    return dict((workload.get("model") or {}).get("args") or {})
+
+
+def health_timeout(workload: WorkloadDoc, default: float = 60.0) -> float:
+    value = (workload.get("health") or {}).get("timeoutSeconds")
+    return float(value) if isinstance(value, int | float) else default
+
+
+def version_marker(path: Path) -> Path | None:
+    """The ``versions/<version>`` directory that ``path`` lies in, if any (no I/O)."""
+    for parent in (path, *path.parents):
+        if parent.parent.name == "versions":
+            return parent
+    return None
+
+
+def accepts_version(workload: WorkloadDoc, model_id: str) -> bool:
+    """Whether a listed id is a path in ``<name>/versions/<version>`` of this workload."""
+    name, version = str(workload.get("name")), str(workload.get("version"))
+    path = Path(os.path.normpath(model_id))
+    vdir = version_marker(path)
+    return (
+        vdir is not None
+        and vdir.name == version
+        and vdir.parent.parent.name == name
+        and served_from(str(path), str(vdir))
+    )
+
+
+def recorded_sha256(version_dir: Path) -> str | None:
+    """The SHA-256 the agent verified when it installed ``version_dir`` (its marker file)."""
+    try:
+        return (version_dir / MARKER).read_text("utf-8").split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+_hashes: dict[tuple[str, int, int, int], str] = {}
+_hash_lock = threading.Lock()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, cached by (path, inode, size, mtime): health checks repeat."""
+    st = path.stat()
+    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    with _hash_lock:
+        if key in _hashes:
+            return _hashes[key]
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    with _hash_lock:
+        _hashes[key] = digest
+    return digest
+
+
+def loaded_model_identity(model_path: str, *, hash_file: bool) -> tuple[dict[str, Any], str]:
+    """Report details for the model path a server listed, and a problem ("" when none).
+
+    ``sha256`` is the digest verified at download (from the version's marker); with
+    ``hash_file`` the file itself is hashed now and must still match it.
+    """
+    path = Path(os.path.realpath(model_path))
+    details: dict[str, Any] = {"modelPath": str(path)}
+    vdir = version_marker(path)
+    recorded = recorded_sha256(vdir) if vdir is not None else None
+    details["sha256"] = recorded
+    if not hash_file or not path.is_file():
+        return details, ""
+    try:
+        actual = file_sha256(path)
+    except OSError as exc:
+        return details, f"cannot read the loaded model file {path}: {exc}"
+    details["fileSha256"] = actual
+    if recorded is not None and actual != recorded:
+        return details, (
+            f"the loaded model file {path} has SHA-256 {actual}, but {recorded} was verified "
+            "at download: it changed on disk"
+        )
+    return details, ""
+
+
+class ModelServerRuntime:
+    """Shared behaviour; subclasses say which module to run and how to pass the args."""
+
+    name = "model"
+    python = sys.executable  # the agent's interpreter, where the runtime was installed
+    modules: tuple[str, ...] = ()
+    install_hint = ""
+    single_file = True  # the model is one file (hash it at health time)
+
+    def availability(self) -> Availability:
+        return probe_import(self.modules, self.python)
+
+    def require_available(self, workload: WorkloadDoc) -> None:
+        avail = self.availability()
+        if not avail.ok:
+            raise WorkloadError(
+                f"model {workload.get('name')!r} needs runtime {self.name}, which is not "
+                f"installed on this node ({avail.reason}); {self.install_hint}"
+            )
+
+    def server_argv(
+        self, workload: WorkloadDoc, model_path: Path, port: int, args: dict[str, Any]
+    ) -> list[str]:
+        raise NotImplementedError
+
+    def model_path(self, workload: WorkloadDoc, version_dir: Path) -> Path:
+        raise NotImplementedError
+
+    def server_env(self, state_dir: Path) -> dict[str, str]:
+        return {"PYTHONUNBUFFERED": "1"}
+
+    def command(
+        self, workload: WorkloadDoc, version_dir: Path, state_dir: Path
+    ) -> tuple[list[str], dict[str, str]]:
+        self.require_available(workload)
+        port = model_port(workload)
+        path = self.model_path(workload, Path(os.path.realpath(version_dir)))
+        argv = self.server_argv(workload, path, port, model_args(workload))
+        extra = model_args(workload).get("extra") or []
+        argv += [str(a) for a in extra]
+        return argv, self.server_env(state_dir)
+
+    def check_health(self, workload: WorkloadDoc, timeout: float) -> HealthResult:
+        try:
+            port = model_port(workload)
+        except WorkloadError as exc:
+            return HealthResult(False, str(exc))
+        result = check_openai(port, timeout, lambda i: accepts_version(workload, i))
+        if not result.ok:
+            return result
+        identity, problem = loaded_model_identity(
+            str(result.details["model"]), hash_file=self.single_file
+        )
+        details = {**result.details, **identity}
+        if problem:
+            return HealthResult(False, problem, details)
+        return HealthResult(True, f"{result.message}; sha256 {identity['sha256']}", details)
+
+    def probe_version(
+        self, workload: WorkloadDoc, version_dir: Path, timeout: float
+    ) -> VersionProbe:
+        # The server's own /v1/models names the version directory it loaded (see
+        # check_health); there is no separate program to ask.
+        return VersionProbe(
+            configured=False,
+            ok=True,
+            output="",
+            message="model version is proven by the path the server lists in /v1/models",
+        )

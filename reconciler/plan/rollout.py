@@ -111,6 +111,9 @@ def _start(
         started_at=now,
         batches=batches,
         phase="Pending",
+        soak_seconds=d.rollout.soak_seconds,
+        timeout_seconds=d.rollout.timeout_seconds,
+        on_failure=d.rollout.on_failure,
         previous={n: current.get(n) for n in targeted},
         history=history,
     )

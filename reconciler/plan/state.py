@@ -75,6 +75,9 @@ class RolloutState:
     started_at: float
     batches: tuple[Batch, ...]
     phase: Phase = "Pending"
+    soak_seconds: int = 0  # copied from the release so status needs no spec
+    timeout_seconds: int = 0
+    on_failure: str = "halt"
     nodes: Mapping[str, NodeProgress] = field(default_factory=dict)
     # the node's workload document before this rollout (None: it had none); what a node
     # not yet in a started batch keeps, and what `onFailure: rollback` gives back
@@ -141,6 +144,9 @@ def state_to_json(s: RolloutState) -> dict[str, JSON]:
         "fingerprint": s.fingerprint,
         "startedAt": s.started_at,
         "phase": s.phase,
+        "soakSeconds": s.soak_seconds,
+        "timeoutSeconds": s.timeout_seconds,
+        "onFailure": s.on_failure,
         "batches": [
             {"nodes": list(b.nodes), "startedAt": b.started_at, "doneAt": b.done_at}
             for b in s.batches
@@ -220,6 +226,9 @@ def state_from_json(doc: Mapping[str, JSON]) -> RolloutState | None:
         started_at=_num(doc.get("startedAt")) or 0.0,
         batches=tuple(batches),
         phase=_phase(doc.get("phase")),
+        soak_seconds=int(_num(doc.get("soakSeconds")) or 0),
+        timeout_seconds=int(_num(doc.get("timeoutSeconds")) or 0),
+        on_failure=_str(doc.get("onFailure"), "halt"),
         nodes=nodes,
         previous=previous,
         halt=halt,

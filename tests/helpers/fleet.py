@@ -326,12 +326,15 @@ class PlanSim:
     registered: list[Any] = field(default_factory=list)
     last: Any = None
 
+    def spec(self) -> FleetSpec:
+        return spec_of(self.files)
+
     def plan(self) -> Any:
         """One pass at ``now`` without applying it."""
         from reconciler.plan.rollout import compute_plan
         from reconciler.plan.select import inventory
 
-        spec = spec_of(self.files)
+        spec = self.spec()
         return compute_plan(
             spec,
             inventory(spec, self.registered),

@@ -1,0 +1,232 @@
+"""The fleet status document (``GET /v1/fleet``, ``schema/fleet-status.schema.json``). Pure.
+
+Built from what the store holds (nodes, rollout state, last reports, desired documents)
+and ``now``; the spec, when given, adds declared nodes that never registered and hides
+rollouts of workloads that no longer exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+
+from reconciler.plan.reports import NodeReport
+from reconciler.plan.rollout import workload_entry
+from reconciler.plan.select import latest_versions
+from reconciler.plan.state import RolloutState, state_from_json
+from reconciler.spec import JSON, FleetSpec
+from reconciler.store.base import AppliedRevision, DesiredRecord, NodeRecord, ReportRecord
+
+
+def rfc3339(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def node_health(report: NodeReport | None, now: float, ttl: float) -> str:
+    """``Stale`` past the heartbeat TTL (or never seen), else ``Unhealthy`` if any workload is."""
+    if report is None or not report.fresh(now, ttl):
+        return "Stale"
+    return "Healthy" if report.healthy() else "Unhealthy"
+
+
+def _node_row(
+    name: str,
+    facts: Mapping[str, JSON],
+    report: NodeReport | None,
+    desired: Mapping[str, JSON] | None,
+    now: float,
+    ttl: float,
+) -> dict[str, JSON]:
+    names: set[str] = set(report.workloads) if report is not None else set()
+    items = desired.get("workloads") if desired is not None else None
+    for w in items if isinstance(items, list) else []:
+        if isinstance(w, dict) and isinstance(w.get("name"), str):
+            names.add(str(w["name"]))
+    workloads: list[JSON] = []
+    for wname in sorted(names):
+        entry = workload_entry(desired, wname)
+        want = entry.get("version") if entry is not None else None
+        seen = report.workloads.get(wname) if report is not None else None
+        row: dict[str, JSON] = {
+            "name": wname,
+            "desired": want if isinstance(want, str) else None,
+            "running": seen.version if seen is not None else None,
+            "phase": seen.phase if seen is not None else "Pending",
+        }
+        if seen is not None:
+            row["healthy"] = seen.healthy
+            if seen.message:
+                row["message"] = seen.message
+        workloads.append(row)
+    roles = facts.get("roles")
+    runtimes = facts.get("runtimes")
+    platform, accelerator = facts.get("platform"), facts.get("accelerator")
+    return {
+        "node": name,
+        "health": node_health(report, now, ttl),
+        "lastSeen": rfc3339(report.received_at) if report is not None else None,
+        "platform": platform if isinstance(platform, str) else None,
+        "accelerator": accelerator if isinstance(accelerator, str) else None,
+        "roles": [str(r) for r in roles] if isinstance(roles, list) else [],
+        "runtimes": dict(runtimes) if isinstance(runtimes, dict) else {},
+        "workloads": workloads,
+    }
+
+
+def _batch_state(s: RolloutState, i: int) -> str:
+    b = s.batches[i]
+    if b.done_at is not None:
+        return "Done"
+    if b.started_at is None:
+        return "Superseded" if s.phase == "Superseded" else "Pending"
+    if s.phase == "Halted":
+        return "Halted"
+    return "Soaking" if s.phase == "Soaking" else "Progressing"
+
+
+def _soak_remaining(s: RolloutState, now: float) -> float | None:
+    i = s.active_batch()
+    if s.phase != "Soaking" or i is None:
+        return None
+    ends = [
+        p.healthy_since + s.soak_seconds
+        for n in s.batches[i].nodes
+        if (p := s.nodes.get(n)) is not None and p.healthy_since is not None
+    ]
+    return max(0.0, max(ends) - now) if ends else None
+
+
+def _batch_label(s: RolloutState) -> str | None:
+    m = len(s.batches)
+    if m == 0:
+        return None
+    if s.phase == "Succeeded":
+        return f"{m}/{m}"
+    if s.phase == "Halted" and s.halt is not None:
+        for i, b in enumerate(s.batches):
+            if s.halt.node in b.nodes:
+                return f"{i + 1}/{m}"
+    active = s.active_batch()
+    return f"{(active if active is not None else m - 1) + 1}/{m}"
+
+
+def _reason(s: RolloutState, reports: Mapping[str, NodeReport], now: float, ttl: float) -> str:
+    if s.phase == "Halted" and s.halt is not None:
+        back = f"; rolled back on {', '.join(s.rolled_back)}" if s.rolled_back else ""
+        return s.halt.reason + back
+    if s.phase == "Pending":
+        return "no node matches its targets (or has an artifact for its platform)"
+    i = s.active_batch()
+    if s.phase == "Progressing" and i is not None:
+        waiting = []
+        for n in s.batches[i].nodes:
+            p = s.nodes.get(n)
+            if p is not None and p.healthy_since is not None:
+                continue
+            r = reports.get(n)
+            w = r.workloads.get(s.name) if r is not None else None
+            if r is None or not r.fresh(now, ttl):
+                waiting.append(f"{n} (Stale)")
+            else:
+                waiting.append(f"{n} ({w.phase if w is not None else 'not reported'})")
+        return "waiting for " + ", ".join(waiting) if waiting else "waiting for reports"
+    if s.phase == "Soaking":
+        left = _soak_remaining(s, now)
+        return f"soaking, {int(left or 0)}s left"
+    return ""
+
+
+def release_row(
+    s: RolloutState, reports: Mapping[str, NodeReport], now: float, ttl: float
+) -> dict[str, JSON]:
+    """One ``releases[]`` row: phase, batch n/m, reason, soak left, per-batch timeline."""
+    batches: list[JSON] = [
+        {
+            "index": i + 1,
+            "nodes": list(b.nodes),
+            "state": _batch_state(s, i),
+            "startedAt": rfc3339(b.started_at),
+            "doneAt": rfc3339(b.done_at),
+        }
+        for i, b in enumerate(s.batches)
+    ]
+    return {
+        "agent": s.name,
+        "kind": s.kind,
+        "version": s.version,
+        "phase": s.phase,
+        "batch": _batch_label(s),
+        "reason": _reason(s, reports, now, ttl) or None,
+        "soakRemainingSeconds": _soak_remaining(s, now),
+        "batches": batches,
+    }
+
+
+def fleet_status(
+    spec: FleetSpec | None,
+    nodes: Sequence[NodeRecord],
+    rollout_states: Mapping[str, Mapping[str, JSON]],
+    reports: Sequence[ReportRecord],
+    desired: Sequence[DesiredRecord],
+    now: float,
+    ttl: float,
+    *,
+    applied: AppliedRevision | None = None,
+    blocked: Sequence[Mapping[str, JSON]] = (),
+) -> dict[str, JSON]:
+    """The ``GET /v1/fleet`` document.
+
+    ``blocked``: release rows for the newest tip when it is ``Unapproved`` or ``Invalid``
+    (the loop keeps them in store meta ``tip-status``, see ``reconciler.loop``).
+    """
+    last = {r.node: NodeReport.from_json(r.node, r.report, r.received_at) for r in reports}
+    facts: dict[str, Mapping[str, JSON]] = {}
+    for rec in nodes:
+        facts[rec.name] = rec.facts
+    if spec is not None:
+        for name, n in spec.nodes.items():
+            reg = facts.get(name, {})
+            facts[name] = {
+                "platform": n.platform,
+                "accelerator": n.accelerator,
+                "roles": list(n.roles),
+                "runtimes": reg.get("runtimes", {}),
+            }
+    docs = {d.node: d.document for d in desired}
+    names = sorted(set(facts) | set(docs))
+    node_rows: list[JSON] = [
+        _node_row(n, facts.get(n, {}), last.get(n), docs.get(n), now, ttl) for n in names
+    ]
+
+    live = set(latest_versions(spec)) if spec is not None else None
+    releases: list[JSON] = []
+    for name in sorted(rollout_states):
+        if live is not None and name not in live:
+            continue
+        s = state_from_json(rollout_states[name])
+        if s is None:
+            continue
+        if s.phase != "Succeeded" and s.history and s.history[0].phase == "Superseded":
+            h = s.history[0]
+            releases.append(
+                {
+                    "agent": s.name,
+                    "kind": s.kind,
+                    "version": h.version,
+                    "phase": "Superseded",
+                    "batch": None,
+                    "reason": h.reason,
+                    "soakRemainingSeconds": None,
+                    "batches": [],
+                }
+            )
+        releases.append(release_row(s, last, now, ttl))
+    releases.extend(dict(b) for b in blocked)
+    return {
+        "revision": applied.sha if applied is not None else None,
+        "approval": dict(applied.approval) if applied is not None else None,
+        "nodes": node_rows,
+        "releases": releases,
+    }

@@ -1,0 +1,156 @@
+"""The pure fleet status builder: rows per node and per release, schema-valid."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import schema
+from reconciler.plan.status import fleet_status
+from reconciler.store.base import AppliedRevision, DesiredRecord, NodeRecord, ReportRecord
+from tests.helpers.fleet import PlanSim, fleet_files, nodes_named, release_doc
+
+V = "1.0.0"
+
+
+def status_of(s: PlanSim, **kw: Any) -> dict[str, Any]:
+    reports = [
+        ReportRecord(
+            node=n,
+            report={
+                "node": n,
+                "generation": 1,
+                "workloads": [
+                    {"name": w.name, "version": w.version, "phase": w.phase, "healthy": w.healthy}
+                    for w in r.workloads.values()
+                ],
+            },
+            received_at=r.received_at,
+        )
+        for n, r in s.reports.items()
+    ]
+    desired = [DesiredRecord(n, 1, '"1"', {**d, "generation": 1}) for n, d in s.desired.items()]
+    regs = [NodeRecord("n1", {"platform": "linux/amd64", "runtimes": {"llama-cpp": True}}, "h", 0)]
+    doc = fleet_status(
+        s.spec(),
+        regs,
+        s.rollouts,
+        reports,
+        desired,
+        s.now,
+        s.ttl,
+        applied=AppliedRevision("a" * 40, {"kind": "merge", "ref": "a" * 40, "signers": []}, 0),
+        **kw,
+    )
+    assert schema.errors("fleet-status", doc) == []
+    return doc
+
+
+def release(doc: dict[str, Any], name: str = "app") -> dict[str, Any]:
+    rows = [r for r in doc["releases"] if r["agent"] == name and r["phase"] != "Superseded"]
+    assert len(rows) == 1
+    return rows[0]
+
+
+@pytest.mark.parametrize(
+    ("until", "agents", "want"),
+    [
+        (
+            0,
+            {},
+            {
+                "phase": "Progressing",
+                "batch": "1/3",
+                "reason": "waiting for n1 (Stale), n2 (Stale)",
+            },
+        ),
+        (
+            30,
+            {},
+            {
+                "phase": "Soaking",
+                "batch": "1/3",
+                "soakRemainingSeconds": 300.0,
+                "reason": "soaking, 300s left",
+            },
+        ),
+        (120, {}, {"phase": "Soaking", "batch": "1/3", "soakRemainingSeconds": 210.0}),
+        (30, {"n2": "fail:app"}, {"phase": "Halted", "batch": "1/3"}),
+        (
+            2000,
+            {},
+            {"phase": "Succeeded", "batch": "3/3", "reason": None, "soakRemainingSeconds": None},
+        ),
+    ],
+)
+def test_release_rows(until: float, agents: dict[str, str], want: dict[str, Any]) -> None:
+    s = PlanSim(
+        fleet_files(
+            nodes_named("n1", "n2", "n3", "n4", "n5"),
+            [release_doc("app", V, batch_size=2, soak=300)],
+        )
+    )
+    s.agents.update(agents)
+    s.step(0)
+    s.run_until(until)
+    row = release(status_of(s))
+    assert {k: row[k] for k in want} == want
+    assert row["version"] == V and row["kind"] == "process"
+    assert [b["nodes"] for b in row["batches"]] == [["n1", "n2"], ["n3", "n4"], ["n5"]]
+
+
+def test_halted_row_names_node_and_batch_timeline() -> None:
+    s = PlanSim(fleet_files(nodes_named("n1", "n2", "n3"), [release_doc("app", V, batch_size=2)]))
+    s.agents["n2"] = "fail:app"
+    s.step(0)
+    s.run_until(30)
+    row = release(status_of(s))
+    assert row["phase"] == "Halted"
+    assert "n2" in row["reason"]
+    assert [b["state"] for b in row["batches"]] == ["Halted", "Pending"]
+    assert row["batches"][0]["startedAt"] == "1970-01-01T00:00:00Z"
+
+
+def test_node_rows_health_desired_vs_running() -> None:
+    s = PlanSim(
+        fleet_files(nodes_named("n1", "n2", "n3"), [release_doc("app", V, batch_size=3)]), ttl=90
+    )
+    s.agents.update({"n2": "unhealthy:app", "n3": "down"})
+    s.step(0)
+    s.run_until(30)
+    doc = status_of(s)
+    rows = {r["node"]: r for r in doc["nodes"]}
+    assert [rows[n]["health"] for n in ("n1", "n2", "n3")] == ["Healthy", "Unhealthy", "Stale"]
+    assert rows["n1"]["workloads"] == [
+        {"name": "app", "desired": V, "running": V, "phase": "Healthy", "healthy": True}
+    ]
+    assert rows["n3"]["workloads"][0]["running"] is None
+    assert rows["n3"]["lastSeen"] is None
+    assert rows["n1"]["lastSeen"] == "1970-01-01T00:00:30Z"
+    assert rows["n1"]["runtimes"] == {"llama-cpp": True}
+    s.run_until(200)  # n1 keeps reporting; a node silent for more than the TTL is Stale
+    s.agents["n1"] = "down"
+    s.run_until(300)
+    assert {r["node"]: r["health"] for r in status_of(s)["nodes"]}["n1"] == "Stale"
+
+
+def test_superseded_row_and_blocked_rows() -> None:
+    s = PlanSim(fleet_files(nodes_named("n1", "n2"), [release_doc("app", V, soak=600)]))
+    s.step(0)
+    s.run_until(30)
+    s.files.update(fleet_files(releases=[release_doc("app", "1.1.0", soak=600)]))
+    s.run_until(60)
+    blocked = [
+        {
+            "agent": "app",
+            "version": "2.0.0",
+            "phase": "Unapproved",
+            "batch": None,
+            "reason": "Unapproved: abc changes releases/app/2.0.0.yaml without a merge",
+        }
+    ]
+    doc = status_of(s, blocked=blocked)
+    phases = [(r["version"], r["phase"]) for r in doc["releases"]]
+    assert phases == [(V, "Superseded"), ("1.1.0", "Progressing"), ("2.0.0", "Unapproved")]
+    assert doc["revision"] == "a" * 40

@@ -19,7 +19,7 @@ sysdeps:
 	@bash scripts/sysdeps.sh
 
 demo: $(STAMP)
-	$(PY) -m reconciler.demo
+	$(PY) scripts/demo.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check reconciler agent schema tests bench

@@ -1,0 +1,114 @@
+"""Admin endpoints (admin token): fleet status, releases, the audit log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from reconciler.api.auth import require_secret
+from reconciler.api.context import ApiContext
+from reconciler.api.errors import ApiError
+from reconciler.plan.status import fleet_status as build_fleet_status
+from reconciler.spec import JSON
+
+MAX_AUDIT_LIMIT = 10000
+
+
+def _json(doc: object) -> Response:
+    return Response(json.dumps(doc).encode(), media_type="application/json")
+
+
+TIP_STATUS_KEY = "tip-status"  # the loop's release rows for an Unapproved/Invalid tip
+
+
+def _blocked(raw: str | None) -> list[dict[str, JSON]]:
+    try:
+        doc = json.loads(raw) if raw else []
+    except ValueError:
+        return []
+    if isinstance(doc, dict):
+        doc = doc.get("releases", [])
+    return [d for d in doc if isinstance(d, dict)] if isinstance(doc, list) else []
+
+
+def fleet_status(ctx: ApiContext) -> dict[str, Any]:
+    """Read the store and build the fleet-status document (blocking: run in a thread)."""
+    s = ctx.store
+    return build_fleet_status(
+        ctx.spec(),
+        s.nodes(),
+        s.rollouts(),
+        s.reports(),
+        s.all_desired(),
+        ctx.clock(),
+        ctx.settings.heartbeat_ttl,
+        applied=s.applied_revision(),
+        blocked=_blocked(s.get_meta(TIP_STATUS_KEY)),
+    )
+
+
+def _number(request: Request, name: str) -> float | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError(400, f"{name}={raw!r}: expected a number") from None
+    if not math.isfinite(value):
+        raise ApiError(400, f"{name}={raw!r}: expected a finite number")
+    return value
+
+
+def admin_routes(ctx: ApiContext) -> list[Route]:
+    def admin(request: Request) -> None:
+        require_secret(request, ctx.settings.admin_token, "admin")
+
+    async def fleet(request: Request) -> Response:
+        admin(request)
+        doc = await asyncio.to_thread(fleet_status, ctx)
+        ctx.metrics.observe_status(doc)
+        return _json(doc)
+
+    async def releases(request: Request) -> Response:
+        admin(request)
+        doc = await asyncio.to_thread(fleet_status, ctx)
+        return _json({"releases": doc["releases"]})
+
+    async def audit(request: Request) -> Response:
+        admin(request)
+        since = _number(request, "since")
+        limit_value = _number(request, "limit")
+        limit = 1000 if limit_value is None else int(limit_value)
+        if limit_value is not None and (limit != limit_value or not 1 <= limit <= MAX_AUDIT_LIMIT):
+            raise ApiError(400, f"limit: expected an integer from 1 to {MAX_AUDIT_LIMIT}")
+        events = await asyncio.to_thread(ctx.store.audit, since, limit)
+        return _json(
+            {
+                "events": [
+                    {
+                        "id": e.id,
+                        "time": e.time,
+                        "kind": e.kind,
+                        "message": e.message,
+                        "revision": e.revision,
+                        "release": e.release,
+                        "node": e.node,
+                        "details": dict(e.details),
+                    }
+                    for e in events
+                ]
+            }
+        )
+
+    return [
+        Route("/v1/fleet", fleet, methods=["GET"]),
+        Route("/v1/releases", releases, methods=["GET"]),
+        Route("/v1/audit", audit, methods=["GET"]),
+    ]

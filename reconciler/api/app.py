@@ -1,0 +1,92 @@
+"""The ASGI application: routes, error handlers, system endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Sequence
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from reconciler.api.admin import admin_routes, fleet_status
+from reconciler.api.context import ApiContext
+from reconciler.api.errors import (
+    ApiError,
+    error_response,
+    on_api_error,
+    on_http_error,
+    on_unexpected,
+)
+from reconciler.api.hooks import hook_routes
+from reconciler.api.metrics import CONTENT_TYPE
+from reconciler.api.nodes import node_routes
+from reconciler.api.openapi import openapi_document
+
+JSON_TYPE = "application/json"
+
+
+def system_routes(ctx: ApiContext) -> list[Route]:
+    openapi_body = json.dumps(openapi_document()).encode()
+
+    async def healthz(request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type=JSON_TYPE)
+
+    async def readyz(request: Request) -> Response:
+        try:
+            await asyncio.to_thread(ctx.store.ping)
+        except Exception as exc:  # any failure of the database means "not ready"
+            return error_response(503, "unavailable", f"store unreachable: {exc}")
+        if not ctx.ready():
+            return error_response(503, "unavailable", "the first reconcile pass has not finished")
+        return Response(b'{"status":"ready"}', media_type=JSON_TYPE)
+
+    async def metrics(request: Request) -> Response:
+        def collect() -> bytes:
+            ctx.metrics.observe_status(fleet_status(ctx))
+            return ctx.metrics.render()
+
+        return Response(await asyncio.to_thread(collect), media_type=CONTENT_TYPE)
+
+    async def openapi(request: Request) -> Response:
+        return Response(openapi_body, media_type=JSON_TYPE)
+
+    return [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
+
+
+def create_app(ctx: ApiContext, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """The API over ``ctx``; ``extra_routes`` (the dashboard) are mounted after ours."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        ctx.hub.bind(asyncio.get_running_loop())
+        yield
+        ctx.hub.close()
+
+    routes: list[BaseRoute] = [
+        *node_routes(ctx),
+        *admin_routes(ctx),
+        *hook_routes(ctx),
+        *system_routes(ctx),
+        *extra_routes,
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            ApiError: on_api_error,
+            HTTPException: on_http_error,
+            Exception: on_unexpected,
+        },
+    )
+    app.state.ctx = ctx
+    return app

@@ -1,0 +1,65 @@
+"""What the API's handlers need, wired once by ``reconciler.service`` (or a test)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from reconciler.api.auth import NodeTokens
+from reconciler.api.hub import DesiredHub
+from reconciler.api.metrics import Metrics
+from reconciler.config import DEFAULT_HEARTBEAT_TTL, DEFAULT_MAX_BODY
+from reconciler.spec import FleetSpec
+from reconciler.store.base import Store
+
+MAX_WAIT_SECONDS = 60
+
+
+def _nothing() -> None:
+    return None
+
+
+def _always() -> bool:
+    return True
+
+
+def _no_spec() -> FleetSpec | None:
+    return None
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    bootstrap_token: str | None = field(default=None, repr=False)
+    admin_token: str | None = field(default=None, repr=False)
+    webhook_secret: str | None = field(default=None, repr=False)
+    heartbeat_ttl: float = DEFAULT_HEARTBEAT_TTL
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    max_wait: float = MAX_WAIT_SECONDS
+
+
+@dataclass
+class ApiContext:
+    store: Store
+    settings: ApiSettings
+    hub: DesiredHub
+    tokens: NodeTokens
+    metrics: Metrics
+    wake: Callable[[], None] = _nothing  # a report or registration arrived: reconcile soon
+    trigger: Callable[[], None] = _nothing  # a valid webhook: fetch the fleet repo now
+    ready: Callable[[], bool] = _always  # the first reconcile pass is done
+    spec: Callable[[], FleetSpec | None] = _no_spec  # the applied revision's spec, if known
+    clock: Callable[[], float] = time.time
+
+    @classmethod
+    def load(
+        cls, store: Store, settings: ApiSettings, metrics: Metrics | None = None
+    ) -> ApiContext:
+        """Fill the in-memory caches (tokens, desired documents) from the store."""
+        return cls(
+            store=store,
+            settings=settings,
+            hub=DesiredHub(store, store.all_desired()),
+            tokens=NodeTokens((n.name, n.token_hash) for n in store.nodes()),
+            metrics=metrics or Metrics(),
+        )

@@ -1,0 +1,108 @@
+"""Desired-state documents served from memory, and the long-poll wake-ups.
+
+The store is the truth; this is its read cache for the hot path: a conditional GET
+compares ETags here and never queries the database. Writers (the reconcile loop, in
+its own thread) call ``notify_from_thread(node)``; the change is applied on the event
+loop with ``call_soon_threadsafe`` and wakes that node's waiting pollers at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from reconciler.store.base import DesiredRecord, Store
+
+EMPTY_ETAG = '"0-empty"'
+
+
+@dataclass(frozen=True)
+class Entry:
+    etag: str
+    body: bytes  # the JSON document, encoded once
+    generation: int
+
+
+def empty_document(node: str) -> dict[str, object]:
+    """What a node gets before the reconciler has computed anything for it."""
+    return {
+        "apiVersion": "fleetkeeper/v1",
+        "kind": "DesiredState",
+        "node": node,
+        "generation": 0,
+        "revision": None,
+        "approval": None,
+        "workloads": [],
+    }
+
+
+def _entry(rec: DesiredRecord) -> Entry:
+    body = json.dumps(rec.document, separators=(",", ":"), sort_keys=True).encode()
+    return Entry(rec.etag, body, rec.generation)
+
+
+class DesiredHub:
+    def __init__(self, store: Store, records: Iterable[DesiredRecord] = ()) -> None:
+        self._store = store
+        self._entries: dict[str, Entry] = {r.node: _entry(r) for r in records}
+        self._events: dict[str, asyncio.Event] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def get(self, node: str) -> Entry:
+        entry = self._entries.get(node)
+        if entry is None:
+            body = json.dumps(empty_document(node), separators=(",", ":")).encode()
+            entry = Entry(EMPTY_ETAG, body, 0)
+        return entry
+
+    def publish(self, rec: DesiredRecord) -> None:
+        """Install a new document and wake its pollers (call on the event loop)."""
+        self._entries[rec.node] = _entry(rec)
+        event = self._events.pop(rec.node, None)
+        if event is not None:
+            event.set()
+
+    def notify_from_thread(self, node: str) -> None:
+        """The loop's ``notify``: read the stored document here, publish on the event loop."""
+        rec = self._store.desired(node)
+        if rec is None:
+            return
+        loop = self._loop
+        if loop is None:
+            self._entries[node] = _entry(rec)  # not serving yet: nobody waits
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self.publish(rec)
+        else:
+            with contextlib.suppress(RuntimeError):  # the event loop already closed
+                loop.call_soon_threadsafe(self.publish, rec)
+
+    async def wait_change(self, node: str, etag: str, timeout: float) -> Entry:
+        """The current entry once its ETag differs from ``etag``, or after ``timeout``."""
+        entry = self.get(node)
+        if entry.etag != etag or timeout <= 0 or self._closed:
+            return entry
+        event = self._events.get(node)
+        if event is None:
+            event = self._events[node] = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+        return self.get(node)
+
+    def close(self) -> None:
+        """Release every waiting poller (shutdown): they answer with what they have."""
+        self._closed = True
+        events, self._events = self._events, {}
+        for event in events.values():
+            event.set()

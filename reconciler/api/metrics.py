@@ -1,0 +1,169 @@
+"""Prometheus metrics on the reconciler's own registry (``GET /metrics``).
+
+``MeteredStore`` wraps the store to count applied and refused revisions from the
+audit events the loop appends, so the loop needs no metrics code of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from reconciler.spec import JSON
+from reconciler.store.base import (
+    AppliedRevision,
+    AuditEvent,
+    DesiredRecord,
+    NodeRecord,
+    ReportRecord,
+    Store,
+)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+REFUSED_KINDS = frozenset({"refused", "unapproved", "invalid", "rejected"})
+RELEASE_PHASES = (
+    "Pending",
+    "Progressing",
+    "Soaking",
+    "Halted",
+    "Succeeded",
+    "Superseded",
+    "Unapproved",
+    "Invalid",
+)
+HEALTH_STATES = ("Healthy", "Unhealthy", "Stale")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.reconcile_seconds = Histogram(
+            "fleetkeeper_reconcile_duration_seconds",
+            "Duration of one reconcile pass",
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.revisions_applied = Counter(
+            "fleetkeeper_revisions_applied", "Approved revisions applied", registry=r
+        )
+        self.revisions_refused = Counter(
+            "fleetkeeper_revisions_refused",
+            "Revisions refused (unapproved, invalid, history moved backwards)",
+            registry=r,
+        )
+        self.nodes = Gauge("fleetkeeper_nodes", "Nodes by health state", ["state"], registry=r)
+        self.rollout_phase = Gauge(
+            "fleetkeeper_rollout_phase",
+            "1 for the current phase of each release's rollout, 0 for the others",
+            ["release", "phase"],
+            registry=r,
+        )
+        self.desired_polls = Counter(
+            "fleetkeeper_desired_polls", "GET desired answers by result", ["result"], registry=r
+        )
+        self.reports = Counter("fleetkeeper_reports", "Status reports received", registry=r)
+        self.registrations = Counter(
+            "fleetkeeper_registrations",
+            "Node registrations (including re-registrations)",
+            registry=r,
+        )
+        for result in ("200", "304"):
+            self.desired_polls.labels(result=result)
+        for state in HEALTH_STATES:
+            self.nodes.labels(state=state)
+        # Hot-path counters bound once (labels() costs a lookup per call).
+        self.poll_200 = self.desired_polls.labels(result="200")
+        self.poll_304 = self.desired_polls.labels(result="304")
+
+    def observe_status(self, status: Mapping[str, Any]) -> None:
+        counts = dict.fromkeys(HEALTH_STATES, 0)
+        for n in status.get("nodes", []):
+            counts[str(n.get("health"))] = counts.get(str(n.get("health")), 0) + 1
+        for state, count in counts.items():
+            self.nodes.labels(state=state).set(count)
+        self.rollout_phase.clear()
+        for rel in status.get("releases", []):
+            name = f"{rel.get('agent')}@{rel.get('version')}"
+            for phase in RELEASE_PHASES:
+                self.rollout_phase.labels(release=name, phase=phase).set(
+                    1 if rel.get("phase") == phase else 0
+                )
+
+    def observe_audit(self, event: AuditEvent) -> None:
+        if event.kind == "applied":
+            self.revisions_applied.inc()
+        elif event.kind in REFUSED_KINDS:
+            self.revisions_refused.inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MeteredStore:
+    """A Store that feeds audit events to the metrics; everything else passes through."""
+
+    def __init__(self, inner: Store, metrics: Metrics) -> None:
+        self.inner = inner
+        self.metrics = metrics
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def ping(self) -> None:
+        self.inner.ping()
+
+    def schema_version(self) -> int:
+        return self.inner.schema_version()
+
+    def applied_revision(self) -> AppliedRevision | None:
+        return self.inner.applied_revision()
+
+    def set_applied_revision(self, rev: AppliedRevision) -> None:
+        self.inner.set_applied_revision(rev)
+
+    def append_audit(self, event: AuditEvent) -> int:
+        event_id = self.inner.append_audit(event)
+        self.metrics.observe_audit(event)
+        return event_id
+
+    def audit(self, since: float | None = None, limit: int = 1000) -> Sequence[AuditEvent]:
+        return self.inner.audit(since, limit)
+
+    def upsert_node(self, node: NodeRecord) -> None:
+        self.inner.upsert_node(node)
+
+    def node(self, name: str) -> NodeRecord | None:
+        return self.inner.node(name)
+
+    def nodes(self) -> Sequence[NodeRecord]:
+        return self.inner.nodes()
+
+    def desired(self, node: str) -> DesiredRecord | None:
+        return self.inner.desired(node)
+
+    def all_desired(self) -> Sequence[DesiredRecord]:
+        return self.inner.all_desired()
+
+    def put_desired(self, node: str, document: Mapping[str, JSON]) -> tuple[DesiredRecord, bool]:
+        return self.inner.put_desired(node, document)
+
+    def put_report(self, report: ReportRecord) -> None:
+        self.inner.put_report(report)
+
+    def reports(self) -> Sequence[ReportRecord]:
+        return self.inner.reports()
+
+    def rollouts(self) -> Mapping[str, Mapping[str, JSON]]:
+        return self.inner.rollouts()
+
+    def put_rollout(self, name: str, state: Mapping[str, JSON]) -> None:
+        self.inner.put_rollout(name, state)
+
+    def get_meta(self, key: str) -> str | None:
+        return self.inner.get_meta(key)
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.inner.set_meta(key, value)

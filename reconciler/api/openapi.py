@@ -1,0 +1,274 @@
+"""The OpenAPI 3.1 document of the API (``GET /openapi.json``).
+
+Bodies come from ``schema/*.schema.json`` with every ``$ref`` inlined, so the document
+stands alone (tools need not resolve ``urn:fleetkeeper:schema:*`` identifiers).
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import cache
+from typing import Any
+
+import schema
+from reconciler import __version__
+
+URN = "urn:fleetkeeper:schema:"
+_ANNOTATIONS = frozenset({"description", "title", "default", "examples"})
+
+
+def _pointer(doc: Any, fragment: str) -> Any:
+    node = doc
+    for part in fragment.strip("/").split("/"):
+        if part:
+            node = node[part.replace("~1", "/").replace("~0", "~")]
+    return node
+
+
+def _inline(node: Any, base: str) -> Any:
+    if isinstance(node, list):
+        return [_inline(v, base) for v in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        uri, _, fragment = str(node["$ref"]).partition("#")
+        target = uri.removeprefix(URN) if uri else base
+        resolved = _inline(_pointer(schema.load(target), fragment), target)
+        rest = {k: _inline(v, base) for k, v in node.items() if k != "$ref"}
+        if set(rest) <= _ANNOTATIONS:
+            return {**resolved, **rest}
+        return {"allOf": [resolved], **rest}
+    return {
+        k: (v if k in ("const", "enum", "default") else _inline(v, base))
+        for k, v in node.items()
+        if k not in ("$schema", "$id", "$defs")
+    }
+
+
+def body_schema(name: str) -> dict[str, Any]:
+    """``schema/<name>.schema.json`` with every reference inlined."""
+    out: dict[str, Any] = _inline(schema.load(name), name)
+    return out
+
+
+ERROR = {
+    "type": "object",
+    "required": ["error", "message"],
+    "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+}
+NODE_PARAM = {
+    "name": "node",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"},
+}
+
+
+def _json(schema_: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema_}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(c): {"$ref": "#/components/responses/Error"} for c in codes}
+
+
+def _body(name: str) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": body_schema(name)}}}
+
+
+@cache
+def _document() -> dict[str, Any]:
+    fleet = body_schema("fleet-status")
+    audit_event = {
+        "type": "object",
+        "required": ["id", "time", "kind", "message"],
+        "properties": {
+            "id": {"type": "integer"},
+            "time": {"type": "number", "description": "Unix time."},
+            "kind": {"type": "string"},
+            "message": {"type": "string"},
+            "revision": {"type": ["string", "null"]},
+            "release": {"type": ["string", "null"]},
+            "node": {"type": ["string", "null"]},
+            "details": {"type": "object"},
+        },
+    }
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
+    text = {
+        "description": "Prometheus text format",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+    ok = _json({"type": "object"}, "OK")
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "fleetkeeper reconciler API",
+            "version": __version__,
+            "description": "Agents register, long-poll their desired state and report; "
+            "people read fleet status; forges trigger fetches. Errors are "
+            '{"error": code, "message": text}.',
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": ERROR},
+            "responses": {"Error": _json({"$ref": "#/components/schemas/Error"}, "Refused")},
+        },
+        "paths": {
+            "/v1/nodes/{node}/register": {
+                "post": {
+                    "summary": "Register a node with the bootstrap token; returns its node token",
+                    "security": bearer,
+                    "parameters": [NODE_PARAM],
+                    "requestBody": _body("register"),
+                    "responses": {
+                        "200": _json(body_schema("register-response"), "The node token"),
+                        **_errors(400, 401, 404, 413, 422),
+                    },
+                }
+            },
+            "/v1/nodes/{node}/desired": {
+                "get": {
+                    "summary": "Desired state; long-polls while If-None-Match still matches",
+                    "security": bearer,
+                    "parameters": [
+                        NODE_PARAM,
+                        {
+                            "name": "wait",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "number", "minimum": 0, "maximum": 60},
+                            "description": "Seconds to wait for a change (capped at 60).",
+                        },
+                        {
+                            "name": "If-None-Match",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            **_json(body_schema("desired-state"), "The desired-state document"),
+                            "headers": {"ETag": {"schema": {"type": "string"}}},
+                        },
+                        "304": {
+                            "description": "Unchanged",
+                            "headers": {"ETag": {"schema": {"type": "string"}}},
+                        },
+                        **_errors(400, 401, 403, 404),
+                    },
+                }
+            },
+            "/v1/nodes/{node}/status": {
+                "post": {
+                    "summary": "Heartbeat and status report",
+                    "security": bearer,
+                    "parameters": [NODE_PARAM],
+                    "requestBody": _body("status-report"),
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["node", "generation"],
+                                "properties": {
+                                    "node": {"type": "string"},
+                                    "generation": {"type": "integer"},
+                                },
+                            },
+                            "Stored; generation is the node's current desired generation",
+                        ),
+                        **_errors(400, 401, 403, 404, 413, 422),
+                    },
+                }
+            },
+            "/v1/fleet": {
+                "get": {
+                    "summary": "Fleet status (admin token)",
+                    "security": bearer,
+                    "responses": {"200": _json(fleet, "Fleet status"), **_errors(401)},
+                }
+            },
+            "/v1/releases": {
+                "get": {
+                    "summary": "Rollout status per release (admin token)",
+                    "security": bearer,
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["releases"],
+                                "properties": {"releases": fleet["properties"]["releases"]},
+                            },
+                            "Releases",
+                        ),
+                        **_errors(401),
+                    },
+                }
+            },
+            "/v1/audit": {
+                "get": {
+                    "summary": "The audit log, oldest first (admin token)",
+                    "security": bearer,
+                    "parameters": [
+                        {
+                            "name": "since",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "number"},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 10000},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["events"],
+                                "properties": {"events": {"type": "array", "items": audit_event}},
+                            },
+                            "Audit events",
+                        ),
+                        **_errors(400, 401),
+                    },
+                }
+            },
+            "/hooks/{provider}": {
+                "post": {
+                    "summary": "Forge webhook (HMAC-SHA256 of the raw body): fetch now",
+                    "parameters": [
+                        {
+                            "name": "provider",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"enum": ["github", "gitea", "generic"]},
+                        }
+                    ],
+                    "requestBody": {
+                        "required": False,
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    "responses": {
+                        "200": ok,
+                        "202": _json({"type": "object"}, "Fetch triggered"),
+                        **_errors(401, 404, 413),
+                    },
+                }
+            },
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": text}}},
+            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": ok}}},
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness: store reachable and first reconcile pass done",
+                    "responses": {"200": ok, **_errors(503)},
+                }
+            },
+        },
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    return copy.deepcopy(_document())

@@ -1,0 +1,168 @@
+"""Agent endpoints over a real socket: register, desired (ETag long-poll), status, auth."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from schema import errors as schema_errors
+from tests.helpers.server import ApiHarness, api_harness, desired_doc, register_doc
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[ApiHarness]:
+    with api_harness(tmp_path) as harness:
+        yield harness
+
+
+def test_register_returns_token_and_reregister_rotates(api: ApiHarness) -> None:
+    t1 = api.register("gpu-1")
+    assert len(t1) >= 32
+    with api.client(t1) as c:
+        assert c.get("/v1/nodes/gpu-1/desired").status_code == 200
+    t2 = api.register("gpu-1", roles=["inference", "coding"])
+    assert t2 != t1
+    with api.client(t1) as c:
+        assert c.get("/v1/nodes/gpu-1/desired").status_code == 401  # old token revoked
+    with api.client(t2) as c:
+        assert c.get("/v1/nodes/gpu-1/desired").status_code == 200
+    rec = api.ctx.store.node("gpu-1")
+    assert rec.facts["roles"] == ["inference", "coding"]
+    assert t2 not in rec.token_hash and len(rec.token_hash) == 64  # stored hashed
+    assert [e.kind for e in api.ctx.store.audit()] == ["registered", "registered"]
+    assert len(api.wakes) == 2
+
+
+def test_register_needs_the_bootstrap_token(api: ApiHarness) -> None:
+    body = register_doc("gpu-1")
+    with api.client() as c:
+        r = c.post("/v1/nodes/gpu-1/register", json=body)
+        assert r.status_code == 401 and r.json()["error"] == "unauthorized"
+    with api.client("wrong-token") as c:
+        assert c.post("/v1/nodes/gpu-1/register", json=body).status_code == 401
+    with api.client(api.admin_token) as c:
+        assert c.post("/v1/nodes/gpu-1/register", json=body).status_code == 401
+    with api.client(api.bootstrap_token) as c:
+        r = c.post("/v1/nodes/gpu-2/register", json=body)
+        assert r.status_code == 422 and "URL names 'gpu-2'" in r.json()["message"]
+
+
+def test_desired_before_any_document_is_generation_zero(api: ApiHarness) -> None:
+    token = api.register("gpu-1")
+    with api.client(token) as c:
+        r = c.get("/v1/nodes/gpu-1/desired")
+    assert r.status_code == 200
+    doc = r.json()
+    assert schema_errors("desired-state", doc) == []
+    assert (doc["generation"], doc["workloads"], doc["node"]) == (0, [], "gpu-1")
+    assert r.headers["etag"]
+
+
+def test_desired_etag_and_304(api: ApiHarness) -> None:
+    token = api.register("gpu-1")
+    rec = api.put_desired("gpu-1")
+    with api.client(token) as c:
+        r = c.get("/v1/nodes/gpu-1/desired")
+        assert r.status_code == 200 and r.headers["etag"] == rec.etag
+        assert r.json()["generation"] == 1
+        assert schema_errors("desired-state", r.json()) == []
+        r2 = c.get("/v1/nodes/gpu-1/desired", headers={"If-None-Match": rec.etag})
+        assert r2.status_code == 304 and r2.headers["etag"] == rec.etag and r2.content == b""
+        r3 = c.get("/v1/nodes/gpu-1/desired", headers={"If-None-Match": '"stale"'})
+        assert r3.status_code == 200
+
+
+def test_long_poll_returns_within_100ms_of_a_change(api: ApiHarness) -> None:
+    token = api.register("gpu-1")
+    rec = api.put_desired("gpu-1", "1.0.0")
+    got: dict[str, object] = {}
+
+    def poll() -> None:
+        with api.client(token) as c:
+            r = c.get(
+                "/v1/nodes/gpu-1/desired", params={"wait": 30}, headers={"If-None-Match": rec.etag}
+            )
+            got["at"] = time.monotonic()
+            got["status"] = r.status_code
+            got["version"] = r.json()["workloads"][0]["version"]
+
+    t = threading.Thread(target=poll)
+    t.start()
+    time.sleep(0.3)  # the poller is waiting now
+    assert "at" not in got
+    changed_at = time.monotonic()
+    api.put_desired("gpu-1", "1.1.0")  # from a non-event-loop thread, like the loop's worker
+    t.join(timeout=5)
+    assert got["status"] == 200 and got["version"] == "1.1.0"
+    latency = float(got["at"]) - changed_at  # type: ignore[arg-type]
+    assert latency < 0.1, f"long-poll answered {latency * 1000:.0f} ms after the change"
+
+
+def test_long_poll_times_out_with_304(api: ApiHarness) -> None:
+    token = api.register("gpu-1")
+    rec = api.put_desired("gpu-1")
+    with api.client(token) as c:
+        start = time.monotonic()
+        r = c.get(
+            "/v1/nodes/gpu-1/desired", params={"wait": 0.3}, headers={"If-None-Match": rec.etag}
+        )
+        elapsed = time.monotonic() - start
+    assert r.status_code == 304
+    assert 0.25 <= elapsed < 2
+
+
+def test_node_token_opens_only_its_own_node(api: ApiHarness) -> None:
+    ta = api.register("node-a")
+    api.register("node-b")
+    with api.client(ta) as c:
+        r = c.get("/v1/nodes/node-b/desired")
+        assert r.status_code == 403 and r.json()["error"] == "forbidden"
+        report = {"node": "node-b", "generation": 0, "workloads": []}
+        assert c.post("/v1/nodes/node-b/status", json=report).status_code == 403
+        assert c.get("/v1/fleet").status_code == 401  # a node token is no admin token
+    with api.client("not-a-token") as c:
+        assert c.get("/v1/nodes/node-a/desired").status_code == 401
+    with httpx.Client(base_url=api.url) as c:
+        r = c.get("/v1/nodes/node-a/desired")
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+
+
+def test_status_report_is_stored_and_wakes_the_loop(api: ApiHarness) -> None:
+    token = api.register("gpu-1")
+    api.put_desired("gpu-1")
+    wakes_before = len(api.wakes)
+    report = {
+        "node": "gpu-1",
+        "generation": 1,
+        "agentVersion": "0.1.0",
+        "workloads": [{"name": "agent", "version": "1.0.0", "phase": "Healthy", "healthy": True}],
+    }
+    with api.client(token) as c:
+        r = c.post("/v1/nodes/gpu-1/status", json=report)
+    assert r.status_code == 200 and r.json() == {"node": "gpu-1", "generation": 1}
+    assert len(api.wakes) == wakes_before + 1
+    (stored,) = api.ctx.store.reports()
+    assert stored.node == "gpu-1" and stored.report == report
+
+
+def test_desired_wait_parameter_is_checked(api: ApiHarness) -> None:
+    token = api.register("gpu-1")
+    with api.client(token) as c:
+        for bad in ("abc", "-1", "nan", "inf"):
+            r = c.get("/v1/nodes/gpu-1/desired", params={"wait": bad})
+            assert r.status_code == 400, bad
+            assert r.json()["error"] == "bad-request"
+
+
+def test_desired_document_round_trips_the_stored_one(api: ApiHarness) -> None:
+    token = api.register("gpu-1")
+    api.put_desired("gpu-1", "2.0.0")
+    with api.client(token) as c:
+        doc = c.get("/v1/nodes/gpu-1/desired").json()
+    want = {**desired_doc("gpu-1", "2.0.0"), "generation": 1}
+    assert doc == want

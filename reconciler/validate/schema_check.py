@@ -268,7 +268,12 @@ def check_schema(loaded: LoadedFile, kind: str) -> list[Violation]:
     out: list[Violation] = []
     seen: set[tuple[int, int, str]] = set()
     missing: dict[tuple[str | int, ...], list[str]] = {}
-    for err in _engine(name).errors(loaded.value):
+    errors = list(_engine(name).errors(loaded.value))
+    # anyOf/oneOf say less than a direct error on the same value (a stricter $ref sibling)
+    direct = {e.at for e in errors if e.keyword not in ("anyOf", "oneOf", "required")}
+    for err in errors:
+        if err.keyword in ("anyOf", "oneOf") and err.at in direct:
+            continue
         if err.keyword == "required":  # one line per mapping, not one per missing field
             missing.setdefault(err.at, []).append(str(err.details.get("property", "")))
             continue

@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import os
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -167,7 +168,7 @@ class Git:
 
     def __call__(self, *args: str, quiet: bool = False) -> str:
         if not quiet:
-            console.print(f"[dim]$ git {' '.join(args)}[/]")
+            console.print(f"$ git {shlex.join(args)}", style="dim", markup=False)
         proc = subprocess.run(
             ["git", *args], cwd=self.cwd, env=self.env, capture_output=True, text=True
         )
@@ -342,9 +343,10 @@ def _story(
     subprocess.run(
         ["git", "init", "-q", "--bare", "--initial-branch=main", str(bare)], env=env, check=True
     )
-    subprocess.run(["git", "clone", "-q", str(bare), str(work)], env=env, check=True)
+    work.mkdir()
     git = Git(work, env)
-    git("checkout", "-q", "-b", "main", quiet=True)
+    git("init", "-q", "--initial-branch=main", quiet=True)
+    git("remote", "add", "origin", str(bare), quiet=True)
     (work / "README.md").write_text("# homelab fleet\n")
     git("add", "README.md", quiet=True)
     git("commit", "-q", "-m", "Start the fleet repo", quiet=True)

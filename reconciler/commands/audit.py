@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from reconciler.commands.status import add_server_args, make_console
+from reconciler.commands.status import add_server_args, make_console, quiet_http_logs
 from reconciler.errors import FleetkeeperError
 from reconciler.report.client import AdminClient, read_token
 from reconciler.report.tables import audit_table
@@ -35,6 +35,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    quiet_http_logs()
     since = None
     if args.since:
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -58,7 +59,13 @@ def make_console() -> Console:
     return console
 
 
+def quiet_http_logs() -> None:
+    """httpx logs every request at INFO: noise on a status screen (kept at WARNING)."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 def run(args: argparse.Namespace) -> int:
+    quiet_http_logs()
     token = read_token(args.token_file)
     with AdminClient(args.server, token) as client:
         if args.format == "json":

@@ -210,7 +210,7 @@ def start_server(
     if repo is None and repo_url is None:
         repo = FleetRepo.create(tmp / "fleet", DEFAULT_FILES)
     source = repo_url or str(repo.path if repo else "")
-    config_path, secret_values = write_config(tmp / "reconciler", source, extra=extra_config)
+    config_path, secret_values = write_config(tmp / "reconciler-config", source, extra=extra_config)
     stdout, stderr = tmp / "serve.stdout", tmp / "serve.stderr"
     with stdout.open("wb") as out, stderr.open("wb") as err:
         proc = subprocess.Popen(
@@ -234,7 +234,7 @@ def start_server(
         admin_token=secret_values["admin"],
         bootstrap_token=secret_values["bootstrap"],
         webhook_secret=secret_values["webhook"],
-        state_dir=tmp / "reconciler" / "state",
+        state_dir=tmp / "reconciler-config" / "state",
         config_path=config_path,
         process=proc,
         stdout_path=stdout,

@@ -1,0 +1,168 @@
+"""``fleetkeeper serve``: wire config -> store -> source -> loop -> API -> uvicorn, in one process.
+
+One asyncio event loop runs the HTTP server, the git watcher and the reconcile loop
+(whose passes run in a worker thread). SIGTERM or SIGINT stops all three: the server
+stops accepting, waiting long-polls are released at once, in-flight requests finish
+(at most ``GRACE_SECONDS``), the store is closed, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+from collections.abc import Callable, Coroutine, Generator, Sequence
+from typing import Any
+
+import uvicorn
+from starlette.routing import BaseRoute
+
+from reconciler.api import ApiContext, ApiSettings, create_app
+from reconciler.api.admin import fleet_status
+from reconciler.api.metrics import MeteredStore, Metrics
+from reconciler.config import Config
+from reconciler.errors import ConfigError
+from reconciler.loop import PassResult, Reconciler
+from reconciler.source import GitSource
+from reconciler.store import open_store
+from reconciler.store.base import AuditEvent
+
+log = logging.getLogger(__name__)
+
+GRACE_SECONDS = 5
+DASHBOARD_AUDIT_WINDOW = 7 * 86400
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: ``serve`` owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def settings_from(config: Config) -> ApiSettings:
+    return ApiSettings(
+        bootstrap_token=config.bootstrap_token,
+        admin_token=config.admin_token,
+        webhook_secret=config.webhook_secret,
+        heartbeat_ttl=config.heartbeat_ttl,
+        max_body_bytes=config.max_body_bytes,
+    )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (port 0: the kernel picks a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"listen: cannot bind {host}:{port}: {exc.strerror}") from exc
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def dashboard_routes(ctx: ApiContext) -> Sequence[BaseRoute]:
+    """The dashboard's routes at ``/`` when its package is present."""
+    try:
+        from reconciler.dashboard import routes
+    except ImportError:
+        return ()
+
+    async def get_status() -> dict[str, Any]:
+        return await asyncio.to_thread(fleet_status, ctx)
+
+    async def get_audit() -> list[AuditEvent]:
+        since = ctx.clock() - DASHBOARD_AUDIT_WINDOW
+        return list(await asyncio.to_thread(ctx.store.audit, since, 1000))
+
+    return routes(get_status, get_audit, ctx.settings.admin_token)
+
+
+class _MeteredReconciler(Reconciler):
+    """The loop with each pass timed into the reconcile-duration histogram."""
+
+    metrics: Metrics
+
+    def reconcile_once(self) -> PassResult:
+        with self.metrics.reconcile_seconds.time():
+            return super().reconcile_once()
+
+
+async def serve(config: Config, on_listening: Callable[[str], None] | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or a fatal error in one of the parts)."""
+    metrics = Metrics()
+    store = MeteredStore(open_store(config.database_url), metrics)
+    try:
+        source = GitSource(config.repo, config.state_dir, config.branch)
+        ctx = ApiContext.load(store, settings_from(config), metrics)
+        reconciler = _MeteredReconciler(config, store, source, notify=ctx.hub.notify_from_thread)
+        reconciler.metrics = metrics
+        ctx.spec = reconciler.spec
+        ctx.wake = reconciler.wake
+        ctx.trigger = source.trigger
+        ctx.ready = lambda: bool(reconciler.first_pass_done)
+        app = create_app(ctx, dashboard_routes(ctx))
+        sock = bind(config.listen_host, config.listen_port)
+        host, port = sock.getsockname()[:2]
+        server = _Server(
+            uvicorn.Config(
+                app,
+                log_config=None,
+                access_log=False,
+                lifespan="on",
+                loop="none",
+                timeout_graceful_shutdown=GRACE_SECONDS,
+                server_header=False,
+            )
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+        log.info("fleetkeeper serving %s on %s (store %s)", config.repo, url, "sqlite")
+        if on_listening is not None:
+            on_listening(url)
+        parts: dict[str, Coroutine[Any, Any, None]] = {
+            "http": server.serve(sockets=[sock]),
+            "reconcile": reconciler.run(stop),
+            "watch": source.watch(reconciler.wake, stop, config.poll_interval),
+        }
+        tasks = {asyncio.create_task(c, name=n): n for n, c in parts.items()}
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        failed = [t for t in done if t is not stopper and t.exception() is not None]
+        started = time.monotonic()
+        stop.set()
+        server.should_exit = True
+        ctx.hub.close()  # release long-polls now rather than after their wait
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        stopper.cancel()
+        log.info("fleetkeeper stopped in %.2fs", time.monotonic() - started)
+        for task, result in zip(tasks, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                log.error("%s stopped with an error", tasks[task], exc_info=result)
+        if failed:
+            raise failed[0].exception() or RuntimeError("a part of the reconciler stopped")
+    finally:
+        store.close()
+
+
+def run(config: Config, on_listening: Callable[[str], None] | None = None) -> None:
+    """Blocking entry point: uvloop when it is installed, else the default loop."""
+    try:
+        import uvloop
+
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(config, on_listening))

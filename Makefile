@@ -10,8 +10,14 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
+# llama-cpp-python builds from source (~5 min on 2 cores): CPU only, no BLAS/GPU, portable
+# x86-64/arm64 code; pip keeps the built wheel in its cache, so later installs take seconds.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BLAS=OFF -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DGGML_OPENMP=OFF -DLLAMA_CURL=OFF
+PIP_CACHE ?= $(HOME)/.cache/pip
+
 $(STAMP): $(PY) pyproject.toml
-	$(PY) -m pip install -q -e '.[test]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc 2>/dev/null || echo 2) \
+		$(PY) -m pip install -q --cache-dir "$(PIP_CACHE)" -e '.[test,llama,mlx]'
 	touch $(STAMP)
 
 # System tools the tests use for real: ssh-keygen, gpg. Installed only when missing (as root).

@@ -1,14 +1,101 @@
-"""``fleetkeeper-agent`` command line (not built yet)."""
+"""``fleetkeeper-agent`` command line: run, rollback, status.
+
+Exit codes: 0 ok, 1 the user's input or a failed action, 2 usage, 3 a bug, 130 Ctrl-C.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+from agent import __version__
+from agent.config import load
+from agent.errors import AgentError
+
+log = logging.getLogger("agent")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fleetkeeper-agent", description=__doc__)
+    p.add_argument("--version", action="version", version=f"fleetkeeper-agent {__version__}")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the agent: poll, converge, report")
+    run.add_argument("--config", required=True, type=Path, help="agent config (YAML)")
+    rb = sub.add_parser("rollback", help="flip a workload back to its previous version")
+    rb.add_argument("name", help="workload name")
+    rb.add_argument("--config", required=True, type=Path)
+    st = sub.add_parser("status", help="show what runs on this node")
+    st.add_argument("--config", required=True, type=Path)
+    st.add_argument("--format", choices=["table", "json"], default="table")
+    return p
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from agent.daemon import local_status
+
+    rows = local_status(load(args.config))
+    if args.format == "json":
+        print(json.dumps(rows, indent=1))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="fleetkeeper-agent: workloads on this node")
+    for col in ("workload", "desired", "running", "current", "pid", "health", "phase", "message"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["name"],
+            str(r["desired"] or "-"),
+            str(r["running"] or "-"),
+            str(r["current"] or "-"),
+            str(r["pid"] or "-"),
+            "healthy" if r["healthy"] else "unhealthy",
+            str(r["phase"]),
+            str(r["message"] or "")[:80],
+        )
+    Console().print(table)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    print("fleetkeeper-agent: not built yet", file=sys.stderr)
-    return 2
+    args = _parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        if args.command == "run":
+            from agent.daemon import Daemon
+
+            return Daemon(load(args.config)).run()
+        if args.command == "rollback":
+            from agent.daemon import request_rollback
+
+            ok, message = request_rollback(load(args.config), args.name)
+            print(message)
+            return 0 if ok else 1
+        return _status(args)
+    except AgentError as exc:
+        print(f"fleetkeeper-agent: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception:
+        log.exception("fleetkeeper-agent: unexpected error (a bug); please report it with this log")
+        return 3
 
 
 if __name__ == "__main__":

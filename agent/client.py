@@ -1,0 +1,146 @@
+"""HTTP client for the reconciler: register, long-poll the desired state, post status.
+
+Outbound only. Server URLs are tried in order; the first that answers wins and is tried
+first next time. A 401 on a node endpoint means the stored node token is no longer valid:
+register again with the bootstrap token and retry once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import httpx
+
+import schema
+from agent.download import redact
+from agent.errors import AuthError, ConfigError, ServerError
+from agent.state import StateDir
+
+log = logging.getLogger(__name__)
+
+_register_lock = threading.Lock()
+
+
+class ServerClient:
+    def __init__(
+        self,
+        servers: Sequence[str],
+        node: str,
+        state: StateDir,
+        *,
+        bootstrap_token: Callable[[], str | None],
+        facts: Callable[[], Mapping[str, Any]],
+        connect_timeout: float = 3.0,
+    ) -> None:
+        self.servers = list(servers)
+        self.node = node
+        self.state = state
+        self.bootstrap_token = bootstrap_token
+        self.facts = facts
+        self.preferred = 0
+        self.http = httpx.Client(
+            timeout=httpx.Timeout(10.0, connect=connect_timeout), trust_env=False
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _send(
+        self, method: str, path: str, *, token: str, timeout: float | None = None, **kw: Any
+    ) -> httpx.Response:
+        order = self.servers[self.preferred :] + self.servers[: self.preferred]
+        errors = []
+        headers = {"Authorization": f"Bearer {token}", **kw.pop("headers", {})}
+        for base in order:
+            try:
+                extra: dict[str, Any] = {}
+                if timeout is not None:
+                    extra["timeout"] = httpx.Timeout(timeout, connect=self.http.timeout.connect)
+                resp = self.http.request(method, base + path, headers=headers, **kw, **extra)
+            except httpx.TransportError as exc:
+                errors.append(f"{redact(base)}: {type(exc).__name__}: {exc}")
+                continue
+            if resp.status_code >= 500:
+                errors.append(f"{redact(base)}: HTTP {resp.status_code}")
+                continue
+            self.preferred = self.servers.index(base)
+            return resp
+        raise ServerError("no reconciler answered: " + "; ".join(errors))
+
+    # -- registration ---------------------------------------------------------------------
+    def register(self) -> str:
+        with _register_lock:
+            bootstrap = self.bootstrap_token()
+            if not bootstrap:
+                raise ConfigError(
+                    "no node token stored and no bootstrap token: set bootstrapTokenFile in "
+                    "the agent config (or FLEETKEEPER_BOOTSTRAP_TOKEN)"
+                )
+            facts = dict(self.facts())
+            problems = schema.errors("register", facts)
+            if problems:
+                raise ConfigError("register request would be invalid: " + "; ".join(problems))
+            resp = self._send(
+                "POST", f"/v1/nodes/{self.node}/register", token=bootstrap, json=facts
+            )
+            if resp.status_code in (401, 403):
+                raise ConfigError(
+                    f"the reconciler refused the bootstrap token (HTTP {resp.status_code}); "
+                    "check bootstrapTokenFile"
+                )
+            if resp.status_code not in (200, 201):
+                raise ServerError(f"register: HTTP {resp.status_code}: {resp.text[:300]}")
+            body = resp.json()
+            token = str(body.get("token") or "")
+            if not token:
+                raise ServerError("register: the response carries no token")
+            self.state.write_token(token)
+            log.info("registered node %s", self.node)
+            return token
+
+    def token(self) -> str:
+        return self.state.read_token() or self.register()
+
+    def _node_call(
+        self, method: str, path: str, *, timeout: float | None = None, **kw: Any
+    ) -> httpx.Response:
+        resp = self._send(method, path, token=self.token(), timeout=timeout, **kw)
+        if resp.status_code == 401:
+            log.info("node token refused (401): registering again")
+            resp = self._send(method, path, token=self.register(), timeout=timeout, **kw)
+            if resp.status_code == 401:
+                raise AuthError(f"{method} {path}: 401 even after registering again")
+        return resp
+
+    # -- desired state --------------------------------------------------------------------
+    def desired(
+        self, etag: str | None, wait: int
+    ) -> tuple[dict[str, Any] | None, str | None, bool]:
+        """(document, etag, changed). ``changed`` False on 304 (or no document yet)."""
+        headers = {"If-None-Match": etag} if etag else {}
+        resp = self._node_call(
+            "GET",
+            f"/v1/nodes/{self.node}/desired",
+            params={"wait": wait},
+            headers=headers,
+            timeout=wait + 15.0,
+        )
+        if resp.status_code == 304:
+            return None, etag, False
+        if resp.status_code == 404:
+            return None, etag, False
+        if resp.status_code != 200:
+            raise ServerError(f"GET desired: HTTP {resp.status_code}: {resp.text[:300]}")
+        doc = resp.json()
+        problems = schema.errors("desired-state", doc)
+        if problems:
+            raise ServerError("desired state document is invalid: " + "; ".join(problems[:5]))
+        return doc, resp.headers.get("etag"), True
+
+    def report(self, report: Mapping[str, Any]) -> None:
+        resp = self._node_call("POST", f"/v1/nodes/{self.node}/status", json=dict(report))
+        if resp.status_code not in (200, 202, 204):
+            raise ServerError(f"POST status: HTTP {resp.status_code}: {resp.text[:300]}")

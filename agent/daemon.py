@@ -1,0 +1,402 @@
+"""The agent daemon: the thin shell wiring poll → converge → report, each in its own thread.
+
+* poller: long-polls the desired state (ETag); a new document is stored in the state
+  directory first, then handed to the converger.
+* converger: converges every workload of the latest document; also serves rollback
+  requests written by ``fleetkeeper-agent rollback`` and re-checks (resyncs) periodically.
+* reporter: posts a status report at least every ``heartbeatSeconds`` and soon after any
+  phase change; a long-poll in flight never delays it.
+* monitor: lets the supervisor notice crashes and restart them with backoff.
+
+When the reconciler is unreachable nothing changes locally: workloads keep running from the
+last good document (read back from the state directory after a restart).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import random
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import schema
+from agent import __version__, facts
+from agent.backoff import backoff_delay
+from agent.board import Board
+from agent.client import ServerClient
+from agent.config import AgentConfig
+from agent.converge import Converger, doc_key
+from agent.errors import AgentError, ConfigError
+from agent.report import build_report, decide_phase, workload_entry
+from agent.runtimes.child import ChildSupervisor
+from agent.runtimes.service import LaunchdSupervisor, SystemdSupervisor
+from agent.runtimes.supervisor import Supervisor
+from agent.state import StateDir, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+MONITOR_SECONDS = 0.1
+REQUEST_POLL_SECONDS = 0.1
+
+
+def make_supervisor(cfg: AgentConfig, state: StateDir) -> Supervisor:
+    if cfg.supervisor == "systemd":
+        return SystemdSupervisor(state.root / "logs")
+    if cfg.supervisor == "launchd":
+        return LaunchdSupervisor(state.root / "logs")
+    return ChildSupervisor(
+        state, grace_seconds=cfg.stop_grace_seconds, backoff_cap=cfg.max_backoff_seconds
+    )
+
+
+def make_converger(cfg: AgentConfig, state: StateDir, sup: Supervisor, board: Board) -> Converger:
+    exit_code: Callable[[str], int | None] | None = (
+        sup.exit_code if isinstance(sup, ChildSupervisor) else None
+    )
+    return Converger(
+        install_root=cfg.install_root,
+        state=state,
+        supervisor=sup,
+        board=board,
+        keep_versions=cfg.keep_versions,
+        exit_code=exit_code,
+    )
+
+
+class AlreadyRunning(ConfigError):
+    reason = "AgentAlreadyRunning"
+
+
+class Daemon:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.state = StateDir(cfg.state_dir)
+        self.state.ensure()
+        cfg.install_root.mkdir(parents=True, exist_ok=True)
+        self.board = Board()
+        self.sup = make_supervisor(cfg, self.state)
+        self.conv = make_converger(cfg, self.state, self.sup, self.board)
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.doc_lock = threading.Lock()
+        doc, etag = self.state.read_desired()
+        self.document: dict[str, Any] | None = doc
+        self.etag: str | None = etag
+        self.acted_generation = 0
+        self._lock_fd: int | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def acquire(self) -> None:
+        fd = os.open(self.state.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            raise AlreadyRunning(
+                f"another agent already runs with stateDir {self.state.root}"
+            ) from exc
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def client(self) -> ServerClient:
+        return ServerClient(
+            self.cfg.servers,
+            self.cfg.node,
+            self.state,
+            bootstrap_token=self.cfg.bootstrap_token,
+            facts=lambda: facts.detect(self.cfg.node, self.cfg.roles, self.cfg.labels, __version__),
+        )
+
+    def run(self) -> int:
+        self.acquire()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        log.info(
+            "agent %s for node %s: servers %s, installRoot %s, stateDir %s",
+            __version__,
+            self.cfg.node,
+            ", ".join(self.cfg.servers),
+            self.cfg.install_root,
+            self.cfg.state_dir,
+        )
+        # Resume supervising from the last good document before talking to anyone.
+        self.conv.adopt_all(self.document)
+        if self.document is not None:
+            self.wake.set()
+        threads = [
+            threading.Thread(target=self._guard(self._poll_loop), name="poll", daemon=True),
+            threading.Thread(target=self._guard(self._converge_loop), name="converge", daemon=True),
+            threading.Thread(target=self._guard(self._report_loop), name="report", daemon=True),
+            threading.Thread(target=self._guard(self._monitor_loop), name="monitor", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        while not self.stop.is_set():
+            self.stop.wait(0.5)
+        log.info("agent stopping; workloads keep running and are re-adopted at the next start")
+        for t in threads:
+            t.join(timeout=2)
+        return 0
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("received signal %d", signum)
+        self.stop.set()
+
+    def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn()
+            except Exception:
+                log.exception(
+                    "thread %s crashed; stopping the agent", threading.current_thread().name
+                )
+                self.stop.set()
+
+        return run
+
+    def _sleep(self, seconds: float) -> None:
+        self.stop.wait(seconds)
+
+    # -- poll -----------------------------------------------------------------------------
+    def _poll_loop(self) -> None:
+        client = self.client()
+        failures = 0
+        try:
+            while not self.stop.is_set():
+                try:
+                    doc, etag, changed = client.desired(self.etag, self.cfg.poll_wait_seconds)
+                except ConfigError as exc:
+                    log.error("%s", exc)
+                    failures += 1
+                    self._sleep(self._backoff(failures))
+                    continue
+                except AgentError as exc:
+                    failures += 1
+                    delay = self._backoff(failures)
+                    log.warning("poll failed (%s); retrying in %.1fs", exc, delay)
+                    self._sleep(delay)
+                    continue
+                failures = 0
+                if changed and doc is not None:
+                    if doc.get("node") != self.cfg.node:
+                        log.error("ignoring desired state for node %r", doc.get("node"))
+                        self._sleep(1.0)
+                        continue
+                    self.state.write_desired(doc, etag)
+                    with self.doc_lock:
+                        self.document, self.etag = doc, etag
+                    log.info(
+                        "desired state generation %s (revision %s)",
+                        doc.get("generation"),
+                        (doc.get("revision") or "-")[:12],
+                    )
+                    self.wake.set()
+                elif not changed and doc is None and self.cfg.poll_wait_seconds == 0:
+                    self._sleep(1.0)
+        finally:
+            client.close()
+
+    def _backoff(self, failures: int) -> float:
+        return backoff_delay(
+            failures - 1, base=0.5, cap=self.cfg.max_backoff_seconds, draw=random.random()
+        )
+
+    # -- converge -------------------------------------------------------------------------
+    def _converge_loop(self) -> None:
+        last_pass = 0.0
+        while not self.stop.is_set():
+            self._serve_requests()
+            due = time.monotonic() - last_pass >= self.cfg.resync_seconds
+            if not self.wake.wait(REQUEST_POLL_SECONDS) and not due:
+                continue
+            self.wake.clear()
+            with self.doc_lock:
+                doc = self.document
+            last_pass = time.monotonic()
+            if doc is None:
+                continue
+            self._converge(doc)
+
+    def _converge(self, doc: Mapping[str, Any]) -> None:
+        generation = int(doc.get("generation", 0))
+        for outcome, w in zip(self.conv.converge(doc), doc.get("workloads", []), strict=False):
+            if not outcome.ok and outcome.phase == "Failed":
+                self._remember_deterministic(w, generation, outcome.message)
+        self.acted_generation = generation
+        self.board.changed.set()
+
+    def _remember_deterministic(self, w: Mapping[str, Any], generation: int, message: str) -> None:
+        """A wrong digest or an unsafe archive will not fix itself: do not retry it until the
+        desired document changes (a network error, by contrast, is retried at resync)."""
+        if not any(m in message for m in ("mismatch", "refusing", "larger than")):
+            return
+        failed = self.state.read_failed()
+        name = str(w["name"])
+        if name in failed:
+            return
+        failed[name] = {
+            "version": str(w["version"]),
+            "sha256": str(w["artifact"]["sha256"]),
+            "docKey": doc_key(generation, w),
+            "phase": "Failed",
+            "message": message,
+        }
+        self.state.write_failed(failed)
+
+    def _serve_requests(self) -> None:
+        rdir = self.state.requests_dir
+        if not rdir.is_dir():
+            return
+        for req in sorted(rdir.glob("*.request.json")):
+            body = read_json(req)
+            req.unlink(missing_ok=True)
+            if not isinstance(body, dict) or body.get("action") != "rollback":
+                continue
+            name = str(body.get("name"))
+            with self.doc_lock:
+                doc = self.document
+            try:
+                message = self.conv.rollback(name, doc)
+                result = {"ok": True, "message": message}
+            except AgentError as exc:
+                result = {"ok": False, "message": str(exc)}
+            write_json(req.with_name(req.name.replace(".request.", ".result.")), result)
+            self.board.changed.set()
+
+    # -- report ---------------------------------------------------------------------------
+    def build_report(self) -> dict[str, Any]:
+        with self.doc_lock:
+            doc = self.document
+        entries = []
+        for w in (doc or {}).get("workloads", []):
+            observed = self.conv.observe(w)
+            note = self.board.get(str(w["name"]))
+            phase = decide_phase(note.phase, observed)
+            message = note.message if note.phase in ("Failed", "RolledBack") else None
+            entries.append(workload_entry(observed, phase, message))
+        generation = self.acted_generation or int((doc or {}).get("generation", 0))
+        return build_report(self.cfg.node, generation, __version__, entries)
+
+    def _report_loop(self) -> None:
+        client = self.client()
+        failures = 0
+        try:
+            while not self.stop.is_set():
+                report = self.build_report()
+                problems = schema.errors("status-report", report)
+                if problems:
+                    log.error("status report is invalid (a bug): %s", "; ".join(problems))
+                write_json(self.state.status_file, {"at": time.time(), "report": report})
+                try:
+                    client.report(report)
+                    failures = 0
+                    wait = self.cfg.heartbeat_seconds
+                except AgentError as exc:
+                    failures += 1
+                    wait = min(self._backoff(failures), self.cfg.heartbeat_seconds)
+                    log.warning("status report failed (%s); retrying in %.1fs", exc, wait)
+                self.board.changed.clear()
+                deadline = time.monotonic() + wait
+                while not self.stop.is_set() and time.monotonic() < deadline:
+                    if self.board.changed.wait(min(0.2, max(deadline - time.monotonic(), 0))):
+                        # Let a burst of phase changes settle into one report.
+                        self._sleep(0.05)
+                        break
+        finally:
+            client.close()
+
+    # -- monitor --------------------------------------------------------------------------
+    def _monitor_loop(self) -> None:
+        while not self.stop.is_set():
+            self.sup.tick()
+            self._sleep(MONITOR_SECONDS)
+
+
+# -- rollback from the command line --------------------------------------------------------
+def request_rollback(cfg: AgentConfig, name: str, timeout: float = 120.0) -> tuple[bool, str]:
+    """Roll ``name`` back: through the running daemon when there is one (request file in
+    the state directory), else directly under the daemon's lock."""
+    state = StateDir(cfg.state_dir)
+    state.ensure()
+    fd = os.open(state.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _ask_daemon(state, name, timeout)
+        board = Board()
+        sup = make_supervisor(cfg, state)
+        conv = make_converger(cfg, state, sup, board)
+        doc, _ = state.read_desired()
+        conv.adopt_all(doc)
+        try:
+            return True, conv.rollback(name, doc)
+        except AgentError as exc:
+            return False, str(exc)
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _ask_daemon(state: StateDir, name: str, timeout: float) -> tuple[bool, str]:
+    rid = uuid.uuid4().hex[:12]
+    req = state.requests_dir / f"{rid}.request.json"
+    write_json(req, {"action": "rollback", "name": name})
+    result_path = state.requests_dir / f"{rid}.result.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = read_json(result_path)
+        if isinstance(body, dict):
+            result_path.unlink(missing_ok=True)
+            return bool(body.get("ok")), str(body.get("message"))
+        time.sleep(0.1)
+    req.unlink(missing_ok=True)
+    return False, f"the running agent did not answer within {timeout:.0f}s"
+
+
+def local_status(cfg: AgentConfig) -> list[dict[str, Any]]:
+    """What runs locally, observed now (for ``fleetkeeper-agent status``)."""
+    state = StateDir(cfg.state_dir)
+    doc, _ = state.read_desired()
+    last = read_json(state.status_file)
+    last_phase: dict[str, Any] = {}
+    if isinstance(last, dict):
+        for e in (last.get("report") or {}).get("workloads", []):
+            last_phase[e["name"]] = e
+    sup = ChildSupervisor(state)
+    conv = make_converger(cfg, state, sup, Board())
+    rows = []
+    for w in (doc or {}).get("workloads", []):
+        name = str(w["name"])
+        sup.adopt(name, lambda _info: True)
+        observed = conv.observe(w)
+        reported = last_phase.get(name, {})
+        rows.append(
+            {
+                "name": name,
+                "desired": observed.desired_version,
+                "running": observed.version,
+                "current": Path(observed.current).name if observed.current else None,
+                "pid": observed.pid,
+                "healthy": observed.healthy,
+                "phase": reported.get("phase") or decide_phase(None, observed),
+                "message": reported.get("message") or observed.health_message,
+            }
+        )
+    return rows
+
+
+def dumps(rows: list[dict[str, Any]]) -> str:
+    return json.dumps(rows, indent=1)

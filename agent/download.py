@@ -1,0 +1,249 @@
+"""Fetch an artifact to a file beside its destination, hashing while streaming.
+
+* ``http(s)://`` with httpx; a partial file (``<sha256>.part``) is resumed with ``Range`` when
+  the server answers 206, restarted from zero otherwise. A connection that drops mid-body is
+  retried a few times, each time resuming.
+* ``file://`` for labs.
+* Size and SHA-256 are checked before the caller touches anything; a mismatch deletes the
+  bytes (they are wrong, resuming them would not help) and raises :class:`VerifyError`.
+* Free disk space is checked first (the artifact plus room to unpack it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from agent.errors import DownloadError, VerifyError
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20  # 1 MiB reads: hashing keeps up with raw hashlib
+PROGRESS_MIN_BYTES = 8 << 20
+PROGRESS_EVERY_SECONDS = 2.0
+ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    path: Path
+    size: int
+    sha256: str
+    resumed_from: int
+    seconds: float
+    verify_seconds: float
+
+
+def sha256_file(path: Path, *, offset_limit: int | None = None, chunk: int = CHUNK) -> str:
+    """SHA-256 of ``path`` (or of its first ``offset_limit`` bytes), read in large chunks."""
+    return _hash_prefix(path, offset_limit, chunk).hexdigest()
+
+
+def _hash_prefix(path: Path, limit: int | None, chunk: int = CHUNK) -> hashlib._Hash:
+    h = hashlib.sha256()
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    remaining = limit
+    with open(path, "rb", buffering=0) as fh:
+        while remaining is None or remaining > 0:
+            want = chunk if remaining is None else min(chunk, remaining)
+            n = fh.readinto(view[:want])
+            if not n:
+                break
+            h.update(view[:n])
+            if remaining is not None:
+                remaining -= n
+    return h
+
+
+def redact(url: str) -> str:
+    """``url`` without credentials or query string (tokens live there)."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def check_free_space(directory: Path, needed: int) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise DownloadError(
+            f"not enough disk space in {directory}: need {needed} bytes, {free} free; "
+            "free some space or move installRoot"
+        )
+
+
+class _Progress:
+    def __init__(self, label: str, total: int | None) -> None:
+        self.label, self.total = label, total
+        self.last = time.monotonic()
+
+    def update(self, done: int) -> None:
+        if self.total is None or self.total < PROGRESS_MIN_BYTES:
+            return
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_EVERY_SECONDS:
+            self.last = now
+            log.info(
+                "downloading %s: %d/%d MiB (%.0f%%)",
+                self.label,
+                done >> 20,
+                self.total >> 20,
+                100 * done / self.total,
+            )
+
+
+def fetch(
+    url: str,
+    dest_dir: Path,
+    *,
+    sha256: str,
+    size: int | None,
+    on_phase: Callable[[str], None] | None = None,
+    timeout: float = 30.0,
+) -> Downloaded:
+    """Download ``url`` into ``dest_dir/<sha256>`` and verify it; return where it is."""
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    final = dest_dir / sha256
+    part = dest_dir / f"{sha256}.part"
+    started = time.monotonic()
+    if final.exists():
+        # Verified earlier by a run that was killed before unpacking; verify again anyway.
+        os.replace(final, part)
+    if size is not None:
+        check_free_space(dest_dir, 2 * size - _size(part))
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme == "file":
+        h, resumed = _copy_file(url, part, size)
+    elif scheme in ("http", "https"):
+        h, resumed = _download_http(url, part, size, timeout)
+    else:
+        raise DownloadError(f"unsupported artifact URL scheme {scheme!r} in {redact(url)}")
+    download_done = time.monotonic()
+    if on_phase:
+        on_phase("Verifying")
+    actual_size = _size(part)
+    actual = h.hexdigest()
+    if size is not None and actual_size != size:
+        _discard(part)
+        raise VerifyError(
+            f"size mismatch for {redact(url)}: expected {size} bytes, got {actual_size}"
+        )
+    if actual != sha256:
+        _discard(part)
+        raise VerifyError(f"sha256 mismatch for {redact(url)}: expected {sha256}, got {actual}")
+    os.replace(part, final)
+    done = time.monotonic()
+    return Downloaded(
+        final, actual_size, actual, resumed, download_done - started, done - download_done
+    )
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _discard(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def _copy_file(url: str, part: Path, size: int | None) -> tuple[hashlib._Hash, int]:
+    src = Path(urllib.request.url2pathname(urllib.parse.urlsplit(url).path))
+    h = hashlib.sha256()
+    progress = _Progress(str(src), size)
+    done = 0
+    try:
+        with open(src, "rb", buffering=0) as fin, open(part, "wb") as fout:
+            while chunk := fin.read(CHUNK):
+                h.update(chunk)
+                fout.write(chunk)
+                done += len(chunk)
+                progress.update(done)
+            fout.flush()
+            os.fsync(fout.fileno())
+    except OSError as exc:
+        raise DownloadError(f"cannot copy artifact {src}: {exc}") from exc
+    return h, 0
+
+
+def _download_http(
+    url: str, part: Path, size: int | None, timeout: float
+) -> tuple[hashlib._Hash, int]:
+    have = _size(part)
+    if size is not None and have > size:
+        _discard(part)
+        have = 0
+    h = _hash_prefix(part, have) if have else hashlib.sha256()
+    resumed_from = have
+    last_error: Exception | None = None
+    with httpx.Client(timeout=timeout, follow_redirects=True, trust_env=False) as client:
+        for attempt in range(ATTEMPTS):
+            if size is not None and have == size:
+                return h, resumed_from
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            try:
+                with client.stream("GET", url, headers=headers) as resp:
+                    if resp.status_code == 416 and have:
+                        # Our partial file is not a prefix the server recognises: start over.
+                        _discard(part)
+                        have, h = 0, hashlib.sha256()
+                        continue
+                    if resp.status_code not in (200, 206):
+                        raise DownloadError(
+                            f"GET {redact(url)}: HTTP {resp.status_code}; check the artifact URL"
+                        )
+                    if have and resp.status_code == 200:
+                        log.info("server ignored Range for %s; downloading again", redact(url))
+                        have, h = 0, hashlib.sha256()
+                    elif have:
+                        log.info("resuming %s at byte %d", redact(url), have)
+                    total = size
+                    if total is None and resp.headers.get("content-length"):
+                        total = have + int(resp.headers["content-length"])
+                        check_free_space(part.parent, 2 * total - have)
+                    progress = _Progress(redact(url), total)
+                    with open(part, "ab" if have else "wb") as fh:
+                        for chunk in resp.iter_bytes(CHUNK):
+                            h.update(chunk)
+                            fh.write(chunk)
+                            have += len(chunk)
+                            if size is not None and have > size:
+                                raise VerifyError(
+                                    f"{redact(url)} is larger than the expected {size} bytes"
+                                )
+                            progress.update(have)
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                    return h, resumed_from
+            except httpx.HTTPError as exc:
+                last_error = exc
+                log.warning(
+                    "download of %s interrupted at byte %d (attempt %d/%d): %s",
+                    redact(url),
+                    _size(part),
+                    attempt + 1,
+                    ATTEMPTS,
+                    exc,
+                )
+                # Continue from what is on disk; the hash must match those bytes exactly.
+                have = _size(part)
+                h = _hash_prefix(part, have) if have else hashlib.sha256()
+                time.sleep(min(0.1 * 2**attempt, 2.0))
+    raise DownloadError(f"GET {redact(url)} failed after {ATTEMPTS} attempts: {last_error}")

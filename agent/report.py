@@ -1,0 +1,86 @@
+"""Status reports (schema/status-report.schema.json) built from observations (pure)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Phase = Literal[
+    "Pending",
+    "Downloading",
+    "Verifying",
+    "Staged",
+    "Restarting",
+    "Healthy",
+    "Unhealthy",
+    "Failed",
+    "RolledBack",
+    "Stopped",
+]
+IN_FLIGHT: frozenset[str] = frozenset({"Downloading", "Verifying", "Staged", "Restarting"})
+STICKY: frozenset[str] = frozenset({"Failed", "RolledBack"})
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What is true about one workload right now, from the OS and the install root."""
+
+    name: str
+    desired_version: str | None
+    version: str | None  # from the running process, never from intent
+    pid: int | None
+    started_at: float | None
+    current: str | None
+    sha256: str | None
+    healthy: bool
+    health_message: str
+
+
+def rfc3339(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds")
+
+
+def decide_phase(stored: str | None, observed: Observed) -> str:
+    """Phase to report: in-flight and sticky phases from the converge step win; otherwise
+    what the process shows (Healthy / Unhealthy / Stopped)."""
+    if stored in IN_FLIGHT or stored in STICKY:
+        return stored
+    if observed.pid is None:
+        return "Stopped"
+    return "Healthy" if observed.healthy else "Unhealthy"
+
+
+def workload_entry(observed: Observed, phase: str, message: str | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": observed.name,
+        "version": observed.version,
+        "desiredVersion": observed.desired_version,
+        "phase": phase,
+        "healthy": observed.healthy,
+        "pid": observed.pid,
+        "startedAt": rfc3339(observed.started_at),
+        "current": observed.current,
+        "sha256": observed.sha256,
+    }
+    text = message or observed.health_message
+    if text:
+        entry["message"] = text[:4096]
+    return entry
+
+
+def build_report(
+    node: str,
+    generation: int,
+    agent_version: str,
+    entries: Sequence[Mapping[str, Any]],
+) -> dict[str, Any]:
+    return {
+        "node": node,
+        "generation": generation,
+        "agentVersion": agent_version,
+        "workloads": [dict(e) for e in entries],
+    }

@@ -1,0 +1,316 @@
+"""Workloads as child processes of the agent (the default supervisor).
+
+Each workload is its own session and process group (``start_new_session``), so stopping it
+(SIGTERM to the group, SIGKILL after a grace period) also ends what it started, and a
+killed agent leaves it running. Its PID and start identity are recorded in the state
+directory: a restarted agent re-adopts a still-running workload instead of orphaning or
+duplicating it. Crashes are restarted with exponential backoff; output goes to
+``<stateDir>/logs/<name>.log``, rotated by size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent import procinfo
+from agent.errors import WorkloadError
+from agent.procinfo import ProcInfo
+from agent.runtimes.supervisor import LaunchSpec
+from agent.state import StateDir, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+STABLE_SECONDS = 10.0
+
+
+class SupervisorError(WorkloadError):
+    reason = "StartFailed"
+
+
+@dataclass
+class _Managed:
+    spec: LaunchSpec
+    pid: int
+    start_id: str
+    popen: subprocess.Popen[bytes] | None
+    started: float
+    auto_restart: bool = True
+    failures: int = 0
+    restart_at: float | None = None
+    note: str | None = None
+
+
+def backoff_seconds(failures: int, base: float, cap: float) -> float:
+    """Delay before restart number ``failures`` (1, 2, ...): base * 2^(n-1), capped (pure)."""
+    return float(min(cap, base * 2 ** max(failures - 1, 0)))
+
+
+def rotate(path: Path, keep: int) -> None:
+    """Shift ``path`` to ``path.1`` (… ``path.<keep>``); copy-then-truncate so a writer
+    holding the file open (O_APPEND) keeps writing to the live file."""
+    if not path.exists():
+        return
+    for i in range(keep - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{i}")
+        if older.exists():
+            os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
+    shutil.copyfile(path, path.with_name(f"{path.name}.1"))
+    with open(path, "r+b") as fh:
+        fh.truncate(0)
+
+
+class ChildSupervisor:
+    def __init__(
+        self,
+        state: StateDir,
+        *,
+        grace_seconds: float = 5.0,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        log_max_bytes: int = 10 << 20,
+        log_keep: int = 3,
+    ) -> None:
+        self.state = state
+        self.grace = grace_seconds
+        self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
+        self.log_max_bytes, self.log_keep = log_max_bytes, log_keep
+        self._procs: dict[str, _Managed] = {}
+        self._lock = threading.RLock()
+
+    # -- records --------------------------------------------------------------------------
+    def _write_record(self, m: _Managed) -> None:
+        write_json(
+            self.state.process_file(m.spec.name),
+            {
+                "pid": m.pid,
+                "startId": m.start_id,
+                "argv": list(m.spec.argv),
+                "cwd": str(m.spec.cwd),
+                "env": dict(m.spec.env),
+                "startedAt": m.started,
+            },
+            mode=0o600,
+        )
+
+    def _drop_record(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.state.process_file(name).unlink()
+
+    def recorded(self, name: str) -> ProcInfo | None:
+        """The recorded process of ``name`` when it still runs (the same instance)."""
+        rec = read_json(self.state.process_file(name))
+        if not isinstance(rec, dict) or not isinstance(rec.get("pid"), int):
+            return None
+        info = procinfo.read(rec["pid"])
+        if info is None or info.start_id != rec.get("startId"):
+            return None
+        return info
+
+    # -- Supervisor protocol --------------------------------------------------------------
+    def adopt(self, name: str, belongs: Callable[[ProcInfo], bool]) -> ProcInfo | None:
+        with self._lock:
+            if name in self._procs:
+                return self.running(name)
+            rec = read_json(self.state.process_file(name))
+            info = self.recorded(name)
+            if info is None or not isinstance(rec, dict):
+                self._drop_record(name)
+                return None
+            if not belongs(info):
+                log.info(
+                    "stopping %s pid %d left by an earlier agent (not ours now)", name, info.pid
+                )
+                self._terminate(info.pid, None)
+                self._drop_record(name)
+                return None
+            spec = LaunchSpec(
+                name,
+                tuple(rec.get("argv") or ()),
+                Path(rec.get("cwd") or "/"),
+                dict(rec.get("env") or {}),
+            )
+            self._procs[name] = _Managed(
+                spec, info.pid, info.start_id, None, float(rec.get("startedAt") or info.start_time)
+            )
+            log.info("adopted %s pid %d", name, info.pid)
+            return info
+
+    def start(self, spec: LaunchSpec) -> ProcInfo:
+        with self._lock:
+            current = self._procs.get(spec.name)
+            if current is not None and procinfo.alive(current.pid, current.start_id):
+                raise SupervisorError(f"{spec.name} already runs as pid {current.pid}")
+            m = self._spawn(spec)
+            old = self._procs.get(spec.name)
+            if old is not None:
+                m.auto_restart = old.auto_restart
+                m.failures = old.failures
+            self._procs[spec.name] = m
+            info = procinfo.read(m.pid)
+            if info is None:
+                # It died at once; report what exists (the caller's proof will fail on it).
+                return ProcInfo(m.pid, m.started, m.start_id, None, None, spec.argv)
+            return info
+
+    def _spawn(self, spec: LaunchSpec) -> _Managed:
+        logfile = self.state.log_file(spec.name)
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        if logfile.exists() and logfile.stat().st_size > self.log_max_bytes:
+            rotate(logfile, self.log_keep)
+        env = {**os.environ, **spec.env}
+        with open(logfile, "ab") as out:
+            out.write(
+                f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} start {list(spec.argv)}\n".encode()
+            )
+            out.flush()
+            try:
+                popen = subprocess.Popen(
+                    list(spec.argv),
+                    cwd=spec.cwd,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            except OSError as exc:
+                raise SupervisorError(
+                    f"cannot start {spec.name}: {list(spec.argv)} in {spec.cwd}: {exc}"
+                ) from exc
+        info = procinfo.read(popen.pid)
+        start_id = info.start_id if info else "exited"
+        m = _Managed(spec, popen.pid, start_id, popen, time.time())
+        self._write_record(m)
+        log.info("started %s pid %d: %s", spec.name, popen.pid, " ".join(spec.argv))
+        return m
+
+    def stop(self, name: str) -> None:
+        with self._lock:
+            m = self._procs.pop(name, None)
+            if m is not None:
+                self._terminate(m.pid, m.popen, m.start_id)
+            else:
+                info = self.recorded(name)
+                if info is not None:
+                    self._terminate(info.pid, None)
+            self._drop_record(name)
+
+    def _terminate(
+        self, pid: int, popen: subprocess.Popen[bytes] | None, start_id: str | None = None
+    ) -> None:
+        if popen is None and start_id is not None and not procinfo.alive(pid, start_id):
+            return
+        procinfo.kill_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.grace
+        while time.monotonic() < deadline:
+            if popen is not None:
+                if popen.poll() is not None:
+                    break
+            elif procinfo.read(pid) is None:
+                break
+            time.sleep(0.02)
+        else:
+            log.warning("pid %d ignored SIGTERM for %.1fs; sending SIGKILL", pid, self.grace)
+        # Whatever the leader did, nothing of the group may survive it.
+        procinfo.kill_group(pid, signal.SIGKILL)
+        if popen is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                popen.wait(timeout=2)
+
+    def restart(self, spec: LaunchSpec) -> ProcInfo:
+        with self._lock:
+            before = self.running(spec.name)
+            self.stop(spec.name)
+            info = self.start(spec)
+            if before is not None and (info.pid, info.start_id) == (before.pid, before.start_id):
+                raise SupervisorError(f"restart of {spec.name} left the old pid {before.pid}")
+            return info
+
+    def running(self, name: str) -> ProcInfo | None:
+        with self._lock:
+            m = self._procs.get(name)
+            if m is None:
+                return None
+            if m.popen is not None and m.popen.poll() is not None:
+                return None
+            info = procinfo.read(m.pid)
+            if info is None or info.start_id != m.start_id:
+                return None
+            return info
+
+    def managed(self) -> list[str]:
+        with self._lock:
+            return sorted(self._procs)
+
+    def set_auto_restart(self, name: str, on: bool) -> None:
+        with self._lock:
+            m = self._procs.get(name)
+            if m is not None:
+                m.auto_restart = on
+                if on:
+                    m.restart_at = None
+
+    def crash_note(self, name: str) -> str | None:
+        with self._lock:
+            m = self._procs.get(name)
+            return m.note if m else None
+
+    def exit_code(self, name: str) -> int | None:
+        with self._lock:
+            m = self._procs.get(name)
+            if m is None or m.popen is None:
+                return None
+            return m.popen.poll()
+
+    def tick(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            for name, m in list(self._procs.items()):
+                self._maybe_rotate(name)
+                if self.running(name) is not None:
+                    if m.note and time.time() - m.started > STABLE_SECONDS:
+                        m.failures, m.note = 0, None
+                    continue
+                if not m.auto_restart:
+                    continue
+                if m.restart_at is None:
+                    code = m.popen.poll() if m.popen is not None else None
+                    ran = time.time() - m.started
+                    m.failures = 1 if ran > STABLE_SECONDS else m.failures + 1
+                    delay = backoff_seconds(m.failures, self.backoff_base, self.backoff_cap)
+                    m.restart_at = now + delay
+                    m.note = (
+                        f"exited (code {code}) after {ran:.1f}s; restart {m.failures} "
+                        f"in {delay:.1f}s"
+                    )
+                    log.warning("%s pid %d %s", name, m.pid, m.note)
+                    continue
+                if now >= m.restart_at:
+                    try:
+                        fresh = self._spawn(m.spec)
+                    except SupervisorError as exc:
+                        m.failures += 1
+                        m.restart_at = now + backoff_seconds(
+                            m.failures, self.backoff_base, self.backoff_cap
+                        )
+                        m.note = str(exc)
+                        continue
+                    fresh.failures, fresh.note = m.failures, m.note
+                    self._procs[name] = fresh
+
+    def _maybe_rotate(self, name: str) -> None:
+        logfile = self.state.log_file(name)
+        with contextlib.suppress(OSError):
+            if logfile.stat().st_size > self.log_max_bytes:
+                rotate(logfile, self.log_keep)

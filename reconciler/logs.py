@@ -12,6 +12,7 @@ import sys
 import time
 
 from reconciler.errors import sanitize
+from reconciler.store.base import AuditEvent
 
 CONTEXT_KEYS = ("revision", "release", "node", "event", "generation")
 
@@ -52,3 +53,23 @@ def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+_AUDIT_LOG = logging.getLogger("reconciler.audit")
+_WARNING_KINDS = frozenset({"refused", "invalid", "halted", "rolled-back", "stale", "rollback"})
+
+
+def log_event(event: AuditEvent) -> None:
+    """One log line per audit event, with its revision, release and node as fields."""
+    level = logging.WARNING if event.kind in _WARNING_KINDS else logging.INFO
+    _AUDIT_LOG.log(
+        level,
+        "%s",
+        event.message,
+        extra={
+            "event": event.kind,
+            "revision": event.revision,
+            "release": event.release,
+            "node": event.node,
+        },
+    )

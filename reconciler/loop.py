@@ -36,6 +36,7 @@ from reconciler import approval
 from reconciler.approval.history import contains
 from reconciler.config import Config
 from reconciler.errors import FleetkeeperError, Waiting
+from reconciler.logs import log_event
 from reconciler.plan.reports import NodeReport
 from reconciler.plan.rollout import Plan, PlanEvent, compute_plan
 from reconciler.plan.select import NodeFacts, inventory, latest_versions
@@ -314,6 +315,7 @@ class Reconciler:
             )
         for event in pending_audit:
             store.append_audit(event)
+            log_event(event)
             p.audit.append(event)
             p.writes += 1
         if seen != seen_before:

@@ -14,6 +14,7 @@ from reconciler.api.auth import hash_token, new_token, require_node, require_sec
 from reconciler.api.body import read_json
 from reconciler.api.context import ApiContext
 from reconciler.api.errors import ApiError
+from reconciler.logs import log_event
 from reconciler.store.base import AuditEvent, NodeRecord, ReportRecord
 
 NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
@@ -61,16 +62,16 @@ def node_routes(ctx: ApiContext) -> list[Route]:
 
         def write() -> None:
             ctx.store.upsert_node(NodeRecord(node, facts, token_hash, now))
-            ctx.store.append_audit(
-                AuditEvent(
-                    time=now,
-                    kind="registered",
-                    node=node,
-                    message=f"node {node} "
-                    + ("re-registered (token rotated)" if rotated else "registered"),
-                    details={"platform": facts["platform"], "agentVersion": facts["agentVersion"]},
-                )
+            event = AuditEvent(
+                time=now,
+                kind="registered",
+                node=node,
+                message=f"node {node} "
+                + ("re-registered (token rotated)" if rotated else "registered"),
+                details={"platform": facts["platform"], "agentVersion": facts["agentVersion"]},
             )
+            ctx.store.append_audit(event)
+            log_event(event)
 
         await asyncio.to_thread(write)
         ctx.tokens.set(node, token_hash)

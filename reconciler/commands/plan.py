@@ -1,15 +1,217 @@
-"""`fleetkeeper plan` (not built yet)."""
+"""`fleetkeeper plan`: the approved revision and what each node would run, offline.
+
+Like ``terraform plan``: reads the fleet repo and the reconciler config, writes nothing
+(the OpenPGP keyring is imported into a temporary GNUPGHOME that is deleted afterwards).
+With no stored "last applied revision", approval is judged from the start of history,
+exactly as on the reconciler's first start.
+
+The human format is what a reviewer pastes into a pull request: the approval evidence,
+refused commits, and per workload which nodes get which version in which batches.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import pygit2
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from reconciler.approval import ApprovalResult, Refusal, evaluate
+from reconciler.config import DEFAULT_BRANCH, ApprovalSettings, load_config
+from reconciler.errors import ConfigError
+from reconciler.plan.batches import make_batches
+from reconciler.plan.select import (
+    NodeFacts,
+    desired_workloads,
+    inventory,
+    latest_versions,
+    target_nodes,
+)
+from reconciler.revision import LoadedRevision, load_revision
+from reconciler.source import GitSource, is_url
+from reconciler.spec import JSON, FleetSpec
+
+PIPE_WIDTH = 160
+_SHOWN_VIOLATIONS = 5
 
 
 def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser("plan", help="(not built yet)")
+    p: argparse.ArgumentParser = sub.add_parser(
+        "plan",
+        help="the approved revision and the desired state per node, computed offline",
+        description="Judge which revision of the fleet repo is approved (with the trust "
+        "settings of --config) and show what every node would run and in which batches. "
+        "Writes nothing. Exit 1 when the approved revision is invalid.",
+    )
+    p.add_argument("--repo", help="the fleet repo (a local path; default: the current directory)")
+    p.add_argument("--config", type=Path, help="reconciler config (approval settings, branch)")
+    p.add_argument(
+        "--branch", help=f"protected branch (default: from --config, else {DEFAULT_BRANCH})"
+    )
+    p.add_argument(
+        "--last-applied",
+        metavar="SHA",
+        help="judge from this applied revision instead of from the start of history",
+    )
+    p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=run)
 
 
+@dataclass(frozen=True)
+class Rollout:
+    """One workload's planned rollout: version and node batches (canaries first)."""
+
+    name: str
+    kind: str
+    version: str
+    batches: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class PlanView:
+    result: ApprovalResult
+    revision: str | None  # None when nothing approved or the approved revision is invalid
+    refused: tuple[Refusal, ...]
+    nodes: Mapping[str, list[dict[str, JSON]]]
+    rollouts: tuple[Rollout, ...]
+    invalid: LoadedRevision | None
+
+
+def rollouts(spec: FleetSpec, nodes: Mapping[str, NodeFacts]) -> tuple[Rollout, ...]:
+    """Pure: per latest workload version, its targeted nodes split into batches."""
+    out = []
+    for name, d in sorted(latest_versions(spec).items()):
+        chosen = [n for n in target_nodes(d, nodes) if d.artifact_for(nodes[n].platform)]
+        out.append(Rollout(name, d.kind, d.version, tuple(make_batches(chosen, d.rollout))))
+    return tuple(out)
+
+
+def invalid_refusal(loaded: LoadedRevision) -> Refusal:
+    errors = [v for v in loaded.violations if v.severity == "error"]
+    shown = "; ".join(str(v) for v in errors[:_SHOWN_VIOLATIONS])
+    more = len(errors) - _SHOWN_VIOLATIONS
+    return Refusal(
+        loaded.sha,
+        f"Invalid: approved but fails validation ({len(errors)} error(s)): {shown}"
+        + (f"; and {more} more" if more > 0 else ""),
+    )
+
+
+def build_view(result: ApprovalResult, loaded: LoadedRevision | None) -> PlanView:
+    """Pure: the plan from the approval result and the loaded approved revision."""
+    if loaded is None or loaded.spec is None:
+        refused = result.refused + ((invalid_refusal(loaded),) if loaded is not None else ())
+        return PlanView(result, None, refused, {}, (), loaded)
+    nodes = inventory(loaded.spec)
+    return PlanView(
+        result,
+        loaded.sha,
+        result.refused,
+        desired_workloads(loaded.spec, nodes),
+        rollouts(loaded.spec, nodes),
+        None,
+    )
+
+
+def to_json(view: PlanView) -> dict[str, JSON]:
+    approval = view.result.approval if view.revision is not None else None
+    return {
+        "revision": view.revision,
+        "approval": dict(approval) if approval is not None else None,
+        "refused": [{"revision": r.revision, "reason": r.reason} for r in view.refused],
+        "nodes": {
+            node: {
+                "workloads": [
+                    {"name": w["name"], "kind": w["kind"], "version": w["version"]} for w in ws
+                ]
+            }
+            for node, ws in view.nodes.items()
+        },
+    }
+
+
+def render_text(view: PlanView, console: Console) -> None:
+    approval = view.result.approval
+    if view.revision is None:
+        console.print(Text("No approved revision: nothing would be applied.", style="bold red"))
+    else:
+        console.print(Text(f"Approved revision {view.revision}", style="bold green"))
+        if approval is not None:
+            signers = approval.get("signers") or []
+            assert isinstance(signers, list)
+            console.print(
+                f"  by {approval.get('kind')} {approval.get('ref')}"
+                + (f", signed by {', '.join(str(s) for s in signers)}" if signers else "")
+            )
+    if view.refused:
+        table = Table(title="Refused", title_justify="left", show_lines=False)
+        table.add_column("revision", no_wrap=True)
+        table.add_column("reason")
+        for r in view.refused:
+            table.add_row(r.revision[:12], r.reason)
+        console.print(table)
+    if view.rollouts:
+        table = Table(title="Rollout", title_justify="left")
+        table.add_column("workload")
+        table.add_column("version")
+        table.add_column("batches (in order; canaries alone first)")
+        for ro in view.rollouts:
+            batches = "\n".join(f"{i}. {', '.join(b)}" for i, b in enumerate(ro.batches, 1))
+            table.add_row(f"{ro.name} ({ro.kind})", ro.version, batches or "no node targeted")
+        console.print(table)
+    if view.nodes:
+        table = Table(title="Desired state per node", title_justify="left")
+        table.add_column("node", no_wrap=True)
+        table.add_column("workloads")
+        for node, ws in view.nodes.items():
+            table.add_row(node, ", ".join(f"{w['name']} {w['version']}" for w in ws) or "-")
+        console.print(table)
+
+
+def _repo_path(args: argparse.Namespace, configured: str | None) -> str:
+    wanted = args.repo or (configured if configured and not is_url(configured) else None) or "."
+    if is_url(wanted):
+        raise ConfigError(f"plan reads a local repository; clone {wanted} and pass --repo PATH")
+    found = pygit2.discover_repository(wanted)
+    if found is None:
+        raise ConfigError(f"--repo {wanted}: not inside a git repository")
+    return str(found)
+
+
+def compute(
+    repo: str, branch: str, settings: ApprovalSettings, last_applied: str | None
+) -> PlanView:
+    with tempfile.TemporaryDirectory(prefix="fleetkeeper-plan-") as tmp:
+        source = GitSource(repo, Path(tmp), branch)
+        result = evaluate(source, settings, last_applied, Path(tmp))
+        loaded = (
+            load_revision(source.repository(), result.revision)
+            if result.revision is not None
+            else None
+        )
+    return build_view(result, loaded)
+
+
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("fleetkeeper plan: not built yet")
+    settings, branch, configured = ApprovalSettings(), DEFAULT_BRANCH, None
+    if args.config is not None:
+        cfg = load_config(args.config)
+        settings, branch, configured = cfg.approval, cfg.branch, cfg.repo
+    view = compute(_repo_path(args, configured), args.branch or branch, settings, args.last_applied)
+    if args.format == "json":
+        sys.stdout.write(json.dumps(to_json(view), indent=2) + "\n")
+    else:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=max(PIPE_WIDTH, console.width))
+        render_text(view, console)
+    return 1 if view.invalid is not None else 0

@@ -540,3 +540,69 @@ class LoopRig:
 
     def audit_kinds(self) -> list[str]:
         return [e.kind for e in self.store.audit(limit=10000)]
+
+
+# --- an agent over HTTP that only reports (no downloads): for end-to-end rollout tests -----
+
+
+@dataclass
+class HttpAgent:
+    """Polls its desired document and reports it running healthy (or Failed / silent)."""
+
+    url: str
+    node: str
+    token: str
+    mode: str = "ok"  # ok | down | fail:<workload>
+    running: dict[str, str] = field(default_factory=dict)
+    last: dict[str, Any] | None = None
+
+    def desired(self) -> dict[str, Any] | None:
+        import httpx
+
+        with httpx.Client(base_url=self.url, timeout=10) as c:
+            r = c.get(
+                f"/v1/nodes/{self.node}/desired",
+                headers={"Authorization": f"Bearer {self.token}"},
+            )
+        if r.status_code == 404:
+            return None
+        assert r.status_code == 200, r.text
+        doc: dict[str, Any] = r.json()
+        self.last = doc
+        return doc
+
+    def tick(self) -> dict[str, Any] | None:
+        """Fetch desired, 'converge', report. Returns the desired document it acted on."""
+        import httpx
+
+        if self.mode == "down":
+            return None
+        doc = self.desired()
+        if doc is None:
+            return None
+        ws = []
+        for w in doc.get("workloads", []):
+            name, version = str(w["name"]), str(w["version"])
+            if self.mode == f"fail:{name}" and self.running.get(name) != version:
+                ws.append(
+                    workload_report(
+                        name,
+                        self.running.get(name),
+                        phase="Failed",
+                        healthy=False,
+                        desired=version,
+                        message="health check failed",
+                    )
+                )
+                continue
+            self.running[name] = version
+            ws.append(workload_report(name, version))
+        body = report_doc(self.node, ws, int(doc.get("generation", 0)))
+        with httpx.Client(base_url=self.url, timeout=10) as c:
+            r = c.post(
+                f"/v1/nodes/{self.node}/status",
+                json=body,
+                headers={"Authorization": f"Bearer {self.token}"},
+            )
+        assert r.status_code == 200, r.text
+        return doc

@@ -1,0 +1,140 @@
+"""End to end over HTTP: ``fleetkeeper serve`` as a subprocess, agents as httpx clients.
+
+Real time with short soaks (1-2 s), so each scenario takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers.fleet import FleetRepo, HttpAgent, fleet_files, nodes_named, release_doc
+from tests.helpers.server import RunningServer, running_server, start_server
+
+FIVE = ("n1", "n2", "n3", "n4", "n5")
+V = "1.0.0"
+TICK = 0.1
+
+
+def agents_for(server: RunningServer, nodes: tuple[str, ...] = FIVE) -> dict[str, HttpAgent]:
+    return {n: HttpAgent(server.url, n, server.register(n)) for n in nodes}
+
+
+def version_of(doc: dict[str, Any] | None, name: str = "app") -> str | None:
+    for w in (doc or {}).get("workloads", []):
+        if w["name"] == name:
+            return str(w["version"])
+    return None
+
+
+def release_row(server: RunningServer, name: str = "app") -> dict[str, Any]:
+    rows = [r for r in server.fleet()["releases"] if r["agent"] == name]
+    assert rows, server.fleet()
+    return dict(rows[-1])
+
+
+def drive(
+    agents: dict[str, HttpAgent],
+    until: Callable[[], bool],
+    timeout: float = 20.0,
+    each: Callable[[], None] | None = None,
+) -> None:
+    """Let every agent tick until ``until()`` holds (or fail after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for a in agents.values():
+            a.tick()
+        if each is not None:
+            each()
+        if until():
+            return
+        time.sleep(TICK)
+    raise AssertionError("condition not reached in time")
+
+
+def serve_fleet(tmp: Path, *releases: dict[str, Any]) -> tuple[FleetRepo, Any]:
+    repo = FleetRepo.create(tmp / "fleet", fleet_files(nodes_named(*FIVE), releases))
+    return repo, running_server(tmp, repo=repo)
+
+
+def test_five_nodes_batch2_soak_over_http(tmp_path: Path) -> None:
+    soak = 2
+    repo, ctx = serve_fleet(tmp_path, release_doc("app", V, batch_size=2, soak=soak))
+    with ctx as server:
+        agents = agents_for(server)
+        healthy_at: dict[str, float] = {}
+        given_at: dict[str, float] = {}
+
+        def watch() -> None:
+            now = time.monotonic()
+            for n, a in agents.items():
+                if version_of(a.last) == V:
+                    given_at.setdefault(n, now)
+                    if a.running.get("app") == V:
+                        healthy_at.setdefault(n, now)
+
+        drive(agents, lambda: release_row(server)["phase"] == "Succeeded", 40, watch)
+        # the third node was given the release only after n1 and n2 had soaked
+        assert given_at["n3"] - max(healthy_at["n1"], healthy_at["n2"]) >= soak - 0.5
+        assert given_at["n5"] - max(healthy_at["n3"], healthy_at["n4"]) >= soak - 0.5
+        row = release_row(server)
+        assert row["batch"] == "3/3"
+        assert [b["nodes"] for b in row["batches"]] == [["n1", "n2"], ["n3", "n4"], ["n5"]]
+        assert all(b["state"] == "Done" for b in row["batches"])
+        assert {n["node"]: n["health"] for n in server.fleet()["nodes"]} == dict.fromkeys(
+            FIVE, "Healthy"
+        )
+
+
+def test_failed_health_halts_over_http(tmp_path: Path) -> None:
+    repo, ctx = serve_fleet(tmp_path, release_doc("app", V, batch_size=2, soak=1))
+    with ctx as server:
+        agents = agents_for(server)
+        agents["n2"].mode = "fail:app"
+        drive(agents, lambda: release_row(server)["phase"] == "Halted")
+        row = release_row(server)
+        assert "n2" in row["reason"] and row["batch"] == "1/3"
+        for _ in range(5):  # it stays halted; nodes of later batches are never touched
+            for a in agents.values():
+                a.tick()
+            time.sleep(TICK)
+        assert version_of(agents["n3"].desired()) is None
+        assert version_of(agents["n1"].desired()) == V
+        with server.admin() as c:
+            events = c.get("/v1/audit").json()["events"]
+        assert any(e["kind"] == "halted" and e["node"] == "n2" for e in events)
+
+
+@pytest.mark.parametrize("kill", [signal.SIGKILL])
+def test_sigkill_mid_rollout_resumes(tmp_path: Path, kill: int) -> None:
+    repo = FleetRepo.create(
+        tmp_path / "fleet",
+        fleet_files(nodes_named(*FIVE), [release_doc("app", V, batch_size=2, soak=1)]),
+    )
+    server = start_server(tmp_path, repo=repo)
+    try:
+        agents = agents_for(server)
+        drive(agents, lambda: version_of(agents["n3"].last) == V)  # batch 2 has started
+        gens = {n: int(a.desired()["generation"]) for n, a in agents.items()}  # type: ignore[index]
+        assert server.stop(kill) == -signal.SIGKILL
+    finally:
+        if server.process.poll() is None:
+            server.stop()
+    # a new process on the same state directory and repo
+    with running_server(tmp_path, repo=repo) as again:
+        for a in agents.values():
+            a.url = again.url
+        for n in ("n1", "n2"):  # converged nodes are untouched: same generation
+            assert int(agents[n].desired()["generation"]) == gens[n]  # type: ignore[index]
+        drive(agents, lambda: release_row(again)["phase"] == "Succeeded", 30)
+        for n in ("n1", "n2", "n3", "n4"):
+            assert int(agents[n].desired()["generation"]) == gens[n]  # type: ignore[index]
+        with again.admin() as c:
+            events = c.get("/v1/audit", params={"limit": 1000}).json()["events"]
+        assert [e["kind"] for e in events].count("rollout-started") == 1
+        assert [e["kind"] for e in events].count("batch-started") == 3

@@ -40,7 +40,7 @@ from reconciler.logs import log_event
 from reconciler.plan.reports import NodeReport
 from reconciler.plan.rollout import Plan, PlanEvent, compute_plan
 from reconciler.plan.select import NodeFacts, inventory, latest_versions
-from reconciler.plan.state import fingerprint
+from reconciler.plan.state import fingerprint, state_from_json
 from reconciler.plan.status import fleet_status
 from reconciler.revision import LoadedRevision, load_revision
 from reconciler.source import GitSource
@@ -472,13 +472,10 @@ class Reconciler:
         halted: list[str] = []
         busy: list[str] = []
         if plan is not None:
-            from reconciler.plan.state import state_from_json
-
+            live = set(latest_versions(self._spec)) if self._spec is not None else set()
             for name in sorted(plan.rollouts):
                 s = state_from_json(plan.rollouts[name])
-                if s is None or (
-                    self._spec is not None and name not in latest_versions(self._spec)
-                ):
+                if s is None or name not in live:
                     continue
                 if s.phase == "Halted" and s.halt is not None:
                     halted.append(f"{s.name} {s.version}: {s.halt.reason}")

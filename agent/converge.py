@@ -41,6 +41,21 @@ POLL = 0.05
 PROBE_CACHE_MAX = 64
 
 
+def last_error_line(logfile: Path, limit: int = 300) -> str:
+    """The last non-empty line the process wrote since its last start (its own error,
+    e.g. llama.cpp's "Failed to load model from file"), for the report."""
+    try:
+        with open(logfile, "rb") as fh:
+            fh.seek(max(fh.seek(0, os.SEEK_END) - 16384, 0))
+            tail = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = tail.splitlines()
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("--- ") and " start [" in ln]
+    said = [ln.strip() for ln in lines[starts[-1] + 1 if starts else 0 :] if ln.strip()]
+    return said[-1][:limit] if said else ""
+
+
 def doc_key(generation: int, workload: Mapping[str, Any]) -> str:
     """Identity of one workload's desired entry in one document (pure)."""
     blob = json.dumps([generation, workload], sort_keys=True).encode()
@@ -345,9 +360,11 @@ class Converger:
             if info is None:
                 code = self.exit_code(name)
                 logfile = self.state.log_file(name)
+                said = last_error_line(logfile)
                 return Proof(
                     False,
-                    f"the process exited at start (exit code {code}); see {logfile}",
+                    f"the process exited at start (exit code {code})"
+                    f"{': ' + said if said else ''}; see {logfile}",
                 )
             located, evidence = self.locate(name, info)
             proc = judge_process(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import platform
 import shutil
@@ -12,7 +11,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
-RUNTIME_MODULES = ("llama_cpp", "mlx_lm")
 
 
 def platform_of(system: str, machine: str) -> str:
@@ -50,8 +48,13 @@ def memory_gib() -> float | None:
 
 
 def runtimes() -> dict[str, bool]:
-    """Which model runtimes are importable (found, not imported: importing is slow)."""
-    return {m: importlib.util.find_spec(m) is not None for m in RUNTIME_MODULES}
+    """Which model runtimes can start here, keyed ``llama-cpp`` / ``mlx-lm`` (as the
+    register schema says). Checked by importing their native parts in a subprocess: a
+    package that is present but cannot load (mlx on Linux without its CPU backend) is
+    not a runtime."""
+    from agent.runtimes.model_server import installed_runtimes
+
+    return installed_runtimes()
 
 
 def detect(

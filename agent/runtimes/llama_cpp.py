@@ -17,8 +17,6 @@ from agent.runtimes.base import WorkloadDoc
 from agent.runtimes.model_server import ModelServerRuntime
 
 SERVER_MODULE = "llama_cpp.server"
-# llama_cpp.server.app pulls in the [server] extra (fastapi, sse-starlette, ...).
-IMPORTS = ("llama_cpp", "llama_cpp.server.app")
 
 _FLAGS = {
     "contextSize": "--n_ctx",
@@ -52,7 +50,6 @@ def llama_argv(python: str, model: Path, port: int, args: dict[str, Any]) -> lis
 
 class LlamaCppRuntime(ModelServerRuntime):
     name = "llama-cpp"
-    modules = IMPORTS
     install_hint = "install it with: pip install 'fleetkeeper[llama]'"
     single_file = True
 

@@ -19,8 +19,6 @@ from agent.errors import WorkloadError
 from agent.runtimes.base import WorkloadDoc
 from agent.runtimes.model_server import ModelServerRuntime
 
-IMPORTS = ("mlx.core", "mlx_lm.server")
-
 
 def find_model_dir(workload: WorkloadDoc, version_dir: Path) -> Path:
     """The unpacked model directory: the version dir itself, or its one subdirectory,
@@ -62,7 +60,6 @@ def mlx_env(state_dir: Path) -> dict[str, str]:
 
 class MlxLmRuntime(ModelServerRuntime):
     name = "mlx-lm"
-    modules = IMPORTS
     install_hint = (
         "install it with: pip install 'fleetkeeper[mlx]' (Apple Silicon, or Linux with the "
         "CPU backend)"

@@ -17,12 +17,12 @@ disk after verification is caught.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,40 +45,79 @@ class Availability:
     reason: str
 
 
-_availability: dict[tuple[str, ...], Availability] = {}
+# Per runtime: modules imported for real (their native libraries must load) and modules
+# only looked up (importing them would cost a second: fastapi, transformers, ...).
+RUNTIME_MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "llama-cpp": (
+        ("llama_cpp",),
+        (
+            "llama_cpp.server",
+            "fastapi",
+            "uvicorn",
+            "sse_starlette",
+            "starlette_context",
+            "pydantic_settings",
+        ),
+    ),
+    "mlx-lm": (("mlx.core",), ("mlx_lm", "transformers")),
+}
+
+_PROBE = """
+import importlib, importlib.util, json, sys
+out = {}
+for key, (imports, finds) in json.loads(sys.argv[1]).items():
+    try:
+        for m in imports:
+            importlib.import_module(m)
+        missing = [m for m in finds if importlib.util.find_spec(m) is None]
+        out[key] = [not missing, "missing " + ", ".join(missing) if missing else "ok"]
+    except Exception as exc:
+        out[key] = [False, f"import {m}: {type(exc).__name__}: {exc}"]
+print(json.dumps(out))
+"""
+
+_availability: dict[str, dict[str, Availability]] = {}
 _availability_lock = threading.Lock()
 
 
-def probe_import(modules: Sequence[str], python: str = sys.executable) -> Availability:
-    """Import ``modules`` in a fresh interpreter (the one that will run the server).
+def probe_runtimes(python: str = sys.executable) -> dict[str, Availability]:
+    """Which model runtimes ``python`` can run, checked in a fresh interpreter.
 
-    A subprocess, not ``importlib``: a runtime whose native library fails to load must not
-    take the agent down, and the agent must not keep a model runtime loaded. Cached per
-    process: installing a runtime means restarting the agent.
+    A subprocess, not ``importlib`` here: a runtime whose native library fails to load must
+    not take the agent down, and the agent must not keep a model runtime loaded. About a
+    quarter of a second; cached per interpreter (installing a runtime means restarting the
+    agent).
     """
-    key = (python, *modules)
     with _availability_lock:
-        if key in _availability:
-            return _availability[key]
-    code = "; ".join(f"import {m}" for m in modules)
+        if python in _availability:
+            return _availability[python]
+    spec = json.dumps(RUNTIME_MODULES)
     try:
         proc = subprocess.run(
-            [python, "-c", code],
+            [python, "-c", _PROBE, spec],
             capture_output=True,
             text=True,
             timeout=IMPORT_PROBE_TIMEOUT,
             stdin=subprocess.DEVNULL,
         )
-        if proc.returncode == 0:
-            result = Availability(True, f"{', '.join(modules)} importable")
-        else:
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            result = Availability(False, last)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        result = Availability(False, f"{python} -c {code!r}: {exc}")
+        found = json.loads(proc.stdout) if proc.returncode == 0 else {}
+        why = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        result = {
+            key: Availability(bool(found[key][0]), str(found[key][1]))
+            if key in found
+            else Availability(False, f"{python}: {why}")
+            for key in RUNTIME_MODULES
+        }
+    except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
+        result = {key: Availability(False, f"{python}: {exc}") for key in RUNTIME_MODULES}
     with _availability_lock:
-        _availability[key] = result
+        _availability[python] = result
     return result
+
+
+def installed_runtimes(python: str = sys.executable) -> dict[str, bool]:
+    """For the node facts (register): ``{"llama-cpp": bool, "mlx-lm": bool}``."""
+    return {key: a.ok for key, a in probe_runtimes(python).items()}
 
 
 def model_port(workload: WorkloadDoc) -> int:
@@ -185,12 +224,11 @@ class ModelServerRuntime:
 
     name = "model"
     python = sys.executable  # the agent's interpreter, where the runtime was installed
-    modules: tuple[str, ...] = ()
     install_hint = ""
     single_file = True  # the model is one file (hash it at health time)
 
     def availability(self) -> Availability:
-        return probe_import(self.modules, self.python)
+        return probe_runtimes(self.python)[self.name]
 
     def require_available(self, workload: WorkloadDoc) -> None:
         avail = self.availability()

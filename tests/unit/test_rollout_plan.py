@@ -8,11 +8,13 @@ from typing import Any
 import pytest
 
 from reconciler.plan.batches import batch_size, make_batches
+from reconciler.plan.select import NodeFacts
 from reconciler.plan.state import state_from_json, state_to_json
 from reconciler.spec import Rollout
 from tests.helpers.fleet import (
     PlanSim,
     fleet_files,
+    model_doc,
     node_doc,
     nodes_named,
     release_doc,
@@ -369,3 +371,45 @@ def test_new_revision_that_does_not_touch_a_node_keeps_its_document() -> None:
     s.files.update(fleet_files(releases=[release_doc("other", V, roles=["coding"])]))
     plan = s.step(90)
     assert plan.desired == before  # same workloads: same revision, no generation bump
+
+
+def test_models_roll_out_like_releases() -> None:
+    s = PlanSim(
+        fleet_files(nodes_named("n1", "n2", "n3"), [model_doc("qwen", V, batch_size=1, soak=0)])
+    )
+    s.step(0)
+    assert s.versions("qwen") == {"n1": V, "n2": None, "n3": None}
+    assert s.desired["n1"]["workloads"][0]["model"] == {
+        "runtime": "llama-cpp",
+        "args": {"port": 8080, "contextSize": 2048},
+    }
+    s.run_until(120)
+    assert s.state("qwen").phase == "Succeeded" and s.state("qwen").kind == "model"
+
+
+def test_registered_node_without_file_is_matched_on_its_facts() -> None:
+    s = PlanSim(fleet_files(nodes_named("n1"), [release_doc("app", V, batch_size=5, soak=0)]))
+    s.registered = [
+        NodeFacts(
+            "edge-1", "linux/arm64", roles=("inference",), labels={"port": "9001"}, declared=False
+        ),
+        NodeFacts("edge-2", "linux/arm64", roles=("coding",), declared=False),
+    ]
+    s.step(0)
+    assert s.versions("app") == {"edge-1": V, "edge-2": None, "n1": V}
+    arts = {w["artifact"]["platform"] for w in s.desired["edge-1"]["workloads"]}
+    assert arts == {"linux/arm64"}
+    assert s.desired["edge-2"]["workloads"] == []
+
+
+def test_node_without_artifact_for_its_platform_is_left_out() -> None:
+    s = PlanSim(
+        fleet_files(
+            [node_doc("mac", platform="darwin/arm64"), node_doc("gpu")],
+            [release_doc("app", V, platforms=["linux/amd64"], batch_size=1, soak=0)],
+        )
+    )
+    s.step(0)
+    s.run_until(60)
+    assert s.versions("app") == {"gpu": V, "mac": None}
+    assert s.state("app").phase == "Succeeded"

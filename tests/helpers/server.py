@@ -211,7 +211,25 @@ def start_server(
         repo = FleetRepo.create(tmp / "fleet", DEFAULT_FILES)
     source = repo_url or str(repo.path if repo else "")
     config_path, secret_values = write_config(tmp / "reconciler-config", source, extra=extra_config)
-    stdout, stderr = tmp / "serve.stdout", tmp / "serve.stderr"
+    proc, url, stdout, stderr = _launch(config_path, tmp / "serve", ready=ready, env=env)
+    return RunningServer(
+        url=url,
+        admin_token=secret_values["admin"],
+        bootstrap_token=secret_values["bootstrap"],
+        webhook_secret=secret_values["webhook"],
+        state_dir=tmp / "reconciler-config" / "state",
+        config_path=config_path,
+        process=proc,
+        stdout_path=stdout,
+        stderr_path=stderr,
+        repo=repo,
+    )
+
+
+def _launch(
+    config_path: Path, prefix: Path, *, ready: bool = True, env: Mapping[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str, Path, Path]:
+    stdout, stderr = prefix.with_suffix(".stdout"), prefix.with_suffix(".stderr")
     with stdout.open("wb") as out, stderr.open("wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "reconciler.cli", "serve", "--config", str(config_path)],
@@ -229,17 +247,30 @@ def start_server(
             proc.kill()
             proc.wait()
         raise
+    return proc, url, stdout, stderr
+
+
+def restart(server: RunningServer, *, ready: bool = True) -> RunningServer:
+    """Stop ``server`` (SIGTERM, exit 0 asserted) and start it again on the same config,
+    state directory and secrets (a new port). Tokens issued before stay valid."""
+    code = server.stop()
+    assert code == 0, f"fleetkeeper serve exited with {code} on SIGTERM:\n{server.logs()}"
+    n = sum(1 for _ in server.stdout_path.parent.glob("serve*.stdout"))
+    proc, url, stdout, stderr = _launch(
+        server.config_path, server.stdout_path.parent / f"serve-{n}", ready=ready
+    )
     return RunningServer(
         url=url,
-        admin_token=secret_values["admin"],
-        bootstrap_token=secret_values["bootstrap"],
-        webhook_secret=secret_values["webhook"],
-        state_dir=tmp / "reconciler-config" / "state",
-        config_path=config_path,
+        admin_token=server.admin_token,
+        bootstrap_token=server.bootstrap_token,
+        webhook_secret=server.webhook_secret,
+        state_dir=server.state_dir,
+        config_path=server.config_path,
         process=proc,
         stdout_path=stdout,
         stderr_path=stderr,
-        repo=repo,
+        repo=server.repo,
+        tokens=dict(server.tokens),
     )
 
 

@@ -220,7 +220,9 @@ def _download_http(
                         check_free_space(part.parent, 2 * total - have)
                     progress = _Progress(redact(url), total)
                     with open(part, "ab" if have else "wb") as fh:
-                        for chunk in resp.iter_bytes(CHUNK):
+                        # No chunk_size: bytes reach the disk as they arrive, so a drop
+                        # mid-body loses nothing that was received.
+                        for chunk in resp.iter_bytes():
                             h.update(chunk)
                             fh.write(chunk)
                             have += len(chunk)

@@ -1,0 +1,271 @@
+"""Converge one workload for real: artifact server on 127.0.0.1, real unpack, real processes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from agent.board import Board
+from agent.converge import Converger, Outcome
+from agent.report import decide_phase
+from agent.runtimes.child import ChildSupervisor
+from agent.state import StateDir
+from tests.helpers.agents import workload_doc
+from tests.helpers.artifacts import (
+    Artifact,
+    ArtifactServer,
+    build_program,
+    describe,
+    evil_tarball,
+    free_port,
+)
+
+
+@dataclass
+class Rig:
+    tmp: Path
+    dist: Path
+    server: ArtifactServer
+    conv: Converger
+    sup: ChildSupervisor
+    state: StateDir
+    port: int
+    generation: int = 0
+
+    def build(self, version: str, **kw: Any) -> Artifact:
+        return build_program(self.dist, "hello", version, **kw)
+
+    def doc(self, version: str, art: Artifact, **kw: Any) -> dict[str, Any]:
+        return workload_doc("hello", version, art, self.server.url(art.path.name), self.port, **kw)
+
+    def converge(self, w: dict[str, Any], *, same_doc: bool = False) -> Outcome:
+        if not same_doc:
+            self.generation += 1
+        return self.conv.converge({"generation": self.generation, "workloads": [w]})[0]
+
+    def served_version(self) -> str:
+        return httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=2).text.strip()
+
+    def current(self) -> str | None:
+        try:
+            return Path(os.readlink(self.conv.root / "hello" / "current")).name
+        except OSError:
+            return None
+
+
+def make_rig(tmp: Path, root: Path | None = None) -> tuple[Rig, ArtifactServer]:
+    dist = tmp / "dist"
+    dist.mkdir(parents=True, exist_ok=True)
+    server = ArtifactServer(dist).__enter__()
+    state = StateDir(tmp / "state")
+    state.ensure()
+    sup = ChildSupervisor(state, grace_seconds=2)
+    conv = Converger(
+        install_root=root or tmp / "root",
+        state=state,
+        supervisor=sup,
+        board=Board(),
+        exit_code=sup.exit_code,
+    )
+    return Rig(tmp, dist, server, conv, sup, state, free_port()), server
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    r, server = make_rig(tmp_path)
+    try:
+        yield r
+    finally:
+        r.sup.stop("hello")
+        server.__exit__(None, None, None)
+
+
+def test_install_then_update_proves_a_new_process_of_the_new_version(rig: Rig) -> None:
+    a1, a2 = rig.build("1.0.0"), rig.build("1.1.0")
+    out = rig.converge(rig.doc("1.0.0", a1))
+    assert out.ok, out.message
+    first = rig.sup.running("hello")
+    assert first is not None and rig.served_version() == "hello 1.0.0"
+
+    out = rig.converge(rig.doc("1.1.0", a2))
+    assert out.ok, out.message
+    second = rig.sup.running("hello")
+    assert second is not None and second.pid != first.pid
+    assert rig.served_version() == "hello 1.1.0"
+    assert rig.current() == "1.1.0"
+    assert Path(os.readlink(rig.conv.root / "hello" / "previous")).name == "1.0.0"
+    for phase in ("download", "verify", "unpack", "flip", "restart", "prove"):
+        assert phase in out.timings
+
+    seen = rig.conv.observe(rig.doc("1.1.0", a2))
+    assert (seen.version, seen.pid, seen.healthy, seen.sha256) == (
+        "1.1.0",
+        second.pid,
+        True,
+        a2.sha256,
+    )
+    assert seen.current == str((rig.conv.root / "hello" / "versions" / "1.1.0").resolve())
+    # Idempotent: the same document again changes nothing and downloads nothing.
+    before = sum(rig.server.requests.values())
+    assert rig.converge(rig.doc("1.1.0", a2), same_doc=True).ok
+    assert sum(rig.server.requests.values()) == before
+    assert rig.sup.running("hello") == second
+
+
+def test_wrong_sha256_leaves_the_old_version_running(rig: Rig) -> None:
+    a1, a2 = rig.build("1.0.0"), rig.build("1.1.0")
+    assert rig.converge(rig.doc("1.0.0", a1)).ok
+    old = rig.sup.running("hello")
+    bad = rig.doc("1.1.0", a2)
+    bad["artifact"]["sha256"] = "ab" * 32
+    out = rig.converge(bad)
+    assert not out.ok and out.phase == "Failed"
+    assert "ab" * 32 in out.message and a2.sha256 in out.message, out.message
+    assert rig.sup.running("hello") == old
+    assert rig.current() == "1.0.0"
+    assert not (rig.conv.root / "hello" / "versions" / "1.1.0").exists()
+    seen = rig.conv.observe(bad)
+    assert (seen.version, seen.desired_version, seen.healthy) == ("1.0.0", "1.1.0", True)
+
+
+def test_truncated_download_is_resumed_with_range(rig: Rig) -> None:
+    art = rig.build("1.0.0", padding=300_000)
+    rig.server.truncate_next(art.path.name, at=100_000)
+    out = rig.converge(rig.doc("1.0.0", art))
+    assert out.ok, out.message
+    ranges = [r for n, r in rig.server.ranges if n == art.path.name]
+    assert ranges[0] is None
+    assert ranges[1] is not None and ranges[1].startswith("bytes=")
+    assert int(ranges[1][6:-1]) >= 90_000  # resumed near the cut, not from zero
+    assert rig.served_version() == "hello 1.0.0"
+
+
+def test_server_without_range_support_downloads_again(tmp_path: Path) -> None:
+    r, server = make_rig(tmp_path)
+    server.ignore_range = True
+    try:
+        art = r.build("1.0.0", padding=200_000)
+        server.truncate_next(art.path.name, at=50_000)
+        out = r.converge(r.doc("1.0.0", art))
+        assert out.ok, out.message
+        assert server.requests[art.path.name] == 2
+    finally:
+        r.sup.stop("hello")
+        server.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "device"])
+def test_unsafe_archives_are_refused(rig: Rig, kind: str) -> None:
+    good = rig.build("1.0.0")
+    assert rig.converge(rig.doc("1.0.0", good)).ok
+    evil = evil_tarball(rig.dist, kind, name="hello")
+    out = rig.converge(rig.doc("6.6.6", evil))
+    assert not out.ok and ("refus" in out.message), out.message
+    assert rig.current() == "1.0.0"
+    assert not (rig.conv.root / "hello" / "versions" / "6.6.6").exists()
+    assert not (rig.conv.root / "hello" / "x").exists()
+    assert not Path("/tmp/fleetkeeper-evil-x").exists()
+    leftovers = [p.name for p in (rig.conv.root / "hello" / "versions").iterdir()]
+    assert leftovers == ["1.0.0"]
+    assert rig.served_version() == "hello 1.0.0"
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "why"),
+    [
+        ({"exit_at_start": True}, "exited at start"),
+        ({"unhealthy": True}, "health did not pass"),
+        ({"probe_version": "9.9.9"}, "does not name 1.1.0"),
+    ],
+)
+def test_failed_version_is_rolled_back_and_not_retried(
+    rig: Rig, behaviour: dict[str, Any], why: str
+) -> None:
+    a1 = rig.build("1.0.0")
+    a2 = rig.build("1.1.0", **behaviour)
+    assert rig.converge(rig.doc("1.0.0", a1)).ok
+    old = rig.sup.running("hello")
+    assert old is not None
+    w = rig.doc("1.1.0", a2, timeout=2)
+    out = rig.converge(w)
+    assert not out.ok and out.phase == "Failed"
+    assert why in out.message and "rolled back to 1.0.0" in out.message, out.message
+    now = rig.sup.running("hello")
+    assert now is not None and now.pid != old.pid  # the old version was restarted...
+    assert rig.served_version() == "hello 1.0.0"  # ...and proven to serve again
+    assert rig.current() == "1.0.0"
+    seen = rig.conv.observe(w)
+    assert (seen.version, seen.desired_version, seen.healthy) == ("1.0.0", "1.1.0", True)
+    assert decide_phase(rig.conv.board.get("hello").phase, seen) == "Failed"
+    # The same document again: no retry (no download, no restart).
+    requests = sum(rig.server.requests.values())
+    again = rig.converge(w, same_doc=True)
+    assert not again.ok and sum(rig.server.requests.values()) == requests
+    assert rig.sup.running("hello") == now
+    # A changed document retries (the staged version is reused, the restart is tried again).
+    retried = rig.converge(w)
+    assert not retried.ok and "restart" in retried.timings
+
+
+def test_first_install_failure_leaves_nothing_current(rig: Rig) -> None:
+    art = rig.build("1.0.0", exit_at_start=True)
+    out = rig.converge(rig.doc("1.0.0", art, timeout=2))
+    assert not out.ok and "no previous version" in out.message
+    assert rig.current() is None
+    assert rig.sup.running("hello") is None
+
+
+def test_symlinked_install_root_is_still_managed(tmp_path: Path) -> None:
+    real = tmp_path / "real-root"
+    real.mkdir()
+    link = tmp_path / "link-root"
+    link.symlink_to(real)
+    r, server = make_rig(tmp_path, root=link)
+    try:
+        a1, a2 = r.build("1.0.0"), r.build("1.1.0")
+        assert r.converge(r.doc("1.0.0", a1)).ok
+        out = r.converge(r.doc("1.1.0", a2))
+        assert out.ok, out.message
+        assert r.conv.managed(link / "hello" / "current" / "bin" / "hello")
+        assert r.conv.managed(real / "hello")
+        assert not r.conv.managed(tmp_path / "elsewhere")
+        seen = r.conv.observe(r.doc("1.1.0", a2))
+        assert seen.version == "1.1.0" and seen.current is not None
+        assert seen.current.startswith(str(real.resolve()))
+    finally:
+        r.sup.stop("hello")
+        server.__exit__(None, None, None)
+
+
+def test_zip_single_file_and_file_urls(rig: Rig) -> None:
+    z = build_program(rig.dist, "hello", "2.0.0", fmt="zip")
+    w = workload_doc("hello", "2.0.0", z, z.path.resolve().as_uri(), rig.port)
+    assert rig.converge(w).ok
+    assert rig.served_version() == "hello 2.0.0"
+    single = rig.dist / "hello-single"
+    single.write_text(
+        (rig.conv.root / "hello" / "versions" / "2.0.0" / "bin" / "hello")
+        .read_text()
+        .replace("2.0.0", "2.1.0")
+    )
+    art = describe(single)
+    w = workload_doc("hello", "2.1.0", art, rig.server.url(single.name), rig.port)
+    w["run"]["command"][0] = "hello-single"
+    w["versionProbe"] = ["hello-single", "--version"]
+    out = rig.converge(w)
+    assert out.ok, out.message
+    assert rig.served_version() == "hello 2.1.0"
+
+
+def test_old_versions_are_pruned_keeping_three(rig: Rig) -> None:
+    for i in range(5):
+        v = f"1.{i}.0"
+        assert rig.converge(rig.doc(v, rig.build(v))).ok
+    kept = sorted(p.name for p in (rig.conv.root / "hello" / "versions").iterdir())
+    assert kept == ["1.2.0", "1.3.0", "1.4.0"]

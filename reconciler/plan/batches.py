@@ -29,8 +29,10 @@ def make_batches(
     ``total`` is the number of targeted nodes a percentage refers to (default: all of
     ``targeted``; nodes that join later are batched against the whole rollout's size).
     """
-    canary = [n for n in rollout.canary if n in targeted]
-    rest = [n for n in targeted if n not in canary]
+    members = set(targeted)
+    canary = [n for n in rollout.canary if n in members]
+    first = set(canary)
+    rest = [n for n in targeted if n not in first]
     size = batch_size(rollout.batch_size, len(targeted) if total is None else total)
     out: list[tuple[str, ...]] = [(c,) for c in canary]
     out += [tuple(rest[i : i + size]) for i in range(0, len(rest), size)]

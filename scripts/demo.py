@@ -181,10 +181,9 @@ class Git:
 
 
 def _release(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    for r in status.get("releases") or []:
-        if r.get("agent") == AGENT:
-            return dict(r)
-    return None
+    """The current rollout of the demo agent (a superseded one is listed before it)."""
+    rows = [r for r in status.get("releases") or [] if r.get("agent") == AGENT]
+    return dict(rows[-1]) if rows else None
 
 
 def _running(status: Mapping[str, Any]) -> dict[str, str | None]:
@@ -211,25 +210,25 @@ class Fleet:
         what: str,
         done: Callable[[Mapping[str, Any]], bool],
         timeout: float = STEP_TIMEOUT,
-        show_changes: bool = True,
+        tables: bool = True,
     ) -> Mapping[str, Any]:
+        """Poll until ``done``; a line per node change, the table per batch/phase change."""
         deadline = time.monotonic() + timeout
-        last: object = None
+        last_rel: object = None
+        last_nodes: object = None
         status: Mapping[str, Any] = {}
         while time.monotonic() < deadline:
             self.procs.check()
             with contextlib.suppress(Exception):
                 status = self.client.fleet()
                 rel = _release(status) or {}
-                key = (
-                    rel.get("version"),
-                    rel.get("phase"),
-                    rel.get("batch"),
-                    tuple(sorted(_running(status).items(), key=str)),
-                )
-                if show_changes and key != last and last is not None:
+                rel_key = (rel.get("version"), rel.get("phase"), rel.get("batch"))
+                nodes_key = progress_line(status)
+                if tables and rel_key != last_rel and last_rel is not None:
                     self.show(status)
-                last = key
+                elif nodes_key != last_nodes:
+                    console.print(nodes_key, highlight=False)
+                last_rel, last_nodes = rel_key, nodes_key
                 if done(status):
                     return status
             time.sleep(0.3)
@@ -237,7 +236,9 @@ class Fleet:
             self.show(status)
         raise DemoFailed(f"timed out after {timeout:.0f}s waiting for {what}")
 
-    def wait_release(self, version: str, phases: Sequence[str]) -> Mapping[str, Any]:
+    def wait_release(
+        self, version: str, phases: Sequence[str], tables: bool = True
+    ) -> Mapping[str, Any]:
         def done(status: Mapping[str, Any]) -> bool:
             rel = _release(status)
             if rel is None or rel.get("version") != version or rel.get("phase") not in phases:
@@ -248,7 +249,7 @@ class Fleet:
                 ) == len(DEMO_NODES)
             return True
 
-        return self.wait(f"{AGENT} {version} to be {'/'.join(phases)}", done)
+        return self.wait(f"{AGENT} {version} to be {'/'.join(phases)}", done, tables=tables)
 
     def wait_audit(self, revision: str, kinds: Sequence[str]) -> Mapping[str, Any]:
         deadline = time.monotonic() + STEP_TIMEOUT
@@ -260,6 +261,21 @@ class Fleet:
                         return dict(e)
             time.sleep(0.3)
         raise DemoFailed(f"no {'/'.join(kinds)} audit event for {revision[:10]}")
+
+
+def progress_line(status: Mapping[str, Any]) -> str:
+    """ "  0.8.4 Progressing 1/2 | gpu-1 0.8.3->0.8.4 Downloading, vps-1 0.8.3 Healthy, ..." """
+    rel = _release(status) or {}
+    cells = []
+    for n in sorted(status.get("nodes") or [], key=lambda n: str(n.get("node"))):
+        for w in n.get("workloads") or []:
+            if w.get("name") != AGENT:
+                continue
+            running, desired = w.get("running") or "-", w.get("desired") or "-"
+            version = running if running == desired else f"{running}->{desired}"
+            cells.append(f"{n.get('node')} {version} {w.get('phase')}")
+    head = f"{rel.get('version', '-')} {rel.get('phase', '-')} {rel.get('batch') or ''}".strip()
+    return f"  {head:<26} | " + ", ".join(cells)
 
 
 def write_yaml(path: Path, doc: Mapping[str, Any]) -> Path:
@@ -400,8 +416,8 @@ def _story(
     console.print(f"[bold green]Dashboard:[/] {server}/  (log in with the token in {admin})")
     client = AdminClient(server, admin.read_text().strip(), timeout=5)
     fleet = Fleet(client, procs)
-    fleet.wait_release("0.8.3", ["Succeeded"])
-    note("every node runs 0.8.3")
+    fleet.wait_release("0.8.3", ["Succeeded"], tables=False)
+    note("every node runs 0.8.3 (installed, started, proven by --version and /healthz)")
 
     say("2. A direct push of a release is refused as unapproved")
     write_release(work, release_doc(arts["0.8.4"], artifacts.url))
@@ -482,7 +498,9 @@ def _story(
     git("add", "-A")
     git("commit", "-q", "-m", "Release inference-agent 0.8.7")
     git("push", "-q", "origin", "main")
-    note("pushed to main: in signed-tag mode that alone approves nothing; now the signed tag:")
+    time.sleep(3)
+    console.print(progress_line(client.fleet()), highlight=False)
+    note("pushed to main, but in signed-tag mode that alone approves nothing; now the tag:")
     git(
         "-c",
         "gpg.format=ssh",
@@ -495,12 +513,12 @@ def _story(
         "Deploy inference-agent 0.8.7",
     )
     git("push", "-q", "origin", "deploy/0.8.7")
-    fleet.wait_release("0.8.7", ["Succeeded"])
+    fleet.wait_release("0.8.7", ["Succeeded"], tables=False)
 
     say("Final status (fleetkeeper status)")
     proc = subprocess.run(
         [*_command("fleetkeeper"), "status", "--server", server, "--token-file", str(admin)],
-        env={**env, "COLUMNS": str(max(console.width, 120))},
+        env={**env, "COLUMNS": str(console.width)},
         capture_output=True,
         text=True,
     )
@@ -508,10 +526,22 @@ def _story(
     if proc.returncode != 0:
         raise DemoFailed(f"fleetkeeper status exited {proc.returncode}:\n{proc.stderr}")
     note(f"fleetkeeper status exit code {proc.returncode}: every release Succeeded")
-    note(f"the audit log: fleetkeeper audit --server {server} --token-file {admin}")
+    say("Who approved what (fleetkeeper audit --kind approved,refused,halted,succeeded)")
+    audit = subprocess.run(
+        [*_command("fleetkeeper"), "audit", "--server", server, "--token-file", str(admin)]
+        + ["--kind", "approved,refused,halted,succeeded,superseded"],
+        env={**env, "COLUMNS": str(console.width)},
+        capture_output=True,
+        text=True,
+    )
+    console.print(audit.stdout.rstrip(), markup=False, highlight=False)
     if keep_open > 0:
         console.print(f"[bold green]Dashboard[/] stays up {keep_open:.0f}s more at {server}/")
         time.sleep(keep_open)
+    else:
+        note(
+            "to explore the dashboard afterwards: .venv/bin/python scripts/demo.py --keep-open 600"
+        )
     console.print(f"[bold]demo finished in {time.monotonic() - started:.0f}s[/]")
     return 0
 
@@ -536,7 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.print(tail(log), markup=False, highlight=False)
         code = 1
     finally:
-        if args.keep_files or code != 0:
+        if args.keep_files or code == 1:
             console.print(f"files kept in {tmp}")
         else:
             import shutil

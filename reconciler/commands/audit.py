@@ -30,6 +30,9 @@ def register(sub: Any) -> None:
         help="only events after this: a duration (10m, 2h, 1d, 1w), a unix time or an ISO date",
     )
     p.add_argument("--limit", type=int, default=1000, help="at most this many events")
+    p.add_argument(
+        "--kind", help="only these event kinds, comma-separated (e.g. approved,refused,halted)"
+    )
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=run)
 
@@ -45,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
     token = read_token(args.token_file)
     with AdminClient(args.server, token) as client:
         events = client.audit(since=since, limit=args.limit)
+    if args.kind:
+        kinds = {k.strip() for k in args.kind.split(",") if k.strip()}
+        events = [e for e in events if e.get("kind") in kinds]
     if args.format == "json":
         sys.stdout.write(json.dumps({"events": events}, sort_keys=True) + "\n")
     else:

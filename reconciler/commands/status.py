@@ -54,7 +54,7 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
 
 def make_console() -> Console:
     console = Console()
-    if not console.is_terminal:
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
         console = Console(width=max(PIPE_WIDTH, console.width))
     return console
 

@@ -99,7 +99,7 @@ def approval_short(approval: object) -> str:
     if not isinstance(approval, Mapping):
         return "-"
     kind = _s(approval.get("kind"), "?")
-    ref = short_sha(approval.get("ref"))
+    ref = short_sha(approval.get("ref")).removeprefix("refs/tags/")
     signers = approval.get("signers") or []
     who = ", ".join(str(s) for s in signers) if isinstance(signers, list) else ""
     return f"{kind} {ref}" + (f" by {who}" if who else "")

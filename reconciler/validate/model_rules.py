@@ -9,6 +9,7 @@ Pure: no I/O.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 from reconciler.plan.select import NodeFacts
 from reconciler.validate.report import Violation
@@ -66,4 +67,34 @@ def model_memory(ctx: RuleContext) -> Iterator[Violation]:
                 )
 
 
-RULES: list[Rule] = [mlx_nodes, model_memory]
+# What each runtime loads: llama.cpp one .gguf file; mlx-lm a model directory, shipped as a
+# gzip'd tarball that the agent unpacks.
+ARTIFACT_SUFFIXES = {"llama-cpp": (".gguf",), "mlx-lm": (".tar.gz", ".tgz")}
+
+
+def model_artifact_kind(ctx: RuleContext) -> Iterator[Violation]:
+    """A llama-cpp model is a single .gguf file; an mlx-lm model a .tar.gz of its directory."""
+    for d, _ in ctx.deployables():
+        if d.kind != "model" or d.runtime not in ARTIFACT_SUFFIXES:
+            continue
+        wanted = ARTIFACT_SUFFIXES[d.runtime]
+        for index, art in enumerate(d.artifacts):
+            path = urlsplit(art.url).path.lower()
+            if not path.endswith(wanted):
+                shown = " or ".join(wanted)
+                what = (
+                    "a single .gguf file"
+                    if d.runtime == "llama-cpp"
+                    else (
+                        "a .tar.gz of the MLX model directory (config.json, *.safetensors, "
+                        "tokenizer files)"
+                    )
+                )
+                yield ctx.violation(
+                    d.path,
+                    ("artifacts", index, "url"),
+                    f"runtime {d.runtime} loads {what}; the artifact URL must end in {shown}",
+                )
+
+
+RULES: list[Rule] = [mlx_nodes, model_memory, model_artifact_kind]

@@ -32,7 +32,7 @@ def model(name: str = "llm", runtime: str = "llama-cpp", *, tail: str = "", **ov
         f"runtime: {runtime}\n"
         "artifacts:\n"
         f"  - platform: {over.get('platform', 'any')}\n"
-        "    url: https://dl.example.org/m.gguf\n"
+        f"    url: https://dl.example.org/m.{'tar.gz' if runtime == 'mlx-lm' else 'gguf'}\n"
         f"    sha256: {SHA_B}\n"
         f"    size: {over.get('size', '4000000000')}\n"
         "args:\n"

@@ -69,13 +69,17 @@ def _status(args: argparse.Namespace) -> int:
             str(r["phase"]),
             str(r["message"] or "")[:80],
         )
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # piped: do not squeeze the table into 80 columns
+    console.print(table)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _setup_logging(args.log_level)
+    # status is for people: only problems go to stderr.
+    _setup_logging("WARNING" if args.command == "status" else args.log_level)
     try:
         if args.command == "run":
             from agent.daemon import Daemon

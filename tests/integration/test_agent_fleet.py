@@ -1,0 +1,216 @@
+"""Real agents (subprocesses) against the real reconciler (``fleetkeeper serve``) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.helpers.agents import AgentProc, running_agents
+from tests.helpers.artifacts import Artifact, ArtifactServer, build_program, free_port
+from tests.helpers.fleet import FleetRepo, fleet_doc, node_doc
+from tests.helpers.server import RunningServer, restart, start_server
+
+NODES = ("node-a", "node-b", "node-c")
+
+
+def release(version: str, art: Artifact, url: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "fleetkeeper/v1",
+        "kind": "Release",
+        "agent": "hello",
+        "version": version,
+        "artifacts": [art.artifact_doc(url, "linux/amd64")],
+        "run": {"command": ["bin/hello", "--port", "${node.labels.port}"]},
+        "health": {"http": "http://127.0.0.1:${node.labels.port}/healthz", "timeoutSeconds": 5},
+        "versionProbe": ["bin/hello", "--version"],
+        "targets": {"roles": ["inference"]},
+        "rollout": {"batchSize": 1, "soakSeconds": 0, "timeoutSeconds": 60, "onFailure": "halt"},
+    }
+
+
+@dataclass
+class Lab:
+    tmp: Path
+    repo: FleetRepo
+    server: RunningServer
+    artifacts: ArtifactServer
+    ports: Mapping[str, int]
+
+    def merge_release(self, version: str, **behaviour: Any) -> Artifact:
+        art = build_program(self.tmp / "dist", "hello", version, **behaviour)
+        doc = release(version, art, self.artifacts.url(art.path.name))
+        self.repo.change({f"releases/hello/{version}.yaml": doc}, f"release hello {version}")
+        return art
+
+    def served(self, node: str) -> str | None:
+        try:
+            r = httpx.get(f"http://127.0.0.1:{self.ports[node]}/healthz", timeout=1)
+        except httpx.HTTPError:
+            return None
+        return r.text.strip()
+
+    def fleet_node(self, node: str) -> dict[str, Any]:
+        for n in self.server.fleet()["nodes"]:
+            if n["node"] == node:
+                return dict(n)
+        raise AssertionError(f"{node} not in the fleet view")
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    ports = {n: free_port() for n in NODES}
+    files: dict[str, Any] = {"fleet.yaml": fleet_doc()}
+    for n in NODES:
+        files[f"nodes/{n}.yaml"] = node_doc(n, labels={"port": str(ports[n])})
+    repo = FleetRepo.create(tmp_path / "fleet", files)
+    listen = f"127.0.0.1:{free_port()}"
+    server = start_server(
+        tmp_path / "server",
+        repo=repo,
+        extra_config={"heartbeatTTLSeconds": 3, "pollIntervalSeconds": 1, "listen": listen},
+    )
+    (tmp_path / "dist").mkdir()
+    artifacts = ArtifactServer(tmp_path / "dist").__enter__()
+    lab = Lab(tmp_path, repo, server, artifacts, ports)
+    try:
+        yield lab
+    finally:
+        artifacts.__exit__(None, None, None)
+        lab.server.stop()
+
+
+def _healthy_at(agent: AgentProc, version: str) -> bool:
+    w = agent.workload("hello")
+    return bool(w and w["phase"] == "Healthy" and w["version"] == version and w["healthy"])
+
+
+def _desired_version(agent: AgentProc) -> str | None:
+    import json
+
+    try:
+        doc = json.loads((agent.state_dir / "desired.json").read_text())["document"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return next((w["version"] for w in doc["workloads"] if w["name"] == "hello"), None)
+
+
+def test_release_rolls_out_one_agent_at_a_time_then_rollback_by_hand(lab: Lab) -> None:
+    s = lab.server
+    with running_agents(lab.tmp / "agents", s.url, s.bootstrap_token, NODES) as agents:
+        for version in ("1.0.0", "1.1.0"):
+            lab.merge_release(version)
+            deadline = time.monotonic() + 40
+            while time.monotonic() < deadline:
+                targeted = [a.node for a in agents if _desired_version(a) == version]
+                healthy = [a.node for a in agents if _healthy_at(a, version)]
+                # Batch size 1: a node is handed the new version only when the ones before it
+                # report it healthy.
+                assert len(targeted) <= len(healthy) + 1, (targeted, healthy)
+                if len(healthy) == len(NODES):
+                    break
+                time.sleep(0.03)
+            else:
+                raise AssertionError(f"{version} did not converge: {[a.report() for a in agents]}")
+            assert all(lab.served(n) == f"hello {version}" for n in NODES)
+
+        # The reconciler sees what the agents observed.
+        view = lab.fleet_node("node-a")
+        assert view["health"] == "Healthy", view
+        assert [(w["name"], w["running"]) for w in view["workloads"]] == [("hello", "1.1.0")]
+
+        # Roll back node-a by hand while its daemon runs: the next report says so.
+        a = agents[0]
+        before = a.workload("hello")
+        assert before is not None
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "agent.cli",
+                "rollback",
+                "hello",
+                "--config",
+                str(a.config_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "rolled back by hand from 1.1.0 to 1.0.0" in out.stdout
+        a.wait_for(
+            lambda x: (
+                (w := x.workload("hello")) is not None
+                and (w["phase"], w["version"], w["desiredVersion"])
+                == ("RolledBack", "1.0.0", "1.1.0")
+            ),
+            what="RolledBack report",
+        )
+        assert lab.served("node-a") == "hello 1.0.0"
+        assert a.current("hello") == "1.0.0"
+        after = a.workload("hello")
+        assert after is not None and after["pid"] != before["pid"]
+        # The daemon does not re-apply the rolled-back target by itself.
+        time.sleep(1.5)
+        assert lab.served("node-a") == "hello 1.0.0"
+
+        status = subprocess.run(
+            [sys.executable, "-m", "agent.cli", "status", "--config", str(a.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert status.returncode == 0, status.stderr
+        assert "hello" in status.stdout and "1.0.0" in status.stdout
+        assert "RolledBack" in status.stdout
+
+
+def test_outage_keeps_workloads_running_and_stale_after_ttl(lab: Lab) -> None:
+    s = lab.server
+    with running_agents(lab.tmp / "agents", s.url, s.bootstrap_token, NODES[:2]) as agents:
+        lab.merge_release("1.0.0")
+        for a in agents:
+            a.wait_for(lambda x: _healthy_at(x, "1.0.0"), timeout=40, what="1.0.0 healthy")
+        pids = {a.node: a.workload("hello")["pid"] for a in agents}  # type: ignore[index]
+
+        # Reconciler down: nothing changes on the nodes.
+        code = lab.server.stop()
+        assert code == 0
+        time.sleep(2.5)
+        for a in agents:
+            assert a.alive()
+            assert lab.served(a.node) == "hello 1.0.0"
+            w = a.workload("hello")
+            assert w is not None and w["pid"] == pids[a.node] and w["phase"] == "Healthy"
+        assert "status report failed" in agents[0].logs()
+
+        # Back up on the same address: the agents report again.
+        lab.server = restart(lab.server)
+        started = time.time()
+
+        def seen_since(node: str) -> bool:
+            view = lab.fleet_node(node)
+            return view["health"] == "Healthy" and view["lastSeen"] is not None
+
+        deadline = time.monotonic() + 15
+        while not all(seen_since(a.node) for a in agents):
+            assert time.monotonic() < deadline, lab.server.fleet()
+            time.sleep(0.1)
+        assert time.time() - started < 15
+
+        # An agent that dies goes Stale after the TTL; its workload keeps serving.
+        agents[1].kill()
+        deadline = time.monotonic() + 15
+        while lab.fleet_node(agents[1].node)["health"] != "Stale":
+            assert time.monotonic() < deadline, lab.fleet_node(agents[1].node)
+            time.sleep(0.2)
+        assert lab.fleet_node(agents[0].node)["health"] == "Healthy"
+        assert lab.served(agents[1].node) == "hello 1.0.0"

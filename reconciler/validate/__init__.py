@@ -12,8 +12,10 @@ every violation as a value (it never stops at the first one).
 
 from __future__ import annotations
 
+import gc
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from types import MappingProxyType
 from typing import Any
 
@@ -64,6 +66,19 @@ def _layout_warning(path: str) -> Violation | None:
     return Violation(path, 1, 1, f"ignored: not a fleet file (expected {layout})", "warning")
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Building thousands of small trees that all stay alive makes the cyclic GC rescan
+    them again and again (~40% of the time); nothing here makes cycles, so pause it."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def validate_files(files: Mapping[str, bytes], *, extra_rules: Iterable[Rule] = ()) -> Report:
     """Validate a set of fleet files (repo-relative path -> raw bytes) as one revision.
 
@@ -71,6 +86,11 @@ def validate_files(files: Mapping[str, bytes], *, extra_rules: Iterable[Rule] = 
     over the files that passed them. Files that are not fleet files are ignored (with a
     warning when one looks like a misplaced fleet file).
     """
+    with _gc_paused():
+        return _validate(files, extra_rules)
+
+
+def _validate(files: Mapping[str, bytes], extra_rules: Iterable[Rule]) -> Report:
     violations: list[Violation] = []
     passed: dict[str, LoadedFile] = {}
     checked: list[str] = []

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,6 +31,7 @@ class RuleContext:
     all_paths: frozenset[str]  # every fleet file of the set, valid or not
     spec: FleetSpec
     nodes: Mapping[str, NodeFacts]  # declared nodes that passed the per-file checks
+    _targeted: dict[str, list[NodeFacts]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, files: Mapping[str, LoadedFile], all_paths: Iterable[str]) -> RuleContext:
@@ -41,17 +43,17 @@ class RuleContext:
             nodes={name: NodeFacts.from_spec(n) for name, n in spec.nodes.items()},
         )
 
-    @property
+    @cached_property
     def node_files(self) -> list[str]:
         return sorted(p for p in self.all_paths if p.startswith("nodes/"))
 
-    @property
+    @cached_property
     def declared_node_names(self) -> set[str]:
         """Names of nodes/<name>.yaml files, valid or not (an invalid file is reported
         on its own; rules should not also call its node missing)."""
         return {p[len("nodes/") : -len(".yaml")] for p in self.node_files}
 
-    @property
+    @cached_property
     def nodes_complete(self) -> bool:
         """Every node file passed its checks: selection results can be trusted."""
         return all(p in self.files for p in self.node_files)
@@ -78,7 +80,11 @@ class RuleContext:
             yield d, self.files[d.path].value
 
     def targeted(self, d: Deployable) -> list[NodeFacts]:
-        return [self.nodes[n] for n in target_nodes(d, self.nodes)]
+        """The declared nodes ``d`` targets (canaries first); computed once per file."""
+        found = self._targeted.get(d.path)
+        if found is None:
+            found = self._targeted[d.path] = [self.nodes[n] for n in target_nodes(d, self.nodes)]
+        return found
 
 
 Rule = Callable[[RuleContext], Iterable[Violation]]

@@ -71,35 +71,43 @@ class ServerClient:
         raise ServerError("no reconciler answered: " + "; ".join(errors))
 
     # -- registration ---------------------------------------------------------------------
-    def register(self) -> str:
+    def register(self, stale: str | None = None) -> str:
+        """Register with the bootstrap token and store the node token (0600).
+
+        With ``stale`` (a token that was just refused), another thread that already
+        registered again wins: its fresh token is returned instead of rotating once more.
+        """
         with _register_lock:
-            bootstrap = self.bootstrap_token()
-            if not bootstrap:
-                raise ConfigError(
-                    "no node token stored and no bootstrap token: set bootstrapTokenFile in "
-                    "the agent config (or FLEETKEEPER_BOOTSTRAP_TOKEN)"
-                )
-            facts = dict(self.facts())
-            problems = schema.errors("register", facts)
-            if problems:
-                raise ConfigError("register request would be invalid: " + "; ".join(problems))
-            resp = self._send(
-                "POST", f"/v1/nodes/{self.node}/register", token=bootstrap, json=facts
+            stored = self.state.read_token()
+            if stored and stored != stale:
+                return stored
+            return self._register()
+
+    def _register(self) -> str:
+        bootstrap = self.bootstrap_token()
+        if not bootstrap:
+            raise ConfigError(
+                "no node token stored and no bootstrap token: set bootstrapTokenFile in "
+                "the agent config (or FLEETKEEPER_BOOTSTRAP_TOKEN)"
             )
-            if resp.status_code in (401, 403):
-                raise ConfigError(
-                    f"the reconciler refused the bootstrap token (HTTP {resp.status_code}); "
-                    "check bootstrapTokenFile"
-                )
-            if resp.status_code not in (200, 201):
-                raise ServerError(f"register: HTTP {resp.status_code}: {resp.text[:300]}")
-            body = resp.json()
-            token = str(body.get("token") or "")
-            if not token:
-                raise ServerError("register: the response carries no token")
-            self.state.write_token(token)
-            log.info("registered node %s", self.node)
-            return token
+        facts = dict(self.facts())
+        problems = schema.errors("register", facts)
+        if problems:
+            raise ConfigError("register request would be invalid: " + "; ".join(problems))
+        resp = self._send("POST", f"/v1/nodes/{self.node}/register", token=bootstrap, json=facts)
+        if resp.status_code in (401, 403):
+            raise ConfigError(
+                f"the reconciler refused the bootstrap token (HTTP {resp.status_code}); "
+                "check bootstrapTokenFile"
+            )
+        if resp.status_code not in (200, 201):
+            raise ServerError(f"register: HTTP {resp.status_code}: {resp.text[:300]}")
+        token = str(resp.json().get("token") or "")
+        if not token:
+            raise ServerError("register: the response carries no token")
+        self.state.write_token(token)
+        log.info("registered node %s", self.node)
+        return token
 
     def token(self) -> str:
         return self.state.read_token() or self.register()
@@ -107,10 +115,11 @@ class ServerClient:
     def _node_call(
         self, method: str, path: str, *, timeout: float | None = None, **kw: Any
     ) -> httpx.Response:
-        resp = self._send(method, path, token=self.token(), timeout=timeout, **kw)
+        token = self.token()
+        resp = self._send(method, path, token=token, timeout=timeout, **kw)
         if resp.status_code == 401:
             log.info("node token refused (401): registering again")
-            resp = self._send(method, path, token=self.register(), timeout=timeout, **kw)
+            resp = self._send(method, path, token=self.register(stale=token), timeout=timeout, **kw)
             if resp.status_code == 401:
                 raise AuthError(f"{method} {path}: 401 even after registering again")
         return resp

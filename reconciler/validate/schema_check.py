@@ -265,6 +265,20 @@ def _strip_regex(message: str) -> str:
 def check_schema(loaded: LoadedFile, kind: str) -> list[Violation]:
     """Every schema violation of ``loaded`` against the schema of ``kind``, placed at its node."""
     name = KIND_SCHEMAS[kind]
+    found = loaded.value.get("kind") if isinstance(loaded.value, dict) else None
+    if isinstance(found, str) and found in KIND_SCHEMAS and found != kind:
+        # a whole document in the wrong place: one clear error, not one per field
+        where = "fleet.yaml" if kind == "Fleet" else f"{loaded.path.split('/', 1)[0]}/"
+        line, column = loaded.locate(("kind",))
+        return [
+            Violation(
+                loaded.path,
+                line,
+                column,
+                f"kind: files in {where} must be kind {kind}, got {found!r} "
+                "(is the file in the wrong folder?)",
+            )
+        ]
     out: list[Violation] = []
     seen: set[tuple[int, int, str]] = set()
     missing: dict[tuple[str | int, ...], list[str]] = {}

@@ -84,9 +84,9 @@ P = "releases/infer/1.0.0.yaml"
             id="required-nested",
         ),
         pytest.param(
-            release().replace("kind: Release\n", "kind: Node\n"),
-            f"{P}:2:7: kind: files in releases/ must be kind Release, got 'Node'",
-            id="kind-folder",
+            release().replace("kind: Release\n", "kind: Relase\n"),
+            f"{P}:2:7: kind: files in releases/ must be kind Release, got 'Relase'",
+            id="kind-typo",
         ),
         pytest.param(
             release(tail="targets2: x\n").replace("apiVersion: fleetkeeper/v1\n", ""),
@@ -113,6 +113,14 @@ def test_unquoted_yes_in_labels_gets_a_yaml_hint() -> None:
     assert lines(run(files)) == [
         "nodes/gpu-1.yaml:7:19: labels.mlx-cpu: expected a string, got boolean true (YAML 1.1 "
         "reads unquoted yes/no/on/off/true/false as booleans; quote it)"
+    ]
+
+
+def test_a_document_in_the_wrong_folder_is_one_error() -> None:
+    files = {**basic_fleet(), "nodes/infer.yaml": release()}
+    assert lines(run(files)) == [
+        "nodes/infer.yaml:2:7: kind: files in nodes/ must be kind Node, got 'Release' (is the "
+        "file in the wrong folder?)"
     ]
 
 

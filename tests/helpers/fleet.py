@@ -13,6 +13,7 @@ Reusable by every engineer:
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -555,6 +556,10 @@ class HttpAgent:
     mode: str = "ok"  # ok | down | fail:<workload>
     running: dict[str, str] = field(default_factory=dict)
     last: dict[str, Any] | None = None
+    # monotonic times, keyed "name@version": first seen desired (after the GET returned),
+    # first reported healthy (before the POST was sent); bounds for soak assertions
+    given_at: dict[str, float] = field(default_factory=dict)
+    healthy_at: dict[str, float] = field(default_factory=dict)
 
     def desired(self) -> dict[str, Any] | None:
         import httpx
@@ -569,6 +574,9 @@ class HttpAgent:
         assert r.status_code == 200, r.text
         doc: dict[str, Any] = r.json()
         self.last = doc
+        now = time.monotonic()
+        for w in doc.get("workloads", []):
+            self.given_at.setdefault(f"{w['name']}@{w['version']}", now)
         return doc
 
     def tick(self) -> dict[str, Any] | None:
@@ -598,6 +606,10 @@ class HttpAgent:
             self.running[name] = version
             ws.append(workload_report(name, version))
         body = report_doc(self.node, ws, int(doc.get("generation", 0)))
+        now = time.monotonic()
+        for w in ws:
+            if w["healthy"]:
+                self.healthy_at.setdefault(f"{w['name']}@{w['version']}", now)
         with httpx.Client(base_url=self.url, timeout=10) as c:
             r = c.post(
                 f"/v1/nodes/{self.node}/status",

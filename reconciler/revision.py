@@ -14,8 +14,12 @@ from dataclasses import dataclass
 
 import pygit2
 
+import reconciler.validate as validate
 from reconciler.spec import FleetSpec, build_spec
-from reconciler.validate import Violation, validate_files
+from reconciler.validate import ALL_RULES, Report, RuleContext, Violation, is_fleet_file
+from reconciler.validate.loader import LoadedFile, load_file
+from reconciler.validate.report import sort_key
+from reconciler.validate.schema_check import check_schema, expected_kind
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,7 @@ _lock = threading.Lock()
 _listings: dict[str, Listing] = {}
 _blobs: dict[str, bytes] = {}
 _results: dict[Listing, tuple[FleetSpec | None, tuple[Violation, ...]]] = {}
+_checked: dict[tuple[str, str], tuple[LoadedFile | None, tuple[Violation, ...]]] = {}
 
 
 @dataclass(frozen=True)
@@ -99,14 +104,67 @@ def read_fleet_files(repo: pygit2.Repository, sha: str) -> dict[str, bytes]:
     return {path: _blob(repo, oid) for path, oid in fleet_listing(repo, sha)}
 
 
+def _check_file(
+    path: str, oid: str, data: bytes
+) -> tuple[LoadedFile | None, tuple[Violation, ...]]:
+    """The per-file checks of ``validate_files`` (YAML pitfalls, schema), cached by
+    (path, blob oid): they depend on nothing else."""
+    key = (path, oid)
+    hit = _checked.get(key)
+    if hit is None:
+        loaded, found = load_file(path, data)
+        if loaded is not None:
+            kind = expected_kind(path)
+            assert kind is not None
+            found.extend(check_schema(loaded, kind))
+        hit = (loaded, tuple(found))
+        if len(_checked) >= _CACHE_MAX:
+            _checked.clear()
+        _checked[key] = hit
+    return hit
+
+
+def validate_listing(repo: pygit2.Repository, listing: Listing) -> Report:
+    """``reconciler.validate.validate_files`` over the files of ``listing``, step for step,
+    with the per-file half cached by blob oid so that one new merge re-checks only the files
+    it changed; the cross-file rules run over the whole set as always.
+    tests/integration/test_approval_revision.py holds it equal to ``validate_files``."""
+    layout_warning = getattr(validate, "_layout_warning", None)
+    gc_paused = getattr(validate, "_gc_paused", None)
+    if layout_warning is None or gc_paused is None:  # the validator changed shape: no cache
+        return validate.validate_files({p: _blob(repo, o) for p, o in listing})
+    violations: list[Violation] = []
+    passed: dict[str, LoadedFile] = {}
+    checked: list[str] = []
+    with gc_paused():
+        for path, oid in listing:
+            if not is_fleet_file(path):
+                warning = layout_warning(path)
+                if warning is not None:
+                    violations.append(warning)
+                continue
+            checked.append(path)
+            loaded, found = _check_file(path, oid, _blob(repo, oid))
+            violations.extend(found)
+            if loaded is not None and not any(v.severity == "error" for v in found):
+                passed[path] = loaded
+        ctx = RuleContext.build(passed, checked)
+        for rule in ALL_RULES:
+            violations.extend(rule(ctx))
+    return Report(
+        violations=tuple(sorted(violations, key=sort_key)),
+        documents={p: f.value for p, f in passed.items()},
+        checked=tuple(checked),
+    )
+
+
 def load_revision(repo: pygit2.Repository, sha: str) -> LoadedRevision:
     """Read, validate and build the fleet spec of commit ``sha`` (spec None when invalid)."""
     listing = fleet_listing(repo, sha)
     with _lock:
         hit = _results.get(listing)
     if hit is None:
-        files = {path: _blob(repo, oid) for path, oid in listing}
-        report = validate_files(files)
+        report = validate_listing(repo, listing)
         spec = build_spec(report.documents) if report.ok else None
         hit = (spec, report.violations)
         with _lock:

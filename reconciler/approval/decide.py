@@ -47,7 +47,8 @@ class ChainState:
     taint: Mapping[str, tuple[str | None, str | None]] = field(default_factory=_empty)
     blocker: str | None = None  # the first refused commit whose changes are still in effect
     refused: tuple[Refusal, ...] = ()
-    audit: tuple[AuditRecord, ...] = ()
+    audit: tuple[AuditRecord, ...] = ()  # refusals; an approval is recorded once, at the end
+    approved_record: AuditRecord | None = None
 
 
 def _json_list(items: Iterable[str]) -> list[JSON]:
@@ -192,24 +193,23 @@ def advance(
         state,
         approved=commit.sha,
         approval=approval,
+        approved_record=AuditRecord(
+            "approved",
+            message,
+            commit.sha,
+            {**approval, "paths": _json_list(paths), "summary": commit.summary},
+        ),
         taint=MappingProxyType({}),
         blocker=None,
-        audit=(
-            *state.audit,
-            AuditRecord(
-                "approved",
-                message,
-                commit.sha,
-                {**approval, "paths": _json_list(paths), "summary": commit.summary},
-            ),
-        ),
     )
 
 
 def chain_result(state: ChainState, last_applied: str | None) -> ApprovalResult:
-    if state.approved is None:
+    """The newest approved commit; earlier approvals it supersedes are not audited again."""
+    if state.approved is None or state.approved_record is None:
         return ApprovalResult(last_applied, None, state.refused, state.audit)
-    return ApprovalResult(state.approved, state.approval, state.refused, state.audit)
+    audit = (*state.audit, state.approved_record)
+    return ApprovalResult(state.approved, state.approval, state.refused, audit)
 
 
 def rollback_refusal(branch: str, tip: str | None, last_applied: str) -> ApprovalResult:

@@ -24,7 +24,7 @@ from typing import Any
 from agent import procinfo
 from agent.board import Board
 from agent.download import fetch
-from agent.errors import AgentError, ProveError, VerifyError, WorkloadError
+from agent.errors import AgentError, ProveError, UnpackError, VerifyError, WorkloadError
 from agent.layout import WorkloadLayout, resolved_within
 from agent.procinfo import ProcInfo
 from agent.prove import Proof, judge_probe, judge_process, locate_version
@@ -133,9 +133,26 @@ class Converger:
                 outcomes.append(self.converge_one(w, generation))
             except AgentError as exc:
                 log.error("converging %s failed: %s", w.get("name"), exc)
+                if isinstance(exc, VerifyError | UnpackError):
+                    # A wrong digest or an unsafe archive will not fix itself: no retry until
+                    # the desired document changes (a network error is retried at resync).
+                    self._remember_failed(w, generation, "Failed", str(exc))
                 self.board.set(str(w["name"]), phase="Failed", message=str(exc))
                 outcomes.append(Outcome(False, "Failed", str(exc), {}))
         return outcomes
+
+    def _remember_failed(
+        self, w: Mapping[str, Any], generation: int, phase: str, message: str
+    ) -> None:
+        failed = self.state.read_failed()
+        failed[str(w["name"])] = {
+            "version": str(w["version"]),
+            "sha256": str(w["artifact"]["sha256"]),
+            "docKey": doc_key(generation, w),
+            "phase": phase,
+            "message": message,
+        }
+        self.state.write_failed(failed)
 
     def _known_workloads(self) -> set[str]:
         procs = self.state.process_file("x").parent

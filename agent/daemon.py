@@ -35,7 +35,7 @@ from agent.backoff import backoff_delay
 from agent.board import Board
 from agent.client import ServerClient
 from agent.config import AgentConfig
-from agent.converge import Converger, doc_key
+from agent.converge import Converger
 from agent.errors import AgentError, ConfigError
 from agent.report import build_report, decide_phase, workload_entry
 from agent.runtimes.child import ChildSupervisor
@@ -240,30 +240,9 @@ class Daemon:
             self._converge(doc)
 
     def _converge(self, doc: Mapping[str, Any]) -> None:
-        generation = int(doc.get("generation", 0))
-        for outcome, w in zip(self.conv.converge(doc), doc.get("workloads", []), strict=False):
-            if not outcome.ok and outcome.phase == "Failed":
-                self._remember_deterministic(w, generation, outcome.message)
-        self.acted_generation = generation
+        self.conv.converge(doc)
+        self.acted_generation = int(doc.get("generation", 0))
         self.board.changed.set()
-
-    def _remember_deterministic(self, w: Mapping[str, Any], generation: int, message: str) -> None:
-        """A wrong digest or an unsafe archive will not fix itself: do not retry it until the
-        desired document changes (a network error, by contrast, is retried at resync)."""
-        if not any(m in message for m in ("mismatch", "refusing", "larger than")):
-            return
-        failed = self.state.read_failed()
-        name = str(w["name"])
-        if name in failed:
-            return
-        failed[name] = {
-            "version": str(w["version"]),
-            "sha256": str(w["artifact"]["sha256"]),
-            "docKey": doc_key(generation, w),
-            "phase": "Failed",
-            "message": message,
-        }
-        self.state.write_failed(failed)
 
     def _serve_requests(self) -> None:
         rdir = self.state.requests_dir

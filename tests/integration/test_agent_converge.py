@@ -269,3 +269,13 @@ def test_old_versions_are_pruned_keeping_three(rig: Rig) -> None:
         assert rig.converge(rig.doc(v, rig.build(v))).ok
     kept = sorted(p.name for p in (rig.conv.root / "hello" / "versions").iterdir())
     assert kept == ["1.2.0", "1.3.0", "1.4.0"]
+
+
+def test_wrong_digest_is_not_downloaded_again_for_the_same_document(rig: Rig) -> None:
+    art = rig.build("1.0.0")
+    bad = rig.doc("1.0.0", art)
+    bad["artifact"]["sha256"] = "cd" * 32
+    assert not rig.converge(bad).ok
+    assert rig.converge(bad, same_doc=True).phase == "Failed"
+    assert rig.server.requests[art.path.name] == 1
+    assert "cd" * 32 in rig.conv.board.get("hello").message  # type: ignore[operator]

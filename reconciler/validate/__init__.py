@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import gc
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from types import MappingProxyType
 from typing import Any
@@ -32,6 +32,8 @@ __all__ = [
     "Rule",
     "RuleContext",
     "Violation",
+    "FileCheck",
+    "check_file",
     "is_fleet_file",
     "render_json",
     "render_text",
@@ -79,18 +81,44 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def validate_files(files: Mapping[str, bytes], *, extra_rules: Iterable[Rule] = ()) -> Report:
+FileCheck = tuple[LoadedFile | None, tuple[Violation, ...]]
+FileChecker = Callable[[str, bytes], FileCheck]
+
+
+def check_file(path: str, data: bytes) -> FileCheck:
+    """The per-file half of validation (YAML pitfalls, schema) of one fleet file.
+
+    Depends only on ``path`` and ``data``, so a caller may cache it (by path and blob id)
+    and hand the cached function to ``validate_files(check=...)``. The LoadedFile is None
+    when no value could be built; the file passed when no violation is an error.
+    """
+    loaded, found = load_file(path, data)
+    if loaded is not None:
+        kind = expected_kind(path)
+        assert kind is not None
+        found.extend(check_schema(loaded, kind))
+    return loaded, tuple(found)
+
+
+def validate_files(
+    files: Mapping[str, bytes],
+    *,
+    extra_rules: Iterable[Rule] = (),
+    check: FileChecker = check_file,
+) -> Report:
     """Validate a set of fleet files (repo-relative path -> raw bytes) as one revision.
 
-    Per-file checks (YAML pitfalls, schema) run on each fleet file; cross-file rules run
-    over the files that passed them. Files that are not fleet files are ignored (with a
-    warning when one looks like a misplaced fleet file).
+    Per-file checks (YAML pitfalls, schema: ``check``) run on each fleet file; cross-file
+    rules run over the files that passed them. Files that are not fleet files are ignored
+    (with a warning when one looks like a misplaced fleet file).
     """
     with _gc_paused():
-        return _validate(files, extra_rules)
+        return _validate(files, extra_rules, check)
 
 
-def _validate(files: Mapping[str, bytes], extra_rules: Iterable[Rule]) -> Report:
+def _validate(
+    files: Mapping[str, bytes], extra_rules: Iterable[Rule], check: FileChecker
+) -> Report:
     violations: list[Violation] = []
     passed: dict[str, LoadedFile] = {}
     checked: list[str] = []
@@ -101,11 +129,7 @@ def _validate(files: Mapping[str, bytes], extra_rules: Iterable[Rule]) -> Report
                 violations.append(warning)
             continue
         checked.append(path)
-        loaded, found = load_file(path, files[path])
-        if loaded is not None:
-            kind = expected_kind(path)
-            assert kind is not None
-            found.extend(check_schema(loaded, kind))
+        loaded, found = check(path, files[path])
         violations.extend(found)
         if loaded is not None and not any(v.severity == "error" for v in found):
             passed[path] = loaded

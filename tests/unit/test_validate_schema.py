@@ -225,3 +225,24 @@ def test_every_fleet_schema_property_has_a_description(name: str) -> None:
 
     walk(schemas.load(name), "#")
     assert missing == []
+
+
+def test_per_file_checks_can_be_supplied_and_cached() -> None:
+    from reconciler.validate import FileCheck, check_file, validate_files
+
+    calls: list[str] = []
+    cache: dict[tuple[str, bytes], FileCheck] = {}
+
+    def cached(path: str, data: bytes) -> FileCheck:
+        if (path, data) not in cache:
+            calls.append(path)
+            cache[(path, data)] = check_file(path, data)
+        return cache[(path, data)]
+
+    files = {p: t.encode() for p, t in basic_fleet().items()}
+    bad = {**files, P: release(sha256="XYZ").encode()}
+    first, second = validate_files(bad, check=cached), validate_files(bad, check=cached)
+    assert first == second == validate_files(bad)
+    assert len(calls) == 3  # the second run re-checked nothing
+    assert validate_files(files, check=cached).ok
+    assert calls[-1] == P

@@ -18,6 +18,7 @@ from tests.helpers.fleet import (
     fleet_files,
     nodes_named,
     release_doc,
+    report_doc,
 )
 
 FIVE = ("n1", "n2", "n3", "n4", "n5")
@@ -226,3 +227,40 @@ def test_run_wakes_on_demand_and_stops(rig: LoopRig) -> None:
         await asyncio.wait_for(task, 5)
 
     asyncio.run(main())
+
+
+def test_stale_node_halts_its_release_after_timeout_other_release_proceeds(
+    tmp_path: Path,
+) -> None:
+    files = fleet_files(
+        nodes_named(*FIVE),
+        [
+            release_doc("app", V1, batch_size=5, soak=0, timeout=300),
+            release_doc("tool", V1, batch_size=2, soak=0, targets={"nodes": ["n1", "n3", "n4"]}),
+        ],
+    )
+    rig = LoopRig.create(tmp_path, files)
+    try:
+        t0 = rig.clock.t
+        rig.once()
+        rig.clock.t = t0 + 10
+        rig.converge("n1", "n3", "n4", "n5")
+        rig.put_report(report_doc("n2", []))  # n2 reports once, app not running yet ...
+        rig.once()
+        for t in (60, 120, 240):  # ... then goes silent; the others keep reporting
+            rig.clock.t = t0 + t
+            rig.converge("n1", "n3", "n4", "n5")
+            rig.once()
+        assert rig.phase("app") == "Progressing"  # waits for n2, does not skip it
+        assert rig.phase("tool") == "Succeeded"  # n2 does not block another release
+        stale = [e for e in rig.store.audit(limit=1000) if e.kind == "stale"]
+        assert [e.node for e in stale] == ["n2"]
+        rig.clock.t = t0 + 300
+        rig.converge("n1", "n3", "n4", "n5")
+        rig.once()
+        st = rig.state("app")
+        assert st.phase == "Halted" and st.halt.node == "n2" and "Stale" in st.halt.reason
+        nodes = {n["node"]: n for n in rig.reconciler.fleet_status()["nodes"]}
+        assert nodes["n2"]["health"] == "Stale" and nodes["n1"]["health"] == "Healthy"
+    finally:
+        rig.close()

@@ -325,3 +325,14 @@ def test_config_validation(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load(bad)
     assert "stateDir" in str(err.value) and "server" in str(err.value)
+
+
+def test_packaged_example_config_is_valid() -> None:
+    import yaml
+
+    from agent.config import from_document
+
+    root = Path(__file__).resolve().parents[2]
+    doc = yaml.safe_load((root / "packaging" / "agent.yaml.example").read_text())
+    cfg = from_document(doc)
+    assert cfg.node == "gpu-1" and cfg.heartbeat_seconds == 15

@@ -22,6 +22,7 @@ from reconciler.config import ApprovalSettings
 log = logging.getLogger(__name__)
 
 _MEMO_MAX = 64
+_FORWARD_LIMIT = 1000  # commits followed back to the last evaluated tip before a full walk
 _memo: dict[tuple[object, ...], tuple[str, decide.ChainState]] = {}
 _memo_lock = threading.Lock()
 
@@ -97,9 +98,8 @@ def _fold(
         memo_tip, memo_state = memo
         if memo_tip == tip:
             return memo_state
-        chain = list(history.first_parent_chain(ctx.repo, tip, memo_tip))
-        oldest = history.commit_facts(ctx.repo, chain[-1]) if chain else None
-        if oldest is not None and oldest.parents and oldest.parents[0] == memo_tip:
+        chain = history.first_parents_until(ctx.repo, tip, memo_tip, _FORWARD_LIMIT)
+        if chain is not None:
             new, state = chain, memo_state  # the branch moved forward: continue the fold
     if new is None:
         new = list(history.first_parent_chain(ctx.repo, tip, last_applied))

@@ -31,7 +31,6 @@ from reconciler.errors import ConfigError
 from reconciler.plan.batches import make_batches
 from reconciler.plan.select import (
     NodeFacts,
-    desired_workloads,
     inventory,
     latest_versions,
     target_nodes,
@@ -87,12 +86,26 @@ class PlanView:
 
 
 def rollouts(spec: FleetSpec, nodes: Mapping[str, NodeFacts]) -> tuple[Rollout, ...]:
-    """Pure: per latest workload version, its targeted nodes split into batches."""
+    """Pure: per latest workload version, the nodes it reaches (targeted and with an
+    artifact for their platform, as ``select.desired_workloads`` decides) in batches."""
     out = []
     for name, d in sorted(latest_versions(spec).items()):
         chosen = [n for n in target_nodes(d, nodes) if d.artifact_for(nodes[n].platform)]
         out.append(Rollout(name, d.kind, d.version, tuple(make_batches(chosen, d.rollout))))
     return tuple(out)
+
+
+def node_workloads(
+    plan: tuple[Rollout, ...], nodes: Mapping[str, NodeFacts]
+) -> dict[str, list[dict[str, JSON]]]:
+    """Pure: per node, name/kind/version of what it would run (workloads sorted by name).
+    The same selection as ``select.desired_workloads`` without building whole documents."""
+    out: dict[str, list[dict[str, JSON]]] = {n: [] for n in sorted(nodes)}
+    for ro in plan:
+        for batch in ro.batches:
+            for node in batch:
+                out[node].append({"name": ro.name, "kind": ro.kind, "version": ro.version})
+    return out
 
 
 def invalid_refusal(loaded: LoadedRevision) -> Refusal:
@@ -112,14 +125,8 @@ def build_view(result: ApprovalResult, loaded: LoadedRevision | None) -> PlanVie
         refused = result.refused + ((invalid_refusal(loaded),) if loaded is not None else ())
         return PlanView(result, None, refused, {}, (), loaded)
     nodes = inventory(loaded.spec)
-    return PlanView(
-        result,
-        loaded.sha,
-        result.refused,
-        desired_workloads(loaded.spec, nodes),
-        rollouts(loaded.spec, nodes),
-        None,
-    )
+    plan = rollouts(loaded.spec, nodes)
+    return PlanView(result, loaded.sha, result.refused, node_workloads(plan, nodes), plan, None)
 
 
 def to_json(view: PlanView) -> dict[str, JSON]:

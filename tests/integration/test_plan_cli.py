@@ -123,3 +123,30 @@ def test_not_a_repository(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     git(tmp_path, "init", "-q")  # an empty repository: no branch yet, nothing approved
     code, out = plan(capsys, "--repo", str(tmp_path), "--format", "json")
     assert code == 0 and json.loads(out)["revision"] is None
+
+
+def test_node_workloads_match_select_desired_workloads() -> None:
+    from reconciler.commands.plan import node_workloads, rollouts
+    from reconciler.plan.select import desired_workloads, inventory
+    from tests.helpers.fleet import node_doc, spec_of
+
+    files = fleet_files(
+        [
+            *nodes_named("gpu-1", "gpu-2"),
+            node_doc("mac-1", platform="darwin/arm64", roles=("inference", "coding")),
+            node_doc("pi-1", platform="linux/arm64", roles=("coding",)),
+        ],
+        [
+            release_doc("infer", "1.0.0"),
+            release_doc("infer", "1.2.0", platforms=("linux/amd64",)),
+            release_doc("coder", "0.3.0", roles=("coding",), canary=["pi-1"]),
+        ],
+    )
+    spec = spec_of(files)
+    nodes = inventory(spec)
+    expected = {
+        n: [{k: w[k] for k in ("name", "kind", "version")} for w in ws]
+        for n, ws in desired_workloads(spec, nodes).items()
+    }
+    assert node_workloads(rollouts(spec, nodes), nodes) == expected
+    assert expected["mac-1"] == [{"name": "coder", "kind": "process", "version": "0.3.0"}]

@@ -270,6 +270,9 @@ class Converger:
             raise
         finally:
             got.path.unlink(missing_ok=True)
+        # Partial downloads of other artifacts will not be resumed any more.
+        for stale in layout.downloads.glob("*.part"):
+            stale.unlink(missing_ok=True)
         # Remember how this version is run, for rollbacks to it later.
         write_json(self.state.workload_state(name) / f"{version}.json", dict(w))
         timings["unpack"] = time.monotonic() - t

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 MONITOR_SECONDS = 0.1
 REQUEST_POLL_SECONDS = 0.1
+MIN_POLL_SECONDS = 1.0
 
 
 def make_supervisor(cfg: AgentConfig, state: StateDir) -> Supervisor:
@@ -185,6 +186,7 @@ class Daemon:
         failures = 0
         try:
             while not self.stop.is_set():
+                asked = time.monotonic()
                 try:
                     doc, etag, changed = client.desired(self.etag, self.cfg.poll_wait_seconds)
                 except ConfigError as exc:
@@ -213,8 +215,10 @@ class Daemon:
                         (doc.get("revision") or "-")[:12],
                     )
                     self.wake.set()
-                elif not changed and doc is None and self.cfg.poll_wait_seconds == 0:
-                    self._sleep(1.0)
+                elif time.monotonic() - asked < MIN_POLL_SECONDS:
+                    # No news and no long-poll held (wait=0, no document yet, a proxy that
+                    # answers at once): do not spin.
+                    self._sleep(MIN_POLL_SECONDS)
         finally:
             client.close()
 

@@ -17,10 +17,11 @@ from typing import Any
 
 from reconciler import gitfiles
 from reconciler.errors import CommandError
-from reconciler.validate import Report, validate_files
-from reconciler.validate.report import merge, render_json, render_text, summary
+from reconciler.validate import FLEET_FILE_PATTERNS, Report, Violation, validate_files
+from reconciler.validate.report import merge, render_json, render_text, sort_key, summary
 
 _MARKER_DIRS = ("nodes", "releases", "models")
+_PATTERNS = ", ".join(FLEET_FILE_PATTERNS)
 
 
 class UsageError(Exception):
@@ -69,7 +70,10 @@ def run(args: argparse.Namespace) -> int:
         print(render_json(report))
     else:
         sys.stdout.write(render_text(report))
-        print(f"fleetkeeper validate: {summary(report)}", file=sys.stderr)
+        if report.checked or report.violations:
+            print(f"fleetkeeper validate: {summary(report)}", file=sys.stderr)
+        else:
+            print(f"fleetkeeper validate: no fleet files found ({_PATTERNS})", file=sys.stderr)
     return 0 if report.ok else 1
 
 
@@ -118,14 +122,17 @@ def worktree_files(root: Path) -> dict[str, bytes]:
     return files
 
 
-def _display_prefix(root: Path, cwd: Path) -> str:
-    """How paths are shown: relative to the current folder when inside it, else absolute."""
+def _display(report: Report, root: Path, cwd: Path) -> Report:
+    """Paths as the user can open them: relative to the current folder when it is inside
+    the fleet repo or holds it, else absolute."""
     rel = os.path.relpath(root, cwd)
     if rel == ".":
-        return ""
-    if rel.startswith(".."):
-        return root.as_posix() + "/"
-    return Path(rel).as_posix() + "/"
+        return report
+    if not rel.startswith(".."):
+        return report.with_prefix(Path(rel).as_posix() + "/")
+    if cwd.is_relative_to(root):
+        return report.with_paths(lambda p: os.path.relpath(root / p, cwd))
+    return report.with_prefix(root.as_posix() + "/")
 
 
 def _group_paths(
@@ -157,7 +164,20 @@ def _narrow(report: Report, group: _Group) -> Report:
     folders = tuple(p for p in group.named if p.endswith("/"))
     wanted = files | {p for p in report.checked if p.startswith(folders)}
     wanted |= {v.path for v in report.violations if v.path.startswith(folders)}
-    return report.only(wanted)
+    narrowed = report.only(wanted)
+    # a named file that is not a fleet file: say so rather than pass it in silence
+    said = {v.path for v in narrowed.violations}
+    ignored = [
+        Violation(p, 1, 1, f"ignored: not a fleet file ({_PATTERNS})", "warning")
+        for p in sorted(files - set(report.checked) - said)
+    ]
+    if not ignored:
+        return narrowed
+    return Report(
+        violations=tuple(sorted((*narrowed.violations, *ignored), key=sort_key)),
+        documents=narrowed.documents,
+        checked=narrowed.checked,
+    )
 
 
 def collect(
@@ -181,7 +201,7 @@ def collect(
     reports = []
     for root, group in groups.items():
         report = _narrow(validate_files(worktree_files(root)), group)
-        reports.append(report.with_prefix(_display_prefix(root, cwd.resolve())))
+        reports.append(_display(report, root, cwd.resolve()))
     return merge(reports)
 
 
@@ -216,4 +236,4 @@ def _collect_git(
         else _Group(everything=True)
     )
     report = _narrow(validate_files(files), group)
-    return report.with_prefix(_display_prefix(root, cwd.resolve()))
+    return _display(report, root, cwd.resolve())

@@ -6,7 +6,7 @@ Pure: no I/O. The CLI and the hooks print what ``render_text`` / ``render_json``
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
@@ -85,20 +85,24 @@ class Report:
         """Paths shown relative to another folder (``prefix`` ends with '/' or is empty)."""
         if not prefix:
             return self
+        return self.with_paths(lambda p: prefix + p)
+
+    def with_paths(self, show: Callable[[str], str]) -> Report:
+        """The same report with every path passed through ``show`` (for display)."""
         return Report(
             violations=tuple(
                 Violation(
-                    path=prefix + v.path,
+                    path=show(v.path),
                     line=v.line,
                     column=v.column,
                     message=v.message,
                     severity=v.severity,
-                    related=tuple(prefix + r for r in v.related),
+                    related=tuple(show(r) for r in v.related),
                 )
                 for v in self.violations
             ),
             documents=self.documents,
-            checked=tuple(prefix + p for p in self.checked),
+            checked=tuple(show(p) for p in self.checked),
         )
 
 

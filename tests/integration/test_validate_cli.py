@@ -120,6 +120,31 @@ def test_validate_from_a_subfolder_finds_the_fleet_root(
     code, out, _ = validate(capsys, "fleet/releases/infer/1.0.0.yaml")
     assert code == 1
     assert out[0].startswith("fleet/" + BAD_SHA)
+    # from inside the repo, paths are relative to where you stand (editors can open them)
+    os.chdir(in_dir / "fleet/releases/infer")
+    code, out, _ = validate(capsys)
+    assert code == 1
+    assert out[0].startswith("1.0.0.yaml:8:13: artifacts[0].sha256")
+
+
+def test_named_non_fleet_file_is_a_warning_not_silence(
+    in_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_tree(in_dir, {**basic_fleet(), "README.md": "hi\n"})
+    code, out, err = validate(capsys, "README.md")
+    assert code == 0
+    assert out == [
+        "README.md:1:1: warning: ignored: not a fleet file (fleet.yaml, nodes/*.yaml, "
+        "releases/*/*.yaml, models/*/*.yaml)"
+    ]
+    os.chdir(in_dir / "releases")  # no fleet files below, but the repo is found above
+    assert validate(capsys)[:2] == (0, [])
+    empty = in_dir.parent / f"{in_dir.name}-empty"
+    empty.mkdir()
+    os.chdir(empty)
+    code, out, err = validate(capsys)
+    assert (code, out) == (0, [])
+    assert "no fleet files found" in err
 
 
 def _repo(tmp_path: Path, files: dict[str, str]) -> Path:

@@ -87,19 +87,19 @@ class _Group:
 
 def find_root(start: Path, stop: Path | None = None) -> Path:
     """The fleet repo holding ``start``: the nearest folder with fleet.yaml, else with
-    nodes/, releases/ or models/, else the git top level, else ``start`` itself."""
+    nodes/, releases/ or models/, else the git top level, else ``start`` itself. The
+    search does not leave the git work tree holding ``start`` (or ``stop``)."""
     start = start.resolve()
+    top = gitfiles.toplevel(start) if start.is_dir() else None
+    stop = (stop or top or Path(start.anchor)).resolve()
     chain = [start, *start.parents]
-    if stop is not None:
-        stop = stop.resolve()
-        chain = chain[: chain.index(stop) + 1] if stop in chain else chain
+    chain = chain[: chain.index(stop) + 1] if stop in chain else chain
     for folder in chain:
         if (folder / "fleet.yaml").is_file():
             return folder
     for folder in chain:
         if any((folder / d).is_dir() for d in _MARKER_DIRS):
             return folder
-    top = gitfiles.toplevel(start) if start.is_dir() else None
     return top.resolve() if top is not None else start
 
 

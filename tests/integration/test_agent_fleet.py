@@ -102,7 +102,7 @@ def _desired_version(agent: AgentProc) -> str | None:
     return next((w["version"] for w in doc["workloads"] if w["name"] == "hello"), None)
 
 
-def test_release_rolls_out_one_agent_at_a_time_then_rollback_by_hand(lab: Lab) -> None:
+def test_rollout_one_agent_at_a_time_rollback_by_hand_and_halt_on_failure(lab: Lab) -> None:
     s = lab.server
     with running_agents(lab.tmp / "agents", s.url, s.bootstrap_token, NODES) as agents:
         for version in ("1.0.0", "1.1.0"):
@@ -171,6 +171,36 @@ def test_release_rolls_out_one_agent_at_a_time_then_rollback_by_hand(lab: Lab) -
         assert status.returncode == 0, status.stderr
         assert "hello" in status.stdout and "1.0.0" in status.stdout
         assert "RolledBack" in status.stdout
+
+        # A release that cannot start: the first node reports Failed for 1.2.0 while proving
+        # its old version runs again, and the reconciler halts the rollout there.
+        lab.merge_release("1.2.0", exit_at_start=True)
+        deadline = time.monotonic() + 30
+        while True:
+            failed = [
+                x
+                for x in agents
+                if (w := x.workload("hello"))
+                and (w["phase"], w["desiredVersion"]) == ("Failed", "1.2.0")
+            ]
+            if failed:
+                break
+            assert time.monotonic() < deadline, [x.report() for x in agents]
+            time.sleep(0.05)
+        bad = failed[0]
+        w = bad.workload("hello")
+        assert w is not None and w["healthy"] and w["version"] in ("1.0.0", "1.1.0")
+        assert "exited at start" in w["message"] and "rolled back to" in w["message"]
+        assert lab.served(bad.node) == f"hello {w['version']}"
+        deadline = time.monotonic() + 15
+        while not any(
+            r["version"] == "1.2.0" and r["phase"] == "Halted" for r in s.fleet()["releases"]
+        ):
+            assert time.monotonic() < deadline, s.fleet()["releases"]
+            time.sleep(0.1)
+        others = [x for x in agents if x is not bad]
+        assert all(_desired_version(x) != "1.2.0" for x in others)
+        assert all(lab.served(x.node) == f"hello {x.running('hello')}" for x in others)
 
 
 def test_outage_keeps_workloads_running_and_stale_after_ttl(lab: Lab) -> None:

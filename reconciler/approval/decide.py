@@ -283,6 +283,17 @@ def group_tags(
     return groups, refused, audit
 
 
+def newest_first(groups: Mapping[str, TagGroup]) -> list[str]:
+    """Tagged commits by their newest tag's tagger time, newest first (then by tag name)."""
+    return sorted(groups, key=lambda t: (groups[t].time, groups[t].tags), reverse=True)
+
+
+def enough_signers(
+    group: TagGroup, commit_signers: frozenset[str], settings: ApprovalSettings
+) -> bool:
+    return len(group.signers | commit_signers) >= settings.threshold
+
+
 def decide_tags(
     groups: Mapping[str, TagGroup],
     relations: Mapping[str, Relation],

@@ -121,16 +121,25 @@ def _evaluate_tags(ctx: _Context, last_applied: str | None) -> ApprovalResult:
         log.warning("applied revision %s is not in the repository", last_applied)
     tags = history.tag_facts(ctx.repo, ctx.verifier, _wanted_tags(ctx))
     groups, refused, audit = decide.group_tags(tags, ctx.settings)
-    relations: dict[str, Relation] = {
-        t: history.relation(ctx.repo, t, last_applied) for t in groups
-    }
+    # Newest first, stopping at the first usable tagged commit: older tags are superseded,
+    # and ancestry checks cost a history walk each (deploy tags pile up over the years).
+    relations: dict[str, Relation] = {}
     commit_signers: dict[str, frozenset[str]] = {}
-    if ctx.settings.threshold > 1:
-        for target in groups:
+    considered: dict[str, decide.TagGroup] = {}
+    for target in decide.newest_first(groups):
+        considered[target] = groups[target]
+        if ctx.settings.threshold > 1:
             sig = history.commit_signature(ctx.repo, target, ctx.verifier)
             if sig.valid and sig.signer:
                 commit_signers[target] = frozenset([sig.signer])
+        if not decide.enough_signers(
+            groups[target], commit_signers.get(target, frozenset()), ctx.settings
+        ):
+            continue
+        relations[target] = history.relation(ctx.repo, target, last_applied)
+        if last_applied is None or relations[target] in ("same", "descendant"):
+            break
     revision, approval, more_refused, more_audit = decide.decide_tags(
-        groups, relations, commit_signers, ctx.settings, last_applied
+        considered, relations, commit_signers, ctx.settings, last_applied
     )
     return ApprovalResult(revision, approval, (*refused, *more_refused), (*audit, *more_audit))

@@ -29,6 +29,7 @@ from reconciler.validate.report import Violation
 MAX_FILE_BYTES = 256 * 1024  # fleet files are a few hundred bytes; this is generous
 MAX_VALUES = 20_000  # values one document may expand to, aliases included
 MAX_DEPTH = 64  # nesting of mappings and sequences
+_TAB_MESSAGE = "tab character in indentation; YAML indents with spaces only"
 
 Path = tuple[str | int, ...]
 
@@ -213,8 +214,8 @@ def _parse_error(path: str, text: str, exc: yaml.MarkedYAMLError) -> Violation:
     lines = text.split("\n")
     char = lines[line][column : column + 1] if line < len(lines) else ""
     problem = exc.problem or "invalid YAML"
-    if char == "\t" or "'\\t'" in problem:
-        message = "tab character in indentation; YAML indents with spaces only"
+    if char == "\t" or "tab character" in problem:
+        message = _TAB_MESSAGE
     elif exc.context == "expected a single document in the stream":
         message = (
             "more than one YAML document in this file (a '---' separator); "
@@ -227,7 +228,8 @@ def _parse_error(path: str, text: str, exc: yaml.MarkedYAMLError) -> Violation:
 
 
 def _tab_indents(path: str, text: str) -> list[Violation]:
-    """Tabs in a line's indentation, which libyaml sometimes tolerates (e.g. in flow context)."""
+    """Lines indented with a tab (called once libyaml has refused one: tabs inside block
+    scalars and flow sequences are legal YAML and are left alone)."""
     out = []
     for i, line in enumerate(text.split("\n")):
         stripped = line.lstrip(" ")
@@ -237,7 +239,7 @@ def _tab_indents(path: str, text: str) -> list[Violation]:
                     path,
                     i + 1,
                     len(line) - len(stripped) + 1,
-                    "tab character in indentation; YAML indents with spaces only",
+                    _TAB_MESSAGE,
                 )
             )
     return out
@@ -249,15 +251,14 @@ def load_file(path: str, data: bytes) -> tuple[LoadedFile | None, list[Violation
     text, violations = _decode(path, data)
     if text is None:
         return None, violations
-    if "\t" in text:
-        tabs = _tab_indents(path, text)
-        if tabs:
-            return None, tabs
     loader = _Loader(text)
     try:
         root = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
-        return None, [_parse_error(path, text, exc)]
+        error = _parse_error(path, text, exc)
+        if error.message == _TAB_MESSAGE:  # name every tab-indented line, not just the first
+            return None, _tab_indents(path, text) or [error]
+        return None, [error]
     except yaml.YAMLError as exc:  # errors without a mark (rare: reader errors)
         return None, [Violation(path, 1, 1, f"invalid YAML: {exc}")]
     finally:

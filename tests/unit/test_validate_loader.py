@@ -121,6 +121,19 @@ def test_billion_laughs_location_and_speed() -> None:
     assert 2 <= v.line <= 10
 
 
+def test_every_tab_indented_line_is_named_but_tabs_in_text_are_fine() -> None:
+    text = release().replace("  command:", "\tcommand:").replace("  roles:", "\troles:")
+    _, violations = load_file(P, text.encode())
+    assert [str(v) for v in violations] == [
+        f"{P}:10:1: tab character in indentation; YAML indents with spaces only",
+        f"{P}:12:1: tab character in indentation; YAML indents with spaces only",
+    ]
+    ok = release(tail="description: |\n  first\n  \tsecond, tab-indented text\n")
+    loaded, violations = load_file(P, ok.encode())
+    assert violations == [] and loaded is not None
+    assert loaded.value["description"] == "first\n\tsecond, tab-indented text\n"
+
+
 def test_oversized_file_is_refused_before_parsing() -> None:
     data = b"apiVersion: fleetkeeper/v1\n" + b"# padding\n" * (MAX_FILE_BYTES // 10 + 1)
     _, violations = load_file(P, data)

@@ -41,6 +41,7 @@ from agent.report import build_report, decide_phase, workload_entry
 from agent.runtimes.child import ChildSupervisor
 from agent.runtimes.service import LaunchdSupervisor, SystemdSupervisor
 from agent.runtimes.supervisor import Supervisor
+from agent.selfinstall import agent_location, managed_workload
 from agent.state import StateDir, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,14 @@ class Daemon:
             ", ".join(self.cfg.servers),
             self.cfg.install_root,
             self.cfg.state_dir,
+        )
+        managed = managed_workload(agent_location(), self.cfg.install_root)
+        log.info(
+            "agent code at %s: %s",
+            agent_location(),
+            f"managed by installRoot as workload {managed}"
+            if managed
+            else "not under installRoot (installed by hand or by a package)",
         )
         # Resume supervising from the last good document before talking to anyone.
         self.conv.adopt_all(self.document)

@@ -279,3 +279,20 @@ def test_wrong_digest_is_not_downloaded_again_for_the_same_document(rig: Rig) ->
     assert rig.converge(bad, same_doc=True).phase == "Failed"
     assert rig.server.requests[art.path.name] == 1
     assert "cd" * 32 in rig.conv.board.get("hello").message  # type: ignore[operator]
+
+
+def test_agent_install_detection_resolves_both_sides(tmp_path: Path) -> None:
+    from agent.selfinstall import agent_location, managed_workload
+
+    real = tmp_path / "data" / "fleetkeeper"
+    code = real / "fleetkeeper-agent" / "versions" / "0.2.0" / "lib" / "agent"
+    code.mkdir(parents=True)
+    (real / "fleetkeeper-agent" / "current").symlink_to("versions/0.2.0")
+    link = tmp_path / "opt-fleetkeeper"
+    link.symlink_to(real)
+    # Agent code reached through `current`, install root through a symlink: still managed.
+    seen_from = link / "fleetkeeper-agent" / "current" / "lib" / "agent"
+    assert managed_workload(seen_from, link) == "fleetkeeper-agent"
+    assert managed_workload(code, link) == "fleetkeeper-agent"
+    assert managed_workload(seen_from, real) == "fleetkeeper-agent"
+    assert managed_workload(agent_location(), link) is None

@@ -125,6 +125,10 @@ def _check_file(
 
 
 def validate_listing(repo: pygit2.Repository, listing: Listing) -> Report:
+    return _validate_listing(repo, listing)[0]
+
+
+def _validate_listing(repo: pygit2.Repository, listing: Listing) -> tuple[Report, FleetSpec | None]:
     """``reconciler.validate.validate_files`` over the files of ``listing``, step for step,
     with the per-file half cached by blob oid so that one new merge re-checks only the files
     it changed; the cross-file rules run over the whole set as always.
@@ -132,7 +136,8 @@ def validate_listing(repo: pygit2.Repository, listing: Listing) -> Report:
     layout_warning = getattr(validate, "_layout_warning", None)
     gc_paused = getattr(validate, "_gc_paused", None)
     if layout_warning is None or gc_paused is None:  # the validator changed shape: no cache
-        return validate.validate_files({p: _blob(repo, o) for p, o in listing})
+        report = validate.validate_files({p: _blob(repo, o) for p, o in listing})
+        return report, build_spec(report.documents) if report.ok else None
     violations: list[Violation] = []
     passed: dict[str, LoadedFile] = {}
     checked: list[str] = []
@@ -151,11 +156,13 @@ def validate_listing(repo: pygit2.Repository, listing: Listing) -> Report:
         ctx = RuleContext.build(passed, checked)
         for rule in ALL_RULES:
             violations.extend(rule(ctx))
-    return Report(
+    report = Report(
         violations=tuple(sorted(violations, key=sort_key)),
         documents={p: f.value for p, f in passed.items()},
         checked=tuple(checked),
     )
+    # the rules' context already built the spec from exactly these documents
+    return report, ctx.spec if report.ok else None
 
 
 def load_revision(repo: pygit2.Repository, sha: str) -> LoadedRevision:
@@ -164,8 +171,7 @@ def load_revision(repo: pygit2.Repository, sha: str) -> LoadedRevision:
     with _lock:
         hit = _results.get(listing)
     if hit is None:
-        report = validate_listing(repo, listing)
-        spec = build_spec(report.documents) if report.ok else None
+        report, spec = _validate_listing(repo, listing)
         hit = (spec, report.violations)
         with _lock:
             if len(_results) >= _RESULT_MAX:

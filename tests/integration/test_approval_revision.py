@@ -8,6 +8,7 @@ import pygit2
 import pytest
 
 from reconciler.revision import fleet_listing, load_revision, read_fleet_files, validate_listing
+from reconciler.spec import build_spec
 from reconciler.validate import validate_files
 from tests.helpers.fleetfiles import basic_fleet, node, release, write_tree
 from tests.helpers.git import EXAMPLE_FLEET, commit_all, copy_tree, git, init_repo
@@ -41,6 +42,10 @@ def test_cached_validation_equals_validate_files(tmp_path: Path, files: dict[str
         assert got.violations == expected.violations
         assert dict(got.documents) == dict(expected.documents)
         assert got.checked == expected.checked
+    loaded = load_revision(repo, sha)
+    assert loaded.ok == expected.ok
+    if expected.ok:
+        assert loaded.spec == build_spec(dict(expected.documents))
 
 
 def test_example_repo_loads_and_one_change_reuses_the_rest(tmp_path: Path) -> None:

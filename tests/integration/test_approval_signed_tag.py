@@ -81,8 +81,9 @@ def test_tag_signed_by_other_key_refused(repo: SignedRepo, keys: Keys, who: str,
     assert why in result.refused[0].reason
 
 
-def test_altered_tag_payload_refused(repo: SignedRepo, keys: Keys) -> None:
-    signed_tag(repo.path, keys, "alice", "deploy/1")
+@pytest.mark.parametrize(("who", "why"), [("alice", "does not verify"), ("carol", "BADSIG")])
+def test_altered_tag_payload_refused(repo: SignedRepo, keys: Keys, who: str, why: str) -> None:
+    signed_tag(repo.path, keys, who, "deploy/1")
     other = repo.direct({"releases/infer/9.9.9.yaml": release(version="9.9.9")})
     raw = git(repo.path, "cat-file", "tag", "deploy/1").stdout
     forged = raw.replace(raw.split("\n", 1)[0], f"object {other}", 1)  # retarget, keep the sig
@@ -97,7 +98,8 @@ def test_altered_tag_payload_refused(repo: SignedRepo, keys: Keys) -> None:
     git(repo.path, "update-ref", "refs/tags/deploy/1", oid)
     result = judge(repo, tags_mode(keys))
     assert result.revision is None
-    assert "does not verify" in result.refused[0].reason
+    assert "has no valid allowed signature" in result.refused[0].reason
+    assert why in result.refused[0].reason
 
 
 def test_lightweight_and_out_of_pattern_tags_ignored(repo: SignedRepo, keys: Keys) -> None:

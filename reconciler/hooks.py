@@ -42,7 +42,8 @@ def script(kind: HookKind, *, python: str | None = None, fleet_dir: str = "") ->
         command = f"exec {exe} -P -m reconciler.cli validate --staged{repo}"
     else:
         what = "rejects a push whose new tip has invalid fleet files"
-        command = f"exec {exe} -P -m reconciler.cli hooks run pre-receive"
+        where = f" --fleet-dir {shlex.quote(fleet_dir)}" if fleet_dir else ""
+        command = f"exec {exe} -P -m reconciler.cli hooks run pre-receive{where}"
     return (
         "#!/bin/sh\n"
         f"{MARKER}: {what}.\n"
@@ -51,15 +52,17 @@ def script(kind: HookKind, *, python: str | None = None, fleet_dir: str = "") ->
     )
 
 
-def install(repo: Path, kind: HookKind, *, force: bool = False) -> Path:
+def install(repo: Path, kind: HookKind, *, force: bool = False, fleet_dir: str = "") -> Path:
     """Write the ``kind`` hook into ``repo``'s hooks folder; returns its path.
 
     An existing hook that fleetkeeper did not write is kept unless ``force`` (then it is
-    moved aside to ``<hook>.fleetkeeper-backup``).
+    moved aside to ``<hook>.fleetkeeper-backup``). ``fleet_dir``: for a pre-receive hook,
+    the folder of the pushed trees that holds the fleet (default: their root); a pre-commit
+    hook works it out from ``repo`` being a subfolder of the work tree.
     """
     repo = repo.resolve()
     hooks = gitfiles.hooks_dir(repo)
-    fleet_dir = ""
+    fleet_dir = fleet_dir.strip("/")
     if kind == "pre-commit":
         top = gitfiles.toplevel(repo)
         if top is None:
@@ -98,12 +101,16 @@ class RefUpdate:
         return cls(old, new, ref.strip())
 
 
-def pre_receive(repo: Path, updates: Iterable[RefUpdate], out: TextIO) -> int:
+def pre_receive(
+    repo: Path, updates: Iterable[RefUpdate], out: TextIO, *, fleet_dir: str = ""
+) -> int:
     """Judge every pushed ref's new tip; 1 (reject the whole push) when one is invalid.
 
     Deleted refs pass; new refs are judged like updated ones. Git shows what is written
-    to ``out`` to the pusher, each line prefixed with ``remote:``.
+    to ``out`` to the pusher, each line prefixed with ``remote:``. ``fleet_dir``: the
+    folder of the trees that holds the fleet ('' for the root).
     """
+    prefix = fleet_dir.strip("/") + "/" if fleet_dir.strip("/") else ""
     verdict = 0
     judged: dict[str, bool] = {}  # one validation per commit, however many refs point at it
     for update in updates:
@@ -117,7 +124,7 @@ def pre_receive(repo: Path, updates: Iterable[RefUpdate], out: TextIO) -> int:
                 out.write(f"fleetkeeper: {update.ref}: rejected ({commit[:12]} is invalid)\n")
                 verdict = 1
             continue
-        report = validate_files(gitfiles.tree_files(repo, commit))
+        report = validate_files(gitfiles.tree_files(repo, commit, prefix)).with_prefix(prefix)
         judged[commit] = report.ok
         if report.ok and not report.violations:
             continue

@@ -30,9 +30,17 @@ def register(sub: Any) -> None:
         "(for the bare repository people push to)",
     )
     inst.add_argument("--force", action="store_true", help="move an existing foreign hook aside")
+    inst.add_argument(
+        "--fleet-dir",
+        default="",
+        metavar="DIR",
+        help="with --pre-receive: the folder of the pushed trees that holds the fleet "
+        "(default: the root)",
+    )
     inst.set_defaults(func=run_install)
     run_p = hsub.add_parser("run", help="(called by installed hooks)")
     run_p.add_argument("hook", choices=("pre-receive",))
+    run_p.add_argument("--fleet-dir", default="", metavar="DIR")
     run_p.set_defaults(func=run_hook)
 
 
@@ -42,11 +50,18 @@ def run_install(args: argparse.Namespace) -> int:
         print(f"fleetkeeper hooks: {repo}: no such folder", file=sys.stderr)
         return 2
     kind: hooks.HookKind = "pre-receive" if args.pre_receive else "pre-commit"
-    path = hooks.install(repo, kind, force=args.force)
+    if args.fleet_dir and not args.pre_receive:
+        print(
+            "fleetkeeper hooks: --fleet-dir is for --pre-receive; for a pre-commit hook "
+            "pass the fleet's folder as --repo",
+            file=sys.stderr,
+        )
+        return 2
+    path = hooks.install(repo, kind, force=args.force, fleet_dir=args.fleet_dir)
     print(f"installed {kind} hook: {path}")
     return 0
 
 
 def run_hook(args: argparse.Namespace) -> int:
     updates = [hooks.RefUpdate.parse(line) for line in sys.stdin if line.strip()]
-    return hooks.pre_receive(Path.cwd(), updates, sys.stderr)
+    return hooks.pre_receive(Path.cwd(), updates, sys.stderr, fleet_dir=args.fleet_dir)

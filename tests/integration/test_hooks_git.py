@@ -83,6 +83,13 @@ def test_pre_commit_hook_for_a_fleet_in_a_subfolder(tmp_path: Path) -> None:
     proc = run_git(repo, "commit", "-m", "bad")
     assert proc.returncode != 0
     assert f"deploy/{BAD_LINE}" in proc.stderr.splitlines()
+    # the server side, told where the fleet lives in the pushed trees
+    bare = init_repo(tmp_path / "mono.git", bare=True)
+    install("--repo", str(bare), "--pre-receive", "--fleet-dir", "deploy")
+    git(repo, "commit", "-q", "--no-verify", "-m", "bad, hook skipped")
+    proc = run_git(repo, "push", str(bare), "main")
+    assert proc.returncode != 0
+    assert f"remote: deploy/{BAD_LINE}" in [line.rstrip() for line in proc.stderr.splitlines()]
 
 
 def test_install_keeps_a_foreign_hook_unless_forced(

@@ -111,7 +111,9 @@ class GitSource:
         if not self.is_mirror:
             return
         with self._fetch_lock:
-            remote = self._repo.remotes[REMOTE_NAME]
+            # Its own handle: the fetch runs in a worker thread while the loop reads the
+            # repository through ``repository()`` (libgit2 handles are not shared safely).
+            remote = pygit2.Repository(str(self.path)).remotes[REMOTE_NAME]
             try:
                 remote.fetch(
                     list(MIRROR_REFSPECS),

@@ -26,8 +26,11 @@ log = logging.getLogger(__name__)
 FLEET_DIRS = ("nodes", "releases", "models")
 TOP_FILES = ("fleet.yaml", "fleet.yml")
 _YAML = (".yaml", ".yml")
-_CACHE_MAX = 200_000
-_RESULT_MAX = 16
+# Bounds (a full cache is simply cleared): blobs and parsed files cover a fleet of ~20k
+# files; listings are per tree and a fleet folder's listing is as long as the folder.
+_CACHE_MAX = 50_000
+_LISTINGS_MAX = 4_096
+_RESULT_MAX = 4
 
 Listing = tuple[tuple[str, str], ...]  # (repo-relative path, blob oid), sorted
 
@@ -65,7 +68,7 @@ def _list_tree(repo: pygit2.Repository, tree: pygit2.Tree, prefix: str) -> Listi
         elif entry.type_str == "blob" and name.endswith(_YAML):
             out.append((name, str(entry.id)))
     listing = tuple(sorted(out))
-    if len(_listings) >= _CACHE_MAX:
+    if len(_listings) >= _LISTINGS_MAX:
         _listings.clear()
     _listings[key] = listing
     return tuple((prefix + p, o) for p, o in listing)

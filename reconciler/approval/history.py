@@ -16,7 +16,8 @@ from reconciler.approval.signatures import SignedObject, Verifier, split_tag
 from reconciler.approval.values import Change, CommitFacts, Relation, Signature, TagFacts
 from reconciler.validate import is_fleet_file
 
-_CACHE_MAX = 500_000
+_CACHE_MAX = 500_000  # commit facts and tags: small values
+_RECORDS_MAX = 4_096  # raw tree entries: a walk needs little more than the parent's trees
 _commit_cache: dict[str, CommitFacts] = {}
 _tag_cache: dict[str, tuple[str | None, int | None, bytes]] = {}
 
@@ -50,7 +51,7 @@ def _records(repo: pygit2.Repository, oid: bytes | None) -> frozenset[bytes]:
         return hit
     _, raw = repo.odb.read(pygit2.Oid(raw=oid))
     out = frozenset(_RECORD.findall(raw))
-    if len(_records_cache) >= _CACHE_MAX:
+    if len(_records_cache) >= _RECORDS_MAX:
         _records_cache.clear()
     _records_cache[oid] = out
     return out

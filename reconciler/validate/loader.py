@@ -38,8 +38,30 @@ _STR, _INT, _FLOAT, _BOOL, _NULL = (_TAG + t for t in ("str", "int", "float", "b
 _MAP, _SEQ, _MERGE, _TIMESTAMP = (_TAG + t for t in ("map", "seq", "merge", "timestamp"))
 _CONSTRUCTOR = SafeConstructor()
 
-# Lazy: libyaml is optional for PyYAML; the pure-Python loader gives the same marks, slower.
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# libyaml is optional for PyYAML; the pure-Python loader gives the same marks, slower.
+_Base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_PLAIN_TAGS: dict[str, str] = {}  # plain scalar -> resolved tag; fleet files repeat a lot
+
+
+class _Loader(_Base):  # type: ignore[misc]
+    """The safe loader with a memo for implicit tags: resolving a plain scalar runs a list
+    of regexes in Python, and most scalars (keys, platforms, roles) recur in every file."""
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        if kind is yaml.ScalarNode and implicit[0]:
+            tag = _PLAIN_TAGS.get(value)
+            if tag is None:
+                tag = super().resolve(kind, value, implicit)
+                if len(_PLAIN_TAGS) < 4096:
+                    _PLAIN_TAGS[value] = tag
+            return tag
+        return super().resolve(kind, value, implicit)
+
+    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+        """No path resolvers are registered on the safe loader: nothing to track."""
+
+    def ascend_resolver(self) -> None:
+        """See descend_resolver."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -61,6 +61,11 @@ def register(sub: Any) -> None:
         metavar="SHA",
         help="judge from this applied revision instead of from the start of history",
     )
+    p.add_argument(
+        "--preview",
+        metavar="REV",
+        help="show what REV (e.g. a pull request's head) would deploy, approved or not",
+    )
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=run)
 
@@ -83,6 +88,7 @@ class PlanView:
     nodes: Mapping[str, list[dict[str, JSON]]]
     rollouts: tuple[Rollout, ...]
     invalid: LoadedRevision | None
+    preview: bool = False  # ``revision`` is a previewed commit, not necessarily approved
 
 
 def rollouts(spec: FleetSpec, nodes: Mapping[str, NodeFacts]) -> tuple[Rollout, ...]:
@@ -119,18 +125,24 @@ def invalid_refusal(loaded: LoadedRevision) -> Refusal:
     )
 
 
-def build_view(result: ApprovalResult, loaded: LoadedRevision | None) -> PlanView:
-    """Pure: the plan from the approval result and the loaded approved revision."""
+def build_view(
+    result: ApprovalResult, loaded: LoadedRevision | None, *, preview: bool = False
+) -> PlanView:
+    """Pure: the plan from the approval result and the loaded approved (or previewed)
+    revision."""
+    preview = preview and (loaded is None or loaded.sha != result.revision)
     if loaded is None or loaded.spec is None:
         refused = result.refused + ((invalid_refusal(loaded),) if loaded is not None else ())
-        return PlanView(result, None, refused, {}, (), loaded)
+        return PlanView(result, None, refused, {}, (), loaded, preview)
     nodes = inventory(loaded.spec)
     plan = rollouts(loaded.spec, nodes)
-    return PlanView(result, loaded.sha, result.refused, node_workloads(plan, nodes), plan, None)
+    workloads = node_workloads(plan, nodes)
+    return PlanView(result, loaded.sha, result.refused, workloads, plan, None, preview)
 
 
 def to_json(view: PlanView) -> dict[str, JSON]:
-    approval = view.result.approval if view.revision is not None else None
+    approved = view.revision is not None and not view.preview
+    approval = view.result.approval if approved else None
     return {
         "revision": view.revision,
         "approval": dict(approval) if approval is not None else None,
@@ -148,7 +160,14 @@ def to_json(view: PlanView) -> dict[str, JSON]:
 
 def render_text(view: PlanView, console: Console) -> None:
     approval = view.result.approval
-    if view.revision is None:
+    if view.preview:
+        approved = view.result.revision or "none"
+        shown = view.revision or (view.invalid.sha if view.invalid is not None else "?")
+        console.print(
+            Text(f"Preview of {shown}", style="bold")
+            + Text(f" (not approved; the approved revision is {approved})", style="yellow")
+        )
+    elif view.revision is None:
         console.print(Text("No approved revision: nothing would be applied.", style="bold red"))
     else:
         console.print(Text(f"Approved revision {view.revision}", style="bold green"))
@@ -195,17 +214,23 @@ def _repo_path(args: argparse.Namespace, configured: str | None) -> str:
 
 
 def compute(
-    repo: str, branch: str, settings: ApprovalSettings, last_applied: str | None
+    repo: str,
+    branch: str,
+    settings: ApprovalSettings,
+    last_applied: str | None,
+    preview: str | None = None,
 ) -> PlanView:
     with tempfile.TemporaryDirectory(prefix="fleetkeeper-plan-") as tmp:
         source = GitSource(repo, Path(tmp), branch)
         result = evaluate(source, settings, last_applied, Path(tmp))
-        loaded = (
-            load_revision(source.repository(), result.revision)
-            if result.revision is not None
-            else None
-        )
-    return build_view(result, loaded)
+        shown = result.revision
+        if preview is not None:
+            try:
+                shown = str(source.repository().revparse_single(preview).peel(pygit2.Commit).id)
+            except (KeyError, ValueError, pygit2.GitError) as exc:
+                raise ConfigError(f"--preview {preview}: not a commit in {repo}") from exc
+        loaded = load_revision(source.repository(), shown) if shown is not None else None
+    return build_view(result, loaded, preview=preview is not None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -213,7 +238,13 @@ def run(args: argparse.Namespace) -> int:
     if args.config is not None:
         cfg = load_config(args.config)
         settings, branch, configured = cfg.approval, cfg.branch, cfg.repo
-    view = compute(_repo_path(args, configured), args.branch or branch, settings, args.last_applied)
+    view = compute(
+        _repo_path(args, configured),
+        args.branch or branch,
+        settings,
+        args.last_applied,
+        args.preview,
+    )
     if args.format == "json":
         sys.stdout.write(json.dumps(to_json(view), indent=2) + "\n")
     else:

@@ -150,3 +150,22 @@ def test_node_workloads_match_select_desired_workloads() -> None:
     }
     assert node_workloads(rollouts(spec, nodes), nodes) == expected
     assert expected["mac-1"] == [{"name": "coder", "kind": "process", "version": "0.3.0"}]
+
+
+def test_preview_of_a_pull_request_head(
+    fleet: FleetRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    approved = fleet.head()
+    git(fleet.path, "checkout", "-q", "-b", "pr")
+    fleet.write({"releases/infer/2.0.0.yaml": release_doc("infer", "2.0.0")})
+    git(fleet.path, "add", "-A")
+    git(fleet.path, "commit", "-q", "-m", "infer 2.0.0")
+    pr = fleet.head()
+    code, out = plan(capsys, "--repo", str(fleet.path), "--preview", "pr", "--format", "json")
+    doc = json.loads(out)
+    assert code == 0 and doc["revision"] == pr and doc["approval"] is None
+    assert doc["nodes"]["gpu-1"]["workloads"][0]["version"] == "2.0.0"
+    code, out = plan(capsys, "--repo", str(fleet.path), "--preview", "pr")
+    assert f"Preview of {pr}" in out and f"the approved revision is {approved}" in out
+    assert main(["plan", "--repo", str(fleet.path), "--preview", "nope"]) == 1
+    assert "--preview nope: not a commit" in capsys.readouterr().err

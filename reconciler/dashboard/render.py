@@ -92,9 +92,9 @@ def _timeline(r: ReleaseRow) -> str:
             nodes = ", ".join(b.nodes) or "-"
             when = b.finished if b.finished != "-" else b.started
             steps.append(
-                f'<li class="step {esc(b.tone)}"><span class="n">batch {b.index}</span>'
-                f'<span class="nodes">{esc(nodes)}</span>'
-                f'<span class="st">{esc(b.state)}</span>'
+                f'<li class="step {esc(b.tone)}"><span class="n">batch {b.index}</span> '
+                f'<span class="nodes">{esc(nodes)}</span> '
+                f'<span class="st">{esc(b.state)}</span> '
                 f'<span class="when">{esc(when if when != "-" else "")}</span></li>'
             )
     else:
@@ -114,7 +114,7 @@ def _release_card(r: ReleaseRow) -> str:
     if r.soak_left != "-":
         facts.append(("soak left", r.soak_left))
     dl = "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>" for k, v in facts)
-    reason = f'<p class="reason">{esc(r.reason)}</p>' if r.reason else ""
+    reason = f'<p class="reason {esc(r.tone)}">{esc(r.reason)}</p>' if r.reason else ""
     return (
         f'<article class="release row-{esc(r.tone)}" data-release="{esc(r.agent)}"'
         f' data-phase="{esc(r.phase)}">'
@@ -133,12 +133,15 @@ def releases_section(rows: Sequence[ReleaseRow]) -> str:
 
 
 def _audit_row(r: AuditRow) -> str:
+    def opt(label: str, value: str, inner: str) -> str:
+        return _td(label, inner, "nowrap empty" if value == "-" else "nowrap")
+
     cells = [
         _td("time", f"<time>{esc(r.time)}</time>", "nowrap"),
         _td("event", _pill(r.kind, r.tone)),
-        _td("release", esc(r.release)),
-        _td("node", esc(r.node)),
-        _td("revision", f"<code>{esc(r.revision)}</code>"),
+        opt("release", r.release, esc(r.release)),
+        opt("node", r.node, esc(r.node)),
+        opt("revision", r.revision, f"<code>{esc(r.revision)}</code>"),
         _td("what happened", esc(r.message), "msg"),
     ]
     return f"<tr>{''.join(cells)}</tr>"

@@ -140,6 +140,16 @@ def _workload(w: Mapping[str, Any]) -> WorkloadCell:
     )
 
 
+def _accelerator(n: Mapping[str, Any]) -> str:
+    """The accelerator, then the model runtimes the node can start: ``cuda +llama-cpp``."""
+    runtimes = n.get("runtimes")
+    usable = (
+        sorted(str(k) for k, v in runtimes.items() if v) if isinstance(runtimes, Mapping) else []
+    )
+    accel = _s(n.get("accelerator"))
+    return f"{accel} +{','.join(usable)}" if usable else accel
+
+
 def node_rows(status: Mapping[str, Any], now: float) -> list[NodeRow]:
     rows = []
     for n in status.get("nodes") or []:
@@ -153,7 +163,7 @@ def node_rows(status: Mapping[str, Any], now: float) -> list[NodeRow]:
             NodeRow(
                 node=_s(n.get("node")),
                 platform=_s(n.get("platform")),
-                accelerator=_s(n.get("accelerator")),
+                accelerator=_accelerator(n),
                 roles=", ".join(str(r) for r in roles) if roles else "-",
                 health=health,
                 last_seen=ago(to_unix(n.get("lastSeen")), now),

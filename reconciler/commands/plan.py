@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pygit2
+import yaml
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from reconciler.approval import ApprovalResult, Refusal, evaluate
-from reconciler.config import DEFAULT_BRANCH, ApprovalSettings, load_config
+from reconciler.config import DEFAULT_BRANCH, ApprovalSettings, Config, parse_config
 from reconciler.errors import ConfigError
 from reconciler.plan.batches import make_batches
 from reconciler.plan.select import (
@@ -233,10 +234,28 @@ def compute(
     return build_view(result, loaded, preview=preview is not None)
 
 
+_SECRET_KEYS = ("bootstrapTokenFile", "adminTokenFile", "webhookSecretFile")
+
+
+def load_trust(path: Path) -> Config:
+    """The reconciler config without its secrets: plan needs the repo, the branch and the
+    approval settings, and a reviewer may not be able to read the token files."""
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    doc = {k: v for k, v in doc.items() if k not in _SECRET_KEYS}
+    return parse_config(doc, base=path.parent.resolve(), env={}, source=path)
+
+
 def run(args: argparse.Namespace) -> int:
     settings, branch, configured = ApprovalSettings(), DEFAULT_BRANCH, None
     if args.config is not None:
-        cfg = load_config(args.config)
+        cfg = load_trust(args.config)
         settings, branch, configured = cfg.approval, cfg.branch, cfg.repo
     view = compute(
         _repo_path(args, configured),

@@ -79,6 +79,7 @@ def test_signed_tag_config_and_nothing_written(
     state = tmp_path / "state"
     config = tmp_path / "reconciler.yaml"
     config.write_text(
+        "adminTokenFile: /nonexistent/admin.token\n"  # secrets are not read by plan
         f"repo: {fleet.path}\nstateDir: {state}\napproval:\n  mode: signed-tag\n"
         f"  allowedSigners: {keys.allowed_signers}\n  gpgKeyring: {keys.gpg_keyring}\n"
     )

@@ -24,7 +24,14 @@ $(STAMP): $(PY) pyproject.toml
 sysdeps:
 	@bash scripts/sysdeps.sh
 
-demo: $(STAMP)
+# The demo needs only the base package (no test tools, no model runtimes to build):
+# skipped when the full install above is already there.
+DEMO_STAMP := $(VENV)/.installed-demo
+$(DEMO_STAMP): $(PY) pyproject.toml
+	test -f $(STAMP) || $(PY) -m pip install -q -e .
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(PY) scripts/demo.py
 
 lint: $(STAMP)

@@ -22,6 +22,7 @@ import contextlib
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -551,6 +552,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep-open", type=float, default=0, help="seconds to keep it running")
     parser.add_argument("--keep-files", action="store_true", help="leave the temp folder")
     args = parser.parse_args(argv)
+    missing = [tool for tool in ("git", "ssh-keygen") if shutil.which(tool) is None]
+    if missing:
+        console.print(f"[bold red]the demo needs {' and '.join(missing)}[/] (make sysdeps)")
+        return 1
     tmp = Path(tempfile.mkdtemp(prefix="fleetkeeper-demo-"))
     code = 1
     try:
@@ -569,8 +574,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.keep_files or code == 1:
             console.print(f"files kept in {tmp}")
         else:
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
     return code
 

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 FLEET_DIRS = ("nodes", "releases", "models")
 TOP_FILES = ("fleet.yaml", "fleet.yml")
 _YAML = (".yaml", ".yml")
+# Regular files only, as the hooks read them: a symlink's blob is its target path, not YAML.
+_REGULAR = (pygit2.enums.FileMode.BLOB, pygit2.enums.FileMode.BLOB_EXECUTABLE)
 # Bounds (a full cache is simply cleared): blobs and parsed files cover a fleet of ~20k
 # files; listings are per tree and a fleet folder's listing is as long as the folder.
 _CACHE_MAX = 50_000
@@ -65,7 +67,7 @@ def _list_tree(repo: pygit2.Repository, tree: pygit2.Tree, prefix: str) -> Listi
             sub = repo[entry.id]
             assert isinstance(sub, pygit2.Tree)
             out.extend(_list_tree(repo, sub, name + "/"))
-        elif entry.type_str == "blob" and name.endswith(_YAML):
+        elif entry.filemode in _REGULAR and name.endswith(_YAML):
             out.append((name, str(entry.id)))
     listing = tuple(sorted(out))
     if len(_listings) >= _LISTINGS_MAX:
@@ -82,7 +84,7 @@ def fleet_listing(repo: pygit2.Repository, sha: str) -> Listing:
     for entry in tree:
         name = entry.name
         assert name is not None
-        if entry.type_str == "blob" and name in TOP_FILES:
+        if entry.filemode in _REGULAR and name in TOP_FILES:
             out.append((name, str(entry.id)))
         elif entry.type_str == "tree" and name in FLEET_DIRS:
             sub = repo[entry.id]

@@ -64,3 +64,12 @@ def test_example_repo_loads_and_one_change_reuses_the_rest(tmp_path: Path) -> No
     git(path, "revert", "--no-edit", "HEAD")
     fixed = load_revision(repo, git(path, "rev-parse", "HEAD").stdout.strip())
     assert fixed.spec == loaded.spec  # same files, same spec (from the result cache)
+
+
+def test_symlinks_are_not_fleet_files(tmp_path: Path) -> None:
+    path = init_repo(tmp_path / "r")
+    write_tree(path, basic_fleet())
+    (path / "nodes" / "alias.yaml").symlink_to("gpu-1.yaml")
+    sha = commit_all(path, "with a symlink")
+    listing = dict(fleet_listing(pygit2.Repository(str(path)), sha))
+    assert "nodes/gpu-1.yaml" in listing and "nodes/alias.yaml" not in listing

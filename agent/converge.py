@@ -30,7 +30,7 @@ from agent.procinfo import ProcInfo
 from agent.prove import Proof, judge_probe, judge_process, locate_version
 from agent.report import Observed
 from agent.runtimes import Runtime, runtime_for
-from agent.runtimes.supervisor import LaunchSpec, Supervisor
+from agent.runtimes.supervisor import HandoffSupervisor, LaunchSpec, Supervisor
 from agent.state import StateDir, read_json, write_json
 from agent.unpack import unpack
 
@@ -349,9 +349,19 @@ class Converger:
         timings: dict[str, float],
     ) -> tuple[Proof, ProcInfo | None]:
         t = time.monotonic()
+        sup = self.sup
+        handoff = False
         try:
             spec, runtime, vdir = self.spec(w, version)
-            info = self.sup.restart(spec)
+            # Blue/green for runtimes whose servers share their port (model servers): the
+            # new process starts beside the old one, which serves until the proof is done.
+            can_handoff = getattr(runtime, "can_handoff", None)
+            if isinstance(sup, HandoffSupervisor) and callable(can_handoff):
+                handoff = bool(can_handoff(spec.argv, sup.running(spec.name)))
+            if isinstance(sup, HandoffSupervisor) and handoff:
+                info = sup.handoff(spec)
+            else:
+                info = sup.restart(spec)
         except WorkloadError as exc:
             timings["restart"] = time.monotonic() - t
             return Proof(False, str(exc)), None
@@ -359,6 +369,12 @@ class Converger:
         t = time.monotonic()
         proof = self.prove(w, runtime, version, vdir, old)
         timings["prove"] = time.monotonic() - t
+        if isinstance(sup, HandoffSupervisor) and handoff:
+            # Proven or not, the old process goes now (a failed proof rolls back to a fresh
+            # process of the old version).
+            t = time.monotonic()
+            sup.retire(spec.name)
+            timings["retire"] = time.monotonic() - t
         return proof, info
 
     def prove(

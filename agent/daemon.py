@@ -383,7 +383,7 @@ def local_status(cfg: AgentConfig) -> list[dict[str, Any]]:
     rows = []
     for w in (doc or {}).get("workloads", []):
         name = str(w["name"])
-        sup.adopt(name, lambda _info: True)
+        sup.watch(name)
         observed = conv.observe(w)
         reported = last_phase.get(name, {})
         rows.append(

@@ -129,3 +129,22 @@ def kill_group(pid: int, sig: int) -> None:
         pass
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
+
+
+def session_leaders() -> list[int]:
+    """PIDs of live processes that lead their own session (workloads do; Linux only)."""
+    if not _LINUX:
+        return []
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if fields[0] not in ("Z", "X") and int(fields[3]) == int(entry):
+            out.append(int(entry))
+    return out

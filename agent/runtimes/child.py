@@ -85,6 +85,7 @@ class ChildSupervisor:
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
         self.log_max_bytes, self.log_keep = log_max_bytes, log_keep
         self._procs: dict[str, _Managed] = {}
+        self._retiring: dict[str, _Managed] = {}  # old processes of a blue/green handoff
         self._lock = threading.RLock()
 
     # -- records --------------------------------------------------------------------------
@@ -119,10 +120,14 @@ class ChildSupervisor:
     # -- Supervisor protocol --------------------------------------------------------------
     def adopt(self, name: str, belongs: Callable[[ProcInfo], bool]) -> ProcInfo | None:
         with self._lock:
+            # An agent killed in the middle of a handoff left the old process sharing the
+            # port with the new one: it must not keep serving the old version.
+            self.retire(name)
             if name in self._procs:
                 return self.running(name)
             rec = read_json(self.state.process_file(name))
             info = self.recorded(name)
+            self._stop_strays(name, belongs, keep=info.pid if info else None)
             if info is None or not isinstance(rec, dict):
                 self._drop_record(name)
                 return None
@@ -144,6 +149,35 @@ class ChildSupervisor:
             )
             log.info("adopted %s pid %d", name, info.pid)
             return info
+
+    def watch(self, name: str) -> ProcInfo | None:
+        """Track the recorded process of ``name`` without stopping or starting anything
+        (read-only views such as ``fleetkeeper-agent status``)."""
+        with self._lock:
+            rec = read_json(self.state.process_file(name))
+            info = self.recorded(name)
+            if info is None or not isinstance(rec, dict):
+                return None
+            spec = LaunchSpec(name, tuple(rec.get("argv") or ()), Path(rec.get("cwd") or "/"))
+            m = _Managed(spec, info.pid, info.start_id, None, info.start_time)
+            m.auto_restart = False
+            self._procs[name] = m
+            return info
+
+    def _stop_strays(
+        self, name: str, belongs: Callable[[ProcInfo], bool], keep: int | None
+    ) -> None:
+        """Stop unrecorded processes of ``name``: an agent killed between starting a process
+        and recording it left one behind; adopting one and starting another would run the
+        workload twice."""
+        own = os.getpid()
+        for pid in procinfo.session_leaders():
+            if pid in (keep, own):
+                continue
+            info = procinfo.read(pid)
+            if info is not None and belongs(info):
+                log.warning("stopping unrecorded %s pid %d left by an earlier agent", name, pid)
+                self._terminate(pid, None, info.start_id)
 
     def start(self, spec: LaunchSpec) -> ProcInfo:
         with self._lock:
@@ -197,6 +231,7 @@ class ChildSupervisor:
 
     def stop(self, name: str) -> None:
         with self._lock:
+            self.retire(name)
             m = self._procs.pop(name, None)
             if m is not None:
                 self._terminate(m.pid, m.popen, m.start_id)
@@ -236,6 +271,47 @@ class ChildSupervisor:
             if before is not None and (info.pid, info.start_id) == (before.pid, before.start_id):
                 raise SupervisorError(f"restart of {spec.name} left the old pid {before.pid}")
             return info
+
+    # -- blue/green handoff (HandoffSupervisor) --------------------------------------------
+    def _retiring_file(self, name: str) -> Path:
+        # Not *.json: the converge step lists workloads from processes/*.json.
+        return self.state.process_file(name).with_suffix(".retiring")
+
+    def handoff(self, spec: LaunchSpec) -> ProcInfo:
+        """Start ``spec`` while the running process keeps running (they share the port);
+        :meth:`retire` stops the old one. Nothing running: a plain restart."""
+        with self._lock:
+            old = self._procs.get(spec.name)
+            if old is None or self.running(spec.name) is None:
+                return self.restart(spec)
+            self.retire(spec.name)  # at most one old process at a time
+            write_json(
+                self._retiring_file(spec.name),
+                {"pid": old.pid, "startId": old.start_id},
+                mode=0o600,
+            )
+            del self._procs[spec.name]
+            self._retiring[spec.name] = old
+            try:
+                return self.start(spec)
+            except BaseException:
+                # The new one did not start: the old one stays the workload's process.
+                self._procs[spec.name] = self._retiring.pop(spec.name)
+                self._write_record(old)
+                self._retiring_file(spec.name).unlink(missing_ok=True)
+                raise
+
+    def retire(self, name: str) -> None:
+        with self._lock:
+            m = self._retiring.pop(name, None)
+            if m is not None:
+                log.info("stopping %s pid %d (replaced by a handoff)", name, m.pid)
+                self._terminate(m.pid, m.popen, m.start_id)
+            else:
+                rec = read_json(self._retiring_file(name))
+                if isinstance(rec, dict) and isinstance(rec.get("pid"), int):
+                    self._terminate(rec["pid"], None, str(rec.get("startId")))
+            self._retiring_file(name).unlink(missing_ok=True)
 
     def running(self, name: str) -> ProcInfo | None:
         with self._lock:

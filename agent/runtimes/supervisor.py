@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from agent.procinfo import ProcInfo
 
@@ -57,4 +57,22 @@ class Supervisor(Protocol):
 
     def crash_note(self, name: str) -> str | None:
         """A note about the last crash for reports (None when it runs steadily)."""
+        ...
+
+
+@runtime_checkable
+class HandoffSupervisor(Protocol):
+    """A supervisor that can start a new version *beside* the running one (blue/green).
+
+    Used for model servers that share their port (SO_REUSEPORT): ``handoff`` starts
+    ``spec`` while the old process keeps serving; ``retire`` stops the old one once the new
+    one is proven (or has failed). A supervisor without these methods restarts instead.
+    """
+
+    def handoff(self, spec: LaunchSpec) -> ProcInfo:
+        """Start ``spec`` while the running process keeps running; returns the new one."""
+        ...
+
+    def retire(self, name: str) -> None:
+        """Stop the process a handoff left running (no error when there is none)."""
         ...

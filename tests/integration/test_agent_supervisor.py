@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from agent import procinfo
@@ -63,6 +64,35 @@ def start_in_another_agent(state: StateDir, spec: LaunchSpec) -> int:
     return int(out.stdout.strip())
 
 
+def in_dir(path: Path) -> Callable[[procinfo.ProcInfo], bool]:
+    """Adoption predicate: the process works in ``path`` (never "anything": adoption stops
+    unrecorded processes the predicate claims)."""
+    real = os.path.realpath(path)
+    return lambda info: info.cwd is not None and os.path.realpath(info.cwd) == real
+
+
+def test_unrecorded_strays_are_stopped_and_strangers_left_alone(tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "state")
+    work = tmp_path / "work"
+    work.mkdir()
+    spec = script(work, "stray", "import time\ntime.sleep(60)\n")
+    stray = start_in_another_agent(state, spec)
+    state.process_file("stray").unlink()  # killed before it could record the PID
+    stranger = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], cwd=tmp_path, start_new_session=True
+    )
+    try:
+        assert ChildSupervisor(state).adopt("stray", in_dir(work)) is None
+        deadline = time.monotonic() + 5
+        while procinfo.alive(stray) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not procinfo.alive(stray)
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
 def test_a_new_supervisor_adopts_instead_of_duplicating(tmp_path: Path) -> None:
     state = StateDir(tmp_path / "state")
     spec = script(tmp_path, "sleeper", "import time\ntime.sleep(60)\n")
@@ -71,7 +101,7 @@ def test_a_new_supervisor_adopts_instead_of_duplicating(tmp_path: Path) -> None:
     assert info is not None
     # A restarted agent: a fresh supervisor over the same state directory.
     second = ChildSupervisor(state)
-    adopted = second.adopt("sleeper", lambda _i: True)
+    adopted = second.adopt("sleeper", in_dir(tmp_path))
     assert adopted is not None and adopted.pid == info.pid
     assert second.running("sleeper") == adopted
     second.tick()
@@ -95,7 +125,7 @@ def test_a_recycled_pid_is_not_adopted(tmp_path: Path) -> None:
     text = rec.read_text().replace(f'"startId": "{info.start_id}"', '"startId": "1"')
     rec.write_text(text)
     try:
-        assert ChildSupervisor(state).adopt("short", lambda _i: True) is None
+        assert ChildSupervisor(state).adopt("short", in_dir(tmp_path / "nowhere")) is None
     finally:
         os.killpg(info.pid, 9)
 

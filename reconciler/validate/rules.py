@@ -184,6 +184,13 @@ def artifact_urls(ctx: RuleContext) -> Iterator[Violation]:
                 )
             elif scheme not in ("https", "http", "file"):
                 yield ctx.violation(d.path, at, f"unsupported URL scheme {scheme!r}; use https://")
+            if "${" in art.url:
+                yield ctx.violation(
+                    d.path,
+                    at,
+                    "placeholders are not filled in artifact URLs (one URL serves every node "
+                    "of the platform); write the URL out",
+                )
 
 
 def named_nodes_exist(ctx: RuleContext) -> Iterator[Violation]:

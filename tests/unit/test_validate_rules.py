@@ -232,6 +232,12 @@ def test_batch_size_larger_than_targets_is_a_warning() -> None:
         ("http://127.0.0.1:9000/a.tar.gz", "allowInsecureURLs: true\n", None),
         ("file:///srv/a.tar.gz", "allowInsecureURLs: true\n", None),
         (
+            "https://dl.example.org/${node.name}.tar.gz",
+            "",
+            f"{P}:7:10: placeholders are not filled in artifact URLs (one URL serves every "
+            "node of the platform); write the URL out",
+        ),
+        (
             "https://bob:s3cret@dl.example.org/a.tar.gz",
             "",
             f"{P}:7:10: artifact URL carries credentials (user:password@); they would be "

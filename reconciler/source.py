@@ -211,6 +211,19 @@ class GitSource:
             return path.startswith((refs_dir, packed))
 
         seen = self.refs()
+        try:
+            await self._watch_refs(gitdir, refs_only, stop, wake, seen)
+        except Exception:  # the watcher is an accelerator: polling still runs
+            log.exception("watching %s failed; falling back to polling", gitdir)
+
+    async def _watch_refs(
+        self,
+        gitdir: Path,
+        refs_only: Callable[[Change, str], bool],
+        stop: asyncio.Event,
+        wake: Callable[[], None],
+        seen: dict[str, str],
+    ) -> None:
         async for _changes in awatch(
             gitdir, watch_filter=refs_only, stop_event=stop, step=WATCH_STEP_MS, debounce=400
         ):

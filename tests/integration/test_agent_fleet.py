@@ -211,6 +211,11 @@ def test_outage_keeps_workloads_running_and_stale_after_ttl(lab: Lab) -> None:
             a.wait_for(lambda x: _healthy_at(x, "1.0.0"), timeout=40, what="1.0.0 healthy")
         pids = {a.node: a.workload("hello")["pid"] for a in agents}  # type: ignore[index]
 
+        # Nothing changes and a 5 s long-poll is pending, yet heartbeats (1 s) keep coming.
+        seen = lab.fleet_node(agents[0].node)["lastSeen"]
+        time.sleep(2.2)
+        assert lab.fleet_node(agents[0].node)["lastSeen"] != seen
+
         # Reconciler down: nothing changes on the nodes.
         code = lab.server.stop()
         assert code == 0

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 DEFAULT_HEALTH_TIMEOUT = 60.0
 POLL = 0.05
 PROBE_CACHE_MAX = 64
+MIN_UP_WITHOUT_HEALTH = 1.0
 
 
 def last_error_line(logfile: Path, limit: int = 300) -> str:
@@ -390,6 +391,8 @@ class Converger:
         timeout = float((w.get("health") or {}).get("timeoutSeconds", DEFAULT_HEALTH_TIMEOUT))
         deadline = time.monotonic() + timeout
         probe_proof: Proof | None = None
+        began = time.monotonic()
+        has_health_url = bool((w.get("health") or {}).get("http")) or w.get("kind") == "model"
         last_health = "health not checked yet"
         while True:
             info = self.sup.running(name)
@@ -426,7 +429,11 @@ class Converger:
                     return probe_proof
             health = runtime.check_health(w, max(min(remaining, 2.0), 0.2))
             last_health = health.message
-            if health.ok and self.sup.running(name) is not None:
+            # Without a health URL, "healthy" only means "running": demand that it stays up
+            # a moment, so a program that dies right after start is not declared proven.
+            up_for = time.monotonic() - began
+            settled = has_health_url or up_for >= MIN_UP_WITHOUT_HEALTH
+            if health.ok and settled and self.sup.running(name) is not None:
                 return Proof(True, f"{proc.reason}; {probe_proof.reason}; {health.message}")
             if time.monotonic() >= deadline:
                 return Proof(

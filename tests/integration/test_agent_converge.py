@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from agent import procinfo
 from agent.board import Board
 from agent.converge import Converger, Outcome
 from agent.report import decide_phase
@@ -296,3 +298,25 @@ def test_agent_install_detection_resolves_both_sides(tmp_path: Path) -> None:
     assert managed_workload(code, link) == "fleetkeeper-agent"
     assert managed_workload(seen_from, real) == "fleetkeeper-agent"
     assert managed_workload(agent_location(), link) is None
+
+
+def test_without_health_url_a_quick_exit_is_not_proof(rig: Rig) -> None:
+    good = rig.build("1.0.0")
+    w = rig.doc("1.0.0", good)
+    del w["health"]
+    assert rig.converge(w).ok
+    dies = rig.build("1.1.0", crash_after=0.3)
+    w2 = rig.doc("1.1.0", dies)
+    del w2["health"]
+    out = rig.converge(w2)
+    assert not out.ok and "exited" in out.message and "rolled back to 1.0.0" in out.message
+
+
+def test_a_workload_no_longer_desired_is_stopped(rig: Rig) -> None:
+    assert rig.converge(rig.doc("1.0.0", rig.build("1.0.0"))).ok
+    info = rig.sup.running("hello")
+    assert info is not None
+    rig.conv.converge({"generation": 99, "workloads": []})
+    assert rig.sup.running("hello") is None
+    time.sleep(0.1)
+    assert procinfo.read(info.pid) is None

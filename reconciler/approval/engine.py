@@ -62,11 +62,19 @@ def evaluate(
         if last_applied is None:
             return ApprovalResult(None, None, (), ())
         return decide.rollback_refusal(source.branch, None, last_applied)
-    if last_applied is not None and not history.contains(repo, tip, last_applied):
+    if last_applied is not None and not _reaches(repo, tip, last_applied):
         return decide.rollback_refusal(source.branch, tip, last_applied)
     key = (repo.path, source.branch, settings, ctx.verifier.digest, last_applied)
     state = _fold(ctx, key, tip, last_applied)
     return decide.chain_result(state, last_applied)
+
+
+def _reaches(repo: pygit2.Repository, tip: str, applied: str) -> bool:
+    """``tip`` contains ``applied``: usually a few first parents away (cheap); else a graph
+    query (a merge-base walk)."""
+    if history.first_parents_until(repo, tip, applied, _FORWARD_LIMIT) is not None:
+        return True
+    return history.contains(repo, tip, applied)
 
 
 def _tag_signers(ctx: _Context) -> dict[str, frozenset[str]]:
@@ -101,7 +109,9 @@ def _fold(
         chain = history.first_parents_until(ctx.repo, tip, memo_tip, _FORWARD_LIMIT)
         if chain is not None:
             new, state = chain, memo_state  # the branch moved forward: continue the fold
-    if new is None:
+    if new is None and last_applied is not None:
+        new = history.first_parents_until(ctx.repo, tip, last_applied, _FORWARD_LIMIT)
+    if new is None:  # first start, or far behind: a revwalk (it marks all hidden history)
         new = list(history.first_parent_chain(ctx.repo, tip, last_applied))
     for sha in reversed(new):
         facts = history.commit_facts(ctx.repo, sha)

@@ -53,7 +53,7 @@ from reconciler.report.tables import fleet_view
 SOAK_SECONDS = 2
 STEP_TIMEOUT = 45.0
 BIN = Path(sys.executable).parent
-console = Console(width=max(120, Console().width) if not Console().is_terminal else None)
+console = Console(width=max(150, Console().width) if not Console().is_terminal else None)
 
 
 class DemoFailed(Exception):
@@ -279,6 +279,20 @@ def progress_line(status: Mapping[str, Any]) -> str:
     return f"  {head:<26} | " + ", ".join(cells)
 
 
+def run_cli(env: Mapping[str, str], *args: str) -> int:
+    """Run ``fleetkeeper ARGS`` as a user would and show its output; returns the exit code."""
+    proc = subprocess.run(
+        [*_command("fleetkeeper"), *args],
+        env={**env, "COLUMNS": str(console.width)},
+        capture_output=True,
+        text=True,
+    )
+    console.print(proc.stdout.rstrip(), markup=False, highlight=False)
+    if proc.returncode not in (0, 1, 4) or proc.stderr.strip():
+        console.print(proc.stderr.rstrip(), markup=False, highlight=False, style="red")
+    return proc.returncode
+
+
 def write_yaml(path: Path, doc: Mapping[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(dict(doc), sort_keys=False))
@@ -428,6 +442,9 @@ def _story(
     git("push", "-q", "origin", "main")
     event = fleet.wait_audit(direct, ["refused", "unapproved"])
     console.print(f"[bold red]refused:[/] {event.get('message')}")
+    console.print("$ fleetkeeper status", style="dim", markup=False)
+    code = run_cli(env, "status", "--server", server, "--token-file", str(admin))
+    note(f"fleetkeeper status exit code {code}: a release is Unapproved (scripts can tell)")
     note("nothing changed on the nodes; the operator reverts the push through a pull request")
     git("checkout", "-q", "-b", "revert-direct-push")
     git("revert", "--no-edit", direct)
@@ -517,25 +534,21 @@ def _story(
     fleet.wait_release("0.8.7", ["Succeeded"], tables=False)
 
     say("Final status (fleetkeeper status)")
-    proc = subprocess.run(
-        [*_command("fleetkeeper"), "status", "--server", server, "--token-file", str(admin)],
-        env={**env, "COLUMNS": str(console.width)},
-        capture_output=True,
-        text=True,
-    )
-    console.print(proc.stdout.rstrip(), markup=False, highlight=False)
-    if proc.returncode != 0:
-        raise DemoFailed(f"fleetkeeper status exited {proc.returncode}:\n{proc.stderr}")
-    note(f"fleetkeeper status exit code {proc.returncode}: every release Succeeded")
+    code = run_cli(env, "status", "--server", server, "--token-file", str(admin))
+    if code != 0:
+        raise DemoFailed(f"fleetkeeper status exited {code}, expected 0")
+    note(f"fleetkeeper status exit code {code}: every release Succeeded")
     say("Who approved what (fleetkeeper audit --kind approved,refused,halted,succeeded)")
-    audit = subprocess.run(
-        [*_command("fleetkeeper"), "audit", "--server", server, "--token-file", str(admin)]
-        + ["--kind", "approved,refused,halted,succeeded,superseded"],
-        env={**env, "COLUMNS": str(console.width)},
-        capture_output=True,
-        text=True,
+    run_cli(
+        env,
+        "audit",
+        "--server",
+        server,
+        "--token-file",
+        str(admin),
+        "--kind",
+        "approved,refused,halted,succeeded,superseded",
     )
-    console.print(audit.stdout.rstrip(), markup=False, highlight=False)
     if keep_open > 0:
         console.print(f"[bold green]Dashboard[/] stays up {keep_open:.0f}s more at {server}/")
         time.sleep(keep_open)

@@ -56,7 +56,7 @@ def nodes_table(rows: Sequence[NodeRow]) -> Table:
     table = Table(title="Nodes", title_justify="left", expand=False)
     for name in ("node", "platform", "accel", "roles", "health", "last seen"):
         table.add_column(name, no_wrap=name != "roles")
-    table.add_column("workloads (running → desired)")
+    table.add_column("workloads (running → desired)", no_wrap=True)
     table.add_column("phase")
     for r in rows:
         style = STYLES[r.tone]

@@ -227,7 +227,9 @@ def release_rows(status: Mapping[str, Any], now: float) -> list[ReleaseRow]:
                 agent=_s(r.get("agent")),
                 kind=_s(r.get("kind"), "process"),
                 version=_s(r.get("version")),
-                approval=approval_short(r.get("approval", top_approval)),
+                approval=approval_short(
+                    r.get("approval", None if phase in FAILED_PHASES - {"Halted"} else top_approval)
+                ),
                 phase=phase,
                 batch=_s(r.get("batch")),
                 soak_left=soak_left,

@@ -29,6 +29,7 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
     markers = [
         "Dashboard: http://127.0.0.1:",
         "refused: Unapproved:",
+        "fleetkeeper status exit code 1: a release is Unapproved",
         "git merge -q --no-ff release-0.8.4",
         "halted: node gpu-1 reported Failed for inference-agent 0.8.5: sha256 mismatch",
         "still running: gpu-1 0.8.4, lab-1 0.8.4, vps-1 0.8.4",

@@ -155,6 +155,14 @@ def test_release_rows_carry_soak_reason_and_timeline() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("phase", "want"), [("Unapproved", "-"), ("Invalid", "-"), ("Halted", "merge 0123456789")]
+)
+def test_blocked_releases_show_no_approval(phase: str, want: str) -> None:
+    (row,) = release_rows(_status(phase), NOW)
+    assert row.approval == want
+
+
 def test_tables_render_every_value() -> None:
     console = Console(width=200, record=True, color_system=None)
     console.print(fleet_view(_status("Halted", "Succeeded"), NOW))

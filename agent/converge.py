@@ -185,6 +185,7 @@ class Converger:
             # Known bad target for this very document: keep the restored state, do not retry.
             if isinstance(journal, dict) and layout.current_version() == version:
                 self._restore(w, journal)
+            self.state.journal_file(name).unlink(missing_ok=True)
             self._ensure_running(w)
             self.board.set(
                 name,
@@ -208,11 +209,20 @@ class Converger:
         timings: dict[str, float] = {"received": time.time()}
         t0 = time.monotonic()
         self._stage(w, layout, timings)
+        from_previous = layout.previous_version()
+        if (
+            isinstance(journal, dict)
+            and (journal.get("to"), journal.get("from")) == (version, current)
+            and "fromPrevious" in journal
+        ):
+            # Killed between journaling and flipping: `previous` may already be flipped, so
+            # keep what it was before the first attempt.
+            from_previous = journal["fromPrevious"]
         journal = {
             "to": version,
             "sha256": sha,
             "from": current,
-            "fromPrevious": layout.previous_version(),
+            "fromPrevious": from_previous,
             "docKey": key,
         }
         write_json(self.state.journal_file(name), journal)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -22,6 +23,7 @@ from reconciler.api.errors import (
     on_http_error,
     on_unexpected,
 )
+from reconciler.api.fastpath import DesiredFastPath
 from reconciler.api.hooks import hook_routes
 from reconciler.api.metrics import CONTENT_TYPE
 from reconciler.api.nodes import node_routes
@@ -82,6 +84,7 @@ def create_app(ctx: ApiContext, extra_routes: Sequence[BaseRoute] = ()) -> Starl
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(DesiredFastPath, ctx=ctx)],
         exception_handlers={
             ApiError: on_api_error,
             HTTPException: on_http_error,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from reconciler.api.auth import NodeTokens
@@ -50,6 +51,18 @@ class ApiContext:
     ready: Callable[[], bool] = _always  # the first reconcile pass is done
     spec: Callable[[], FleetSpec | None] = _no_spec  # the applied revision's spec, if known
     clock: Callable[[], float] = time.time
+    # node -> (canonical JSON of its last report, when): a heartbeat that repeats a
+    # recent report stores it but does not wake the loop (nothing new to plan from)
+    last_reports: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+    def report_is_news(self, node: str, report: Mapping[str, object], now: float) -> bool:
+        text = json.dumps(report, sort_keys=True, separators=(",", ":"))
+        previous = self.last_reports.get(node)
+        self.last_reports[node] = (text, now)
+        if previous is None or previous[0] != text:
+            return True
+        # a node coming back from silence matters (Stale -> fresh) even with the same report
+        return now - previous[1] > self.settings.heartbeat_ttl / 3
 
     @classmethod
     def load(
@@ -62,4 +75,8 @@ class ApiContext:
             hub=DesiredHub(store, store.all_desired()),
             tokens=NodeTokens((n.name, n.token_hash) for n in store.nodes()),
             metrics=metrics or Metrics(),
+            last_reports={
+                r.node: (json.dumps(r.report, sort_keys=True, separators=(",", ":")), r.received_at)
+                for r in store.reports()
+            },
         )

@@ -103,9 +103,11 @@ def node_routes(ctx: ApiContext) -> list[Route]:
         report = await read_json(request, "status-report", ctx.settings.max_body_bytes)
         if report["node"] != node:
             raise ApiError(422, f"body names node {report['node']!r} but the URL names {node!r}")
-        await asyncio.to_thread(ctx.store.put_report, ReportRecord(node, report, ctx.clock()))
+        now = ctx.clock()
+        await asyncio.to_thread(ctx.store.put_report, ReportRecord(node, report, now))
         ctx.metrics.reports.inc()
-        ctx.wake()
+        if ctx.report_is_news(node, report, now):
+            ctx.wake()
         entry = ctx.hub.get(node)
         return Response(
             json.dumps({"node": node, "generation": entry.generation}).encode(),

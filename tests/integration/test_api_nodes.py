@@ -166,3 +166,38 @@ def test_desired_document_round_trips_the_stored_one(api: ApiHarness) -> None:
         doc = c.get("/v1/nodes/gpu-1/desired").json()
     want = {**desired_doc("gpu-1", "2.0.0"), "generation": 1}
     assert doc == want
+
+
+def test_conditional_get_fast_path_still_checks_the_token(api: ApiHarness) -> None:
+    """The 304 fast path answers only the owner; anyone else gets the full refusal."""
+    ta = api.register("node-a")
+    tb = api.register("node-b")
+    rec = api.put_desired("node-b")
+    cases = [
+        (tb, 304),  # the owner, matching ETag
+        (ta, 403),  # another node's token, even with the right ETag
+        ("nope", 401),
+    ]
+    for token, want in cases:
+        with api.client(token) as c:
+            for query in ("", "?wait=0"):
+                r = c.get(f"/v1/nodes/node-b/desired{query}", headers={"If-None-Match": rec.etag})
+                assert r.status_code == want, (token, query, r.text)
+    with httpx.Client(base_url=api.url) as c:
+        r = c.get("/v1/nodes/node-b/desired", headers={"If-None-Match": rec.etag})
+        assert r.status_code == 401
+
+
+def test_repeated_heartbeat_does_not_wake_the_loop(api: ApiHarness) -> None:
+    token = api.register("gpu-1")
+    report = {"node": "gpu-1", "generation": 0, "workloads": []}
+    changed = {**report, "generation": 1}
+    with api.client(token) as c:
+        before = len(api.wakes)
+        for _ in range(3):
+            assert c.post("/v1/nodes/gpu-1/status", json=report).status_code == 200
+        assert len(api.wakes) == before + 1  # only the first was news
+        assert c.post("/v1/nodes/gpu-1/status", json=changed).status_code == 200
+        assert len(api.wakes) == before + 2
+    (stored,) = api.ctx.store.reports()
+    assert stored.report == changed  # every heartbeat is stored (last seen moves on)

@@ -497,8 +497,8 @@ class Converger:
         proof, _ = self._restart_and_prove(old_doc, previous, self.sup.running(name), {})
         self.sup.set_auto_restart(name, True)
         message = f"rolled back by hand from {current} to {previous}: {proof.reason}"
-        if w_desired is not None:
-            failed = self.state.read_failed()
+        failed = self.state.read_failed()
+        if w_desired is not None and str(w_desired["version"]) != previous:
             failed[name] = {
                 "version": str(w_desired["version"]),
                 "sha256": str(w_desired["artifact"]["sha256"]),
@@ -506,8 +506,12 @@ class Converger:
                 "phase": "RolledBack",
                 "message": message,
             }
-            self.state.write_failed(failed)
-        self.board.set(name, phase="RolledBack", message=message)
+            self.board.set(name, phase="RolledBack", message=message)
+        else:
+            # Rolled "back" onto the desired version itself: nothing to hold back any more.
+            failed.pop(name, None)
+            self.board.set(name, phase=None, message=None)
+        self.state.write_failed(failed)
         if not proof.ok:
             raise ProveError(message)
         return message

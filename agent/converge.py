@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import urllib.parse
@@ -42,6 +43,9 @@ PROBE_CACHE_MAX = 64
 MIN_UP_WITHOUT_HEALTH = 1.0
 
 
+_ERROR_LINE = re.compile(r"error|exception|failed|fatal|traceback", re.IGNORECASE)
+
+
 def last_error_line(logfile: Path, limit: int = 300) -> str:
     """The last non-empty line the process wrote since its last start (its own error,
     e.g. llama.cpp's "Failed to load model from file"), for the report."""
@@ -54,7 +58,11 @@ def last_error_line(logfile: Path, limit: int = 300) -> str:
     lines = tail.splitlines()
     starts = [i for i, ln in enumerate(lines) if ln.startswith("--- ") and " start [" in ln]
     said = [ln.strip() for ln in lines[starts[-1] + 1 if starts else 0 :] if ln.strip()]
-    return said[-1][:limit] if said else ""
+    # During a blue/green handoff the old process writes to the same log: prefer the last
+    # line that reads like an error over its access log.
+    errors = [ln for ln in said if _ERROR_LINE.search(ln)]
+    chosen = errors or said
+    return chosen[-1][:limit] if chosen else ""
 
 
 def doc_key(generation: int, workload: Mapping[str, Any]) -> str:

@@ -7,11 +7,15 @@ hammers the model port with one-token completions. Printed per size:
 
 - merge → serving: from the merge commit to the first completion answered by a server that
   lists the new version's file in ``/v1/models``;
-- downtime: the longest stretch with no successful completion during the swap (and how
-  many requests failed);
+- downtime: the longest stretch, from the merge until the new model serves, in which none
+  of 4 clients hammering the port got a successful completion (and how many requests
+  failed); the same measure over 1.5 s before the merge is printed as the steady-state gap
+  (slow answers on a loaded machine, not an outage);
 - download+verify: the agent's own timings for the new artifact (MB/s).
 
-Usage: ``.venv/bin/python bench/model_swap.py [--sizes tiny,200] [--rounds 3]``
+Usage: ``.venv/bin/python bench/model_swap.py [--sizes tiny,200] [--rounds 3]
+[--swap auto|overlap|restart]`` (``overlap``: blue/green handoff on a shared port;
+``restart``: stop the old server, then start the new one).
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from tests.helpers.models import ModelFile, free_port, write_gguf, write_large_g
 from tests.helpers.server import running_server  # noqa: E402
 
 NAME = "swap"
+SWAP = "auto"  # --swap: auto (overlap when two copies fit in memory), overlap, restart
+CLIENTS = 4  # concurrent hammering clients: one slow answer is not an outage
 NODE = "node-a"
 
 
@@ -49,7 +55,12 @@ def model_yaml(version: str, model: ModelFile, url: str) -> dict[str, Any]:
         "version": version,
         "runtime": "llama-cpp",
         "artifacts": [{"platform": "any", "url": url, "sha256": model.sha256, "size": model.size}],
-        "args": {"port": "${node.labels.model-port}", "contextSize": 128, "threads": 2},
+        "args": {
+            "port": "${node.labels.model-port}",
+            "contextSize": 128,
+            "threads": 2,
+            "swap": SWAP,
+        },
         "health": {"timeoutSeconds": 120},
         "targets": {"nodes": [NODE]},
         "rollout": rollout_block(soak=0, timeout=600),
@@ -58,11 +69,12 @@ def model_yaml(version: str, model: ModelFile, url: str) -> dict[str, Any]:
 
 @dataclass
 class Hammer:
-    """One client sending one-token completions back to back; records each outcome."""
+    """Clients sending one-token completions back to back; records each outcome."""
 
     port: int
     results: list[tuple[float, bool, str]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def run(self) -> None:
         url = f"http://127.0.0.1:{self.port}"
@@ -74,16 +86,20 @@ class Hammer:
                     served = str(r.json().get("model", "")) if ok else ""
                 except (httpx.HTTPError, ValueError):
                     ok, served = False, ""
-                self.results.append((time.monotonic(), ok, served))
+                with self.lock:
+                    self.results.append((time.monotonic(), ok, served))
                 if not ok:
                     time.sleep(0.005)
 
-    def downtime(self, start: float) -> tuple[float, int]:
-        """Longest gap between successes after ``start``, and the failures in it."""
-        oks = [t for t, ok, _ in self.results if ok and t >= start]
-        gaps = [b - a for a, b in zip(oks, oks[1:], strict=False)]
-        failed = sum(1 for t, ok, _ in self.results if not ok and t >= start)
-        return (max(gaps) if gaps else float("nan")), failed
+    def downtime(self, start: float, end: float) -> tuple[float, int]:
+        """Longest stretch in [start, end] with no successful completion by any client,
+        and how many requests failed in it."""
+        with self.lock:
+            results = list(self.results)
+        oks = sorted(t for t, ok, _ in results if ok and start <= t <= end)
+        gaps = [b - a for a, b in zip([start, *oks], [*oks, end], strict=True)]
+        failed = sum(1 for t, ok, _ in results if not ok and start <= t <= end)
+        return max(gaps), failed
 
 
 def serving(port: int, path_part: str) -> bool:
@@ -96,6 +112,11 @@ def serving(port: int, path_part: str) -> bool:
             return r.status_code == 200
     except (httpx.HTTPError, ValueError, KeyError):
         return False
+
+
+def reported(agent: Any, version: str) -> bool:
+    w = agent.workload(NAME)
+    return bool(w and w.get("version") == version and w.get("phase") == "Healthy")
 
 
 def wait(pred: Any, timeout: float, what: str) -> float:
@@ -127,17 +148,23 @@ def one_size(tmp: Path, label: str, make: Any, rounds: int) -> dict[str, Any]:
         wait(lambda: serving(port, f"/versions/{first}/"), 180, f"{first} serving")
         for v in versions[1:]:
             hammer = Hammer(port)
-            thread = threading.Thread(target=hammer.run, daemon=True)
-            thread.start()
-            time.sleep(0.5)
+            threads = [threading.Thread(target=hammer.run, daemon=True) for _ in range(CLIENTS)]
+            for thread in threads:
+                thread.start()
+            time.sleep(2.0)
             merged = time.monotonic()
+            baseline, _ = hammer.downtime(merged - 1.5, merged)
             doc = model_yaml(v, models[v], art.url(models[v].path.name))
             repo.change({f"models/{NAME}/{v}.yaml": doc}, f"model {v}")
             done = wait(lambda v=v: serving(port, f"/versions/{v}/"), 300, f"{v} serving")
-            time.sleep(0.5)
+            # The swap is over when the agent reports the new version proven (and, with a
+            # handoff, the old server stopped): measure until a moment after that.
+            settled = wait(lambda v=v: reported(agents[0], v), 300, f"{v} reported") + 0.5
+            time.sleep(max(settled - time.monotonic(), 0))
             hammer.stop.set()
-            thread.join(10)
-            gap, failed = hammer.downtime(merged)
+            for thread in threads:
+                thread.join(10)
+            gap, failed = hammer.downtime(merged, settled)
             timing = last_timing(agents[0].state_dir, v)
             mb = models[v].size / 1e6
             dl = timing.get("download", 0.0) + timing.get("verify", 0.0)
@@ -145,6 +172,7 @@ def one_size(tmp: Path, label: str, make: Any, rounds: int) -> dict[str, Any]:
                 {
                     "merge_to_serving": done - merged,
                     "downtime": gap,
+                    "baseline_gap": baseline,
                     "failed_requests": failed,
                     "requests": len(hammer.results),
                     "download_verify_s": dl,
@@ -171,8 +199,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="tiny,200", help="tiny and/or MiB sizes, e.g. tiny,200")
     parser.add_argument("--rounds", type=int, default=3, help="swaps per size")
+    parser.add_argument("--swap", default="auto", choices=["auto", "overlap", "restart"])
     args = parser.parse_args()
-    print(f"model swap benchmark: llama-cpp, 1 agent, {args.rounds} swaps per size")
+    global SWAP
+    SWAP = args.swap
+    print(
+        f"model swap benchmark: llama-cpp, 1 agent, {args.rounds} swaps per size, "
+        f"swap: {args.swap}, {CLIENTS} clients"
+    )
     for size in args.sizes.split(","):
         if size == "tiny":
 
@@ -197,7 +231,8 @@ def main() -> int:
             f"  merge -> node serving new model : {med('merge_to_serving'):6.2f} s\n"
             f"  swap downtime (no completion)   : {med('downtime'):6.2f} s "
             f"(max {max(r['downtime'] for r in rounds):.2f} s; failed requests per swap "
-            f"{[r['failed_requests'] for r in rounds]})\n"
+            f"{[r['failed_requests'] for r in rounds]}; steady-state gap "
+            f"{med('baseline_gap'):.2f} s)\n"
             f"  download+verify                 : {med('download_verify_s'):6.3f} s "
             f"= {med('throughput_mb_s'):.0f} MB/s\n"
             f"  agent restart / prove           : {med('restart_s'):6.2f} s / "

@@ -14,7 +14,7 @@ from typing import Any
 
 from agent.errors import WorkloadError
 from agent.runtimes.base import WorkloadDoc
-from agent.runtimes.model_server import ModelServerRuntime
+from agent.runtimes.model_server import HANDOFF_MODULE, ModelServerRuntime
 
 SERVER_MODULE = "llama_cpp.server"
 
@@ -38,9 +38,13 @@ def find_gguf(workload: WorkloadDoc, version_dir: Path) -> Path:
     return found[0]
 
 
-def llama_argv(python: str, model: Path, port: int, args: dict[str, Any]) -> list[str]:
-    """The server command line (pure)."""
-    argv = [python, "-m", SERVER_MODULE, "--model", str(model)]
+def llama_argv(
+    python: str, model: Path, port: int, args: dict[str, Any], *, handoff: bool = False
+) -> list[str]:
+    """The server command line (pure). ``handoff``: the same server and arguments through
+    the launcher that binds the port with SO_REUSEPORT (blue/green swaps)."""
+    launch = [HANDOFF_MODULE, "llama-cpp"] if handoff else [SERVER_MODULE]
+    argv = [python, "-m", *launch, "--model", str(model)]
     argv += ["--host", "127.0.0.1", "--port", str(port)]
     for key, flag in _FLAGS.items():
         if args.get(key) is not None:
@@ -57,9 +61,9 @@ class LlamaCppRuntime(ModelServerRuntime):
         return find_gguf(workload, version_dir)
 
     def server_argv(
-        self, workload: WorkloadDoc, model_path: Path, port: int, args: dict[str, Any]
+        self, model_path: Path, port: int, args: dict[str, Any], *, handoff: bool
     ) -> list[str]:
-        return llama_argv(self.python, model_path, port, args)
+        return llama_argv(self.python, model_path, port, args, handoff=handoff)
 
 
 RUNTIME = LlamaCppRuntime()

@@ -17,7 +17,7 @@ from typing import Any
 
 from agent.errors import WorkloadError
 from agent.runtimes.base import WorkloadDoc
-from agent.runtimes.model_server import ModelServerRuntime
+from agent.runtimes.model_server import HANDOFF_MODULE, ModelServerRuntime
 
 
 def find_model_dir(workload: WorkloadDoc, version_dir: Path) -> Path:
@@ -35,9 +35,12 @@ def find_model_dir(workload: WorkloadDoc, version_dir: Path) -> Path:
     )
 
 
-def mlx_argv(python: str, model: Path, port: int, args: dict[str, Any]) -> list[str]:
-    """The server command line (pure)."""
-    argv = [python, "-m", "mlx_lm", "server", "--model", str(model)]
+def mlx_argv(
+    python: str, model: Path, port: int, args: dict[str, Any], *, handoff: bool = False
+) -> list[str]:
+    """The server command line (pure); ``handoff`` as for llama-cpp (SO_REUSEPORT)."""
+    launch = [HANDOFF_MODULE, "mlx-lm"] if handoff else ["mlx_lm", "server"]
+    argv = [python, "-m", *launch, "--model", str(model)]
     argv += ["--host", "127.0.0.1", "--port", str(port)]
     if args.get("chatFormat") is not None:
         argv += ["--chat-template", str(args["chatFormat"])]
@@ -70,9 +73,9 @@ class MlxLmRuntime(ModelServerRuntime):
         return find_model_dir(workload, version_dir)
 
     def server_argv(
-        self, workload: WorkloadDoc, model_path: Path, port: int, args: dict[str, Any]
+        self, model_path: Path, port: int, args: dict[str, Any], *, handoff: bool
     ) -> list[str]:
-        return mlx_argv(self.python, model_path, port, args)
+        return mlx_argv(self.python, model_path, port, args, handoff=handoff)
 
     def server_env(self, state_dir: Path) -> dict[str, str]:
         return mlx_env(state_dir)

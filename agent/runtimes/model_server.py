@@ -20,15 +20,18 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from agent.errors import WorkloadError
 from agent.layout import MARKER
+from agent.procinfo import ProcInfo
 from agent.runtimes.base import HealthResult, VersionProbe, WorkloadDoc
 from agent.runtimes.openai_health import check_openai, served_from
 
@@ -118,6 +121,50 @@ def probe_runtimes(python: str = sys.executable) -> dict[str, Availability]:
 def installed_runtimes(python: str = sys.executable) -> dict[str, bool]:
     """For the node facts (register): ``{"llama-cpp": bool, "mlx-lm": bool}``."""
     return {key: a.ok for key, a in probe_runtimes(python).items()}
+
+
+SwapMode = Literal["overlap", "restart"]
+HANDOFF_MODULE = "agent.runtimes.handoff_serve"
+GIB = 1 << 30
+# Two copies of the model live in memory while they overlap; leave room for the rest.
+OVERLAP_MEMORY_SHARE = 0.8
+
+
+def swap_mode(
+    args: Mapping[str, Any], size: int | None, memory_gib: float | None, cuda: bool
+) -> SwapMode:
+    """``overlap`` (blue/green: the new server starts beside the old one on the shared port,
+    zero downtime, twice the memory for a moment) or ``restart`` (stop, then start).
+
+    ``args.swap`` decides when it is ``overlap`` or ``restart``; ``auto`` (the default)
+    overlaps only when two copies of the artifact fit in 80% of the machine's memory and
+    the model is not offloaded to a CUDA GPU, whose free memory the agent cannot see (pure).
+    """
+    asked = args.get("swap", "auto")
+    if asked in ("overlap", "restart"):
+        return "overlap" if asked == "overlap" else "restart"
+    if cuda and args.get("gpuLayers", 0) not in (0, None):
+        return "restart"
+    if size is None or memory_gib is None:
+        return "restart"
+    return "overlap" if 2 * size <= OVERLAP_MEMORY_SHARE * memory_gib * GIB else "restart"
+
+
+def disk_size(path: Path) -> int | None:
+    """Bytes of a model file, or of every file under a model directory."""
+    try:
+        if path.is_file():
+            return path.stat().st_size
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    except OSError:
+        return None
+
+
+def machine_memory_gib() -> float | None:
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) / GIB
+    except (ValueError, OSError):
+        return None
 
 
 def model_port(workload: WorkloadDoc) -> int:
@@ -239,9 +286,26 @@ class ModelServerRuntime:
             )
 
     def server_argv(
-        self, workload: WorkloadDoc, model_path: Path, port: int, args: dict[str, Any]
+        self, model_path: Path, port: int, args: dict[str, Any], *, handoff: bool
     ) -> list[str]:
         raise NotImplementedError
+
+    def swap(self, workload: WorkloadDoc, model_path: Path) -> SwapMode:
+        """How a new version replaces the running one on this node (see :func:`swap_mode`)."""
+        size = (workload.get("artifact") or {}).get("size")
+        if not isinstance(size, int):
+            size = disk_size(model_path)
+        return swap_mode(
+            model_args(workload),
+            size,
+            machine_memory_gib(),
+            shutil.which("nvidia-smi") is not None,
+        )
+
+    def can_handoff(self, argv: Sequence[str], running: ProcInfo | None) -> bool:
+        """Start the server ``argv`` beside ``running`` (blue/green)? Only when both were
+        built to share the port: a server bound without SO_REUSEPORT must be stopped first."""
+        return running is not None and HANDOFF_MODULE in argv and HANDOFF_MODULE in running.cmdline
 
     def model_path(self, workload: WorkloadDoc, version_dir: Path) -> Path:
         raise NotImplementedError
@@ -255,7 +319,8 @@ class ModelServerRuntime:
         self.require_available(workload)
         port = model_port(workload)
         path = self.model_path(workload, Path(os.path.realpath(version_dir)))
-        argv = self.server_argv(workload, path, port, model_args(workload))
+        handoff = self.swap(workload, path) == "overlap"
+        argv = self.server_argv(path, port, model_args(workload), handoff=handoff)
         extra = model_args(workload).get("extra") or []
         argv += [str(a) for a in extra]
         return argv, self.server_env(state_dir)

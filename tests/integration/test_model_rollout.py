@@ -146,6 +146,10 @@ def test_model_rolls_out_to_two_nodes_then_upgrades_in_stages(tmp_path: Path) ->
             assert w["healthy"] is True
             r = fleet.complete(node)
             assert r.status_code == 200 and r.json()["choices"], r.text
+        # Registered facts say which runtimes each node can start; status shows them.
+        rows = fleet.server.fleet()["nodes"]
+        assert sorted(r["node"] for r in rows) == ["node-a", "node-b"]
+        assert all(r["runtimes"]["llama-cpp"] is True for r in rows), rows
 
         doc2 = model_file(NAME, "1.1.0", v2, fleet.publish(v2), batch_size=1, soak=2)
         fleet.repo.change({f"models/{NAME}/1.1.0.yaml": doc2}, "model tiny 1.1.0")

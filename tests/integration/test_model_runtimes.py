@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from agent import procinfo
 from agent.errors import WorkloadError
 from agent.runtimes import runtime_for
 from agent.runtimes.llama_cpp import LlamaCppRuntime
@@ -66,9 +67,11 @@ def test_llama_cpp_serves_a_completion_and_names_the_loaded_file(
 ) -> None:
     model = write_gguf(tmp_path / "src" / "tiny.gguf", seed=1)
     vdir = install_version(tmp_path / "root", "tiny", "1.0.0", model.path)
-    doc = model_doc("tiny", "1.0.0", "llama-cpp", free_port(), model, contextSize=128, threads=1)
+    doc = model_doc(
+        "tiny", "1.0.0", "llama-cpp", free_port(), model, contextSize=128, threads=1, swap="restart"
+    )
     server = _start(servers, doc, vdir, tmp_path)
-    assert server.proc.args[1:3] == ["-m", "llama_cpp.server"]
+    assert server.proc.args[1:5] == ["-m", "llama_cpp.server", "--model", str(vdir / "tiny.gguf")]
 
     result = wait_healthy(runtime_for(doc), doc, server, 60)
 
@@ -131,3 +134,31 @@ def test_missing_runtime_is_a_clear_error_not_a_crash_loop(tmp_path: Path) -> No
             runtime.command(doc, vdir, tmp_path / "state")
         assert "pip install 'fleetkeeper[" in str(exc.value)
         assert runtime.availability().ok is False
+
+
+@needs_llama
+def test_handoff_servers_share_the_port_so_a_swap_has_no_gap(
+    tmp_path: Path, servers: list[RunningServer]
+) -> None:
+    """Blue/green: v2 starts beside v1 on the same port; after v1 stops, v2 serves alone."""
+    port = free_port()
+    docs, started = [], []
+    for i, version in enumerate(("1.0.0", "2.0.0")):
+        model = write_gguf(tmp_path / "src" / f"tiny-{version}.gguf", seed=i)
+        vdir = install_version(tmp_path / "root", "tiny", version, model.path)
+        doc = model_doc("tiny", version, "llama-cpp", port, model, contextSize=64, threads=1)
+        server = _start(servers, doc, vdir, tmp_path)
+        assert server.proc.args[1:4] == ["-m", "agent.runtimes.handoff_serve", "llama-cpp"]
+        result = wait_healthy(runtime_for(doc), doc, server, 60)  # retried until v2 answers
+        assert result.ok, f"{result.message}\n{server.output()[-2000:]}"
+        docs.append(doc)
+        started.append(server)
+    runtime = LlamaCppRuntime()
+    old_info = procinfo.read(started[0].proc.pid)
+    assert runtime.can_handoff(started[1].proc.args, old_info)
+    assert not runtime.can_handoff(["python", "-m", "llama_cpp.server"], old_info)
+    assert started[0].proc.poll() is None and started[1].proc.poll() is None
+    started[0].stop()
+    for _ in range(5):  # every new connection now reaches v2
+        result = runtime.check_health(docs[1], 10)
+        assert result.ok and "/versions/2.0.0/" in result.details["modelPath"], result.message

@@ -10,7 +10,13 @@ import pytest
 from agent.errors import WorkloadError
 from agent.runtimes.llama_cpp import llama_argv
 from agent.runtimes.mlx_lm import mlx_argv
-from agent.runtimes.model_server import accepts_version, model_port, version_marker
+from agent.runtimes.model_server import (
+    GIB,
+    accepts_version,
+    model_port,
+    swap_mode,
+    version_marker,
+)
 from agent.runtimes.openai_health import listed_ids
 
 MODEL = Path("/opt/fk/tiny/versions/1.0.0/tiny.gguf")
@@ -31,6 +37,36 @@ def test_llama_argv(args: dict[str, Any], want_tail: list[str]) -> None:
     argv = llama_argv("/py", MODEL, 8081, args)
     head = ["/py", "-m", "llama_cpp.server", "--model", str(MODEL)]
     assert argv == [*head, "--host", "127.0.0.1", "--port", "8081", *want_tail]
+
+
+def test_handoff_argv_runs_the_same_server_through_the_launcher() -> None:
+    plain = llama_argv("/py", MODEL, 1, {"contextSize": 64})
+    shared = llama_argv("/py", MODEL, 1, {"contextSize": 64}, handoff=True)
+    assert shared[:4] == ["/py", "-m", "agent.runtimes.handoff_serve", "llama-cpp"]
+    assert shared[4:] == plain[3:]
+    mlx = mlx_argv("/py", Path("/m"), 1, {}, handoff=True)
+    assert mlx[:4] == ["/py", "-m", "agent.runtimes.handoff_serve", "mlx-lm"]
+    assert mlx[4:] == mlx_argv("/py", Path("/m"), 1, {})[4:]
+
+
+@pytest.mark.parametrize(
+    ("args", "size", "memory", "cuda", "want"),
+    [
+        ({}, 1 * GIB, 16.0, False, "overlap"),  # two copies fit in 80% of 16 GiB
+        ({}, 7 * GIB, 16.0, False, "restart"),  # 14 GiB > 12.8 GiB
+        ({}, None, 16.0, False, "restart"),  # unknown size: play safe
+        ({}, 1 * GIB, None, False, "restart"),  # unknown memory
+        ({"gpuLayers": -1}, 1 * GIB, 64.0, True, "restart"),  # VRAM is not visible
+        ({"gpuLayers": 0}, 1 * GIB, 64.0, True, "overlap"),  # CPU inference on a CUDA box
+        ({"gpuLayers": -1}, 1 * GIB, 64.0, False, "overlap"),  # Metal: unified memory
+        ({"swap": "restart"}, 1, 64.0, False, "restart"),
+        ({"swap": "overlap"}, 60 * GIB, 64.0, True, "overlap"),
+    ],
+)
+def test_swap_mode(
+    args: dict[str, Any], size: int | None, memory: float | None, cuda: bool, want: str
+) -> None:
+    assert swap_mode(args, size, memory, cuda) == want
 
 
 @pytest.mark.parametrize(

@@ -59,6 +59,11 @@ def test_webhook_bad_signature_fetches_nothing_good_one_fetches_now(tmp_path: Pa
         with server.admin() as c:
             kinds = [e["kind"] for e in c.get("/v1/audit").json()["events"]]
         assert kinds.count("applied") == 2
+        with httpx.Client(base_url=server.url) as c:
+            metrics = c.get("/metrics").text
+        assert "fleetkeeper_revisions_applied_total 2.0" in metrics
+        assert 'release="agent@1.0.0"' in metrics  # rollout phase gauge for the new release
+        assert "fleetkeeper_reconcile_duration_seconds_count" in metrics
 
 
 def test_node_token_is_scoped_to_its_node(tmp_path: Path) -> None:

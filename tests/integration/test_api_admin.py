@@ -139,7 +139,12 @@ def test_webhook_signatures(api: ApiHarness, provider: str, header: str, prefix:
     good = prefix + hmac.new(api.webhook_secret.encode(), body, hashlib.sha256).hexdigest()
     bad = prefix + hmac.new(b"other secret", body, hashlib.sha256).hexdigest()
     with httpx.Client(base_url=api.url) as c:
-        for headers in ({}, {header: bad}, {header: good[:-1] + ("1" if good.endswith("0") else "0")}, {header: "garbage"}):
+        for headers in (
+            {},
+            {header: bad},
+            {header: good[:-1] + ("1" if good.endswith("0") else "0")},
+            {header: "garbage"},
+        ):
             r = c.post(f"/hooks/{provider}", content=body, headers=headers)
             assert r.status_code == 401 and r.json()["error"] == "unauthorized"
         assert api.triggers == []

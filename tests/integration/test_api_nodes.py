@@ -95,8 +95,10 @@ def test_long_poll_returns_within_100ms_of_a_change(api: ApiHarness) -> None:
     t.start()
     time.sleep(0.3)  # the poller is waiting now
     assert "at" not in got
-    changed_at = time.monotonic()
-    api.put_desired("gpu-1", "1.1.0")  # from a non-event-loop thread, like the loop's worker
+    # as the loop does, from a thread that is not the event loop's: write, then notify
+    api.ctx.store.put_desired("gpu-1", desired_doc("gpu-1", "1.1.0"))
+    changed_at = time.monotonic()  # the change is committed: the clock starts
+    api.ctx.hub.notify_from_thread("gpu-1")
     t.join(timeout=5)
     assert got["status"] == 200 and got["version"] == "1.1.0"
     latency = float(got["at"]) - changed_at  # type: ignore[arg-type]

@@ -250,11 +250,16 @@ def _launch(
     return proc, url, stdout, stderr
 
 
-def restart(server: RunningServer, *, ready: bool = True) -> RunningServer:
-    """Stop ``server`` (SIGTERM, exit 0 asserted) and start it again on the same config,
-    state directory and secrets (a new port). Tokens issued before stay valid."""
-    code = server.stop()
-    assert code == 0, f"fleetkeeper serve exited with {code} on SIGTERM:\n{server.logs()}"
+def restart(server: RunningServer, *, ready: bool = True, crash: bool = False) -> RunningServer:
+    """Stop ``server`` and start it again on the same config, state directory and secrets
+    (a new port). Tokens issued before stay valid. ``crash``: SIGKILL instead of SIGTERM
+    (no clean shutdown at all); otherwise exit 0 on SIGTERM is asserted."""
+    if crash:
+        server.process.kill()
+        server.process.wait(timeout=STOP_TIMEOUT)
+    else:
+        code = server.stop()
+        assert code == 0, f"fleetkeeper serve exited with {code} on SIGTERM:\n{server.logs()}"
     n = sum(1 for _ in server.stdout_path.parent.glob("serve*.stdout"))
     proc, url, stdout, stderr = _launch(
         server.config_path, server.stdout_path.parent / f"serve-{n}", ready=ready

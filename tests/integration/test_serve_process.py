@@ -128,3 +128,24 @@ def test_restart_keeps_tokens_reports_and_desired_state(tmp_path: Path) -> None:
     finally:
         code = server.stop()
     assert code == 0, server.logs()
+
+
+def test_sigkill_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    """Crash right after the answers: the token, the report and the audit entry are there."""
+    server = start_server(tmp_path)
+    try:
+        token = server.register("node-b")
+        report = {"node": "node-b", "generation": 0, "agentVersion": "9.9.9", "workloads": []}
+        with server.client(token) as c:
+            assert c.post("/v1/nodes/node-b/status", json=report).status_code == 200
+        server = restart(server, crash=True)
+        with server.client(token) as c:
+            assert c.get("/v1/nodes/node-b/desired").status_code == 200  # token survived
+        (row,) = [n for n in server.fleet()["nodes"] if n["node"] == "node-b"]
+        assert row["lastSeen"] is not None
+        with server.admin() as c:
+            events = c.get("/v1/audit").json()["events"]
+        assert any(e["kind"] == "registered" and e["node"] == "node-b" for e in events)
+    finally:
+        code = server.stop()
+    assert code == 0, server.logs()

@@ -149,7 +149,7 @@ def _subschema(location: str) -> dict[str, Any]:
     return node if isinstance(node, dict) else {}
 
 
-def _properties_at(document: object, at: Sequence[str | int], location: str) -> list[str]:
+def _allowed_fields(location: str) -> list[str]:
     props = _subschema(location).get("properties", {})
     return sorted(props) if isinstance(props, dict) else []
 
@@ -206,7 +206,7 @@ def _message(
     sub = _subschema(err.location)
     hint = sub.get("description")
     if err.keyword == "additionalProperties":
-        allowed = _properties_at(doc, err.at, err.location)
+        allowed = _allowed_fields(err.location)
         out = []
         for key in err.details.get("unexpected", []):
             close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
@@ -243,10 +243,16 @@ def _message(
         and not isinstance(value, bool)
     ):
         return [(err.at, False, f"{name}: {_show(value)} {_expectation(hint, err.message)}")]
+    if err.keyword == "propertyNames":
+        inner = err.details.get("error")
+        key = getattr(inner, "instance", None)
+        if isinstance(key, str):
+            rule = _expectation(sub.get("propertyNames", {}).get("description"), str(inner))
+            return [((*err.at, key), True, f"{name}: key {key!r} {rule}")]
     if err.keyword == "uniqueItems":
         return [(err.at, False, f"{name}: items must be unique ({_show(value)})")]
     detail = f" ({hint})" if hint and err.keyword in ("anyOf", "oneOf") else ""
-    return [(err.at, False, f"{name}: {_strip_regex(err.message)}{detail}")]
+    return [(err.at, False, f"{name}: {_one_line(err.message)}{detail}")]
 
 
 def _expectation(hint: object, fallback: str) -> str:
@@ -258,7 +264,7 @@ def _expectation(hint: object, fallback: str) -> str:
     return f"is not valid ({fallback})"
 
 
-def _strip_regex(message: str) -> str:
+def _one_line(message: str) -> str:
     return re.sub(r"\s+", " ", message)
 
 

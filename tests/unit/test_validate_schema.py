@@ -246,3 +246,12 @@ def test_per_file_checks_can_be_supplied_and_cached() -> None:
     assert len(calls) == 3  # the second run re-checked nothing
     assert validate_files(files, check=cached).ok
     assert calls[-1] == P
+
+
+def test_bad_label_key_points_at_the_key() -> None:
+    files = basic_fleet()
+    files["nodes/gpu-1.yaml"] = node("gpu-1", labels='{"bad key!": x, port: "1"}')
+    assert lines(run(files)) == [
+        "nodes/gpu-1.yaml:7:10: labels: key 'bad key!' is not a label key: 1 to 63 letters, "
+        "digits, '.', '_', '/' or '-', starting with a letter or digit"
+    ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,7 +85,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             from agent.daemon import Daemon
 
-            return Daemon(load(args.config)).run()
+            code = Daemon(load(args.config)).run()
+            # Threads may still sit in a long-poll: leave without interpreter teardown
+            # (every state write is already atomic and synced).
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
         if args.command == "rollback":
             from agent.daemon import request_rollback
 

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 MONITOR_SECONDS = 0.1
 REQUEST_POLL_SECONDS = 0.1
 MIN_POLL_SECONDS = 1.0
+STOP_JOIN_SECONDS = 0.3
 
 
 def make_supervisor(cfg: AgentConfig, state: StateDir) -> Supervisor:
@@ -164,10 +165,12 @@ class Daemon:
         for t in threads:
             t.start()
         while not self.stop.is_set():
-            self.stop.wait(0.5)
+            self.stop.wait(0.1)
         log.info("agent stopping; workloads keep running and are re-adopted at the next start")
+        # Do not wait for a long-poll or a download: every step is safe to cut short.
+        deadline = time.monotonic() + STOP_JOIN_SECONDS
         for t in threads:
-            t.join(timeout=2)
+            t.join(timeout=max(deadline - time.monotonic(), 0))
         return 0
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:

@@ -169,7 +169,7 @@ class Git:
 
     def __call__(self, *args: str, quiet: bool = False) -> str:
         if not quiet:
-            console.print(f"$ git {shlex.join(args)}", style="dim", markup=False)
+            console.print(f"$ git {shlex.join(args)}", style="dim", markup=False, soft_wrap=True)
         proc = subprocess.run(
             ["git", *args], cwd=self.cwd, env=self.env, capture_output=True, text=True
         )

@@ -72,6 +72,12 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(render_text(report))
         if report.checked or report.violations:
             print(f"fleetkeeper validate: {summary(report)}", file=sys.stderr)
+            if args.staged and not report.ok:  # most likely run by the pre-commit hook
+                print(
+                    "fleetkeeper validate: fix the staged files above and `git add` them "
+                    "(`git commit --no-verify` skips this check)",
+                    file=sys.stderr,
+                )
         else:
             print(f"fleetkeeper validate: no fleet files found ({_PATTERNS})", file=sys.stderr)
     return 0 if report.ok else 1

@@ -320,3 +320,12 @@ def test_a_workload_no_longer_desired_is_stopped(rig: Rig) -> None:
     assert rig.sup.running("hello") is None
     time.sleep(0.1)
     assert procinfo.read(info.pid) is None
+
+
+def test_free_disk_space_is_checked_before_downloading(rig: Rig) -> None:
+    art = rig.build("1.0.0")
+    w = rig.doc("1.0.0", art)
+    w["artifact"]["size"] = 1 << 60  # an exabyte: no disk has room for that
+    out = rig.converge(w)
+    assert not out.ok and "not enough disk space" in out.message
+    assert rig.server.requests[art.path.name] == 0

@@ -7,6 +7,7 @@ health is a completion from the port each node's runtime listens on.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -67,6 +68,40 @@ def model_file(
         "targets": targets or {"roles": ["inference"]},
         "rollout": rollout_block(**rollout),
     }
+
+
+class Hammer:
+    """A client sending one-token completions back to back on its own thread; records
+    failures and which version directories answered."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.failures: list[str] = []
+        self.versions: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        url = f"http://127.0.0.1:{self.port}/v1/completions"
+        while not self._stop.is_set():
+            # A new connection each time: it may reach either server while both listen.
+            try:
+                with httpx.Client(timeout=30, trust_env=False) as c:
+                    r = c.post(url, json={"prompt": "Hi", "max_tokens": 1})
+                if r.status_code != 200:
+                    self.failures.append(f"HTTP {r.status_code}: {r.text[:200]}")
+                else:
+                    self.versions.add(Path(str(r.json()["model"])).parent.name)
+            except httpx.HTTPError as exc:
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+
+    def __enter__(self) -> Hammer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
 
 
 @dataclass
@@ -152,8 +187,12 @@ def test_model_rolls_out_to_two_nodes_then_upgrades_in_stages(tmp_path: Path) ->
         assert all(r["runtimes"]["llama-cpp"] is True for r in rows), rows
 
         doc2 = model_file(NAME, "1.1.0", v2, fleet.publish(v2), batch_size=1, soak=2)
-        fleet.repo.change({f"models/{NAME}/1.1.0.yaml": doc2}, "model tiny 1.1.0")
-        first = fleet.wait_model("node-a", "1.1.0", v2.sha256)
+        with Hammer(fleet.ports["node-a"]) as hammer:  # blue/green: no request may fail
+            fleet.repo.change({f"models/{NAME}/1.1.0.yaml": doc2}, "model tiny 1.1.0")
+            first = fleet.wait_model("node-a", "1.1.0", v2.sha256)
+            time.sleep(0.3)
+        assert hammer.failures == [], hammer.failures[:3]
+        assert {"1.0.0", "1.1.0"} <= hammer.versions, hammer.versions
         # Staged: while node-a soaks on the new model, node-b still serves the old one.
         b = fleet.agent("node-b").workload(NAME)
         assert b is not None and b["version"] == "1.0.0" and b["sha256"] == v1.sha256

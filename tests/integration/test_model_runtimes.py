@@ -110,8 +110,9 @@ def test_mlx_lm_serves_a_completion_on_cpu_offline(
         write_mlx_model(tmp_path / "src" / "mlx-tiny", seed=2), tmp_path / "src" / "mlx.tar.gz"
     )
     vdir = install_version(tmp_path / "root", "mlx-tiny", "0.1.0", archive.path)
-    doc = model_doc("mlx-tiny", "0.1.0", "mlx-lm", free_port(), archive)
+    doc = model_doc("mlx-tiny", "0.1.0", "mlx-lm", free_port(), archive, swap="restart")
     server = _start(servers, doc, vdir, tmp_path)
+    assert server.proc.args[1:6] == ["-m", "mlx_lm", "server", "--model", str(vdir.resolve())]
 
     result = wait_healthy(runtime_for(doc), doc, server, 90)
 
@@ -136,29 +137,37 @@ def test_missing_runtime_is_a_clear_error_not_a_crash_loop(tmp_path: Path) -> No
         assert runtime.availability().ok is False
 
 
-@needs_llama
+@pytest.mark.parametrize(
+    "runtime_name",
+    [pytest.param("llama-cpp", marks=needs_llama), pytest.param("mlx-lm", marks=needs_mlx)],
+)
 def test_handoff_servers_share_the_port_so_a_swap_has_no_gap(
-    tmp_path: Path, servers: list[RunningServer]
+    tmp_path: Path, servers: list[RunningServer], runtime_name: str
 ) -> None:
     """Blue/green: v2 starts beside v1 on the same port; after v1 stops, v2 serves alone."""
     port = free_port()
     docs, started = [], []
     for i, version in enumerate(("1.0.0", "2.0.0")):
-        model = write_gguf(tmp_path / "src" / f"tiny-{version}.gguf", seed=i)
+        if runtime_name == "llama-cpp":
+            model = write_gguf(tmp_path / "src" / f"tiny-{version}.gguf", seed=i)
+        else:
+            src = write_mlx_model(tmp_path / "src" / version, seed=i)
+            model = pack_mlx_model(src, tmp_path / "src" / f"tiny-{version}.tar.gz")
         vdir = install_version(tmp_path / "root", "tiny", version, model.path)
-        doc = model_doc("tiny", version, "llama-cpp", port, model, contextSize=64, threads=1)
+        doc = model_doc("tiny", version, runtime_name, port, model, contextSize=64, threads=1)
         server = _start(servers, doc, vdir, tmp_path)
-        assert server.proc.args[1:4] == ["-m", "agent.runtimes.handoff_serve", "llama-cpp"]
-        result = wait_healthy(runtime_for(doc), doc, server, 60)  # retried until v2 answers
+        assert server.proc.args[1:4] == ["-m", "agent.runtimes.handoff_serve", runtime_name]
+        result = wait_healthy(runtime_for(doc), doc, server, 90)  # retried until v2 answers
         assert result.ok, f"{result.message}\n{server.output()[-2000:]}"
         docs.append(doc)
         started.append(server)
-    runtime = LlamaCppRuntime()
+    runtime = runtime_for(docs[1])
+    assert isinstance(runtime, LlamaCppRuntime | MlxLmRuntime)
     old_info = procinfo.read(started[0].proc.pid)
     assert runtime.can_handoff(started[1].proc.args, old_info)
     assert not runtime.can_handoff(["python", "-m", "llama_cpp.server"], old_info)
     assert started[0].proc.poll() is None and started[1].proc.poll() is None
     started[0].stop()
     for _ in range(5):  # every new connection now reaches v2
-        result = runtime.check_health(docs[1], 10)
-        assert result.ok and "/versions/2.0.0/" in result.details["modelPath"], result.message
+        result = runtime.check_health(docs[1], 30)
+        assert result.ok and "/versions/2.0.0" in result.details["modelPath"], result.message

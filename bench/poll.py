@@ -267,6 +267,44 @@ def measure(
     return result
 
 
+def start_bare(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A bare uvicorn app (no logic) on the same loop and parser settings as ours."""
+    port = free_port()
+    (tmp / "bare_app.py").write_text(BARE_APP)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bare_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        cwd=tmp,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}")
+            return proc, port
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise SystemExit("bare uvicorn did not start") from None
+            time.sleep(0.05)
+
+
 def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
     return sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
 
@@ -354,55 +392,38 @@ def main() -> None:
             f"{args.seconds}s per server, heartbeat every {args.heartbeat:g}s per agent; "
             f"{os.cpu_count()} CPUs shared by server, wrk and the heartbeat sender"
         )
-        before = poll_counts(server.url)
-        ours = measure("ours", server.url, ours_rows, script, args, server.url, agent_tokens)
-        after = poll_counts(server.url)
-        got_200 = after.get("200", 0) - before.get("200", 0)
-        got_304 = after.get("304", 0) - before.get("304", 0)
+        bare = start_bare(tmp)
+        bare_url = f"http://127.0.0.1:{bare[1]}"
         print(
-            f"          server counted {got_304:.0f} x 304 and {got_200:.0f} x 200 during the run"
+            f"load average before: {os.getloadavg()[0]:.2f} (other work on the machine skews runs)"
         )
-        theirs = measure("nginx", nginx_url, nginx_rows, script, args, nginx_url, agent_tokens)
-        bare_port = free_port()
-        (tmp / "bare_app.py").write_text(BARE_APP)
-        bare = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "bare_app:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(bare_port),
-                "--loop",
-                "uvloop",
-                "--http",
-                "httptools",
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
-            cwd=tmp,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        runs: dict[str, list[dict[str, float]]] = {"ours": [], "nginx": [], "uvicorn": []}
         try:
-            bare_url = f"http://127.0.0.1:{bare_port}"
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    httpx.get(bare_url)
-                    break
-                except httpx.TransportError:
-                    if time.monotonic() > deadline:
-                        raise SystemExit("bare uvicorn did not start") from None
-                    time.sleep(0.05)
-            floor = measure("uvicorn", bare_url, nginx_rows, script, args, bare_url, agent_tokens)
+            for _ in range(args.rounds):
+                before = poll_counts(server.url)
+                runs["ours"].append(
+                    measure("ours", server.url, ours_rows, script, args, server.url, agent_tokens)
+                )
+                after = poll_counts(server.url)
+                got_200 = after.get("200", 0) - before.get("200", 0)
+                got_304 = after.get("304", 0) - before.get("304", 0)
+                print(f"          server counted {got_304:.0f} x 304 and {got_200:.0f} x 200")
+                runs["nginx"].append(
+                    measure("nginx", nginx_url, nginx_rows, script, args, nginx_url, agent_tokens)
+                )
+                runs["uvicorn"].append(
+                    measure("uvicorn", bare_url, nginx_rows, script, args, bare_url, agent_tokens)
+                )
         finally:
-            bare.terminate()
-            bare.wait(timeout=10)
+            bare[0].terminate()
+            bare[0].wait(timeout=10)
+        ours, theirs, floor = (median_run(runs[k]) for k in ("ours", "nginx", "uvicorn"))
         ratio = ours["rps"] / theirs["rps"]
+        for name, r in (("ours", ours), ("nginx", theirs), ("uvicorn", floor)):
+            print(
+                f"median {name:>7}: {r['rps']:7.0f} req/s  p50 {r['p50_ms']:.2f} ms  "
+                f"p99 {r['p99_ms']:.2f} ms"
+            )
         print(
             f"bare uvicorn (no logic) / nginx: {floor['rps'] / theirs['rps']:.2f}: the ceiling "
             f"for any uvicorn app here; ours reaches {ours['rps'] / floor['rps']:.0%} of it"
@@ -416,6 +437,7 @@ def main() -> None:
                 {
                     "ours": ours,
                     "nginx": theirs,
+                    "bare_uvicorn": floor,
                     "ratio": ratio,
                     "rss_mib": rss / 1024,
                     "nodes": len(tokens),

@@ -46,7 +46,7 @@ class DesiredFastPath:
         if auth is None or inm is None or auth[:7].lower() != b"bearer ":
             return False
         ctx = self.ctx
-        etag = ctx.hub.get(node).etag.encode()
+        etag = ctx.hub.etag(node).encode()
         if inm.strip() != etag:
             return False
         token = auth[7:].strip().decode("latin-1")

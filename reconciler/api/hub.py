@@ -55,6 +55,11 @@ class DesiredHub:
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
+    def etag(self, node: str) -> str:
+        """The node's current ETag (no document built: the 304 path needs only this)."""
+        entry = self._entries.get(node)
+        return entry.etag if entry is not None else EMPTY_ETAG
+
     def get(self, node: str) -> Entry:
         entry = self._entries.get(node)
         if entry is None:

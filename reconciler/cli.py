@@ -9,20 +9,39 @@ Exit codes: 0 ok, 1 the user's input is wrong (invalid file, halted release),
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 import traceback
 from collections.abc import Sequence
 
 from reconciler import __version__
-from reconciler.commands import audit, hooks, plan, serve, status, validate
 from reconciler.errors import FleetkeeperError
 from reconciler.logs import setup_logging
 
-COMMANDS = (validate, plan, serve, status, audit, hooks)
+# name -> one-line help. Only the chosen command's module is imported: the git hooks
+# run `validate` on every commit and should not pay for the server's imports.
+COMMANDS = {
+    "validate": "validate fleet files (schema, YAML pitfalls, cross-file rules)",
+    "plan": "the approved revision and the desired state per node, computed offline",
+    "serve": "run the reconciler and its HTTP API",
+    "status": "fleet and rollout status from a running reconciler",
+    "audit": "the audit log of a running reconciler",
+    "hooks": "install git hooks (pre-commit, pre-receive) into a fleet repo",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line, if any (skipping global options)."""
+    for arg in argv:
+        if arg in COMMANDS:
+            return arg
+        if not arg.startswith("-") and arg not in ("text", "json") and not arg.isupper():
+            return None
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fleetkeeper", description="GitOps reconciler for fleets of self-hosted agents."
     )
@@ -34,13 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in COMMANDS:
-        module.register(sub)
+    chosen = _chosen(sys.argv[1:] if argv is None else argv)
+    for name, summary in COMMANDS.items():
+        if chosen is None or name == chosen:
+            importlib.import_module(f"reconciler.commands.{name}").register(sub)
+        else:
+            sub.add_parser(name, help=summary)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     setup_logging(args.log_format, args.log_level)
     try:

@@ -20,6 +20,7 @@ DEFAULT_SUPERVISOR = "process"
 DEFAULT_MAX_BACKOFF_SECONDS = 30.0
 DEFAULT_STOP_GRACE_SECONDS = 5.0
 DEFAULT_RESYNC_SECONDS = 30.0
+DEFAULT_SELF_CONFIRM_SECONDS = 10.0
 BOOTSTRAP_TOKEN_ENV = "FLEETKEEPER_BOOTSTRAP_TOKEN"
 
 
@@ -39,6 +40,7 @@ class AgentConfig:
     max_backoff_seconds: float = DEFAULT_MAX_BACKOFF_SECONDS
     stop_grace_seconds: float = DEFAULT_STOP_GRACE_SECONDS
     resync_seconds: float = DEFAULT_RESYNC_SECONDS
+    self_confirm_seconds: float = DEFAULT_SELF_CONFIRM_SECONDS
     source: Path | None = None
 
     def bootstrap_token(self, environ: Mapping[str, str] | None = None) -> str | None:
@@ -88,6 +90,9 @@ def from_document(doc: Mapping[str, Any], *, base: Path | None = None) -> AgentC
         max_backoff_seconds=float(doc.get("maxBackoffSeconds", DEFAULT_MAX_BACKOFF_SECONDS)),
         stop_grace_seconds=float(doc.get("stopGraceSeconds", DEFAULT_STOP_GRACE_SECONDS)),
         resync_seconds=float(doc.get("resyncSeconds", DEFAULT_RESYNC_SECONDS)),
+        self_confirm_seconds=float(
+            doc.get("selfUpdateConfirmSeconds", DEFAULT_SELF_CONFIRM_SECONDS)
+        ),
     )
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent import procinfo
+from agent import procinfo, selfupdate
 from agent.board import Board
 from agent.download import fetch
 from agent.errors import AgentError, ProveError, UnpackError, VerifyError, WorkloadError
@@ -97,6 +97,8 @@ class Converger:
         self.keep = keep_versions
         self.exit_code = exit_code or (lambda _name: None)
         self._probe_cache: dict[tuple[int, str], tuple[str | None, str]] = {}
+        # The agent itself, when it is installed under installRoot (see agent.selfupdate).
+        self.me = selfupdate.who_am_i(install_root)
 
     # -- helpers --------------------------------------------------------------------------
     def layout(self, name: str) -> WorkloadLayout:
@@ -145,19 +147,17 @@ class Converger:
                 if isinstance(exc, VerifyError | UnpackError):
                     # A wrong digest or an unsafe archive will not fix itself: no retry until
                     # the desired document changes (a network error is retried at resync).
-                    self._remember_failed(w, generation, "Failed", str(exc))
+                    self._remember_failed(w, doc_key(generation, w), "Failed", str(exc))
                 self.board.set(str(w["name"]), phase="Failed", message=str(exc))
                 outcomes.append(Outcome(False, "Failed", str(exc), {}))
         return outcomes
 
-    def _remember_failed(
-        self, w: Mapping[str, Any], generation: int, phase: str, message: str
-    ) -> None:
+    def _remember_failed(self, w: Mapping[str, Any], key: str, phase: str, message: str) -> None:
         failed = self.state.read_failed()
         failed[str(w["name"])] = {
             "version": str(w["version"]),
             "sha256": str(w["artifact"]["sha256"]),
-            "docKey": doc_key(generation, w),
+            "docKey": key,
             "phase": phase,
             "message": message,
         }
@@ -171,7 +171,7 @@ class Converger:
     def adopt_all(self, document: Mapping[str, Any] | None) -> None:
         """At start: take over workloads an earlier agent left running."""
         names = {str(w["name"]) for w in (document or {}).get("workloads", [])}
-        for name in names | self._known_workloads():
+        for name in (names | self._known_workloads()) - {self.me.name}:
             self.sup.adopt(name, self.belongs(name))
 
     # -- one workload ---------------------------------------------------------------------
@@ -182,9 +182,11 @@ class Converger:
         key = doc_key(generation, w)
         layout = self.layout(name)
         layout.clean_leftovers()
-        journal = read_json(self.state.journal_file(name))
         failed = self.state.read_failed()
         entry = failed.get(name)
+        if self.me.name is not None and name == self.me.name:
+            return self._converge_self(w, key, entry)
+        journal = read_json(self.state.journal_file(name))
         if entry and (entry.get("version"), entry.get("sha256"), entry.get("docKey")) == (
             version,
             sha,
@@ -241,6 +243,69 @@ class Converger:
         timings["flip"] = time.monotonic() - t1
         timings["stageTotal"] = time.monotonic() - t0
         return self._activate(w, journal, timings, key)
+
+    def _converge_self(
+        self, w: Mapping[str, Any], key: str, entry: Mapping[str, Any] | None
+    ) -> Outcome:
+        """The desired workload is this agent: stage, preflight, flip, and hand over by exec."""
+        name, version = str(w["name"]), str(w["version"])
+        sha = str(w["artifact"]["sha256"])
+        layout = self.layout(name)
+        if entry and (entry.get("version"), entry.get("sha256"), entry.get("docKey")) == (
+            version,
+            sha,
+            key,
+        ):
+            self.board.set(
+                name,
+                phase=entry.get("phase"),
+                message=entry.get("message"),
+                desired_version=version,
+            )
+            return Outcome(False, str(entry.get("phase")), str(entry.get("message")), {})
+        self.board.set(name, desired_version=version)
+        if self.me.version == version:
+            return Outcome(True, "Healthy", f"the agent runs {version}", {})
+        layout.clean_leftovers()
+        timings: dict[str, float] = {"received": time.time()}
+        self._stage(w, layout, timings)
+        vdir = Path(os.path.realpath(layout.version_dir(version)))
+        runtime = runtime_for(w)
+        probe = runtime.probe_version(w, vdir, 30.0)
+        verdict = judge_probe(
+            target=version,
+            configured=probe.configured,
+            ok=probe.ok,
+            output=probe.output,
+            message=probe.message,
+        )
+        if not probe.configured or not verdict.ok:
+            why = verdict.reason if probe.configured else "no versionProbe to preflight it"
+            message = f"self-update to {version} refused: {why}"
+            self._remember_failed(w, key, "Failed", message)
+            self.board.set(name, phase="Failed", message=message)
+            return Outcome(False, "Failed", message, timings)
+        program = str((w.get("run") or {}).get("command", ["bin/fleetkeeper-agent"])[0])
+        current = self.me.version or layout.current_version()
+        write_json(
+            selfupdate.journal_path(self.state),
+            {
+                "name": name,
+                "to": version,
+                "from": current,
+                "fromPrevious": layout.previous_version(),
+                "sha256": sha,
+                "docKey": key,
+                "program": program,
+                "starts": 0,
+            },
+        )
+        if current and current != version:
+            layout.flip(layout.previous, current)
+        layout.flip(layout.current, version)
+        self.board.set(name, phase="Restarting", message=f"handing over to {version}")
+        log.info("self-update: handing over from %s to %s", current, version)
+        raise selfupdate.SelfExec(selfupdate.exec_argv(layout, version, program))
 
     def _stage(
         self, w: Mapping[str, Any], layout: WorkloadLayout, timings: dict[str, float]
@@ -529,6 +594,20 @@ class Converger:
         """What runs now, from the process itself (never from intent)."""
         name = str(w["name"])
         layout = self.layout(name)
+        if self.me.name is not None and name == self.me.name:
+            me = procinfo.read(os.getpid())
+            current = layout.resolved_current()
+            return Observed(
+                name=name,
+                desired_version=str(w.get("version")),
+                version=self.me.version,
+                pid=os.getpid(),
+                started_at=me.start_time if me else None,
+                current=str(current) if current else None,
+                sha256=layout.installed_sha256(self.me.version) if self.me.version else None,
+                healthy=True,
+                health_message="the agent itself (it is answering)",
+            )
         info = self.sup.running(name)
         version = sha = None
         healthy, message = False, "not running"

@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -30,7 +31,7 @@ from types import FrameType
 from typing import Any
 
 import schema
-from agent import __version__, facts
+from agent import __version__, facts, selfupdate
 from agent.backoff import backoff_delay
 from agent.board import Board
 from agent.client import ServerClient
@@ -152,6 +153,10 @@ class Daemon:
             if managed
             else "not under installRoot (installed by hand or by a package)",
         )
+        started = selfupdate.on_start(self.cfg.install_root, self.state)
+        if started and self.conv.me.name:
+            log.info("%s", started[1])
+            self.board.set(self.conv.me.name, phase=started[0], message=started[1])
         # Resume supervising from the last good document before talking to anyone.
         self.conv.adopt_all(self.document)
         if self.document is not None:
@@ -256,7 +261,10 @@ class Daemon:
             self._converge(doc)
 
     def _converge(self, doc: Mapping[str, Any]) -> None:
-        self.conv.converge(doc)
+        try:
+            self.conv.converge(doc)
+        except selfupdate.SelfExec as handover:
+            self._exec(handover.argv)
         self.acted_generation = int(doc.get("generation", 0))
         self.board.changed.set()
 
@@ -322,10 +330,29 @@ class Daemon:
         finally:
             client.close()
 
+    def _exec(self, argv: list[str]) -> None:
+        """Replace this process with the new agent version (same PID; workloads keep running
+        in their own sessions and are adopted from their records)."""
+        log.info("exec %s", " ".join(argv))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # the new image takes the lock itself
+        os.execv(argv[0], argv)
+
     # -- monitor --------------------------------------------------------------------------
     def _monitor_loop(self) -> None:
+        started = time.monotonic()
+        confirmed = False
         while not self.stop.is_set():
             self.sup.tick()
+            if not confirmed and time.monotonic() - started >= self.cfg.self_confirm_seconds:
+                confirmed = True
+                note = selfupdate.confirm(self.state, self.cfg.install_root)
+                if note and self.conv.me.name:
+                    log.info("%s", note)
+                    self.board.set(self.conv.me.name, phase=None, message=None)
             self._sleep(MONITOR_SECONDS)
 
 

@@ -55,6 +55,13 @@ def backoff_seconds(failures: int, base: float, cap: float) -> float:
     return float(min(cap, base * 2 ** max(failures - 1, 0)))
 
 
+def reap(pid: int) -> None:
+    """Collect an exited adopted process that is still our child (after the agent exec'ed
+    itself, its workloads remain its children): no zombies."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
 def rotate(path: Path, keep: int) -> None:
     """Shift ``path`` to ``path.1`` (… ``path.<keep>``); copy-then-truncate so a writer
     holding the file open (O_APPEND) keeps writing to the live file."""
@@ -259,6 +266,8 @@ class ChildSupervisor:
             log.warning("pid %d ignored SIGTERM for %.1fs; sending SIGKILL", pid, self.grace)
         # Whatever the leader did, nothing of the group may survive it.
         procinfo.kill_group(pid, signal.SIGKILL)
+        if popen is None:
+            reap(pid)
         if popen is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 popen.wait(timeout=2)
@@ -354,6 +363,8 @@ class ChildSupervisor:
             now = time.monotonic()
             for name, m in list(self._procs.items()):
                 self._maybe_rotate(name)
+                if m.popen is None:
+                    reap(m.pid)
                 if self.running(name) is not None:
                     if m.note and time.time() - m.started > STABLE_SECONDS:
                         m.failures, m.note = 0, None

@@ -142,6 +142,47 @@ def build_program(
     return describe(path)
 
 
+AGENT_LAUNCHER = """#!{python}
+# fleetkeeper-agent {version} (built by tests/helpers/artifacts.py): code in ../lib.
+import os, sys
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), "..", "lib"))
+from agent.cli import main
+sys.exit(main())
+"""
+
+
+def build_agent(dest: Path, version: str, *, broken: bool = False) -> Artifact:
+    """A ``.tar.gz`` of the agent itself (this checkout's ``agent`` and ``schema`` packages
+    with ``__version__`` set to ``version``) started by ``bin/fleetkeeper-agent``.
+    ``broken``: the daemon dies right after start (its report thread raises), for
+    self-update rollback tests."""
+    repo = Path(__file__).resolve().parents[2]
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / f"fleetkeeper-agent-{version}.tar.gz"
+    with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+        for package in ("agent", "schema"):
+            for file in sorted((repo / package).rglob("*")):
+                if not file.is_file() or "__pycache__" in file.parts:
+                    continue
+                rel = file.relative_to(repo).as_posix()
+                data = file.read_bytes()
+                if rel == "agent/__init__.py":
+                    text = data.decode()
+                    start = text.index("__version__ = ")
+                    end = text.index("\n", start)
+                    data = (text[:start] + f"__version__ = {version!r}" + text[end:]).encode()
+                if rel == "agent/daemon.py" and broken:
+                    data = data.replace(
+                        b"    def _report_loop(self) -> None:\n",
+                        b"    def _report_loop(self) -> None:\n"
+                        b"        raise RuntimeError('built broken for a test')\n",
+                    )
+                _add(tar, f"lib/{rel}", data)
+        launcher = AGENT_LAUNCHER.format(python=sys.executable, version=version)
+        _add(tar, "bin/fleetkeeper-agent", launcher.encode(), 0o755)
+    return describe(path)
+
+
 def evil_tarball(dest: Path, kind: str, name: str = "evil") -> Artifact:
     """A tarball the agent must refuse: ``dotdot`` (../x), ``absolute`` (/tmp/x),
     ``symlink`` (a link escaping the root), ``device`` (a character device)."""

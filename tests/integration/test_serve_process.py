@@ -6,11 +6,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.helpers.fleet import FleetRepo, release_doc
 from tests.helpers.server import DEFAULT_FILES, restart, running_server, start_server
@@ -149,3 +152,25 @@ def test_sigkill_loses_nothing_acknowledged(tmp_path: Path) -> None:
     finally:
         code = server.stop()
     assert code == 0, server.logs()
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("repo: 5\nbogus: 1\n", "'bogus' was unexpected"),
+        ("repo: {missing}\nlisten: 127.0.0.1:0\nstateDir: {state}\n", "is not a git repository"),
+        ("repo: {missing}\nadminTokenFile: {missing}/admin.token\n", "adminTokenFile: cannot read"),
+    ],
+)
+def test_serve_refuses_a_bad_config_with_exit_1(tmp_path: Path, config: str, message: str) -> None:
+    path = tmp_path / "reconciler.yaml"
+    path.write_text(config.format(missing=tmp_path / "missing", state=tmp_path / "state"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "reconciler.cli", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert message in proc.stderr
+    assert proc.stdout == ""  # never claimed to listen

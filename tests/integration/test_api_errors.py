@@ -60,9 +60,8 @@ def test_bad_status_bodies(api: ApiHarness, content: bytes, status: int, code: s
 def test_deeply_nested_json_is_refused_not_crashed(api: ApiHarness) -> None:
     token = api.register("gpu-1")
     with api.client(token) as c:
-        r = c.post("/v1/nodes/gpu-1/status", content=b"[" * 4000 + b"]" * 4000 + b"")
-    assert r.status_code in (400, 413, 422)
-    _error(r, r.status_code)
+        r = c.post("/v1/nodes/gpu-1/status", content=b"[" * 2000 + b"]" * 2000)
+    _error(r, 400, "bad-json")  # 4000 bytes, under the limit: the parser refuses the depth
 
 
 def test_wrong_types_in_register(api: ApiHarness) -> None:

@@ -533,12 +533,7 @@ def _story(
     git("push", "-q", "origin", "deploy/0.8.7")
     fleet.wait_release("0.8.7", ["Succeeded"], tables=False)
 
-    say("Final status (fleetkeeper status)")
-    code = run_cli(env, "status", "--server", server, "--token-file", str(admin))
-    if code != 0:
-        raise DemoFailed(f"fleetkeeper status exited {code}, expected 0")
-    note(f"fleetkeeper status exit code {code}: every release Succeeded")
-    say("Who approved what (fleetkeeper audit --kind approved,refused,halted,succeeded)")
+    say("Who approved what, what was refused, what halted (fleetkeeper audit --kind ...)")
     run_cli(
         env,
         "audit",
@@ -549,6 +544,11 @@ def _story(
         "--kind",
         "approved,refused,halted,succeeded,superseded",
     )
+    say("Final status (fleetkeeper status)")
+    code = run_cli(env, "status", "--server", server, "--token-file", str(admin))
+    if code != 0:
+        raise DemoFailed(f"fleetkeeper status exited {code}, expected 0")
+    note(f"fleetkeeper status exit code {code}: every release Succeeded")
     if keep_open > 0:
         console.print(f"[bold green]Dashboard[/] stays up {keep_open:.0f}s more at {server}/")
         time.sleep(keep_open)

@@ -205,10 +205,21 @@ def test_rollout_one_agent_at_a_time_rollback_by_hand_and_halt_on_failure(lab: L
 
 def test_outage_keeps_workloads_running_and_stale_after_ttl(lab: Lab) -> None:
     s = lab.server
-    with running_agents(lab.tmp / "agents", s.url, s.bootstrap_token, NODES[:2]) as agents:
+    with running_agents(
+        lab.tmp / "agents", s.url, s.bootstrap_token, NODES[:2], start=False
+    ) as agents:
+        # A node token the reconciler does not know (rotated, or the server's state was
+        # lost): the agent gets 401 and registers again with the bootstrap token.
+        agents[1].state_dir.mkdir(parents=True)
+        (agents[1].state_dir / "node.token").write_text("x" * 40)
+        for a in agents:
+            a.start()
         lab.merge_release("1.0.0")
         for a in agents:
             a.wait_for(lambda x: _healthy_at(x, "1.0.0"), timeout=40, what="1.0.0 healthy")
+        assert "node token refused (401): registering again" in agents[1].logs()
+        token = agents[1].state_dir / "node.token"
+        assert token.read_text() != "x" * 40 and token.stat().st_mode & 0o777 == 0o600
         pids = {a.node: a.workload("hello")["pid"] for a in agents}  # type: ignore[index]
 
         # Nothing changes and a 5 s long-poll is pending, yet heartbeats (1 s) keep coming.

@@ -7,10 +7,12 @@ hammers the model port with one-token completions. Printed per size:
 
 - merge → serving: from the merge commit to the first completion answered by a server that
   lists the new version's file in ``/v1/models``;
-- downtime: the longest stretch, from the merge until the new model serves, in which none
-  of 4 clients hammering the port got a successful completion (and how many requests
-  failed); the same measure over 1.5 s before the merge is printed as the steady-state gap
-  (slow answers on a loaded machine, not an outage);
+- outage: the longest stretch, from the merge until the swap is over, from the last
+  successful completion before a failed request (refused, reset) to the next success, over
+  4 clients hammering the port;
+- longest stall: the longest stretch with no successful completion at all (failures or slow
+  answers), with the failed requests per swap; the same stall measure over 1.5 s before
+  the merge is printed as the steady-state gap (slow answers on a loaded machine);
 - download+verify: the agent's own timings for the new artifact (MB/s).
 
 Usage: ``.venv/bin/python bench/model_swap.py [--sizes tiny,200] [--rounds 3]
@@ -90,6 +92,23 @@ class Hammer:
                     self.results.append((time.monotonic(), ok, served))
                 if not ok:
                     time.sleep(0.005)
+
+    def outage(self, start: float, end: float) -> float:
+        """Longest stretch in [start, end] from the last success before a failed request to
+        the next success: the port refused or broke requests (0 when none failed)."""
+        with self.lock:
+            results = sorted(r for r in self.results if start <= r[0] <= end)
+        worst, last_ok, failing = 0.0, start, False
+        for t, ok, _ in results:
+            if ok:
+                if failing:
+                    worst = max(worst, t - last_ok)
+                last_ok, failing = t, False
+            else:
+                failing = True
+        if failing:
+            worst = max(worst, end - last_ok)
+        return worst
 
     def downtime(self, start: float, end: float) -> tuple[float, int]:
         """Longest stretch in [start, end] with no successful completion by any client,
@@ -172,6 +191,7 @@ def one_size(tmp: Path, label: str, make: Any, rounds: int) -> dict[str, Any]:
                 {
                     "merge_to_serving": done - merged,
                     "downtime": gap,
+                    "outage": hammer.outage(merged, settled),
                     "baseline_gap": baseline,
                     "failed_requests": failed,
                     "requests": len(hammer.results),
@@ -229,7 +249,9 @@ def main() -> int:
         print(
             f"\n{size} GGUF ({res['size'] / 1e6:.1f} MB), median of {len(rounds)} swaps:\n"
             f"  merge -> node serving new model : {med('merge_to_serving'):6.2f} s\n"
-            f"  swap downtime (no completion)   : {med('downtime'):6.2f} s "
+            f"  outage (requests failing)       : {med('outage'):6.2f} s "
+            f"(max {max(r['outage'] for r in rounds):.2f} s)\n"
+            f"  longest stall (no completion)   : {med('downtime'):6.2f} s "
             f"(max {max(r['downtime'] for r in rounds):.2f} s; failed requests per swap "
             f"{[r['failed_requests'] for r in rounds]}; steady-state gap "
             f"{med('baseline_gap'):.2f} s)\n"

@@ -47,7 +47,7 @@ def _setup_logging(level: str) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from agent.daemon import local_status
+    from agent.local import local_status
 
     rows = local_status(load(args.config))
     if args.format == "json":
@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.flush()
             os._exit(code)
         if args.command == "rollback":
-            from agent.daemon import request_rollback
+            from agent.local import request_rollback
 
             ok, message = request_rollback(load(args.config), args.name)
             print(message)

@@ -27,6 +27,7 @@ from agent.board import Board
 from agent.download import fetch
 from agent.errors import AgentError, ProveError, UnpackError, VerifyError, WorkloadError
 from agent.layout import WorkloadLayout, resolved_within
+from agent.observe import Observer
 from agent.procinfo import ProcInfo
 from agent.prove import Proof, judge_probe, judge_process, locate_version
 from agent.report import Observed
@@ -99,6 +100,7 @@ class Converger:
         self._probe_cache: dict[tuple[int, str], tuple[str | None, str]] = {}
         # The agent itself, when it is installed under installRoot (see agent.selfupdate).
         self.me = selfupdate.who_am_i(install_root)
+        self.observer = Observer(self)
 
     # -- helpers --------------------------------------------------------------------------
     def layout(self, name: str) -> WorkloadLayout:
@@ -147,12 +149,12 @@ class Converger:
                 if isinstance(exc, VerifyError | UnpackError):
                     # A wrong digest or an unsafe archive will not fix itself: no retry until
                     # the desired document changes (a network error is retried at resync).
-                    self._remember_failed(w, doc_key(generation, w), "Failed", str(exc))
+                    self.remember_failed(w, doc_key(generation, w), "Failed", str(exc))
                 self.board.set(str(w["name"]), phase="Failed", message=str(exc))
                 outcomes.append(Outcome(False, "Failed", str(exc), {}))
         return outcomes
 
-    def _remember_failed(self, w: Mapping[str, Any], key: str, phase: str, message: str) -> None:
+    def remember_failed(self, w: Mapping[str, Any], key: str, phase: str, message: str) -> None:
         failed = self.state.read_failed()
         failed[str(w["name"])] = {
             "version": str(w["version"]),
@@ -185,7 +187,7 @@ class Converger:
         failed = self.state.read_failed()
         entry = failed.get(name)
         if self.me.name is not None and name == self.me.name:
-            return self._converge_self(w, key, entry)
+            return selfupdate.converge_self(self, w, key, entry)
         journal = read_json(self.state.journal_file(name))
         if entry and (entry.get("version"), entry.get("sha256"), entry.get("docKey")) == (
             version,
@@ -218,7 +220,7 @@ class Converger:
 
         timings: dict[str, float] = {"received": time.time()}
         t0 = time.monotonic()
-        self._stage(w, layout, timings)
+        self.stage(w, layout, timings)
         from_previous = layout.previous_version()
         if (
             isinstance(journal, dict)
@@ -244,70 +246,7 @@ class Converger:
         timings["stageTotal"] = time.monotonic() - t0
         return self._activate(w, journal, timings, key)
 
-    def _converge_self(
-        self, w: Mapping[str, Any], key: str, entry: Mapping[str, Any] | None
-    ) -> Outcome:
-        """The desired workload is this agent: stage, preflight, flip, and hand over by exec."""
-        name, version = str(w["name"]), str(w["version"])
-        sha = str(w["artifact"]["sha256"])
-        layout = self.layout(name)
-        if entry and (entry.get("version"), entry.get("sha256"), entry.get("docKey")) == (
-            version,
-            sha,
-            key,
-        ):
-            self.board.set(
-                name,
-                phase=entry.get("phase"),
-                message=entry.get("message"),
-                desired_version=version,
-            )
-            return Outcome(False, str(entry.get("phase")), str(entry.get("message")), {})
-        self.board.set(name, desired_version=version)
-        if self.me.version == version:
-            return Outcome(True, "Healthy", f"the agent runs {version}", {})
-        layout.clean_leftovers()
-        timings: dict[str, float] = {"received": time.time()}
-        self._stage(w, layout, timings)
-        vdir = Path(os.path.realpath(layout.version_dir(version)))
-        runtime = runtime_for(w)
-        probe = runtime.probe_version(w, vdir, 30.0)
-        verdict = judge_probe(
-            target=version,
-            configured=probe.configured,
-            ok=probe.ok,
-            output=probe.output,
-            message=probe.message,
-        )
-        if not probe.configured or not verdict.ok:
-            why = verdict.reason if probe.configured else "no versionProbe to preflight it"
-            message = f"self-update to {version} refused: {why}"
-            self._remember_failed(w, key, "Failed", message)
-            self.board.set(name, phase="Failed", message=message)
-            return Outcome(False, "Failed", message, timings)
-        program = str((w.get("run") or {}).get("command", ["bin/fleetkeeper-agent"])[0])
-        current = self.me.version or layout.current_version()
-        write_json(
-            selfupdate.journal_path(self.state),
-            {
-                "name": name,
-                "to": version,
-                "from": current,
-                "fromPrevious": layout.previous_version(),
-                "sha256": sha,
-                "docKey": key,
-                "program": program,
-                "starts": 0,
-            },
-        )
-        if current and current != version:
-            layout.flip(layout.previous, current)
-        layout.flip(layout.current, version)
-        self.board.set(name, phase="Restarting", message=f"handing over to {version}")
-        log.info("self-update: handing over from %s to %s", current, version)
-        raise selfupdate.SelfExec(selfupdate.exec_argv(layout, version, program))
-
-    def _stage(
+    def stage(
         self, w: Mapping[str, Any], layout: WorkloadLayout, timings: dict[str, float]
     ) -> None:
         name, version = str(w["name"]), str(w["version"])
@@ -592,88 +531,7 @@ class Converger:
     # -- observation --------------------------------------------------------------------------
     def observe(self, w: Mapping[str, Any]) -> Observed:
         """What runs now, from the process itself (never from intent)."""
-        name = str(w["name"])
-        layout = self.layout(name)
-        if self.me.name is not None and name == self.me.name:
-            me = procinfo.read(os.getpid())
-            current = layout.resolved_current()
-            return Observed(
-                name=name,
-                desired_version=str(w.get("version")),
-                version=self.me.version,
-                pid=os.getpid(),
-                started_at=me.start_time if me else None,
-                current=str(current) if current else None,
-                sha256=layout.installed_sha256(self.me.version) if self.me.version else None,
-                healthy=True,
-                health_message="the agent itself (it is answering)",
-            )
-        info = self.sup.running(name)
-        version = sha = None
-        healthy, message = False, "not running"
-        if info is not None:
-            located, evidence = self.locate(name, info)
-            version, note = self._probed_version(w, info, located)
-            sha = layout.installed_sha256(located) if located else None
-            doc = self._doc_for(name, located, w) if located else w
-            try:
-                health = runtime_for(doc).check_health(doc, 2.0)
-                healthy, message = health.ok, health.message
-            except WorkloadError as exc:
-                healthy, message = False, str(exc)
-            if note:
-                message = f"{note}; {message}"
-            crash = self.sup.crash_note(name)
-            if crash:
-                message = f"{crash}; {message}"
-        else:
-            crash = self.sup.crash_note(name)
-            if crash:
-                message = crash
-        current = layout.resolved_current()
-        return Observed(
-            name=name,
-            desired_version=str(w.get("version")) if w.get("version") else None,
-            version=version,
-            pid=info.pid if info else None,
-            started_at=info.start_time if info else None,
-            current=str(current) if current else None,
-            sha256=sha,
-            healthy=healthy,
-            health_message=message,
-        )
-
-    def _probed_version(
-        self, w: Mapping[str, Any], info: ProcInfo, located: str | None
-    ) -> tuple[str | None, str]:
-        """The version the running process proves, cached per process instance."""
-        key = (info.pid, info.start_id)
-        if key in self._probe_cache:
-            return self._probe_cache[key]
-        if located is None:
-            result: tuple[str | None, str] = (None, "the running process is not in versions/")
-        else:
-            name = str(w["name"])
-            doc = self._doc_for(name, located, w)
-            vdir = Path(os.path.realpath(self.layout(name).version_dir(located)))
-            try:
-                probe = runtime_for(doc).probe_version(doc, vdir, 10.0)
-            except WorkloadError as exc:
-                probe = None
-                result = (None, str(exc))
-            if probe is not None:
-                verdict = judge_probe(
-                    target=located,
-                    configured=probe.configured,
-                    ok=probe.ok,
-                    output=probe.output,
-                    message=probe.message,
-                )
-                result = (located, "") if verdict.ok else (None, verdict.reason)
-        if len(self._probe_cache) > PROBE_CACHE_MAX:
-            self._probe_cache.clear()
-        self._probe_cache[key] = result
-        return result
+        return self.observer.observe(w)
 
     def _record_timings(
         self, name: str, version: str, timings: Mapping[str, float], ok: bool

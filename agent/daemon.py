@@ -14,9 +14,7 @@ last good document (read back from the state directory after a restart).
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import json
 import logging
 import os
 import random
@@ -24,9 +22,7 @@ import signal
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -354,82 +350,3 @@ class Daemon:
                     log.info("%s", note)
                     self.board.set(self.conv.me.name, phase=None, message=None)
             self._sleep(MONITOR_SECONDS)
-
-
-# -- rollback from the command line --------------------------------------------------------
-def request_rollback(cfg: AgentConfig, name: str, timeout: float = 120.0) -> tuple[bool, str]:
-    """Roll ``name`` back: through the running daemon when there is one (request file in
-    the state directory), else directly under the daemon's lock."""
-    state = StateDir(cfg.state_dir)
-    state.ensure()
-    fd = os.open(state.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return _ask_daemon(state, name, timeout)
-        board = Board()
-        sup = make_supervisor(cfg, state)
-        conv = make_converger(cfg, state, sup, board)
-        doc, _ = state.read_desired()
-        conv.adopt_all(doc)
-        try:
-            return True, conv.rollback(name, doc)
-        except AgentError as exc:
-            return False, str(exc)
-    finally:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
-def _ask_daemon(state: StateDir, name: str, timeout: float) -> tuple[bool, str]:
-    rid = uuid.uuid4().hex[:12]
-    req = state.requests_dir / f"{rid}.request.json"
-    write_json(req, {"action": "rollback", "name": name})
-    result_path = state.requests_dir / f"{rid}.result.json"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = read_json(result_path)
-        if isinstance(body, dict):
-            result_path.unlink(missing_ok=True)
-            return bool(body.get("ok")), str(body.get("message"))
-        time.sleep(0.1)
-    req.unlink(missing_ok=True)
-    return False, f"the running agent did not answer within {timeout:.0f}s"
-
-
-def local_status(cfg: AgentConfig) -> list[dict[str, Any]]:
-    """What runs locally, observed now (for ``fleetkeeper-agent status``)."""
-    state = StateDir(cfg.state_dir)
-    doc, _ = state.read_desired()
-    last = read_json(state.status_file)
-    last_phase: dict[str, Any] = {}
-    if isinstance(last, dict):
-        for e in (last.get("report") or {}).get("workloads", []):
-            last_phase[e["name"]] = e
-    sup = ChildSupervisor(state)
-    conv = make_converger(cfg, state, sup, Board())
-    rows = []
-    for w in (doc or {}).get("workloads", []):
-        name = str(w["name"])
-        sup.watch(name)
-        observed = conv.observe(w)
-        reported = last_phase.get(name, {})
-        rows.append(
-            {
-                "name": name,
-                "desired": observed.desired_version,
-                "running": observed.version,
-                "current": Path(observed.current).name if observed.current else None,
-                "pid": observed.pid,
-                "healthy": observed.healthy,
-                "phase": reported.get("phase") or decide_phase(None, observed),
-                "message": reported.get("message") or observed.health_message,
-            }
-        )
-    return rows
-
-
-def dumps(rows: list[dict[str, Any]]) -> str:
-    return json.dumps(rows, indent=1)

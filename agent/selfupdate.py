@@ -21,14 +21,21 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.layout import WorkloadLayout
+from agent.prove import judge_probe
+from agent.runtimes import runtime_for
 from agent.selfinstall import agent_location, managed_workload
 from agent.state import StateDir, read_json, write_json
+
+if TYPE_CHECKING:
+    from agent.converge import Converger, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -131,3 +138,69 @@ def confirm(state: StateDir, install_root: Path) -> str | None:
         return None
     journal_path(state).unlink(missing_ok=True)
     return f"self-update from {journal.get('from')} to {journal.get('to')} confirmed"
+
+
+def converge_self(
+    conv: Converger, w: Mapping[str, Any], key: str, entry: Mapping[str, Any] | None
+) -> Outcome:
+    """The desired workload is this agent: stage, preflight, flip, and hand over by exec."""
+    from agent.converge import Outcome  # at call time: converge imports this module
+
+    name, version = str(w["name"]), str(w["version"])
+    sha = str(w["artifact"]["sha256"])
+    layout = conv.layout(name)
+    if entry and (entry.get("version"), entry.get("sha256"), entry.get("docKey")) == (
+        version,
+        sha,
+        key,
+    ):
+        conv.board.set(
+            name,
+            phase=entry.get("phase"),
+            message=entry.get("message"),
+            desired_version=version,
+        )
+        return Outcome(False, str(entry.get("phase")), str(entry.get("message")), {})
+    conv.board.set(name, desired_version=version)
+    if conv.me.version == version:
+        return Outcome(True, "Healthy", f"the agent runs {version}", {})
+    layout.clean_leftovers()
+    timings: dict[str, float] = {"received": time.time()}
+    conv.stage(w, layout, timings)
+    vdir = Path(os.path.realpath(layout.version_dir(version)))
+    runtime = runtime_for(w)
+    probe = runtime.probe_version(w, vdir, 30.0)
+    verdict = judge_probe(
+        target=version,
+        configured=probe.configured,
+        ok=probe.ok,
+        output=probe.output,
+        message=probe.message,
+    )
+    if not probe.configured or not verdict.ok:
+        why = verdict.reason if probe.configured else "no versionProbe to preflight it"
+        message = f"self-update to {version} refused: {why}"
+        conv.remember_failed(w, key, "Failed", message)
+        conv.board.set(name, phase="Failed", message=message)
+        return Outcome(False, "Failed", message, timings)
+    program = str((w.get("run") or {}).get("command", ["bin/fleetkeeper-agent"])[0])
+    current = conv.me.version or layout.current_version()
+    write_json(
+        journal_path(conv.state),
+        {
+            "name": name,
+            "to": version,
+            "from": current,
+            "fromPrevious": layout.previous_version(),
+            "sha256": sha,
+            "docKey": key,
+            "program": program,
+            "starts": 0,
+        },
+    )
+    if current and current != version:
+        layout.flip(layout.previous, current)
+    layout.flip(layout.current, version)
+    conv.board.set(name, phase="Restarting", message=f"handing over to {version}")
+    log.info("self-update: handing over from %s to %s", current, version)
+    raise SelfExec(exec_argv(layout, version, program))

@@ -279,6 +279,18 @@ def progress_line(status: Mapping[str, Any]) -> str:
     return f"  {head:<26} | " + ", ".join(cells)
 
 
+def secret_leaks(root: Path, secret_files: Sequence[Path]) -> list[str]:
+    """Logs (reconciler, agents) that contain a token or the webhook secret."""
+    secrets_ = {p.name: p.read_text().strip() for p in secret_files}
+    for token in (root / "nodes").glob("*/state/node.token"):
+        secrets_[f"node token of {token.parts[-3]}"] = token.read_text().strip()
+    found = [] if len(secrets_) == len(secret_files) + len(DEMO_NODES) else ["(node tokens?)"]
+    for log in sorted((root / "logs").glob("*.log")):
+        text = log.read_text(errors="replace")
+        found += [f"{name} in {log.name}" for name, value in secrets_.items() if value in text]
+    return found
+
+
 def run_cli(env: Mapping[str, str], *args: str) -> int:
     """Run ``fleetkeeper ARGS`` as a user would and show its output; returns the exit code."""
     proc = subprocess.run(
@@ -532,6 +544,11 @@ def _story(
     )
     git("push", "-q", "origin", "deploy/0.8.7")
     fleet.wait_release("0.8.7", ["Succeeded"], tables=False)
+
+    leaks = secret_leaks(root, [admin, bootstrap, webhook])
+    if leaks:
+        raise DemoFailed(f"secrets appear in logs: {leaks}")
+    note("checked: no token or webhook secret appears in any reconciler or agent log")
 
     say("Who approved what, what was refused, what halted (fleetkeeper audit --kind ...)")
     run_cli(

@@ -35,6 +35,7 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
         "still running: gpu-1 0.8.4, lab-1 0.8.4, vps-1 0.8.4",
         "Superseded",
         "git push -q origin deploy/0.8.7",
+        "checked: no token or webhook secret appears in any reconciler or agent log",
         "Final status (fleetkeeper status)",
         "fleetkeeper status exit code 0",
     ]

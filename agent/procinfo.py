@@ -148,3 +148,14 @@ def session_leaders() -> list[int]:
         if fields[0] not in ("Z", "X") and int(fields[3]) == int(entry):
             out.append(int(entry))
     return out
+
+
+def environ_has(pid: int, key: str, value: str) -> bool:
+    """True when process ``pid`` was started with ``key=value`` in its environment (Linux;
+    readable for our own processes only)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            entries = fh.read().split(b"\0")
+    except OSError:
+        return False
+    return f"{key}={value}".encode() in entries

@@ -31,6 +31,7 @@ from agent.state import StateDir, read_json, write_json
 log = logging.getLogger(__name__)
 
 STABLE_SECONDS = 10.0
+WORKLOAD_ENV = "FLEETKEEPER_WORKLOAD"
 
 
 class SupervisorError(WorkloadError):
@@ -181,6 +182,8 @@ class ChildSupervisor:
         for pid in procinfo.session_leaders():
             if pid in (keep, own):
                 continue
+            if not procinfo.environ_has(pid, WORKLOAD_ENV, name):
+                continue  # not started by an agent as this workload (e.g. someone's shell)
             info = procinfo.read(pid)
             if info is not None and belongs(info):
                 log.warning("stopping unrecorded %s pid %d left by an earlier agent", name, pid)
@@ -208,7 +211,8 @@ class ChildSupervisor:
         logfile.parent.mkdir(parents=True, exist_ok=True)
         if logfile.exists() and logfile.stat().st_size > self.log_max_bytes:
             rotate(logfile, self.log_keep)
-        env = {**os.environ, **spec.env}
+        # The marker lets a later agent recognise an unrecorded process as this workload's.
+        env = {**os.environ, **spec.env, WORKLOAD_ENV: spec.name}
         with open(logfile, "ab") as out:
             out.write(
                 f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} start {list(spec.argv)}\n".encode()

@@ -78,8 +78,9 @@ def test_unrecorded_strays_are_stopped_and_strangers_left_alone(tmp_path: Path) 
     spec = script(work, "stray", "import time\ntime.sleep(60)\n")
     stray = start_in_another_agent(state, spec)
     state.process_file("stray").unlink()  # killed before it could record the PID
+    # Someone's shell sitting in the same directory: a session leader too, but not ours.
     stranger = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(60)"], cwd=tmp_path, start_new_session=True
+        [sys.executable, "-c", "import time; time.sleep(60)"], cwd=work, start_new_session=True
     )
     try:
         assert ChildSupervisor(state).adopt("stray", in_dir(work)) is None

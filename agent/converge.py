@@ -33,6 +33,7 @@ from agent.prove import Proof, judge_probe, judge_process, locate_version
 from agent.report import Observed
 from agent.runtimes import Runtime, runtime_for
 from agent.runtimes.supervisor import HandoffSupervisor, LaunchSpec, Supervisor
+from agent.selfinstall import agent_location
 from agent.state import StateDir, read_json, write_json
 from agent.unpack import unpack
 
@@ -188,6 +189,12 @@ class Converger:
         entry = failed.get(name)
         if self.me.name is not None and name == self.me.name:
             return selfupdate.converge_self(self, w, key, entry)
+        if name == selfupdate.DEFAULT_NAME:
+            raise WorkloadError(
+                f"{name} is the agent itself, but this agent is not installed under "
+                f"installRoot {self.root} (its code is in {agent_location()}); "
+                "it will not run a second agent: install it under installRoot to self-update"
+            )
         journal = read_json(self.state.journal_file(name))
         if entry and (entry.get("version"), entry.get("sha256"), entry.get("docKey")) == (
             version,

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_STARTS = 3
+DEFAULT_NAME = "fleetkeeper-agent"  # the conventional workload name of the agent itself
 
 
 class SelfExec(Exception):  # noqa: N818 (a control-flow signal, not an error)

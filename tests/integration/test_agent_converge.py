@@ -329,3 +329,12 @@ def test_free_disk_space_is_checked_before_downloading(rig: Rig) -> None:
     out = rig.converge(w)
     assert not out.ok and "not enough disk space" in out.message
     assert rig.server.requests[art.path.name] == 0
+
+
+def test_an_unmanaged_agent_refuses_to_run_itself_as_a_workload(rig: Rig) -> None:
+    art = rig.build("1.0.0")
+    w = rig.doc("1.0.0", art)
+    w["name"] = "fleetkeeper-agent"
+    out = rig.converge(w)
+    assert not out.ok and "not installed under installRoot" in out.message
+    assert rig.server.requests[art.path.name] == 0

@@ -18,25 +18,19 @@ Run it with the project's venv python: `.venv/bin/python scripts/demo.py` (`make
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import secrets
-import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import yaml
 from demo_fleet import (
-    AGENT,
     DEMO_NODES,
     ArtifactServer,
     build_artifact,
@@ -44,239 +38,14 @@ from demo_fleet import (
     write_fleet,
     write_release,
 )
-from rich.console import Console
+from demo_procs import DemoFailed, Processes, free_port, signals_raise, tail
+from demo_ui import Git, cli, console, note, run_cli, say
+from demo_watch import Fleet, current_release, progress_line, running_versions
 from rich.rule import Rule
 
 from reconciler.report.client import AdminClient
-from reconciler.report.tables import fleet_view
 
 SOAK_SECONDS = 2
-STEP_TIMEOUT = 45.0
-BIN = Path(sys.executable).parent
-console = Console(width=max(150, Console().width) if not Console().is_terminal else None)
-
-
-class DemoFailed(Exception):
-    pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def say(text: str) -> None:
-    console.print()
-    console.print(Rule(f"[bold]{text}", align="left"))
-
-
-def note(text: str) -> None:
-    console.print(f"[cyan]»[/] {text}")
-
-
-def _command(name: str) -> list[str]:
-    exe = BIN / name
-    if exe.exists():
-        return [str(exe)]
-    module = "reconciler.cli" if name == "fleetkeeper" else "agent.cli"
-    return [sys.executable, "-m", module]
-
-
-class Processes:
-    """Children in their own process groups, stopped group by group, newest first."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
-
-    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> None:
-        log = self.root / "logs" / f"{name}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                list(argv),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=dict(env),
-                start_new_session=True,
-                cwd=self.root,
-            )
-        self.procs[name] = (proc, log)
-
-    def check(self) -> None:
-        for name, (proc, log) in self.procs.items():
-            if proc.poll() is not None:
-                raise DemoFailed(f"{name} exited with {proc.returncode}; its log:\n{tail(log)}")
-
-    def stop(self, name: str) -> None:
-        proc, _ = self.procs.pop(name)
-        _stop_group(proc)
-
-    def stop_all(self) -> None:
-        for name in reversed(list(self.procs)):
-            self.stop(name)
-        _kill_strays(self.root)
-
-
-def _stop_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(grace)
-    # workloads the agent started may sit in the same group after the agent exited
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _kill_strays(root: Path) -> None:
-    """Workloads started by the agents in their own sessions: found by their install root."""
-    if not Path("/proc").is_dir():
-        return
-    mark = str(root).encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if mark in cmdline:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(int(entry.name), signal.SIGKILL)
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-class Git:
-    """Real git commands in the operator's clone, echoed as they run."""
-
-    def __init__(self, cwd: Path, env: Mapping[str, str]) -> None:
-        self.cwd = cwd
-        self.env = dict(env)
-
-    def __call__(self, *args: str, quiet: bool = False) -> str:
-        if not quiet:
-            console.print(f"$ git {shlex.join(args)}", style="dim", markup=False, soft_wrap=True)
-        proc = subprocess.run(
-            ["git", *args], cwd=self.cwd, env=self.env, capture_output=True, text=True
-        )
-        if proc.returncode != 0:
-            raise DemoFailed(f"git {' '.join(args)} failed:\n{proc.stderr}")
-        return proc.stdout.strip()
-
-    def head(self) -> str:
-        return self("rev-parse", "HEAD", quiet=True)
-
-
-def _release(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The current rollout of the demo agent (a superseded one is listed before it)."""
-    rows = [r for r in status.get("releases") or [] if r.get("agent") == AGENT]
-    return dict(rows[-1]) if rows else None
-
-
-def _running(status: Mapping[str, Any]) -> dict[str, str | None]:
-    out = {}
-    for n in status.get("nodes") or []:
-        for w in n.get("workloads") or []:
-            if w.get("name") == AGENT:
-                out[str(n.get("node"))] = w.get("running")
-    return out
-
-
-class Fleet:
-    """Watches the reconciler through its admin API and prints the table as things move."""
-
-    def __init__(self, client: AdminClient, procs: Processes) -> None:
-        self.client = client
-        self.procs = procs
-
-    def show(self, status: Mapping[str, Any]) -> None:
-        console.print(fleet_view(status, time.time()))
-
-    def wait(
-        self,
-        what: str,
-        done: Callable[[Mapping[str, Any]], bool],
-        timeout: float = STEP_TIMEOUT,
-        tables: bool = True,
-    ) -> Mapping[str, Any]:
-        """Poll until ``done``; a line per node change, the table per batch/phase change."""
-        deadline = time.monotonic() + timeout
-        last_rel: object = None
-        last_nodes: object = None
-        status: Mapping[str, Any] = {}
-        while time.monotonic() < deadline:
-            self.procs.check()
-            with contextlib.suppress(Exception):
-                status = self.client.fleet()
-                rel = _release(status) or {}
-                rel_key = (rel.get("version"), rel.get("phase"), rel.get("batch"))
-                nodes_key = progress_line(status)
-                if tables and rel_key != last_rel and last_rel is not None:
-                    self.show(status)
-                elif nodes_key != last_nodes:
-                    console.print(nodes_key, highlight=False)
-                last_rel, last_nodes = rel_key, nodes_key
-                if done(status):
-                    return status
-            time.sleep(0.3)
-        if status:
-            self.show(status)
-        raise DemoFailed(f"timed out after {timeout:.0f}s waiting for {what}")
-
-    def wait_release(
-        self, version: str, phases: Sequence[str], tables: bool = True
-    ) -> Mapping[str, Any]:
-        def done(status: Mapping[str, Any]) -> bool:
-            rel = _release(status)
-            if rel is None or rel.get("version") != version or rel.get("phase") not in phases:
-                return False
-            if "Succeeded" in phases and rel.get("phase") == "Succeeded":
-                return all(v == version for v in _running(status).values()) and len(
-                    _running(status)
-                ) == len(DEMO_NODES)
-            return True
-
-        return self.wait(f"{AGENT} {version} to be {'/'.join(phases)}", done, tables=tables)
-
-    def wait_audit(self, revision: str, kinds: Sequence[str]) -> Mapping[str, Any]:
-        deadline = time.monotonic() + STEP_TIMEOUT
-        while time.monotonic() < deadline:
-            self.procs.check()
-            with contextlib.suppress(Exception):
-                for e in self.client.audit(limit=1000):
-                    if e.get("revision") == revision and e.get("kind") in kinds:
-                        return dict(e)
-            time.sleep(0.3)
-        raise DemoFailed(f"no {'/'.join(kinds)} audit event for {revision[:10]}")
-
-
-def progress_line(status: Mapping[str, Any]) -> str:
-    """ "  0.8.4 Progressing 1/2 | gpu-1 0.8.3->0.8.4 Downloading, vps-1 0.8.3 Healthy, ..." """
-    rel = _release(status) or {}
-    cells = []
-    for n in sorted(status.get("nodes") or [], key=lambda n: str(n.get("node"))):
-        for w in n.get("workloads") or []:
-            if w.get("name") != AGENT:
-                continue
-            running, desired = w.get("running") or "-", w.get("desired") or "-"
-            version = running if running == desired else f"{running}->{desired}"
-            cells.append(f"{n.get('node')} {version} {w.get('phase')}")
-    head = f"{rel.get('version', '-')} {rel.get('phase', '-')} {rel.get('batch') or ''}".strip()
-    return f"  {head:<26} | " + ", ".join(cells)
 
 
 def secret_leaks(root: Path, secret_files: Sequence[Path]) -> list[str]:
@@ -291,20 +60,6 @@ def secret_leaks(root: Path, secret_files: Sequence[Path]) -> list[str]:
     return found
 
 
-def run_cli(env: Mapping[str, str], *args: str) -> int:
-    """Run ``fleetkeeper ARGS`` as a user would and show its output; returns the exit code."""
-    proc = subprocess.run(
-        [*_command("fleetkeeper"), *args],
-        env={**env, "COLUMNS": str(console.width)},
-        capture_output=True,
-        text=True,
-    )
-    console.print(proc.stdout.rstrip(), markup=False, highlight=False)
-    if proc.returncode not in (0, 1, 4) or proc.stderr.strip():
-        console.print(proc.stderr.rstrip(), markup=False, highlight=False, style="red")
-    return proc.returncode
-
-
 def write_yaml(path: Path, doc: Mapping[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(dict(doc), sort_keys=False))
@@ -316,21 +71,6 @@ def write_secret(path: Path) -> Path:
     path.write_text(secrets.token_urlsafe(32) + "\n")
     path.chmod(0o600)
     return path
-
-
-@contextlib.contextmanager
-def signals_raise() -> Iterator[None]:
-    """SIGTERM and SIGHUP end the demo like Ctrl-C does: through the finally blocks."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def story(root: Path, keep_open: float) -> int:
@@ -422,7 +162,7 @@ def _story(
         "pollIntervalSeconds": 1,
     }
     cfg_path = write_yaml(root / "reconciler.yaml", config)
-    procs.start("reconciler", [*_command("fleetkeeper"), "serve", "--config", str(cfg_path)], env)
+    procs.start("reconciler", [*cli("fleetkeeper"), "serve", "--config", str(cfg_path)], env)
     for node in DEMO_NODES:
         agent_cfg = {
             "server": server,
@@ -437,7 +177,9 @@ def _story(
         }
         path = write_yaml(root / "nodes" / node / "agent.yaml", agent_cfg)
         procs.start(
-            f"agent-{node}", [*_command("fleetkeeper-agent"), "run", "--config", str(path)], env
+            f"agent-{node}",
+            [*cli("fleetkeeper-agent"), "run", "--config", str(path)],
+            env,
         )
     note(f"reconciler (SQLite) on {server}; agents {', '.join(DEMO_NODES)} started")
     console.print(f"[bold green]Dashboard:[/] {server}/  (log in with the token in {admin})")
@@ -485,9 +227,9 @@ def _story(
     git("merge", "-q", "--no-ff", "release-0.8.5", "-m", "Merge pull request #4: 0.8.5")
     git("push", "-q", "origin", "main")
     status = fleet.wait_release("0.8.5", ["Halted"])
-    rel = _release(status) or {}
+    rel = current_release(status) or {}
     console.print(f"[bold red]halted:[/] {rel.get('reason')}")
-    running = _running(status)
+    running = running_versions(status)
     note(f"still running: {', '.join(f'{n} {v}' for n, v in sorted(running.items()))}")
     if any(v != "0.8.4" for v in running.values()):
         raise DemoFailed(f"the old version should keep running after the halt: {running}")
@@ -522,7 +264,7 @@ def _story(
         "allowedSigners": str(signers),
     }
     write_yaml(cfg_path, config)
-    procs.start("reconciler", [*_command("fleetkeeper"), "serve", "--config", str(cfg_path)], env)
+    procs.start("reconciler", [*cli("fleetkeeper"), "serve", "--config", str(cfg_path)], env)
     note("reconciler restarted with approval.mode: signed-tag; the agents reconnect by themselves")
     write_release(work, release_doc(arts["0.8.7"], artifacts.url))
     git("add", "-A")

@@ -29,7 +29,9 @@ def register(sub: Any) -> None:
         "--since",
         help="only events after this: a duration (10m, 2h, 1d, 1w), a unix time or an ISO date",
     )
-    p.add_argument("--limit", type=int, default=1000, help="at most this many events")
+    p.add_argument(
+        "--limit", type=int, default=1000, help="the newest this many events (default 1000)"
+    )
     p.add_argument(
         "--kind", help="only these event kinds, comma-separated (e.g. approved,refused,halted)"
     )
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
             raise FleetkeeperError(str(exc)) from exc
     token = read_token(args.token_file)
     with AdminClient(args.server, token) as client:
-        events = client.audit(since=since, limit=args.limit)
+        events = client.recent_audit(since=since, limit=args.limit)
     if args.kind:
         kinds = {k.strip() for k in args.kind.split(",") if k.strip()}
         events = [e for e in events if e.get("kind") in kinds]

@@ -18,6 +18,7 @@ from reconciler.errors import ConfigError, FleetkeeperError, Waiting, sanitize
 DEFAULT_SERVER = "http://127.0.0.1:8700"
 ENV_TOKEN = "FLEETKEEPER_TOKEN"
 ENV_SERVER = "FLEETKEEPER_SERVER"
+AUDIT_PAGE = 10000  # the API's largest page
 
 
 def read_token(token_file: str | None, env: Mapping[str, str] | None = None) -> str | None:
@@ -91,3 +92,22 @@ class AdminClient:
         if not isinstance(events, list):
             raise FleetkeeperError(f"{self.server}/v1/audit: expected a list of events")
         return [e for e in events if isinstance(e, dict)]
+
+    def recent_audit(self, since: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """The newest ``limit`` events at or after ``since``, oldest first.
+
+        The API pages oldest first, so walk forward a page at a time (overlapping by a
+        second, since event times are not strictly ordered by id) and keep the tail.
+        """
+        seen: dict[int, dict[str, Any]] = {}
+        cursor = since
+        while True:
+            page = self.audit(since=cursor, limit=AUDIT_PAGE)
+            fresh = [e for e in page if isinstance(e.get("id"), int) and e["id"] not in seen]
+            seen.update((e["id"], e) for e in fresh)
+            last = page[-1].get("time") if page else None
+            if len(page) < AUDIT_PAGE or not fresh or not isinstance(last, int | float):
+                break
+            cursor = float(last) - 1.0  # the newest by id, not by time
+        events = [seen[i] for i in sorted(seen)]
+        return events[-limit:] if limit > 0 else []

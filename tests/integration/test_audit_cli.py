@@ -77,6 +77,9 @@ def test_audit_tells_who_approved_what_and_what_happened(tmp_path: Path) -> None
         assert [e["node"] for e in by_kind["stale"]] == ["node-c"]
         assert {e["node"] for e in by_kind["registered"]} == {"node-a", "node-b", "node-c"}
 
+        # --limit keeps the newest events
+        assert events(url, token, "--limit", "3") == every[-3:]
+
         # --since: relative, ISO, in the future, and a wrong value
         assert len(events(url, token, "--since", "2h")) == len(every)
         assert events(url, token, "--since", "2099-01-01") == []

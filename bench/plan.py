@@ -12,12 +12,17 @@ merges of topic commits: 1,000 node files, then one release file per merged topi
   changed blobs re-read),
 - push-to-approved: a `git push` of one more merge into the bare repo until the watcher
   has woken and approval has returned the new revision.
+
+Each phase is shown as wall time and CPU time of this process (``time.process_time``): on
+a shared, loaded machine the CPU figure is the steadier one. ``--repeat N`` repeats the
+incremental re-plan on N further merges and prints the median.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -148,37 +153,61 @@ def add_merge(repo: Path, n: int, agents: int) -> None:
     s.close()
 
 
-def phases(repo: Path, state: Path) -> dict[str, float]:
+Times = dict[str, tuple[float, float]]  # phase -> (wall, cpu) seconds
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.wall = time.perf_counter()
+        self.cpu = time.process_time()
+
+    def lap(self) -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = (wall - self.wall, cpu - self.cpu)
+        self.wall, self.cpu = wall, cpu
+        return out
+
+
+def phases(repo: Path, state: Path, *, quiet: bool = False) -> Times:
     """One plan, timed by phase (what ``fleetkeeper plan`` does, in the same order)."""
-    out: dict[str, float] = {}
-    t = time.perf_counter()
+    out: Times = {}
+    clock = Clock()
     source = GitSource(str(repo), state, "main")
     result = evaluate(source, ApprovalSettings(), None, state)
-    out["approval (walk, judge)"] = time.perf_counter() - t
+    out["approval (walk, judge)"] = clock.lap()
     assert result.revision is not None, result.refused[:3]
-    t = time.perf_counter()
     listing = fleet_listing(source.repository(), result.revision)
     files = {p: o for p, o in listing}
-    out["read tree listing"] = time.perf_counter() - t
-    t = time.perf_counter()
+    out["read tree listing"] = clock.lap()
     loaded = load_revision(source.repository(), result.revision)
-    out["validate + build spec (load_revision)"] = time.perf_counter() - t
+    out["validate + build spec (load_revision)"] = clock.lap()
     assert loaded.spec is not None, loaded.violations[:3]
-    t = time.perf_counter()
     view = build_view(result, loaded)
-    out["desired workloads + batches (select)"] = time.perf_counter() - t
-    out["total"] = sum(out.values())
-    print(
-        f"  revision {view.revision[:12] if view.revision else None}: {len(files)} fleet files, "
-        f"{len(view.nodes)} nodes, {sum(len(w) for w in view.nodes.values())} workloads"
-    )
+    out["desired workloads + batches (select)"] = clock.lap()
+    out["total"] = (sum(w for w, _ in out.values()), sum(c for _, c in out.values()))
+    if not quiet:
+        print(
+            f"  revision {view.revision[:12] if view.revision else None}: {len(files)} fleet "
+            f"files, {len(view.nodes)} nodes, {sum(len(w) for w in view.nodes.values())} "
+            "workloads"
+        )
     return out
 
 
-def show(label: str, times: dict[str, float]) -> None:
-    print(label)
-    for k, v in times.items():
-        print(f"  {k:<46} {v * 1000:9.1f} ms")
+def show(label: str, times: Times) -> None:
+    print(f"{label:<48} {'wall':>9}    {'cpu':>9}")
+    for k, (wall, cpu) in times.items():
+        print(f"  {k:<46} {wall * 1000:9.1f} ms {cpu * 1000:9.1f} ms")
+
+
+def median(runs: list[Times]) -> Times:
+    return {
+        k: (
+            statistics.median(r[k][0] for r in runs),
+            statistics.median(r[k][1] for r in runs),
+        )
+        for k in runs[0]
+    }
 
 
 async def push_to_approved(bare: Path, work: Path, state: Path) -> float:
@@ -212,6 +241,7 @@ def main() -> int:
     ap.add_argument("--commits", type=int, default=10_000)
     ap.add_argument("--releases", type=int, default=5_000)
     ap.add_argument("--nodes", type=int, default=1_000)
+    ap.add_argument("--repeat", type=int, default=5, help="further one-merge re-plans (median)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="fk-bench-") as tmp:
         repo = Path(tmp) / "fleet.git"
@@ -225,6 +255,13 @@ def main() -> int:
         applied = GitSource(str(repo), state, "main").tip()
         add_merge(repo, args.releases + 1, agents)
         show("incremental re-plan after one new merge", phases(repo, state))
+        runs = []
+        for i in range(args.repeat):
+            applied = GitSource(str(repo), state, "main").tip()
+            add_merge(repo, args.releases + 10 + i, agents)
+            runs.append(phases(repo, state, quiet=True))
+        if runs:
+            show(f"same, median of {len(runs)} more merges", median(runs))
         source = GitSource(str(repo), state, "main")
         t = time.perf_counter()
         result = evaluate(source, ApprovalSettings(), applied, state)
@@ -233,7 +270,7 @@ def main() -> int:
         print(f"{'approval from the applied revision (the loop)':<48} {took * 1000:9.1f} ms")
         work = Path(tmp) / "work"
         subprocess.run(["git", "clone", "-q", str(repo), str(work)], check=True)
-        add_merge(work / ".git", args.releases + 2, agents)
+        add_merge(work / ".git", args.releases + 3, agents)
         latency = asyncio.run(push_to_approved(repo, work, Path(tmp) / "state"))
         print(f"{'push -> watcher -> new approved revision':<48} {latency * 1000:9.1f} ms")
     return 0

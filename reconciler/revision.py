@@ -3,7 +3,9 @@
 The fleet files are read from Git objects, never from a work tree. Everything is keyed by
 object id, which names content: subtree listings by tree oid, file bytes by blob oid, and
 the validation result by the set of (path, blob oid), so re-loading a revision after one
-new merge reads only the changed blobs.
+new merge reads only the changed blobs. The cross-file rules are incremental too
+(``validate_incremental`` with the RuleMemo kept here): after a merge that changes no node
+file and not fleet.yaml, only the changed files are judged again.
 """
 
 from __future__ import annotations
@@ -14,11 +16,9 @@ from dataclasses import dataclass
 
 import pygit2
 
-import reconciler.validate as validate
-from reconciler.spec import FleetSpec, build_spec
-from reconciler.validate import ALL_RULES, Report, RuleContext, Violation, is_fleet_file
+from reconciler.spec import FleetSpec
+from reconciler.validate import FileCheck, Report, RuleMemo, Violation, validate_incremental
 from reconciler.validate.loader import LoadedFile, load_file
-from reconciler.validate.report import sort_key
 from reconciler.validate.schema_check import check_schema, expected_kind
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ _listings: dict[str, Listing] = {}
 _blobs: dict[str, bytes] = {}
 _results: dict[Listing, tuple[FleetSpec | None, tuple[Violation, ...]]] = {}
 _checked: dict[tuple[str, str], tuple[LoadedFile | None, tuple[Violation, ...]]] = {}
+_memo = RuleMemo()  # the cross-file rules' findings of the last validated listing
 
 
 @dataclass(frozen=True)
@@ -134,40 +135,22 @@ def validate_listing(repo: pygit2.Repository, listing: Listing) -> Report:
 
 
 def _validate_listing(repo: pygit2.Repository, listing: Listing) -> tuple[Report, FleetSpec | None]:
-    """``reconciler.validate.validate_files`` over the files of ``listing``, step for step,
-    with the per-file half cached by blob oid so that one new merge re-checks only the files
-    it changed; the cross-file rules run over the whole set as always.
-    tests/integration/test_approval_revision.py holds it equal to ``validate_files``."""
-    layout_warning = getattr(validate, "_layout_warning", None)
-    gc_paused = getattr(validate, "_gc_paused", None)
-    if layout_warning is None or gc_paused is None:  # the validator changed shape: no cache
-        report = validate.validate_files({p: _blob(repo, o) for p, o in listing})
-        return report, build_spec(report.documents) if report.ok else None
-    violations: list[Violation] = []
-    passed: dict[str, LoadedFile] = {}
-    checked: list[str] = []
-    with gc_paused():
-        for path, oid in listing:
-            if not is_fleet_file(path):
-                warning = layout_warning(path)
-                if warning is not None:
-                    violations.append(warning)
-                continue
-            checked.append(path)
-            loaded, found = _check_file(path, oid, _blob(repo, oid))
-            violations.extend(found)
-            if loaded is not None and not any(v.severity == "error" for v in found):
-                passed[path] = loaded
-        ctx = RuleContext.build(passed, checked)
-        for rule in ALL_RULES:
-            violations.extend(rule(ctx))
-    report = Report(
-        violations=tuple(sorted(violations, key=sort_key)),
-        documents={p: f.value for p, f in passed.items()},
-        checked=tuple(checked),
-    )
-    # the rules' context already built the spec from exactly these documents
-    return report, ctx.spec if report.ok else None
+    """``reconciler.validate.validate_files`` over the files of ``listing``: the per-file
+    half cached by (path, blob oid), the cross-file rules by ``validate_incremental``'s
+    memo, so one new merge re-checks only the files it changed.
+    tests/integration/test_approval_revision.py and test_incremental_revision.py hold it
+    equal to ``validate_files``."""
+    global _memo
+
+    def check(path: str, oid: str) -> FileCheck:
+        return _check_file(path, oid, _blob(repo, oid))
+
+    with _lock:
+        memo = _memo
+    report, spec, memo = validate_incremental(listing, check, memo)
+    with _lock:
+        _memo = memo
+    return report, spec if report.ok else None
 
 
 def load_revision(repo: pygit2.Repository, sha: str) -> LoadedRevision:

@@ -37,7 +37,7 @@ def start() -> Files:
         "nodes/gpu-2.yaml": node("gpu-2", memory="16"),
         "nodes/mac-1.yaml": node("mac-1", "darwin/arm64", "metal", roles="[edge]"),
         "releases/infer/0.9.0.yaml": release(version="0.9.0"),
-        "releases/edge/1.0.0.yaml": release("edge", roles="[edge]"),
+        "releases/edge/1.0.0.yaml": release("edge", roles="[edge]", platform="darwin/arm64"),
         "README.md": "not a fleet file\n",
     }
 

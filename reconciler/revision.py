@@ -38,6 +38,7 @@ Listing = tuple[tuple[str, str], ...]  # (repo-relative path, blob oid), sorted
 
 _lock = threading.Lock()
 _listings: dict[str, Listing] = {}
+_roots: dict[str, Listing] = {}  # fleet_listing by root tree oid (plan asks twice per commit)
 _blobs: dict[str, bytes] = {}
 _results: dict[Listing, tuple[FleetSpec | None, tuple[Violation, ...]]] = {}
 _checked: dict[tuple[str, str], tuple[LoadedFile | None, tuple[Violation, ...]]] = {}
@@ -81,6 +82,9 @@ def fleet_listing(repo: pygit2.Repository, sha: str) -> Listing:
     """The YAML files where fleet files live in commit ``sha``: top-level and fleet folders."""
     commit = repo[sha]
     tree = commit.peel(pygit2.Tree)
+    hit = _roots.get(str(tree.id))
+    if hit is not None:
+        return hit
     out: list[tuple[str, str]] = []
     for entry in tree:
         name = entry.name
@@ -91,7 +95,11 @@ def fleet_listing(repo: pygit2.Repository, sha: str) -> Listing:
             sub = repo[entry.id]
             assert isinstance(sub, pygit2.Tree)
             out.extend(_list_tree(repo, sub, name + "/"))
-    return tuple(sorted(out))
+    listing = tuple(sorted(out))
+    if len(_roots) >= _RESULT_MAX:
+        _roots.pop(next(iter(_roots)))
+    _roots[str(tree.id)] = listing
+    return listing
 
 
 def _blob(repo: pygit2.Repository, oid: str) -> bytes:

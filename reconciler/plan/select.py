@@ -140,6 +140,9 @@ def selected(targets: Targets, nodes: Mapping[str, NodeFacts]) -> list[str]:
     if names is None and accelerators is None and not labels:  # the usual: roles, or nothing
         if roles is None:
             return list(nodes)
+        if len(roles) == 1:
+            (role,) = roles
+            return [n for n, f in nodes.items() if role in f.roles]
         return [n for n, f in nodes.items() if not roles.isdisjoint(f.roles)]
     out = []
     for n, f in nodes.items():

@@ -20,7 +20,7 @@ import gc
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -169,8 +169,16 @@ Findings = tuple[tuple[int, tuple[Violation, ...]], ...]
 
 @dataclass(frozen=True)
 class _FileMemo:
-    deployable: Deployable | None  # the file's Deployable when it is a release or model
-    findings: Findings
+    """One file of a listing as validated: what depends on its path and content alone,
+    then what depends on the scope too (None until judged in one)."""
+
+    path: str
+    fleet_file: bool  # is_fleet_file(path)
+    found: tuple[Violation, ...]  # its layout warning, or its per-file checks' violations
+    loaded: LoadedFile | None  # when it passed the per-file checks
+    scoped: bool  # part of the scope: fleet.yaml, nodes/*, or a Node document
+    deployable: Deployable | None = None  # when it is a release or a model (and judged)
+    findings: Findings | None = None  # per-file rules' findings in the memo's scope
 
 
 def _no_files() -> Mapping[tuple[str, str], _FileMemo]:
@@ -179,10 +187,10 @@ def _no_files() -> Mapping[tuple[str, str], _FileMemo]:
 
 @dataclass(frozen=True)
 class RuleMemo:
-    """What ``validate_incremental`` may reuse: per (path, content id) the file's Deployable
-    and per-file rule findings, valid while the scope files (fleet.yaml, nodes/, any Node
-    document: ``scope_key``) are the same. A value: each call returns a new one holding
-    only the files of that call."""
+    """What ``validate_incremental`` may reuse: per (path, content id) the per-file checks'
+    outcome, and the file's Deployable and per-file rule findings, which hold while the
+    scope files (fleet.yaml, nodes/, any Node document: ``scope_key``) are the same. A
+    value: each call returns a new one holding only the files of that call."""
 
     scope_key: tuple[tuple[str, str], ...] | None = None
     scope: Scope | None = None
@@ -201,11 +209,11 @@ def validate_incremental(
     equal bytes), reusing ``memo``; also the FleetSpec of the documents (what
     ``build_spec(report.documents)`` returns) and the memo for the next call.
 
-    ``check(path, id)`` is the per-file half (``check_file`` of the file's bytes; the caller
-    may cache it by id). Only unique_names, fleet_defaults and ``extra_rules`` look at every
-    file on each call; the per-file rules run only for files new since ``memo`` (and for
-    every file when the scope changed). tests/unit/test_incremental_validate.py holds the
-    result equal to ``validate_files``.
+    ``check(path, id)`` is the per-file half (``check_file`` of the file's bytes), called
+    only for files new since ``memo``. Only unique_names, fleet_defaults and
+    ``extra_rules`` look at every file on each call; the per-file rules run for the new
+    files only, or for every file when the scope changed. tests/unit/
+    test_incremental_validate.py holds the result equal to ``validate_files``.
     """
     with _gc_paused():
         return _validate_incremental(listing, check, memo or RuleMemo(), tuple(extra_rules))
@@ -217,57 +225,37 @@ def _validate_incremental(
     memo: RuleMemo,
     extra_rules: tuple[Rule, ...],
 ) -> tuple[Report, FleetSpec, RuleMemo]:
-    violations: list[Violation] = []
-    passed: dict[str, LoadedFile] = {}
-    checked: list[str] = []
-    ids: dict[str, str] = {}
-    for path, file_id in sorted(listing):
-        if not is_fleet_file(path):
-            warning = _layout_warning(path)
-            if warning is not None:
-                violations.append(warning)
-            continue
-        checked.append(path)
-        ids[path] = file_id
-        loaded, found = check(path, file_id)
-        violations.extend(found)
-        if loaded is not None and not any(v.severity == "error" for v in found):
-            passed[path] = loaded
-    scope_key = tuple(
-        (p, ids[p])
-        for p in checked
-        if p == "fleet.yaml"
-        or p.startswith("nodes/")
-        or (p in passed and passed[p].value.get("kind") == "Node")
-    )
-    if memo.scope is not None and memo.scope_key == scope_key:
-        scope, nodes, known = memo.scope, memo.nodes, memo.files
+    keys = sorted(listing)
+    known = memo.files
+    entries = [known.get(key) or _examine(key, check) for key in keys]
+    scope_key = tuple(key for key, e in zip(keys, entries, strict=True) if e.scoped)
+    same_scope = memo.scope is not None and memo.scope_key == scope_key
+    checked = [e.path for e in entries if e.fleet_file]
+    passed = {e.path: e.loaded for e in entries if e.loaded is not None}
+    if same_scope:
+        assert memo.scope is not None
+        scope, nodes = memo.scope, memo.nodes
     else:  # as build_spec and RuleContext.build make them
         fleet_file = passed.get("fleet.yaml")
         fleet = parse_fleet(fleet_file.value if fleet_file is not None else None)
         built: dict[str, NodeSpec] = {}
-        for p, f in passed.items():
-            if f.value.get("kind") == "Node":
-                node = parse_node(p, f.value)
+        for path, loaded in passed.items():
+            if loaded.value.get("kind") == "Node":
+                node = parse_node(path, loaded.value)
                 built[node.name] = node
         nodes = built
         scope = Scope.build(fleet, Scope.facts(nodes), frozenset(checked), passed)
-        known = _no_files()
     per_file = [(i, PER_FILE_RULES.get(rule)) for i, rule in enumerate(ALL_RULES)]
-    files: dict[tuple[str, str], _FileMemo] = {}
-    deployables: list[Deployable] = []
+    for n, e in enumerate(entries):
+        if e.loaded is not None and (e.findings is None or not same_scope):
+            entries[n] = _judge(e, e.loaded, scope, per_file)
+    violations = [v for e in entries for v in e.found]
     found_by_rule: dict[int, list[Violation]] = {}
-    for path, loaded in passed.items():
-        key = (path, ids[path])
-        entry = known.get(key)
-        if entry is None:
-            entry = _file_memo(scope, loaded, per_file)
-        files[key] = entry
-        if entry.deployable is not None:
-            deployables.append(entry.deployable)
-        for i, found in entry.findings:
+    for e in entries:
+        for i, found in e.findings or ():
             found_by_rule.setdefault(i, []).extend(found)
-    spec = FleetSpec(fleet=scope.fleet, nodes=nodes, deployables=tuple(deployables))
+    deployables = tuple(e.deployable for e in entries if e.deployable is not None)
+    spec = FleetSpec(fleet=scope.fleet, nodes=nodes, deployables=deployables)
     ctx = RuleContext(
         files=passed, all_paths=frozenset(checked), spec=spec, nodes=scope.nodes, given_scope=scope
     )
@@ -284,12 +272,33 @@ def _validate_incremental(
         documents=MappingProxyType({p: f.value for p, f in passed.items()}),
         checked=tuple(checked),
     )
-    return report, spec, RuleMemo(scope_key, scope, nodes, MappingProxyType(files))
+    files = MappingProxyType(dict(zip(keys, entries, strict=True)))
+    return report, spec, RuleMemo(scope_key, scope, nodes, files)
 
 
-def _file_memo(
-    scope: Scope, loaded: LoadedFile, per_file: Sequence[tuple[int, FileRule | None]]
+def _examine(key: tuple[str, str], check: Callable[[str, str], FileCheck]) -> _FileMemo:
+    """What a file is on its own: a layout warning, or the per-file checks' outcome."""
+    path, file_id = key
+    if not is_fleet_file(path):
+        warning = _layout_warning(path)
+        found = (warning,) if warning is not None else ()
+        return _FileMemo(path, False, found, None, False)
+    loaded, checks = check(path, file_id)
+    if loaded is None or any(v.severity == "error" for v in checks):
+        return _FileMemo(
+            path, True, checks, None, path == "fleet.yaml" or path.startswith("nodes/")
+        )
+    scoped = path == "fleet.yaml" or path.startswith("nodes/") or loaded.value.get("kind") == "Node"
+    return _FileMemo(path, True, checks, loaded, scoped)
+
+
+def _judge(
+    e: _FileMemo,
+    loaded: LoadedFile,
+    scope: Scope,
+    per_file: Sequence[tuple[int, FileRule | None]],
 ) -> _FileMemo:
+    """``e`` with its Deployable and per-file rule findings in ``scope``."""
     kind = loaded.value.get("kind")
     d = (
         parse_deployable(loaded.path, loaded.value, scope.fleet)
@@ -302,4 +311,4 @@ def _file_memo(
             found = tuple(rule(scope, loaded, d))
             if found:
                 findings.append((i, found))
-    return _FileMemo(d, tuple(findings))
+    return replace(e, deployable=d, findings=tuple(findings))

@@ -93,6 +93,28 @@ def test_oversized_chunked_body_without_length(api: ApiHarness) -> None:
     _error(r, 413, "too-large")
 
 
+def _read_response(s: socket.socket) -> bytes:
+    """Headers and the whole body: they may arrive in separate TCP segments."""
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        chunk = s.recv(4096)
+        if not chunk:
+            return reply
+        reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    lengths = [
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    ]
+    while len(body) < (lengths[0] if lengths else 0):
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 def test_raw_chunked_body_over_limit(api: ApiHarness) -> None:
     """No Content-Length at all: the limit is enforced on the bytes as they arrive."""
     token = api.register("gpu-1")
@@ -108,7 +130,7 @@ def test_raw_chunked_body_over_limit(api: ApiHarness) -> None:
     )
     with socket.create_connection((url.hostname, url.port), timeout=5) as s:
         s.sendall(request + chunked + b"0\r\n\r\n")
-        reply = s.recv(4096)
+        reply = _read_response(s)
     assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
     assert b'"too-large"' in reply
 

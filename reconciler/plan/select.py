@@ -160,19 +160,28 @@ def selected(targets: Targets, nodes: Mapping[str, NodeFacts]) -> list[str]:
 
 def resolve(value: JSON, node: NodeFacts) -> JSON:
     """Replace ${node.name} and ${node.labels.KEY} in every string of ``value``."""
+    # Strings without "${" are kept as they are without a call or a regex: the planner
+    # resolves every workload's run and health blocks for every node, and most strings
+    # in them hold no placeholder.
     if isinstance(value, str):
-
-        def sub(m: re.Match[str]) -> str:
-            if m[1] == "name":
-                return node.name
-            return node.labels.get(m[2], "")
-
-        return _PLACEHOLDER.sub(sub, value)
+        return _fill(value, node) if "${" in value else value
     if isinstance(value, list):
-        return [resolve(v, node) for v in value]
+        return [v if isinstance(v, str) and "${" not in v else resolve(v, node) for v in value]
     if isinstance(value, dict):
-        return {k: resolve(v, node) for k, v in value.items()}
+        return {
+            k: v if isinstance(v, str) and "${" not in v else resolve(v, node)
+            for k, v in value.items()
+        }
     return value
+
+
+def _fill(text: str, node: NodeFacts) -> str:
+    def sub(m: re.Match[str]) -> str:
+        if m[1] == "name":
+            return node.name
+        return node.labels.get(m[2], "")
+
+    return _PLACEHOLDER.sub(sub, text)
 
 
 def workload_document(d: Deployable, node: NodeFacts) -> dict[str, JSON] | None:

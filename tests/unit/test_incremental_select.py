@@ -3,6 +3,7 @@ the per-node ``matches`` definition gives: same nodes, same order, same document
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import pytest
@@ -12,6 +13,7 @@ from reconciler.plan.select import (
     desired_workloads,
     latest_versions,
     matches,
+    resolve,
     selected,
     semver_key,
     target_nodes,
@@ -127,3 +129,39 @@ def test_desired_workloads_equal_the_reference(files: dict[str, str]) -> None:
     got = desired_workloads(spec, nodes)
     assert got == reference_desired(spec, nodes)
     assert sum(len(ws) for ws in got.values()) >= 2  # something was selected
+
+
+def reference_resolve(value: JSON, node: NodeFacts) -> JSON:
+    """resolve as it was written before: the regex on every string."""
+    if isinstance(value, str):
+        return re.sub(
+            r"\$\{node\.(name|labels\.([A-Za-z0-9._/-]+))\}",
+            lambda m: node.name if m[1] == "name" else node.labels.get(m[2], ""),
+            value,
+        )
+    if isinstance(value, list):
+        return [reference_resolve(v, node) for v in value]
+    if isinstance(value, dict):
+        return {k: reference_resolve(v, node) for k, v in value.items()}
+    return value
+
+
+TEMPLATES: dict[str, JSON] = {
+    "plain string": "bin/agent",
+    "name": "${node.name}",
+    "label and text": "port=${node.labels.port}/${node.labels.none}!",
+    "unknown placeholder kept": "${node.zone} and ${ node.name }",
+    "nested": {
+        "command": ["bin/a", "--port", "${node.labels.port}", 3, None, True],
+        "env": {"NODE": "${node.name}", "FIXED": "x", "N": 1.5, "deep": [{"k": "${node.name}"}]},
+    },
+    "scalars": [1, 2.0, False, None],
+}
+
+
+@pytest.mark.parametrize("value", list(TEMPLATES.values()), ids=list(TEMPLATES))
+def test_resolve_equals_the_regex_on_every_string(value: JSON) -> None:
+    for facts in NODES.values():
+        got = resolve(value, facts)
+        assert got == reference_resolve(value, facts)
+        assert got is not value or not isinstance(value, list | dict)  # a fresh container

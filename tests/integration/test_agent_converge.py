@@ -338,3 +338,37 @@ def test_an_unmanaged_agent_refuses_to_run_itself_as_a_workload(rig: Rig) -> Non
     out = rig.converge(w)
     assert not out.ok and "not installed under installRoot" in out.message
     assert rig.server.requests[art.path.name] == 0
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "chain"])
+def test_unsafe_zip_archives_are_refused(tmp_path: Path, kind: str) -> None:
+    import stat
+    import zipfile
+
+    from agent.errors import UnpackError
+    from agent.unpack import unpack
+
+    path = tmp_path / f"evil-{kind}.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("bin/app", "#!/bin/sh\n")
+
+        def link(name: str, target: str) -> None:
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zf.writestr(info, target)
+
+        if kind == "dotdot":
+            zf.writestr("../x", "escaped")
+        elif kind == "absolute":
+            zf.writestr("/tmp/fleetkeeper-evil-zip", "escaped")
+        elif kind == "symlink":
+            link("bin/escape", "../../outside")
+        else:  # a link to '.' then a link through it: lexically inside, really outside
+            link("a", ".")
+            link("b", "a/..")
+    dest = tmp_path / "stage"
+    dest.mkdir()
+    with pytest.raises(UnpackError, match="refusing"):
+        unpack(path, dest, filename=path.name)
+    assert not (tmp_path / "x").exists()
+    assert not Path("/tmp/fleetkeeper-evil-zip").exists()

@@ -104,7 +104,9 @@ def _desired_version(agent: AgentProc) -> str | None:
 
 def test_rollout_one_agent_at_a_time_rollback_by_hand_and_halt_on_failure(lab: Lab) -> None:
     s = lab.server
-    with running_agents(lab.tmp / "agents", s.url, s.bootstrap_token, NODES) as agents:
+    # The first server URL is dead: agents fall through to the next one, in order.
+    servers = [f"http://127.0.0.1:{free_port()}", s.url]
+    with running_agents(lab.tmp / "agents", servers, s.bootstrap_token, NODES) as agents:
         for version in ("1.0.0", "1.1.0"):
             lab.merge_release(version)
             deadline = time.monotonic() + 40

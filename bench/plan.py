@@ -9,7 +9,9 @@ merges of topic commits: 1,000 node files, then one release file per merged topi
 - a full plan from scratch (cold caches: approval walks the whole history, every fleet
   file is read and validated),
 - the re-plan after one new merge (warm caches: only the new commits are judged, only
-  changed blobs re-read),
+  changed blobs re-read, only changed files go through the cross-file rules),
+- the re-plan after a merge that edits a node file (every release is judged again by the
+  cross-file rules: they depend on the node set),
 - push-to-approved: a `git push` of one more merge into the bare repo until the watcher
   has woken and approval has returned the new revision.
 
@@ -153,6 +155,16 @@ def add_merge(repo: Path, n: int, agents: int) -> None:
     s.close()
 
 
+def edit_node(repo: Path, i: int) -> None:
+    """A merge that changes one node file (the node set changes: every release is judged
+    again against it)."""
+    s = Stream(repo)
+    files = {f"nodes/node-{i:04d}.yaml": node_yaml(i) + "memoryGiB: 64\n"}
+    topic = s.commit("refs/heads/topic", "node", files, "refs/heads/main^0")
+    s.commit("refs/heads/main", "Merge topic: node", files, "refs/heads/main^0", topic)
+    s.close()
+
+
 Times = dict[str, tuple[float, float]]  # phase -> (wall, cpu) seconds
 
 
@@ -268,6 +280,8 @@ def main() -> int:
         took = time.perf_counter() - t
         assert result.revision == source.tip()
         print(f"{'approval from the applied revision (the loop)':<48} {took * 1000:9.1f} ms")
+        edit_node(repo, 7)
+        show("re-plan after a merge that edits one node file", phases(repo, state))
         work = Path(tmp) / "work"
         subprocess.run(["git", "clone", "-q", str(repo), str(work)], check=True)
         add_merge(work / ".git", args.releases + 3, agents)

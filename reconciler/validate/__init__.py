@@ -193,6 +193,7 @@ class RuleMemo:
     value: each call returns a new one holding only the files of that call."""
 
     scope_key: tuple[tuple[str, str], ...] | None = None
+    fleet_key: tuple[tuple[str, str], ...] | None = None  # fleet.yaml: what Deployables need
     scope: Scope | None = None
     nodes: Mapping[str, NodeSpec] = field(default_factory=dict)
     files: Mapping[tuple[str, str], _FileMemo] = field(default_factory=_no_files)
@@ -230,6 +231,8 @@ def _validate_incremental(
     entries = [known.get(key) or _examine(key, check) for key in keys]
     scope_key = tuple(key for key, e in zip(keys, entries, strict=True) if e.scoped)
     same_scope = memo.scope is not None and memo.scope_key == scope_key
+    fleet_key = tuple(key for key in scope_key if key[0] == "fleet.yaml")
+    same_fleet = memo.fleet_key == fleet_key  # a node changed: the Deployables still hold
     checked = [e.path for e in entries if e.fleet_file]
     passed = {e.path: e.loaded for e in entries if e.loaded is not None}
     if same_scope:
@@ -248,7 +251,8 @@ def _validate_incremental(
     per_file = [(i, PER_FILE_RULES.get(rule)) for i, rule in enumerate(ALL_RULES)]
     for n, e in enumerate(entries):
         if e.loaded is not None and (e.findings is None or not same_scope):
-            entries[n] = _judge(e, e.loaded, scope, per_file)
+            keep = e.findings is not None and same_fleet
+            entries[n] = _judge(e, e.loaded, scope, per_file, keep_deployable=keep)
     violations = [v for e in entries for v in e.found]
     found_by_rule: dict[int, list[Violation]] = {}
     for e in entries:
@@ -273,7 +277,7 @@ def _validate_incremental(
         checked=tuple(checked),
     )
     files = MappingProxyType(dict(zip(keys, entries, strict=True)))
-    return report, spec, RuleMemo(scope_key, scope, nodes, files)
+    return report, spec, RuleMemo(scope_key, fleet_key, scope, nodes, files)
 
 
 def _examine(key: tuple[str, str], check: Callable[[str, str], FileCheck]) -> _FileMemo:
@@ -297,14 +301,18 @@ def _judge(
     loaded: LoadedFile,
     scope: Scope,
     per_file: Sequence[tuple[int, FileRule | None]],
+    *,
+    keep_deployable: bool,
 ) -> _FileMemo:
-    """``e`` with its Deployable and per-file rule findings in ``scope``."""
+    """``e`` with its Deployable (kept when ``keep_deployable``: fleet.yaml is unchanged)
+    and per-file rule findings in ``scope``."""
     kind = loaded.value.get("kind")
-    d = (
-        parse_deployable(loaded.path, loaded.value, scope.fleet)
-        if kind in ("Release", "Model")
-        else None
-    )
+    if keep_deployable:
+        d = e.deployable
+    elif kind in ("Release", "Model"):
+        d = parse_deployable(loaded.path, loaded.value, scope.fleet)
+    else:
+        d = None
     findings: list[tuple[int, tuple[Violation, ...]]] = []
     for i, rule in per_file:
         if rule is not None:

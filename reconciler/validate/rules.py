@@ -48,7 +48,12 @@ class Scope:
     # own; rules should not also call its node missing).
     declared_node_names: frozenset[str]
     nodes_complete: bool  # every node file passed its checks: selection can be trusted
+    # memos keyed by selector (and what else the answer depends on), filled as rules ask
     _targeted: dict[tuple[object, ...], list[NodeFacts]] = field(default_factory=dict, repr=False)
+    _stranded: dict[tuple[object, ...], list[tuple[str, list[NodeFacts]]]] = field(
+        default_factory=dict, repr=False
+    )
+    _lacking: dict[tuple[object, ...], list[NodeFacts]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(
@@ -72,15 +77,41 @@ class Scope:
     def facts(nodes: Mapping[str, NodeSpec]) -> dict[str, NodeFacts]:
         return {name: NodeFacts.from_spec(n) for name, n in nodes.items()}
 
+    @staticmethod
+    def selector(d: Deployable) -> tuple[object, ...]:
+        """All that decides which nodes ``d`` targets, and in which order."""
+        t = d.targets
+        return (t.roles, t.accelerators, tuple(sorted(t.labels.items())), t.nodes, d.rollout.canary)
+
     def targeted(self, d: Deployable) -> list[NodeFacts]:
         """The declared nodes ``d`` targets (canaries first); computed once per selector."""
         # Keyed by selector, not by file: every version of an agent usually shares its
         # targets, so 5,000 releases x 1,000 nodes cost 100 selections, not 5,000.
-        t = d.targets
-        key = (t.roles, t.accelerators, tuple(sorted(t.labels.items())), t.nodes, d.rollout.canary)
+        key = self.selector(d)
         found = self._targeted.get(key)
         if found is None:
             found = self._targeted[key] = [self.nodes[n] for n in target_nodes(d, self.nodes)]
+        return found
+
+    def stranded(self, d: Deployable) -> list[tuple[str, list[NodeFacts]]]:
+        """Per platform (sorted), the targeted nodes ``d`` has no artifact for; once per
+        selector and set of artifact platforms (all that ``artifact_for`` looks at)."""
+        key = (self.selector(d), frozenset(a.platform for a in d.artifacts))
+        found = self._stranded.get(key)
+        if found is None:
+            missing: dict[str, list[NodeFacts]] = {}
+            for node in self.targeted(d):
+                if d.artifact_for(node.platform) is None:
+                    missing.setdefault(node.platform, []).append(node)
+            found = self._stranded[key] = sorted(missing.items())
+        return found
+
+    def lacking(self, d: Deployable, label: str) -> list[NodeFacts]:
+        """The targeted nodes without label ``label``; once per selector and label."""
+        key = (self.selector(d), label)
+        found = self._lacking.get(key)
+        if found is None:
+            found = self._lacking[key] = [n for n in self.targeted(d) if label not in n.labels]
         return found
 
 
@@ -402,11 +433,7 @@ def artifacts_for_targets_of(
 ) -> Iterator[Violation]:
     if not scope.nodes_complete:
         return
-    missing: dict[str, list[NodeFacts]] = {}
-    for node in scope.targeted(d):
-        if d.artifact_for(node.platform) is None:
-            missing.setdefault(node.platform, []).append(node)
-    for platform, nodes in sorted(missing.items()):
+    for platform, nodes in scope.stranded(d):
         names = ", ".join(n.name for n in nodes)
         yield violation(
             loaded,
@@ -494,7 +521,6 @@ def placeholders(ctx: RuleContext) -> Iterator[Violation]:
 def placeholders_of(scope: Scope, d: Deployable, loaded: LoadedFile) -> Iterator[Violation]:
     check_labels = scope.nodes_complete and bool(scope.nodes)
     doc = loaded.value
-    chosen = scope.targeted(d) if check_labels else []
     for section in ("run", "health", "versionProbe", "args"):
         for at, text in _strings(doc.get(section), (section,)):
             for m in _ANY_PLACEHOLDER.finditer(text):
@@ -511,7 +537,7 @@ def placeholders_of(scope: Scope, d: Deployable, loaded: LoadedFile) -> Iterator
                 label = known[2]
                 if label is None:
                     continue
-                lacking = [n for n in chosen if label not in n.labels]
+                lacking = scope.lacking(d, label) if check_labels else []
                 if lacking:
                     yield violation(
                         loaded,

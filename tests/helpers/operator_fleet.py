@@ -92,19 +92,27 @@ class OperatedFleet:
 def operated_fleet(tmp: Path, *, soak: int = 1, ttl: int = 90) -> Iterator[OperatedFleet]:
     nodes = [node_doc(n, labels={"port": str(free_port())}) for n in NODES]
     repo = FleetRepo.create(tmp / "fleet", fleet_files(nodes, [], fleet_doc()))
-    with (
-        ArtifactServer(tmp / "dist") as artifacts,
-        running_server(
-            tmp / "server",
-            repo=repo,
-            extra_config={"pollIntervalSeconds": 0.5, "heartbeatTTLSeconds": ttl},
-        ) as server,
-        running_agents(tmp / "agents", server.url, server.bootstrap_token, NODES) as agents,
-    ):
-        try:
-            yield OperatedFleet(tmp, repo, server, artifacts, agents, soak)
-        finally:
-            # signal every agent at once: stopping them one by one costs seconds each
-            for a in agents:
-                if a.process is not None and a.process.poll() is None:
-                    a.process.send_signal(signal.SIGTERM)
+    started: list[AgentProc] = []
+    try:
+        with (
+            ArtifactServer(tmp / "dist") as artifacts,
+            running_server(
+                tmp / "server",
+                repo=repo,
+                extra_config={"pollIntervalSeconds": 0.5, "heartbeatTTLSeconds": ttl},
+            ) as server,
+            running_agents(tmp / "agents", server.url, server.bootstrap_token, NODES) as agents,
+        ):
+            started = agents
+            try:
+                yield OperatedFleet(tmp, repo, server, artifacts, agents, soak)
+            finally:
+                # signal every agent at once: stopping them one by one costs seconds each
+                for a in agents:
+                    if a.process is not None and a.process.poll() is None:
+                        a.process.send_signal(signal.SIGTERM)
+    finally:
+        for a in started:  # never leave an agent behind, even if its teardown failed
+            if a.process is not None and a.process.poll() is None:
+                a.process.kill()
+                a.process.wait(10)

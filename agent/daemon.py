@@ -89,6 +89,7 @@ class Daemon:
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.doc_lock = threading.Lock()
+        self._signalled = 0
         doc, etag = self.state.read_desired()
         self.document: dict[str, Any] | None = doc
         self.etag: str | None = etag
@@ -166,6 +167,10 @@ class Daemon:
         for t in threads:
             t.start()
         while not self.stop.is_set():
+            if self._signalled:
+                log.info("received signal %d", self._signalled)
+                self.stop.set()
+                break
             self.stop.wait(0.1)
         log.info("agent stopping; workloads keep running and are re-adopted at the next start")
         # Do not wait for a long-poll or a download: every step is safe to cut short.
@@ -175,8 +180,9 @@ class Daemon:
         return 0
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        log.info("received signal %d", signum)
-        self.stop.set()
+        # Only a flag: the handler runs in the main thread between bytecodes, and taking a
+        # lock here (Event.set, logging) deadlocks when the main thread holds that lock.
+        self._signalled = signum
 
     def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:

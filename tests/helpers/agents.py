@@ -152,10 +152,16 @@ class AgentProc:
             self.process.wait(timeout=15)
 
     def stop(self) -> int | None:
-        """SIGTERM and wait; returns the exit code."""
+        """SIGTERM and wait; returns the exit code. An agent that does not exit is
+        SIGKILLed so no test leaves one behind, and the hang is raised."""
         if self.process is None:
             return None
-        self.kill(signal.SIGTERM)
+        try:
+            self.kill(signal.SIGTERM)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=15)
+            raise
         return self.process.returncode
 
     def logs(self) -> str:

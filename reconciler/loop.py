@@ -22,7 +22,6 @@ A second pass with no new input writes nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -46,6 +45,7 @@ from reconciler.revision import LoadedRevision, load_revision
 from reconciler.source import GitSource
 from reconciler.spec import JSON, FleetSpec
 from reconciler.store.base import AppliedRevision, AuditEvent, NodeRecord, Store
+from reconciler.threadsafe import call_in_loop
 
 log = logging.getLogger(__name__)
 
@@ -539,15 +539,7 @@ class Reconciler:
         if loop is None or event is None or loop.is_closed():
             self._pending_wake = True
             return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            event.set()
-        else:
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(event.set)
+        call_in_loop(loop, event.set)
 
     def _sleep_for(self, result: PassResult) -> float:
         interval = self.config.poll_interval

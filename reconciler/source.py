@@ -27,6 +27,7 @@ import pygit2
 from watchfiles import Change, awatch
 
 from reconciler.errors import ConfigError, Waiting, sanitize
+from reconciler.threadsafe import call_in_loop
 
 log = logging.getLogger(__name__)
 
@@ -150,14 +151,7 @@ class GitSource:
         if loop is None or event is None or loop.is_closed():
             self._pending_trigger = True
             return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            event.set()
-        else:
-            loop.call_soon_threadsafe(event.set)
+        call_in_loop(loop, event.set)
 
     async def watch(
         self, wake: Callable[[], None], stop: asyncio.Event, poll_interval: float

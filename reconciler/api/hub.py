@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from reconciler.store.base import DesiredRecord, Store
+from reconciler.threadsafe import call_in_loop
 
 EMPTY_ETAG = '"0-empty"'
 
@@ -83,15 +84,7 @@ class DesiredHub:
         if loop is None:
             self._entries[node] = _entry(rec)  # not serving yet: nobody waits
             return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            self.publish(rec)
-        else:
-            with contextlib.suppress(RuntimeError):  # the event loop already closed
-                loop.call_soon_threadsafe(self.publish, rec)
+        call_in_loop(loop, self.publish, rec)
 
     async def wait_change(self, node: str, etag: str, timeout: float) -> Entry:
         """The current entry once its ETag differs from ``etag``, or after ``timeout``."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from reconciler.spec import JSON, Deployable, FleetSpec, NodeSpec, Targets
@@ -91,33 +91,17 @@ def matches(targets: Targets, node: NodeFacts) -> bool:
 
 def inventory(spec: FleetSpec, registered: Iterable[NodeFacts] = ()) -> dict[str, NodeFacts]:
     """Declared nodes win over registered facts; a registered node without a file keeps its own."""
-    out: dict[str, NodeFacts] = {}
     reg = {n.name: n for n in registered}
+    out: dict[str, NodeFacts] = {}
     for name, node in spec.nodes.items():
         facts = NodeFacts.from_spec(node)
         if name in reg:
-            facts = NodeFacts(
-                name=facts.name,
-                platform=facts.platform,
-                accelerator=facts.accelerator,
-                memory_gib=facts.memory_gib,
-                roles=facts.roles,
-                labels=facts.labels,
-                declared=True,
-                runtimes=dict(reg[name].runtimes),
-            )
+            facts = replace(facts, runtimes=dict(reg[name].runtimes))
         out[name] = facts
     for name, facts in reg.items():
         if name not in out:
-            out[name] = NodeFacts(
-                name=facts.name,
-                platform=facts.platform,
-                accelerator=facts.accelerator,
-                memory_gib=facts.memory_gib,
-                roles=facts.roles,
-                labels=dict(facts.labels),
-                declared=False,
-                runtimes=dict(facts.runtimes),
+            out[name] = replace(
+                facts, labels=dict(facts.labels), runtimes=dict(facts.runtimes), declared=False
             )
     return out
 

@@ -67,6 +67,11 @@ def last_error_line(logfile: Path, limit: int = 300) -> str:
     return chosen[-1][:limit] if chosen else ""
 
 
+def is_known_failure(entry: Mapping[str, Any], version: str, sha: str, key: str) -> bool:
+    """This exact target (version, digest, desired document) already failed here."""
+    return (entry.get("version"), entry.get("sha256"), entry.get("docKey")) == (version, sha, key)
+
+
 def doc_key(generation: int, workload: Mapping[str, Any]) -> str:
     """Identity of one workload's desired entry in one document (pure)."""
     blob = json.dumps([generation, workload], sort_keys=True).encode()
@@ -196,23 +201,13 @@ class Converger:
                 "it will not run a second agent: install it under installRoot to self-update"
             )
         journal = read_json(self.state.journal_file(name))
-        if entry and (entry.get("version"), entry.get("sha256"), entry.get("docKey")) == (
-            version,
-            sha,
-            key,
-        ):
+        if entry and is_known_failure(entry, version, sha, key):
             # Known bad target for this very document: keep the restored state, do not retry.
             if isinstance(journal, dict) and layout.current_version() == version:
                 self._restore(w, journal)
             self.state.journal_file(name).unlink(missing_ok=True)
             self._ensure_running(w)
-            self.board.set(
-                name,
-                phase=entry.get("phase"),
-                message=entry.get("message"),
-                desired_version=version,
-            )
-            return Outcome(False, str(entry.get("phase")), str(entry.get("message")), {})
+            return self.replay_failure(name, entry, version)
         if entry:
             failed.pop(name)
             self.state.write_failed(failed)
@@ -477,6 +472,13 @@ class Converger:
         self.sup.set_auto_restart(name, True)
         self.board.set(name, phase=None, message=None)
         return Outcome(True, "Healthy", f"{name} {version} already current", {})
+
+    def replay_failure(self, name: str, entry: Mapping[str, Any], version: str) -> Outcome:
+        """Report a remembered failure of ``version`` again instead of retrying it."""
+        self.board.set(
+            name, phase=entry.get("phase"), message=entry.get("message"), desired_version=version
+        )
+        return Outcome(False, str(entry.get("phase")), str(entry.get("message")), {})
 
     def _ensure_running(self, w: Mapping[str, Any]) -> None:
         name = str(w["name"])

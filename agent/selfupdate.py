@@ -145,23 +145,14 @@ def converge_self(
     conv: Converger, w: Mapping[str, Any], key: str, entry: Mapping[str, Any] | None
 ) -> Outcome:
     """The desired workload is this agent: stage, preflight, flip, and hand over by exec."""
-    from agent.converge import Outcome  # at call time: converge imports this module
+    # at call time: converge imports this module
+    from agent.converge import Outcome, is_known_failure
 
     name, version = str(w["name"]), str(w["version"])
     sha = str(w["artifact"]["sha256"])
     layout = conv.layout(name)
-    if entry and (entry.get("version"), entry.get("sha256"), entry.get("docKey")) == (
-        version,
-        sha,
-        key,
-    ):
-        conv.board.set(
-            name,
-            phase=entry.get("phase"),
-            message=entry.get("message"),
-            desired_version=version,
-        )
-        return Outcome(False, str(entry.get("phase")), str(entry.get("message")), {})
+    if entry and is_known_failure(entry, version, sha, key):
+        return conv.replay_failure(name, entry, version)
     conv.board.set(name, desired_version=version)
     if conv.me.version == version:
         return Outcome(True, "Healthy", f"the agent runs {version}", {})

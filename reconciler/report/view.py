@@ -7,6 +7,7 @@ fields degrade to "-" rather than failing: the server may be newer than this cli
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -217,7 +218,7 @@ def release_rows(status: Mapping[str, Any], now: float) -> list[ReleaseRow]:
         phase = _s(r.get("phase"), "Unknown")
         soak = r.get("soakRemainingSeconds")
         soak_left = (
-            duration(float(soak))
+            duration(math.ceil(soak))
             if isinstance(soak, int | float) and not isinstance(soak, bool) and soak > 0
             else "-"
         )

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.helpers import interruptible
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -68,6 +70,7 @@ def test_demo_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
             stderr=subprocess.STDOUT,
             env=env,
             cwd=tmp_path,
+            preexec_fn=interruptible,
         )
     try:
         deadline = time.monotonic() + 60

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import schema
+from tests.helpers import interruptible
 from tests.helpers.operator_fleet import NODES, operated_fleet
 
 
@@ -67,6 +68,7 @@ def test_status_tables_json_and_exit_codes(tmp_path: Path) -> None:
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "FLEETKEEPER_TOKEN": token, "COLUMNS": "200"},
+            preexec_fn=interruptible,
         )
         time.sleep(2.0)
         watch.send_signal(signal.SIGINT)

@@ -142,11 +142,11 @@ def _story(
         console.print(f"   - {c}")
     git("checkout", "-q", "-b", "add-fleet")
     write_release(work, release_doc(arts["0.8.3"], artifacts.url))
-    git("add", "-A")
-    git("commit", "-q", "-m", "Add the homelab fleet with inference-agent 0.8.3")
-    git("checkout", "-q", "main")
-    git("merge", "-q", "--no-ff", "add-fleet", "-m", "Merge pull request #1 from add-fleet")
-    git("push", "-q", "origin", "main")
+    git.merge_pull_request(
+        "add-fleet",
+        "Add the homelab fleet with inference-agent 0.8.3",
+        "Merge pull request #1 from add-fleet",
+    )
 
     config = {
         "repo": str(bare),
@@ -209,11 +209,9 @@ def _story(
     say("3. The same change, merged with --no-ff, rolls out batch by batch")
     git("checkout", "-q", "-b", "release-0.8.4")
     write_release(work, release_doc(arts["0.8.4"], artifacts.url))
-    git("add", "-A")
-    git("commit", "-q", "-m", "Release inference-agent 0.8.4")
-    git("checkout", "-q", "main")
-    git("merge", "-q", "--no-ff", "release-0.8.4", "-m", "Merge pull request #3: 0.8.4")
-    git("push", "-q", "origin", "main")
+    git.merge_pull_request(
+        "release-0.8.4", "Release inference-agent 0.8.4", "Merge pull request #3: 0.8.4"
+    )
     fleet.wait_release("0.8.4", ["Succeeded"])
     note("0.8.4 went to the canary gpu-1 first, then to vps-1 and lab-1 together")
 
@@ -221,11 +219,9 @@ def _story(
     git("checkout", "-q", "-b", "release-0.8.5")
     wrong = "0" * 64
     write_release(work, release_doc(arts["0.8.5"], artifacts.url, sha256=wrong))
-    git("add", "-A")
-    git("commit", "-q", "-m", "Release inference-agent 0.8.5")
-    git("checkout", "-q", "main")
-    git("merge", "-q", "--no-ff", "release-0.8.5", "-m", "Merge pull request #4: 0.8.5")
-    git("push", "-q", "origin", "main")
+    git.merge_pull_request(
+        "release-0.8.5", "Release inference-agent 0.8.5", "Merge pull request #4: 0.8.5"
+    )
     status = fleet.wait_release("0.8.5", ["Halted"])
     rel = current_release(status) or {}
     console.print(f"[bold red]halted:[/] {rel.get('reason')}")
@@ -237,11 +233,11 @@ def _story(
     say("5. A fixed release supersedes the halted one")
     git("checkout", "-q", "-b", "release-0.8.6")
     write_release(work, release_doc(arts["0.8.6"], artifacts.url))
-    git("add", "-A")
-    git("commit", "-q", "-m", "Release inference-agent 0.8.6 (fixes the 0.8.5 checksum)")
-    git("checkout", "-q", "main")
-    git("merge", "-q", "--no-ff", "release-0.8.6", "-m", "Merge pull request #5: 0.8.6")
-    git("push", "-q", "origin", "main")
+    git.merge_pull_request(
+        "release-0.8.6",
+        "Release inference-agent 0.8.6 (fixes the 0.8.5 checksum)",
+        "Merge pull request #5: 0.8.6",
+    )
     fleet.wait_release("0.8.6", ["Succeeded"])
 
     say("6. Signed-tag mode: an SSH-signed tag approves 0.8.7")

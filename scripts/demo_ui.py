@@ -53,6 +53,14 @@ class Git:
     def head(self) -> str:
         return self("rev-parse", "HEAD", quiet=True)
 
+    def merge_pull_request(self, branch: str, commit: str, merge: str) -> None:
+        """Commit what is written on ``branch``, merge it into main with --no-ff, push."""
+        self("add", "-A")
+        self("commit", "-q", "-m", commit)
+        self("checkout", "-q", "main")
+        self("merge", "-q", "--no-ff", branch, "-m", merge)
+        self("push", "-q", "origin", "main")
+
 
 def run_cli(env: Mapping[str, str], *args: str) -> int:
     """Run ``fleetkeeper ARGS`` as a user would and show its output; returns the exit code."""

@@ -11,6 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from reconciler.plan.state import PHASES
 from reconciler.spec import JSON
 from reconciler.store.base import (
     AppliedRevision,
@@ -23,16 +24,8 @@ from reconciler.store.base import (
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REFUSED_KINDS = frozenset({"refused", "unapproved", "invalid", "rejected"})
-RELEASE_PHASES = (
-    "Pending",
-    "Progressing",
-    "Soaking",
-    "Halted",
-    "Succeeded",
-    "Superseded",
-    "Unapproved",
-    "Invalid",
-)
+# The rollout phases plus the two a revision gets before any rollout starts.
+RELEASE_PHASES = (*PHASES, "Unapproved", "Invalid")
 HEALTH_STATES = ("Healthy", "Unhealthy", "Stale")
 
 

@@ -7,6 +7,7 @@ rollouts of workloads that no longer exist.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
@@ -134,7 +135,8 @@ def _reason(s: RolloutState, reports: Mapping[str, NodeReport], now: float, ttl:
         return "waiting for " + ", ".join(waiting) if waiting else "waiting for reports"
     if s.phase == "Soaking":
         left = _soak_remaining(s, now)
-        return f"soaking, {int(left or 0)}s left"
+        # rounded up, like the tables: never "0s left" while still soaking
+        return f"soaking, {math.ceil(left or 0)}s left"
     return ""
 
 

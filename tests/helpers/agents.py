@@ -143,6 +143,16 @@ class AgentProc:
             )
         return self
 
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``fleetkeeper-agent ARGS --config <this agent's config>``, as an operator runs it."""
+        return subprocess.run(
+            [sys.executable, "-m", "agent.cli", *args, "--config", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO_ROOT,
+        )
+
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -132,20 +130,7 @@ def test_rollout_one_agent_at_a_time_rollback_by_hand_and_halt_on_failure(lab: L
         a = agents[0]
         before = a.workload("hello")
         assert before is not None
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "agent.cli",
-                "rollback",
-                "hello",
-                "--config",
-                str(a.config_path),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        out = a.cli("rollback", "hello")
         assert out.returncode == 0, out.stdout + out.stderr
         assert "rolled back by hand from 1.1.0 to 1.0.0" in out.stdout
         a.wait_for(
@@ -164,12 +149,7 @@ def test_rollout_one_agent_at_a_time_rollback_by_hand_and_halt_on_failure(lab: L
         time.sleep(1.5)
         assert lab.served("node-a") == "hello 1.0.0"
 
-        status = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "status", "--config", str(a.config_path)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        status = a.cli("status")
         assert status.returncode == 0, status.stderr
         assert "hello" in status.stdout and "1.0.0" in status.stdout
         assert "RolledBack" in status.stdout

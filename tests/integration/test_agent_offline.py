@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -42,20 +40,7 @@ def test_offline_agent_and_rollback_without_daemon(tmp_path: Path) -> None:
         assert "poll failed" in agent.logs()
         assert serves() == "hello 1.1.0"  # the workload outlives the agent
 
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "agent.cli",
-                "rollback",
-                "hello",
-                "--config",
-                str(agent.config_path),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        out = agent.cli("rollback", "hello")
         assert out.returncode == 0, out.stdout + out.stderr
         assert "from 1.1.0 to 1.0.0" in out.stdout
         assert serves() == "hello 1.0.0"
@@ -70,20 +55,7 @@ def test_offline_agent_and_rollback_without_daemon(tmp_path: Path) -> None:
         assert "adopted hello" in agent.logs()
 
         # A second rollback goes through the running daemon and swaps back.
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "agent.cli",
-                "rollback",
-                "hello",
-                "--config",
-                str(agent.config_path),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        out = agent.cli("rollback", "hello")
         assert out.returncode == 0, out.stdout + out.stderr
         assert serves() == "hello 1.1.0"
         # Back on the desired version: an ordinary healthy report, nothing held back.

@@ -16,6 +16,7 @@ import yaml
 
 import schema
 from reconciler.errors import ConfigError
+from reconciler.secrets import read_secret
 
 DEFAULT_BRANCH = "main"
 DEFAULT_LISTEN = "127.0.0.1:8700"
@@ -78,15 +79,7 @@ def _secret(
     if env.get(env_name):
         return env[env_name].strip()
     path = _path(base, doc.get(key))
-    if path is None:
-        return None
-    try:
-        value = path.read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from exc
-    if not value:
-        raise ConfigError(f"{key}: {path} is empty")
-    return value
+    return None if path is None else read_secret(path, key)
 
 
 def parse_config(

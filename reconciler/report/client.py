@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from reconciler.errors import ConfigError, FleetkeeperError, Waiting, sanitize
+from reconciler.secrets import read_secret
 
 DEFAULT_SERVER = "http://127.0.0.1:8700"
 ENV_TOKEN = "FLEETKEEPER_TOKEN"
@@ -25,14 +26,7 @@ def read_token(token_file: str | None, env: Mapping[str, str] | None = None) -> 
     """The admin token from ``token_file`` if given, else from $FLEETKEEPER_TOKEN."""
     environ = os.environ if env is None else env
     if token_file:
-        path = Path(token_file).expanduser()
-        try:
-            token = path.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"--token-file: cannot read {path}: {exc.strerror}") from exc
-        if not token:
-            raise ConfigError(f"--token-file: {path} is empty")
-        return token
+        return read_secret(Path(token_file).expanduser(), "--token-file")
     value = environ.get(ENV_TOKEN, "").strip()
     return value or None
 

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -32,13 +33,15 @@ SOURCE_PARTS += ("schema",)
 _SKIPPED_DIST_INFO = ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json")
 
 
-def pip_env(find_links: Path | None = None) -> dict[str, str]:
+def pip_env(*find_links: Path) -> dict[str, str]:
     """The environment of an offline pip: no config file, no index, only ``find_links``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "VIRTUAL_ENV"))}
+    # no PYTHONPATH either: the installed package must be the one that runs
+    drop = ("PIP_", "VIRTUAL_ENV", "PYTHONPATH")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", PIP_NO_CACHE_DIR="1")
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    if find_links is not None:
-        env["PIP_FIND_LINKS"] = str(find_links)
+    if find_links:
+        env["PIP_FIND_LINKS"] = " ".join(str(p) for p in find_links)
     return env
 
 
@@ -157,6 +160,23 @@ def offline_index(wheel: Path, out: Path) -> list[str]:
     for dist in dists:
         repack(dist, out)
     return [canonicalize_name(d.metadata["Name"]) for d in dists]
+
+
+@dataclass(frozen=True)
+class OfflineIndex:
+    """A source checkout (a git repo), its wheel, and a find-links folder for offline pip."""
+
+    source: Path
+    wheel: Path
+    wheels: Path
+    names: tuple[str, ...]  # the base dependencies repacked
+
+
+def prepare(tmp: Path) -> OfflineIndex:
+    source = source_checkout(tmp / "src")
+    wheel = build_wheel(source, tmp / "dist")
+    names = offline_index(wheel, tmp / "wheels")
+    return OfflineIndex(source, tmp / "wheels" / wheel.name, tmp / "wheels", tuple(names))
 
 
 def fresh_venv(path: Path) -> Path:

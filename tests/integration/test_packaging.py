@@ -14,13 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.git import EXAMPLE_FLEET, copy_tree
-from tests.helpers.wheels import (
-    build_wheel,
-    fresh_venv,
-    offline_index,
-    pip_env,
-    source_checkout,
-)
+from tests.helpers.wheels import fresh_venv, pip_env, prepare
 
 SERVER_ONLY = ("starlette", "uvicorn", "uvloop", "httptools", "watchfiles", "prometheus-client")
 
@@ -34,13 +28,11 @@ class LeanInstall:
 @pytest.fixture(scope="module")
 def lean(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LeanInstall]:
     tmp = tmp_path_factory.mktemp("lean")
-    wheel = build_wheel(source_checkout(tmp / "src"), tmp / "dist")
-    index = tmp / "wheels"
-    offline_index(wheel, index)
+    index = prepare(tmp)
     python = fresh_venv(tmp / "venv")
     proc = subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", str(index / wheel.name)],
-        env=pip_env(index),
+        [str(python), "-m", "pip", "install", "-q", str(index.wheel)],
+        env=pip_env(index.wheels),
         capture_output=True,
         text=True,
     )

@@ -28,6 +28,7 @@ COMMANDS = {
     "status": "fleet and rollout status from a running reconciler",
     "audit": "the audit log of a running reconciler",
     "hooks": "install git hooks (pre-commit, pre-receive) into a fleet repo",
+    "schema": "export the JSON Schemas for editors and other validators",
 }
 
 

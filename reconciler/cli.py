@@ -29,6 +29,8 @@ COMMANDS = {
     "audit": "the audit log of a running reconciler",
     "hooks": "install git hooks (pre-commit, pre-receive) into a fleet repo",
     "schema": "export the JSON Schemas for editors and other validators",
+    "release": "write a new release file (digests computed, fields copied from the last one)",
+    "model": "write a new model file (digest and GGUF facts read from the file)",
 }
 
 

@@ -13,7 +13,7 @@ import yaml
 from reconciler.plan.select import semver_key
 from reconciler.spec import GgufFacts
 
-MODEL_PORT = "${node.labels.model-port}"
+MODEL_PORT = 8081  # llama.cpp's server beside an agent on 8080, as in example-fleet-repo
 
 
 def previous_version(versions: Mapping[str, Any], new: str) -> str | None:
@@ -57,8 +57,8 @@ def new_model(
     artifact: dict[str, Any],
     facts: GgufFacts,
 ) -> dict[str, Any]:
-    """The model file; without a previous version, a llama-cpp starter on the node's
-    ``model-port`` label (as in example-fleet-repo)."""
+    """The model file; without a previous version, a llama-cpp starter on port 8081 for
+    every node (narrow its targets, or move the port to a label, before merging)."""
     if previous is None:
         doc: dict[str, Any] = {
             "apiVersion": "fleetkeeper/v1",

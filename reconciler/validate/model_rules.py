@@ -78,11 +78,16 @@ class MemoryEstimate:
 
     def describe(self) -> str:
         if self.context is None:
-            return f"{self.total / GIB:.2f} GiB (the file; no gguf: facts for the KV cache)"
+            return f"{human(self.total)} (the file; no gguf: facts for the KV cache)"
         return (
-            f"{self.total / GIB:.2f} GiB (weights {self.weights / GIB:.2f} GiB + KV cache "
-            f"{self.kv_cache / GIB:.2f} GiB at contextSize {self.context})"
+            f"{human(self.total)} (weights {human(self.weights)} + KV cache "
+            f"{human(self.kv_cache)} at contextSize {self.context})"
         )
+
+
+def human(size: int) -> str:
+    """Bytes as GiB with two decimals, or MiB below a tenth of a GiB."""
+    return f"{size / GIB:.2f} GiB" if size >= GIB // 10 else f"{size / 1024**2:.1f} MiB"
 
 
 def memory_estimate(d: Deployable, art: Artifact) -> MemoryEstimate | None:

@@ -11,6 +11,7 @@ Pure: the plan view and the fleet status document in, markdown out.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 MARKER = "<!-- fleetkeeper-plan -->"
 Change = Literal["new", "upgrade", "downgrade", "unchanged", "removed"]
 _SHOWN_VIOLATIONS = 20
+_SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
 def cell(text: object) -> str:
@@ -71,11 +73,13 @@ def _heading(view: PlanView) -> list[str]:
     approval = view.result.approval or {}
     signers = approval.get("signers") or []
     signed = (
-        f", signed by {', '.join(str(s) for s in signers)}"
+        f", signed by {cell(', '.join(str(s) for s in signers))}"
         if isinstance(signers, list) and signers
         else ""
     )
-    lines.append(f"Approved by {approval.get('kind')} `{str(approval.get('ref'))[:12]}`{signed}.")
+    ref = str(approval.get("ref"))
+    ref = ref[:12] if _SHA.match(ref) else ref  # a commit shortened; a tag name in full
+    lines.append(f"Approved by {approval.get('kind')} `{cell(ref)}`{signed}.")
     return lines
 
 

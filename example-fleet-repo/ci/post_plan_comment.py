@@ -27,6 +27,7 @@ import urllib.request
 MARKER = "<!-- fleetkeeper-plan -->"
 MAX_PAGES = 50  # a PR with more than ~5000 comments: post a new one rather than page on
 PAGE_SIZE = 50  # Gitea's default maximum page size; GitHub and GitLab allow 100
+MAX_BODY = 65000  # GitHub refuses comments over 65536 characters
 
 
 class ForgeError(Exception):
@@ -110,6 +111,9 @@ def main(argv: list[str]) -> int:
             body = f.read()
         if not body.startswith(MARKER):
             raise ForgeError(f"{path}: not `fleetkeeper plan --format markdown` output")
+        if len(body) > MAX_BODY:
+            cut = body.rfind("\n", 0, MAX_BODY - 200)
+            body = body[:cut] + "\n\n_(cut: the whole plan is in the job log)_\n"
         what, comment_id = Forge(kind, need("FORGE_TOKEN")).post(body)
     except OSError as exc:
         print(f"post_plan_comment: cannot read {path}: {exc.strerror}", file=sys.stderr)

@@ -242,3 +242,29 @@ def test_server_needs_markdown(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "--server needs --format markdown" in proc.stderr
+
+
+def test_a_plan_too_long_for_the_forge_is_cut_not_refused(tmp_path: Path) -> None:
+    plan = tmp_path / "plan.md"
+    rows = "".join(f"| node-{i} | hello | 1.0.0 | 1.1.0 | **upgrade** |\n" for i in range(3000))
+    plan.write_text(f"{MARKER}\n### fleetkeeper plan\n\n{rows}")
+    with forge_double(TOKEN) as double:
+        env = ci_env(
+            {
+                "FORGE_TOKEN": TOKEN,
+                "PR_NUMBER": "9",
+                "GITHUB_API_URL": double.url,
+                "GITHUB_REPOSITORY": "homelab/fleet",
+            }
+        )
+        proc = subprocess.run(
+            [sys.executable, str(EXAMPLE / "ci" / "post_plan_comment.py"), "github", str(plan)],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+    assert proc.returncode == 0, proc.stderr
+    (comment,) = double.comments.values()
+    assert len(plan.read_text()) > 65536 >= len(comment["body"])
+    assert comment["body"].startswith(MARKER)
+    assert comment["body"].endswith("_(cut: the whole plan is in the job log)_\n")

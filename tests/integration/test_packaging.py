@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.git import EXAMPLE_FLEET, copy_tree
+from tests.helpers.git import EXAMPLE_FLEET, copy_tree, fleet_repo_from_example
 from tests.helpers.wheels import fresh_venv, pip_env, prepare
 
 SERVER_ONLY = ("starlette", "uvicorn", "uvloop", "httptools", "watchfiles", "prometheus-client")
@@ -84,6 +84,32 @@ def test_agent_and_client_commands_work_without_server_extra(lean: LeanInstall) 
     for command in ("status", "plan", "audit"):
         client = _run(lean, "fleetkeeper", command, "--help")
         assert client.returncode == 0, f"{command}: {client.stderr}"
+
+
+def test_client_paths_run_without_server_extra(lean: LeanInstall, tmp_path: Path) -> None:
+    """Not only --help: plan, schema export and release new import no server module."""
+    fleet = fleet_repo_from_example(tmp_path / "fleet")
+    plan = _run(lean, "fleetkeeper", "plan", "--preview", "HEAD", "--format", "markdown", cwd=fleet)
+    assert plan.returncode == 0, plan.stderr
+    assert "| coding-agent (process) | 1.3.0 |" in plan.stdout
+    exported = _run(lean, "fleetkeeper", "schema", "export", str(tmp_path / "schemas"))
+    assert exported.returncode == 0, exported.stderr
+    artifact = tmp_path / "a.tar.gz"
+    artifact.write_bytes(b"build")
+    url = "https://dl.example.org/ia-0.9.0.tar.gz"
+    release = _run(
+        lean, "fleetkeeper", "release", "new", "inference-agent", "0.9.0",
+        "--artifact", f"linux/amd64={url}@{artifact}",
+        "--artifact", f"darwin/arm64={url}@{artifact}",
+        cwd=fleet,
+    )  # fmt: skip
+    assert release.returncode == 0, release.stderr
+    model = _run(
+        lean, "fleetkeeper", "model", "new", "m", "1.0.0", "--file", str(artifact),
+        "--url", "https://dl.example.org/m.gguf", cwd=fleet,
+    )  # fmt: skip
+    assert model.returncode == 1
+    assert "pip install 'fleetkeeper[authoring]'" in model.stderr
 
 
 def test_serve_without_server_extra_says_what_to_install(lean: LeanInstall, tmp_path: Path) -> None:

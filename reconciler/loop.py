@@ -36,16 +36,16 @@ from reconciler.approval.history import contains
 from reconciler.config import Config
 from reconciler.errors import FleetkeeperError, Waiting
 from reconciler.logs import log_event
-from reconciler.plan.reports import NodeReport
+from reconciler.plan.observations import NodeReport
 from reconciler.plan.rollout import Plan, PlanEvent, compute_plan
 from reconciler.plan.select import NodeFacts, inventory, latest_versions
 from reconciler.plan.state import fingerprint, state_from_json
-from reconciler.plan.status import fleet_status
 from reconciler.revision import LoadedRevision, load_revision
 from reconciler.source import GitSource
 from reconciler.spec import JSON, FleetSpec
 from reconciler.store.base import AppliedRevision, AuditEvent, NodeRecord, Store
 from reconciler.threadsafe import call_in_loop
+from reconciler.views.fleet_status import fleet_status
 
 log = logging.getLogger(__name__)
 

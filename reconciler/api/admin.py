@@ -14,8 +14,8 @@ from starlette.routing import Route
 from reconciler.api.auth import require_secret
 from reconciler.api.context import ApiContext
 from reconciler.api.errors import ApiError
-from reconciler.plan.status import fleet_status as build_fleet_status
 from reconciler.spec import JSON
+from reconciler.views.fleet_status import fleet_status as build_fleet_status
 
 MAX_AUDIT_LIMIT = 10000
 

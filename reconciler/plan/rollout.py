@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from reconciler.plan.batches import make_batches
-from reconciler.plan.reports import NodeReport, failed, is_stale, runs
+from reconciler.plan.observations import NodeReport, failed, is_stale, runs
 from reconciler.plan.select import NodeFacts, latest_versions, target_nodes, workload_document
 from reconciler.plan.state import (
     HISTORY_LIMIT,

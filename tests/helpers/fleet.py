@@ -363,7 +363,7 @@ class PlanSim:
 
     def heartbeat(self) -> None:
         """Every agent not down reports what it runs at ``now``."""
-        from reconciler.plan.reports import NodeReport
+        from reconciler.plan.observations import NodeReport
 
         for node, doc in sorted(self.desired.items()):
             mode = self.agents.get(node, "ok")

@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
-from reconciler.plan.reports import NodeReport
+from reconciler.plan.observations import NodeReport
 from reconciler.plan.rollout import workload_entry
 from reconciler.plan.select import latest_versions
 from reconciler.plan.state import RolloutState, state_from_json

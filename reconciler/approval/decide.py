@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
+from reconciler.approval.settings import ApprovalSettings
 from reconciler.approval.values import (
     ApprovalResult,
     AuditRecord,
@@ -23,7 +24,6 @@ from reconciler.approval.values import (
     Relation,
     TagFacts,
 )
-from reconciler.config import ApprovalSettings
 from reconciler.spec import JSON
 
 _SHOWN_PATHS = 3

@@ -15,9 +15,9 @@ from typing import Protocol
 import pygit2
 
 from reconciler.approval import decide, history
+from reconciler.approval.settings import ApprovalSettings
 from reconciler.approval.signatures import Verifier
 from reconciler.approval.values import ApprovalResult, Relation
-from reconciler.config import ApprovalSettings
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from reconciler.api.admin import fleet_status
 from reconciler.api.metrics import MeteredStore, Metrics
 from reconciler.config import Config
 from reconciler.errors import ConfigError
-from reconciler.loop import PassResult, Reconciler
+from reconciler.loop.reconciler import PassResult, Reconciler
 from reconciler.source import GitSource
 from reconciler.store import open_store
 from reconciler.store.base import AuditEvent

@@ -44,6 +44,24 @@ class NodeFacts:
             declared=True,
         )
 
+    @classmethod
+    def from_registration(cls, name: str, facts: Mapping[str, JSON]) -> NodeFacts:
+        """An undeclared node from the facts it registered (wrong types read as absent)."""
+        roles, labels, runtimes = facts.get("roles"), facts.get("labels"), facts.get("runtimes")
+        mem = facts.get("memoryGiB")
+        return cls(
+            name=name,
+            platform=str(facts.get("platform", "")),
+            accelerator=str(facts.get("accelerator", "cpu")),
+            memory_gib=float(mem) if isinstance(mem, int | float) else None,
+            roles=tuple(str(r) for r in roles) if isinstance(roles, list) else (),
+            labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
+            declared=False,
+            runtimes={str(k): v is True for k, v in runtimes.items()}
+            if isinstance(runtimes, dict)
+            else {},
+        )
+
 
 SemverKey = tuple[int, int, int, int, tuple[tuple[int, int | str], ...]]
 

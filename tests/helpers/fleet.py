@@ -463,7 +463,7 @@ class LoopRig:
 
     def start(self) -> None:
         """(Re)open the store and build a fresh Reconciler, as after a process restart."""
-        from reconciler.loop import Reconciler
+        from reconciler.loop.reconciler import Reconciler
         from reconciler.source import GitSource
         from reconciler.store import open_store
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from reconciler.spec import JSON, Deployable, WorkloadKind
@@ -96,9 +96,6 @@ class RolloutState:
             if b.done_at is None:
                 return i
         return None
-
-    def with_(self, **changes: object) -> RolloutState:
-        return replace(self, **changes)  # type: ignore[arg-type]
 
 
 def fingerprint(d: Deployable) -> str:

@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute
 from reconciler.api import ApiContext, ApiSettings, create_app
 from reconciler.api.admin import fleet_status
 from reconciler.api.metrics import MeteredStore, Metrics
+from reconciler.approval.engine import Approver
 from reconciler.config import Config
 from reconciler.errors import ConfigError
 from reconciler.loop.reconciler import PassResult, Reconciler
@@ -103,7 +104,9 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
     try:
         source = GitSource(config.repo, config.state_dir, config.branch)
         ctx = ApiContext.load(store, settings_from(config), metrics)
-        reconciler = _MeteredReconciler(config, store, source, notify=ctx.hub.notify_from_thread)
+        reconciler = _MeteredReconciler(
+            config, store, source, notify=ctx.hub.notify_from_thread, approver=Approver()
+        )
         reconciler.metrics = metrics
         ctx.spec = reconciler.spec
         ctx.wake = reconciler.wake

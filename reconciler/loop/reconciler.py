@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from reconciler.approval.engine import Approver
 from reconciler.config import Config
 from reconciler.loop import meta
 from reconciler.loop.steps import Parts, Pass, run_steps
@@ -67,6 +68,7 @@ class Reconciler:
         source: GitSource,
         notify: Callable[[str], None],
         clock: Callable[[], float] = time.time,
+        approver: Approver | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -74,7 +76,7 @@ class Reconciler:
         self.clock = clock
         self.first_pass_done = False
         self.last_result: PassResult | None = None
-        self._parts = Parts(config, store, source, notify)
+        self._parts = Parts(config, store, source, notify, approver or Approver())
         self._pass_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event: asyncio.Event | None = None

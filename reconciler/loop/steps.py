@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from reconciler.approval.engine import evaluate
+from reconciler.approval.engine import Approver
 from reconciler.approval.values import ApprovalResult
 from reconciler.config import Config
 from reconciler.errors import FleetkeeperError, Waiting
@@ -38,6 +38,7 @@ class Parts:
     store: Store
     source: GitSource
     notify: Callable[[str], None]
+    approver: Approver
     spec: FleetSpec | None = None  # the applied revision's spec
     spec_sha: str | None = None
 
@@ -103,7 +104,8 @@ def evaluate_approval(parts: Parts, p: Pass) -> None:
     """Judge the commits after the applied revision; each decision audited once."""
     p.applied = parts.store.applied_revision()
     last = p.applied.sha if p.applied is not None else None
-    p.approval = evaluate(parts.source, parts.config.approval, last, parts.config.state_dir)
+    config = parts.config
+    p.approval = parts.approver.evaluate(parts.source, config.approval, last, config.state_dir)
     p.seen = meta.AUDIT_SEEN.read(parts.store)
     for rec in p.approval.audit:
         if p.remember(f"{rec.kind}:{rec.revision}"):

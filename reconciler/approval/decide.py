@@ -306,6 +306,9 @@ def decide_tags(
     ``relations[target]`` says how a tagged commit relates to ``last_applied``;
     ``commit_signers`` holds the valid signers of the tagged commits themselves (a signed
     merge plus a signed tag count as two).
+
+    Long because it is one fold over the tag groups, newest first, with its refusals;
+    splitting it would pass the same five accumulators around.
     """
     refused: list[Refusal] = []
     audit: list[AuditRecord] = []

@@ -391,6 +391,9 @@ def compute_plan(
     release; ``reports``: last report per node; ``desired``: the stored desired-state
     documents; ``ttl``: heartbeat TTL in seconds; ``stale_before``: nodes that were stale
     at the previous pass (so "went stale" is recorded once).
+
+    Long because it is the planner's whole contract in order (stale nodes, each rollout
+    stepped, desired documents per node, the next wake); each part is one call.
     """
     per_node: dict[str, list[Mapping[str, JSON]]] = {n: [] for n in nodes}
     states: dict[str, Mapping[str, JSON]] = dict(rollouts)

@@ -166,6 +166,40 @@ def release_row(
     }
 
 
+def _release_rows(
+    spec: FleetSpec | None,
+    rollout_states: Mapping[str, Mapping[str, JSON]],
+    last: Mapping[str, NodeReport],
+    now: float,
+    ttl: float,
+) -> list[JSON]:
+    """One row per live rollout, after the row of the rollout it superseded (if shown)."""
+    live = set(latest_versions(spec)) if spec is not None else None
+    releases: list[JSON] = []
+    for name in sorted(rollout_states):
+        if live is not None and name not in live:
+            continue
+        s = state_from_json(rollout_states[name])
+        if s is None:
+            continue
+        if s.phase != "Succeeded" and s.history and s.history[0].phase == "Superseded":
+            h = s.history[0]
+            releases.append(
+                {
+                    "agent": s.name,
+                    "kind": s.kind,
+                    "version": h.version,
+                    "phase": "Superseded",
+                    "batch": None,
+                    "reason": h.reason,
+                    "soakRemainingSeconds": None,
+                    "batches": [],
+                }
+            )
+        releases.append(release_row(s, last, now, ttl))
+    return releases
+
+
 def fleet_status(
     spec: FleetSpec | None,
     nodes: Sequence[NodeRecord],
@@ -202,29 +236,7 @@ def fleet_status(
         _node_row(n, facts.get(n, {}), last.get(n), docs.get(n), now, ttl) for n in names
     ]
 
-    live = set(latest_versions(spec)) if spec is not None else None
-    releases: list[JSON] = []
-    for name in sorted(rollout_states):
-        if live is not None and name not in live:
-            continue
-        s = state_from_json(rollout_states[name])
-        if s is None:
-            continue
-        if s.phase != "Succeeded" and s.history and s.history[0].phase == "Superseded":
-            h = s.history[0]
-            releases.append(
-                {
-                    "agent": s.name,
-                    "kind": s.kind,
-                    "version": h.version,
-                    "phase": "Superseded",
-                    "batch": None,
-                    "reason": h.reason,
-                    "soakRemainingSeconds": None,
-                    "batches": [],
-                }
-            )
-        releases.append(release_row(s, last, now, ttl))
+    releases = _release_rows(spec, rollout_states, last, now, ttl)
     releases.extend(dict(b) for b in blocked)
     return {
         "revision": applied.sha if applied is not None else None,

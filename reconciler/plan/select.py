@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
-from reconciler.spec import JSON, Deployable, FleetSpec, NodeSpec, Targets
+from reconciler.spec import JSON, Deployable, FleetSpec, NodeSpec, NodeTraits, Targets
 
 _SEMVER = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$"
@@ -20,15 +20,9 @@ _PLACEHOLDER = re.compile(r"\$\{node\.(name|labels\.([A-Za-z0-9._/-]+))\}")
 
 
 @dataclass(frozen=True)
-class NodeFacts:
+class NodeFacts(NodeTraits):
     """A node as the planner sees it: from nodes/<name>.yaml, else from what it registered."""
 
-    name: str
-    platform: str
-    accelerator: str = "cpu"
-    memory_gib: float | None = None
-    roles: tuple[str, ...] = ()
-    labels: Mapping[str, str] = field(default_factory=dict)
     declared: bool = True  # has a file in nodes/
     runtimes: Mapping[str, bool] = field(default_factory=dict)
 

@@ -45,16 +45,6 @@ class _Server(uvicorn.Server):
         yield
 
 
-def settings_from(config: Config) -> ApiSettings:
-    return ApiSettings(
-        bootstrap_token=config.bootstrap_token,
-        admin_token=config.admin_token,
-        webhook_secret=config.webhook_secret,
-        heartbeat_ttl=config.heartbeat_ttl,
-        max_body_bytes=config.max_body_bytes,
-    )
-
-
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket (port 0: the kernel picks a free one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -103,7 +93,7 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
     store = MeteredStore(open_store(config.database_url), metrics)
     try:
         source = GitSource(config.repo, config.state_dir, config.branch)
-        ctx = ApiContext.load(store, settings_from(config), metrics)
+        ctx = ApiContext.load(store, ApiSettings.from_config(config), metrics)
         reconciler = _MeteredReconciler(
             config, store, source, notify=ctx.hub.notify_from_thread, approver=Approver()
         )

@@ -5,11 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from reconciler.plan.state import RolloutState, state_from_json
 from tests.helpers.fleetdocs import Doc
 from tests.helpers.fleetrepo import FleetRepo
 from tests.helpers.reports import converged_report, desired_versions, failed_report, report_doc
+
+if TYPE_CHECKING:  # the server side is imported when a rig starts, not with the helpers
+    from reconciler.config import Config
+    from reconciler.loop.reconciler import PassResult, Reconciler
+    from reconciler.store.base import DesiredRecord, Store
 
 
 class Clock:
@@ -32,8 +38,8 @@ class LoopRig:
     ttl: int = 90
     clock: Clock = field(default_factory=Clock)
     notified: list[str] = field(default_factory=list)
-    reconciler: Any = None
-    store: Any = None
+    reconciler: Reconciler | None = None
+    store: Store | None = None
 
     @classmethod
     def create(cls, tmp: Path, files: Mapping[str, Doc], **kw: Any) -> LoopRig:
@@ -45,7 +51,7 @@ class LoopRig:
     def db_path(self) -> Path:
         return self.state_dir / "state.db"
 
-    def config(self) -> Any:
+    def config(self) -> Config:
         from reconciler.config import Config
 
         return Config(
@@ -72,12 +78,12 @@ class LoopRig:
             self.store.close()
             self.store = None
 
-    def once(self, at: float | None = None) -> Any:
+    def once(self, at: float | None = None) -> PassResult:
         if at is not None:
             self.clock.t = at
         return self.reconciler.reconcile_once()
 
-    def desired(self, node: str) -> Any:
+    def desired(self, node: str) -> DesiredRecord | None:
         return self.store.desired(node)
 
     def versions(self, workload: str) -> dict[str, str | None]:
@@ -123,15 +129,11 @@ class LoopRig:
             con.close()
 
     def phase(self, name: str) -> str:
-        from reconciler.plan.state import state_from_json
-
         st = state_from_json(self.store.rollouts()[name])
         assert st is not None
         return st.phase
 
-    def state(self, name: str) -> Any:
-        from reconciler.plan.state import state_from_json
-
+    def state(self, name: str) -> RolloutState | None:
         return state_from_json(self.store.rollouts()[name])
 
     def audit_kinds(self) -> list[str]:

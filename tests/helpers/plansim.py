@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from reconciler.spec import FleetSpec
+from reconciler.plan.observations import NodeReport
+from reconciler.plan.rollout import Plan, PlanEvent, compute_plan
+from reconciler.plan.select import NodeFacts, inventory
+from reconciler.plan.state import RolloutState, state_from_json
+from reconciler.spec import JSON, FleetSpec
 from tests.helpers.fleetdocs import Doc, spec_of
 from tests.helpers.reports import desired_versions, report_doc, simulated_workloads
 
@@ -24,23 +27,20 @@ class PlanSim:
     now: float = 0.0
     revision: str = "a" * 40
     agents: dict[str, str] = field(default_factory=dict)
-    rollouts: dict[str, Any] = field(default_factory=dict)
-    desired: dict[str, Any] = field(default_factory=dict)
-    reports: dict[str, Any] = field(default_factory=dict)
+    rollouts: dict[str, dict[str, JSON]] = field(default_factory=dict)
+    desired: dict[str, dict[str, JSON]] = field(default_factory=dict)
+    reports: dict[str, NodeReport] = field(default_factory=dict)
     running: dict[str, dict[str, str]] = field(default_factory=dict)
     stale: frozenset[str] = frozenset()
-    events: list[Any] = field(default_factory=list)
-    registered: list[Any] = field(default_factory=list)
-    last: Any = None
+    events: list[PlanEvent] = field(default_factory=list)
+    registered: list[NodeFacts] = field(default_factory=list)
+    last: Plan | None = None
 
     def spec(self) -> FleetSpec:
         return spec_of(self.files)
 
-    def plan(self) -> Any:
+    def plan(self) -> Plan:
         """One pass at ``now`` without applying it."""
-        from reconciler.plan.rollout import compute_plan
-        from reconciler.plan.select import inventory
-
         spec = self.spec()
         return compute_plan(
             spec,
@@ -55,7 +55,7 @@ class PlanSim:
             stale_before=self.stale,
         )
 
-    def step(self, at: float | None = None) -> Any:
+    def step(self, at: float | None = None) -> Plan:
         """One pass at ``at`` (default: now), applied as the loop would apply it."""
         if at is not None:
             self.now = at
@@ -69,8 +69,6 @@ class PlanSim:
 
     def heartbeat(self) -> None:
         """Every agent not down reports what it runs at ``now``."""
-        from reconciler.plan.observations import NodeReport
-
         for node, doc in sorted(self.desired.items()):
             mode = self.agents.get(node, "ok")
             if mode == "down":
@@ -78,7 +76,7 @@ class PlanSim:
             ws = simulated_workloads(mode, doc, self.running.setdefault(node, {}))
             self.reports[node] = NodeReport.from_json(node, report_doc(node, ws), self.now)
 
-    def run_until(self, until: float, every: float = 30.0) -> Any:
+    def run_until(self, until: float, every: float = 30.0) -> Plan | None:
         """Heartbeat and pass every ``every`` seconds up to and including ``until``."""
         plan = self.last
         while self.now + every <= until:
@@ -91,9 +89,7 @@ class PlanSim:
         """``{node: desired version of workload or None}``."""
         return {n: desired_versions(d).get(workload) for n, d in sorted(self.desired.items())}
 
-    def state(self, name: str) -> Any:
-        from reconciler.plan.state import state_from_json
-
+    def state(self, name: str) -> RolloutState | None:
         return state_from_json(self.rollouts[name])
 
     def kinds(self) -> list[str]:

@@ -215,7 +215,8 @@ def fleet_status(
     """The ``GET /v1/fleet`` document.
 
     ``blocked``: release rows for the newest tip when it is ``Unapproved`` or ``Invalid``
-    (the loop keeps them in store meta ``tip-status``, see ``reconciler.loop``).
+    (the loop keeps them in store meta ``tip-status``: ``reconciler.loop.meta``,
+    ``reconciler.loop.tip``).
     """
     last = {r.node: NodeReport.from_json(r.node, r.report, r.received_at) for r in reports}
     facts: dict[str, Mapping[str, JSON]] = {}

@@ -136,8 +136,9 @@ def load_target(parts: Parts, p: Pass) -> None:
             p.spec, p.revision = loaded.spec, p.new_applied
         else:
             _invalid(p, loaded)
+    repo, refused = parts.source.repository(), p.approval.refused
     p.tip_rows.extend(
-        tip.unapproved_rows(parts.source.repository(), p.approval.refused, target, parts.spec)
+        tip.unapproved_rows(repo, refused, target, parts.spec, lambda sha: p.load(parts, sha))
     )
 
 

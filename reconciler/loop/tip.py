@@ -4,7 +4,7 @@ status shows them after the rollouts."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pygit2
 
@@ -12,7 +12,7 @@ from reconciler.approval.history import contains
 from reconciler.approval.values import Refusal
 from reconciler.plan.select import latest_versions
 from reconciler.plan.state import fingerprint
-from reconciler.revision import LoadedRevision, load_revision
+from reconciler.revision import LoadedRevision
 from reconciler.spec import JSON, FleetSpec
 
 MAX_AUDITED_VIOLATIONS = 50
@@ -50,9 +50,11 @@ def unapproved_rows(
     refused: Sequence[Refusal],
     approved: str | None,
     applied: FleetSpec | None,
+    load: Callable[[str], LoadedRevision],
 ) -> list[dict[str, JSON]]:
     """Rows for the newest refused commit after the approved revision: one per release it
-    changes against the ``applied`` spec, else one fleet-wide row."""
+    changes against the ``applied`` spec, else one fleet-wide row. ``load`` is the pass's
+    ``load_revision`` (once per sha)."""
     current = [
         r
         for r in refused
@@ -64,7 +66,7 @@ def unapproved_rows(
     base = latest_versions(applied) if applied is not None else {}
     rows: list[dict[str, JSON]] = []
     try:
-        loaded: LoadedRevision | None = load_revision(repo, newest.revision)
+        loaded: LoadedRevision | None = load(newest.revision)
     except Exception:  # a refused commit that cannot even be read: one fleet-wide row
         loaded = None
     if loaded is not None and loaded.spec is not None:

@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HEALTH_TIMEOUT = 60.0
 POLL = 0.05
-PROBE_CACHE_MAX = 64
 MIN_UP_WITHOUT_HEALTH = 1.0
 
 
@@ -103,7 +102,6 @@ class Converger:
         self.board = board
         self.keep = keep_versions
         self.exit_code = exit_code or (lambda _name: None)
-        self._probe_cache: dict[tuple[int, str], tuple[str | None, str]] = {}
         # The agent itself, when it is installed under installRoot (see agent.selfupdate).
         self.me = selfupdate.who_am_i(install_root)
         self.observer = Observer(self)

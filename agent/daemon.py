@@ -33,13 +33,13 @@ from agent.board import Board
 from agent.client import ServerClient
 from agent.config import AgentConfig
 from agent.converge import Converger
-from agent.errors import AgentError, ConfigError
+from agent.errors import AgentError, AlreadyRunning, ConfigError
 from agent.report import build_report, decide_phase, workload_entry
-from agent.runtimes.child import ChildSupervisor
-from agent.runtimes.service import LaunchdSupervisor, SystemdSupervisor
-from agent.runtimes.supervisor import Supervisor
 from agent.selfinstall import agent_location, managed_workload
 from agent.state import StateDir, read_json, write_json
+from agent.supervise.child import ChildSupervisor
+from agent.supervise.service import LaunchdSupervisor, SystemdSupervisor
+from agent.supervise.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,6 @@ def make_converger(cfg: AgentConfig, state: StateDir, sup: Supervisor, board: Bo
         keep_versions=cfg.keep_versions,
         exit_code=exit_code,
     )
-
-
-class AlreadyRunning(ConfigError):
-    reason = "AgentAlreadyRunning"
 
 
 class Daemon:
@@ -263,10 +259,9 @@ class Daemon:
             self._converge(doc)
 
     def _converge(self, doc: Mapping[str, Any]) -> None:
-        try:
-            self.conv.converge(doc)
-        except selfupdate.SelfExec as handover:
-            self._exec(handover.argv)
+        for outcome in self.conv.converge(doc):
+            if outcome.exec_argv:
+                self._exec(list(outcome.exec_argv))
         self.acted_generation = int(doc.get("generation", 0))
         self.board.changed.set()
 

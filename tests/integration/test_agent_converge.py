@@ -16,8 +16,8 @@ from agent import procinfo
 from agent.board import Board
 from agent.converge import Converger, Outcome
 from agent.report import decide_phase
-from agent.runtimes.child import ChildSupervisor
 from agent.state import StateDir
+from agent.supervise.child import ChildSupervisor
 from tests.helpers.agents import workload_doc
 from tests.helpers.artifacts import (
     Artifact,

@@ -23,19 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent import procinfo
-from agent.errors import WorkloadError
+from agent.errors import SupervisorError
 from agent.procinfo import ProcInfo
-from agent.runtimes.supervisor import LaunchSpec
 from agent.state import StateDir, read_json, write_json
+from agent.supervise.supervisor import LaunchSpec
 
 log = logging.getLogger(__name__)
 
 STABLE_SECONDS = 10.0
 WORKLOAD_ENV = "FLEETKEEPER_WORKLOAD"
-
-
-class SupervisorError(WorkloadError):
-    reason = "StartFailed"
 
 
 @dataclass

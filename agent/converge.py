@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from agent.board import Board
-from agent.errors import AgentError, ProveError, UnpackError, VerifyError, WorkloadError
+from agent.errors import AgentError, UnpackError, VerifyError, WorkloadError
 from agent.installed import Installed
 from agent.ledger import FailedTarget, Ledger, replay_failure
 from agent.observe import Observer
 from agent.report import Observed
 from agent.restart import Restarter
+from agent.rollback import rollback
 from agent.selfinstall import DEFAULT_NAME, agent_location, who_am_i
 from agent.selfupdate import SelfUpdate
 from agent.stage import stage
@@ -248,40 +249,16 @@ class Converger:
             log.error("%s: cannot start %s: %s", name, current, exc)
         self.sup.set_auto_restart(name, True)
 
-    # -- manual rollback --------------------------------------------------------------------
     def rollback(self, name: str, desired: Mapping[str, Any] | None) -> str:
-        """Flip ``current`` to ``previous`` by hand, restart and prove; remembered as a failed
-        target so the daemon does not re-apply it until the desired document changes."""
-        layout = self.installed.layout(name)
-        current, previous = layout.current_version(), layout.previous_version()
-        if previous is None or not layout.is_complete(previous):
-            raise WorkloadError(f"{name}: no previous version to roll back to")
-        if current is None:
-            raise WorkloadError(f"{name}: nothing is installed")
-        entry = next(
-            (e for e in (desired or {}).get("workloads", []) if e.get("name") == name), None
+        """Flip ``current`` to ``previous`` by hand (see :func:`agent.rollback.rollback`)."""
+        return rollback(
+            name,
+            desired,
+            installed=self.installed,
+            restarter=self.restarter,
+            ledger=self.ledger,
+            board=self.board,
         )
-        fallback: Mapping[str, Any] = entry or {"name": name, "kind": "process"}
-        old_doc = self.installed.launch_doc(name, previous, fallback)
-        layout.flip(layout.current, previous)
-        layout.flip(layout.previous, current)
-        proof = self.restarter.restart_and_prove(old_doc, previous, self.sup.running(name), {})
-        self.sup.set_auto_restart(name, True)
-        message = f"rolled back by hand from {current} to {previous}: {proof.reason}"
-        if entry is not None and str(entry["version"]) != previous:
-            w = Workload.parse(entry)
-            key = doc_key(int((desired or {}).get("generation", 0)), entry)
-            self.ledger.remember(
-                name, FailedTarget(w.version, w.artifact.sha256, key, "RolledBack", message)
-            )
-            self.board.set(name, phase="RolledBack", message=message)
-        else:
-            # Rolled "back" onto the desired version itself: nothing to hold back any more.
-            self.ledger.forget(name)
-            self.board.set(name, phase=None, message=None)
-        if not proof.ok:
-            raise ProveError(message)
-        return message
 
     # -- observation --------------------------------------------------------------------------
     def observe(self, entry: Mapping[str, Any]) -> Observed:

@@ -17,11 +17,11 @@ from typing import Any
 
 from agent.board import Board
 from agent.config import AgentConfig
-from agent.daemon import make_converger, make_supervisor
 from agent.errors import AgentError
 from agent.report import decide_phase
 from agent.state import StateDir, read_json, write_json
 from agent.supervise.child import ChildSupervisor
+from agent.wiring import make_converger, make_supervisor
 
 
 def request_rollback(cfg: AgentConfig, name: str, timeout: float = 120.0) -> tuple[bool, str]:

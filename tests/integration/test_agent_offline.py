@@ -10,7 +10,8 @@ import httpx
 
 from agent.state import write_json
 from tests.helpers.agents import desired_doc, make_agent, workload_doc
-from tests.helpers.artifacts import build_program, free_port
+from tests.helpers.artifact_server import free_port
+from tests.helpers.artifacts import build_program
 
 
 def test_offline_agent_and_rollback_without_daemon(tmp_path: Path) -> None:

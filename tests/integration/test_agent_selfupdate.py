@@ -22,7 +22,8 @@ from agent.layout import WorkloadLayout
 from agent.state import write_json
 from agent.unpack import unpack
 from tests.helpers.agents import agent_config, desired_doc, workload_doc
-from tests.helpers.artifacts import Artifact, build_agent, build_program, free_port
+from tests.helpers.artifact_server import free_port
+from tests.helpers.artifacts import Artifact, build_agent, build_program
 
 SELF = "fleetkeeper-agent"
 

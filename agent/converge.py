@@ -21,6 +21,7 @@ from typing import Any
 from agent.board import Board
 from agent.errors import AgentError, UnpackError, VerifyError, WorkloadError
 from agent.installed import Installed
+from agent.journal import Journal
 from agent.ledger import FailedTarget, Ledger, replay_failure
 from agent.observe import Observer
 from agent.report import Observed
@@ -29,7 +30,7 @@ from agent.rollback import rollback
 from agent.selfinstall import DEFAULT_NAME, agent_location, who_am_i
 from agent.selfupdate import SelfUpdate
 from agent.stage import stage
-from agent.state import StateDir, read_json, write_json
+from agent.state import StateDir
 from agent.supervise.supervisor import Supervisor
 from agent.workload import Outcome, Workload, doc_key
 
@@ -122,12 +123,12 @@ class Converger:
                 f"installRoot {self.root} (its code is in {agent_location()}); "
                 "it will not run a second agent: install it under installRoot to self-update"
             )
-        journal = read_json(self.state.journal_file(name))
+        journal = Journal.read(self.state, name)
         if failed and failed.is_target(version, sha, key):
             # Known bad target for this very document: keep the restored state, do not retry.
-            if isinstance(journal, dict) and layout.current_version() == version:
+            if journal is not None and layout.current_version() == version:
                 self._restore(w, journal)
-            self.state.journal_file(name).unlink(missing_ok=True)
+            Journal.clear(self.state, name)
             self._ensure_running(w)
             return replay_failure(self.board, name, failed, version)
         if failed:
@@ -136,7 +137,7 @@ class Converger:
         self.board.set(name, desired_version=version)
         current = layout.current_version()
         if current == version and layout.installed_sha256(version) == sha:
-            if isinstance(journal, dict) and journal.get("to") == version:
+            if journal is not None and journal.to == version:
                 log.info("%s: finishing the interrupted update to %s", name, version)
                 return self._activate(w, journal, {"received": time.time()}, key)
             return self._steady(w)
@@ -146,21 +147,15 @@ class Converger:
         stage(w, self.installed, self.board, timings)
         from_previous = layout.previous_version()
         if (
-            isinstance(journal, dict)
-            and (journal.get("to"), journal.get("from")) == (version, current)
-            and "fromPrevious" in journal
+            journal is not None
+            and (journal.to, journal.back) == (version, current)
+            and journal.knows_previous
         ):
             # Killed between journaling and flipping: `previous` may already be flipped, so
             # keep what it was before the first attempt.
-            from_previous = journal["fromPrevious"]
-        journal = {
-            "to": version,
-            "sha256": sha,
-            "from": current,
-            "fromPrevious": from_previous,
-            "docKey": key,
-        }
-        write_json(self.state.journal_file(name), journal)
+            from_previous = journal.from_previous
+        journal = Journal(version, sha, current, from_previous, key)
+        journal.write(self.state, name)
         t1 = time.monotonic()
         if current and current != version:
             layout.flip(layout.previous, current)
@@ -170,7 +165,7 @@ class Converger:
         return self._activate(w, journal, timings, key)
 
     def _activate(
-        self, w: Workload, journal: Mapping[str, Any], timings: dict[str, float], key: str
+        self, w: Workload, journal: Journal, timings: dict[str, float], key: str
     ) -> Outcome:
         name, version = w.name, w.version
         self.board.set(name, phase="Restarting", message=None)
@@ -184,7 +179,7 @@ class Converger:
         )
         if proof.ok:
             self.sup.set_auto_restart(name, True)
-            self.state.journal_file(name).unlink(missing_ok=True)
+            Journal.clear(self.state, name)
             self.installed.layout(name).prune(self.keep)
             self.board.set(name, phase="Healthy", message=None)
             self._record_timings(name, version, timings, ok=True)
@@ -193,8 +188,7 @@ class Converger:
 
         reason = f"{version} failed: {proof.reason}"
         log.error("%s %s", name, reason)
-        sha = journal.get("sha256")
-        target = FailedTarget(version, str(sha) if sha else None, key, "Failed", reason)
+        target = FailedTarget(version, journal.sha256, key, "Failed", reason)
         # Recorded before the rollback too: an agent killed during it must not retry.
         self.ledger.remember(name, target)
         message = self._restore(w, journal, reason=reason)
@@ -204,24 +198,24 @@ class Converger:
         self._record_timings(name, version, timings, ok=False)
         return Outcome(False, "Failed", message, timings)
 
-    def _restore(self, w: Workload, journal: Mapping[str, Any], reason: str = "") -> str:
+    def _restore(self, w: Workload, journal: Journal, reason: str = "") -> str:
         """Undo an update described by ``journal``: flip back, restart the old version, prove it."""
         name = w.name
         layout = self.installed.layout(name)
-        back = journal.get("from")
-        if back and layout.is_complete(str(back)):
-            layout.flip_back(str(back), journal.get("fromPrevious"))
-            old_doc = self.installed.launch_doc(name, str(back), w.doc)
+        back = journal.back
+        if back and layout.is_complete(back):
+            layout.flip_back(back, journal.from_previous)
+            old_doc = self.installed.launch_doc(name, back, w.doc)
             failed_proc = self.sup.running(name)
-            proof = self.restarter.restart_and_prove(old_doc, str(back), failed_proc, {})
+            proof = self.restarter.restart_and_prove(old_doc, back, failed_proc, {})
             self.sup.set_auto_restart(name, True)
-            self.state.journal_file(name).unlink(missing_ok=True)
+            Journal.clear(self.state, name)
             if proof.ok:
                 return f"{reason}; rolled back to {back} ({proof.reason})"
             return f"{reason}; rolled back to {back}, which does not prove healthy: {proof.reason}"
         self.sup.stop(name)
         layout.flip(layout.current, None)
-        self.state.journal_file(name).unlink(missing_ok=True)
+        Journal.clear(self.state, name)
         return f"{reason}; no previous version to roll back to: stopped"
 
     def _steady(self, w: Workload) -> Outcome:

@@ -61,17 +61,6 @@ class Daemon:
         self.latest = Latest(*self.state.read_desired())
         self.acted_generation = 0
         self._lock_fd: int | None = None
-        self._facts: dict[str, Any] | None = None
-        self._facts_lock = threading.Lock()
-
-    def facts(self) -> dict[str, Any]:
-        """Node facts, detected once (probing the model runtimes takes a moment)."""
-        with self._facts_lock:
-            if self._facts is None:
-                self._facts = facts.detect(
-                    self.cfg.node, self.cfg.roles, self.cfg.labels, __version__
-                )
-            return self._facts
 
     # -- lifecycle ------------------------------------------------------------------------
     def acquire(self) -> None:

@@ -151,15 +151,16 @@ sys.exit(main())
 
 
 def build_agent(dest: Path, version: str, *, broken: bool = False) -> Artifact:
-    """A ``.tar.gz`` of the agent itself (this checkout's ``agent`` and ``schema`` packages
-    with ``__version__`` set to ``version``) started by ``bin/fleetkeeper-agent``.
+    """A ``.tar.gz`` of the agent itself (this checkout's ``agent``, ``schema`` and
+    ``fleetkeeper_common`` packages, everything the agent imports, with ``__version__`` set
+    to ``version``) started by ``bin/fleetkeeper-agent``.
     ``broken``: the daemon dies right after start (its report thread raises), for
     self-update rollback tests."""
     repo = Path(__file__).resolve().parents[2]
     dest.mkdir(parents=True, exist_ok=True)
     path = dest / f"fleetkeeper-agent-{version}.tar.gz"
     with tarfile.open(path, "w:gz", compresslevel=1) as tar:
-        for package in ("agent", "schema"):
+        for package in ("agent", "schema", "fleetkeeper_common"):
             for file in sorted((repo / package).rglob("*")):
                 if not file.is_file() or "__pycache__" in file.parts:
                     continue

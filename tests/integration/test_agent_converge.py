@@ -18,9 +18,9 @@ from agent.converge import Converger, Outcome
 from agent.report import decide_phase
 from agent.state import StateDir
 from agent.supervise.child import ChildSupervisor
-from tests.helpers.agents import workload_doc
 from tests.helpers.artifact_server import ArtifactServer, free_port
 from tests.helpers.artifacts import Artifact, build_program, describe, evil_tarball
+from tests.helpers.desired import workload_doc
 
 
 @dataclass

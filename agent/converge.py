@@ -32,7 +32,7 @@ from agent.selfupdate import SelfUpdate
 from agent.stage import stage
 from agent.state import StateDir
 from agent.supervise.supervisor import Supervisor
-from agent.workload import Outcome, Workload, doc_key
+from agent.workload import Desired, Outcome, Workload, doc_key
 
 __all__ = ["Converger", "Outcome", "doc_key"]
 
@@ -71,32 +71,28 @@ class Converger:
     def converge(self, document: Mapping[str, Any]) -> list[Outcome]:
         """Converge every workload of ``document``; stop those no longer desired. An outcome
         with ``exec_argv`` (a self-update handing over) ends the pass."""
-        generation = int(document.get("generation", 0))
-        entries: list[Mapping[str, Any]] = list(document.get("workloads", []))
-        wanted = {str(e["name"]) for e in entries}
-        for name in self.installed.known_workloads() - wanted:
+        desired = Desired.parse(document)
+        for name in self.installed.known_workloads() - desired.names():
             log.info("workload %s is no longer desired: stopping it", name)
             self.sup.stop(name)
             self.board.drop(name)
         outcomes = []
-        for entry in entries:
+        for entry in desired.entries:
             try:
-                w = Workload.parse(entry)
-                outcomes.append(self.converge_one(w, doc_key(generation, entry)))
+                outcomes.append(self.converge_one(Workload.parse(entry), desired.key(entry)))
             except AgentError as exc:
-                outcomes.append(self._failed(entry, generation, exc))
+                outcomes.append(self._failed(entry, desired.key(entry), exc))
             if outcomes[-1].exec_argv:
                 break
         return outcomes
 
-    def _failed(self, entry: Mapping[str, Any], generation: int, exc: AgentError) -> Outcome:
+    def _failed(self, entry: Mapping[str, Any], key: str, exc: AgentError) -> Outcome:
         name = str(entry.get("name"))
         log.error("converging %s failed: %s", name, exc)
         if isinstance(exc, VerifyError | UnpackError):
             # A wrong digest or an unsafe archive will not fix itself: no retry until the
             # desired document changes (a network error is retried at resync).
             w = Workload.parse(entry)
-            key = doc_key(generation, entry)
             self.ledger.remember(
                 name, FailedTarget(w.version, w.artifact.sha256, key, "Failed", str(exc))
             )
@@ -105,7 +101,7 @@ class Converger:
 
     def adopt_all(self, document: Mapping[str, Any] | None) -> None:
         """At start: take over workloads an earlier agent left running."""
-        names = {str(w["name"]) for w in (document or {}).get("workloads", [])}
+        names = Desired.parse(document).names()
         for name in (names | self.installed.known_workloads()) - {self.me.name}:
             self.sup.adopt(name, self.installed.belongs(name))
 

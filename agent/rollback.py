@@ -14,7 +14,7 @@ from agent.errors import ProveError, WorkloadError
 from agent.installed import Installed
 from agent.ledger import FailedTarget, Ledger
 from agent.restart import Restarter
-from agent.workload import Workload, doc_key
+from agent.workload import Desired, Workload
 
 
 def rollback(
@@ -34,7 +34,8 @@ def rollback(
         raise WorkloadError(f"{name}: no previous version to roll back to")
     if current is None:
         raise WorkloadError(f"{name}: nothing is installed")
-    entry = next((e for e in (desired or {}).get("workloads", []) if e.get("name") == name), None)
+    document = Desired.parse(desired)
+    entry = document.entry(name)
     fallback: Mapping[str, Any] = entry or {"name": name, "kind": "process"}
     old_doc = installed.launch_doc(name, previous, fallback)
     layout.flip(layout.current, previous)
@@ -44,7 +45,7 @@ def rollback(
     message = f"rolled back by hand from {current} to {previous}: {proof.reason}"
     if entry is not None and str(entry["version"]) != previous:
         w = Workload.parse(entry)
-        key = doc_key(int((desired or {}).get("generation", 0)), entry)
+        key = document.key(entry)
         ledger.remember(
             name, FailedTarget(w.version, w.artifact.sha256, key, "RolledBack", message)
         )

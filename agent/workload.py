@@ -72,6 +72,30 @@ class Workload:
         return str((self.doc.get("run") or {}).get("command", ["bin/fleetkeeper-agent"])[0])
 
 
+@dataclass(frozen=True)
+class Desired:
+    """A node's desired-state document: its generation and workload entries (as received)."""
+
+    generation: int
+    entries: tuple[Mapping[str, Any], ...]
+
+    @classmethod
+    def parse(cls, document: Mapping[str, Any] | None) -> Desired:
+        """``document`` (None: nothing desired yet, as before the first poll)."""
+        doc = document or {}
+        return cls(int(doc.get("generation", 0)), tuple(doc.get("workloads", [])))
+
+    def names(self) -> set[str]:
+        return {str(e["name"]) for e in self.entries}
+
+    def entry(self, name: str) -> Mapping[str, Any] | None:
+        return next((e for e in self.entries if e.get("name") == name), None)
+
+    def key(self, entry: Mapping[str, Any]) -> str:
+        """The ledger's identity of ``entry`` in this document."""
+        return doc_key(self.generation, entry)
+
+
 def doc_key(generation: int, workload: Mapping[str, Any]) -> str:
     """Identity of one workload's desired entry in one document (pure).
 

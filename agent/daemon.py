@@ -39,6 +39,7 @@ from agent.report import build_report, decide_phase, workload_entry
 from agent.selfinstall import agent_location, managed_workload
 from agent.state import StateDir, read_json, write_json
 from agent.wiring import make_converger, make_supervisor
+from agent.workload import Desired
 
 log = logging.getLogger(__name__)
 
@@ -218,15 +219,15 @@ class Daemon:
 
     # -- report ---------------------------------------------------------------------------
     def build_report(self) -> dict[str, Any]:
-        doc = self.latest.document
+        desired = Desired.parse(self.latest.document)
         entries = []
-        for w in (doc or {}).get("workloads", []):
-            observed = self.conv.observe(w)
-            note = self.board.get(str(w["name"]))
+        for entry in desired.entries:
+            observed = self.conv.observe(entry)
+            note = self.board.get(observed.name)
             phase = decide_phase(note.phase, observed)
             message = note.message if note.phase in ("Failed", "RolledBack") else None
             entries.append(workload_entry(observed, phase, message))
-        generation = self.acted_generation or int((doc or {}).get("generation", 0))
+        generation = self.acted_generation or desired.generation
         return build_report(self.cfg.node, generation, __version__, entries)
 
     def _report_loop(self) -> None:

@@ -20,8 +20,7 @@ from agent.config import AgentConfig
 from agent.errors import AgentError
 from agent.report import decide_phase
 from agent.state import StateDir, read_json, write_json
-from agent.supervise.child import ChildSupervisor
-from agent.wiring import make_converger, make_supervisor
+from agent.wiring import make_converger, make_observer, make_supervisor
 
 
 def request_rollback(cfg: AgentConfig, name: str, timeout: float = 120.0) -> tuple[bool, str]:
@@ -75,8 +74,7 @@ def local_status(cfg: AgentConfig) -> list[dict[str, Any]]:
     if isinstance(last, dict):
         for e in (last.get("report") or {}).get("workloads", []):
             last_phase[e["name"]] = e
-    sup = ChildSupervisor(state)
-    conv = make_converger(cfg, state, sup, Board())
+    sup, conv = make_observer(cfg, state)
     rows = []
     for w in (doc or {}).get("workloads", []):
         name = str(w["name"])

@@ -42,3 +42,10 @@ def make_converger(cfg: AgentConfig, state: StateDir, sup: Supervisor, board: Bo
         keep_versions=cfg.keep_versions,
         exit_code=exit_code,
     )
+
+
+def make_observer(cfg: AgentConfig, state: StateDir) -> tuple[ChildSupervisor, Converger]:
+    """For read-only views (``fleetkeeper-agent status``): a supervisor that only watches the
+    recorded processes (``watch``), and a converger to observe through."""
+    sup = ChildSupervisor(state)
+    return sup, make_converger(cfg, state, sup, Board())

@@ -7,9 +7,6 @@ daemon's lock. ``status`` only observes.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +16,7 @@ from agent.board import Board
 from agent.config import AgentConfig
 from agent.errors import AgentError
 from agent.report import decide_phase
-from agent.state import StateDir, read_json, write_json
+from agent.state import StateDir, file_lock, read_json, write_json
 from agent.wiring import make_converger, make_observer, make_supervisor
 
 
@@ -28,11 +25,8 @@ def request_rollback(cfg: AgentConfig, name: str, timeout: float = 120.0) -> tup
     the state directory), else directly under the daemon's lock."""
     state = StateDir(cfg.state_dir)
     state.ensure()
-    fd = os.open(state.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with file_lock(state.lock_file, blocking=False) as held:
+        if not held:
             return _ask_daemon(state, name, timeout)
         board = Board()
         sup = make_supervisor(cfg, state)
@@ -43,10 +37,6 @@ def request_rollback(cfg: AgentConfig, name: str, timeout: float = 120.0) -> tup
             return True, conv.rollback(name, doc)
         except AgentError as exc:
             return False, str(exc)
-    finally:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def _ask_daemon(state: StateDir, name: str, timeout: float) -> tuple[bool, str]:

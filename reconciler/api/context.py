@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 
+from fleetkeeper_common.canonical import canonical_json
 from reconciler.api.auth import NodeTokens
 from reconciler.api.hub import DesiredHub
 from reconciler.api.metrics import Metrics
@@ -63,7 +63,7 @@ class ApiContext:
     last_reports: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     def report_is_news(self, node: str, report: Mapping[str, object], now: float) -> bool:
-        text = json.dumps(report, sort_keys=True, separators=(",", ":"))
+        text = canonical_json(report)
         previous = self.last_reports.get(node)
         self.last_reports[node] = (text, now)
         if previous is None or previous[0] != text:
@@ -83,7 +83,6 @@ class ApiContext:
             tokens=NodeTokens((n.name, n.token_hash) for n in store.nodes()),
             metrics=metrics or Metrics(),
             last_reports={
-                r.node: (json.dumps(r.report, sort_keys=True, separators=(",", ":")), r.received_at)
-                for r in store.reports()
+                r.node: (canonical_json(r.report), r.received_at) for r in store.reports()
             },
         )

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
+from fleetkeeper_common.canonical import canonical_json
 from reconciler.spec import JSON
 
 T = TypeVar("T")
@@ -30,7 +31,7 @@ class MetaStore(Protocol):
 
 
 def dumps(value: object) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return canonical_json(value)
 
 
 def _objects(doc: object) -> list[dict[str, JSON]]:

@@ -16,7 +16,7 @@ from functools import cache
 import grimp
 import pytest
 
-PACKAGES = ("reconciler", "agent", "schema")
+PACKAGES = ("reconciler", "agent", "schema", "fleetkeeper_common")
 PURE = ("reconciler.plan", "reconciler.approval.decide")
 # Loading any of these means the module can read files, processes, sockets or Git.
 IO_MODULES = frozenset(

@@ -22,7 +22,7 @@ from reconciler.authoring.gguf_header import read_facts
 from reconciler.plan.select import inventory, target_nodes
 from reconciler.spec import build_spec
 from reconciler.validate.model_rules import GIB, memory_estimate
-from reconciler.validate.report import Report, render_text
+from reconciler.validate.violations import Report, render_text
 
 
 def register(sub: Any) -> None:

@@ -27,7 +27,8 @@ from rich.table import Table
 from rich.text import Text
 
 from reconciler.approval import ApprovalResult, Refusal, evaluate
-from reconciler.config import DEFAULT_BRANCH, ApprovalSettings, Config, parse_config
+from reconciler.approval.settings import ApprovalSettings
+from reconciler.config import DEFAULT_BRANCH, Config, parse_config
 from reconciler.errors import ConfigError, sanitize
 from reconciler.plan.batches import make_batches
 from reconciler.plan.select import (
@@ -36,11 +37,11 @@ from reconciler.plan.select import (
     latest_versions,
     target_nodes,
 )
-from reconciler.report.client import AdminClient, read_token
-from reconciler.report.plan_comment import render_markdown, running_versions
 from reconciler.revision import LoadedRevision, load_revision
 from reconciler.source import GitSource, is_url
 from reconciler.spec import JSON, FleetSpec
+from reconciler.views.client import AdminClient, read_token
+from reconciler.views.plan_comment import render_markdown, running_versions
 
 PIPE_WIDTH = 160
 _SHOWN_VIOLATIONS = 5

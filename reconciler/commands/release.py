@@ -17,7 +17,7 @@ from rich.console import Console
 
 from reconciler.authoring import digest, documents
 from reconciler.authoring.fleetfiles import AuthoringError, add_file, fleet_root, versions
-from reconciler.validate.report import render_text
+from reconciler.validate.violations import render_text
 
 
 def register(sub: Any) -> None:

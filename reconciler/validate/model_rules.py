@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 from reconciler.plan.select import NodeFacts
 from reconciler.spec import Artifact, Deployable
 from reconciler.validate.loader import LoadedFile
-from reconciler.validate.report import Violation
 from reconciler.validate.rules import (
     FileRule,
     Rule,
@@ -26,6 +25,7 @@ from reconciler.validate.rules import (
     node_path,
     violation,
 )
+from reconciler.validate.violations import Violation
 
 GIB = 1024**3
 

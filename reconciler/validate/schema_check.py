@@ -21,7 +21,7 @@ from typing import Any
 
 import schema as schemas
 from reconciler.validate.loader import LoadedFile
-from reconciler.validate.report import Violation
+from reconciler.validate.violations import Violation
 
 KIND_SCHEMAS = {"Fleet": "fleet", "Node": "node", "Release": "release", "Model": "model"}
 _FOLDER_KIND = {"nodes": "Node", "releases": "Release", "models": "Model"}

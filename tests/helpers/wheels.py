@@ -29,7 +29,7 @@ from tests.helpers.git import REPO_ROOT, commit_all, init_repo
 
 # What a source checkout needs to build the package (README is its long description).
 SOURCE_PARTS = ("pyproject.toml", "README.md", ".pre-commit-hooks.yaml", "reconciler", "agent")
-SOURCE_PARTS += ("schema",)
+SOURCE_PARTS += ("schema", "fleetkeeper_common")
 _SKIPPED_DIST_INFO = ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json")
 
 

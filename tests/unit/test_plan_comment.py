@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.report.plan_comment import cell, change, running_versions
+from reconciler.views.plan_comment import cell, change, running_versions
 
 
 @pytest.mark.parametrize(

@@ -31,13 +31,17 @@ def _remember(cache: dict[str, CommitFacts], key: str, value: CommitFacts) -> No
 # Fleet files live at most two levels down (fleet.yaml, nodes/<n>.yaml,
 # releases/<agent>/<version>.yaml, models/<name>/<version>.yaml): how deep to compare.
 _FLEET_DEPTH = {b"nodes": 0, b"releases": 1, b"models": 1}
-_TOP_FILES = (b"fleet.yaml",)
+# Files that change how fleet files are shown or checked out (a `-diff` or
+# `linguist-generated` attribute collapses a fleet file's diff in review; a submodule
+# list): a change to them needs approval like a fleet file (docs/security.md).
+_TOP_FILES = (b"fleet.yaml", b".gitattributes", b".gitmodules")
+_NESTED_META = b".gitattributes"
 _TREE_MODE = b"40000"
 # One entry of a raw tree object: "<octal mode> <name>\0<20-byte id>".
 _RECORD = re.compile(rb"[0-7]+ [^\0]+\0.{20}", re.DOTALL)
 _records_cache: dict[bytes, frozenset[bytes]] = {}
 
-Entry = tuple[bytes, bool]  # (20-byte id, is a tree)
+Entry = tuple[bytes, bytes]  # (20-byte id, octal mode)
 
 
 def _records(repo: pygit2.Repository, oid: bytes | None) -> frozenset[bytes]:
@@ -59,13 +63,14 @@ def _records(repo: pygit2.Repository, oid: bytes | None) -> frozenset[bytes]:
 
 def _entry(record: bytes) -> tuple[bytes, Entry]:
     space = record.index(b" ")
-    return record[space + 1 : -21], (record[-20:], record[:space] == _TREE_MODE)
+    return record[space + 1 : -21], (record[-20:], record[:space])
 
 
 def _changed(
     repo: pygit2.Repository, old: bytes | None, new: bytes | None
 ) -> dict[bytes, tuple[Entry | None, Entry | None]]:
-    """name -> (old entry, new entry) for the entries that differ between two trees."""
+    """name -> (old entry, new entry) for the entries that differ between two trees
+    (in id or in mode: a record holds both)."""
     a, b = _records(repo, old), _records(repo, new)
     out: dict[bytes, tuple[Entry | None, Entry | None]] = {}
     for rec in a - b:
@@ -78,11 +83,15 @@ def _changed(
 
 
 def _tree_id(e: Entry | None) -> bytes | None:
-    return e[0] if e is not None and e[1] else None
+    return e[0] if e is not None and e[1] == _TREE_MODE else None
 
 
-def _blob_id(e: Entry | None) -> str | None:
-    return e[0].hex() if e is not None and not e[1] else None
+def _identity(e: Entry | None) -> str | None:
+    """A non-folder entry as "<mode> <id>": the same blob under another mode (a link, an
+    executable) is another entry, so a mode-only push is a change."""
+    if e is None or e[1] == _TREE_MODE:
+        return None
+    return f"{e[1].decode()} {e[0].hex()}"
 
 
 def _tree_changes(
@@ -91,31 +100,40 @@ def _tree_changes(
     out: list[Change] = []
     for raw_name, (ea, eb) in _changed(repo, old, new).items():
         path = prefix + raw_name.decode("utf-8", "surrogateescape")
+        fa, fb = _identity(ea), _identity(eb)
         if depth > 0:
             ta, tb = _tree_id(ea), _tree_id(eb)
             if ta != tb:
                 out.extend(_tree_changes(repo, ta, tb, path + "/", depth - 1))
-        elif is_fleet_file(path):
-            fa, fb = _blob_id(ea), _blob_id(eb)
-            if fa != fb:
-                out.append(Change(path, fa, fb))
+        # a link or submodule counts whatever its name: validation refuses it, and a
+        # refused push must be seen as a change
+        watched = is_fleet_file(path) or raw_name == _NESTED_META or _odd(fa) or _odd(fb)
+        if fa != fb and watched:
+            out.append(Change(path, fa, fb))
     return out
 
 
+def _odd(identity: str | None) -> bool:
+    """A symlink or gitlink entry (never allowed where fleet files live)."""
+    return identity is not None and not identity.startswith("100")
+
+
 def fleet_changes(repo: pygit2.Repository, old_tree: bytes | None, new_tree: bytes) -> list[Change]:
-    """Fleet files changed from ``old_tree`` (None: empty) to ``new_tree``, sorted by path;
-    identical subtrees are skipped by id."""
+    """Fleet entries changed from ``old_tree`` (None: empty) to ``new_tree`` (in content or
+    in mode), sorted by path; identical subtrees are skipped by id."""
     out: list[Change] = []
     for raw_name, (ea, eb) in _changed(repo, old_tree, new_tree).items():
         name = raw_name.decode("utf-8", "surrogateescape")
+        fa, fb = _identity(ea), _identity(eb)
         if raw_name in _TOP_FILES:
-            fa, fb = _blob_id(ea), _blob_id(eb)
             if fa != fb:
                 out.append(Change(name, fa, fb))
         elif raw_name in _FLEET_DEPTH:
             ta, tb = _tree_id(ea), _tree_id(eb)
             if ta != tb:
                 out.extend(_tree_changes(repo, ta, tb, name + "/", _FLEET_DEPTH[raw_name]))
+            if fa != fb:
+                out.append(Change(name, fa, fb))  # a fleet folder replaced by a file or link
     return sorted(out, key=lambda c: c.path)
 
 

@@ -33,6 +33,7 @@ from reconciler.spec import (
     parse_node,
 )
 from reconciler.validate import model_rules, rules
+from reconciler.validate.entries import entry_violations
 from reconciler.validate.loader import LoadedFile, load_file
 from reconciler.validate.report import Report, Violation, render_json, render_text, sort_key
 from reconciler.validate.rules import FileRule, Rule, RuleContext, Scope
@@ -124,21 +125,26 @@ def validate_files(
     *,
     extra_rules: Iterable[Rule] = (),
     check: FileChecker = check_file,
+    irregular: Iterable[tuple[str, str]] = (),
 ) -> Report:
     """Validate a set of fleet files (repo-relative path -> raw bytes) as one revision.
 
     Per-file checks (YAML pitfalls, schema: ``check``) run on each fleet file; cross-file
     rules run over the files that passed them. Files that are not fleet files are ignored
-    (with a warning when one looks like a misplaced fleet file).
+    (with a warning when one looks like a misplaced fleet file). ``irregular``: the
+    (path, octal mode) of entries that are not regular files, judged by ``entries``.
     """
     with _gc_paused():
-        return _validate(files, extra_rules, check)
+        return _validate(files, extra_rules, check, irregular)
 
 
 def _validate(
-    files: Mapping[str, bytes], extra_rules: Iterable[Rule], check: FileChecker
+    files: Mapping[str, bytes],
+    extra_rules: Iterable[Rule],
+    check: FileChecker,
+    irregular: Iterable[tuple[str, str]] = (),
 ) -> Report:
-    violations: list[Violation] = []
+    violations: list[Violation] = entry_violations(irregular)
     passed: dict[str, LoadedFile] = {}
     checked: list[str] = []
     for path in sorted(files):

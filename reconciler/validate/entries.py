@@ -25,6 +25,11 @@ _NAMES = {
     "160000": "a submodule (gitlink, mode 160000)",
     TREE: "a folder",
 }
+_HINT = {
+    "100755": " (git update-index --chmod=-x PATH)",
+    "120000": " (commit the file itself, not a link to it)",
+    "160000": " (remove the submodule)",
+}
 _TOP_FILES = ("fleet.yaml", "fleet.yml")
 _FLEET_DIRS = ("nodes", "releases", "models")
 _YAML = (".yaml", ".yml")
@@ -47,16 +52,11 @@ def entry_violation(path: str, mode: str) -> Violation | None:
         return None
     top = "/" not in path
     if top and path in _FLEET_DIRS:
-        allowed = mode == TREE
-        expected = "a folder"
-    elif top:
-        allowed = mode == REGULAR
-        expected = "a regular file (mode 100644)"
+        allowed, expected = mode == TREE, "a folder"
+    elif top or path.endswith(_YAML):
+        allowed, expected = mode == REGULAR, "a regular file (mode 100644)"
     elif mode in ("120000", "160000"):
-        allowed, expected = False, "a regular file or folder"
-    elif path.endswith(_YAML):
-        allowed = mode == REGULAR
-        expected = "a regular file (mode 100644)"
+        allowed, expected = False, "regular files and folders"
     else:
         allowed, expected = True, ""
     if allowed:
@@ -65,8 +65,7 @@ def entry_violation(path: str, mode: str) -> Violation | None:
         path,
         1,
         1,
-        f"{path} is {describe_mode(mode)}; fleet paths must be {expected}"
-        " (git update-index --chmod=-x, or replace the link or submodule by the file itself)",
+        f"{path} is {describe_mode(mode)}; fleet paths must be {expected}{_HINT.get(mode, '')}",
     )
 
 

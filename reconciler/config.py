@@ -41,6 +41,8 @@ class ApprovalSettings:
     require_signed_merges: bool = False
     allowed_signers: Path | None = None
     gpg_keyring: Path | None = None
+    # the operator-pinned commit where judging starts (it and its ancestors are trusted)
+    baseline: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ def parse_config(
             require_signed_merges=bool(appr.get("requireSignedMerges", False)),
             allowed_signers=_path(base, appr.get("allowedSigners")),
             gpg_keyring=_path(base, appr.get("gpgKeyring")),
+            baseline=str(appr["baseline"]).lower() if appr.get("baseline") else None,
         ),
         state_dir=state_dir,
         database=database,

@@ -114,6 +114,18 @@ class _Pass:
     tip_rows: list[dict[str, JSON]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class StoreObservations:
+    """First observations of git objects, kept in the store (``approval.Observations``):
+    a signature is judged with the keys as they were when the object was first seen."""
+
+    store: Store
+    now: float
+
+    def first_seen(self, shas: Sequence[str]) -> Mapping[str, float]:
+        return self.store.observe(shas, self.now)
+
+
 def _facts(rec: NodeRecord) -> NodeFacts:
     f = rec.facts
     roles, labels, runtimes, mem = (
@@ -241,7 +253,11 @@ class Reconciler:
         applied = store.applied_revision()
         last_sha = applied.sha if applied is not None else None
         result = approval.evaluate(
-            self.source, self.config.approval, last_sha, self.config.state_dir
+            self.source,
+            self.config.approval,
+            last_sha,
+            self.config.state_dir,
+            StoreObservations(store, p.now),
         )
         seen = self._audit_seen()
         seen_before = list(seen)

@@ -155,6 +155,9 @@ class MeteredStore:
     def put_rollout(self, name: str, state: Mapping[str, JSON]) -> None:
         self.inner.put_rollout(name, state)
 
+    def observe(self, shas: Sequence[str], now: float) -> Mapping[str, float]:
+        return self.inner.observe(shas, now)
+
     def get_meta(self, key: str) -> str | None:
         return self.inner.get_meta(key)
 

@@ -8,7 +8,7 @@ cached by object sha (a re-evaluation after one new merge reads one new commit).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import pygit2
 
@@ -156,12 +156,15 @@ def commit_facts(repo: pygit2.Repository, sha: str) -> CommitFacts:
     return facts
 
 
-def commit_signature(repo: pygit2.Repository, sha: str, verifier: Verifier) -> Signature:
+def commit_signature(
+    repo: pygit2.Repository, sha: str, verifier: Verifier, observed: float
+) -> Signature:
+    """The verdict on ``sha``'s signature with keys judged at ``observed`` (unix time)."""
     commit = repo[sha].peel(pygit2.Commit)
     signature, payload = commit.gpg_signature
     if not signature:
         return Signature.unsigned()
-    return verifier.verify(SignedObject(sha, payload, signature, int(commit.commit_time)))
+    return verifier.verify(SignedObject(sha, payload, signature, int(observed)))
 
 
 def first_parent_chain(repo: pygit2.Repository, tip: str, stop: str | None) -> Iterator[str]:
@@ -229,11 +232,16 @@ def has_commit(repo: pygit2.Repository, sha: str) -> bool:
         return False
 
 
+Observe = Callable[[Sequence[str]], Mapping[str, float]]
+
+
 def tag_facts(
-    repo: pygit2.Repository, verifier: Verifier, wanted: set[str] | None = None
+    repo: pygit2.Repository, verifier: Verifier, observe: Observe, wanted: set[str] | None = None
 ) -> list[TagFacts]:
-    """Every tag; signatures are verified only for names in ``wanted`` (None: all)."""
+    """Every tag; signatures are verified only for names in ``wanted`` (None: all), with
+    keys judged when each tag object was first observed (``observe`` records and says)."""
     out: list[TagFacts] = []
+    found: list[tuple[str, pygit2.Object]] = []
     for refname in repo.references:
         if not refname.startswith("refs/tags/"):
             continue
@@ -241,21 +249,34 @@ def tag_facts(
         ref = repo.references.get(refname)
         if ref is None:
             continue
-        oid = str(ref.target)
-        obj = repo.get(oid)
-        if obj is None:
-            continue
+        obj = repo.get(str(ref.target))
+        if obj is not None:
+            found.append((name, obj))
+    judged = [
+        str(obj.id)
+        for name, obj in found
+        if isinstance(obj, pygit2.Tag) and (wanted is None or name in wanted)
+    ]
+    seen = observe(judged) if judged else {}
+    for name, obj in found:
+        oid = str(obj.id)
         if not isinstance(obj, pygit2.Tag):
-            target = str(obj.id) if obj.type == pygit2.enums.ObjectType.COMMIT else None
+            target = oid if obj.type == pygit2.enums.ObjectType.COMMIT else None
             out.append(TagFacts(name=name, target=target, annotated=False))
             continue
         target, when, _ = _tag_object(repo, oid)
         sig: Signature | None = None
-        if wanted is None or name in wanted:
-            sig = tag_signature(repo, oid, verifier)
+        if oid in seen and (wanted is None or name in wanted):
+            sig = tag_signature(repo, oid, verifier, seen[oid])
         out.append(
             TagFacts(
-                name=name, target=target, annotated=True, time=when, signature=sig, tag_sha=oid
+                name=name,
+                target=target,
+                annotated=True,
+                time=when,
+                signature=sig,
+                tag_sha=oid,
+                tagged_as=obj.name,
             )
         )
     return out
@@ -280,10 +301,13 @@ def _tag_object(repo: pygit2.Repository, oid: str) -> tuple[str | None, int | No
     return target, when, raw
 
 
-def tag_signature(repo: pygit2.Repository, oid: str, verifier: Verifier) -> Signature:
-    _, when, raw = _tag_object(repo, oid)
+def tag_signature(
+    repo: pygit2.Repository, oid: str, verifier: Verifier, observed: float
+) -> Signature:
+    """The verdict on tag object ``oid``'s signature with keys judged at ``observed``."""
+    _, _, raw = _tag_object(repo, oid)
     parts = split_tag(raw)
     if parts is None:
         return Signature.unsigned()
     payload, signature = parts
-    return verifier.verify(SignedObject(oid, payload, signature, when or 0))
+    return verifier.verify(SignedObject(oid, payload, signature, int(observed)))

@@ -165,7 +165,7 @@ def test_rollback_refusal_keeps_applied() -> None:
 def tag(
     name: str, target: str, *, time: int = 0, sig: Signature | None = GOOD, annotated: bool = True
 ) -> TagFacts:
-    return TagFacts(name, target, annotated, time, sig if annotated else None, f"t-{name}")
+    return TagFacts(name, target, annotated, time, sig if annotated else None, f"t-{name}", name)
 
 
 ALICE = Signature("ssh", True, signer="alice@x")

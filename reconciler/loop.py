@@ -122,6 +122,10 @@ class StoreObservations:
     store: Store
     now: float
 
+    @property
+    def scope(self) -> object:
+        return self.store
+
     def first_seen(self, shas: Sequence[str]) -> Mapping[str, float]:
         return self.store.observe(shas, self.now)
 

@@ -48,6 +48,11 @@ class Source(Protocol):
 class Observations(Protocol):
     """When the reconciler first observed git objects whose signatures it judges."""
 
+    @property
+    def scope(self) -> object:
+        """Whose records these are (the store): fold states are memoised per scope."""
+        ...
+
     def first_seen(self, shas: Sequence[str]) -> Mapping[str, float]:
         """Each sha's first observation, recording ``now`` for those never seen before."""
         ...
@@ -59,6 +64,10 @@ class SeenNow:
     (``fleetkeeper plan``, which writes nothing, judges as a first start would)."""
 
     now: float
+
+    @property
+    def scope(self) -> object:
+        return SeenNow
 
     def first_seen(self, shas: Sequence[str]) -> Mapping[str, float]:
         return {sha: self.now for sha in shas}
@@ -109,7 +118,7 @@ def evaluate(
         return decide.rollback_refusal(source.branch, None, last_applied)
     if last_applied is not None and not _reaches(repo, tip, last_applied):
         return decide.rollback_refusal(source.branch, tip, last_applied)
-    key = (repo.path, source.branch, settings, ctx.verifier.digest, start)
+    key = (repo.path, source.branch, settings, ctx.verifier.digest, start, seen.scope)
     initial = decide.ChainState()
     if baseline is not None and from_baseline:
         initial = decide.baseline_state(baseline)

@@ -217,7 +217,7 @@ def load_revision(repo: pygit2.Repository, sha: str) -> LoadedRevision:
             if len(_results) >= _RESULT_MAX:
                 _results.pop(next(iter(_results)))
             _results[found] = hit
+        if spec is None:  # the verdict is the caller's to report (the loop audits it once)
+            log.debug("revision %s is invalid: %d violation(s)", sha, len(violations))
     spec, violations = hit
-    if spec is None:
-        log.warning("revision %s is invalid: %d violation(s)", sha, len(violations))
     return LoadedRevision(sha=sha, spec=spec, violations=violations)

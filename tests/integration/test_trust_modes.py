@@ -210,3 +210,34 @@ def test_gitattributes_change_needs_approval(rig: LoopRig) -> None:
     assert [e.revision for e in refused] == [direct]
     assert "changes .gitattributes without a merge" in refused[0].message
     assert rig.store.applied_revision().sha == first.revision
+
+
+# -- point 9 (part): a verdict is logged and audited once, and stays visible in status -----
+
+
+def test_invalid_revision_is_logged_once_over_many_passes(
+    rig: LoopRig, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig.once()
+    bad = release_doc("app", "1.2.0", batch_size=2)
+    bad["artifacts"][0]["sha256"] = "not-a-digest"
+    invalid = rig.repo.change({"releases/app/1.2.0.yaml": bad}, "app 1.2.0 (broken)")
+    direct = rig.repo.direct_commit({"releases/app/1.3.0.yaml": release_doc("app", "1.3.0")}, "x")
+    caplog.set_level("DEBUG")
+    t0 = rig.clock.t
+    for i in range(6):
+        rig.clock.t = t0 + 60 * i
+        rig.converge(*NODES)
+        rig.once()
+        conds = {c["type"]: c for c in rig.reconciler.conditions()}
+        assert conds["Stalled"]["status"] == "True" and conds["Stalled"]["reason"] == "Invalid"
+        assert invalid in conds["Stalled"]["message"]
+        rows = rig.reconciler.fleet_status()["releases"]
+        assert any(r["phase"] == "Invalid" and r["version"] == "1.2.0" for r in rows)
+    loud = [r for r in caplog.records if r.levelno >= 30]  # WARNING and above
+    assert [r.getMessage()[:60] for r in loud if invalid in r.getMessage()] == [
+        f"Invalid: {invalid} is not applied: releases/app/1.2.0.yaml"[:60]
+    ]
+    assert len([r for r in loud if direct in r.getMessage()]) == 1
+    audited = [e.kind for e in rig.store.audit(limit=100) if e.revision == invalid]
+    assert audited == ["approved", "invalid"]  # each decision once

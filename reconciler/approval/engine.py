@@ -118,7 +118,15 @@ def evaluate(
         return decide.rollback_refusal(source.branch, None, last_applied)
     if last_applied is not None and not _reaches(repo, tip, last_applied):
         return decide.rollback_refusal(source.branch, tip, last_applied)
-    key = (repo.path, source.branch, settings, ctx.verifier.digest, start, seen.scope)
+    key = (
+        repo.path,
+        source.branch,
+        settings,
+        ctx.verifier.digest,
+        start,
+        from_baseline,
+        seen.scope,
+    )
     initial = decide.ChainState()
     if baseline is not None and from_baseline:
         initial = decide.baseline_state(baseline)

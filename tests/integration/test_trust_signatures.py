@@ -16,8 +16,9 @@ import stat
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,7 @@ from reconciler.config import ApprovalSettings
 from reconciler.loop import StoreObservations
 from reconciler.source import GitSource
 from reconciler.store import Store, open_store
+from tests.helpers.fleet import LoopRig, fleet_files, nodes_named, release_doc
 from tests.helpers.fleetfiles import basic_fleet, node, release
 from tests.helpers.git import git
 from tests.helpers.keys import Keys, SignedRepo, close_keys, session_keys, signed_tag
@@ -303,3 +305,54 @@ def test_baseline_must_be_a_full_sha(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="baseline"):
         parse_config({"repo": ".", "approval": {"baseline": "HEAD~3"}}, base=tmp_path, env={})
+
+
+# -- the real loop: first observations live in the store, across restarts -------------------
+
+
+@dataclass
+class SignedLoopRig(LoopRig):
+    approval: ApprovalSettings = field(default_factory=ApprovalSettings)
+
+    def config(self) -> Any:
+        return replace(super().config(), approval=self.approval)
+
+
+def test_loop_judges_each_tag_when_it_first_saw_it(tmp_path: Path, keys: Keys) -> None:
+    files = fleet_files(nodes_named("n1"), [release_doc("app", "1.0.0")])
+    rig = SignedLoopRig.create(tmp_path, files)
+    t0 = rig.clock.t  # 2027-01-15
+    retire = time.strftime("%Y%m%d", time.gmtime(t0 + 30 * DAY))
+    signers = tmp_path / "allowed_signers"
+    signers.write_text(
+        f'alice@fleet.test namespaces="git",valid-before="{retire}" {keys.ssh["alice"].public}\n'
+        f'bob@fleet.test namespaces="git" {keys.ssh["bob"].public}\n'
+    )
+    rig.approval = ApprovalSettings(mode="signed-tag", threshold=2, allowed_signers=signers)
+    rig.close()
+    rig.start()
+    try:
+        target = rig.repo.head()
+        alice_tag = signed_tag(rig.repo.path, keys, "alice", "deploy/a", target)
+        rig.once()  # seen while alice's key is valid; one signer of two: nothing yet
+        assert rig.store.applied_revision() is None
+        rig.close()
+        rig.start()  # a restart: what was seen, and when, is in the store
+        rig.clock.t = t0 + 60 * DAY  # alice's key has been retired for a month
+        signed_tag(rig.repo.path, keys, "bob", "deploy/b", target)
+        rig.once()
+        applied = rig.store.applied_revision()
+        assert applied is not None and applied.sha == target
+        assert applied.approval["signers"] == ["alice@fleet.test", "bob@fleet.test"]
+        assert rig.store.observe([alice_tag], 0.0)[alice_tag] == t0
+        # a new tag by the retired key, backdated into its validity, counts for nothing
+        newer = rig.repo.change(fleet_files(releases=[release_doc("app", "1.1.0")]), "1.1.0")
+        signed_tag(rig.repo.path, keys, "alice", "deploy/c", newer, date="@1500000000 +0000")
+        signed_tag(rig.repo.path, keys, "bob", "deploy/c-bob", newer)
+        rig.clock.t = t0 + 61 * DAY
+        rig.once()
+        assert rig.store.applied_revision().sha == target
+        refused = [e.message for e in rig.store.audit(limit=100) if e.revision == newer]
+        assert any("1 of 2 required distinct signers (bob@fleet.test)" in m for m in refused)
+    finally:
+        rig.close()

@@ -9,8 +9,9 @@ Only exit codes and gpg's ``--status-fd`` lines are trusted, never human-readabl
   first observed the object, so that ``valid-after``/``valid-before`` are judged then.
 - OpenPGP: ``gpg --verify`` in a GNUPGHOME owned by the reconciler (under its stateDir)
   into which only the configured keyring is imported; never the user's keyring. gpg's
-  clock is set to the first observation (``--faked-system-time``), so key expiry (and
-  revocation, as gpg sees it then) are judged at that moment.
+  clock is set to the first observation (``--faked-system-time``), so key expiry is judged
+  at that moment. A revocation counts whenever it was made (gpg applies it to every
+  signature, which is also immune to backdating): retire a key by letting it expire.
 
 Never at the committer or tagger date: the signer writes it, so a retired key could
 approve anything by backdating it (git's own ``verify-commit`` trusts that date).

@@ -356,3 +356,47 @@ def test_loop_judges_each_tag_when_it_first_saw_it(tmp_path: Path, keys: Keys) -
         assert any("1 of 2 required distinct signers (bob@fleet.test)" in m for m in refused)
     finally:
         rig.close()
+
+
+def test_revoked_openpgp_key_voids_what_it_signed(
+    repo: SignedRepo, tmp_path: Path, store: Store
+) -> None:
+    home = tmp_path / "dana-gnupg"
+    home.mkdir(mode=0o700)
+    env = {**os.environ, "GNUPGHOME": str(home)}
+    email = "dana@fleet.test"
+
+    def gpg(*args: str, stdin: str | None = None) -> bytes:
+        return subprocess.run(
+            ["gpg", "--no-tty", "--pinentry-mode", "loopback", "--passphrase", "", *args],
+            env=env, input=stdin.encode() if stdin else None, check=True, capture_output=True,
+        ).stdout  # fmt: skip
+
+    try:
+        gpg("--batch", "--quick-gen-key", f"Dana <{email}>", "ed25519", "sign", "never")
+        keyring = tmp_path / "dana.asc"
+        keyring.write_bytes(gpg("--batch", "--armor", "--export", email))
+        for rel, text in basic_fleet().items():
+            (repo.path / rel).parent.mkdir(parents=True, exist_ok=True)
+            (repo.path / rel).write_text(text)
+        git(repo.path, "add", "-A")
+        proc = subprocess.run(
+            ["git", "-c", "gpg.format=openpgp", "-c", f"user.signingkey={email}",
+             "commit", "-q", "--no-verify", "-S", "-m", "squash"],
+            cwd=repo.path, env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        signed = repo.head()
+        s = ApprovalSettings(gpg_keyring=keyring)
+        assert judge(repo.path, s, store).revision == signed  # observed now, key valid
+        # the key is revoked (compromised): its signatures count for nothing, also those the
+        # reconciler saw before the revocation
+        gpg("--command-fd", "0", "--armor", "-o", str(tmp_path / "rev.asc"), "--gen-revoke", email,
+            stdin="y\n1\n\ny\n")  # fmt: skip
+        gpg("--batch", "--import", str(tmp_path / "rev.asc"))
+        keyring.write_bytes(gpg("--batch", "--armor", "--export", email))
+        result = judge(repo.path, s, store)
+        assert result.revision is None
+        assert "OpenPGP signature not valid (REVKEYSIG)" in result.refused[0].reason
+    finally:
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True)

@@ -58,7 +58,10 @@ class Signature:
 
 @dataclass(frozen=True)
 class Change:
-    """A fleet file a commit changed relative to its first parent (None: absent)."""
+    """A fleet entry a commit changed relative to its first parent (None: absent).
+
+    ``old``/``new`` identify the entry as "<mode> <blob id>": the same blob under another
+    mode (a symlink, an executable) is another entry."""
 
     path: str
     old: str | None

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+import schema
 from reconciler.approval import ApprovalResult, evaluate
 from reconciler.cli import main
 from reconciler.config import ApprovalSettings
@@ -400,3 +401,28 @@ def test_revoked_openpgp_key_voids_what_it_signed(
         assert "OpenPGP signature not valid (REVKEYSIG)" in result.refused[0].reason
     finally:
         subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True)
+
+
+def test_loop_applies_the_baseline_of_a_repo_without_approvable_history(tmp_path: Path) -> None:
+    rig = SignedLoopRig.create(tmp_path, {})
+    try:
+        # the fleet arrived in a direct commit (an import, a forge key long expired)
+        files = fleet_files(nodes_named("n1"), [release_doc("app", "1.0.0")])
+        imported = rig.repo.direct_commit(files, "import")
+        rig.once()
+        assert rig.store.applied_revision() is None  # nothing approvable without a baseline
+        rig.approval = ApprovalSettings(baseline=imported)
+        rig.close()
+        rig.start()
+        result = rig.once()
+        assert result.revision == imported
+        applied = rig.store.applied_revision()
+        assert applied.approval == {"kind": "baseline", "ref": imported, "signers": []}
+        served = rig.store.all_desired()
+        assert [rec.node for rec in served] == ["n1"]
+        for rec in served:  # agents accept what they are served
+            assert schema.errors("desired-state", rec.document) == []
+            assert rec.document["approval"]["kind"] == "baseline"
+        assert rig.once().writes == 0  # and a second pass writes nothing
+    finally:
+        rig.close()

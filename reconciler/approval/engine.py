@@ -32,6 +32,7 @@ _MEMO_MAX = 64
 _FORWARD_LIMIT = 1000  # commits followed back to the last evaluated tip before a full walk
 _memo: dict[tuple[object, ...], tuple[str, decide.ChainState]] = {}
 _memo_lock = threading.Lock()
+_missing_warned: set[str] = set()
 
 
 class Source(Protocol):
@@ -203,7 +204,9 @@ def _fold(
 
 def _evaluate_tags(ctx: _Context, last_applied: str | None) -> ApprovalResult:
     if last_applied is not None and not history.has_commit(ctx.repo, last_applied):
-        log.warning("applied revision %s is not in the repository", last_applied)
+        if last_applied not in _missing_warned:  # once, not on every pass
+            _missing_warned.add(last_applied)
+            log.warning("applied revision %s is not in the repository", last_applied)
     tags = history.tag_facts(ctx.repo, ctx.verifier, ctx.observations.first_seen, _wanted_tags(ctx))
     groups, refused, audit = decide.group_tags(tags, ctx.settings)
     # Newest first, stopping at the first usable tagged commit: older tags are superseded,

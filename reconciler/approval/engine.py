@@ -203,10 +203,10 @@ def _fold(
 
 
 def _evaluate_tags(ctx: _Context, last_applied: str | None) -> ApprovalResult:
-    if last_applied is not None and not history.has_commit(ctx.repo, last_applied):
-        if last_applied not in _missing_warned:  # once, not on every pass
-            _missing_warned.add(last_applied)
-            log.warning("applied revision %s is not in the repository", last_applied)
+    missing = last_applied is not None and not history.has_commit(ctx.repo, last_applied)
+    if missing and last_applied not in _missing_warned:  # once, not on every pass
+        _missing_warned.add(str(last_applied))
+        log.warning("applied revision %s is not in the repository", last_applied)
     tags = history.tag_facts(ctx.repo, ctx.verifier, ctx.observations.first_seen, _wanted_tags(ctx))
     groups, refused, audit = decide.group_tags(tags, ctx.settings)
     # Newest first, stopping at the first usable tagged commit: older tags are superseded,

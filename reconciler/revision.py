@@ -25,8 +25,8 @@ from reconciler.spec import FleetSpec
 from reconciler.validate import FileCheck, Report, RuleMemo, Violation, validate_incremental
 from reconciler.validate.entries import entry_violations
 from reconciler.validate.loader import LoadedFile, load_file
-from reconciler.validate.report import sort_key
 from reconciler.validate.schema_check import check_schema, expected_kind
+from reconciler.validate.violations import sort_key
 
 log = logging.getLogger(__name__)
 

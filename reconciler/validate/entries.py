@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from reconciler.validate.report import Violation
+from reconciler.validate.violations import Violation
 
 REGULAR = "100644"
 TREE = "40000"

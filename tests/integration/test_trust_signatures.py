@@ -26,7 +26,7 @@ import schema
 from reconciler.approval import ApprovalResult, evaluate
 from reconciler.cli import main
 from reconciler.config import ApprovalSettings
-from reconciler.loop import StoreObservations
+from reconciler.loop.steps import StoreObservations
 from reconciler.source import GitSource
 from reconciler.store import Store, open_store
 from tests.helpers.fleet import LoopRig, fleet_files, nodes_named, release_doc

@@ -4,10 +4,11 @@ The same code runs in ``fleetkeeper validate``, in the git hooks and in the reco
 before it applies a revision. Pure: ``validate_files`` takes the files' bytes and returns
 every violation as a value (it never stops at the first one).
 
+    entries       tree entries where fleet files live must be regular files (mode 100644)
     loader        bytes -> values + node marks; duplicate keys, tabs, aliases, ...
     schema_check  per-file JSON Schema, each error at its YAML node
     rules         cross-file rules (RULES); model_rules adds the model ones
-    report        Violation, Report, text and JSON renderings
+    violations    Violation, Report, text and JSON renderings
 
 ``validate_incremental`` gives exactly what ``validate_files`` gives, reusing the per-file
 rules' findings of the last call (a ``RuleMemo`` value the caller keeps) for files whose

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent import procinfo, selfupdate
+from agent import isolation, procinfo, selfupdate
 from agent.board import Board
 from agent.download import fetch
 from agent.errors import AgentError, ProveError, UnpackError, VerifyError, WorkloadError
@@ -96,6 +96,8 @@ class Converger:
         board: Board,
         keep_versions: int = 3,
         exit_code: Callable[[str], int | None] | None = None,
+        workload_user: str | None = None,
+        superseded: Callable[[], bool] | None = None,
     ) -> None:
         self.root = install_root
         self.state = state
@@ -103,6 +105,9 @@ class Converger:
         self.board = board
         self.keep = keep_versions
         self.exit_code = exit_code or (lambda _name: None)
+        self.workload_user = workload_user  # agent config workloadUser; run.user wins
+        # True once a newer desired generation has arrived: an in-flight download stops.
+        self.superseded = superseded or (lambda: False)
         self._probe_cache: dict[tuple[int, str], tuple[str | None, str]] = {}
         # The agent itself, when it is installed under installRoot (see agent.selfupdate).
         self.me = selfupdate.who_am_i(install_root)
@@ -121,13 +126,15 @@ class Converger:
         return saved if isinstance(saved, dict) else fallback
 
     def spec(self, w: Mapping[str, Any], version: str) -> tuple[LaunchSpec, Runtime, Path]:
+        w = isolation.with_user(w, self.workload_user)
         name = str(w["name"])
         vdir = Path(os.path.realpath(self.layout(name).version_dir(version)))
         runtime = runtime_for(w)
         wstate = self.state.workload_state(name)
         wstate.mkdir(parents=True, exist_ok=True)
         argv, env = runtime.command(w, vdir, wstate)
-        return LaunchSpec(name, tuple(argv), vdir, env), runtime, vdir
+        user = isolation.effective_user(w, None)
+        return LaunchSpec(name, tuple(argv), vdir, env, user), runtime, vdir
 
     def locate(self, name: str, info: ProcInfo) -> tuple[str | None, str]:
         layout = self.layout(name)
@@ -411,6 +418,7 @@ class Converger:
         old: ProcInfo | None,
     ) -> Proof:
         """Wait until the new process is proven (or the health timeout passes)."""
+        w = isolation.with_user(w, self.workload_user)  # the probe runs as the workload does
         name = str(w["name"])
         timeout = float((w.get("health") or {}).get("timeoutSeconds", DEFAULT_HEALTH_TIMEOUT))
         deadline = time.monotonic() + timeout

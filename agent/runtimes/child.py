@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent import procinfo
+from agent import isolation, procinfo
 from agent.errors import WorkloadError
 from agent.procinfo import ProcInfo
 from agent.runtimes.supervisor import LaunchSpec
@@ -31,7 +31,7 @@ from agent.state import StateDir, read_json, write_json
 log = logging.getLogger(__name__)
 
 STABLE_SECONDS = 10.0
-WORKLOAD_ENV = "FLEETKEEPER_WORKLOAD"
+WORKLOAD_ENV = isolation.WORKLOAD_ENV
 
 
 class SupervisorError(WorkloadError):
@@ -106,6 +106,7 @@ class ChildSupervisor:
                 "argv": list(m.spec.argv),
                 "cwd": str(m.spec.cwd),
                 "env": dict(m.spec.env),
+                "user": m.spec.user,
                 "startedAt": m.started,
             },
             mode=0o600,
@@ -151,6 +152,7 @@ class ChildSupervisor:
                 tuple(rec.get("argv") or ()),
                 Path(rec.get("cwd") or "/"),
                 dict(rec.get("env") or {}),
+                rec.get("user") if isinstance(rec.get("user"), str) else None,
             )
             self._procs[name] = _Managed(
                 spec, info.pid, info.start_id, None, float(rec.get("startedAt") or info.start_time)
@@ -211,8 +213,11 @@ class ChildSupervisor:
         logfile.parent.mkdir(parents=True, exist_ok=True)
         if logfile.exists() and logfile.stat().st_size > self.log_max_bytes:
             rotate(logfile, self.log_keep)
-        # The marker lets a later agent recognise an unrecorded process as this workload's.
-        env = {**os.environ, **spec.env, WORKLOAD_ENV: spec.name}
+        # Nothing of the agent's environment (it holds the join token): a clean base, run.env
+        # and the marker that lets a later agent recognise an unrecorded process.
+        user = isolation.lookup_user(spec.user) if spec.user else None
+        home = user.home if user else isolation.own_home()
+        env = isolation.workload_env(spec.name, spec.env, home=home, agent_env=os.environ)
         with open(logfile, "ab") as out:
             out.write(
                 f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} start {list(spec.argv)}\n".encode()
@@ -228,10 +233,12 @@ class ChildSupervisor:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                     close_fds=True,
+                    **isolation.popen_user_kwargs(user),
                 )
-            except OSError as exc:
+            except (OSError, subprocess.SubprocessError) as exc:
+                as_user = f" as user {user.name}" if user else ""
                 raise SupervisorError(
-                    f"cannot start {spec.name}: {list(spec.argv)} in {spec.cwd}: {exc}"
+                    f"cannot start {spec.name}{as_user}: {list(spec.argv)} in {spec.cwd}: {exc}"
                 ) from exc
         info = procinfo.read(popen.pid)
         start_id = info.start_id if info else "exited"

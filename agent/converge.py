@@ -295,7 +295,13 @@ class Converger:
         staging = layout.staging_dir()
         filename = Path(urllib.parse.urlsplit(str(artifact["url"])).path).name or name
         try:
-            unpack(got.path, staging, filename=filename)
+            unpacked = artifact.get("unpackedSize")
+            unpack(
+                got.path,
+                staging,
+                filename=filename,
+                unpacked_size=unpacked if isinstance(unpacked, int) else None,
+            )
             layout.commit_staged(staging, version, sha)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

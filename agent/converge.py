@@ -25,7 +25,14 @@ from typing import Any
 from agent import isolation, procinfo, selfupdate
 from agent.board import Board
 from agent.download import fetch
-from agent.errors import AgentError, ProveError, UnpackError, VerifyError, WorkloadError
+from agent.errors import (
+    AgentError,
+    ProveError,
+    Superseded,
+    UnpackError,
+    VerifyError,
+    WorkloadError,
+)
 from agent.layout import WorkloadLayout, resolved_within
 from agent.observe import Observer
 from agent.procinfo import ProcInfo
@@ -157,6 +164,12 @@ class Converger:
         for w in document.get("workloads", []):
             try:
                 outcomes.append(self.converge_one(w, generation))
+            except Superseded as exc:
+                # Not a failure of this workload: the whole document is stale. What runs
+                # keeps running; the next pass converges the newer document.
+                log.info("%s: %s", w.get("name"), exc)
+                self.board.set(str(w["name"]), phase=None, message=None)
+                break
             except AgentError as exc:
                 log.error("converging %s failed: %s", w.get("name"), exc)
                 if isinstance(exc, VerifyError | UnpackError):
@@ -273,13 +286,20 @@ class Converger:
                     f"now says {sha}; publish the change as a new version"
                 )
             shutil.rmtree(layout.version_dir(version), ignore_errors=True)
+        size = artifact.get("size")
+        if not isinstance(size, int):
+            raise VerifyError(
+                f"{name} {version}: the artifact has no size; a download without a bound is "
+                "refused (artifacts[].size is required)"
+            )
         self.board.set(name, phase="Downloading", message=None)
         got = fetch(
             str(artifact["url"]),
             layout.downloads,
             sha256=sha,
-            size=artifact.get("size"),
+            size=size,
             on_phase=lambda phase: self.board.set(name, phase=phase),
+            superseded=self.superseded,
         )
         timings["download"], timings["verify"] = got.seconds, got.verify_seconds
         if got.size >= 8 << 20:

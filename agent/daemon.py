@@ -93,7 +93,7 @@ class Daemon:
         cfg.install_root.mkdir(parents=True, exist_ok=True)
         self.board = Board()
         self.sup = make_supervisor(cfg, self.state)
-        self.conv = make_converger(cfg, self.state, self.sup, self.board)
+        self.conv = make_converger(cfg, self.state, self.sup, self.board, self._superseded)
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.doc_lock = threading.Lock()
@@ -102,6 +102,7 @@ class Daemon:
         self.document: dict[str, Any] | None = doc
         self.etag: str | None = etag
         self.acted_generation = 0
+        self.converging_generation: int | None = None
         self._lock_fd: int | None = None
         self._facts: dict[str, Any] | None = None
         self._facts_lock = threading.Lock()
@@ -270,7 +271,17 @@ class Daemon:
                 continue
             self._converge(doc)
 
+    def _superseded(self) -> bool:
+        """A newer desired document arrived while one is being converged (downloads stop)."""
+        with self.doc_lock:
+            latest = self.document
+        converging = self.converging_generation
+        if latest is None or converging is None:
+            return False
+        return int(latest.get("generation", 0)) != converging
+
     def _converge(self, doc: Mapping[str, Any]) -> None:
+        self.converging_generation = int(doc.get("generation", 0))
         try:
             self.conv.converge(doc)
         except selfupdate.SelfExec as handover:

@@ -8,6 +8,7 @@ server on 127.0.0.1.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,3 +127,93 @@ def test_archive_with_too_many_entries_is_refused(tmp_path: Path, fmt: str) -> N
     ok.mkdir()
     assert unpack(many.path, ok, filename=many.path.name, max_entries=1001) == fmt
     assert len(list((ok / "junk").iterdir())) == 1000
+
+
+# -- point 8: downloads are bounded by size and dropped when stale -------------------------
+def downloads(agent: AgentProc) -> Path:
+    return agent.install_root / "hello" / "downloads"
+
+
+def test_server_that_never_stops_sending_is_cut_at_size(rig: Rig, tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    good = build_program(dist, "hello", "1.0.0")
+    new = build_program(dist, "hello", "1.1.0", padding=256 << 10)
+    with ArtifactServer(dist) as srv:
+        healthy_on(rig, srv, good, "1.0.0")
+        srv.flood(new.path.name)  # endless zeros, no Content-Length
+        rig.publish([workload_doc("hello", "1.1.0", new, srv.url(new.path.name), rig.port)])
+        rig.agent.wait_for(lambda a: rig.reported("1.0.0", "Failed"), what="flood refused")
+        message = str(rig.agent.workload("hello")["message"])  # type: ignore[index]
+        assert f"sends more than the expected {new.size} bytes" in message
+        # Refused (not retried five times) and not kept: the stream was cut near size.
+        assert srv.requests[new.path.name] == 1
+        assert srv.sent[new.path.name] < new.size + (16 << 20)  # socket buffers, no more
+        assert list(downloads(rig.agent).glob("*.part")) == []
+        assert rig.serves() == "hello 1.0.0"
+
+
+def test_server_announcing_more_than_size_is_refused(rig: Rig, tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    good = build_program(dist, "hello", "1.0.0")
+    new = build_program(dist, "hello", "1.1.0")
+    with ArtifactServer(dist) as srv:
+        healthy_on(rig, srv, good, "1.0.0")
+        w = workload_doc("hello", "1.1.0", new, srv.url(new.path.name), rig.port)
+        w["artifact"]["size"] = new.size - 1
+        rig.publish([w])
+        rig.agent.wait_for(lambda a: rig.reported("1.0.0", "Failed"), what="size refused")
+        message = str(rig.agent.workload("hello")["message"])  # type: ignore[index]
+        assert f"announces {new.size} bytes, more than the expected {new.size - 1}" in message
+        assert srv.requests[new.path.name] == 1  # refused, not retried
+        assert list(downloads(rig.agent).glob("*.part")) == []
+
+
+def stale_then_fresh(tmp_path: Path, srv_dist: Path) -> tuple[Artifact, Artifact]:
+    slow = build_program(srv_dist, "hello", "2.0.0", padding=4 << 20)
+    fresh = build_program(srv_dist, "hello", "2.1.0")
+    return slow, fresh
+
+
+def test_newer_generation_abandons_the_download_in_flight(rig: Rig, tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    slow, fresh = stale_then_fresh(tmp_path, dist)
+    with ArtifactServer(dist) as srv:
+        srv.slow_down(slow.path.name, 0.2)  # 4 MiB at 320 KiB/s: about 13 s
+        rig.publish([workload_doc("hello", "2.0.0", slow, srv.url(slow.path.name), rig.port)])
+        rig.agent.start()
+        rig.agent.wait_for(
+            lambda a: srv.sent[slow.path.name] > 256 << 10, what="slow download under way"
+        )
+        began = time.monotonic()
+        rig.publish([workload_doc("hello", "2.1.0", fresh, srv.url(fresh.path.name), rig.port)])
+        rig.agent.wait_for(lambda a: rig.reported("2.1.0", "Healthy"), what="2.1.0 healthy")
+        assert time.monotonic() - began < 10.0  # did not wait for the stale 4 MiB
+        assert rig.serves() == "hello 2.1.0"
+        assert srv.completed[slow.path.name] == 0
+        assert srv.sent[slow.path.name] < slow.size
+        assert list(downloads(rig.agent).glob("*.part")) == []
+        assert not (rig.agent.install_root / "hello" / "versions" / "2.0.0").exists()
+        assert "dropped the download" in rig.agent.logs()
+
+
+def test_restarted_agent_does_not_resume_a_stale_download(rig: Rig, tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    slow, fresh = stale_then_fresh(tmp_path, dist)
+    with ArtifactServer(dist) as srv:
+        srv.slow_down(slow.path.name, 0.2)
+        rig.publish([workload_doc("hello", "2.0.0", slow, srv.url(slow.path.name), rig.port)])
+        rig.agent.start()
+        part = downloads(rig.agent) / f"{slow.sha256}.part"
+        rig.agent.wait_for(
+            lambda a: part.exists() and part.stat().st_size > 256 << 10, what="partial download"
+        )
+        rig.agent.kill()  # SIGKILL mid-download: the .part and the old document stay
+        # While the agent is down, the reconciler moves on.
+        rig.publish([workload_doc("hello", "2.1.0", fresh, srv.url(fresh.path.name), rig.port)])
+        began = time.monotonic()
+        rig.agent.start()
+        rig.agent.wait_for(lambda a: rig.reported("2.1.0", "Healthy"), what="2.1.0 healthy")
+        assert time.monotonic() - began < 10.0
+        assert srv.completed[slow.path.name] == 0
+        assert not part.exists()
+        assert not (rig.agent.install_root / "hello" / "versions" / "2.0.0").exists()

@@ -12,6 +12,8 @@ import io
 import os
 import pwd
 import shutil
+import subprocess
+import sys
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -21,7 +23,7 @@ from typing import Any
 import pytest
 
 from agent.state import StateDir, write_json
-from tests.helpers.agents import AgentProc, desired_doc, make_agent
+from tests.helpers.agents import REPO_ROOT, AgentProc, desired_doc, make_agent
 from tests.helpers.artifacts import Artifact, describe, free_port
 
 # A shell script: the interpreter under /root (the test venv's) is not readable by nobody.
@@ -161,3 +163,87 @@ def test_agent_refuses_a_state_dir_owned_by_someone_else(tmp_path: Path) -> None
     assert agent.process is not None
     assert agent.process.wait(timeout=30) != 0
     assert f"stateDir {agent.state_dir} is owned by uid {nobody.pw_uid}" in agent.logs()
+
+
+AGENT_CAPS = "+setuid,+setgid,+kill,+sys_ptrace,+dac_read_search"
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv"
+)
+def test_workload_of_a_non_root_agent_holds_no_capability(
+    tmp_path: Path, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent as the systemd unit runs it: not root, capabilities as *ambient* ones.
+    Without clearing them, the workload (dropped to ``daemon``) would exec holding
+    CAP_SETUID and could become root again. (CAP_DAC_READ_SEARCH only lets the agent's
+    interpreter, under /root here, be read.)"""
+    nobody = pwd.getpwnam("nobody")
+    home = shared_dir / "agent"
+    home.mkdir()
+    os.chown(home, nobody.pw_uid, nobody.pw_gid)
+    art = snoop_artifact(shared_dir / "dist", "1.0.0")
+    agent = make_agent(
+        tmp_path,
+        "node-c",
+        [f"http://127.0.0.1:{free_port()}"],
+        None,
+        installRoot=str(home / "root"),
+        stateDir=str(home / "state"),
+        workloadUser="daemon",
+    )
+    w = {
+        "name": "snoop",
+        "kind": "process",
+        "version": "1.0.0",
+        "artifact": art.artifact_doc(art.path.resolve().as_uri()),
+        "run": {"command": ["bin/snoop"], "env": {"STATE_DIR": str(home / "state")}},
+        "versionProbe": ["bin/snoop", "--version"],
+    }
+    agent.write_config()
+    # The stored document, written as the agent's user would have.
+    state = StateDir(home / "state")
+    state.root.mkdir(mode=0o700)
+    write_json(state.desired_file, {"document": desired_doc("node-c", 1, [w]), "etag": None})
+    state.write_token(NODE_TOKEN)
+    for p in (state.root, state.desired_file, state.token_file):
+        os.chown(p, nobody.pw_uid, nobody.pw_gid)
+    setpriv = [
+        "setpriv",
+        f"--reuid={nobody.pw_uid}",
+        f"--regid={nobody.pw_gid}",
+        "--clear-groups",
+        f"--inh-caps={AGENT_CAPS}",
+        f"--ambient-caps={AGENT_CAPS}",
+    ]
+    with agent.log_path.open("ab") as log:
+        agent.process = subprocess.Popen(
+            [
+                *setpriv,
+                sys.executable,
+                "-m",
+                "agent.cli",
+                "run",
+                "--config",
+                str(agent.config_path),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO_ROOT,
+        )
+    try:
+        agent.wait_for(lambda a: a.phase("snoop") == "Healthy", what="snoop healthy", timeout=30)
+        [pid] = agent.workload_pids()
+        status = dict(
+            line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        )
+        assert status["Uid"].split()[0] == str(pwd.getpwnam("daemon").pw_uid)
+        for caps in ("CapAmb", "CapPrm", "CapEff"):
+            assert int(status[caps].strip(), 16) == 0, (caps, status[caps])
+        agent_status = Path(f"/proc/{agent.process.pid}/status").read_text()
+        assert f"Uid:\t{nobody.pw_uid}" in agent_status  # the agent really was not root
+        assert "CANNOT-READ" in (state.root / "logs" / "snoop.log").read_text()
+    finally:
+        agent.stop()
+        agent.kill_workloads()

@@ -8,6 +8,9 @@ server on 127.0.0.1.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -113,6 +116,46 @@ def test_decompression_bomb_is_refused_and_the_old_version_keeps_running(
         assert installed_bytes(rig.agent.install_root) < 1 << 20
         bound = declared if declared is not None else 100 * bomb.size
         assert "expands to more than" in message and str(bound) in message
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 300 MiB filesystem (tmpfs), to run out of space on."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_unpacking_into_the_free_space_reserve_is_refused(tmp_path: Path, small_disk: Path) -> None:
+    # unpackedSize allows 200 MB, but the disk has 300 MiB and keeps 256 MiB free.
+    with api_harness(tmp_path) as h:
+        agent = make_agent(
+            tmp_path, NODE, h.url, h.bootstrap_token, installRoot=str(small_disk / "root")
+        )
+        rig = Rig(h, agent, free_port())
+        dist = tmp_path / "dist"
+        good = build_program(dist, "hello", "1.0.0")
+        big = bomb_archive(dist, "hello", "2.0.0", 100 << 20)
+        try:
+            with ArtifactServer(dist) as srv:
+                healthy_on(rig, srv, good, "1.0.0")
+                w = workload_doc("hello", "2.0.0", big, srv.url(big.path.name), rig.port)
+                w["artifact"]["unpackedSize"] = 200 << 20
+                rig.publish([w])
+                agent.wait_for(lambda a: rig.reported("1.0.0", "Failed"), what="disk refused")
+                message = str(agent.workload("hello")["message"])  # type: ignore[index]
+                assert "below the reserve of 268435456 bytes" in message
+                assert rig.serves() == "hello 1.0.0"
+                assert shutil.disk_usage(small_disk).free > 250 << 20  # staging was removed
+        finally:
+            agent.stop()
+            agent.kill_workloads()
 
 
 @pytest.mark.parametrize("fmt", ["tar.gz", "zip"])

@@ -215,7 +215,10 @@ class ChildSupervisor:
             rotate(logfile, self.log_keep)
         # Nothing of the agent's environment (it holds the join token): a clean base, run.env
         # and the marker that lets a later agent recognise an unrecorded process.
-        user = isolation.lookup_user(spec.user) if spec.user else None
+        try:
+            user = isolation.lookup_user(spec.user) if spec.user else None
+        except WorkloadError as exc:
+            raise SupervisorError(f"cannot start {spec.name}: {exc}") from exc
         home = user.home if user else isolation.own_home()
         env = isolation.workload_env(spec.name, spec.env, home=home, agent_env=os.environ)
         with open(logfile, "ab") as out:

@@ -62,7 +62,13 @@ def shared_dir() -> Iterator[Path]:
 
 
 def start_snooping_agent(
-    tmp: Path, shared: Path, monkeypatch: pytest.MonkeyPatch, run: dict[str, Any], **cfg: Any
+    tmp: Path,
+    shared: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    run: dict[str, Any],
+    *,
+    wait: bool = True,
+    **cfg: Any,
 ) -> AgentProc:
     art = snoop_artifact(shared / "dist", "1.0.0")
     for p in (shared / "dist", art.path):
@@ -91,7 +97,13 @@ def start_snooping_agent(
     # The agent's own environment holds the join token, as under FLEETKEEPER_BOOTSTRAP_TOKEN.
     monkeypatch.setenv("FLEETKEEPER_BOOTSTRAP_TOKEN", BOOTSTRAP)
     agent.start()
-    agent.wait_for(lambda a: a.phase("snoop") == "Healthy", what="snoop healthy", timeout=30)
+    if wait:
+        try:
+            agent.wait_for(lambda a: a.phase("snoop") == "Healthy", what="snoop healthy")
+        except AssertionError:
+            agent.stop()
+            agent.kill_workloads()
+            raise
     return agent
 
 
@@ -148,6 +160,21 @@ def test_workload_without_user_gets_a_clean_environment(
         assert set(env) - {"PWD"} == BASE_KEYS | {"STATE_DIR"}
         assert "AGENT_ONLY_SECRET" not in env
         assert env["PATH"] == os.environ["PATH"]
+    finally:
+        agent.stop()
+        agent.kill_workloads()
+
+
+def test_unknown_run_user_is_a_clear_failure(
+    tmp_path: Path, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = {"command": ["bin/snoop"], "user": "no-such-user-fk"}
+    agent = start_snooping_agent(tmp_path, shared_dir, monkeypatch, run, wait=False)
+    try:
+        agent.wait_for(lambda a: a.phase("snoop") == "Failed", what="snoop failed")
+        message = str(agent.workload("snoop")["message"])  # type: ignore[index]
+        assert "workload user 'no-such-user-fk' does not exist on this node" in message
+        assert agent.workload_pids() == []
     finally:
         agent.stop()
         agent.kill_workloads()

@@ -4,6 +4,7 @@
 
     AgentError (reason)
     ├── ConfigError        a human must fix the agent's config (stalled)
+    │   └── AlreadyRunning another agent holds the state directory's lock
     ├── ServerError        the reconciler answered badly or not at all (transient: back off)
     │   └── AuthError      401/403: re-register with the bootstrap token
     └── WorkloadError      converging one workload failed (reported as Failed)
@@ -11,6 +12,7 @@
         │   └── Superseded a newer desired generation arrived: the download was dropped
         ├── VerifyError    size or SHA-256 mismatch: nothing was touched
         ├── UnpackError    the archive is unsafe or unreadable
+        ├── SupervisorError a process could not be started, stopped or verified as new
         └── ProveError     the restarted version could not be proven to run
 """
 
@@ -25,6 +27,10 @@ class AgentError(Exception):
 
 class ConfigError(AgentError):
     reason = "ConfigInvalid"
+
+
+class AlreadyRunning(ConfigError):
+    reason = "AgentAlreadyRunning"
 
 
 class ServerError(AgentError):
@@ -59,3 +65,7 @@ class UnpackError(WorkloadError):
 
 class ProveError(WorkloadError):
     reason = "ProveFailed"
+
+
+class SupervisorError(WorkloadError):
+    reason = "StartFailed"

@@ -24,7 +24,7 @@ from reconciler.api import ApiContext, ApiSettings, create_app
 from reconciler.api.admin import fleet_status
 from reconciler.api.metrics import MeteredStore, Metrics
 from reconciler.config import Config
-from reconciler.errors import ConfigError
+from reconciler.errors import ConfigError, Waiting
 from reconciler.loop import PassResult, Reconciler
 from reconciler.source import GitSource
 from reconciler.store import open_store
@@ -96,12 +96,29 @@ class _MeteredReconciler(Reconciler):
             return super().reconcile_once()
 
 
+class _MeteredSource(GitSource):
+    """The source with each mirror fetch timed, and failures counted."""
+
+    metrics: Metrics
+
+    def fetch(self) -> None:
+        if not self.is_mirror:
+            return
+        with self.metrics.fetch_seconds.time():
+            try:
+                super().fetch()
+            except Waiting:
+                self.metrics.fetch_failures.inc()
+                raise
+
+
 async def serve(config: Config, on_listening: Callable[[str], None] | None = None) -> None:
     """Run until SIGTERM/SIGINT (or a fatal error in one of the parts)."""
     metrics = Metrics()
     store = MeteredStore(open_store(config.database_url), metrics)
     try:
-        source = GitSource(config.repo, config.state_dir, config.branch)
+        source = _MeteredSource(config.repo, config.state_dir, config.branch)
+        source.metrics = metrics
         ctx = ApiContext.load(store, settings_from(config), metrics)
         reconciler = _MeteredReconciler(config, store, source, notify=ctx.hub.notify_from_thread)
         reconciler.metrics = metrics

@@ -57,7 +57,31 @@ class Metrics:
         self.desired_polls = Counter(
             "fleetkeeper_desired_polls", "GET desired answers by result", ["result"], registry=r
         )
-        self.reports = Counter("fleetkeeper_reports", "Status reports received", registry=r)
+        self.reports = Counter(
+            "fleetkeeper_reports",
+            "Status reports by result (accepted, or rejected: bad token, body or node)",
+            ["result"],
+            registry=r,
+        )
+        self.webhook_deliveries = Counter(
+            "fleetkeeper_webhook_deliveries",
+            "Webhook deliveries by provider and result "
+            "(triggered, ignored, replay, unauthorized, bad-request, disabled)",
+            ["provider", "result"],
+            registry=r,
+        )
+        self.fetch_seconds = Histogram(
+            "fleetkeeper_fetch_duration_seconds",
+            "Duration of fetches of the fleet repo's mirror (failed ones included)",
+            registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.fetch_failures = Counter(
+            "fleetkeeper_fetch_failures", "Fetches of the fleet repo that failed", registry=r
+        )
+        self.long_polls = Gauge(
+            "fleetkeeper_long_polls", "GET desired requests waiting for a change now", registry=r
+        )
         self.registrations = Counter(
             "fleetkeeper_registrations",
             "Node registrations (including re-registrations)",
@@ -70,6 +94,8 @@ class Metrics:
         # Hot-path counters bound once (labels() costs a lookup per call).
         self.poll_200 = self.desired_polls.labels(result="200")
         self.poll_304 = self.desired_polls.labels(result="304")
+        self.reports_accepted = self.reports.labels(result="accepted")
+        self.reports_rejected = self.reports.labels(result="rejected")
 
     def observe_status(self, status: Mapping[str, Any]) -> None:
         counts = dict.fromkeys(HEALTH_STATES, 0)

@@ -26,6 +26,7 @@ from reconciler.api.metrics import MeteredStore, Metrics
 from reconciler.config import Config
 from reconciler.errors import ConfigError, Waiting
 from reconciler.loop import PassResult, Reconciler
+from reconciler.notify.sender import Notifier
 from reconciler.source import GitSource
 from reconciler.store import open_store
 from reconciler.store.base import AuditEvent
@@ -115,7 +116,11 @@ class _MeteredSource(GitSource):
 async def serve(config: Config, on_listening: Callable[[str], None] | None = None) -> None:
     """Run until SIGTERM/SIGINT (or a fatal error in one of the parts)."""
     metrics = Metrics()
-    store = MeteredStore(open_store(config.database_url), metrics)
+    for r in config.notifications:  # every receiver shows in /metrics from the start
+        for outcome in ("delivered", "failed"):
+            metrics.notifications.labels(receiver=r.name, result=outcome)
+    notifier = Notifier(config.notifications, metrics.count_notification)
+    store = MeteredStore(open_store(config.database_url), metrics, [notifier.submit])
     try:
         source = _MeteredSource(config.repo, config.state_dir, config.branch)
         source.metrics = metrics
@@ -152,6 +157,7 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
             "http": server.serve(sockets=[sock]),
             "reconcile": reconciler.run(stop),
             "watch": source.watch(reconciler.wake, stop, config.poll_interval),
+            "notify": notifier.run(stop),
         }
         tasks = {asyncio.create_task(c, name=n): n for n, c in parts.items()}
         stopper = asyncio.create_task(stop.wait())

@@ -332,3 +332,33 @@ def test_generic_timestamp_is_signed_and_old_deliveries_are_refused(forge: Forge
         )
         == 3
     )
+
+
+def test_fetch_duration_and_failures_are_measured(tmp_path: Path) -> None:
+    repo = FleetRepo.create(tmp_path / "fleet", DEFAULT_FILES)
+    with running_server(
+        tmp_path,
+        repo=repo,
+        repo_url=f"file://{repo.path}",
+        extra_config={"pollIntervalSeconds": LONG_POLL},
+    ) as server:
+        f = Forge(server, repo)
+        ok_before = f.fetches()
+        assert ok_before >= 1  # the first pass fetched
+        assert f.metric("fleetkeeper_fetch_failures_total") == 0
+        moved = repo.path.rename(tmp_path / "gone")  # the remote is unreachable now
+        body = b"{}"
+        sig = "sha256=" + _hmac(server.webhook_secret, body)
+        r = f.post("generic", body, {"X-Fleetkeeper-Signature": sig})
+        assert r.status_code == 202
+        deadline = time.monotonic() + 10
+        while f.metric("fleetkeeper_fetch_failures_total") < 1:
+            assert time.monotonic() < deadline, "the failed fetch was not counted"
+            time.sleep(0.05)
+        assert f.fetches() > ok_before  # failed fetches are timed too
+        moved.rename(repo.path)
+        _, after = f.merge()
+        body = b'{"again": true}'
+        sig = "sha256=" + _hmac(server.webhook_secret, body)
+        assert f.post("generic", body, {"X-Fleetkeeper-Signature": sig}).status_code == 202
+        f.wait_applied(after)

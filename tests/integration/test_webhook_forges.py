@@ -213,6 +213,46 @@ def test_gitea_form_signed_over_the_form_body_is_refused(forge: Forge) -> None:
     forge.assert_not_fetched(applied, fetches)
 
 
+def github_headers(secret: str, body: bytes, event: str, content_type: str) -> dict[str, str]:
+    """What GitHub sends (docs: webhook events and payloads, delivery headers)."""
+    return {
+        "Content-Type": content_type,
+        "User-Agent": "GitHub-Hookshot/8f2a3c1",
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": str(uuid.uuid4()),
+        "X-GitHub-Hook-ID": "481516234",
+        "X-GitHub-Hook-Installation-Target-Type": "repository",
+        "X-GitHub-Hook-Installation-Target-ID": "700100",
+        "X-Hub-Signature": "sha1=" + hmac.new(secret.encode(), body, "sha1").hexdigest(),
+        "X-Hub-Signature-256": "sha256=" + _hmac(secret, body),
+    }
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/x-www-form-urlencoded"])
+def test_github_merged_pull_request_fetches_an_opened_one_does_not(
+    forge: Forge, content_type: str
+) -> None:
+    def encode(payload: bytes) -> bytes:
+        if content_type == "application/json":
+            return payload
+        return urllib.parse.urlencode({"payload": payload.decode()}).encode()  # GitHub signs this
+
+    secret = forge.server.webhook_secret
+    applied = forge.revision()
+    assert applied is not None
+    before, after = forge.merge()
+    fetches = forge.fetches()
+    opened = encode(forge.payload("github-pull_request-opened.json", before, after))
+    r = forge.post("github", opened, github_headers(secret, opened, "pull_request", content_type))
+    assert r.status_code == 200
+    assert r.json() == {"triggered": False, "reason": "pull request #4 opened: nothing to fetch"}
+    forge.assert_not_fetched(applied, fetches)
+    merged = encode(forge.payload("github-pull_request-merged.json", before, after))
+    r = forge.post("github", merged, github_headers(secret, merged, "pull_request", content_type))
+    assert r.status_code == 202, r.text
+    forge.wait_applied(after)
+
+
 def bitbucket_headers(secret: str, body: bytes, event: str, *, cloud: bool) -> dict[str, str]:
     """Bitbucket Cloud's and Data Center's delivery headers (their event-payload docs)."""
     headers = {

@@ -139,14 +139,16 @@ def _judge_event(provider: Provider, event: str | None, doc: object) -> tuple[bo
             return False, f"pull request #{number} {_field(doc, 'action')}: nothing to fetch"
         return True, f"pull request #{number} merged"
     if provider == "gitlab":
-        kind = _field(doc, "event_name") if event == "System Hook" else _field(doc, "object_kind")
+        kind = _field(doc, "object_kind")
+        if event == "System Hook":  # instance-wide hooks name the event in event_name
+            kind = _field(doc, "event_name") or kind
         if kind == "merge_request":
             action = _field(doc, "object_attributes", "action")
             iid = _field(doc, "object_attributes", "iid")
             if action != "merge":
                 return False, f"merge request !{iid} {action}: nothing to fetch"
             return True, f"merge request !{iid} merged"
-        if kind not in ("push", "tag_push"):
+        if kind not in ("push", "tag_push", "repository_update"):
             return False, f"{event} {kind}: nothing to fetch"
     ref = _field(doc, "ref")
     return True, f"{event} {ref}" if isinstance(ref, str) else event

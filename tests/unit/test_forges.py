@@ -58,6 +58,15 @@ EVENTS: list[tuple[Provider, str | None, dict[str, object], bool, str]] = [
     ("github", None, {"ref": "refs/heads/main"}, True, "signed delivery"),
     ("gitea", "push", {"ref": "refs/heads/main"}, True, "push refs/heads/main"),
     ("gitlab", "System Hook", {"event_name": "push", "ref": "refs/heads/main"}, True, "System"),
+    ("gitlab", "System Hook", {"event_name": "repository_update"}, True, "System Hook"),
+    ("gitlab", "System Hook", {"event_name": "user_create"}, False, "user_create: nothing"),
+    (
+        "gitlab",
+        "System Hook",
+        {"object_kind": "merge_request", "object_attributes": {"iid": 9, "action": "merge"}},
+        True,
+        "merge request !9 merged",
+    ),
     (
         "gitlab",
         "Merge Request Hook",

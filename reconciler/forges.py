@@ -56,6 +56,22 @@ _FETCH_EVENTS: dict[Provider, frozenset[str]] = {
     "generic": frozenset(),
 }
 _PING_EVENTS = frozenset({"ping", "diagnostics:ping"})
+# Lower-case header names, the first present wins.
+_EVENT_HEADERS: dict[Provider, tuple[str, ...]] = {
+    "github": ("x-github-event",),
+    "gitea": ("x-gitea-event", "x-forgejo-event"),
+    "gitlab": ("x-gitlab-event",),
+    "bitbucket": ("x-event-key",),
+    "generic": (),
+}
+_ID_HEADERS: dict[Provider, tuple[str, ...]] = {
+    "github": ("x-github-delivery",),
+    "gitea": ("x-gitea-delivery", "x-forgejo-delivery"),
+    # Idempotency-Key (GitLab 17.4+) stays the same across GitLab's own retries
+    "gitlab": ("idempotency-key", "x-gitlab-event-uuid"),
+    "bitbucket": ("x-request-uuid", "x-request-id"),  # Cloud, Data Center
+    "generic": ("x-fleetkeeper-delivery",),
+}
 
 
 @dataclass(frozen=True)
@@ -184,7 +200,10 @@ def read_delivery(
         expected = "<HMAC-SHA256 of the JSON payload>"
     elif provider == "gitlab":
         name, proof = "x-gitlab-token", headers.get("x-gitlab-token")
-        ok = proof is not None and hmac.compare_digest(proof.encode(), secret.encode())
+        # digests first: compare_digest on unequal lengths would tell the secret's length
+        ok = proof is not None and hmac.compare_digest(
+            hashlib.sha256(proof.encode()).digest(), hashlib.sha256(secret.encode()).digest()
+        )
         expected = "the webhook secret (GitLab's secret token)"
     elif provider == "bitbucket":
         name, proof = "x-hub-signature", headers.get("x-hub-signature")
@@ -212,22 +231,8 @@ def read_delivery(
     if not ok:
         return Refusal(401, f"bad or missing {_title(name)} header: expected {expected}")
 
-    if provider == "github":
-        event = headers.get("x-github-event")
-        delivery_id = headers.get("x-github-delivery")
-    elif provider == "gitea":
-        event = _first(headers, "x-gitea-event", "x-forgejo-event")[1]
-        delivery_id = _first(headers, "x-gitea-delivery", "x-forgejo-delivery")[1]
-    elif provider == "gitlab":
-        event = headers.get("x-gitlab-event")
-        # Idempotency-Key (GitLab 17.4+) stays the same across GitLab's own retries
-        delivery_id = _first(headers, "idempotency-key", "x-gitlab-event-uuid")[1]
-    elif provider == "bitbucket":
-        event = headers.get("x-event-key")
-        delivery_id = _first(headers, "x-request-uuid", "x-request-id")[1]
-    else:
-        event = None
-        delivery_id = headers.get("x-fleetkeeper-delivery")
+    event = _first(headers, *_EVENT_HEADERS[provider])[1] if _EVENT_HEADERS[provider] else None
+    delivery_id = _first(headers, *_ID_HEADERS[provider])[1]
     doc = _json(payload) if provider != "generic" else None
     fetch, why = _judge_event(provider, event, doc)
     return Delivery(

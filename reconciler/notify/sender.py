@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -52,6 +53,7 @@ class Notifier:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queues: dict[str, asyncio.Queue[Notification]] = {}
         self._early: list[Notification] = []  # submitted before ``run`` started
+        self._lock = threading.Lock()
 
     def submit(self, event: AuditEvent) -> None:
         """Queue ``event`` for every receiver that wants it (thread-safe, never blocks)."""
@@ -60,10 +62,11 @@ class Notifier:
         n = notification_for(event, str(uuid.uuid4()))
         if n is None:
             return
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            self._early.append(n)
-            return
+        with self._lock:  # against ``run`` starting meanwhile: nothing falls between
+            loop = self._loop
+            if loop is None or loop.is_closed():
+                self._early.append(n)
+                return
         call_in_loop(loop, self._enqueue, n)
 
     def _enqueue(self, n: Notification) -> None:
@@ -81,9 +84,10 @@ class Notifier:
         if not self.receivers:
             await stop.wait()
             return
-        self._loop = asyncio.get_running_loop()
         self._queues = {r.name: asyncio.Queue(QUEUE_MAX) for r in self.receivers}
-        early, self._early = self._early, []
+        with self._lock:
+            self._loop = asyncio.get_running_loop()
+            early, self._early = self._early, []
         for n in early:
             self._enqueue(n)
         async with httpx.AsyncClient(follow_redirects=False) as client:

@@ -231,3 +231,20 @@ def test_a_dead_receiver_slows_neither_the_loop_nor_the_others(tmp_path: Path) -
             assert _metric(server, "live", "delivered") == 3
             stop_started = time.monotonic()
         assert time.monotonic() - stop_started < 10  # shutdown does not wait for it either
+
+
+def test_a_node_going_stale_is_notified_once(tmp_path: Path) -> None:
+    with receiver() as rec:
+        notifications = [
+            {"name": "phone", "type": "ntfy", "url": f"{rec.url}/stale", "events": ["stale"]}
+        ]
+        # staleness is noticed at a pass: resync every second here (the default is 60 s)
+        extra = {"notifications": notifications, "heartbeatTTLSeconds": 2, "pollIntervalSeconds": 1}
+        with running_server(tmp_path, extra_config=extra) as server:
+            agent = HttpAgent(server.url, "node-a", server.register("node-a"))
+            agent.tick()  # one report, then silence
+            (got,) = rec.wait_for("/stale", timeout=15)
+            time.sleep(1.5)  # still stale: no second notification
+            assert len(rec.wait_for("/stale")) == 1
+    assert got.headers["Title"] == "fleetkeeper: stale"
+    assert got.body.startswith(b"node node-a went Stale")

@@ -15,12 +15,12 @@ from typing import Literal
 import yaml
 
 import schema
+from reconciler.approval.settings import DEFAULT_TAG_PATTERN, ApprovalSettings
 from reconciler.errors import ConfigError
 from reconciler.secrets import read_secret
 
 DEFAULT_BRANCH = "main"
 DEFAULT_LISTEN = "127.0.0.1:8700"
-DEFAULT_TAG_PATTERN = "deploy/*"
 DEFAULT_HEARTBEAT_TTL = 90
 DEFAULT_POLL_INTERVAL = 60.0
 DEFAULT_MAX_BODY = 1024 * 1024
@@ -30,7 +30,6 @@ ENV_BOOTSTRAP = "FLEETKEEPER_BOOTSTRAP_TOKEN"
 ENV_ADMIN = "FLEETKEEPER_ADMIN_TOKEN"
 ENV_WEBHOOK = "FLEETKEEPER_WEBHOOK_SECRET"
 
-ApprovalMode = Literal["merged-pr", "signed-tag"]
 ReceiverType = Literal["webhook", "slack", "ntfy"]
 NotificationEvent = Literal["halted", "stale", "succeeded", "refused", "failover"]
 NOTIFICATION_EVENTS: tuple[NotificationEvent, ...] = (
@@ -43,16 +42,6 @@ NOTIFICATION_EVENTS: tuple[NotificationEvent, ...] = (
 DEFAULT_NOTIFY_ATTEMPTS = 5
 DEFAULT_NOTIFY_BACKOFF = 2.0
 DEFAULT_NOTIFY_TIMEOUT = 10.0
-
-
-@dataclass(frozen=True)
-class ApprovalSettings:
-    mode: ApprovalMode = "merged-pr"
-    tag_pattern: str = DEFAULT_TAG_PATTERN
-    threshold: int = 1
-    require_signed_merges: bool = False
-    allowed_signers: Path | None = None
-    gpg_keyring: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Mapping
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -48,32 +50,43 @@ def _matches(header: str | None, etag: str) -> bool:
     return "*" in tags or etag in tags or f"W/{etag}" in tags
 
 
+def _same_node(body: Mapping[str, Any], node: str) -> None:
+    if body["node"] != node:
+        raise ApiError(422, f"body names node {body['node']!r} but the URL names {node!r}")
+
+
+def _record_registration(
+    ctx: ApiContext,
+    node: str,
+    facts: Mapping[str, Any],
+    token_hash: str,
+    now: float,
+    rotated: bool,
+) -> None:
+    """The node record with its new token hash, and the audit record (blocking)."""
+    ctx.store.upsert_node(NodeRecord(node, facts, token_hash, now))
+    event = AuditEvent(
+        time=now,
+        kind="registered",
+        node=node,
+        message=f"node {node} " + ("re-registered (token rotated)" if rotated else "registered"),
+        details={"platform": facts["platform"], "agentVersion": facts["agentVersion"]},
+    )
+    ctx.store.append_audit(event)
+    log_event(event)
+
+
 def node_routes(ctx: ApiContext) -> list[Route]:
     async def register(request: Request) -> Response:
         node = _node(request)
         require_secret(request, ctx.settings.bootstrap_token, "bootstrap")
         facts = await read_json(request, "register", ctx.settings.max_body_bytes)
-        if facts["node"] != node:
-            raise ApiError(422, f"body names node {facts['node']!r} but the URL names {node!r}")
+        _same_node(facts, node)
         token = new_token()
         token_hash = hash_token(token)
-        now = ctx.clock()
         rotated = node in ctx.tokens
-
-        def write() -> None:
-            ctx.store.upsert_node(NodeRecord(node, facts, token_hash, now))
-            event = AuditEvent(
-                time=now,
-                kind="registered",
-                node=node,
-                message=f"node {node} "
-                + ("re-registered (token rotated)" if rotated else "registered"),
-                details={"platform": facts["platform"], "agentVersion": facts["agentVersion"]},
-            )
-            ctx.store.append_audit(event)
-            log_event(event)
-
-        await asyncio.to_thread(write)
+        now = ctx.clock()
+        await asyncio.to_thread(_record_registration, ctx, node, facts, token_hash, now, rotated)
         ctx.tokens.set(node, token_hash)
         ctx.metrics.registrations.inc()
         ctx.wake()
@@ -103,10 +116,7 @@ def node_routes(ctx: ApiContext) -> list[Route]:
             node = _node(request)
             require_node(request, ctx.tokens, node)
             report = await read_json(request, "status-report", ctx.settings.max_body_bytes)
-            if report["node"] != node:
-                raise ApiError(
-                    422, f"body names node {report['node']!r} but the URL names {node!r}"
-                )
+            _same_node(report, node)
         except ApiError:
             ctx.metrics.reports_rejected.inc()
             raise

@@ -30,7 +30,7 @@ def _answer(status: int, doc: dict[str, object]) -> Response:
     return Response(json.dumps(doc).encode(), status_code=status, media_type=JSON_TYPE)
 
 
-def hook_routes(ctx: ApiContext) -> list[Route]:
+def webhook_routes(ctx: ApiContext) -> list[Route]:
     async def hook(request: Request) -> Response:
         name = str(request.path_params["provider"])
         provider = next((p for p in PROVIDERS if p == name), None)

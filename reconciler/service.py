@@ -29,6 +29,7 @@ from reconciler.loop import PassResult, Reconciler
 from reconciler.source import GitSource
 from reconciler.store import open_store
 from reconciler.store.base import AuditEvent
+from reconciler.store.files import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class _MeteredReconciler(Reconciler):
 async def serve(config: Config, on_listening: Callable[[str], None] | None = None) -> None:
     """Run until SIGTERM/SIGINT (or a fatal error in one of the parts)."""
     metrics = Metrics()
+    private_dir(config.state_dir)  # git mirrors and (by default) state.db live here
     store = MeteredStore(open_store(config.database_url), metrics)
     try:
         source = GitSource(config.repo, config.state_dir, config.branch)

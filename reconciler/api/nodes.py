@@ -10,7 +10,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from reconciler.api.auth import hash_token, new_token, require_node, require_secret
+from reconciler.api.admission import Admitted, Presented, Refused, admit, claims_of
+from reconciler.api.auth import bearer, hash_token, new_token, require_node, same_secret
 from reconciler.api.body import read_json
 from reconciler.api.context import ApiContext
 from reconciler.api.errors import ApiError
@@ -48,37 +49,126 @@ def _matches(header: str | None, etag: str) -> bool:
     return "*" in tags or etag in tags or f"W/{etag}" in tags
 
 
+def _address(request: Request) -> str | None:
+    return request.client.host if request.client is not None else None
+
+
+async def _presented(ctx: ApiContext, node: str, token: str) -> Presented:
+    """Which credential ``token`` is for registering ``node``; 401/403 when none."""
+    check = ctx.tokens.check(node, token)
+    if check == "ok":
+        return Presented("node-credential")
+    if check == "other-node":
+        raise ApiError(403, f"this is another node's credential, not {node!r}'s")
+    if same_secret(token, ctx.settings.bootstrap_token):
+        return Presented("bootstrap")
+    join = await asyncio.to_thread(ctx.store.join_token_by_hash, hash_token(token))
+    if join is not None:
+        return Presented("join-token", join)
+    raise ApiError(
+        401,
+        "unknown token: register with a join token (`fleetkeeper token create`), "
+        "the bootstrap token, or the node's own credential",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def _refused(
+    ctx: ApiContext,
+    node: str,
+    presented: Presented,
+    verdict: Refused,
+    address: str | None,
+    now: float,
+) -> None:
+    """Audit a refused registration (blocking); the existing node is left as it was."""
+    event = AuditEvent(
+        time=now,
+        kind="registration-refused",
+        node=node,
+        message=f"registration of node {node} with {presented.label} from "
+        f"{address or 'an unknown address'} refused: {verdict.message}",
+        details={"reason": verdict.reason, "credential": presented.label, "address": address},
+    )
+    ctx.store.append_audit(event)
+    log_event(event)
+
+
 def node_routes(ctx: ApiContext) -> list[Route]:
     async def register(request: Request) -> Response:
         node = _node(request)
-        require_secret(request, ctx.settings.bootstrap_token, "bootstrap")
+        token = bearer(request)
+        presented = await _presented(ctx, node, token)
         facts = await read_json(request, "register", ctx.settings.max_body_bytes)
         if facts["node"] != node:
             raise ApiError(422, f"body names node {facts['node']!r} but the URL names {node!r}")
-        token = new_token()
-        token_hash = hash_token(token)
+        new = new_token()
         now = ctx.clock()
-        rotated = node in ctx.tokens
+        spec = ctx.spec()
+        address = _address(request)
 
-        def write() -> None:
-            ctx.store.upsert_node(NodeRecord(node, facts, token_hash, now))
+        def write() -> Admitted | Refused:
+            existing = ctx.store.node(node)
+            if presented.kind == "node-credential" and (
+                existing is None or existing.token_hash != hash_token(token)
+            ):
+                # reset or rotated between the cache check and now
+                return Refused(401, "stale-credential", f"unknown token for node {node!r}")
+            verdict = admit(
+                node,
+                claims_of(facts),
+                presented,
+                existing,
+                spec.nodes.get(node) if spec is not None else None,
+                spec is not None,
+                now,
+            )
+            if isinstance(verdict, Refused):
+                _refused(ctx, node, presented, verdict, address, now)
+                return verdict
+            record = NodeRecord(node, facts, hash_token(new), now, verdict.admission)
+            lost = ctx.store.claim_node(
+                record, replaces=verdict.replaces, join_token=verdict.join_token
+            )
+            if lost is not None:  # another registration won the race, or the token ran out
+                refusal = (
+                    Refused(409, "name-taken", f"node {node!r} was registered meanwhile")
+                    if lost == "taken"
+                    else Refused(401, "token-spent", f"{presented.label} is no longer active")
+                )
+                _refused(ctx, node, presented, refusal, address, now)
+                return refusal
+            rotated = verdict.replaces is not None
             event = AuditEvent(
                 time=now,
                 kind="registered",
                 node=node,
                 message=f"node {node} "
-                + ("re-registered (token rotated)" if rotated else "registered"),
-                details={"platform": facts["platform"], "agentVersion": facts["agentVersion"]},
+                + (
+                    "re-registered with its node credential (credential rotated)"
+                    if rotated
+                    else f"registered with {presented.label}"
+                ),
+                details={
+                    "platform": facts["platform"],
+                    "agentVersion": facts["agentVersion"],
+                    "credential": presented.label,
+                    "address": address,
+                    "admission": verdict.admission,
+                },
             )
             ctx.store.append_audit(event)
             log_event(event)
+            return verdict
 
-        await asyncio.to_thread(write)
-        ctx.tokens.set(node, token_hash)
+        verdict = await asyncio.to_thread(write)
+        if isinstance(verdict, Refused):
+            raise ApiError(verdict.status, verdict.message)
+        ctx.tokens.set(node, hash_token(new))
         ctx.metrics.registrations.inc()
         ctx.wake()
         return Response(
-            json.dumps({"node": node, "token": token}).encode(),
+            json.dumps({"node": node, "token": new}).encode(),
             media_type=JSON_TYPE,
             headers={"Cache-Control": "no-store"},
         )

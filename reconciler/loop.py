@@ -36,6 +36,7 @@ from reconciler.approval.history import contains
 from reconciler.config import Config
 from reconciler.errors import FleetkeeperError, Waiting
 from reconciler.logs import log_event
+from reconciler.plan.admission import claims_of, scope_covers_claims
 from reconciler.plan.reports import NodeReport
 from reconciler.plan.rollout import Plan, PlanEvent, compute_plan
 from reconciler.plan.select import NodeFacts, inventory, latest_versions
@@ -133,6 +134,7 @@ def _facts(rec: NodeRecord) -> NodeFacts:
         runtimes={str(k): v is True for k, v in runtimes.items()}
         if isinstance(runtimes, dict)
         else {},
+        scoped=scope_covers_claims(rec.admission, claims_of(f)),
     )
 
 

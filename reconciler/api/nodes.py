@@ -10,12 +10,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from reconciler.api.admission import Admitted, Presented, Refused, admit, claims_of
 from reconciler.api.auth import bearer, hash_token, new_token, require_node, same_secret
 from reconciler.api.body import read_json
 from reconciler.api.context import ApiContext
 from reconciler.api.errors import ApiError
 from reconciler.logs import log_event
+from reconciler.plan.admission import Admitted, Presented, Refused, admit, claims_of
 from reconciler.store.base import AuditEvent, NodeRecord, ReportRecord
 
 NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")

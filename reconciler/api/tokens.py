@@ -128,7 +128,9 @@ def token_routes(ctx: ApiContext) -> list[Route]:
 
         token = await asyncio.to_thread(write)
         if token is None:
-            raise ApiError(404, f"no join token with id {token_id!r} (see `fleetkeeper token list`)")
+            raise ApiError(
+                404, f"no join token with id {token_id!r} (see `fleetkeeper token list`)"
+            )
         return _json(token_json(token, now))
 
     async def reset(request: Request) -> Response:

@@ -359,7 +359,9 @@ def compute_plan(
     documents; ``ttl``: heartbeat TTL in seconds; ``stale_before``: nodes that were stale
     at the previous pass (so "went stale" is recorded once).
     """
-    per_node: dict[str, list[Mapping[str, JSON]]] = {n: [] for n in nodes}
+    # A node with a stored document that left the inventory (its file was deleted, or it
+    # is unlisted) gets an empty one: what it was given before must not stay desired.
+    per_node: dict[str, list[Mapping[str, JSON]]] = {n: [] for n in [*nodes, *desired]}
     states: dict[str, Mapping[str, JSON]] = dict(rollouts)
     changed: set[str] = set()
     events: list[PlanEvent] = []

@@ -31,6 +31,9 @@ class NodeFacts:
     labels: Mapping[str, str] = field(default_factory=dict)
     declared: bool = True  # has a file in nodes/
     runtimes: Mapping[str, bool] = field(default_factory=dict)
+    # registered through a join token whose role/label scope covers these roles and labels
+    # (what lets an unlisted node get workloads under ``registration: {unlisted: allow}``)
+    scoped: bool = False
 
     @classmethod
     def from_spec(cls, node: NodeSpec) -> NodeFacts:
@@ -90,7 +93,9 @@ def matches(targets: Targets, node: NodeFacts) -> bool:
 
 
 def inventory(spec: FleetSpec, registered: Iterable[NodeFacts] = ()) -> dict[str, NodeFacts]:
-    """Declared nodes win over registered facts; a registered node without a file keeps its own."""
+    """Declared nodes win over registered facts. A registered node without a file is left
+    out (it is ``Unlisted``: self-reported roles must not pull it into rollouts) unless
+    ``fleet.yaml`` allows unlisted nodes and its join token's scope covered its claims."""
     reg = {n.name: n for n in registered}
     out: dict[str, NodeFacts] = {}
     for name, node in spec.nodes.items():
@@ -99,11 +104,16 @@ def inventory(spec: FleetSpec, registered: Iterable[NodeFacts] = ()) -> dict[str
             facts = replace(facts, runtimes=dict(reg[name].runtimes))
         out[name] = facts
     for name, facts in reg.items():
-        if name not in out:
+        if name not in out and admitted_unlisted(spec, facts):
             out[name] = replace(
                 facts, labels=dict(facts.labels), runtimes=dict(facts.runtimes), declared=False
             )
     return out
+
+
+def admitted_unlisted(spec: FleetSpec, facts: NodeFacts) -> bool:
+    """May a registered node without a file in nodes/ get workloads?"""
+    return spec.fleet.unlisted == "allow" and facts.scoped
 
 
 def target_nodes(d: Deployable, nodes: Mapping[str, NodeFacts]) -> list[str]:

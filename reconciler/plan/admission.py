@@ -128,14 +128,14 @@ def admit(
     if presented.kind == "node-credential":
         assert existing is not None  # a node credential is only recognised for its node
         scoped = existing.admission.get("scope")
-        if isinstance(scoped, dict) and ("roles" in scoped or "labels" in scoped):
-            if declared is None and not scope_covers_claims(existing.admission, claims):
-                return Refused(
-                    403,
-                    "outside-scope",
-                    f"node {node!r} was admitted by a join token whose scope does not cover "
-                    "the roles and labels it now claims; list it in nodes/ or use a new token",
-                )
+        role_scoped = isinstance(scoped, dict) and ("roles" in scoped or "labels" in scoped)
+        if role_scoped and declared is None and not scope_covers_claims(existing.admission, claims):
+            return Refused(
+                403,
+                "outside-scope",
+                f"node {node!r} was admitted by a join token whose scope does not cover "
+                "the roles and labels it now claims; list it in nodes/ or use a new token",
+            )
         return Admitted(dict(existing.admission), existing.token_hash, None)
     if existing is not None:
         return Refused(409, "name-taken", _reset_hint(node))

@@ -25,6 +25,11 @@ DEFAULT_HEARTBEAT_TTL = 90
 DEFAULT_POLL_INTERVAL = 60.0
 DEFAULT_MAX_BODY = 1024 * 1024
 DEFAULT_STATE_DIR = "/var/lib/fleetkeeper"
+# HTTP server limits (slowloris and connection floods), see docs/server.md
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_KEEP_ALIVE = 20  # above the agents' 15 s heartbeat: their connection is reused
+DEFAULT_MAX_CONNECTIONS = 20000  # 8,000 agents x 2 connections, plus people and margin
+DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 
 ENV_BOOTSTRAP = "FLEETKEEPER_BOOTSTRAP_TOKEN"
 ENV_ADMIN = "FLEETKEEPER_ADMIN_TOKEN"
@@ -58,6 +63,10 @@ class Config:
     heartbeat_ttl: int = DEFAULT_HEARTBEAT_TTL
     poll_interval: float = DEFAULT_POLL_INTERVAL
     max_body_bytes: int = DEFAULT_MAX_BODY
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    keep_alive: int = DEFAULT_KEEP_ALIVE
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     source_file: Path | None = None
 
     @property
@@ -120,6 +129,10 @@ def parse_config(
         heartbeat_ttl=int(str(doc.get("heartbeatTTLSeconds", DEFAULT_HEARTBEAT_TTL))),
         poll_interval=float(str(doc.get("pollIntervalSeconds", DEFAULT_POLL_INTERVAL))),
         max_body_bytes=int(str(doc.get("maxBodyBytes", DEFAULT_MAX_BODY))),
+        header_timeout=float(str(doc.get("headerTimeoutSeconds", DEFAULT_HEADER_TIMEOUT))),
+        keep_alive=int(str(doc.get("keepAliveSeconds", DEFAULT_KEEP_ALIVE))),
+        max_connections=int(str(doc.get("maxConnections", DEFAULT_MAX_CONNECTIONS))),
+        max_header_bytes=int(str(doc.get("maxHeaderBytes", DEFAULT_MAX_HEADER_BYTES))),
         source_file=source,
     )
 

@@ -25,6 +25,7 @@ from reconciler.api.admin import fleet_status
 from reconciler.api.metrics import MeteredStore, Metrics
 from reconciler.config import Config
 from reconciler.errors import ConfigError
+from reconciler.httpserver import raise_open_file_limit, server_config
 from reconciler.loop import PassResult, Reconciler
 from reconciler.source import GitSource
 from reconciler.store import open_store
@@ -114,17 +115,8 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
         app = create_app(ctx, dashboard_routes(ctx))
         sock = bind(config.listen_host, config.listen_port)
         host, port = sock.getsockname()[:2]
-        server = _Server(
-            uvicorn.Config(
-                app,
-                log_config=None,
-                access_log=False,
-                lifespan="on",
-                loop="none",
-                timeout_graceful_shutdown=GRACE_SECONDS,
-                server_header=False,
-            )
-        )
+        raise_open_file_limit(config.max_connections)
+        server = _Server(server_config(app, config, graceful_shutdown=GRACE_SECONDS))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

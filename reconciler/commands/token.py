@@ -129,8 +129,8 @@ def run_list(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps({"tokens": tokens}, sort_keys=True) + "\n")
         return 0
     table = Table(title="Join tokens", title_justify="left")
-    for col in ("id", "state", "scope", "used", "expires (UTC)", "created (UTC)"):
-        table.add_column(col, no_wrap=col != "scope")
+    for col in ("id", "state", "scope", "used", "expires (UTC)"):
+        table.add_column(col, no_wrap=True)
     for t in tokens:
         table.add_row(
             str(t["id"]),
@@ -138,10 +138,9 @@ def run_list(args: argparse.Namespace) -> int:
             _scope(t),
             f"{t['used']}/{t['uses']}",
             str(t["expiresAt"]),
-            str(t["createdAt"]),
         )
     if not tokens:
-        table.add_row("(no tokens)", "", "", "", "", "")
+        table.add_row("(no tokens)", "", "", "", "")
     make_console().print(table)
     return 0
 

@@ -5,7 +5,7 @@
     AgentError (reason)
     ├── ConfigError        a human must fix the agent's config (stalled)
     ├── ServerError        the reconciler answered badly or not at all (transient: back off)
-    │   └── AuthError      401/403: re-register with the bootstrap token
+    │   └── AuthError      401/403: re-register with the join token
     └── WorkloadError      converging one workload failed (reported as Failed)
         ├── DownloadError  fetching the artifact failed (network, disk space)
         ├── VerifyError    size or SHA-256 mismatch: nothing was touched

@@ -360,33 +360,43 @@ def test_slowloris_clients_are_disconnected_while_agents_keep_working(tmp_path: 
 
     server = start_server(tmp_path, extra_config={"headerTimeoutSeconds": 1})
     try:
-        token = server.register("node-a")
-        results: dict[str, tuple[float, bool]] = {}
-        headers = b"GET /v1/nodes/node-a/desired HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: y\r\n" * 40
+        with running_agents(tmp_path / "agents", server.url, server.bootstrap_token, ["node-a"]):
 
-        def dribble(name: str) -> None:
-            results[name] = _slow_client(server.url, headers, 0.1)  # 4+ s of headers
+            def last_seen() -> Any:
+                row = next((n for n in server.fleet()["nodes"] if n["node"] == "node-a"), {})
+                return row.get("lastSeen")
 
-        threads = [threading.Thread(target=dribble, args=(f"s{i}",)) for i in range(5)]
-        for t in threads:
-            t.start()
-        # a silent connection (connect, send nothing) is closed too
-        host, port = server.url.removeprefix("http://").split(":")
-        silent = socket.create_connection((host, int(port)), timeout=10)
-        t0 = time.monotonic()
-        assert silent.recv(1) == b""
-        assert time.monotonic() - t0 < 3
-        silent.close()
-        # meanwhile a normal agent request (with a 2 s long-poll) is answered
-        with server.client(token) as c:
-            etag = c.get("/v1/nodes/node-a/desired").headers["etag"]
-            r = c.get("/v1/nodes/node-a/desired?wait=2", headers={"If-None-Match": etag})
-            assert r.status_code == 304
-        for t in threads:
-            t.join(timeout=30)
-        assert len(results) == 5
-        for took, hung_up in results.values():
-            assert hung_up and took < 3, results
+            _wait(last_seen, "the real agent's first report")
+            results: dict[str, tuple[float, bool]] = {}
+            headers = b"GET /v1/nodes/node-a/desired HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: y\r\n" * 40
+
+            def dribble(name: str) -> None:
+                results[name] = _slow_client(server.url, headers, 0.1)  # 50 s if never cut
+
+            threads = [threading.Thread(target=dribble, args=(f"s{i}",)) for i in range(8)]
+            for t in threads:
+                t.start()
+            # a silent connection (connect, send nothing) is closed too
+            host, port = server.url.removeprefix("http://").split(":")
+            with socket.create_connection((host, int(port)), timeout=10) as silent:
+                t0 = time.monotonic()
+                assert silent.recv(1) == b""
+                assert time.monotonic() - t0 < 3
+            # meanwhile the real agent keeps reporting (heartbeat every second)...
+            seen = last_seen()
+            _wait(lambda: last_seen() != seen, "a heartbeat during the attack", timeout=10)
+            # ...and a long-poll whose headers arrived is not cut by the header timeout
+            token = (tmp_path / "agents" / "node-a" / "state" / "node.token").read_text()
+            with server.client(token.strip()) as c:
+                etag = c.get("/v1/nodes/node-a/desired").headers["etag"]
+                t0 = time.monotonic()
+                r = c.get("/v1/nodes/node-a/desired?wait=2", headers={"If-None-Match": etag})
+                assert r.status_code == 304 and time.monotonic() - t0 >= 1.9
+            for t in threads:
+                t.join(timeout=60)
+            assert len(results) == 8
+            for took, hung_up in results.values():
+                assert hung_up and took < 3, results
     finally:
         assert server.stop() == 0
 

@@ -150,8 +150,16 @@ def test_impostor_with_the_bootstrap_token_cannot_take_over_gpu_1(lab: Lab) -> N
         _wait(lambda: lab.node("gpu-1")["lastSeen"] != seen, "a fresh heartbeat")  # type: ignore[index]
         assert lab.node("gpu-1")["health"] == "Healthy"  # type: ignore[index]
         assert "registering again" not in real.logs()
-        lab.merge_release("1.1.0")
-        real.wait_for(lambda a: _healthy(a, "1.1.0"), timeout=40, what="1.1.0 healthy")
+
+        # the same attack from a real agent process on another machine (a compromised node
+        # copies the shared token and calls itself gpu-1): refused, it never holds a token
+        with running_agents(lab.tmp / "impostor", s.url, s.bootstrap_token, ["gpu-1"]) as (fake,):
+            _wait(lambda: "HTTP 409" in fake.logs(), "the impostor agent refused")
+            assert "fleetkeeper node reset gpu-1" in fake.logs()
+            assert not (fake.state_dir / "node.token").exists()
+            lab.merge_release("1.1.0")
+            real.wait_for(lambda a: _healthy(a, "1.1.0"), timeout=40, what="1.1.0 healthy")
+        assert (real.state_dir / "node.token").read_text().strip() == credential
 
 
 def test_new_name_with_self_reported_roles_cannot_join_rollouts(lab: Lab) -> None:

@@ -337,13 +337,15 @@ def test_state_dir_and_database_are_private_whatever_the_umask(tmp_path: Path) -
         assert server.stop() == 0
 
 
-def _slow_client(url: str, payload: bytes, delay: float) -> tuple[float, bool]:
-    """Send ``payload`` a byte at a time; (seconds until the server hung up, hung up?)."""
+def _slow_client(url: str, payload: bytes, delay: float, prefix: bytes = b"") -> tuple[float, bool]:
+    """Send ``prefix`` at once, then ``payload`` a byte at a time; (seconds until the server
+    hung up, hung up?)."""
     import socket
 
     host, port = url.removeprefix("http://").split(":")
     started = time.monotonic()
     with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(prefix)
         for b in payload:
             try:
                 sock.sendall(bytes([b]))
@@ -366,7 +368,8 @@ def test_slowloris_clients_are_disconnected_while_agents_keep_working(tmp_path: 
     import socket
     import threading
 
-    server = start_server(tmp_path, extra_config={"headerTimeoutSeconds": 1})
+    limits = {"headerTimeoutSeconds": 1, "bodyTimeoutSeconds": 1}
+    server = start_server(tmp_path, extra_config=limits)
     try:
         with running_agents(tmp_path / "agents", server.url, server.bootstrap_token, ["node-a"]):
 
@@ -381,7 +384,16 @@ def test_slowloris_clients_are_disconnected_while_agents_keep_working(tmp_path: 
             def dribble(name: str) -> None:
                 results[name] = _slow_client(server.url, headers, 0.1)  # 50 s if never cut
 
-            threads = [threading.Thread(target=dribble, args=(f"s{i}",)) for i in range(8)]
+            post = (
+                b"POST /v1/nodes/node-a/status HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 400\r\n\r\n"
+            )
+
+            def slow_post(name: str) -> None:  # complete headers, then a body byte at a time
+                results[name] = _slow_client(server.url, b" " * 400, 0.1, prefix=post)
+
+            threads = [threading.Thread(target=dribble, args=(f"s{i}",)) for i in range(6)]
+            threads += [threading.Thread(target=slow_post, args=(f"p{i}",)) for i in range(2)]
             for t in threads:
                 t.start()
             # a silent connection (connect, send nothing) is closed too
@@ -416,6 +428,7 @@ def test_http_limits_are_config_keys(tmp_path: Path) -> None:
     doc: Mapping[str, Any] = {
         "repo": "/srv/fleet",
         "headerTimeoutSeconds": 3,
+        "bodyTimeoutSeconds": 7,
         "keepAliveSeconds": 30,
         "maxConnections": 100,
         "maxHeaderBytes": 8192,
@@ -428,6 +441,7 @@ def test_http_limits_are_config_keys(tmp_path: Path) -> None:
         8192,
     )
     assert uv.http.header_timeout == 3  # type: ignore[union-attr]
+    assert uv.http.body_timeout == 7  # type: ignore[union-attr]
     defaults = server_config(
         object(), parse_config({"repo": "/x"}, base=tmp_path, env={}), graceful_shutdown=5
     )

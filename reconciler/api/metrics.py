@@ -65,6 +65,11 @@ class Metrics:
             "Node registrations (including re-registrations)",
             registry=r,
         )
+        self.registrations_refused = Counter(
+            "fleetkeeper_registrations_refused",
+            "Registrations refused (name taken, token spent or out of scope): each is audited",
+            registry=r,
+        )
         for result in ("200", "304"):
             self.desired_polls.labels(result=result)
         for state in HEALTH_STATES:
@@ -92,6 +97,8 @@ class Metrics:
             self.revisions_applied.inc()
         elif event.kind in REFUSED_KINDS:
             self.revisions_refused.inc()
+        elif event.kind == "registration-refused":
+            self.registrations_refused.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

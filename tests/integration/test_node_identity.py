@@ -138,6 +138,8 @@ def test_impostor_with_the_bootstrap_token_cannot_take_over_gpu_1(lab: Lab) -> N
         join = s.create_token(node="gpu-1")
         assert _post_register(s, "gpu-1", join["token"]).status_code == 409
 
+        metrics = httpx.get(f"{s.url}/metrics", timeout=10).text
+        assert "fleetkeeper_registrations_refused_total 2.0" in metrics
         refused = lab.audit("registration-refused")
         assert [e["details"]["address"] for e in refused] == ["127.0.0.1", "127.0.0.1"]
         assert refused[0]["node"] == "gpu-1" and "bootstrap" in refused[0]["message"]

@@ -34,10 +34,13 @@ def register(sub: Any) -> None:
     add_server_args(create)
     create.add_argument("--node", help="only this node name may register with it")
     create.add_argument(
-        "--roles", help="comma-separated roles the node may have (with --labels: its scope)"
+        "--roles", help="comma-separated roles the node may have (with --labels: the scope)"
     )
     create.add_argument(
-        "--labels", help="comma-separated k=v labels the node may have", metavar="K=V,..."
+        "--labels",
+        help="comma-separated k=v labels: a node without a file may claim only these, "
+        "a node with one must carry them",
+        metavar="K=V,...",
     )
     create.add_argument("--uses", type=int, default=1, help="registrations allowed (default 1)")
     create.add_argument("--ttl", default="1h", help="lifetime: 30m, 1h, 7d ... (default 1h)")

@@ -8,8 +8,10 @@ credential, a join token, the old shared bootstrap token) and asks ``admit``:
   nothing, so the real node keeps working;
 - the bootstrap token registers only names declared in ``nodes/`` and not yet registered;
 - a join token must be active (not expired, used up or revoked) and fit its scope: the
-  one node name it names, or roles and labels that cover the node's own (its file's when
-  it has one, else what it claims); a token with no scope registers declared names only.
+  one node name it names, or roles and labels. A node without a file may claim only roles
+  and labels the scope covers (they will be trusted for targeting); a node with a file
+  must have its roles among the scope's roles and carry the scope's labels. A token with
+  no scope registers declared names only.
 
 What a node was admitted with is kept on its record (``NodeRecord.admission``): the planner
 trusts the claimed roles and labels of a node without a file only when that scope covered
@@ -77,6 +79,23 @@ def scope_problems(
     allowed_labels = dict(labels or {})
     out = [f"role {r!r}" for r in claims.roles if r not in allowed_roles]
     out += [f"label {k}={v}" for k, v in claims.labels.items() if allowed_labels.get(k) != v]
+    return out
+
+
+def fit_problems(
+    roles: Sequence[str] | None, labels: Mapping[str, str] | None, node: NodeSpec
+) -> list[str]:
+    """Why a node declared in nodes/ does not fit a token's scope ([] when it fits).
+
+    Its roles and labels come from an approved file, so only what the scope names is
+    checked: every role within ``roles`` (when given), every label of ``labels`` carried.
+    """
+    out = [f"role {r!r}" for r in node.roles if roles is not None and r not in roles]
+    out += [
+        f"label {k}={v} (it has {node.labels.get(k)!r})"
+        for k, v in (labels or {}).items()
+        if node.labels.get(k) != v
+    ]
     return out
 
 
@@ -176,13 +195,15 @@ def admit(
                 f"nodes/, and {node!r} is not",
             )
         return Admitted({**admission, "scope": {}}, None, token.id)
-    own = claims if declared is None else Claims(declared.roles, declared.labels)
-    problems = scope_problems(token.roles, token.labels, own)
+    if declared is None:
+        problems = scope_problems(token.roles, token.labels, claims)
+    else:
+        problems = fit_problems(token.roles, token.labels, declared)
     if problems:
         whose = "it claims" if declared is None else f"nodes/{node}.yaml gives it"
         return Refused(
             403,
             "outside-scope",
-            f"join token {token.id} does not cover {', '.join(problems)} that {whose}",
+            f"join token {token.id} does not fit: {', '.join(problems)} that {whose}",
         )
     return Admitted({**admission, "scope": token_scope(token)}, None, token.id)

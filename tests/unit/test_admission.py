@@ -85,13 +85,35 @@ CASES: list[tuple[str, str, Claims, Presented, NodeRecord | None, NodeSpec | Non
     (
         "declared file judged, not claims",
         "gpu-1",
-        NONE,
+        INF,
         tok(roles=("coding",)),
         None,
         GPU1,
         True,
         "outside-scope",
     ),
+    # a declared node's labels come from an approved file: only the scope's labels must match
+    (
+        "declared carries the label",
+        "gpu-1",
+        NONE,
+        tok(labels={"site": "lab"}),
+        None,
+        GPU1,
+        True,
+        200,
+    ),
+    (
+        "declared lacks the label",
+        "gpu-1",
+        NONE,
+        tok(labels={"site": "x"}),
+        None,
+        GPU1,
+        True,
+        "outside-scope",
+    ),
+    ("declared roles within", "gpu-1", NONE, tok(roles=("inference", "b")), None, GPU1, True, 200),
 ]
 
 

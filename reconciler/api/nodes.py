@@ -16,6 +16,7 @@ from reconciler.api.context import ApiContext
 from reconciler.api.errors import ApiError
 from reconciler.logs import log_event
 from reconciler.plan.admission import Admitted, Presented, Refused, admit, claims_of
+from reconciler.spec import JSON
 from reconciler.store.base import AuditEvent, NodeRecord, ReportRecord
 
 NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
@@ -94,6 +95,70 @@ def _refused(
     log_event(event)
 
 
+def _admit_and_store(
+    ctx: ApiContext,
+    node: str,
+    facts: dict[str, JSON],
+    presented: Presented,
+    token: str,
+    new: str,
+    address: str | None,
+) -> Admitted | Refused:
+    """Judge the registration (``admit``), then store it with ``claim_node`` (which refuses
+    if the name or the token changed meanwhile); audit either way. Blocking."""
+    now = ctx.clock()
+    spec = ctx.spec()
+    existing = ctx.store.node(node)
+    if presented.kind == "node-credential" and (
+        existing is None or existing.token_hash != hash_token(token)
+    ):
+        # reset or rotated between the cache check and now
+        return Refused(401, "stale-credential", f"unknown token for node {node!r}")
+    verdict = admit(
+        node,
+        claims_of(facts),
+        presented,
+        existing,
+        spec.nodes.get(node) if spec is not None else None,
+        spec is not None,
+        now,
+    )
+    if isinstance(verdict, Refused):
+        _refused(ctx, node, presented, verdict, address, now)
+        return verdict
+    record = NodeRecord(node, facts, hash_token(new), now, verdict.admission)
+    lost = ctx.store.claim_node(record, replaces=verdict.replaces, join_token=verdict.join_token)
+    if lost is not None:  # another registration won the race, or the token ran out
+        refusal = (
+            Refused(409, "name-taken", f"node {node!r} was registered meanwhile")
+            if lost == "taken"
+            else Refused(401, "token-spent", f"{presented.label} is no longer active")
+        )
+        _refused(ctx, node, presented, refusal, address, now)
+        return refusal
+    how = (
+        "re-registered with its node credential (credential rotated)"
+        if verdict.replaces is not None
+        else f"registered with {presented.label}"
+    )
+    event = AuditEvent(
+        time=now,
+        kind="registered",
+        node=node,
+        message=f"node {node} {how}",
+        details={
+            "platform": facts["platform"],
+            "agentVersion": facts["agentVersion"],
+            "credential": presented.label,
+            "address": address,
+            "admission": verdict.admission,
+        },
+    )
+    ctx.store.append_audit(event)
+    log_event(event)
+    return verdict
+
+
 def node_routes(ctx: ApiContext) -> list[Route]:
     async def register(request: Request) -> Response:
         node = _node(request)
@@ -103,65 +168,9 @@ def node_routes(ctx: ApiContext) -> list[Route]:
         if facts["node"] != node:
             raise ApiError(422, f"body names node {facts['node']!r} but the URL names {node!r}")
         new = new_token()
-        now = ctx.clock()
-        spec = ctx.spec()
-        address = _address(request)
-
-        def write() -> Admitted | Refused:
-            existing = ctx.store.node(node)
-            if presented.kind == "node-credential" and (
-                existing is None or existing.token_hash != hash_token(token)
-            ):
-                # reset or rotated between the cache check and now
-                return Refused(401, "stale-credential", f"unknown token for node {node!r}")
-            verdict = admit(
-                node,
-                claims_of(facts),
-                presented,
-                existing,
-                spec.nodes.get(node) if spec is not None else None,
-                spec is not None,
-                now,
-            )
-            if isinstance(verdict, Refused):
-                _refused(ctx, node, presented, verdict, address, now)
-                return verdict
-            record = NodeRecord(node, facts, hash_token(new), now, verdict.admission)
-            lost = ctx.store.claim_node(
-                record, replaces=verdict.replaces, join_token=verdict.join_token
-            )
-            if lost is not None:  # another registration won the race, or the token ran out
-                refusal = (
-                    Refused(409, "name-taken", f"node {node!r} was registered meanwhile")
-                    if lost == "taken"
-                    else Refused(401, "token-spent", f"{presented.label} is no longer active")
-                )
-                _refused(ctx, node, presented, refusal, address, now)
-                return refusal
-            rotated = verdict.replaces is not None
-            event = AuditEvent(
-                time=now,
-                kind="registered",
-                node=node,
-                message=f"node {node} "
-                + (
-                    "re-registered with its node credential (credential rotated)"
-                    if rotated
-                    else f"registered with {presented.label}"
-                ),
-                details={
-                    "platform": facts["platform"],
-                    "agentVersion": facts["agentVersion"],
-                    "credential": presented.label,
-                    "address": address,
-                    "admission": verdict.admission,
-                },
-            )
-            ctx.store.append_audit(event)
-            log_event(event)
-            return verdict
-
-        verdict = await asyncio.to_thread(write)
+        verdict = await asyncio.to_thread(
+            _admit_and_store, ctx, node, facts, presented, token, new, _address(request)
+        )
         if isinstance(verdict, Refused):
             raise ApiError(verdict.status, verdict.message)
         ctx.tokens.set(node, hash_token(new))

@@ -69,13 +69,16 @@ class Lab:
         return [e for e in events if e["kind"] == kind]
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``fleetkeeper COMMAND [ACTION] --server URL --token-file ADMIN ARGS...``."""
         token_file = self.server.config_path.parent / "admin.secret"
+        words = 1 if args[0] in ("status", "audit") else 2
         return subprocess.run(
-            [sys.executable, "-m", "reconciler.cli", *args[:2], "--server", self.server.url]
-            + ["--token-file", str(token_file), *args[2:]],
+            [sys.executable, "-m", "reconciler.cli", *args[:words], "--server", self.server.url]
+            + ["--token-file", str(token_file), *args[words:]],
             capture_output=True,
             text=True,
             timeout=60,
+            env={**os.environ, "COLUMNS": "200"},  # tables unsqueezed
         )
 
 
@@ -178,6 +181,9 @@ def test_new_name_with_self_reported_roles_cannot_join_rollouts(lab: Lab) -> Non
     assert r.status_code == 200, r.text
     evil = r.json()["token"]
     _wait(lambda: (lab.node("evil-1") or {}).get("health") == "Unlisted", "evil-1 Unlisted")
+    shown = lab.cli("status", "--format", "text")
+    assert "evil-1" in shown.stdout and "Unlisted" in shown.stdout, shown.stdout + shown.stderr
+    assert "1 unlisted (no workload)" in shown.stdout
     with s.client(evil) as c:
         assert c.get("/v1/nodes/evil-1/desired").json()["workloads"] == []
         failed = {

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
+from fleetkeeper_common.canonical import canonical_json
 from reconciler.api.auth import NodeTokens
 from reconciler.api.hub import DesiredHub
 from reconciler.api.metrics import Metrics
-from reconciler.config import DEFAULT_HEARTBEAT_TTL, DEFAULT_MAX_BODY
+from reconciler.config import DEFAULT_HEARTBEAT_TTL, DEFAULT_MAX_BODY, Config
 from reconciler.spec import FleetSpec
 from reconciler.store.base import Store
 
@@ -31,12 +31,19 @@ def _no_spec() -> FleetSpec | None:
 
 @dataclass(frozen=True)
 class ApiSettings:
+    """The API's part of ``Config`` (the same names), so handlers see only what they use."""
+
     bootstrap_token: str | None = field(default=None, repr=False)
     admin_token: str | None = field(default=None, repr=False)
     webhook_secret: str | None = field(default=None, repr=False)
     heartbeat_ttl: float = DEFAULT_HEARTBEAT_TTL
     max_body_bytes: int = DEFAULT_MAX_BODY
     max_wait: float = MAX_WAIT_SECONDS
+
+    @classmethod
+    def from_config(cls, config: Config) -> ApiSettings:
+        shared = {f.name for f in fields(cls)} & {f.name for f in fields(config)}
+        return cls(**{name: getattr(config, name) for name in shared})
 
 
 @dataclass
@@ -56,7 +63,7 @@ class ApiContext:
     last_reports: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     def report_is_news(self, node: str, report: Mapping[str, object], now: float) -> bool:
-        text = json.dumps(report, sort_keys=True, separators=(",", ":"))
+        text = canonical_json(report)
         previous = self.last_reports.get(node)
         self.last_reports[node] = (text, now)
         if previous is None or previous[0] != text:
@@ -76,7 +83,6 @@ class ApiContext:
             tokens=NodeTokens((n.name, n.token_hash) for n in store.nodes()),
             metrics=metrics or Metrics(),
             last_reports={
-                r.node: (json.dumps(r.report, sort_keys=True, separators=(",", ":")), r.received_at)
-                for r in store.reports()
+                r.node: (canonical_json(r.report), r.received_at) for r in store.reports()
             },
         )

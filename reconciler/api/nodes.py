@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Mapping
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from reconciler.api.admission import Admitted, Presented, Refused, admit
 from reconciler.api.auth import bearer, hash_token, new_token, require_node, same_secret
 from reconciler.api.body import read_json
 from reconciler.api.context import ApiContext
 from reconciler.api.errors import ApiError
 from reconciler.logs import log_event
-from reconciler.plan.admission import Admitted, Presented, Refused, admit, claims_of
+from reconciler.plan.admission import claims_of
 from reconciler.spec import JSON
 from reconciler.store.base import AuditEvent, NodeRecord, ReportRecord
 
@@ -48,6 +51,11 @@ def _matches(header: str | None, etag: str) -> bool:
         return False
     tags = [t.strip() for t in header.split(",")]
     return "*" in tags or etag in tags or f"W/{etag}" in tags
+
+
+def _same_node(body: Mapping[str, Any], node: str) -> None:
+    if body["node"] != node:
+        raise ApiError(422, f"body names node {body['node']!r} but the URL names {node!r}")
 
 
 def _address(request: Request) -> str | None:
@@ -165,8 +173,7 @@ def node_routes(ctx: ApiContext) -> list[Route]:
         token = bearer(request)
         presented = await _presented(ctx, node, token)
         facts = await read_json(request, "register", ctx.settings.max_body_bytes)
-        if facts["node"] != node:
-            raise ApiError(422, f"body names node {facts['node']!r} but the URL names {node!r}")
+        _same_node(facts, node)
         new = new_token()
         verdict = await asyncio.to_thread(
             _admit_and_store, ctx, node, facts, presented, token, new, _address(request)
@@ -200,8 +207,7 @@ def node_routes(ctx: ApiContext) -> list[Route]:
         node = _node(request)
         require_node(request, ctx.tokens, node)
         report = await read_json(request, "status-report", ctx.settings.max_body_bytes)
-        if report["node"] != node:
-            raise ApiError(422, f"body names node {report['node']!r} but the URL names {node!r}")
+        _same_node(report, node)
         now = ctx.clock()
         await asyncio.to_thread(ctx.store.put_report, ReportRecord(node, report, now))
         ctx.metrics.reports.inc()

@@ -21,8 +21,8 @@ from reconciler.api.context import ApiContext
 from reconciler.api.errors import ApiError
 from reconciler.api.nodes import NODE_NAME
 from reconciler.logs import log_event
-from reconciler.plan.status import rfc3339
 from reconciler.store.base import AuditEvent, JoinToken
+from reconciler.views.fleet_status import rfc3339
 
 JSON_TYPE = "application/json"
 TOKEN_PREFIX = "fkjoin_"  # tells people (and secret scanners) what kind of secret this is

@@ -12,7 +12,7 @@ import argparse
 from typing import Any
 
 from reconciler.commands.status import add_server_args, quiet_http_logs
-from reconciler.report.client import AdminClient, read_token
+from reconciler.views.client import AdminClient, read_token
 
 
 def register(sub: Any) -> None:

@@ -17,8 +17,8 @@ from rich.table import Table
 
 from reconciler.commands.status import add_server_args, make_console, quiet_http_logs
 from reconciler.errors import FleetkeeperError
-from reconciler.report.client import AdminClient, read_token
-from reconciler.report.timefmt import parse_duration
+from reconciler.views.client import AdminClient, read_token
+from reconciler.views.timefmt import parse_duration
 
 
 def register(sub: Any) -> None:

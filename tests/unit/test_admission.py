@@ -1,4 +1,4 @@
-"""Who may register which node name (``reconciler.plan.admission.admit``), as a table."""
+"""Who may register which node name (``reconciler.api.admission.admit``), as a table."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from reconciler.plan.admission import Admitted, Claims, Presented, Refused, admit
+from reconciler.api.admission import Admitted, Presented, Refused, admit
+from reconciler.plan.admission import Claims
 from reconciler.spec import NodeSpec
 from reconciler.store.base import JoinToken, NodeRecord
 

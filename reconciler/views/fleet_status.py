@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from reconciler.plan.admission import claims_of, scope_covers_claims
-from reconciler.plan.reports import NodeReport
+from reconciler.plan.observations import NodeReport
 from reconciler.plan.rollout import workload_entry
 from reconciler.plan.select import latest_versions
 from reconciler.plan.state import RolloutState, state_from_json
@@ -169,6 +169,40 @@ def release_row(
     }
 
 
+def _release_rows(
+    spec: FleetSpec | None,
+    rollout_states: Mapping[str, Mapping[str, JSON]],
+    last: Mapping[str, NodeReport],
+    now: float,
+    ttl: float,
+) -> list[JSON]:
+    """One row per live rollout, after the row of the rollout it superseded (if shown)."""
+    live = set(latest_versions(spec)) if spec is not None else None
+    releases: list[JSON] = []
+    for name in sorted(rollout_states):
+        if live is not None and name not in live:
+            continue
+        s = state_from_json(rollout_states[name])
+        if s is None:
+            continue
+        if s.phase != "Succeeded" and s.history and s.history[0].phase == "Superseded":
+            h = s.history[0]
+            releases.append(
+                {
+                    "agent": s.name,
+                    "kind": s.kind,
+                    "version": h.version,
+                    "phase": "Superseded",
+                    "batch": None,
+                    "reason": h.reason,
+                    "soakRemainingSeconds": None,
+                    "batches": [],
+                }
+            )
+        releases.append(release_row(s, last, now, ttl))
+    return releases
+
+
 def fleet_status(
     spec: FleetSpec | None,
     nodes: Sequence[NodeRecord],
@@ -184,7 +218,8 @@ def fleet_status(
     """The ``GET /v1/fleet`` document.
 
     ``blocked``: release rows for the newest tip when it is ``Unapproved`` or ``Invalid``
-    (the loop keeps them in store meta ``tip-status``, see ``reconciler.loop``).
+    (the loop keeps them in store meta ``tip-status``: ``reconciler.loop.meta``,
+    ``reconciler.loop.tip``).
     """
     last = {r.node: NodeReport.from_json(r.node, r.report, r.received_at) for r in reports}
     facts: dict[str, Mapping[str, JSON]] = {}
@@ -211,29 +246,7 @@ def fleet_status(
         for n in names
     ]
 
-    live = set(latest_versions(spec)) if spec is not None else None
-    releases: list[JSON] = []
-    for name in sorted(rollout_states):
-        if live is not None and name not in live:
-            continue
-        s = state_from_json(rollout_states[name])
-        if s is None:
-            continue
-        if s.phase != "Succeeded" and s.history and s.history[0].phase == "Superseded":
-            h = s.history[0]
-            releases.append(
-                {
-                    "agent": s.name,
-                    "kind": s.kind,
-                    "version": h.version,
-                    "phase": "Superseded",
-                    "batch": None,
-                    "reason": h.reason,
-                    "soakRemainingSeconds": None,
-                    "batches": [],
-                }
-            )
-        releases.append(release_row(s, last, now, ttl))
+    releases = _release_rows(spec, rollout_states, last, now, ttl)
     releases.extend(dict(b) for b in blocked)
     return {
         "revision": applied.sha if applied is not None else None,

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from reconciler.commands.validate import find_root, worktree_files
+from reconciler.commands.validate import find_root, worktree_entries
 from reconciler.errors import FleetkeeperError
 from reconciler.validate import Report, validate_files
 
@@ -50,9 +50,9 @@ def add_file(root: Path, rel: str, text: str, *, force: bool = False) -> Report:
     target = root / rel
     if target.exists() and not force:
         raise AuthoringError(f"{target} exists; pass --force to replace it")
-    files = worktree_files(root)
-    files[rel] = text.encode("utf-8")
-    report = validate_files(files).only({rel})
+    found = worktree_entries(root)
+    files = {**found.files, rel: text.encode("utf-8")}
+    report = validate_files(files, irregular=found.irregular).only({rel})
     if not report.ok:
         return report
     target.parent.mkdir(parents=True, exist_ok=True)

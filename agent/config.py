@@ -41,6 +41,7 @@ class AgentConfig:
     stop_grace_seconds: float = DEFAULT_STOP_GRACE_SECONDS
     resync_seconds: float = DEFAULT_RESYNC_SECONDS
     self_confirm_seconds: float = DEFAULT_SELF_CONFIRM_SECONDS
+    workload_user: str | None = None  # run.user of a release wins
     source: Path | None = None
 
     def bootstrap_token(self, environ: Mapping[str, str] | None = None) -> str | None:
@@ -98,6 +99,7 @@ def from_document(doc: Mapping[str, Any], *, base: Path | None = None) -> AgentC
         self_confirm_seconds=float(
             doc.get("selfUpdateConfirmSeconds", DEFAULT_SELF_CONFIRM_SECONDS)
         ),
+        workload_user=str(doc["workloadUser"]) if doc.get("workloadUser") else None,
     )
 
 

@@ -68,6 +68,19 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (
         2,
         (
+            # When the reconciler first saw a commit or tag object whose signature it judges:
+            # key validity is judged then, never at a date the object claims (issue 10).
+            """CREATE TABLE observed_objects (
+                sha TEXT PRIMARY KEY,
+                first_seen REAL NOT NULL
+            )""",
+            """CREATE TRIGGER observed_append_only_u BEFORE UPDATE ON observed_objects
+               BEGIN SELECT RAISE(ABORT, 'first observations are never rewritten'); END""",
+        ),
+    ),
+    (
+        3,
+        (
             # Join tokens (issue 10): only the sha256 of the secret is kept. A token is
             # scoped to one node name or to a role/label set (JSON), or to nothing (then
             # only names declared in nodes/ may use it).

@@ -41,10 +41,11 @@ from reconciler.plan.rollout import Plan, PlanEvent, compute_plan
 from reconciler.plan.select import NodeFacts, inventory, latest_versions
 from reconciler.plan.state import fingerprint, state_from_json
 from reconciler.plan.status import fleet_status
+from reconciler.reportbook import ReportBook
 from reconciler.revision import LoadedRevision, load_revision
 from reconciler.source import GitSource
 from reconciler.spec import JSON, FleetSpec
-from reconciler.store.base import AppliedRevision, AuditEvent, NodeRecord, Store
+from reconciler.store.base import AppliedRevision, AuditEvent, DesiredRecord, NodeRecord, Store
 from reconciler.threadsafe import call_in_loop
 
 log = logging.getLogger(__name__)
@@ -154,12 +155,16 @@ class Reconciler:
         source: GitSource,
         notify: Callable[[str], None],
         clock: Callable[[], float] = time.time,
+        reports: ReportBook | None = None,
+        publish: Callable[[Sequence[DesiredRecord]], None] | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.source = source
         self.notify = notify
         self.clock = clock
+        self.reports = reports  # None: read the reports from the store (tests)
+        self.publish = publish  # many stored documents at once (else notify per node)
         self.first_pass_done = False
         self.last_result: PassResult | None = None
         self._spec: FleetSpec | None = None
@@ -185,7 +190,7 @@ class Reconciler:
             self._spec,
             s.nodes(),
             s.rollouts(),
-            s.reports(),
+            self.reports.records() if self.reports is not None else s.reports(),
             s.all_desired(),
             self.clock(),
             self.config.heartbeat_ttl,
@@ -290,14 +295,21 @@ class Reconciler:
                 store.put_rollout(name, plan.rollouts[name])
                 p.writes += 1
             existing = {d.node: d.document for d in store.all_desired()}
-            for node, doc in sorted(plan.desired.items()):
-                if _same_document(existing.get(node), doc):
-                    continue
-                _, changed = store.put_desired(node, doc)
-                p.writes += 1
-                if changed:
-                    p.changed_nodes.append(node)
-                    self.notify(node)
+            docs = {
+                node: doc
+                for node, doc in sorted(plan.desired.items())
+                if not _same_document(existing.get(node), doc)
+            }
+            if docs:  # one transaction for all of them (a batch of 1,000 nodes: one fsync)
+                stored = store.put_desired_many(docs)
+                p.writes += len(docs)
+                fresh = [r for r, changed in stored if changed]
+                p.changed_nodes.extend(r.node for r in fresh)
+                if self.publish is not None:
+                    self.publish(fresh)
+                else:
+                    for r in fresh:
+                        self.notify(r.node)
             pending_audit.extend(self._events(plan.events, p.now, revision))
             stale = _dumps(sorted(plan.stale))
             if stale != (store.get_meta(META_STALE) or "[]"):
@@ -335,9 +347,13 @@ class Reconciler:
     def _plan(self, p: _Pass, spec: FleetSpec, applied: AppliedRevision) -> Plan:
         store = self.store
         nodes = inventory(spec, [_facts(r) for r in store.nodes()])
-        reports = {
-            r.node: NodeReport.from_json(r.node, r.report, r.received_at) for r in store.reports()
-        }
+        if self.reports is not None:
+            reports = self.reports.snapshot()
+        else:
+            reports = {
+                r.node: NodeReport.from_json(r.node, r.report, r.received_at)
+                for r in store.reports()
+            }
         desired = {d.node: d.document for d in store.all_desired()}
         raw = store.get_meta(META_STALE)
         stale_before = frozenset(json.loads(raw)) if raw else frozenset()

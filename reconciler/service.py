@@ -103,7 +103,14 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
     try:
         source = GitSource(config.repo, config.state_dir, config.branch)
         ctx = ApiContext.load(store, settings_from(config), metrics)
-        reconciler = _MeteredReconciler(config, store, source, notify=ctx.hub.notify_from_thread)
+        reconciler = _MeteredReconciler(
+            config,
+            store,
+            source,
+            notify=ctx.hub.notify_from_thread,
+            reports=ctx.reports,
+            publish=ctx.hub.publish_from_thread,
+        )
         reconciler.metrics = metrics
         ctx.spec = reconciler.spec
         ctx.wake = reconciler.wake
@@ -135,6 +142,7 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
             "http": server.serve(sockets=[sock]),
             "reconcile": reconciler.run(stop),
             "watch": source.watch(reconciler.wake, stop, config.poll_interval),
+            "last-seen": ctx.reports.run(stop),
         }
         tasks = {asyncio.create_task(c, name=n): n for n, c in parts.items()}
         stopper = asyncio.create_task(stop.wait())

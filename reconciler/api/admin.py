@@ -44,7 +44,7 @@ def fleet_status(ctx: ApiContext) -> dict[str, Any]:
         ctx.spec(),
         s.nodes(),
         s.rollouts(),
-        s.reports(),
+        ctx.reports.records(),
         s.all_desired(),
         ctx.clock(),
         ctx.settings.heartbeat_ttl,

@@ -103,10 +103,10 @@ def node_routes(ctx: ApiContext) -> list[Route]:
         report = await read_json(request, "status-report", ctx.settings.max_body_bytes)
         if report["node"] != node:
             raise ApiError(422, f"body names node {report['node']!r} but the URL names {node!r}")
-        now = ctx.clock()
-        await asyncio.to_thread(ctx.store.put_report, ReportRecord(node, report, now))
+        # a repeat only moves lastSeen in memory; a change is durable before the answer
+        news = await ctx.reports.submit(ReportRecord(node, report, ctx.clock()))
         ctx.metrics.reports.inc()
-        if ctx.report_is_news(node, report, now):
+        if news:
             ctx.wake()
         entry = ctx.hub.get(node)
         return Response(

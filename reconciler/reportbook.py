@@ -1,0 +1,186 @@
+"""The last report of every node, in memory; durable writes only for what changed.
+
+Most status reports are heartbeats that repeat the node's last report. Such a report
+moves the node's ``lastSeen`` in memory and is answered at once; the moved ``lastSeen``
+values are written to the store together, in one transaction every ``FLUSH_SECONDS``
+(and at shutdown). A crash therefore loses at most ``FLUSH_SECONDS`` of ``lastSeen``
+(after a restart a node looks that much older until its next heartbeat), never a report
+that said something new.
+
+A report that differs from the node's last one (a version, a phase, health, the
+generation, a message) is stored durably *before* it is answered. Reports that arrive
+while a commit is running wait and go together in the next transaction (group commit:
+one fsync for many reports, as PostgreSQL's ``commit_delay`` or a WAL writer does).
+
+The reconcile loop reads the reports from here (``snapshot``, ``records``), never from
+the store, so Stale detection uses the in-memory ``lastSeen``. ``take_news`` hands it the
+nodes whose reports are news since its last pass, so a pass re-plans only the rollouts
+those nodes take part in; ``watch`` names nodes whose next heartbeat is news even when
+it repeats (a rollout counts only reports received after the node was given its target).
+
+Thread-safety: ``submit`` and the flusher run on the event loop; the loop's pass reads
+from a worker thread. One lock guards the maps; nothing slow runs under it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+
+from reconciler.plan.reports import NodeReport
+from reconciler.store.base import ReportRecord, Store
+
+log = logging.getLogger(__name__)
+
+FLUSH_SECONDS = 5.0  # the most lastSeen a crash can lose (docs/server.md)
+
+
+def _canonical(report: Mapping[str, object]) -> str:
+    return json.dumps(report, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class _Last:
+    record: ReportRecord  # received_at here is the in-memory lastSeen
+    text: str  # canonical JSON of the report, to recognise a repeat
+    parsed: NodeReport
+
+
+class ReportBook:
+    def __init__(
+        self,
+        store: Store,
+        records: Iterable[ReportRecord],
+        ttl: float,
+        flush_seconds: float = FLUSH_SECONDS,
+    ) -> None:
+        self._store = store
+        self._ttl = ttl
+        self.flush_seconds = flush_seconds
+        self._lock = threading.Lock()
+        self._last: dict[str, _Last] = {r.node: _entry(r) for r in records}
+        self._dirty: dict[str, float] = {}  # node -> lastSeen not yet in the store
+        self._news: set[str] = set()
+        self._watched: frozenset[str] = frozenset()
+        self._queue: list[tuple[ReportRecord, str, asyncio.Future[None]]] = []
+        self._committer: asyncio.Task[None] | None = None
+        self.commits = 0  # transactions of changed reports (for tests and metrics)
+
+    # -- the API side (event loop) ------------------------------------------------------
+
+    async def submit(self, record: ReportRecord) -> bool:
+        """Take a report; True when it is news (the loop should plan again).
+
+        A changed report is durable when this returns; a repeat only moved lastSeen.
+        """
+        text = _canonical(record.report)
+        with self._lock:
+            last = self._last.get(record.node)
+            if last is not None and last.text == text:
+                back = record.received_at - last.record.received_at > self._ttl / 3
+                self._last[record.node] = replace(
+                    last,
+                    record=replace(last.record, received_at=record.received_at),
+                    parsed=replace(last.parsed, received_at=record.received_at),
+                )
+                self._dirty[record.node] = record.received_at
+                # a node coming back from silence matters (Stale -> fresh) even unchanged
+                news = back or record.node in self._watched
+                if news:
+                    self._news.add(record.node)
+                return news
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((record, text, future))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit())
+        await future
+        return True
+
+    async def _commit(self) -> None:
+        """Write queued changed reports, all that are waiting in each transaction."""
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                await asyncio.to_thread(self._store.put_reports, [r for r, _, _ in batch])
+            except Exception as exc:  # not stored: the requests fail, nothing is acknowledged
+                log.error("cannot store %d status report(s): %s", len(batch), exc)
+                for _, _, f in batch:
+                    if not f.done():
+                        f.set_exception(exc)
+                continue
+            self.commits += 1
+            with self._lock:
+                for record, text, _ in batch:
+                    self._last[record.node] = _Last(
+                        record,
+                        text,
+                        NodeReport.from_json(record.node, record.report, record.received_at),
+                    )
+                    self._news.add(record.node)
+                    if self._dirty.get(record.node, record.received_at) <= record.received_at:
+                        self._dirty.pop(record.node, None)
+            for _, _, f in batch:
+                if not f.done():
+                    f.set_result(None)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Flush lastSeen every ``flush_seconds`` until ``stop``, then once more."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.flush_seconds)
+            try:
+                await asyncio.to_thread(self.flush)
+            except Exception:  # the store is down: keep the values, try again later
+                log.exception("cannot flush lastSeen")
+
+    def flush(self) -> int:
+        """Write every lastSeen not yet in the store, in one transaction; how many."""
+        with self._lock:
+            dirty, self._dirty = self._dirty, {}
+        if not dirty:
+            return 0
+        try:
+            self._store.touch_reports(dirty)
+        except Exception:
+            with self._lock:  # put them back unless newer ones arrived meanwhile
+                for node, at in dirty.items():
+                    if self._dirty.get(node, at) <= at:
+                        self._dirty[node] = at
+            raise
+        return len(dirty)
+
+    # -- the loop side (any thread) -----------------------------------------------------
+
+    def snapshot(self) -> dict[str, NodeReport]:
+        """Every node's last report as the planner reads it (lastSeen from memory)."""
+        with self._lock:
+            return {n: e.parsed for n, e in self._last.items()}
+
+    def records(self) -> list[ReportRecord]:
+        """Every node's last report as the store would hold it after a flush, by node."""
+        with self._lock:
+            return [self._last[n].record for n in sorted(self._last)]
+
+    def take_news(self) -> frozenset[str]:
+        """Nodes whose report was news since the last call (and forget them)."""
+        with self._lock:
+            news, self._news = frozenset(self._news), set()
+        return news
+
+    def watch(self, nodes: frozenset[str]) -> None:
+        """Nodes whose next report is news even when it repeats (replaces the last set)."""
+        with self._lock:
+            self._watched = nodes
+
+
+def _entry(record: ReportRecord) -> _Last:
+    return _Last(
+        record,
+        _canonical(record.report),
+        NodeReport.from_json(record.node, record.report, record.received_at),
+    )

@@ -8,8 +8,11 @@ One pass (``Reconciler.reconcile_once``), level-triggered, in this order:
    log once (refusals repeat every pass until fixed: deduplicated through store meta);
 3. when the approved revision differs from the applied one: ``load_revision``; an invalid
    revision is never applied (the last good one stays, audited once as ``invalid``);
-4. ``compute_plan`` from the spec, the inventory, the store's rollout state, reports and
-   desired documents, and ``now``;
+4. ``replan`` (``plan.incremental``) from the spec, the inventory, the rollout states,
+   the reports and desired documents, and ``now``; the ``WorkingSet`` keeps these in
+   memory between passes and hands the planner the nodes whose reports were news, so
+   a pass steps only the rollouts they touched (a full pass on the first pass, the
+   resync, a new revision or inventory, and after a failed pass);
 5. writes, only of what changed: rollout state first, then desired documents (the agent
    is notified of each changed node), then audit records, then the applied revision. That
    order makes a crash at any point safe: the next pass recomputes the rest;
@@ -36,9 +39,9 @@ from reconciler.approval.history import contains
 from reconciler.config import Config
 from reconciler.errors import FleetkeeperError, Waiting
 from reconciler.logs import log_event
-from reconciler.plan.reports import NodeReport
-from reconciler.plan.rollout import Plan, PlanEvent, compute_plan
-from reconciler.plan.select import NodeFacts, inventory, latest_versions
+from reconciler.plan.incremental import Replan
+from reconciler.plan.rollout import Plan, PlanEvent
+from reconciler.plan.select import NodeFacts, latest_versions
 from reconciler.plan.state import fingerprint, state_from_json
 from reconciler.plan.status import fleet_status
 from reconciler.reportbook import ReportBook
@@ -47,6 +50,7 @@ from reconciler.source import GitSource
 from reconciler.spec import JSON, FleetSpec
 from reconciler.store.base import AppliedRevision, AuditEvent, DesiredRecord, NodeRecord, Store
 from reconciler.threadsafe import call_in_loop
+from reconciler.working_set import WorkingSet
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +117,7 @@ class _Pass:
     audit: list[AuditEvent] = field(default_factory=list)
     changed_nodes: list[str] = field(default_factory=list)
     tip_rows: list[dict[str, JSON]] = field(default_factory=list)
+    replan: Replan | None = None
 
 
 def _facts(rec: NodeRecord) -> NodeFacts:
@@ -165,6 +170,8 @@ class Reconciler:
         self.clock = clock
         self.reports = reports  # None: read the reports from the store (tests)
         self.publish = publish  # many stored documents at once (else notify per node)
+        self.working = WorkingSet(store, reports, float(config.heartbeat_ttl), _facts)
+        self._resync = False
         self.first_pass_done = False
         self.last_result: PassResult | None = None
         self._spec: FleetSpec | None = None
@@ -215,10 +222,12 @@ class Reconciler:
             try:
                 plan, applied = self._pass(p)
             except FleetkeeperError as exc:
+                self.working.invalidate()
                 error = str(exc)
                 p.stalled.append((exc.reason, str(exc)))
                 log.warning("reconcile pass stopped: %s", exc)
             except Exception as exc:  # a bug: keep the loop alive, say so in the status
+                self.working.invalidate()
                 error = f"{type(exc).__name__}: {exc}"
                 p.stalled.append(("InternalError", error))
                 log.exception("reconcile pass failed")
@@ -294,12 +303,15 @@ class Reconciler:
             for name in sorted(plan.changed_rollouts):
                 store.put_rollout(name, plan.rollouts[name])
                 p.writes += 1
-            existing = {d.node: d.document for d in store.all_desired()}
+            existing = self.working.desired()
+            touched = p.replan.touched if p.replan is not None else None
             docs = {
                 node: doc
                 for node, doc in sorted(plan.desired.items())
-                if not _same_document(existing.get(node), doc)
+                if (touched is None or node in touched)
+                and not _same_document(existing.get(node), doc)
             }
+            stored: list[tuple[DesiredRecord, bool]] = []
             if docs:  # one transaction for all of them (a batch of 1,000 nodes: one fsync)
                 stored = store.put_desired_many(docs)
                 p.writes += len(docs)
@@ -310,6 +322,10 @@ class Reconciler:
                 else:
                     for r in fresh:
                         self.notify(r.node)
+            if p.replan is not None:
+                self.working.written(p.replan, [r for r, _ in stored])
+                if self.reports is not None and self.reports.watch(p.replan.awaiting, p.now):
+                    self.wake()
             pending_audit.extend(self._events(plan.events, p.now, revision))
             stale = _dumps(sorted(plan.stale))
             if stale != (store.get_meta(META_STALE) or "[]"):
@@ -345,30 +361,10 @@ class Reconciler:
         return plan, applied
 
     def _plan(self, p: _Pass, spec: FleetSpec, applied: AppliedRevision) -> Plan:
-        store = self.store
-        nodes = inventory(spec, [_facts(r) for r in store.nodes()])
-        if self.reports is not None:
-            reports = self.reports.snapshot()
-        else:
-            reports = {
-                r.node: NodeReport.from_json(r.node, r.report, r.received_at)
-                for r in store.reports()
-            }
-        desired = {d.node: d.document for d in store.all_desired()}
-        raw = store.get_meta(META_STALE)
+        raw = self.store.get_meta(META_STALE)
         stale_before = frozenset(json.loads(raw)) if raw else frozenset()
-        return compute_plan(
-            spec,
-            nodes,
-            store.rollouts(),
-            reports,
-            desired,
-            p.now,
-            float(self.config.heartbeat_ttl),
-            revision=applied.sha,
-            approval=applied.approval,
-            stale_before=stale_before,
-        )
+        p.replan = self.working.plan(spec, applied, p.now, stale_before)
+        return p.replan.plan
 
     @staticmethod
     def _events(
@@ -557,12 +553,14 @@ class Reconciler:
             return
         call_in_loop(loop, event.set)
 
-    def _sleep_for(self, result: PassResult) -> float:
+    def _sleep_for(self, result: PassResult) -> tuple[float, bool]:
+        """How long to sleep, and whether that sleep ends in the resync (not a deadline)."""
         interval = self.config.poll_interval
         delay = interval * (1 + self._rng.uniform(-JITTER, JITTER))
-        if result.next_wake_at is not None:
-            delay = min(delay, result.next_wake_at - self.clock())
-        return max(MIN_SLEEP, delay)
+        resync = True
+        if result.next_wake_at is not None and result.next_wake_at - self.clock() < delay:
+            delay, resync = result.next_wake_at - self.clock(), False
+        return max(MIN_SLEEP, delay), resync
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pass, then sleep until woken, the next deadline, or a jittered resync; until stop."""
@@ -574,11 +572,15 @@ class Reconciler:
             self._event.clear()
             self._pending_wake = False
             result = await asyncio.to_thread(self.reconcile_once)
-            delay = self._sleep_for(result)
+            delay, resync = self._sleep_for(result)
             waiter = asyncio.ensure_future(self._event.wait())
             stopper = asyncio.ensure_future(stop.wait())
             try:
-                await asyncio.wait({waiter, stopper}, timeout=delay, return_when="FIRST_COMPLETED")
+                done, _ = await asyncio.wait(
+                    {waiter, stopper}, timeout=delay, return_when="FIRST_COMPLETED"
+                )
             finally:
                 waiter.cancel()
                 stopper.cancel()
+            if resync and not done:  # the jittered resync: re-read everything from the store
+                self.working.invalidate()

@@ -172,10 +172,17 @@ class ReportBook:
             news, self._news = frozenset(self._news), set()
         return news
 
-    def watch(self, nodes: frozenset[str]) -> None:
-        """Nodes whose next report is news even when it repeats (replaces the last set)."""
+    def watch(self, nodes: frozenset[str], since: float) -> bool:
+        """Nodes whose next report is news even when it repeats (replaces the last set).
+
+        True when one of them already reported after ``since`` (the pass's snapshot):
+        that report is news the pass did not see, so the caller plans again.
+        """
         with self._lock:
             self._watched = nodes
+            late = {n for n in nodes if (e := self._last.get(n)) and e.record.received_at > since}
+            self._news |= late
+        return bool(late)
 
 
 def _entry(record: ReportRecord) -> _Last:

@@ -76,6 +76,7 @@ def node_routes(ctx: ApiContext) -> list[Route]:
         await asyncio.to_thread(write)
         ctx.tokens.set(node, token_hash)
         ctx.metrics.registrations.inc()
+        ctx.registered()
         ctx.wake()
         return Response(
             json.dumps({"node": node, "token": token}).encode(),

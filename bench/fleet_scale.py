@@ -379,6 +379,7 @@ class Result:
     errors: dict[str, int] = field(default_factory=dict)
     reconnects: int = 0
     generator_cpu_per_s: float = 0.0
+    load_average: float = 0.0  # 1-minute, at the end of the steady window
 
 
 async def run_size(n: int, args: argparse.Namespace, tmp: Path) -> Result:
@@ -422,9 +423,12 @@ async def run_size(n: int, args: argparse.Namespace, tmp: Path) -> Result:
         res.cpu_ms_per_heartbeat = (cpu1 - cpu0) * 1000 / max(1, len(window))
         res.p50, res.p99 = (percentile(window, 50), percentile(window, 99)) if window else (0, 0)
         res.rss_mib = sum(s.rss_kib() for s in servers) / 1024
+        res.load_average = os.getloadavg()[0]
         print(
             f"  {n}: steady {len(window)} heartbeats: p50 {res.p50:.1f} ms p99 {res.p99:.1f} ms, "
-            f"server {res.cpu_per_s:.2f} CPU s/s, RSS {res.rss_mib:.0f} MiB",
+            f"server {res.cpu_per_s:.2f} CPU s/s ({res.cpu_ms_per_heartbeat:.2f} ms per "
+            f"heartbeat), RSS {res.rss_mib:.0f} MiB; generator {res.generator_cpu_per_s:.2f} "
+            f"CPU s/s; load average {os.getloadavg()[0]:.1f}",
             flush=True,
         )
 
@@ -476,8 +480,9 @@ def fmt(v: float | None, unit: str = "s") -> str:
 def table(results: Sequence[Result]) -> str:
     rows = [
         "| agents | registration | heartbeat p50 / p99 | server CPU s/s | CPU per heartbeat "
-        "| RSS | first rollout, 10 batches, soak 0 | merge -> all hold new doc | errors |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| RSS | first rollout, 10 batches, soak 0 | merge -> all hold new doc | errors "
+        "| load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         errors = ", ".join(f"{k}: {v}" for k, v in sorted(r.errors.items())) or "0"
@@ -485,7 +490,7 @@ def table(results: Sequence[Result]) -> str:
             f"| {r.agents:,} | {r.registration_rate:,.0f} nodes/s "
             f"| {r.p50:.1f} ms / {r.p99:.1f} ms "
             f"| {r.cpu_per_s:.2f} | {r.cpu_ms_per_heartbeat:.2f} ms | {r.rss_mib:.0f} MiB "
-            f"| {fmt(r.first_rollout)} | {fmt(r.fanout)} | {errors} |"
+            f"| {fmt(r.first_rollout)} | {fmt(r.fanout)} | {errors} | {r.load_average:.1f} |"
         )
     return "\n".join(rows)
 

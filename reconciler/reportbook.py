@@ -29,9 +29,10 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from reconciler.groupcommit import GroupCommit
 from reconciler.plan.reports import NodeReport
 from reconciler.store.base import ReportRecord, Store
 
@@ -67,9 +68,9 @@ class ReportBook:
         self._dirty: dict[str, float] = {}  # node -> lastSeen not yet in the store
         self._news: set[str] = set()
         self._watched: frozenset[str] = frozenset()
-        self._queue: list[tuple[ReportRecord, str, asyncio.Future[None]]] = []
-        self._committer: asyncio.Task[None] | None = None
-        self.commits = 0  # transactions of changed reports (for tests and metrics)
+        self._changes: GroupCommit[tuple[ReportRecord, str]] = GroupCommit(
+            self._store_changes, "status report(s)"
+        )
 
     # -- the API side (event loop) ------------------------------------------------------
 
@@ -94,39 +95,24 @@ class ReportBook:
                 if news:
                     self._news.add(record.node)
                 return news
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((record, text, future))
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(self._commit())
-        await future
+        await self._changes.submit((record, text))
         return True
 
-    async def _commit(self) -> None:
-        """Write queued changed reports, all that are waiting in each transaction."""
-        while self._queue:
-            batch, self._queue = self._queue, []
-            try:
-                await asyncio.to_thread(self._store.put_reports, [r for r, _, _ in batch])
-            except Exception as exc:  # not stored: the requests fail, nothing is acknowledged
-                log.error("cannot store %d status report(s): %s", len(batch), exc)
-                for _, _, f in batch:
-                    if not f.done():
-                        f.set_exception(exc)
-                continue
-            self.commits += 1
-            with self._lock:
-                for record, text, _ in batch:
-                    self._last[record.node] = _Last(
-                        record,
-                        text,
-                        NodeReport.from_json(record.node, record.report, record.received_at),
-                    )
-                    self._news.add(record.node)
-                    if self._dirty.get(record.node, record.received_at) <= record.received_at:
-                        self._dirty.pop(record.node, None)
-            for _, _, f in batch:
-                if not f.done():
-                    f.set_result(None)
+    @property
+    def commits(self) -> int:
+        """Transactions of changed reports so far (several reports each under load)."""
+        return self._changes.transactions
+
+    def _store_changes(self, batch: Sequence[tuple[ReportRecord, str]]) -> None:
+        """One transaction for every changed report queued (worker thread), then memory."""
+        self._store.put_reports([r for r, _ in batch])
+        with self._lock:
+            for record, text in batch:
+                parsed = NodeReport.from_json(record.node, record.report, record.received_at)
+                self._last[record.node] = _Last(record, text, parsed)
+                self._news.add(record.node)
+                if self._dirty.get(record.node, record.received_at) <= record.received_at:
+                    self._dirty.pop(record.node, None)  # the row holds this lastSeen now
 
     async def run(self, stop: asyncio.Event) -> None:
         """Flush lastSeen every ``flush_seconds`` until ``stop``, then once more."""

@@ -134,6 +134,11 @@ class MeteredStore:
     def nodes(self) -> Sequence[NodeRecord]:
         return self.inner.nodes()
 
+    def register_nodes(self, nodes: Sequence[tuple[NodeRecord, AuditEvent]]) -> None:
+        self.inner.register_nodes(nodes)
+        for _, event in nodes:
+            self.metrics.observe_audit(event)
+
     def desired(self, node: str) -> DesiredRecord | None:
         return self.inner.desired(node)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 
@@ -60,20 +59,18 @@ def node_routes(ctx: ApiContext) -> list[Route]:
         now = ctx.clock()
         rotated = node in ctx.tokens
 
-        def write() -> None:
-            ctx.store.upsert_node(NodeRecord(node, facts, token_hash, now))
-            event = AuditEvent(
-                time=now,
-                kind="registered",
-                node=node,
-                message=f"node {node} "
-                + ("re-registered (token rotated)" if rotated else "registered"),
-                details={"platform": facts["platform"], "agentVersion": facts["agentVersion"]},
-            )
-            ctx.store.append_audit(event)
-            log_event(event)
-
-        await asyncio.to_thread(write)
+        event = AuditEvent(
+            time=now,
+            kind="registered",
+            node=node,
+            message=f"node {node} "
+            + ("re-registered (token rotated)" if rotated else "registered"),
+            details={"platform": facts["platform"], "agentVersion": facts["agentVersion"]},
+        )
+        # durable before the token is handed out; registrations arriving together share
+        # one transaction (group commit)
+        await ctx.registrations.submit((NodeRecord(node, facts, token_hash, now), event))
+        log_event(event)
         ctx.tokens.set(node, token_hash)
         ctx.metrics.registrations.inc()
         ctx.registered()

@@ -153,20 +153,7 @@ class SqliteStore:
 
     def append_audit(self, event: AuditEvent) -> int:
         with self._tx() as db:
-            cur = db.execute(
-                "INSERT INTO audit (time, kind, message, revision, release, node, details) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    event.time,
-                    event.kind,
-                    event.message,
-                    event.revision,
-                    event.release,
-                    event.node,
-                    _dumps(event.details),
-                ),
-            )
-            return int(cast(int, cur.lastrowid))
+            return _insert_audit(db, event)
 
     def audit(self, since: float | None = None, limit: int = 1000) -> Sequence[AuditEvent]:
         rows = self._read(
@@ -190,12 +177,13 @@ class SqliteStore:
 
     def upsert_node(self, node: NodeRecord) -> None:
         with self._tx() as db:
-            db.execute(
-                "INSERT INTO nodes (name, facts, token_hash, registered_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET facts = excluded.facts, "
-                "token_hash = excluded.token_hash, registered_at = excluded.registered_at",
-                (node.name, _dumps(node.facts), node.token_hash, node.registered_at),
-            )
+            _upsert_node(db, node)
+
+    def register_nodes(self, nodes: Sequence[tuple[NodeRecord, AuditEvent]]) -> None:
+        with self._tx() as db:
+            for node, event in nodes:
+                _upsert_node(db, node)
+                _insert_audit(db, event)
 
     def node(self, name: str) -> NodeRecord | None:
         rows = self._read(
@@ -275,6 +263,32 @@ class SqliteStore:
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (key, value),
             )
+
+
+def _upsert_node(db: sqlite3.Connection, node: NodeRecord) -> None:
+    db.execute(
+        "INSERT INTO nodes (name, facts, token_hash, registered_at) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET facts = excluded.facts, "
+        "token_hash = excluded.token_hash, registered_at = excluded.registered_at",
+        (node.name, _dumps(node.facts), node.token_hash, node.registered_at),
+    )
+
+
+def _insert_audit(db: sqlite3.Connection, event: AuditEvent) -> int:
+    cur = db.execute(
+        "INSERT INTO audit (time, kind, message, revision, release, node, details) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            event.time,
+            event.kind,
+            event.message,
+            event.revision,
+            event.release,
+            event.node,
+            _dumps(event.details),
+        ),
+    )
+    return int(cast(int, cur.lastrowid))
 
 
 def _put_desired(

@@ -1,0 +1,202 @@
+"""Heartbeats at scale: repeats stay in memory, changes are durable, writes are grouped.
+
+Real SQLite files read through a second connection (what is on disk, not what the
+process believes), the real API over a socket, a real ``fleetkeeper serve`` killed with
+SIGKILL, and the real loop on a real fleet repo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from reconciler.plan.status import rfc3339
+from reconciler.reportbook import FLUSH_SECONDS, ReportBook
+from reconciler.store import open_store
+from reconciler.store.base import AuditEvent, NodeRecord, ReportRecord
+from tests.helpers.fleet import LoopRig, fleet_files, nodes_named, release_doc, report_doc
+from tests.helpers.server import api_harness, restart, start_server
+
+
+def report(node: str, phase: str = "Healthy", version: str = "1.0.0") -> dict[str, Any]:
+    w = {"name": "app", "version": version, "phase": phase, "healthy": phase == "Healthy"}
+    return report_doc(node, [w])
+
+
+def row(db: Path, node: str) -> tuple[str, float] | None:
+    """The node's report row as the file on disk holds it (a separate connection)."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        got = con.execute("SELECT report, received_at FROM reports WHERE node = ?", (node,))
+        found = got.fetchone()
+        return (str(found[0]), float(found[1])) if found else None
+    finally:
+        con.close()
+
+
+def test_a_repeated_report_moves_last_seen_in_memory_and_writes_nothing(tmp_path: Path) -> None:
+    with api_harness(tmp_path) as h:
+        db = tmp_path / "api-state.db"
+        token = h.register("gpu-1")
+        with h.client(token) as c:
+            assert c.post("/v1/nodes/gpu-1/status", json=report("gpu-1")).status_code == 200
+            first = row(db, "gpu-1")
+            wakes = len(h.wakes)
+            time.sleep(0.05)
+            assert c.post("/v1/nodes/gpu-1/status", json=report("gpu-1")).status_code == 200
+        assert row(db, "gpu-1") == first  # no durable write for a repeat
+        assert len(h.wakes) == wakes  # and no pass
+        assert first is not None
+        (mem,) = [r for r in h.ctx.reports.records() if r.node == "gpu-1"]
+        assert mem.received_at > first[1]  # lastSeen moved in memory
+        assert h.ctx.reports.flush() == 1  # the batched flush writes it
+        after = row(db, "gpu-1")
+        assert after is not None and after[1] == mem.received_at
+
+
+def test_a_changed_report_is_on_disk_before_the_answer(tmp_path: Path) -> None:
+    with api_harness(tmp_path) as h:
+        db = tmp_path / "api-state.db"
+        token = h.register("gpu-1")
+        with h.client(token) as c:
+            for phase in ("Restarting", "Healthy", "Failed"):
+                wakes = len(h.wakes)
+                r = c.post("/v1/nodes/gpu-1/status", json=report("gpu-1", phase))
+                assert r.status_code == 200
+                got = row(db, "gpu-1")
+                assert got is not None and f'"phase":"{phase}"' in got[0]
+                assert len(h.wakes) == wakes + 1  # news: the loop plans again
+
+
+def test_reports_arriving_together_share_one_transaction(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        book = ReportBook(store, [], ttl=90)
+
+        async def burst() -> list[bool]:
+            recs = [ReportRecord(f"n{i}", report(f"n{i}"), 100.0 + i) for i in range(50)]
+            return await asyncio.gather(*(book.submit(r) for r in recs))
+
+        assert asyncio.run(burst()) == [True] * 50
+        assert book.commits <= 2  # 50 reports, not 50 fsyncs
+        assert {r.node for r in store.reports()} == {f"n{i}" for i in range(50)}
+        assert book.take_news() == {f"n{i}" for i in range(50)}
+        assert book.take_news() == frozenset()
+    finally:
+        store.close()
+
+
+def test_a_failed_write_acknowledges_nothing(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    book = ReportBook(store, [], ttl=90)
+    store.close()  # every write now fails
+
+    async def one() -> None:
+        await book.submit(ReportRecord("n1", report("n1"), 100.0))
+
+    try:
+        asyncio.run(one())
+    except sqlite3.ProgrammingError as exc:
+        assert "closed" in str(exc)
+    else:
+        raise AssertionError("a report that was not stored was acknowledged")
+    assert book.records() == []  # and memory did not pretend otherwise
+
+
+def test_registrations_arriving_together_share_one_transaction(tmp_path: Path) -> None:
+    with api_harness(tmp_path) as h:
+
+        async def burst() -> None:
+            import httpx
+
+            headers = {"Authorization": f"Bearer {h.bootstrap_token}"}
+            async with httpx.AsyncClient(base_url=h.url, headers=headers) as c:
+                from tests.helpers.server import register_doc
+
+                rs = await asyncio.gather(
+                    *(
+                        c.post(f"/v1/nodes/n{i}/register", json=register_doc(f"n{i}"))
+                        for i in range(40)
+                    )
+                )
+                assert all(r.status_code == 200 for r in rs)
+
+        asyncio.run(burst())
+        assert len(h.ctx.store.nodes()) == 40
+        assert sum(e.kind == "registered" for e in h.ctx.store.audit()) == 40
+        assert h.ctx.registrations.transactions < 40
+
+
+def test_sigkill_keeps_changed_reports_and_flushed_last_seen(tmp_path: Path) -> None:
+    server = start_server(tmp_path)
+    try:
+        token = server.register("node-a")
+        with server.client(token) as c:
+            assert c.post("/v1/nodes/node-a/status", json=report("node-a")).status_code == 200
+            time.sleep(1.2)  # the repeat's lastSeen falls in another second
+            repeat_at = time.time()
+            assert c.post("/v1/nodes/node-a/status", json=report("node-a")).status_code == 200
+            changed = report("node-b", "Failed")
+        token_b = server.register("node-b")
+        with server.client(token_b) as c:
+            assert c.post("/v1/nodes/node-b/status", json=changed).status_code == 200
+        time.sleep(FLUSH_SECONDS + 1.5)  # one lastSeen flush has run
+        server = restart(server, crash=True)  # SIGKILL: no clean shutdown, no final flush
+        rows = {n["node"]: n for n in server.fleet()["nodes"]}
+        assert rows["node-b"]["workloads"][0]["phase"] == "Failed"  # the change survived
+        assert rows["node-a"]["lastSeen"] == rfc3339(repeat_at)  # the flushed lastSeen too
+    finally:
+        code = server.stop()
+    assert code == 0, server.logs()
+
+
+def test_stale_detection_reads_last_seen_from_memory(tmp_path: Path) -> None:
+    """A node whose repeats never reached the store (no flush yet) is not Stale."""
+    from reconciler.loop import Reconciler
+    from reconciler.source import GitSource
+
+    files = fleet_files(nodes_named("n1", "n2"), [release_doc("app", "1.0.0", soak=0)])
+    rig = LoopRig.create(tmp_path, files)
+    try:
+        cfg = rig.config()
+        book = ReportBook(rig.store, [], ttl=rig.ttl)
+        source = GitSource(cfg.repo, cfg.state_dir, cfg.branch)
+        loop = Reconciler(cfg, rig.store, source, rig.notified.append, rig.clock, reports=book)
+        t0 = rig.clock.t
+        assert loop.reconcile_once().error is None
+
+        async def send(node: str, at: float) -> None:
+            await book.submit(ReportRecord(node, report(node), at))
+
+        for n in ("n1", "n2"):
+            asyncio.run(send(n, t0))
+        asyncio.run(send("n1", t0 + 80))  # a repeat: memory only
+        rig.clock.t = t0 + 100
+        assert loop.reconcile_once().error is None
+        stored = {r.node: r.received_at for r in rig.store.reports()}
+        assert stored == {"n1": t0, "n2": t0}  # the store has not seen the repeat
+        health = {n["node"]: n["health"] for n in loop.fleet_status()["nodes"]}
+        assert health == {"n1": "Healthy", "n2": "Stale"}
+        assert [e.node for e in rig.store.audit(limit=1000) if e.kind == "stale"] == ["n2"]
+    finally:
+        rig.close()
+
+
+def test_register_nodes_is_one_transaction_of_nodes_and_audit(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        items = [
+            (
+                NodeRecord(f"n{i}", {"platform": "linux/amd64"}, "0" * 64, 1.0),
+                AuditEvent(1.0, "registered", f"n{i}", node=f"n{i}"),
+            )
+            for i in range(3)
+        ]
+        store.register_nodes(items)
+        assert [n.name for n in store.nodes()] == ["n0", "n1", "n2"]
+        assert [e.node for e in store.audit()] == ["n0", "n1", "n2"]
+    finally:
+        store.close()

@@ -51,6 +51,8 @@ class RolloutMemo:
     given: Mapping[str, Mapping[str, JSON]]  # node -> the workload this rollout gives it
     wake_at: float | None
     awaiting: Mapping[str, float]  # node -> a report received at or after this time counts
+    state: RolloutState  # the state after the step, parsed (saves a parse next pass)
+    json: Mapping[str, JSON]  # its store form, as handed to the caller in Plan.rollouts
 
 
 @dataclass(frozen=True)
@@ -154,9 +156,16 @@ def replan(
         targeted = list(targets)  # keeps target_nodes' order: canaries first
         current = {n: workload_entry(desired.get(n), name) for n in targeted}
         old_json = rollouts.get(name)
-        old = state_from_json(old_json) if old_json is not None else None
+        if old_memo is not None and old_json is old_memo.json:  # parsed last pass already
+            old: RolloutState | None = old_memo.state
+        else:
+            old = state_from_json(old_json) if old_json is not None else None
         step = step_rollout(d, old, targeted, current, reports, now, ttl)
-        new_json = state_to_json(step.state)
+        # an unchanged state keeps its stored JSON (serialising 10,000 nodes is the cost)
+        if old is not None and old_json is not None and step.state == old:
+            new_json: Mapping[str, JSON] = old_json
+        else:
+            new_json = state_to_json(step.state)
         if old_json != new_json:
             states[name] = new_json
             changed_rollouts.add(name)
@@ -168,10 +177,11 @@ def replan(
             if w is not None:
                 given[n] = w
         if old_memo is not None:
+            was = old_memo.given
             touched.update(
                 n
-                for n in old_memo.given.keys() | given.keys()
-                if old_memo.given.get(n) != given.get(n)
+                for n in was.keys() | given.keys()
+                if (a := was.get(n)) is not (b := given.get(n)) and a != b
             )
         else:
             touched.update(given)
@@ -180,7 +190,9 @@ def replan(
         # a halted rollout is stepped again only for news: compute_plan gives it no wake
         # after the pass that halted it (that pass still names the deadlines it saw)
         later = None if step.state.phase == "Halted" else step.wake_at
-        memos[name] = RolloutMemo(targets, given, later, _awaiting(step.state, targets, reports))
+        memos[name] = RolloutMemo(
+            targets, given, later, _awaiting(step.state, targets, reports), step.state, new_json
+        )
 
     if full or previous is None:
         rebuild: frozenset[str] | set[str] = frozenset(nodes)

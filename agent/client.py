@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 _register_lock = threading.Lock()
 
 
+KEEPALIVE_SECONDS = 60.0
+
+
 class ServerClient:
     def __init__(
         self,
@@ -41,8 +44,13 @@ class ServerClient:
         self.bootstrap_token = bootstrap_token
         self.facts = facts
         self.preferred = 0
+        # Keep the heartbeat connection between reports (every 15 s): httpx's default 5 s
+        # expiry made every heartbeat a new TCP (and TLS) connection. The reconciler
+        # keeps idle connections 75 s (KEEP_ALIVE_SECONDS); expire ours first.
         self.http = httpx.Client(
-            timeout=httpx.Timeout(10.0, connect=connect_timeout), trust_env=False
+            timeout=httpx.Timeout(10.0, connect=connect_timeout),
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_SECONDS),
+            trust_env=False,
         )
 
     def close(self) -> None:

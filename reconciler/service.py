@@ -33,6 +33,11 @@ from reconciler.store.base import AuditEvent
 log = logging.getLogger(__name__)
 
 GRACE_SECONDS = 5
+# Idle keep-alive connections stay open this long: longer than an agent's 15 s heartbeat
+# (uvicorn's default 5 s closed every heartbeat connection: one TCP accept per report,
+# and under load a full accept queue; nginx's default is also 75 s)
+KEEP_ALIVE_SECONDS = 75
+LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 DASHBOARD_AUDIT_WINDOW = 7 * 86400
 
 
@@ -64,7 +69,7 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise ConfigError(f"listen: cannot bind {host}:{port}: {exc.strerror}") from exc
-    sock.listen(2048)
+    sock.listen(LISTEN_BACKLOG)
     sock.setblocking(False)
     return sock
 
@@ -128,6 +133,7 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
                 lifespan="on",
                 loop="none",
                 timeout_graceful_shutdown=GRACE_SECONDS,
+                timeout_keep_alive=KEEP_ALIVE_SECONDS,
                 server_header=False,
             )
         )

@@ -1,20 +1,27 @@
-"""The hot path as plain ASGI: an agent's conditional GET that still matches -> 304.
+"""The hot paths as plain ASGI: a conditional GET that still matches, and a status report.
 
 Most requests a reconciler ever sees are ``GET /v1/nodes/N/desired`` with the ETag the
-agent already has and no wait (or a wait already over). This middleware answers exactly
-that case from memory (token hash and ETag caches) without building a Request or
-routing; anything else (a mismatch, a long-poll, a bad token, any error) falls through
-to the full application, which gives the complete answer.
+agent already has and no wait (or a wait already over), and heartbeats
+(``POST /v1/nodes/N/status``). These middlewares answer exactly those cases from memory
+(token hash and ETag caches, the report book) without building a Request or routing;
+anything else (a mismatch, a long-poll, a bad token, a body that is too large or
+invalid, any doubt) falls through to the full application, with the body it already
+read replayed, and the application gives the complete answer (and error).
 """
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from reconciler.api.body import parse_json
 from reconciler.api.context import ApiContext
+from reconciler.api.errors import ApiError
+from reconciler.api.nodes import accept_report
 
 PREFIX = "/v1/nodes/"
 SUFFIX = "/desired"
+STATUS_SUFFIX = "/status"
+JSON_HEADERS = [(b"content-type", b"application/json")]
 FAST_QUERIES = frozenset({b"", b"wait=0"})
 
 
@@ -56,3 +63,77 @@ class DesiredFastPath:
         await send({"type": "http.response.start", "status": 304, "headers": [(b"etag", etag)]})
         await send({"type": "http.response.body", "body": b""})
         return True
+
+
+def _bearer_ok(ctx: ApiContext, node: str, scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            if value[:7].lower() != b"bearer ":
+                return False
+            return ctx.tokens.check(node, value[7:].strip().decode("latin-1")) == "ok"
+    return False
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """A ``receive`` that gives back what was already read, then reads on."""
+    pending = list(messages)
+
+    async def again() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return again
+
+
+class StatusFastPath:
+    """``POST /v1/nodes/N/status`` with that node's token and a valid body, answered here."""
+
+    def __init__(self, app: ASGIApp, ctx: ApiContext) -> None:
+        self.app = app
+        self.ctx = ctx
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path: str = scope["path"]
+            if path.startswith(PREFIX) and path.endswith(STATUS_SUFFIX):
+                node = path[len(PREFIX) : -len(STATUS_SUFFIX)]
+                if "/" not in node and _bearer_ok(self.ctx, node, scope):
+                    rest = await self._report(node, receive, send)
+                    if rest is None:
+                        return
+                    receive = rest
+        await self.app(scope, receive, send)
+
+    async def _report(self, node: str, receive: Receive, send: Send) -> Receive | None:
+        """None when answered; else the ``receive`` the application reads the body from."""
+        limit = self.ctx.settings.max_body_bytes
+        messages: list[Message] = []
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                return _replay(messages, receive)  # a disconnect: let the app see it
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return _replay(messages, receive)  # the app answers 413
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        try:
+            report = parse_json(b"".join(chunks), "status-report")
+        except ApiError:
+            return _replay(messages, receive)  # the app words the 400/422
+        if report["node"] != node:
+            return _replay(messages, receive)
+        body = await accept_report(self.ctx, node, report)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [*JSON_HEADERS, (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -45,6 +46,19 @@ def _matches(header: str | None, etag: str) -> bool:
         return False
     tags = [t.strip() for t in header.split(",")]
     return "*" in tags or etag in tags or f"W/{etag}" in tags
+
+
+async def accept_report(ctx: ApiContext, node: str, report: dict[str, Any]) -> bytes:
+    """Take a valid status report of ``node``; the answer's body.
+
+    A repeat only moves lastSeen in memory; a change is durable before this returns and
+    wakes the loop. Shared by the route and the plain-ASGI fast path (``fastpath``).
+    """
+    news = await ctx.reports.submit(ReportRecord(node, report, ctx.clock()))
+    ctx.metrics.reports.inc()
+    if news:
+        ctx.wake()
+    return json.dumps({"node": node, "generation": ctx.hub.get(node).generation}).encode()
 
 
 def node_routes(ctx: ApiContext) -> list[Route]:
@@ -101,16 +115,7 @@ def node_routes(ctx: ApiContext) -> list[Route]:
         report = await read_json(request, "status-report", ctx.settings.max_body_bytes)
         if report["node"] != node:
             raise ApiError(422, f"body names node {report['node']!r} but the URL names {node!r}")
-        # a repeat only moves lastSeen in memory; a change is durable before the answer
-        news = await ctx.reports.submit(ReportRecord(node, report, ctx.clock()))
-        ctx.metrics.reports.inc()
-        if news:
-            ctx.wake()
-        entry = ctx.hub.get(node)
-        return Response(
-            json.dumps({"node": node, "generation": entry.generation}).encode(),
-            media_type=JSON_TYPE,
-        )
+        return Response(await accept_report(ctx, node, report), media_type=JSON_TYPE)
 
     return [
         Route("/v1/nodes/{node}/register", register, methods=["POST"]),

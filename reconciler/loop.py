@@ -486,7 +486,8 @@ class Reconciler:
         if plan is not None:
             live = set(latest_versions(self._spec)) if self._spec is not None else set()
             for name in sorted(plan.rollouts):
-                s = state_from_json(plan.rollouts[name])
+                memo = p.replan.memo.rollouts.get(name) if p.replan is not None else None
+                s = memo.state if memo is not None else state_from_json(plan.rollouts[name])
                 if s is None or name not in live:
                     continue
                 if s.phase == "Halted" and s.halt is not None:

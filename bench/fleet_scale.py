@@ -83,7 +83,7 @@ class Conn:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def _open(self) -> None:
+    async def open(self) -> None:
         async with self.gate:
             try:
                 self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
@@ -103,7 +103,7 @@ class Conn:
         for attempt in (0, 1):
             fresh = self.writer is None
             if fresh:
-                await self._open()
+                await self.open()
             try:
                 return await self._exchange(method, path, headers, body)
             except (ConnectionError, asyncio.IncompleteReadError) as exc:
@@ -255,6 +255,13 @@ class Agent:
                 self.running = new
                 await self.send_report(measured=False)
 
+    async def connect(self) -> None:
+        for conn in (self.poll_conn, self.status_conn):
+            try:
+                await conn.open()
+            except HttpError as exc:
+                self.stats.error(exc.kind)  # the loops open it again on first use
+
     def close(self) -> None:
         self.poll_conn.close()
         self.status_conn.close()
@@ -278,6 +285,16 @@ def release(version: str, batch_size: str) -> dict[str, object]:
         "targets": {"roles": ["inference"]},
         "rollout": {"batchSize": batch_size, "soakSeconds": 0, "timeoutSeconds": 600},
     }
+
+
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped because an accept queue was full."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=True))
+            return int(table.get("ListenOverflows", 0))
+    return 0
 
 
 def cpu_seconds(pids: Sequence[int]) -> float:
@@ -404,20 +421,32 @@ async def run_size(n: int, args: argparse.Namespace, tmp: Path) -> Result:
         print(f"  {n}: registered {len(tokens)} in {time.monotonic() - t0:.1f}s", flush=True)
         gate = asyncio.Semaphore(CONNECT_LIMIT)
         for i, node in enumerate(nodes):
-            if node not in tokens:
-                continue
-            a = Agent(node, tokens[node], servers[i % len(servers)], stats, gate)
-            agents.append(a)
+            if node in tokens:
+                agents.append(Agent(node, tokens[node], servers[i % len(servers)], stats, gate))
+        # both connections of every agent first (64 handshakes in flight), then the loops:
+        # connection set-up is not part of the steady state
+        t0 = time.monotonic()
+        await asyncio.gather(*(a.connect() for a in agents))
+        print(f"  {n}: {2 * len(agents)} connections in {time.monotonic() - t0:.1f}s", flush=True)
+        for a in agents:
             tasks.append(asyncio.create_task(a.poll(stop)))
             tasks.append(asyncio.create_task(a.heartbeats(stop)))
 
         # steady state: after one heartbeat interval every agent has reported once
         await asyncio.sleep(HEARTBEAT + 2)
         pids = [s.proc.pid for s in servers]
+        drops0 = listen_overflows()
         cpu0, gen0, w0 = cpu_seconds(pids), time.process_time(), time.monotonic()
         await asyncio.sleep(args.steady)
         cpu1, gen1, w1 = cpu_seconds(pids), time.process_time(), time.monotonic()
         window = [ms for t, ms in stats.heartbeats if w0 <= t < w1]
+        slow = sorted(((ms, t - w0) for t, ms in stats.heartbeats if w0 <= t < w1), reverse=True)
+        print(
+            f"  {n}: steady: {sum(ms > 100 for ms, _ in slow)} heartbeats over 100 ms; slowest "
+            + ", ".join(f"{ms:.0f} ms at +{at:.1f}s" for ms, at in slow[:5])
+            + f"; SYNs dropped by a full accept queue: {listen_overflows() - drops0}",
+            flush=True,
+        )
         res.cpu_per_s = (cpu1 - cpu0) / (w1 - w0)
         res.generator_cpu_per_s = (gen1 - gen0) / (w1 - w0)
         res.cpu_ms_per_heartbeat = (cpu1 - cpu0) * 1000 / max(1, len(window))

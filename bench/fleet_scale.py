@@ -496,6 +496,9 @@ async def run_size(n: int, args: argparse.Namespace, tmp: Path) -> Result:
             code = s.stop()
             if code != 0:
                 stats.error(f"server exit {code}")
+            warnings = [line for line in s.log.read_text().splitlines() if "WARNING" in line]
+            for line in warnings[-20:]:
+                print(f"  server: {line}", flush=True)
     res.errors = dict(stats.errors)
     res.reconnects = stats.reconnects
     print(f"  {n}: idle keep-alive connections reopened: {stats.reconnects}", flush=True)

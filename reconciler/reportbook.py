@@ -65,6 +65,8 @@ class ReportBook:
         self.flush_seconds = flush_seconds
         self._lock = threading.Lock()
         self._last: dict[str, _Last] = {r.node: _entry(r) for r in records}
+        # lastSeen per node (received_at of _last is that of the last *changed* report)
+        self._seen: dict[str, float] = {n: e.record.received_at for n, e in self._last.items()}
         self._dirty: dict[str, float] = {}  # node -> lastSeen not yet in the store
         self._news: set[str] = set()
         self._watched: frozenset[str] = frozenset()
@@ -83,12 +85,10 @@ class ReportBook:
         with self._lock:
             last = self._last.get(record.node)
             if last is not None and last.text == text:
-                back = record.received_at - last.record.received_at > self._ttl / 3
-                self._last[record.node] = replace(
-                    last,
-                    record=replace(last.record, received_at=record.received_at),
-                    parsed=replace(last.parsed, received_at=record.received_at),
-                )
+                seen = self._seen[record.node]
+                back = record.received_at - seen > self._ttl / 3
+                # a float in a dict: no new object that the garbage collector must track
+                self._seen[record.node] = record.received_at
                 self._dirty[record.node] = record.received_at
                 # a node coming back from silence matters (Stale -> fresh) even unchanged
                 news = back or record.node in self._watched
@@ -110,6 +110,7 @@ class ReportBook:
             for record, text in batch:
                 parsed = NodeReport.from_json(record.node, record.report, record.received_at)
                 self._last[record.node] = _Last(record, text, parsed)
+                self._seen[record.node] = max(record.received_at, self._seen.get(record.node, 0.0))
                 self._news.add(record.node)
                 if self._dirty.get(record.node, record.received_at) <= record.received_at:
                     self._dirty.pop(record.node, None)  # the row holds this lastSeen now
@@ -145,12 +146,22 @@ class ReportBook:
     def snapshot(self) -> dict[str, NodeReport]:
         """Every node's last report as the planner reads it (lastSeen from memory)."""
         with self._lock:
-            return {n: e.parsed for n, e in self._last.items()}
+            seen = self._seen
+            return {
+                n: e.parsed
+                if e.parsed.received_at == seen[n]
+                else replace(e.parsed, received_at=seen[n])
+                for n, e in self._last.items()
+            }
 
     def records(self) -> list[ReportRecord]:
         """Every node's last report as the store would hold it after a flush, by node."""
         with self._lock:
-            return [self._last[n].record for n in sorted(self._last)]
+            out = []
+            for n in sorted(self._last):
+                rec, seen = self._last[n].record, self._seen[n]
+                out.append(rec if rec.received_at == seen else replace(rec, received_at=seen))
+            return out
 
     def take_news(self) -> frozenset[str]:
         """Nodes whose report was news since the last call (and forget them)."""
@@ -166,7 +177,7 @@ class ReportBook:
         """
         with self._lock:
             self._watched = nodes
-            late = {n for n in nodes if (e := self._last.get(n)) and e.record.received_at > since}
+            late = {n for n in nodes if self._seen.get(n, since) > since}
             self._news |= late
         return bool(late)
 

@@ -11,6 +11,8 @@ read replayed, and the application gives the complete answer (and error).
 
 from __future__ import annotations
 
+import re
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reconciler.api.body import parse_json
@@ -22,28 +24,36 @@ PREFIX = "/v1/nodes/"
 SUFFIX = "/desired"
 STATUS_SUFFIX = "/status"
 JSON_HEADERS = [(b"content-type", b"application/json")]
-FAST_QUERIES = frozenset({b"", b"wait=0"})
+WAIT = re.compile(rb"wait=([0-9]{1,6}(?:\.[0-9]{1,6})?)")
+
+
+def _wait(query: bytes) -> float | None:
+    """Seconds from ``""`` or ``wait=N`` (the agent's two forms); None: anything else."""
+    if not query:
+        return 0.0
+    m = WAIT.fullmatch(query)
+    return float(m[1]) if m else None
 
 
 class DesiredFastPath:
+    """``GET /v1/nodes/N/desired`` with that node's token and its current ETag: 304 at
+    once, or after a long-poll (``wait=N``) 304 or the new document."""
+
     def __init__(self, app: ASGIApp, ctx: ApiContext) -> None:
         self.app = app
         self.ctx = ctx
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and scope["method"] == "GET"
-            and scope["query_string"] in FAST_QUERIES
-        ):
+        if scope["type"] == "http" and scope["method"] == "GET":
+            wait = _wait(scope["query_string"])
             path: str = scope["path"]
-            if path.startswith(PREFIX) and path.endswith(SUFFIX):
+            if wait is not None and path.startswith(PREFIX) and path.endswith(SUFFIX):
                 node = path[len(PREFIX) : -len(SUFFIX)]
-                if await self._not_modified(node, scope, send):
+                if await self._answer(node, min(wait, self.ctx.settings.max_wait), scope, send):
                     return
         await self.app(scope, receive, send)
 
-    async def _not_modified(self, node: str, scope: Scope, send: Send) -> bool:
+    async def _answer(self, node: str, wait: float, scope: Scope, send: Send) -> bool:
         auth = inm = None
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -53,15 +63,29 @@ class DesiredFastPath:
         if auth is None or inm is None or auth[:7].lower() != b"bearer ":
             return False
         ctx = self.ctx
-        etag = ctx.hub.etag(node).encode()
-        if inm.strip() != etag:
+        etag = ctx.hub.etag(node)
+        if inm.strip() != etag.encode():
             return False
         token = auth[7:].strip().decode("latin-1")
         if ctx.tokens.check(node, token) != "ok":
             return False
-        ctx.metrics.poll_304.inc()
-        await send({"type": "http.response.start", "status": 304, "headers": [(b"etag", etag)]})
-        await send({"type": "http.response.body", "body": b""})
+        # a long-poll waits here, without the routing stack's frames and objects (one
+        # per waiting agent: 10,000 of them)
+        entry = await ctx.hub.wait_change(node, etag, wait) if wait > 0 else None
+        if entry is None or entry.etag == etag:
+            ctx.metrics.poll_304.inc()
+            headers = [(b"etag", etag.encode())]
+            await send({"type": "http.response.start", "status": 304, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return True
+        ctx.metrics.poll_200.inc()
+        headers = [
+            *JSON_HEADERS,
+            (b"etag", entry.etag.encode()),
+            (b"content-length", str(len(entry.body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": entry.body})
         return True
 
 

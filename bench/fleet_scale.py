@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import hashlib
 import json
 import os
@@ -423,6 +424,10 @@ async def run_size(n: int, args: argparse.Namespace, tmp: Path) -> Result:
         for i, node in enumerate(nodes):
             if node in tokens:
                 agents.append(Agent(node, tokens[node], servers[i % len(servers)], stats, gate))
+        # The generator must not pause itself: a full garbage collection over 8,000 agents
+        # stops its event loop for a while and would show up as server latency.
+        gc.freeze()
+        gc.set_threshold(*gc.get_threshold()[:2], 2**31 - 1)
         # both connections of every agent first (64 handshakes in flight), then the loops:
         # connection set-up is not part of the steady state
         t0 = time.monotonic()
@@ -441,6 +446,7 @@ async def run_size(n: int, args: argparse.Namespace, tmp: Path) -> Result:
         cpu1, gen1, w1 = cpu_seconds(pids), time.process_time(), time.monotonic()
         window = [ms for t, ms in stats.heartbeats if w0 <= t < w1]
         slow = sorted(((ms, t - w0) for t, ms in stats.heartbeats if w0 <= t < w1), reverse=True)
+        print(f"  {n}: steady window from {time.strftime('%H:%M:%S')} minus {w1 - w0:.0f}s")
         print(
             f"  {n}: steady: {sum(ms > 100 for ms, _ in slow)} heartbeats over 100 ms; slowest "
             + ", ".join(f"{ms:.0f} ms at +{at:.1f}s" for ms, at in slow[:5])
@@ -535,6 +541,7 @@ def main() -> None:
     ap.add_argument("--replicas", type=int, default=1, help="servers sharing --database")
     ap.add_argument("--database", help="database URL (default: SQLite in the state dir)")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--keep", action="store_true", help="keep each size's temp dir (logs)")
     args = ap.parse_args()
     if args.replicas > 1 and not (args.database or "").startswith("postgres"):
         ap.error("--replicas N needs --database postgresql://... (one SQLite file has one writer)")
@@ -557,7 +564,10 @@ def main() -> None:
             with asyncio.Runner(loop_factory=loop_factory) as runner:
                 results.append(runner.run(run_size(n, args, tmp)))
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if args.keep:
+                print(f"  kept {tmp}", flush=True)
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
         print(table(results[-1:]), flush=True)
     print()
     print(f"load average {os.getloadavg()[0]:.1f} (the generator shares the cores)")

@@ -200,3 +200,71 @@ def test_register_nodes_is_one_transaction_of_nodes_and_audit(tmp_path: Path) ->
         assert [e.node for e in store.audit()] == ["n0", "n1", "n2"]
     finally:
         store.close()
+
+
+def test_publish_wakes_only_the_changed_nodes_pollers(tmp_path: Path) -> None:
+    from reconciler.api.hub import DesiredHub
+    from tests.helpers.server import desired_doc
+
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        hub = DesiredHub(store)
+
+        async def scenario() -> tuple[set[str], set[str]]:
+            hub.bind(asyncio.get_running_loop())
+            nodes = [f"n{i}" for i in range(200)]
+            waits = {n: asyncio.create_task(hub.wait_change(n, hub.etag(n), 30)) for n in nodes}
+            await asyncio.sleep(0.05)  # every poller is waiting
+            stored = store.put_desired_many({n: desired_doc(n) for n in ("n3", "n150")})
+            hub.publish_from_thread([rec for rec, _ in stored])  # one batch, as the loop does
+            await asyncio.sleep(0.05)
+            done = {n for n, t in waits.items() if t.done()}
+            versions = {n for n in done if b"1.0.0" in waits[n].result().body}
+            hub.close()  # release the others
+            await asyncio.gather(*waits.values())
+            return done, versions
+
+        done, versions = asyncio.run(scenario())
+        assert done == {"n3", "n150"} and versions == done
+    finally:
+        store.close()
+
+
+def test_served_loop_plans_incrementally_and_a_quiet_pass_writes_nothing(tmp_path: Path) -> None:
+    from reconciler.loop import Reconciler
+    from reconciler.source import GitSource
+
+    nodes = ("n1", "n2", "n3", "n4")
+    files = fleet_files(nodes_named(*nodes), [release_doc("app", "1.0.0", batch_size=2, soak=0)])
+    rig = LoopRig.create(tmp_path, files)
+    try:
+        cfg = rig.config()
+        book = ReportBook(rig.store, [], ttl=rig.ttl)
+        source = GitSource(cfg.repo, cfg.state_dir, cfg.branch)
+        loop = Reconciler(cfg, rig.store, source, rig.notified.append, rig.clock, reports=book)
+        assert loop.reconcile_once().error is None  # first pass: full, batch 1 given
+        assert loop.working.full_passes == 1
+
+        async def converge(*names: str) -> None:
+            for n in names:
+                rec = rig.store.desired(n)
+                w = [{"name": "app", "version": "1.0.0", "phase": "Healthy", "healthy": True}]
+                doc = report_doc(n, w if rec and rec.document["workloads"] else [])
+                await book.submit(ReportRecord(n, doc, rig.clock.t))
+
+        rig.clock.t += 1
+        asyncio.run(converge(*nodes))
+        result = loop.reconcile_once()  # the reports are news: incremental, batch 2 given
+        assert result.error is None and loop.working.incremental_passes == 1
+        assert sorted(result.changed_nodes) == ["n3", "n4"]
+        rig.clock.t += 1
+        asyncio.run(converge("n3", "n4"))
+        assert loop.reconcile_once().error is None
+        assert rig.phase("app") == "Succeeded"
+        before = rig.snapshot()
+        rig.clock.t += 1
+        quiet = loop.reconcile_once()  # nothing new: nothing written
+        assert quiet.writes == 0 and rig.snapshot() == before
+        assert loop.working.full_passes == 1  # never re-planned everything
+    finally:
+        rig.close()

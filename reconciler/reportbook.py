@@ -163,6 +163,23 @@ class ReportBook:
                 out.append(rec if rec.received_at == seen else replace(rec, received_at=seen))
             return out
 
+    def absorb(self, records: Iterable[ReportRecord]) -> int:
+        """Adopt stored reports newer than what memory holds (another writer, e.g. a
+        replica on the same database); the full pass calls this. How many were newer."""
+        newer = 0
+        with self._lock:
+            for record in records:
+                seen = self._seen.get(record.node)
+                if seen is not None and record.received_at <= seen:
+                    continue
+                entry = _entry(record)
+                last = self._last.get(record.node)
+                if last is None or last.text != entry.text:
+                    self._news.add(record.node)
+                self._last[record.node], self._seen[record.node] = entry, record.received_at
+                newer += 1
+        return newer
+
     def take_news(self) -> frozenset[str]:
         """Nodes whose report was news since the last call (and forget them)."""
         with self._lock:

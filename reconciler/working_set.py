@@ -76,9 +76,11 @@ class WorkingSet:
         self, spec: FleetSpec, applied: AppliedRevision, now: float, stale_before: frozenset[str]
     ) -> Replan:
         book = self._reports
-        news = book.take_news() if book is not None else frozenset()
         if book is None:
             self.invalidate()
+        elif self._memo is None:  # a full pass re-reads the reports from the store too
+            book.absorb(self._store.reports())
+        news = book.take_news() if book is not None else frozenset()
         basis = (applied.sha, json.dumps(applied.approval, sort_keys=True))
         seen = self._registrations
         if self._nodes is None or seen != self._nodes_seen:

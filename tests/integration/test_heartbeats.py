@@ -268,3 +268,19 @@ def test_served_loop_plans_incrementally_and_a_quiet_pass_writes_nothing(tmp_pat
         assert loop.working.full_passes == 1  # never re-planned everything
     finally:
         rig.close()
+
+
+def test_a_full_pass_adopts_newer_reports_from_the_store(tmp_path: Path) -> None:
+    """The store stays the truth: a report written by another writer is seen at resync."""
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        book = ReportBook(store, [ReportRecord("n1", report("n1"), 100.0)], ttl=90)
+        store.put_report(ReportRecord("n1", report("n1", "Failed"), 200.0))  # elsewhere
+        store.put_report(ReportRecord("n2", report("n2"), 50.0))
+        assert book.absorb(store.reports()) == 2
+        got = {r.node: (r.received_at, r.report["workloads"][0]["phase"]) for r in book.records()}
+        assert got == {"n1": (200.0, "Failed"), "n2": (50.0, "Healthy")}
+        assert book.take_news() == {"n1", "n2"}
+        assert book.absorb(store.reports()) == 0  # nothing newer the second time
+    finally:
+        store.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from reconciler.store.base import DesiredRecord, Store
 from reconciler.threadsafe import call_in_loop
 
 EMPTY_ETAG = '"0-empty"'
+WAIT_JITTER = 0.1
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class DesiredHub:
         self._events: dict[str, asyncio.Event] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._rng = random.Random()
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -110,6 +113,10 @@ class DesiredHub:
         event = self._events.get(node)
         if event is None:
             event = self._events[node] = asyncio.Event()
+        # Each wait is cut short by up to 10 %, at random: agents that got a document at
+        # the same moment (a fan-out) would otherwise all come back at the same moment,
+        # every ``wait`` seconds, for ever (Kubernetes randomises watch timeouts alike).
+        timeout *= 1 - self._rng.random() * WAIT_JITTER
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):  # no extra task per waiter (wait_for's)
                 await event.wait()

@@ -218,12 +218,16 @@ class Agent:
                 self.stats.heartbeats.append((started, (time.monotonic() - started) * 1000))
 
     async def heartbeats(self, stop: asyncio.Event) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), random.uniform(0, HEARTBEAT))
+        # on a fixed schedule (not 15 s after the last answer): a slow answer must not
+        # bunch later heartbeats together, nor hide load (coordinated omission)
+        due = time.monotonic() + random.uniform(0, HEARTBEAT)
         while not stop.is_set():
-            await self.send_report(measured=True)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), HEARTBEAT)
+                await asyncio.wait_for(stop.wait(), max(0.0, due - time.monotonic()))
+            if stop.is_set():
+                return
+            await self.send_report(measured=True)
+            due += HEARTBEAT
 
     async def poll(self, stop: asyncio.Event) -> None:
         path = f"/v1/nodes/{self.node}/desired?wait={WAIT}"
@@ -433,6 +437,7 @@ async def run_size(n: int, args: argparse.Namespace, tmp: Path) -> Result:
         t0 = time.monotonic()
         await asyncio.gather(*(a.connect() for a in agents))
         print(f"  {n}: {2 * len(agents)} connections in {time.monotonic() - t0:.1f}s", flush=True)
+        t_loops = time.monotonic()
         for a in agents:
             tasks.append(asyncio.create_task(a.poll(stop)))
             tasks.append(asyncio.create_task(a.heartbeats(stop)))
@@ -445,6 +450,10 @@ async def run_size(n: int, args: argparse.Namespace, tmp: Path) -> Result:
         await asyncio.sleep(args.steady)
         cpu1, gen1, w1 = cpu_seconds(pids), time.process_time(), time.monotonic()
         window = [ms for t, ms in stats.heartbeats if w0 <= t < w1]
+        if args.dump:  # every heartbeat: seconds since the agents started, latency in ms
+            args.dump.write_text(
+                "".join(f"{t - t_loops:.3f} {ms:.2f}\n" for t, ms in stats.heartbeats)
+            )
         slow = sorted(((ms, t - w0) for t, ms in stats.heartbeats if w0 <= t < w1), reverse=True)
         print(f"  {n}: steady window from {time.strftime('%H:%M:%S')} minus {w1 - w0:.0f}s")
         print(
@@ -542,6 +551,7 @@ def main() -> None:
     ap.add_argument("--database", help="database URL (default: SQLite in the state dir)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--keep", action="store_true", help="keep each size's temp dir (logs)")
+    ap.add_argument("--dump", type=Path, help="write every heartbeat's time and latency here")
     args = ap.parse_args()
     if args.replicas > 1 and not (args.database or "").startswith("postgres"):
         ap.error("--replicas N needs --database postgresql://... (one SQLite file has one writer)")

@@ -35,8 +35,8 @@ demo: $(DEMO_STAMP)
 	$(PY) scripts/demo.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check reconciler agent schema tests bench scripts
-	$(VENV)/bin/ruff format --check reconciler agent schema tests bench scripts
+	$(VENV)/bin/ruff check reconciler agent schema fleetkeeper_common tests bench scripts
+	$(VENV)/bin/ruff format --check reconciler agent schema fleetkeeper_common tests bench scripts
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

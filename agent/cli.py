@@ -16,8 +16,7 @@ from pathlib import Path
 from agent import __version__
 from agent.config import load
 from agent.errors import AgentError
-
-log = logging.getLogger("agent")
+from fleetkeeper_common.cli import run_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,32 +80,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # status is for people: only problems go to stderr.
     _setup_logging("WARNING" if args.command == "status" else args.log_level)
-    try:
-        if args.command == "run":
-            from agent.daemon import Daemon
+    return run_command("fleetkeeper-agent", lambda: _dispatch(args), (AgentError,))
 
-            code = Daemon(load(args.config)).run()
-            # Threads may still sit in a long-poll: leave without interpreter teardown
-            # (every state write is already atomic and synced).
-            logging.shutdown()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-        if args.command == "rollback":
-            from agent.local import request_rollback
 
-            ok, message = request_rollback(load(args.config), args.name)
-            print(message)
-            return 0 if ok else 1
-        return _status(args)
-    except AgentError as exc:
-        print(f"fleetkeeper-agent: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except Exception:
-        log.exception("fleetkeeper-agent: unexpected error (a bug); please report it with this log")
-        return 3
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        from agent.daemon import Daemon
+
+        code = Daemon(load(args.config)).run()
+        # Threads may still sit in a long-poll: leave without interpreter teardown
+        # (every state write is already atomic and synced).
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    if args.command == "rollback":
+        from agent.local import request_rollback
+
+        ok, message = request_rollback(load(args.config), args.name)
+        print(message)
+        return 0 if ok else 1
+    return _status(args)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,16 @@
 """The agent daemon: the thin shell wiring poll → converge → report, each in its own thread.
 
-* poller: long-polls the desired state (ETag); a new document is stored in the state
-  directory first, then handed to the converger.
+* poller (``agent.poll``): long-polls the desired state (ETag); a new document is stored in
+  the state directory first, then handed to the converger.
 * converger: converges every workload of the latest document; also serves rollback
   requests written by ``fleetkeeper-agent rollback`` and re-checks (resyncs) periodically.
 * reporter: posts a status report at least every ``heartbeatSeconds`` and soon after any
   phase change; a long-poll in flight never delays it.
 * monitor: lets the supervisor notice crashes and restart them with backoff.
 
-When the reconciler is unreachable nothing changes locally: workloads keep running from the
-last good document (read back from the state directory after a restart).
+What runs is built in ``agent.wiring``. When the reconciler is unreachable nothing changes
+locally: workloads keep running from the last good document (read back from the state
+directory after a restart).
 """
 
 from __future__ import annotations
@@ -32,49 +33,19 @@ from agent.backoff import backoff_delay
 from agent.board import Board
 from agent.client import ServerClient
 from agent.config import AgentConfig
-from agent.converge import Converger
-from agent.errors import AgentError, ConfigError
+from agent.errors import AgentError, AlreadyRunning
+from agent.poll import Latest, poll_loop
 from agent.report import build_report, decide_phase, workload_entry
-from agent.runtimes.child import ChildSupervisor
-from agent.runtimes.service import LaunchdSupervisor, SystemdSupervisor
-from agent.runtimes.supervisor import Supervisor
 from agent.selfinstall import agent_location, managed_workload
 from agent.state import StateDir, read_json, write_json
+from agent.wiring import make_converger, make_supervisor
+from agent.workload import Desired
 
 log = logging.getLogger(__name__)
 
 MONITOR_SECONDS = 0.1
 REQUEST_POLL_SECONDS = 0.1
-MIN_POLL_SECONDS = 1.0
 STOP_JOIN_SECONDS = 0.3
-
-
-def make_supervisor(cfg: AgentConfig, state: StateDir) -> Supervisor:
-    if cfg.supervisor == "systemd":
-        return SystemdSupervisor(state.root / "logs")
-    if cfg.supervisor == "launchd":
-        return LaunchdSupervisor(state.root / "logs")
-    return ChildSupervisor(
-        state, grace_seconds=cfg.stop_grace_seconds, backoff_cap=cfg.max_backoff_seconds
-    )
-
-
-def make_converger(cfg: AgentConfig, state: StateDir, sup: Supervisor, board: Board) -> Converger:
-    exit_code: Callable[[str], int | None] | None = (
-        sup.exit_code if isinstance(sup, ChildSupervisor) else None
-    )
-    return Converger(
-        install_root=cfg.install_root,
-        state=state,
-        supervisor=sup,
-        board=board,
-        keep_versions=cfg.keep_versions,
-        exit_code=exit_code,
-    )
-
-
-class AlreadyRunning(ConfigError):
-    reason = "AgentAlreadyRunning"
 
 
 class Daemon:
@@ -87,25 +58,10 @@ class Daemon:
         self.sup = make_supervisor(cfg, self.state)
         self.conv = make_converger(cfg, self.state, self.sup, self.board)
         self.stop = threading.Event()
-        self.wake = threading.Event()
-        self.doc_lock = threading.Lock()
         self._signalled = 0
-        doc, etag = self.state.read_desired()
-        self.document: dict[str, Any] | None = doc
-        self.etag: str | None = etag
+        self.latest = Latest(*self.state.read_desired())
         self.acted_generation = 0
         self._lock_fd: int | None = None
-        self._facts: dict[str, Any] | None = None
-        self._facts_lock = threading.Lock()
-
-    def facts(self) -> dict[str, Any]:
-        """Node facts, detected once (probing the model runtimes takes a moment)."""
-        with self._facts_lock:
-            if self._facts is None:
-                self._facts = facts.detect(
-                    self.cfg.node, self.cfg.roles, self.cfg.labels, __version__
-                )
-            return self._facts
 
     # -- lifecycle ------------------------------------------------------------------------
     def acquire(self) -> None:
@@ -155,9 +111,9 @@ class Daemon:
             log.info("%s", started[1])
             self.board.set(self.conv.me.name, phase=started[0], message=started[1])
         # Resume supervising from the last good document before talking to anyone.
-        self.conv.adopt_all(self.document)
-        if self.document is not None:
-            self.wake.set()
+        self.conv.adopt_all(self.latest.document)
+        if self.latest.document is not None:
+            self.latest.arrived.set()
         threads = [
             threading.Thread(target=self._guard(self._poll_loop), name="poll", daemon=True),
             threading.Thread(target=self._guard(self._converge_loop), name="converge", daemon=True),
@@ -202,42 +158,16 @@ class Daemon:
     # -- poll -----------------------------------------------------------------------------
     def _poll_loop(self) -> None:
         client = self.client()
-        failures = 0
         try:
-            while not self.stop.is_set():
-                asked = time.monotonic()
-                try:
-                    doc, etag, changed = client.desired(self.etag, self.cfg.poll_wait_seconds)
-                except ConfigError as exc:
-                    log.error("%s", exc)
-                    failures += 1
-                    self._sleep(self._backoff(failures))
-                    continue
-                except AgentError as exc:
-                    failures += 1
-                    delay = self._backoff(failures)
-                    log.warning("poll failed (%s); retrying in %.1fs", exc, delay)
-                    self._sleep(delay)
-                    continue
-                failures = 0
-                if changed and doc is not None:
-                    if doc.get("node") != self.cfg.node:
-                        log.error("ignoring desired state for node %r", doc.get("node"))
-                        self._sleep(1.0)
-                        continue
-                    self.state.write_desired(doc, etag)
-                    with self.doc_lock:
-                        self.document, self.etag = doc, etag
-                    log.info(
-                        "desired state generation %s (revision %s)",
-                        doc.get("generation"),
-                        (doc.get("revision") or "-")[:12],
-                    )
-                    self.wake.set()
-                elif time.monotonic() - asked < MIN_POLL_SECONDS:
-                    # No news and no long-poll held (wait=0, no document yet, a proxy that
-                    # answers at once): do not spin.
-                    self._sleep(MIN_POLL_SECONDS)
+            poll_loop(
+                client,
+                self.latest,
+                self.state,
+                node=self.cfg.node,
+                wait_seconds=self.cfg.poll_wait_seconds,
+                stop=self.stop,
+                backoff=self._backoff,
+            )
         finally:
             client.close()
 
@@ -252,21 +182,19 @@ class Daemon:
         while not self.stop.is_set():
             self._serve_requests()
             due = time.monotonic() - last_pass >= self.cfg.resync_seconds
-            if not self.wake.wait(REQUEST_POLL_SECONDS) and not due:
+            if not self.latest.arrived.wait(REQUEST_POLL_SECONDS) and not due:
                 continue
-            self.wake.clear()
-            with self.doc_lock:
-                doc = self.document
+            self.latest.arrived.clear()
+            doc = self.latest.document
             last_pass = time.monotonic()
             if doc is None:
                 continue
             self._converge(doc)
 
     def _converge(self, doc: Mapping[str, Any]) -> None:
-        try:
-            self.conv.converge(doc)
-        except selfupdate.SelfExec as handover:
-            self._exec(handover.argv)
+        for outcome in self.conv.converge(doc):
+            if outcome.exec_argv:
+                self._exec(list(outcome.exec_argv))
         self.acted_generation = int(doc.get("generation", 0))
         self.board.changed.set()
 
@@ -280,8 +208,7 @@ class Daemon:
             if not isinstance(body, dict) or body.get("action") != "rollback":
                 continue
             name = str(body.get("name"))
-            with self.doc_lock:
-                doc = self.document
+            doc = self.latest.document
             try:
                 message = self.conv.rollback(name, doc)
                 result = {"ok": True, "message": message}
@@ -292,16 +219,15 @@ class Daemon:
 
     # -- report ---------------------------------------------------------------------------
     def build_report(self) -> dict[str, Any]:
-        with self.doc_lock:
-            doc = self.document
+        desired = Desired.parse(self.latest.document)
         entries = []
-        for w in (doc or {}).get("workloads", []):
-            observed = self.conv.observe(w)
-            note = self.board.get(str(w["name"]))
+        for entry in desired.entries:
+            observed = self.conv.observe(entry)
+            note = self.board.get(observed.name)
             phase = decide_phase(note.phase, observed)
             message = note.message if note.phase in ("Failed", "RolledBack") else None
             entries.append(workload_entry(observed, phase, message))
-        generation = self.acted_generation or int((doc or {}).get("generation", 0))
+        generation = self.acted_generation or desired.generation
         return build_report(self.cfg.node, generation, __version__, entries)
 
     def _report_loop(self) -> None:

@@ -186,6 +186,12 @@ def _copy_file(url: str, part: Path, size: int | None) -> tuple[hashlib._Hash, i
 def _download_http(
     url: str, part: Path, size: int | None, timeout: float
 ) -> tuple[hashlib._Hash, int]:
+    """Stream ``url`` into ``part``, resuming with Range; (hash of all bytes, resumed from).
+
+    One function on purpose (~65 lines): the resume state (bytes on disk and their running
+    hash) is changed by every branch of one retry loop, and split it would travel through
+    each piece and back.
+    """
     have = _size(part)
     if size is not None and have > size:
         _discard(part)

@@ -4,12 +4,14 @@
 
     AgentError (reason)
     ├── ConfigError        a human must fix the agent's config (stalled)
+    │   └── AlreadyRunning another agent holds the state directory's lock
     ├── ServerError        the reconciler answered badly or not at all (transient: back off)
     │   └── AuthError      401/403: re-register with the bootstrap token
     └── WorkloadError      converging one workload failed (reported as Failed)
         ├── DownloadError  fetching the artifact failed (network, disk space)
         ├── VerifyError    size or SHA-256 mismatch: nothing was touched
         ├── UnpackError    the archive is unsafe or unreadable
+        ├── SupervisorError a process could not be started, stopped or verified as new
         └── ProveError     the restarted version could not be proven to run
 """
 
@@ -24,6 +26,10 @@ class AgentError(Exception):
 
 class ConfigError(AgentError):
     reason = "ConfigInvalid"
+
+
+class AlreadyRunning(ConfigError):
+    reason = "AgentAlreadyRunning"
 
 
 class ServerError(AgentError):
@@ -52,3 +58,7 @@ class UnpackError(WorkloadError):
 
 class ProveError(WorkloadError):
     reason = "ProveFailed"
+
+
+class SupervisorError(WorkloadError):
+    reason = "StartFailed"

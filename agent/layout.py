@@ -140,6 +140,12 @@ class WorkloadLayout:
         os.replace(tmp, link)
         fsync_dir(link.parent)
 
+    def flip_back(self, to: str, previous: str | None) -> None:
+        """Undo an update: ``current`` back to ``to``, ``previous`` back to what it was
+        before (removed when that version is gone)."""
+        self.flip(self.current, to)
+        self.flip(self.previous, previous if previous and self.is_complete(previous) else None)
+
     def clean_leftovers(self) -> None:
         """Remove half-made staging dirs and temp symlinks left by a killed agent."""
         if self.versions.is_dir():

@@ -7,9 +7,6 @@ daemon's lock. ``status`` only observes.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
 import time
 import uuid
 from pathlib import Path
@@ -17,11 +14,10 @@ from typing import Any
 
 from agent.board import Board
 from agent.config import AgentConfig
-from agent.daemon import make_converger, make_supervisor
 from agent.errors import AgentError
 from agent.report import decide_phase
-from agent.runtimes.child import ChildSupervisor
-from agent.state import StateDir, read_json, write_json
+from agent.state import StateDir, file_lock, read_json, write_json
+from agent.wiring import make_converger, make_observer, make_supervisor
 
 
 def request_rollback(cfg: AgentConfig, name: str, timeout: float = 120.0) -> tuple[bool, str]:
@@ -29,11 +25,8 @@ def request_rollback(cfg: AgentConfig, name: str, timeout: float = 120.0) -> tup
     the state directory), else directly under the daemon's lock."""
     state = StateDir(cfg.state_dir)
     state.ensure()
-    fd = os.open(state.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with file_lock(state.lock_file, blocking=False) as held:
+        if not held:
             return _ask_daemon(state, name, timeout)
         board = Board()
         sup = make_supervisor(cfg, state)
@@ -44,10 +37,6 @@ def request_rollback(cfg: AgentConfig, name: str, timeout: float = 120.0) -> tup
             return True, conv.rollback(name, doc)
         except AgentError as exc:
             return False, str(exc)
-    finally:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def _ask_daemon(state: StateDir, name: str, timeout: float) -> tuple[bool, str]:
@@ -75,8 +64,7 @@ def local_status(cfg: AgentConfig) -> list[dict[str, Any]]:
     if isinstance(last, dict):
         for e in (last.get("report") or {}).get("workloads", []):
             last_phase[e["name"]] = e
-    sup = ChildSupervisor(state)
-    conv = make_converger(cfg, state, sup, Board())
+    sup, conv = make_observer(cfg, state)
     rows = []
     for w in (doc or {}).get("workloads", []):
         name = str(w["name"])

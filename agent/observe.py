@@ -3,58 +3,45 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from agent import procinfo
 from agent.errors import WorkloadError
+from agent.installed import Installed
 from agent.procinfo import ProcInfo
-from agent.prove import judge_probe
+from agent.prove import judge_version_probe
 from agent.report import Observed
 from agent.runtimes import runtime_for
-
-if TYPE_CHECKING:
-    from agent.converge import Converger
+from agent.selfinstall import SelfInfo
+from agent.supervise.supervisor import Supervisor
+from agent.workload import Workload
 
 PROBE_CACHE_MAX = 64
 
 
 class Observer:
-    """Observes the workloads of a :class:`Converger` (its layout, supervisor and state)."""
+    """Observes workloads through the install root and the supervisor's processes."""
 
-    def __init__(self, conv: Converger) -> None:
-        self.conv = conv
+    def __init__(self, installed: Installed, supervisor: Supervisor, me: SelfInfo) -> None:
+        self.installed = installed
+        self.sup = supervisor
+        self.me = me
+        # (pid, start id) -> (proven version, note): a running process is probed once.
         self._probe_cache: dict[tuple[int, str], tuple[str | None, str]] = {}
 
-    def observe(self, w: Mapping[str, Any]) -> Observed:
+    def observe(self, w: Workload) -> Observed:
         """What runs now, from the process itself (never from intent)."""
-        name = str(w["name"])
-        layout = self.conv.layout(name)
-        if self.conv.me.name is not None and name == self.conv.me.name:
-            me = procinfo.read(os.getpid())
-            current = layout.resolved_current()
-            return Observed(
-                name=name,
-                desired_version=str(w.get("version")),
-                version=self.conv.me.version,
-                pid=os.getpid(),
-                started_at=me.start_time if me else None,
-                current=str(current) if current else None,
-                sha256=layout.installed_sha256(self.conv.me.version)
-                if self.conv.me.version
-                else None,
-                healthy=True,
-                health_message="the agent itself (it is answering)",
-            )
-        info = self.conv.sup.running(name)
+        if self.me.name is not None and w.name == self.me.name:
+            return self._observe_self(w)
+        layout = self.installed.layout(w.name)
+        info = self.sup.running(w.name)
         version = sha = None
         healthy, message = False, "not running"
+        crash = self.sup.crash_note(w.name)
         if info is not None:
-            located, evidence = self.conv.locate(name, info)
+            located, _ = self.installed.locate(w.name, info)
             version, note = self._probed_version(w, info, located)
             sha = layout.installed_sha256(located) if located else None
-            doc = self.conv._doc_for(name, located, w) if located else w
+            doc = self.installed.launch_doc(w.name, located, w.doc) if located else w.doc
             try:
                 health = runtime_for(doc).check_health(doc, 2.0)
                 healthy, message = health.ok, health.message
@@ -62,17 +49,14 @@ class Observer:
                 healthy, message = False, str(exc)
             if note:
                 message = f"{note}; {message}"
-            crash = self.conv.sup.crash_note(name)
             if crash:
                 message = f"{crash}; {message}"
-        else:
-            crash = self.conv.sup.crash_note(name)
-            if crash:
-                message = crash
+        elif crash:
+            message = crash
         current = layout.resolved_current()
         return Observed(
-            name=name,
-            desired_version=str(w.get("version")) if w.get("version") else None,
+            name=w.name,
+            desired_version=w.version or None,
             version=version,
             pid=info.pid if info else None,
             started_at=info.start_time if info else None,
@@ -82,32 +66,43 @@ class Observer:
             health_message=message,
         )
 
+    def _observe_self(self, w: Workload) -> Observed:
+        """The agent itself: it runs (it is answering), from the version its code is in."""
+        layout = self.installed.layout(w.name)
+        me = procinfo.read(os.getpid())
+        current = layout.resolved_current()
+        return Observed(
+            name=w.name,
+            desired_version=w.version,
+            version=self.me.version,
+            pid=os.getpid(),
+            started_at=me.start_time if me else None,
+            current=str(current) if current else None,
+            sha256=layout.installed_sha256(self.me.version) if self.me.version else None,
+            healthy=True,
+            health_message="the agent itself (it is answering)",
+        )
+
     def _probed_version(
-        self, w: Mapping[str, Any], info: ProcInfo, located: str | None
+        self, w: Workload, info: ProcInfo, located: str | None
     ) -> tuple[str | None, str]:
         """The version the running process proves, cached per process instance."""
         key = (info.pid, info.start_id)
         if key in self._probe_cache:
             return self._probe_cache[key]
+        result: tuple[str | None, str]
         if located is None:
-            result: tuple[str | None, str] = (None, "the running process is not in versions/")
+            result = (None, "the running process is not in versions/")
         else:
-            name = str(w["name"])
-            doc = self.conv._doc_for(name, located, w)
-            vdir = Path(os.path.realpath(self.conv.layout(name).version_dir(located)))
+            doc = self.installed.launch_doc(w.name, located, w.doc)
             try:
-                probe = runtime_for(doc).probe_version(doc, vdir, 10.0)
-            except WorkloadError as exc:
-                probe = None
-                result = (None, str(exc))
-            if probe is not None:
-                verdict = judge_probe(
-                    target=located,
-                    configured=probe.configured,
-                    ok=probe.ok,
-                    output=probe.output,
-                    message=probe.message,
+                probe = runtime_for(doc).probe_version(
+                    doc, self.installed.version_dir(w.name, located), 10.0
                 )
+            except WorkloadError as exc:
+                result = (None, str(exc))
+            else:
+                verdict = judge_version_probe(located, probe)
                 result = (located, "") if verdict.ok else (None, verdict.reason)
         if len(self._probe_cache) > PROBE_CACHE_MAX:
             self._probe_cache.clear()

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.runtimes.base import VersionProbe
+
 
 def names_version(output: str, version: str) -> bool:
     """True when ``output`` names ``version`` as a whole token: ``v1.2.3`` and ``app 1.2.3``
@@ -63,3 +65,14 @@ def judge_probe(*, target: str, configured: bool, ok: bool, output: str, message
     if not names_version(output, target):
         return Proof(False, f"versionProbe printed {output[:200]!r}, which does not name {target}")
     return Proof(True, f"versionProbe printed {output[:100]!r}")
+
+
+def judge_version_probe(target: str, probe: VersionProbe) -> Proof:
+    """:func:`judge_probe` on what a runtime's ``probe_version`` returned."""
+    return judge_probe(
+        target=target,
+        configured=probe.configured,
+        ok=probe.ok,
+        output=probe.output,
+        message=probe.message,
+    )

@@ -5,9 +5,13 @@ workload)? Resolved paths on both sides: an install root reached through a symli
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import agent
+from agent.layout import WorkloadLayout
+
+DEFAULT_NAME = "fleetkeeper-agent"  # the conventional workload name of the agent itself
 
 
 def agent_location() -> Path:
@@ -22,3 +26,16 @@ def managed_workload(location: Path, install_root: Path) -> str | None:
     if root not in real.parents:
         return None
     return real.relative_to(root).parts[0]
+
+
+@dataclass(frozen=True)
+class SelfInfo:
+    name: str | None  # the workload name the agent is installed as (None: not managed)
+    version: str | None  # the version directory the running agent's code lives in
+
+
+def who_am_i(install_root: Path) -> SelfInfo:
+    name = managed_workload(agent_location(), install_root)
+    if name is None:
+        return SelfInfo(None, None)
+    return SelfInfo(name, WorkloadLayout(install_root, name).version_of_path(agent_location()))

@@ -14,6 +14,9 @@ the agent itself:
    manager restarts it through ``current``) flips back after ``MAX_STARTS`` starts and
    execs the previous version; a handover that did not happen (the old version runs again)
    flips back at once. Either way the target is recorded as failed for that document.
+
+The converge step gets an :class:`~agent.workload.Outcome` whose ``exec_argv`` tells the
+daemon to hand over; nothing here imports the converge step.
 """
 
 from __future__ import annotations
@@ -22,46 +25,27 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agent import __version__
+from agent.board import Board
+from agent.installed import Installed
 from agent.layout import WorkloadLayout
-from agent.prove import judge_probe
+from agent.ledger import FailedTarget, Ledger, replay_failure
+from agent.prove import judge_version_probe
 from agent.runtimes import runtime_for
-from agent.selfinstall import agent_location, managed_workload
+from agent.selfinstall import DEFAULT_NAME, SelfInfo, who_am_i
+from agent.stage import stage
 from agent.state import StateDir, read_json, write_json
+from agent.workload import Outcome, Workload
 
-if TYPE_CHECKING:
-    from agent.converge import Converger, Outcome
+__all__ = ["DEFAULT_NAME", "MAX_STARTS", "SelfUpdate", "confirm", "on_start", "who_am_i"]
 
 log = logging.getLogger(__name__)
 
 MAX_STARTS = 3
-DEFAULT_NAME = "fleetkeeper-agent"  # the conventional workload name of the agent itself
-
-
-class SelfExec(Exception):  # noqa: N818 (a control-flow signal, not an error)
-    """Raised by the converge step: the daemon must ``exec`` ``argv`` now."""
-
-    def __init__(self, argv: list[str]) -> None:
-        super().__init__(" ".join(argv))
-        self.argv = argv
-
-
-@dataclass(frozen=True)
-class SelfInfo:
-    name: str | None  # the workload name the agent is installed as (None: not managed)
-    version: str | None  # the version directory the running agent's code lives in
-
-
-def who_am_i(install_root: Path) -> SelfInfo:
-    name = managed_workload(agent_location(), install_root)
-    if name is None:
-        return SelfInfo(None, None)
-    return SelfInfo(name, WorkloadLayout(install_root, name).version_of_path(agent_location()))
 
 
 def journal_path(state: StateDir) -> Path:
@@ -82,19 +66,20 @@ def _give_up(state: StateDir, layout: WorkloadLayout, journal: dict[str, Any], w
     """Flip back to the version before the update and remember the target as failed."""
     back = journal.get("from")
     if back and layout.is_complete(str(back)) and layout.current_version() != back:
-        layout.flip(layout.current, str(back))
-        prev = journal.get("fromPrevious")
-        layout.flip(layout.previous, str(prev) if prev and layout.is_complete(prev) else None)
+        layout.flip_back(str(back), journal.get("fromPrevious"))
     message = f"self-update to {journal.get('to')} failed: {why}; back on {back}"
-    failed = state.read_failed()
-    failed[str(journal["name"])] = {
-        "version": journal.get("to"),
-        "sha256": journal.get("sha256"),
-        "docKey": journal.get("docKey"),
-        "phase": "Failed",
-        "message": message,
-    }
-    state.write_failed(failed)
+    Ledger(state).remember(
+        str(journal["name"]),
+        FailedTarget.from_json(
+            {
+                "version": journal.get("to"),
+                "sha256": journal.get("sha256"),
+                "docKey": journal.get("docKey"),
+                "phase": "Failed",
+                "message": message,
+            }
+        ),
+    )
     journal_path(state).unlink(missing_ok=True)
     return message
 
@@ -141,58 +126,57 @@ def confirm(state: StateDir, install_root: Path) -> str | None:
     return f"self-update from {journal.get('from')} to {journal.get('to')} confirmed"
 
 
-def converge_self(
-    conv: Converger, w: Mapping[str, Any], key: str, entry: Mapping[str, Any] | None
-) -> Outcome:
-    """The desired workload is this agent: stage, preflight, flip, and hand over by exec."""
-    # at call time: converge imports this module
-    from agent.converge import Outcome, is_known_failure
+@dataclass(frozen=True)
+class SelfUpdate:
+    """The converge step for the workload that is this agent."""
 
-    name, version = str(w["name"]), str(w["version"])
-    sha = str(w["artifact"]["sha256"])
-    layout = conv.layout(name)
-    if entry and is_known_failure(entry, version, sha, key):
-        return conv.replay_failure(name, entry, version)
-    conv.board.set(name, desired_version=version)
-    if conv.me.version == version:
-        return Outcome(True, "Healthy", f"the agent runs {version}", {})
-    layout.clean_leftovers()
-    timings: dict[str, float] = {"received": time.time()}
-    conv.stage(w, layout, timings)
-    vdir = Path(os.path.realpath(layout.version_dir(version)))
-    runtime = runtime_for(w)
-    probe = runtime.probe_version(w, vdir, 30.0)
-    verdict = judge_probe(
-        target=version,
-        configured=probe.configured,
-        ok=probe.ok,
-        output=probe.output,
-        message=probe.message,
-    )
-    if not probe.configured or not verdict.ok:
-        why = verdict.reason if probe.configured else "no versionProbe to preflight it"
-        message = f"self-update to {version} refused: {why}"
-        conv.remember_failed(w, key, "Failed", message)
-        conv.board.set(name, phase="Failed", message=message)
-        return Outcome(False, "Failed", message, timings)
-    program = str((w.get("run") or {}).get("command", ["bin/fleetkeeper-agent"])[0])
-    current = conv.me.version or layout.current_version()
-    write_json(
-        journal_path(conv.state),
-        {
-            "name": name,
-            "to": version,
-            "from": current,
-            "fromPrevious": layout.previous_version(),
-            "sha256": sha,
-            "docKey": key,
-            "program": program,
-            "starts": 0,
-        },
-    )
-    if current and current != version:
-        layout.flip(layout.previous, current)
-    layout.flip(layout.current, version)
-    conv.board.set(name, phase="Restarting", message=f"handing over to {version}")
-    log.info("self-update: handing over from %s to %s", current, version)
-    raise SelfExec(exec_argv(layout, version, program))
+    installed: Installed
+    board: Board
+    ledger: Ledger
+    me: SelfInfo
+
+    def converge(self, w: Workload, key: str, failed: FailedTarget | None) -> Outcome:
+        """Stage, preflight, flip; the outcome asks the daemon to hand over by exec."""
+        name, version = w.name, w.version
+        layout = self.installed.layout(name)
+        if failed and failed.is_target(version, w.artifact.sha256, key):
+            return replay_failure(self.board, name, failed, version)
+        self.board.set(name, desired_version=version)
+        if self.me.version == version:
+            return Outcome(True, "Healthy", f"the agent runs {version}", {})
+        layout.clean_leftovers()
+        timings: dict[str, float] = {"received": time.time()}
+        stage(w, self.installed, self.board, timings)
+        probe = runtime_for(w.doc).probe_version(
+            w.doc, self.installed.version_dir(name, version), 30.0
+        )
+        verdict = judge_version_probe(version, probe)
+        if not probe.configured or not verdict.ok:
+            why = verdict.reason if probe.configured else "no versionProbe to preflight it"
+            message = f"self-update to {version} refused: {why}"
+            self.ledger.remember(
+                name, FailedTarget(version, w.artifact.sha256, key, "Failed", message)
+            )
+            self.board.set(name, phase="Failed", message=message)
+            return Outcome(False, "Failed", message, timings)
+        current = self.me.version or layout.current_version()
+        write_json(
+            journal_path(self.installed.state),
+            {
+                "name": name,
+                "to": version,
+                "from": current,
+                "fromPrevious": layout.previous_version(),
+                "sha256": w.artifact.sha256,
+                "docKey": key,
+                "program": w.program,
+                "starts": 0,
+            },
+        )
+        if current and current != version:
+            layout.flip(layout.previous, current)
+        layout.flip(layout.current, version)
+        self.board.set(name, phase="Restarting", message=f"handing over to {version}")
+        log.info("self-update: handing over from %s to %s", current, version)
+        argv = exec_argv(layout, version, w.program)
+        return Outcome(True, "Restarting", f"handing over to {version}", timings, tuple(argv))

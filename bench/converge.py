@@ -34,7 +34,8 @@ for key, value in {
 
 from agent.download import sha256_file  # noqa: E402
 from tests.helpers.agents import AgentProc, running_agents  # noqa: E402
-from tests.helpers.artifacts import ArtifactServer, build_program, free_port  # noqa: E402
+from tests.helpers.artifact_server import ArtifactServer, free_port  # noqa: E402
+from tests.helpers.artifacts import build_program  # noqa: E402
 from tests.helpers.fleet import FleetRepo, fleet_doc, node_doc  # noqa: E402
 from tests.helpers.server import start_server  # noqa: E402
 

@@ -38,9 +38,12 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.helpers.agents import running_agents  # noqa: E402
-from tests.helpers.artifacts import ArtifactServer  # noqa: E402
+from tests.helpers.artifact_server import (
+    ArtifactServer,  # noqa: E402
+    free_port,  # noqa: E402
+)
 from tests.helpers.fleet import API, FleetRepo, fleet_doc, node_doc, rollout_block  # noqa: E402
-from tests.helpers.models import ModelFile, free_port, write_gguf, write_large_gguf  # noqa: E402
+from tests.helpers.models import ModelFile, write_gguf, write_large_gguf  # noqa: E402
 from tests.helpers.server import running_server  # noqa: E402
 
 NAME = "swap"

@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from reconciler.approval import evaluate
+from reconciler.approval.engine import Approver
 from reconciler.commands.plan import build_view
 from reconciler.config import ApprovalSettings
 from reconciler.plan.rollout import compute_plan
@@ -41,6 +41,8 @@ from reconciler.source import GitSource
 
 ROLES = 20
 SHA = "a" * 64
+# Kept across the plans below, as a running reconciler keeps its own (built in its wiring).
+APPROVER = Approver()
 
 
 def node_yaml(i: int) -> str:
@@ -187,7 +189,7 @@ def phases(repo: Path, state: Path, *, quiet: bool = False) -> Times:
     out: Times = {}
     clock = Clock()
     source = GitSource(str(repo), state, "main")
-    result = evaluate(source, ApprovalSettings(), None, state)
+    result = APPROVER.evaluate(source, ApprovalSettings(), None, state)
     out["approval (walk, judge)"] = clock.lap()
     assert result.revision is not None, result.refused[:3]
     listing = fleet_listing(source.repository(), result.revision)
@@ -251,13 +253,13 @@ def median(runs: list[Times]) -> Times:
 
 async def push_to_approved(bare: Path, work: Path, state: Path) -> float:
     source = GitSource(str(bare), state, "main")
-    evaluate(source, ApprovalSettings(), None, state)  # warm, as a running reconciler is
+    APPROVER.evaluate(source, ApprovalSettings(), None, state)  # warm, as a running reconciler is
     done = asyncio.Event()
     seen: list[float] = []
     before = source.tip()
 
     def wake() -> None:
-        result = evaluate(source, ApprovalSettings(), None, state)
+        result = APPROVER.evaluate(source, ApprovalSettings(), None, state)
         if result.revision != before:
             seen.append(time.perf_counter())
             done.set()
@@ -303,7 +305,7 @@ def main() -> int:
             show(f"same, median of {len(runs)} more merges", median(runs))
         source = GitSource(str(repo), state, "main")
         t = time.perf_counter()
-        result = evaluate(source, ApprovalSettings(), applied, state)
+        result = APPROVER.evaluate(source, ApprovalSettings(), applied, state)
         took = time.perf_counter() - t
         assert result.revision == source.tip()
         print(f"{'approval from the applied revision (the loop)':<48} {took * 1000:9.1f} ms")

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
-import traceback
 from collections.abc import Sequence
 
+from fleetkeeper_common.cli import run_command
 from reconciler import __version__
 from reconciler.errors import FleetkeeperError
 from reconciler.logs import setup_logging
@@ -66,21 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     setup_logging(args.log_format, args.log_level)
-    try:
-        code: int = args.func(args)
-        return code
-    except KeyboardInterrupt:
-        return 130
-    except FleetkeeperError as exc:
-        print(f"fleetkeeper: {exc}", file=sys.stderr)
-        return 1
-    except Exception:  # one place turns a bug into exit 3 with the traceback logged
-        logging.getLogger("fleetkeeper").error("internal error\n%s", traceback.format_exc())
-        print(
-            "fleetkeeper: internal error (a bug); the traceback is above. Please report it.",
-            file=sys.stderr,
-        )
-        return 3
+    return run_command("fleetkeeper", lambda: int(args.func(args)), (FleetkeeperError,))
 
 
 if __name__ == "__main__":

@@ -10,17 +10,16 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import yaml
 
 import schema
+from reconciler.approval.settings import DEFAULT_TAG_PATTERN, ApprovalSettings
 from reconciler.errors import ConfigError
 from reconciler.secrets import read_secret
 
 DEFAULT_BRANCH = "main"
 DEFAULT_LISTEN = "127.0.0.1:8700"
-DEFAULT_TAG_PATTERN = "deploy/*"
 DEFAULT_HEARTBEAT_TTL = 90
 DEFAULT_POLL_INTERVAL = 60.0
 DEFAULT_MAX_BODY = 1024 * 1024
@@ -29,18 +28,6 @@ DEFAULT_STATE_DIR = "/var/lib/fleetkeeper"
 ENV_BOOTSTRAP = "FLEETKEEPER_BOOTSTRAP_TOKEN"
 ENV_ADMIN = "FLEETKEEPER_ADMIN_TOKEN"
 ENV_WEBHOOK = "FLEETKEEPER_WEBHOOK_SECRET"
-
-ApprovalMode = Literal["merged-pr", "signed-tag"]
-
-
-@dataclass(frozen=True)
-class ApprovalSettings:
-    mode: ApprovalMode = "merged-pr"
-    tag_pattern: str = DEFAULT_TAG_PATTERN
-    threshold: int = 1
-    require_signed_merges: bool = False
-    allowed_signers: Path | None = None
-    gpg_keyring: Path | None = None
 
 
 @dataclass(frozen=True)

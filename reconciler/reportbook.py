@@ -26,23 +26,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
+from fleetkeeper_common.canonical import canonical_json
 from reconciler.groupcommit import GroupCommit
-from reconciler.plan.reports import NodeReport
+from reconciler.plan.observations import NodeReport
 from reconciler.store.base import ReportRecord, Store
 
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 5.0  # the most lastSeen a crash can lose (docs/server.md)
-
-
-def _canonical(report: Mapping[str, object]) -> str:
-    return json.dumps(report, sort_keys=True, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -81,7 +77,7 @@ class ReportBook:
 
         A changed report is durable when this returns; a repeat only moved lastSeen.
         """
-        text = _canonical(record.report)
+        text = canonical_json(record.report)
         with self._lock:
             last = self._last.get(record.node)
             if last is not None and last.text == text:
@@ -202,6 +198,6 @@ class ReportBook:
 def _entry(record: ReportRecord) -> _Last:
     return _Last(
         record,
-        _canonical(record.report),
+        canonical_json(record.report),
         NodeReport.from_json(record.node, record.report, record.received_at),
     )

@@ -25,9 +25,10 @@ from starlette.routing import BaseRoute
 from reconciler.api import ApiContext, ApiSettings, create_app
 from reconciler.api.admin import fleet_status
 from reconciler.api.metrics import MeteredStore, Metrics
+from reconciler.approval.engine import Approver
 from reconciler.config import Config
 from reconciler.errors import ConfigError
-from reconciler.loop import PassResult, Reconciler
+from reconciler.loop.reconciler import PassResult, Reconciler
 from reconciler.source import GitSource
 from reconciler.store import open_store
 from reconciler.store.base import AuditEvent
@@ -52,16 +53,6 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
-
-
-def settings_from(config: Config) -> ApiSettings:
-    return ApiSettings(
-        bootstrap_token=config.bootstrap_token,
-        admin_token=config.admin_token,
-        webhook_secret=config.webhook_secret,
-        heartbeat_ttl=config.heartbeat_ttl,
-        max_body_bytes=config.max_body_bytes,
-    )
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -123,12 +114,13 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
     store = MeteredStore(open_store(config.database_url), metrics)
     try:
         source = GitSource(config.repo, config.state_dir, config.branch)
-        ctx = ApiContext.load(store, settings_from(config), metrics)
+        ctx = ApiContext.load(store, ApiSettings.from_config(config), metrics)
         reconciler = _MeteredReconciler(
             config,
             store,
             source,
             notify=ctx.hub.notify_from_thread,
+            approver=Approver(),
             reports=ctx.reports,
             publish=ctx.hub.publish_from_thread,
         )

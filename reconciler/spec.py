@@ -79,13 +79,20 @@ class Deployable:
 
 
 @dataclass(frozen=True)
-class NodeSpec:
+class NodeTraits:
+    """What selectors match a node on: shared by its file (``NodeSpec``) and the planner's
+    view of it (``plan.select.NodeFacts``)."""
+
     name: str
     platform: str
     accelerator: str = "cpu"
     memory_gib: float | None = None
     roles: tuple[str, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NodeSpec(NodeTraits):
     path: str | None = None  # nodes/<name>.yaml; None for a node known only from registration
 
 

@@ -20,14 +20,14 @@ is a full pass over the store, as before.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from reconciler.plan.incremental import Memo, Replan, replan
-from reconciler.plan.reports import NodeReport
+from reconciler.plan.observations import NodeReport
 from reconciler.plan.select import NodeFacts, inventory
 from reconciler.reportbook import ReportBook
 from reconciler.spec import JSON, FleetSpec
-from reconciler.store.base import AppliedRevision, DesiredRecord, NodeRecord, Store
+from reconciler.store.base import AppliedRevision, DesiredRecord, Store
 
 
 class WorkingSet:
@@ -36,12 +36,10 @@ class WorkingSet:
         store: Store,
         reports: ReportBook | None,
         ttl: float,
-        facts: Callable[[NodeRecord], NodeFacts],
     ) -> None:
         self._store = store
         self._reports = reports
         self._ttl = ttl
-        self._facts = facts
         self._nodes: list[NodeFacts] | None = None
         self._nodes_seen = 0  # the registration count self._nodes was read at
         self._registrations = 0  # bumped from the event loop; read by the pass's thread
@@ -84,7 +82,9 @@ class WorkingSet:
         basis = (applied.sha, json.dumps(applied.approval, sort_keys=True))
         seen = self._registrations
         if self._nodes is None or seen != self._nodes_seen:
-            self._nodes = [self._facts(r) for r in self._store.nodes()]
+            self._nodes = [
+                NodeFacts.from_registration(r.name, r.facts) for r in self._store.nodes()
+            ]
             self._nodes_seen, self._inventory = seen, None
         if basis != self._basis or self._inventory is None:
             self._memo = self._previous = None

@@ -43,7 +43,7 @@ from demo_ui import Git, cli, console, note, run_cli, say
 from demo_watch import Fleet, current_release, progress_line, running_versions
 from rich.rule import Rule
 
-from reconciler.report.client import AdminClient
+from reconciler.views.client import AdminClient
 
 SOAK_SECONDS = 2
 

@@ -12,8 +12,8 @@ from demo_fleet import AGENT, DEMO_NODES
 from demo_procs import DemoFailed, Processes
 from demo_ui import console
 
-from reconciler.report.client import AdminClient
-from reconciler.report.tables import fleet_view
+from reconciler.views.client import AdminClient
+from reconciler.views.tables import fleet_view
 
 STEP_TIMEOUT = 45.0
 

@@ -2,8 +2,8 @@
 
 A runtime is chosen per workload document by :func:`agent.runtimes.runtime_for` (``kind``
 and ``model.runtime``). It only *describes* the workload; starting, stopping and
-supervising the process is the supervisor's job (``agent.runtimes.supervisor``), and the
-converge step (``agent.converge``) decides what counts as proof.
+supervising the process is the supervisor's job (``agent.supervise.supervisor``), and the
+restart step (``agent.restart``, judged by ``agent.prove``) decides what counts as proof.
 
 To add a runtime (e.g. ``llama-cpp``): create ``agent/runtimes/<module>.py`` defining a class
 that satisfies :class:`Runtime` and a module attribute ``RUNTIME`` holding an instance; list

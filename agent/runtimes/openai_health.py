@@ -76,7 +76,8 @@ def check_openai(
 
     ``accept`` decides whether a listed model id is the model this workload should serve.
     ``details`` carries ``models`` (ids listed), ``model`` (the matched id) and ``latency``
-    (seconds for the completion) for the report.
+    (seconds for the completion) for the report. Long (~75 lines) because each of the two
+    requests has its own refusals, each with its own message for people, in order.
     """
     url = base_url(port)
     deadline = time.monotonic() + max(timeout, 0.1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -14,8 +13,8 @@ from starlette.routing import Route
 from reconciler.api.auth import require_secret
 from reconciler.api.context import ApiContext
 from reconciler.api.errors import ApiError
-from reconciler.plan.status import fleet_status as build_fleet_status
 from reconciler.spec import JSON
+from reconciler.views.readmodel import read_fleet_status
 
 MAX_AUDIT_LIMIT = 10000
 
@@ -24,32 +23,11 @@ def _json(doc: object) -> Response:
     return Response(json.dumps(doc).encode(), media_type="application/json")
 
 
-TIP_STATUS_KEY = "tip-status"  # the loop's release rows for an Unapproved/Invalid tip
-
-
-def _blocked(raw: str | None) -> list[dict[str, JSON]]:
-    try:
-        doc = json.loads(raw) if raw else []
-    except ValueError:
-        return []
-    if isinstance(doc, dict):
-        doc = doc.get("releases", [])
-    return [d for d in doc if isinstance(d, dict)] if isinstance(doc, list) else []
-
-
-def fleet_status(ctx: ApiContext) -> dict[str, Any]:
-    """Read the store and build the fleet-status document (blocking: run in a thread)."""
-    s = ctx.store
-    return build_fleet_status(
-        ctx.spec(),
-        s.nodes(),
-        s.rollouts(),
-        ctx.reports.records(),
-        s.all_desired(),
-        ctx.clock(),
-        ctx.settings.heartbeat_ttl,
-        applied=s.applied_revision(),
-        blocked=_blocked(s.get_meta(TIP_STATUS_KEY)),
+def fleet_status(ctx: ApiContext) -> dict[str, JSON]:
+    """The fleet-status document for the API's context (blocking: run in a thread);
+    reports (lastSeen) come from the report book, as the loop's do."""
+    return read_fleet_status(
+        ctx.store, ctx.spec(), ctx.clock(), ctx.settings.heartbeat_ttl, ctx.reports.records()
     )
 
 

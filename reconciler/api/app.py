@@ -24,10 +24,10 @@ from reconciler.api.errors import (
     on_unexpected,
 )
 from reconciler.api.fastpath import DesiredFastPath, StatusFastPath
-from reconciler.api.hooks import hook_routes
 from reconciler.api.metrics import CONTENT_TYPE
 from reconciler.api.nodes import node_routes
 from reconciler.api.openapi import openapi_document
+from reconciler.api.webhooks import webhook_routes
 
 JSON_TYPE = "application/json"
 
@@ -77,7 +77,7 @@ def create_app(ctx: ApiContext, extra_routes: Sequence[BaseRoute] = ()) -> Starl
     routes: list[BaseRoute] = [
         *node_routes(ctx),
         *admin_routes(ctx),
-        *hook_routes(ctx),
+        *webhook_routes(ctx),
         *system_routes(ctx),
         *extra_routes,
     ]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from reconciler.api.auth import NodeTokens
 from reconciler.api.hub import DesiredHub
 from reconciler.api.metrics import Metrics
-from reconciler.config import DEFAULT_HEARTBEAT_TTL, DEFAULT_MAX_BODY
+from reconciler.config import DEFAULT_HEARTBEAT_TTL, DEFAULT_MAX_BODY, Config
 from reconciler.groupcommit import GroupCommit
 from reconciler.reportbook import ReportBook
 from reconciler.spec import FleetSpec
@@ -32,12 +32,19 @@ def _no_spec() -> FleetSpec | None:
 
 @dataclass(frozen=True)
 class ApiSettings:
+    """The API's part of ``Config`` (the same names), so handlers see only what they use."""
+
     bootstrap_token: str | None = field(default=None, repr=False)
     admin_token: str | None = field(default=None, repr=False)
     webhook_secret: str | None = field(default=None, repr=False)
     heartbeat_ttl: float = DEFAULT_HEARTBEAT_TTL
     max_body_bytes: int = DEFAULT_MAX_BODY
     max_wait: float = MAX_WAIT_SECONDS
+
+    @classmethod
+    def from_config(cls, config: Config) -> ApiSettings:
+        shared = {f.name for f in fields(cls)} & {f.name for f in fields(config)}
+        return cls(**{name: getattr(config, name) for name in shared})
 
 
 @dataclass

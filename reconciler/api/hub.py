@@ -18,6 +18,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from fleetkeeper_common.canonical import canonical_json
 from reconciler.store.base import DesiredRecord, Store
 from reconciler.threadsafe import call_in_loop
 
@@ -46,7 +47,7 @@ def empty_document(node: str) -> dict[str, object]:
 
 
 def _entry(rec: DesiredRecord) -> Entry:
-    body = json.dumps(rec.document, separators=(",", ":"), sort_keys=True).encode()
+    body = canonical_json(rec.document).encode()
     return Entry(rec.etag, body, rec.generation)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -61,30 +62,43 @@ async def accept_report(ctx: ApiContext, node: str, report: dict[str, Any]) -> b
     return json.dumps({"node": node, "generation": ctx.hub.get(node).generation}).encode()
 
 
+def _same_node(body: Mapping[str, Any], node: str) -> None:
+    if body["node"] != node:
+        raise ApiError(422, f"body names node {body['node']!r} but the URL names {node!r}")
+
+
+async def _record_registration(
+    ctx: ApiContext,
+    node: str,
+    facts: Mapping[str, Any],
+    token_hash: str,
+    now: float,
+    rotated: bool,
+) -> None:
+    """The node record with its new token hash, and the audit record: durable before the
+    token is handed out; registrations arriving together share one transaction."""
+    event = AuditEvent(
+        time=now,
+        kind="registered",
+        node=node,
+        message=f"node {node} " + ("re-registered (token rotated)" if rotated else "registered"),
+        details={"platform": facts["platform"], "agentVersion": facts["agentVersion"]},
+    )
+    await ctx.registrations.submit((NodeRecord(node, facts, token_hash, now), event))
+    log_event(event)
+
+
 def node_routes(ctx: ApiContext) -> list[Route]:
     async def register(request: Request) -> Response:
         node = _node(request)
         require_secret(request, ctx.settings.bootstrap_token, "bootstrap")
         facts = await read_json(request, "register", ctx.settings.max_body_bytes)
-        if facts["node"] != node:
-            raise ApiError(422, f"body names node {facts['node']!r} but the URL names {node!r}")
+        _same_node(facts, node)
         token = new_token()
         token_hash = hash_token(token)
-        now = ctx.clock()
         rotated = node in ctx.tokens
-
-        event = AuditEvent(
-            time=now,
-            kind="registered",
-            node=node,
-            message=f"node {node} "
-            + ("re-registered (token rotated)" if rotated else "registered"),
-            details={"platform": facts["platform"], "agentVersion": facts["agentVersion"]},
-        )
-        # durable before the token is handed out; registrations arriving together share
-        # one transaction (group commit)
-        await ctx.registrations.submit((NodeRecord(node, facts, token_hash, now), event))
-        log_event(event)
+        now = ctx.clock()
+        await _record_registration(ctx, node, facts, token_hash, now, rotated)
         ctx.tokens.set(node, token_hash)
         ctx.metrics.registrations.inc()
         ctx.registered()
@@ -113,8 +127,7 @@ def node_routes(ctx: ApiContext) -> list[Route]:
         node = _node(request)
         require_node(request, ctx.tokens, node)
         report = await read_json(request, "status-report", ctx.settings.max_body_bytes)
-        if report["node"] != node:
-            raise ApiError(422, f"body names node {report['node']!r} but the URL names {node!r}")
+        _same_node(report, node)
         return Response(await accept_report(ctx, node, report), media_type=JSON_TYPE)
 
     return [

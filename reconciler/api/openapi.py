@@ -78,6 +78,8 @@ def _body(name: str) -> dict[str, Any]:
 
 @cache
 def _document() -> dict[str, Any]:
+    """The OpenAPI document. Long because it is one literal: a path per endpoint, read top
+    to bottom like the API reference it is."""
     fleet = body_schema("fleet-status")
     audit_event = {
         "type": "object",

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
+from reconciler.approval.settings import ApprovalSettings
 from reconciler.approval.values import (
     ApprovalResult,
     AuditRecord,
@@ -23,7 +24,6 @@ from reconciler.approval.values import (
     Relation,
     TagFacts,
 )
-from reconciler.config import ApprovalSettings
 from reconciler.spec import JSON
 
 _SHOWN_PATHS = 3
@@ -141,25 +141,13 @@ def advance(
     paths = [c.path for c in commit.changes]
     if not ok:
         taint = _update_taint(state.taint, commit.changes, refused=True)
-        return replace(
-            state,
-            taint=MappingProxyType(taint),
-            blocker=(state.blocker or commit.sha) if taint else None,
-            refused=(*state.refused, Refusal(commit.sha, reason)),
-            audit=(
-                *state.audit,
-                AuditRecord(
-                    "refused",
-                    reason,
-                    commit.sha,
-                    {
-                        "paths": _json_list(paths),
-                        "summary": commit.summary,
-                        "signers": _json_list(sorted(signers)),
-                    },
-                ),
-            ),
-        )
+        details: dict[str, JSON] = {
+            "paths": _json_list(paths),
+            "summary": commit.summary,
+            "signers": _json_list(sorted(signers)),
+        }
+        blocker = (state.blocker or commit.sha) if taint else None
+        return _refused(replace(state, blocker=blocker), commit.sha, reason, taint, details)
     taint = _update_taint(state.taint, commit.changes, refused=False)
     if taint:
         blocker = state.blocker or "an unapproved commit"
@@ -168,17 +156,29 @@ def advance(
             f"{describe_paths(sorted(taint))} are still in effect; revert them through a "
             "merged pull request"
         )
-        return replace(
-            state,
-            taint=MappingProxyType(taint),
-            refused=(*state.refused, Refusal(commit.sha, reason)),
-            audit=(
-                *state.audit,
-                AuditRecord(
-                    "refused", reason, commit.sha, {"paths": _json_list(paths), "blocker": blocker}
-                ),
-            ),
-        )
+        details = {"paths": _json_list(paths), "blocker": blocker}
+        return _refused(state, commit.sha, reason, taint, details)
+    return _approved(state, commit, signers, paths)
+
+
+def _refused(
+    state: ChainState,
+    sha: str,
+    reason: str,
+    taint: dict[str, tuple[str | None, str | None]],
+    details: dict[str, JSON],
+) -> ChainState:
+    return replace(
+        state,
+        taint=MappingProxyType(taint),
+        refused=(*state.refused, Refusal(sha, reason)),
+        audit=(*state.audit, AuditRecord("refused", reason, sha, details)),
+    )
+
+
+def _approved(
+    state: ChainState, commit: CommitFacts, signers: frozenset[str], paths: list[str]
+) -> ChainState:
     kind = "merge" if commit.is_merge else "signed-commit"
     approval: dict[str, JSON] = {
         "kind": kind,
@@ -306,6 +306,9 @@ def decide_tags(
     ``relations[target]`` says how a tagged commit relates to ``last_applied``;
     ``commit_signers`` holds the valid signers of the tagged commits themselves (a signed
     merge plus a signed tag count as two).
+
+    Long because it is one fold over the tag groups, newest first, with its refusals;
+    splitting it would pass the same five accumulators around.
     """
     refused: list[Refusal] = []
     audit: list[AuditRecord] = []

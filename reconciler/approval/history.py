@@ -2,13 +2,15 @@
 
 I/O at the edge: reads the repository, verifies signatures through ``signatures``, and
 returns ``values`` for ``decide``. Commit and tag facts are pure per object, so they are
-cached by object sha (a re-evaluation after one new merge reads one new commit).
+cached by object sha in a ``FactCache`` (one per reconciler, built in the wiring): a
+re-evaluation after one new merge reads one new commit.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import pygit2
 
@@ -18,8 +20,16 @@ from reconciler.validate import is_fleet_file
 
 _CACHE_MAX = 500_000  # commit facts and tags: small values
 _RECORDS_MAX = 4_096  # raw tree entries: a walk needs little more than the parent's trees
-_commit_cache: dict[str, CommitFacts] = {}
-_tag_cache: dict[str, tuple[str | None, int | None, bytes]] = {}
+TagObject = tuple[str | None, int | None, bytes]  # (peeled commit, tagger time, raw object)
+
+
+@dataclass
+class FactCache:
+    """What Git facts cost to read, by object id (content-addressed, so never stale)."""
+
+    commits: dict[str, CommitFacts] = field(default_factory=dict)
+    tags: dict[str, TagObject] = field(default_factory=dict)
+    records: dict[bytes, frozenset[bytes]] = field(default_factory=dict)
 
 
 def _remember(cache: dict[str, CommitFacts], key: str, value: CommitFacts) -> None:
@@ -35,25 +45,24 @@ _TOP_FILES = (b"fleet.yaml",)
 _TREE_MODE = b"40000"
 # One entry of a raw tree object: "<octal mode> <name>\0<20-byte id>".
 _RECORD = re.compile(rb"[0-7]+ [^\0]+\0.{20}", re.DOTALL)
-_records_cache: dict[bytes, frozenset[bytes]] = {}
 
 Entry = tuple[bytes, bool]  # (20-byte id, is a tree)
 
 
-def _records(repo: pygit2.Repository, oid: bytes | None) -> frozenset[bytes]:
+def _records(repo: pygit2.Repository, oid: bytes | None, cache: FactCache) -> frozenset[bytes]:
     """A tree's raw entries, cached by tree id. Parsed with one regex over the raw object:
     building pygit2 objects per entry costs ~1.5 us each, which dominates a 10,000-commit
     walk; libgit2's own tree diff walks every entry, identical subtrees included."""
     if oid is None:
         return frozenset()
-    hit = _records_cache.get(oid)
+    hit = cache.records.get(oid)
     if hit is not None:
         return hit
     _, raw = repo.odb.read(pygit2.Oid(raw=oid))
     out = frozenset(_RECORD.findall(raw))
-    if len(_records_cache) >= _RECORDS_MAX:
-        _records_cache.clear()
-    _records_cache[oid] = out
+    if len(cache.records) >= _RECORDS_MAX:
+        cache.records.clear()
+    cache.records[oid] = out
     return out
 
 
@@ -63,10 +72,10 @@ def _entry(record: bytes) -> tuple[bytes, Entry]:
 
 
 def _changed(
-    repo: pygit2.Repository, old: bytes | None, new: bytes | None
+    repo: pygit2.Repository, old: bytes | None, new: bytes | None, cache: FactCache
 ) -> dict[bytes, tuple[Entry | None, Entry | None]]:
     """name -> (old entry, new entry) for the entries that differ between two trees."""
-    a, b = _records(repo, old), _records(repo, new)
+    a, b = _records(repo, old, cache), _records(repo, new, cache)
     out: dict[bytes, tuple[Entry | None, Entry | None]] = {}
     for rec in a - b:
         name, e = _entry(rec)
@@ -86,15 +95,20 @@ def _blob_id(e: Entry | None) -> str | None:
 
 
 def _tree_changes(
-    repo: pygit2.Repository, old: bytes | None, new: bytes | None, prefix: str, depth: int
+    repo: pygit2.Repository,
+    old: bytes | None,
+    new: bytes | None,
+    prefix: str,
+    depth: int,
+    cache: FactCache,
 ) -> list[Change]:
     out: list[Change] = []
-    for raw_name, (ea, eb) in _changed(repo, old, new).items():
+    for raw_name, (ea, eb) in _changed(repo, old, new, cache).items():
         path = prefix + raw_name.decode("utf-8", "surrogateescape")
         if depth > 0:
             ta, tb = _tree_id(ea), _tree_id(eb)
             if ta != tb:
-                out.extend(_tree_changes(repo, ta, tb, path + "/", depth - 1))
+                out.extend(_tree_changes(repo, ta, tb, path + "/", depth - 1, cache))
         elif is_fleet_file(path):
             fa, fb = _blob_id(ea), _blob_id(eb)
             if fa != fb:
@@ -102,11 +116,13 @@ def _tree_changes(
     return out
 
 
-def fleet_changes(repo: pygit2.Repository, old_tree: bytes | None, new_tree: bytes) -> list[Change]:
+def fleet_changes(
+    repo: pygit2.Repository, old_tree: bytes | None, new_tree: bytes, cache: FactCache
+) -> list[Change]:
     """Fleet files changed from ``old_tree`` (None: empty) to ``new_tree``, sorted by path;
     identical subtrees are skipped by id."""
     out: list[Change] = []
-    for raw_name, (ea, eb) in _changed(repo, old_tree, new_tree).items():
+    for raw_name, (ea, eb) in _changed(repo, old_tree, new_tree, cache).items():
         name = raw_name.decode("utf-8", "surrogateescape")
         if raw_name in _TOP_FILES:
             fa, fb = _blob_id(ea), _blob_id(eb)
@@ -115,13 +131,14 @@ def fleet_changes(repo: pygit2.Repository, old_tree: bytes | None, new_tree: byt
         elif raw_name in _FLEET_DEPTH:
             ta, tb = _tree_id(ea), _tree_id(eb)
             if ta != tb:
-                out.extend(_tree_changes(repo, ta, tb, name + "/", _FLEET_DEPTH[raw_name]))
+                depth = _FLEET_DEPTH[raw_name]
+                out.extend(_tree_changes(repo, ta, tb, name + "/", depth, cache))
     return sorted(out, key=lambda c: c.path)
 
 
-def commit_facts(repo: pygit2.Repository, sha: str) -> CommitFacts:
+def commit_facts(repo: pygit2.Repository, sha: str, cache: FactCache) -> CommitFacts:
     """What ``sha`` changed in fleet files relative to its first parent (all files: root)."""
-    hit = _commit_cache.get(sha)
+    hit = cache.commits.get(sha)
     if hit is not None:
         return hit
     commit = repo[sha].peel(pygit2.Commit)
@@ -132,9 +149,9 @@ def commit_facts(repo: pygit2.Repository, sha: str) -> CommitFacts:
         parents=parents,
         time=int(commit.commit_time),
         summary=(commit.message.splitlines() or [""])[0][:200],
-        changes=tuple(fleet_changes(repo, old_tree, commit.tree_id.raw)),
+        changes=tuple(fleet_changes(repo, old_tree, commit.tree_id.raw, cache)),
     )
-    _remember(_commit_cache, sha, facts)
+    _remember(cache.commits, sha, facts)
     return facts
 
 
@@ -212,7 +229,7 @@ def has_commit(repo: pygit2.Repository, sha: str) -> bool:
 
 
 def tag_facts(
-    repo: pygit2.Repository, verifier: Verifier, wanted: set[str] | None = None
+    repo: pygit2.Repository, verifier: Verifier, wanted: set[str] | None, cache: FactCache
 ) -> list[TagFacts]:
     """Every tag; signatures are verified only for names in ``wanted`` (None: all)."""
     out: list[TagFacts] = []
@@ -231,10 +248,10 @@ def tag_facts(
             target = str(obj.id) if obj.type == pygit2.enums.ObjectType.COMMIT else None
             out.append(TagFacts(name=name, target=target, annotated=False))
             continue
-        target, when, _ = _tag_object(repo, oid)
+        target, when, _ = _tag_object(repo, oid, cache)
         sig: Signature | None = None
         if wanted is None or name in wanted:
-            sig = tag_signature(repo, oid, verifier)
+            sig = tag_signature(repo, oid, verifier, cache)
         out.append(
             TagFacts(
                 name=name, target=target, annotated=True, time=when, signature=sig, tag_sha=oid
@@ -243,8 +260,8 @@ def tag_facts(
     return out
 
 
-def _tag_object(repo: pygit2.Repository, oid: str) -> tuple[str | None, int | None, bytes]:
-    hit = _tag_cache.get(oid)
+def _tag_object(repo: pygit2.Repository, oid: str, cache: FactCache) -> TagObject:
+    hit = cache.tags.get(oid)
     if hit is not None:
         return hit
     tag = repo[oid]
@@ -256,14 +273,16 @@ def _tag_object(repo: pygit2.Repository, oid: str) -> tuple[str | None, int | No
         target = None
     when = int(tag.tagger.time) if tag.tagger is not None else None
     raw = tag.read_raw()
-    if len(_tag_cache) >= _CACHE_MAX:
-        _tag_cache.clear()
-    _tag_cache[oid] = (target, when, raw)
+    if len(cache.tags) >= _CACHE_MAX:
+        cache.tags.clear()
+    cache.tags[oid] = (target, when, raw)
     return target, when, raw
 
 
-def tag_signature(repo: pygit2.Repository, oid: str, verifier: Verifier) -> Signature:
-    _, when, raw = _tag_object(repo, oid)
+def tag_signature(
+    repo: pygit2.Repository, oid: str, verifier: Verifier, cache: FactCache
+) -> Signature:
+    _, when, raw = _tag_object(repo, oid, cache)
     parts = split_tag(raw)
     if parts is None:
         return Signature.unsigned()

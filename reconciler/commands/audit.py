@@ -13,9 +13,9 @@ from typing import Any
 
 from reconciler.commands.status import add_server_args, make_console, quiet_http_logs
 from reconciler.errors import FleetkeeperError
-from reconciler.report.client import AdminClient, read_token
-from reconciler.report.tables import audit_table
-from reconciler.report.timefmt import parse_since
+from reconciler.views.client import AdminClient, read_token
+from reconciler.views.tables import audit_table
+from reconciler.views.timefmt import parse_since
 
 
 def register(sub: Any) -> None:

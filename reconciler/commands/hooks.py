@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from reconciler import hooks
+from reconciler import githooks
 
 
 def register(sub: Any) -> None:
@@ -49,7 +49,7 @@ def run_install(args: argparse.Namespace) -> int:
     if not repo.is_dir():
         print(f"fleetkeeper hooks: {repo}: no such folder", file=sys.stderr)
         return 2
-    kind: hooks.HookKind = "pre-receive" if args.pre_receive else "pre-commit"
+    kind: githooks.HookKind = "pre-receive" if args.pre_receive else "pre-commit"
     if args.fleet_dir and not args.pre_receive:
         print(
             "fleetkeeper hooks: --fleet-dir is for --pre-receive; for a pre-commit hook "
@@ -57,11 +57,11 @@ def run_install(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    path = hooks.install(repo, kind, force=args.force, fleet_dir=args.fleet_dir)
+    path = githooks.install(repo, kind, force=args.force, fleet_dir=args.fleet_dir)
     print(f"installed {kind} hook: {path}")
     return 0
 
 
 def run_hook(args: argparse.Namespace) -> int:
-    updates = [hooks.RefUpdate.parse(line) for line in sys.stdin if line.strip()]
-    return hooks.pre_receive(Path.cwd(), updates, sys.stderr, fleet_dir=args.fleet_dir)
+    updates = [githooks.RefUpdate.parse(line) for line in sys.stdin if line.strip()]
+    return githooks.pre_receive(Path.cwd(), updates, sys.stderr, fleet_dir=args.fleet_dir)

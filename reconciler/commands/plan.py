@@ -27,7 +27,8 @@ from rich.table import Table
 from rich.text import Text
 
 from reconciler.approval import ApprovalResult, Refusal, evaluate
-from reconciler.config import DEFAULT_BRANCH, ApprovalSettings, Config, parse_config
+from reconciler.approval.settings import ApprovalSettings
+from reconciler.config import DEFAULT_BRANCH, Config, parse_config
 from reconciler.errors import ConfigError
 from reconciler.plan.batches import make_batches
 from reconciler.plan.select import (

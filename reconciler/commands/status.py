@@ -17,9 +17,9 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
-from reconciler.report.client import DEFAULT_SERVER, ENV_SERVER, AdminClient, read_token
-from reconciler.report.tables import fleet_view
-from reconciler.report.view import exit_code
+from reconciler.views.client import DEFAULT_SERVER, ENV_SERVER, AdminClient, read_token
+from reconciler.views.tables import fleet_view
+from reconciler.views.view import exit_code
 
 PIPE_WIDTH = 160  # wide enough that tables piped to a file or CI log do not wrap
 

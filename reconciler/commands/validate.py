@@ -18,7 +18,7 @@ from typing import Any
 from reconciler import gitfiles
 from reconciler.errors import CommandError
 from reconciler.validate import FLEET_FILE_PATTERNS, Report, Violation, validate_files
-from reconciler.validate.report import merge, render_json, render_text, sort_key, summary
+from reconciler.validate.violations import merge, render_json, render_text, sort_key, summary
 
 _MARKER_DIRS = ("nodes", "releases", "models")
 _PATTERNS = ", ".join(FLEET_FILE_PATTERNS)

@@ -13,8 +13,8 @@ from importlib import resources
 from string import Template
 from typing import Any
 
-from reconciler.report.timefmt import iso
-from reconciler.report.view import (
+from reconciler.views.timefmt import iso
+from reconciler.views.view import (
     AuditRow,
     NodeRow,
     ReleaseRow,

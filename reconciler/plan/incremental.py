@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from reconciler.plan.reports import NodeReport, is_stale
+from reconciler.plan.observations import NodeReport, is_stale
 from reconciler.plan.rollout import (
     Plan,
     PlanEvent,

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from reconciler.plan.batches import make_batches
-from reconciler.plan.reports import NodeReport, failed, is_stale, runs
+from reconciler.plan.observations import NodeReport, failed, is_stale, runs
 from reconciler.plan.select import NodeFacts, latest_versions, target_nodes, workload_document
 from reconciler.plan.state import (
     HISTORY_LIMIT,
@@ -171,87 +171,10 @@ def step_rollout(
     live = set(targeted)
     batches = list(state.batches)
     progress = dict(state.nodes)
-    wakes: list[float] = []
-    halt: Halt | None = None
-    phase: Phase = "Succeeded" if live else "Pending"
-    soak, timeout = d.rollout.soak_seconds, d.rollout.timeout_seconds
-    for i, batch in enumerate(batches):
-        if batch.done_at is not None:
-            continue
-        members = [n for n in batch.nodes if n in live]
-        if batch.started_at is None:
-            batch = batches[i] = replace(batch, started_at=now)
-            for n in members:
-                progress[n] = NodeProgress(started_at=now)
-            events.append(
-                PlanEvent(
-                    "batch-started",
-                    f"{_label(d)}: batch {i + 1}/{len(batches)} started: {', '.join(members)}",
-                    release=d.name,
-                    details={"batch": i + 1, "of": len(batches), "nodes": list(members)},
-                )
-            )
-        all_running = all_soaked = True
-        for n in members:
-            p = progress.get(n) or NodeProgress(started_at=batch.started_at or now)
-            report = reports.get(n)
-            # only reports received after the node was given the target count
-            since_given = report is not None and report.received_at >= p.started_at
-            bad = failed(report, d.name, d.version) if since_given else None
-            if bad is not None:
-                why = f": {bad.message}" if bad.message else ""
-                halt = Halt(n, f"node {n} reported Failed for {_label(d)}{why}", now)
-                break
-            if since_given and report is not None and runs(report, d.name, d.version, now, ttl):
-                since = p.healthy_since if p.healthy_since is not None else report.received_at
-                p = replace(p, healthy_since=since)
-                if now < since + soak:
-                    all_soaked = False
-                    wakes.append(since + soak)
-            else:
-                p = replace(p, healthy_since=None)
-                all_running = all_soaked = False
-                deadline = p.started_at + timeout
-                if now >= deadline:
-                    halt = Halt(n, _timeout_reason(n, d, report, now, ttl), now)
-                    break
-                wakes.append(deadline)
-            progress[n] = p
-        if halt is not None:
-            phase = "Halted"
-            break
-        if all_soaked:
-            batches[i] = replace(batch, done_at=now)
-            events.append(
-                PlanEvent(
-                    "batch-done",
-                    f"{_label(d)}: batch {i + 1}/{len(batches)} done: {', '.join(members)}",
-                    release=d.name,
-                    details={"batch": i + 1, "of": len(batches), "nodes": list(members)},
-                )
-            )
-            continue
-        phase = "Soaking" if all_running else "Progressing"
-        break
-
+    phase, halt, wakes = _advance_batches(d, batches, progress, live, reports, now, ttl, events)
     rolled_back: tuple[str, ...] = ()
     if halt is not None:
-        events.append(
-            PlanEvent(
-                "halted", f"{_label(d)} halted: {halt.reason}", release=d.name, node=halt.node
-            )
-        )
-        if d.rollout.on_failure == "rollback":
-            started = [n for b in batches if b.started_at is not None for n in b.nodes]
-            rolled_back = tuple(n for n in started if n in live)
-            events.append(
-                PlanEvent(
-                    "rolled-back",
-                    f"{_label(d)}: previous version given back to {', '.join(rolled_back)}",
-                    release=d.name,
-                    details={"nodes": list(rolled_back)},
-                )
-            )
+        rolled_back = _halted(d, halt, batches, live, events)
     elif phase == "Succeeded" and state.phase != "Succeeded":
         events.append(PlanEvent("succeeded", f"{_label(d)} rolled out", release=d.name))
     new = replace(
@@ -264,6 +187,116 @@ def step_rollout(
     )
     future = [w for w in wakes if w > now]
     return Step(new, tuple(events), min(future) if future else None)
+
+
+def _advance_batches(
+    d: Deployable,
+    batches: list[Batch],
+    progress: dict[str, NodeProgress],
+    live: set[str],
+    reports: Mapping[str, NodeReport],
+    now: float,
+    ttl: float,
+    events: list[PlanEvent],
+) -> tuple[Phase, Halt | None, list[float]]:
+    """Start, judge and finish batches in order (updating ``batches``, ``progress`` and
+    ``events`` in place) until one is still running; (phase, halt, wake times)."""
+    wakes: list[float] = []
+    for i, batch in enumerate(batches):
+        if batch.done_at is not None:
+            continue
+        members = [n for n in batch.nodes if n in live]
+        if batch.started_at is None:
+            batch = batches[i] = replace(batch, started_at=now)
+            for n in members:
+                progress[n] = NodeProgress(started_at=now)
+            events.append(_batch_event("started", d, i, len(batches), members))
+        all_running = all_soaked = True
+        for n in members:
+            given = progress.get(n) or NodeProgress(started_at=batch.started_at or now)
+            verdict = _judge_node(d, n, given, reports.get(n), now, ttl)
+            if verdict.halt is not None:
+                return "Halted", verdict.halt, wakes
+            all_running &= verdict.running
+            all_soaked &= verdict.soaked
+            if verdict.wake is not None:
+                wakes.append(verdict.wake)
+            progress[n] = verdict.progress
+        if not all_soaked:
+            return ("Soaking" if all_running else "Progressing"), None, wakes
+        batches[i] = replace(batch, done_at=now)
+        events.append(_batch_event("done", d, i, len(batches), members))
+    return ("Succeeded" if live else "Pending"), None, wakes
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """One node of a running batch at ``now``."""
+
+    progress: NodeProgress
+    halt: Halt | None = None
+    running: bool = False  # the target, healthy, in a report since it was given
+    soaked: bool = False  # ... for at least the soak time
+    wake: float | None = None  # when to look again (soak end or timeout)
+
+
+def _judge_node(
+    d: Deployable,
+    n: str,
+    p: NodeProgress,
+    report: NodeReport | None,
+    now: float,
+    ttl: float,
+) -> _Verdict:
+    # only reports received after the node was given the target count
+    since_given = report is not None and report.received_at >= p.started_at
+    bad = failed(report, d.name, d.version) if since_given else None
+    if bad is not None:
+        why = f": {bad.message}" if bad.message else ""
+        return _Verdict(p, halt=Halt(n, f"node {n} reported Failed for {_label(d)}{why}", now))
+    if since_given and report is not None and runs(report, d.name, d.version, now, ttl):
+        since = p.healthy_since if p.healthy_since is not None else report.received_at
+        p = replace(p, healthy_since=since)
+        soak_end = since + d.rollout.soak_seconds
+        if now < soak_end:
+            return _Verdict(p, running=True, wake=soak_end)
+        return _Verdict(p, running=True, soaked=True)
+    p = replace(p, healthy_since=None)
+    deadline = p.started_at + d.rollout.timeout_seconds
+    if now >= deadline:
+        return _Verdict(p, halt=Halt(n, _timeout_reason(n, d, report, now, ttl), now))
+    return _Verdict(p, wake=deadline)
+
+
+def _batch_event(word: str, d: Deployable, i: int, of: int, members: list[str]) -> PlanEvent:
+    return PlanEvent(
+        f"batch-{word}",
+        f"{_label(d)}: batch {i + 1}/{of} {word}: {', '.join(members)}",
+        release=d.name,
+        details={"batch": i + 1, "of": of, "nodes": list(members)},
+    )
+
+
+def _halted(
+    d: Deployable, halt: Halt, batches: list[Batch], live: set[str], events: list[PlanEvent]
+) -> tuple[str, ...]:
+    """The halt's events; with ``onFailure: rollback`` the nodes given the previous version."""
+    events.append(
+        PlanEvent("halted", f"{_label(d)} halted: {halt.reason}", release=d.name, node=halt.node)
+    )
+    if d.rollout.on_failure != "rollback":
+        return ()
+    started = [n for b in batches if b.started_at is not None for n in b.nodes]
+    rolled_back = tuple(n for n in started if n in live)
+    events.append(
+        PlanEvent(
+            "rolled-back",
+            f"{_label(d)}: previous version given back to {', '.join(rolled_back)}",
+            release=d.name,
+            details={"nodes": list(rolled_back)},
+        )
+    )
+    return rolled_back
 
 
 def _timeout_reason(
@@ -358,6 +391,9 @@ def compute_plan(
     release; ``reports``: last report per node; ``desired``: the stored desired-state
     documents; ``ttl``: heartbeat TTL in seconds; ``stale_before``: nodes that were stale
     at the previous pass (so "went stale" is recorded once).
+
+    Long because it is the planner's whole contract in order (stale nodes, each rollout
+    stepped, desired documents per node, the next wake); each part is one call.
     """
     per_node: dict[str, list[Mapping[str, JSON]]] = {n: [] for n in nodes}
     states: dict[str, Mapping[str, JSON]] = dict(rollouts)

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
-from reconciler.spec import JSON, Deployable, FleetSpec, NodeSpec, Targets
+from reconciler.spec import JSON, Deployable, FleetSpec, NodeSpec, NodeTraits, Targets
 
 _SEMVER = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$"
@@ -20,15 +20,9 @@ _PLACEHOLDER = re.compile(r"\$\{node\.(name|labels\.([A-Za-z0-9._/-]+))\}")
 
 
 @dataclass(frozen=True)
-class NodeFacts:
+class NodeFacts(NodeTraits):
     """A node as the planner sees it: from nodes/<name>.yaml, else from what it registered."""
 
-    name: str
-    platform: str
-    accelerator: str = "cpu"
-    memory_gib: float | None = None
-    roles: tuple[str, ...] = ()
-    labels: Mapping[str, str] = field(default_factory=dict)
     declared: bool = True  # has a file in nodes/
     runtimes: Mapping[str, bool] = field(default_factory=dict)
 
@@ -42,6 +36,24 @@ class NodeFacts:
             roles=node.roles,
             labels=dict(node.labels),
             declared=True,
+        )
+
+    @classmethod
+    def from_registration(cls, name: str, facts: Mapping[str, JSON]) -> NodeFacts:
+        """An undeclared node from the facts it registered (wrong types read as absent)."""
+        roles, labels, runtimes = facts.get("roles"), facts.get("labels"), facts.get("runtimes")
+        mem = facts.get("memoryGiB")
+        return cls(
+            name=name,
+            platform=str(facts.get("platform", "")),
+            accelerator=str(facts.get("accelerator", "cpu")),
+            memory_gib=float(mem) if isinstance(mem, int | float) else None,
+            roles=tuple(str(r) for r in roles) if isinstance(roles, list) else (),
+            labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
+            declared=False,
+            runtimes={str(k): v is True for k, v in runtimes.items()}
+            if isinstance(runtimes, dict)
+            else {},
         )
 
 

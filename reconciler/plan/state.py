@@ -11,11 +11,11 @@ moves into ``history``.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from fleetkeeper_common.canonical import canonical_json
 from reconciler.spec import JSON, Deployable, WorkloadKind
 
 Phase = Literal["Pending", "Progressing", "Soaking", "Halted", "Succeeded", "Superseded"]
@@ -97,13 +97,10 @@ class RolloutState:
                 return i
         return None
 
-    def with_(self, **changes: object) -> RolloutState:
-        return replace(self, **changes)  # type: ignore[arg-type]
-
 
 def fingerprint(d: Deployable) -> str:
     """A digest of everything in a release/model file: any change starts a new rollout."""
-    text = json.dumps(asdict(d), sort_keys=True, default=lambda o: dict(o), separators=(",", ":"))
+    text = canonical_json(asdict(d), default=dict)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

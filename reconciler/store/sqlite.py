@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
+from fleetkeeper_common.canonical import canonical_json
 from reconciler.errors import ConfigError
 from reconciler.spec import JSON
 from reconciler.store.base import (
@@ -37,8 +38,7 @@ from reconciler.store.migrations import LATEST, MIGRATIONS
 log = logging.getLogger(__name__)
 
 
-def _dumps(value: object) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+_dumps = canonical_json
 
 
 def _loads(text: str) -> Any:

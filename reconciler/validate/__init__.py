@@ -34,9 +34,9 @@ from reconciler.spec import (
 )
 from reconciler.validate import model_rules, rules
 from reconciler.validate.loader import LoadedFile, load_file
-from reconciler.validate.report import Report, Violation, render_json, render_text, sort_key
 from reconciler.validate.rules import FileRule, Rule, RuleContext, Scope
 from reconciler.validate.schema_check import check_schema, expected_kind
+from reconciler.validate.violations import Report, Violation, render_json, render_text, sort_key
 
 __all__ = [
     "ALL_RULES",

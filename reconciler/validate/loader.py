@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
 
-from reconciler.validate.report import Violation
+from reconciler.validate.violations import Violation
 
 MAX_FILE_BYTES = 256 * 1024  # fleet files are a few hundred bytes; this is generous
 MAX_VALUES = 20_000  # values one document may expand to, aliases included

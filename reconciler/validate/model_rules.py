@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 from reconciler.plan.select import NodeFacts
 from reconciler.spec import Deployable
 from reconciler.validate.loader import LoadedFile
-from reconciler.validate.report import Violation
 from reconciler.validate.rules import (
     FileRule,
     Rule,
@@ -25,6 +24,7 @@ from reconciler.validate.rules import (
     node_path,
     violation,
 )
+from reconciler.validate.violations import Violation
 
 GIB = 1024**3
 

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from reconciler.plan.select import NodeFacts, matches, semver_key, target_nodes
 from reconciler.spec import Deployable, FleetSettings, FleetSpec, NodeSpec, build_spec
 from reconciler.validate.loader import LoadedFile
-from reconciler.validate.report import Severity, Violation
+from reconciler.validate.violations import Severity, Violation
 
 JsonPath = Sequence[str | int]
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import schema as schemas
 from reconciler.validate.loader import LoadedFile
-from reconciler.validate.report import Violation
+from reconciler.validate.violations import Violation
 
 KIND_SCHEMAS = {"Fleet": "fleet", "Node": "node", "Release": "release", "Model": "model"}
 _COMMON_ID = "urn:fleetkeeper:schema:common"

@@ -23,54 +23,26 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.helpers.artifacts import Artifact
+from tests.helpers.desired import desired_doc, workload_doc
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-
-def workload_doc(
-    name: str,
-    version: str,
-    artifact: Artifact,
-    url: str,
-    port: int,
-    *,
-    timeout: int = 5,
-    probe: bool = True,
-) -> dict[str, Any]:
-    """A desired-state workload entry for a program built by ``artifacts.build_program``."""
-    doc: dict[str, Any] = {
-        "name": name,
-        "kind": "process",
-        "version": version,
-        "artifact": artifact.artifact_doc(url),
-        "run": {"command": [f"bin/{name}", "--port", str(port)]},
-        "health": {"http": f"http://127.0.0.1:{port}/healthz", "timeoutSeconds": timeout},
-    }
-    if probe:
-        doc["versionProbe"] = [f"bin/{name}", "--version"]
-    return doc
-
-
-def desired_doc(
-    node: str, generation: int, workloads: Sequence[Mapping[str, Any]]
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "fleetkeeper/v1",
-        "kind": "DesiredState",
-        "node": node,
-        "generation": generation,
-        "revision": None,
-        "approval": None,
-        "workloads": [dict(w) for w in workloads],
-    }
+# The documents live in tests.helpers.desired; kept importable from here for older callers.
+__all__ = [
+    "AgentProc",
+    "agent_config",
+    "desired_doc",
+    "make_agent",
+    "running_agents",
+    "workload_doc",
+]
 
 
 def agent_config(

@@ -1,8 +1,9 @@
-"""Artifacts and an artifact server for agent tests, the demo and benchmarks.
+"""Artifacts for agent tests, the demo and benchmarks (served by ``artifact_server``).
 
 Reusable by every engineer::
 
-    from tests.helpers.artifacts import ArtifactServer, build_program, evil_tarball
+    from tests.helpers.artifact_server import ArtifactServer
+    from tests.helpers.artifacts import build_program, evil_tarball
 
     art = build_program(tmp / "dist", "hello", "1.0.0")        # .tar.gz with bin/hello
     with ArtifactServer(tmp / "dist") as srv:
@@ -21,16 +22,14 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import socket
 import sys
 import tarfile
-import threading
 import zipfile
-from collections import Counter
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from tests.helpers.artifact_server import ArtifactServer, free_port
 
 PROGRAM = '''#!{python}
 """Test workload {name} {version} (built by tests/helpers/artifacts.py)."""
@@ -152,15 +151,16 @@ sys.exit(main())
 
 
 def build_agent(dest: Path, version: str, *, broken: bool = False) -> Artifact:
-    """A ``.tar.gz`` of the agent itself (this checkout's ``agent`` and ``schema`` packages
-    with ``__version__`` set to ``version``) started by ``bin/fleetkeeper-agent``.
+    """A ``.tar.gz`` of the agent itself (this checkout's ``agent``, ``schema`` and
+    ``fleetkeeper_common`` packages, everything the agent imports, with ``__version__`` set
+    to ``version``) started by ``bin/fleetkeeper-agent``.
     ``broken``: the daemon dies right after start (its report thread raises), for
     self-update rollback tests."""
     repo = Path(__file__).resolve().parents[2]
     dest.mkdir(parents=True, exist_ok=True)
     path = dest / f"fleetkeeper-agent-{version}.tar.gz"
     with tarfile.open(path, "w:gz", compresslevel=1) as tar:
-        for package in ("agent", "schema"):
+        for package in ("agent", "schema", "fleetkeeper_common"):
             for file in sorted((repo / package).rglob("*")):
                 if not file.is_file() or "__pycache__" in file.parts:
                     continue
@@ -207,99 +207,14 @@ def evil_tarball(dest: Path, kind: str, name: str = "evil") -> Artifact:
     return describe(path)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ArtifactServer:
-    """Threaded HTTP file server on 127.0.0.1 (ephemeral port) serving ``root``.
-
-    Supports ``Range: bytes=N-`` (206), counts GETs per path (``requests``) and records the
-    Range headers seen (``ranges``); ``truncate_next(name, at)`` makes the next GET of
-    ``name`` announce the full length but close the connection after ``at`` bytes;
-    ``ignore_range`` answers 200 with the whole file even when a Range is asked for.
-    """
-
-    def __init__(self, root: Path, *, ignore_range: bool = False) -> None:
-        self.root = root
-        self.ignore_range = ignore_range
-        self.requests: Counter[str] = Counter()
-        self.ranges: list[tuple[str, str | None]] = []
-        self._truncate: dict[str, list[int]] = {}
-        self._lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                outer._serve(self)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = int(self.httpd.server_address[1])
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{name}"
-
-    def truncate_next(self, name: str, at: int, times: int = 1) -> None:
-        with self._lock:
-            self._truncate.setdefault(name, []).extend([at] * times)
-
-    def _serve(self, h: BaseHTTPRequestHandler) -> None:
-        name = h.path.lstrip("/").split("?")[0]
-        rng = h.headers.get("Range")
-        with self._lock:
-            self.requests[name] += 1
-            self.ranges.append((name, rng))
-            cut = self._truncate[name].pop(0) if self._truncate.get(name) else None
-        path = self.root / name
-        if not path.is_file() or ".." in name:
-            h.send_response(404)
-            h.send_header("Content-Length", "0")
-            h.end_headers()
-            return
-        size = path.stat().st_size
-        start = 0
-        if rng and rng.startswith("bytes=") and not self.ignore_range:
-            start = int(rng[6:].split("-")[0] or 0)
-            if start >= size:
-                h.send_response(416)
-                h.send_header("Content-Range", f"bytes */{size}")
-                h.send_header("Content-Length", "0")
-                h.end_headers()
-                return
-            h.send_response(206)
-            h.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
-        else:
-            h.send_response(200)
-        h.send_header("Content-Length", str(size - start))
-        h.send_header("Accept-Ranges", "bytes")
-        h.end_headers()
-        sent = 0
-        with path.open("rb") as fh:
-            fh.seek(start)
-            while chunk := fh.read(1 << 16):
-                if cut is not None and sent + len(chunk) > cut:
-                    h.wfile.write(chunk[: max(cut - sent, 0)])
-                    h.wfile.flush()
-                    h.close_connection = True
-                    # Drop the socket mid-body, as a broken network would.
-                    h.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                h.wfile.write(chunk)
-                sent += len(chunk)
-
-    def __enter__(self) -> ArtifactServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+# Kept importable from here: tests written before the server had its own module use it so.
+__all__ = [
+    "Artifact",
+    "ArtifactServer",
+    "build_agent",
+    "build_program",
+    "describe",
+    "evil_tarball",
+    "free_port",
+    "program_source",
+]

@@ -11,15 +11,12 @@ garbage can be published in a release and the runtime itself must reject the fil
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from agent.runtimes.base import HealthResult, Runtime
 
 # A small ASCII vocab keeps the files a few hundred KB: every byte is a token (GPT-2's
 # byte-to-unicode mapping, as llama.cpp's "gpt2" tokenizer expects) plus a few merges.
@@ -40,11 +37,6 @@ def describe(path: Path) -> ModelFile:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return ModelFile(path=path, sha256=h.hexdigest(), size=path.stat().st_size)
-
-
-def runtime_available(module: str) -> bool:
-    """Whether a runtime's Python package is importable (for skip conditions)."""
-    return importlib.util.find_spec(module) is not None
 
 
 def _byte_tokens() -> list[str]:
@@ -84,7 +76,8 @@ def write_gguf(
     name: str = "tiny-llama",
 ) -> ModelFile:
     """A random-weight llama GGUF (f32); the defaults give ~500 KB. Different seeds, different
-    bytes (so two versions of "the same" model have different SHA-256s)."""
+    bytes (so two versions of "the same" model have different SHA-256s). One function (~60
+    lines): the tensors of the file, in the order the GGUF writer needs them."""
     import gguf
 
     tokens, merges = _vocab()
@@ -239,7 +232,7 @@ def write_mlx_model(
         "eos_token_id": len(tokens) - 1,
     }
     mx.random.seed(seed)
-    model = llama.Model(llama.ModelArgs.from_dict(config))
+    model = llama.Model(llama.ModelArgs.from_dict(config))  # type: ignore[no-untyped-call]  # mlx-lm is untyped
     directory.mkdir(parents=True, exist_ok=True)
     weights = dict(tree_flatten(model.parameters()))
     mx.save_safetensors(str(directory / "model.safetensors"), weights)
@@ -264,100 +257,3 @@ def pack_mlx_model(directory: Path, archive: Path) -> ModelFile:
         for item in sorted(directory.iterdir()):
             tar.add(item, arcname=item.name)
     return describe(archive)
-
-
-def free_port() -> int:
-    """An ephemeral TCP port on 127.0.0.1 that was free a moment ago."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def install_version(root: Path, name: str, version: str, artifact: Path) -> Path:
-    """Lay out ``<root>/<name>/versions/<version>/`` as the agent does (its own layout code):
-    a single file is copied in, a .tar.gz is unpacked; the marker records the SHA-256."""
-    import shutil
-
-    from agent.layout import WorkloadLayout
-
-    layout = WorkloadLayout(root, name)
-    staging = layout.staging_dir()
-    if artifact.name.endswith(".tar.gz"):
-        with tarfile.open(artifact) as tar:
-            tar.extractall(staging, filter="data")
-    else:
-        shutil.copy2(artifact, staging / artifact.name)
-    return layout.commit_staged(staging, version, describe(artifact).sha256)
-
-
-def model_doc(
-    name: str, version: str, runtime: str, port: int, artifact: ModelFile, **args: object
-) -> dict[str, object]:
-    """A desired-state workload document for a model (as the reconciler sends it)."""
-    return {
-        "name": name,
-        "kind": "model",
-        "version": version,
-        "artifact": {
-            "platform": "any",
-            "url": artifact.path.as_uri(),
-            "sha256": artifact.sha256,
-            "size": artifact.size,
-        },
-        "health": {"timeoutSeconds": 60},
-        "model": {"runtime": runtime, "args": {"port": port, **args}},
-    }
-
-
-class RunningServer:
-    """A model server started from a runtime's own command (a real process)."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> None:
-        import os
-        import subprocess
-
-        self.log = log
-        self._out = log.open("wb")
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env={**os.environ, **env},
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-
-    def output(self) -> str:
-        return self.log.read_text("utf-8", errors="replace")
-
-    def stop(self) -> None:
-        import subprocess
-
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._out.close()
-
-
-def wait_healthy(
-    runtime: Runtime, doc: dict[str, object], server: RunningServer, timeout: float
-) -> HealthResult:
-    """Poll the runtime's health check until healthy, the process exits, or ``timeout``;
-    returns the last HealthResult."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    result = HealthResult(False, "not checked")
-    while time.monotonic() < deadline:
-        result = runtime.check_health(doc, 5.0)
-        if result.ok or server.proc.poll() is not None:
-            return result
-        time.sleep(0.1)
-    return result

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.helpers.agents import AgentProc, running_agents
-from tests.helpers.artifacts import ArtifactServer, build_program, free_port
+from tests.helpers.artifact_server import ArtifactServer, free_port
+from tests.helpers.artifacts import build_program
 from tests.helpers.fleet import FleetRepo, fleet_doc, fleet_files, node_doc, release_doc
 from tests.helpers.server import RunningServer, running_server
 

@@ -16,17 +16,11 @@ from agent import procinfo
 from agent.board import Board
 from agent.converge import Converger, Outcome
 from agent.report import decide_phase
-from agent.runtimes.child import ChildSupervisor
 from agent.state import StateDir
-from tests.helpers.agents import workload_doc
-from tests.helpers.artifacts import (
-    Artifact,
-    ArtifactServer,
-    build_program,
-    describe,
-    evil_tarball,
-    free_port,
-)
+from agent.supervise.child import ChildSupervisor
+from tests.helpers.artifact_server import ArtifactServer, free_port
+from tests.helpers.artifacts import Artifact, build_program, describe, evil_tarball
+from tests.helpers.desired import workload_doc
 
 
 @dataclass

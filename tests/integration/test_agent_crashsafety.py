@@ -14,8 +14,10 @@ import httpx
 
 from agent.layout import MARKER
 from agent.state import write_json
-from tests.helpers.agents import desired_doc, make_agent, workload_doc
-from tests.helpers.artifacts import build_program, free_port
+from tests.helpers.agents import make_agent
+from tests.helpers.artifact_server import free_port
+from tests.helpers.artifacts import build_program
+from tests.helpers.desired import desired_doc, workload_doc
 
 ROUNDS = 50
 

@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from tests.helpers.agents import AgentProc, running_agents
-from tests.helpers.artifacts import Artifact, ArtifactServer, build_program, free_port
+from tests.helpers.artifact_server import ArtifactServer, free_port
+from tests.helpers.artifacts import Artifact, build_program
 from tests.helpers.fleet import FleetRepo, fleet_doc, node_doc
 from tests.helpers.server import RunningServer, restart, start_server
 

@@ -9,8 +9,10 @@ from pathlib import Path
 import httpx
 
 from agent.state import write_json
-from tests.helpers.agents import desired_doc, make_agent, workload_doc
-from tests.helpers.artifacts import build_program, free_port
+from tests.helpers.agents import make_agent
+from tests.helpers.artifact_server import free_port
+from tests.helpers.artifacts import build_program
+from tests.helpers.desired import desired_doc, workload_doc
 
 
 def test_offline_agent_and_rollback_without_daemon(tmp_path: Path) -> None:

@@ -21,8 +21,10 @@ import yaml
 from agent.layout import WorkloadLayout
 from agent.state import write_json
 from agent.unpack import unpack
-from tests.helpers.agents import agent_config, desired_doc, workload_doc
-from tests.helpers.artifacts import Artifact, build_agent, build_program, free_port
+from tests.helpers.agents import agent_config
+from tests.helpers.artifact_server import free_port
+from tests.helpers.artifacts import Artifact, build_agent, build_program
+from tests.helpers.desired import desired_doc, workload_doc
 
 SELF = "fleetkeeper-agent"
 

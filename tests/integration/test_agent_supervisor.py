@@ -10,9 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent import procinfo
-from agent.runtimes.child import ChildSupervisor
-from agent.runtimes.supervisor import LaunchSpec
 from agent.state import StateDir
+from agent.supervise.child import ChildSupervisor
+from agent.supervise.supervisor import LaunchSpec
 from tests.helpers.artifacts import program_source
 
 
@@ -54,8 +54,8 @@ def start_in_another_agent(state: StateDir, spec: LaunchSpec) -> int:
     """Start ``spec`` from a separate Python process that then exits (a gone agent)."""
     code = (
         "import sys; from pathlib import Path\n"
-        "from agent.runtimes.child import ChildSupervisor\n"
-        "from agent.runtimes.supervisor import LaunchSpec\n"
+        "from agent.supervise.child import ChildSupervisor\n"
+        "from agent.supervise.supervisor import LaunchSpec\n"
         "from agent.state import StateDir\n"
         f"sup = ChildSupervisor(StateDir(Path({str(state.root)!r})))\n"
         f"print(sup.start(LaunchSpec({spec.name!r}, {spec.argv!r}, Path({str(spec.cwd)!r}))).pid)\n"

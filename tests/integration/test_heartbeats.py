@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reconciler.plan.status import rfc3339
 from reconciler.reportbook import FLUSH_SECONDS, ReportBook
 from reconciler.store import open_store
 from reconciler.store.base import AuditEvent, NodeRecord, ReportRecord
+from reconciler.views.fleet_status import rfc3339
 from tests.helpers.fleet import LoopRig, fleet_files, nodes_named, release_doc, report_doc
 from tests.helpers.server import api_harness, restart, start_server
 
@@ -155,7 +155,7 @@ def test_sigkill_keeps_changed_reports_and_flushed_last_seen(tmp_path: Path) -> 
 
 def test_stale_detection_reads_last_seen_from_memory(tmp_path: Path) -> None:
     """A node whose repeats never reached the store (no flush yet) is not Stale."""
-    from reconciler.loop import Reconciler
+    from reconciler.loop.reconciler import Reconciler
     from reconciler.source import GitSource
 
     files = fleet_files(nodes_named("n1", "n2"), [release_doc("app", "1.0.0", soak=0)])
@@ -231,7 +231,7 @@ def test_publish_wakes_only_the_changed_nodes_pollers(tmp_path: Path) -> None:
 
 
 def test_served_loop_plans_incrementally_and_a_quiet_pass_writes_nothing(tmp_path: Path) -> None:
-    from reconciler.loop import Reconciler
+    from reconciler.loop.reconciler import Reconciler
     from reconciler.source import GitSource
 
     nodes = ("n1", "n2", "n3", "n4")

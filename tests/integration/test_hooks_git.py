@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.cli import main
-from reconciler.hooks import MARKER
+from reconciler.githooks import MARKER
 from tests.helpers.git import commit_all, fleet_repo_from_example, git, head, init_repo
 
 GOOD = "releases/inference-agent/0.8.4.yaml"

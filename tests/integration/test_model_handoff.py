@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from agent import procinfo
-from agent.runtimes.child import ChildSupervisor
-from agent.runtimes.supervisor import HandoffSupervisor, LaunchSpec
 from agent.state import StateDir
+from agent.supervise.child import ChildSupervisor
+from agent.supervise.supervisor import HandoffSupervisor, LaunchSpec
 
 SLEEP = "import sys, time; time.sleep(120)"
 

@@ -19,14 +19,13 @@ import httpx
 import pytest
 
 from tests.helpers.agents import AgentProc, running_agents
-from tests.helpers.artifacts import ArtifactServer
+from tests.helpers.artifact_server import ArtifactServer, free_port
 from tests.helpers.fleet import API, FleetRepo, fleet_doc, node_doc, rollout_block
+from tests.helpers.model_servers import runtime_available
 from tests.helpers.models import (
     ModelFile,
     corrupt_gguf,
-    free_port,
     pack_mlx_model,
-    runtime_available,
     write_gguf,
     write_mlx_model,
 )

@@ -18,18 +18,15 @@ from agent.errors import WorkloadError
 from agent.runtimes import runtime_for
 from agent.runtimes.llama_cpp import LlamaCppRuntime
 from agent.runtimes.mlx_lm import MlxLmRuntime
-from tests.helpers.models import (
+from tests.helpers.artifact_server import free_port
+from tests.helpers.model_servers import (
     RunningServer,
-    corrupt_gguf,
-    free_port,
     install_version,
     model_doc,
-    pack_mlx_model,
     runtime_available,
     wait_healthy,
-    write_gguf,
-    write_mlx_model,
 )
+from tests.helpers.models import corrupt_gguf, pack_mlx_model, write_gguf, write_mlx_model
 
 pytestmark = pytest.mark.models
 

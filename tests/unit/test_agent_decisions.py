@@ -16,15 +16,15 @@ from agent.layout import path_within
 from agent.prove import judge_probe, judge_process, locate_version, names_version
 from agent.report import Observed, build_report, decide_phase, workload_entry
 from agent.runtimes import runtime_for, runtime_key
-from agent.runtimes.child import backoff_seconds
-from agent.runtimes.restart_check import (
+from agent.supervise.child import backoff_seconds
+from agent.supervise.restart_check import (
     UnitSnapshot,
     parse_launchctl_print,
     parse_systemctl_show,
     verify_restart,
 )
-from agent.runtimes.service import launchd_plist, systemd_unit
-from agent.runtimes.supervisor import LaunchSpec
+from agent.supervise.service import launchd_plist, systemd_unit
+from agent.supervise.supervisor import LaunchSpec
 from agent.unpack import check_link_target, check_member_name
 
 

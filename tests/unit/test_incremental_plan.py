@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reconciler.plan.incremental import Memo, replan
-from reconciler.plan.reports import NodeReport
+from reconciler.plan.observations import NodeReport
 from reconciler.plan.rollout import Plan, compute_plan
 from reconciler.plan.select import inventory
 from tests.helpers.fleet import (

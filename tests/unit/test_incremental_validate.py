@@ -17,7 +17,7 @@ from reconciler.validate import (
     validate_files,
     validate_incremental,
 )
-from reconciler.validate.report import Violation
+from reconciler.validate.violations import Violation
 from tests.helpers.fleetfiles import FLEET, SHA_B, basic_fleet, node, release
 
 Files = dict[str, str]

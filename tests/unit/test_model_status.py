@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.report.view import node_rows
+from reconciler.views.view import node_rows
 
 
 @pytest.mark.parametrize(

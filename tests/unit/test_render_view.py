@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from reconciler.report.tables import audit_table, fleet_view
-from reconciler.report.timefmt import ago, duration, parse_since, to_unix
-from reconciler.report.view import (
+from reconciler.store.base import AuditEvent
+from reconciler.views.tables import audit_table, fleet_view
+from reconciler.views.timefmt import ago, duration, parse_since, to_unix
+from reconciler.views.view import (
     EXIT_FAILED,
     EXIT_IN_PROGRESS,
     EXIT_OK,
@@ -19,7 +20,6 @@ from reconciler.report.view import (
     node_rows,
     release_rows,
 )
-from reconciler.store.base import AuditEvent
 
 NOW = 1_800_000_000.0
 SHA = "0123456789abcdef0123456789abcdef01234567"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,10 +76,11 @@ def batch_of(s: PlanSim, name: str = "app") -> str | None:
 
 
 V = "1.0.0"
-SCENARIOS: dict[str, tuple[PlanSim, list[Want]]] = {
+# Each case builds its simulation afresh (a factory), so no run sees another's state.
+SCENARIOS: dict[str, tuple[Callable[[], PlanSim], list[Want]]] = {
     # five nodes, batch 2, soak 300: n3 gets nothing until n1 and n2 have soaked
     "batch2-soak": (
-        sim(release_doc("app", V, batch_size=2, soak=300, timeout=900)),
+        lambda: sim(release_doc("app", V, batch_size=2, soak=300, timeout=900)),
         [
             Want(0, {"n1": V, "n2": V, "n3": None, "n4": None, "n5": None}, "Progressing", "1/3"),
             Want(60, {"n1": V, "n2": V, "n3": None, "n4": None, "n5": None}, "Soaking", "1/3"),
@@ -90,7 +92,7 @@ SCENARIOS: dict[str, tuple[PlanSim, list[Want]]] = {
     ),
     # canary first, alone
     "canary": (
-        sim(release_doc("app", V, batch_size=5, canary=["n3"], soak=60)),
+        lambda: sim(release_doc("app", V, batch_size=5, canary=["n3"], soak=60)),
         [
             Want(
                 0, {"n1": None, "n2": None, "n3": V, "n4": None, "n5": None}, "Progressing", "1/2"
@@ -103,7 +105,7 @@ SCENARIOS: dict[str, tuple[PlanSim, list[Want]]] = {
     ),
     # percentage batch size: 40% of 5 -> 2 at a time
     "percent": (
-        sim(release_doc("app", V, batch_size="40%", soak=0)),
+        lambda: sim(release_doc("app", V, batch_size="40%", soak=0)),
         [
             Want(0, {"n1": V, "n2": V, "n3": None, "n4": None, "n5": None}, "Progressing", "1/3"),
             Want(30, {"n1": V, "n2": V, "n3": V, "n4": V, "n5": None}, "Progressing", "2/3"),
@@ -113,7 +115,7 @@ SCENARIOS: dict[str, tuple[PlanSim, list[Want]]] = {
     ),
     # n2 fails its health check: Halted naming n2, n3..n5 untouched, forever
     "fail-halts": (
-        sim(release_doc("app", V, batch_size=2, soak=60)),
+        lambda: sim(release_doc("app", V, batch_size=2, soak=60)),
         [
             Want(
                 0, {"n1": V, "n2": V, "n3": None}, "Progressing", "1/3", agents={"n2": "fail:app"}
@@ -124,7 +126,7 @@ SCENARIOS: dict[str, tuple[PlanSim, list[Want]]] = {
     ),
     # unhealthy but not Failed: waits until the timeout, then halts naming the node
     "timeout-halts": (
-        sim(release_doc("app", V, batch_size=2, soak=60, timeout=300)),
+        lambda: sim(release_doc("app", V, batch_size=2, soak=60, timeout=300)),
         [
             Want(0, {"n1": V, "n2": V}, "Progressing", "1/3", agents={"n1": "unhealthy:app"}),
             Want(270, {"n1": V, "n2": V, "n3": None}, "Progressing", "1/3"),
@@ -136,8 +138,8 @@ SCENARIOS: dict[str, tuple[PlanSim, list[Want]]] = {
 
 @pytest.mark.parametrize("case", sorted(SCENARIOS))
 def test_rollout_scenario(case: str) -> None:
-    s, wants = SCENARIOS[case]
-    s.agents = {}
+    build, wants = SCENARIOS[case]
+    s = build()
     for want in wants:
         s.agents.update(want.agents)
         if want.at == 0:

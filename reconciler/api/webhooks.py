@@ -40,7 +40,7 @@ def verify(secret: str, body: bytes, header: str | None, prefix: str) -> bool:
     return hmac.compare_digest(sign(secret, body).encode(), header[len(prefix) :].encode())
 
 
-def hook_routes(ctx: ApiContext) -> list[Route]:
+def webhook_routes(ctx: ApiContext) -> list[Route]:
     async def hook(request: Request) -> Response:
         provider = str(request.path_params["provider"])
         if provider not in PROVIDERS:

@@ -23,19 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent import procinfo
-from agent.errors import WorkloadError
+from agent.errors import SupervisorError
 from agent.procinfo import ProcInfo
-from agent.runtimes.supervisor import LaunchSpec
-from agent.state import StateDir, read_json, write_json
+from agent.state import StateDir
+from agent.supervise.records import ProcessRecords
+from agent.supervise.supervisor import LaunchSpec
 
 log = logging.getLogger(__name__)
 
 STABLE_SECONDS = 10.0
 WORKLOAD_ENV = "FLEETKEEPER_WORKLOAD"
-
-
-class SupervisorError(WorkloadError):
-    reason = "StartFailed"
 
 
 @dataclass
@@ -77,6 +74,77 @@ def rotate(path: Path, keep: int) -> None:
         fh.truncate(0)
 
 
+def terminate(
+    pid: int, popen: subprocess.Popen[bytes] | None, start_id: str | None, *, grace: float
+) -> None:
+    """Stop the process group of ``pid``: SIGTERM, SIGKILL after ``grace`` seconds; nothing
+    of the group survives. A recorded process (no ``popen``) that is no longer the same
+    instance (``start_id``) is left alone: its PID may belong to someone else now."""
+    if popen is None and start_id is not None and not procinfo.alive(pid, start_id):
+        return
+    procinfo.kill_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if popen is not None:
+            if popen.poll() is not None:
+                break
+        elif procinfo.read(pid) is None:
+            break
+        time.sleep(0.02)
+    else:
+        log.warning("pid %d ignored SIGTERM for %.1fs; sending SIGKILL", pid, grace)
+    # Whatever the leader did, nothing of the group may survive it.
+    procinfo.kill_group(pid, signal.SIGKILL)
+    if popen is None:
+        reap(pid)
+    if popen is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            popen.wait(timeout=2)
+
+
+def spawn(spec: LaunchSpec, logfile: Path) -> subprocess.Popen[bytes]:
+    """Start ``spec`` in its own session, its output appended to ``logfile`` after a start
+    line (``last_error_line`` reads from the last one)."""
+    # The marker lets a later agent recognise an unrecorded process as this workload's.
+    env = {**os.environ, **spec.env, WORKLOAD_ENV: spec.name}
+    with open(logfile, "ab") as out:
+        out.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} start {list(spec.argv)}\n".encode())
+        out.flush()
+        try:
+            return subprocess.Popen(
+                list(spec.argv),
+                cwd=spec.cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise SupervisorError(
+                f"cannot start {spec.name}: {list(spec.argv)} in {spec.cwd}: {exc}"
+            ) from exc
+
+
+def stop_strays(
+    name: str, belongs: Callable[[ProcInfo], bool], keep: int | None, *, grace: float
+) -> None:
+    """Stop unrecorded processes of ``name``: an agent killed between starting a process
+    and recording it left one behind; adopting one and starting another would run the
+    workload twice."""
+    own = os.getpid()
+    for pid in procinfo.session_leaders():
+        if pid in (keep, own):
+            continue
+        if not procinfo.environ_has(pid, WORKLOAD_ENV, name):
+            continue  # not started by an agent as this workload (e.g. someone's shell)
+        info = procinfo.read(pid)
+        if info is not None and belongs(info):
+            log.warning("stopping unrecorded %s pid %d left by an earlier agent", name, pid)
+            terminate(pid, None, info.start_id, grace=grace)
+
+
 class ChildSupervisor:
     def __init__(
         self,
@@ -95,35 +163,14 @@ class ChildSupervisor:
         self._procs: dict[str, _Managed] = {}
         self._retiring: dict[str, _Managed] = {}  # old processes of a blue/green handoff
         self._lock = threading.RLock()
+        self.records = ProcessRecords(state)
 
-    # -- records --------------------------------------------------------------------------
     def _write_record(self, m: _Managed) -> None:
-        write_json(
-            self.state.process_file(m.spec.name),
-            {
-                "pid": m.pid,
-                "startId": m.start_id,
-                "argv": list(m.spec.argv),
-                "cwd": str(m.spec.cwd),
-                "env": dict(m.spec.env),
-                "startedAt": m.started,
-            },
-            mode=0o600,
-        )
-
-    def _drop_record(self, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.state.process_file(name).unlink()
+        self.records.write(m.spec, m.pid, m.start_id, m.started)
 
     def recorded(self, name: str) -> ProcInfo | None:
         """The recorded process of ``name`` when it still runs (the same instance)."""
-        rec = read_json(self.state.process_file(name))
-        if not isinstance(rec, dict) or not isinstance(rec.get("pid"), int):
-            return None
-        info = procinfo.read(rec["pid"])
-        if info is None or info.start_id != rec.get("startId"):
-            return None
-        return info
+        return self.records.alive(name)
 
     # -- Supervisor protocol --------------------------------------------------------------
     def adopt(self, name: str, belongs: Callable[[ProcInfo], bool]) -> ProcInfo | None:
@@ -133,25 +180,20 @@ class ChildSupervisor:
             self.retire(name)
             if name in self._procs:
                 return self.running(name)
-            rec = read_json(self.state.process_file(name))
+            rec = self.records.read(name)
             info = self.recorded(name)
             self._stop_strays(name, belongs, keep=info.pid if info else None)
-            if info is None or not isinstance(rec, dict):
-                self._drop_record(name)
+            if info is None or rec is None:
+                self.records.drop(name)
                 return None
             if not belongs(info):
                 log.info(
                     "stopping %s pid %d left by an earlier agent (not ours now)", name, info.pid
                 )
                 self._terminate(info.pid, None)
-                self._drop_record(name)
+                self.records.drop(name)
                 return None
-            spec = LaunchSpec(
-                name,
-                tuple(rec.get("argv") or ()),
-                Path(rec.get("cwd") or "/"),
-                dict(rec.get("env") or {}),
-            )
+            spec = self.records.spec_of(name, rec)
             self._procs[name] = _Managed(
                 spec, info.pid, info.start_id, None, float(rec.get("startedAt") or info.start_time)
             )
@@ -162,11 +204,11 @@ class ChildSupervisor:
         """Track the recorded process of ``name`` without stopping or starting anything
         (read-only views such as ``fleetkeeper-agent status``)."""
         with self._lock:
-            rec = read_json(self.state.process_file(name))
+            rec = self.records.read(name)
             info = self.recorded(name)
-            if info is None or not isinstance(rec, dict):
+            if info is None or rec is None:
                 return None
-            spec = LaunchSpec(name, tuple(rec.get("argv") or ()), Path(rec.get("cwd") or "/"))
+            spec = self.records.spec_of(name, rec, with_env=False)
             m = _Managed(spec, info.pid, info.start_id, None, info.start_time)
             m.auto_restart = False
             self._procs[name] = m
@@ -175,19 +217,7 @@ class ChildSupervisor:
     def _stop_strays(
         self, name: str, belongs: Callable[[ProcInfo], bool], keep: int | None
     ) -> None:
-        """Stop unrecorded processes of ``name``: an agent killed between starting a process
-        and recording it left one behind; adopting one and starting another would run the
-        workload twice."""
-        own = os.getpid()
-        for pid in procinfo.session_leaders():
-            if pid in (keep, own):
-                continue
-            if not procinfo.environ_has(pid, WORKLOAD_ENV, name):
-                continue  # not started by an agent as this workload (e.g. someone's shell)
-            info = procinfo.read(pid)
-            if info is not None and belongs(info):
-                log.warning("stopping unrecorded %s pid %d left by an earlier agent", name, pid)
-                self._terminate(pid, None, info.start_id)
+        stop_strays(name, belongs, keep, grace=self.grace)
 
     def start(self, spec: LaunchSpec) -> ProcInfo:
         with self._lock:
@@ -211,28 +241,7 @@ class ChildSupervisor:
         logfile.parent.mkdir(parents=True, exist_ok=True)
         if logfile.exists() and logfile.stat().st_size > self.log_max_bytes:
             rotate(logfile, self.log_keep)
-        # The marker lets a later agent recognise an unrecorded process as this workload's.
-        env = {**os.environ, **spec.env, WORKLOAD_ENV: spec.name}
-        with open(logfile, "ab") as out:
-            out.write(
-                f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} start {list(spec.argv)}\n".encode()
-            )
-            out.flush()
-            try:
-                popen = subprocess.Popen(
-                    list(spec.argv),
-                    cwd=spec.cwd,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    close_fds=True,
-                )
-            except OSError as exc:
-                raise SupervisorError(
-                    f"cannot start {spec.name}: {list(spec.argv)} in {spec.cwd}: {exc}"
-                ) from exc
+        popen = spawn(spec, logfile)
         info = procinfo.read(popen.pid)
         start_id = info.start_id if info else "exited"
         m = _Managed(spec, popen.pid, start_id, popen, time.time())
@@ -250,31 +259,12 @@ class ChildSupervisor:
                 info = self.recorded(name)
                 if info is not None:
                     self._terminate(info.pid, None)
-            self._drop_record(name)
+            self.records.drop(name)
 
     def _terminate(
         self, pid: int, popen: subprocess.Popen[bytes] | None, start_id: str | None = None
     ) -> None:
-        if popen is None and start_id is not None and not procinfo.alive(pid, start_id):
-            return
-        procinfo.kill_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.grace
-        while time.monotonic() < deadline:
-            if popen is not None:
-                if popen.poll() is not None:
-                    break
-            elif procinfo.read(pid) is None:
-                break
-            time.sleep(0.02)
-        else:
-            log.warning("pid %d ignored SIGTERM for %.1fs; sending SIGKILL", pid, self.grace)
-        # Whatever the leader did, nothing of the group may survive it.
-        procinfo.kill_group(pid, signal.SIGKILL)
-        if popen is None:
-            reap(pid)
-        if popen is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                popen.wait(timeout=2)
+        terminate(pid, popen, start_id, grace=self.grace)
 
     def restart(self, spec: LaunchSpec) -> ProcInfo:
         with self._lock:
@@ -286,10 +276,6 @@ class ChildSupervisor:
             return info
 
     # -- blue/green handoff (HandoffSupervisor) --------------------------------------------
-    def _retiring_file(self, name: str) -> Path:
-        # Not *.json: the converge step lists workloads from processes/*.json.
-        return self.state.process_file(name).with_suffix(".retiring")
-
     def handoff(self, spec: LaunchSpec) -> ProcInfo:
         """Start ``spec`` while the running process keeps running (they share the port);
         :meth:`retire` stops the old one. Nothing running: a plain restart."""
@@ -298,11 +284,7 @@ class ChildSupervisor:
             if old is None or self.running(spec.name) is None:
                 return self.restart(spec)
             self.retire(spec.name)  # at most one old process at a time
-            write_json(
-                self._retiring_file(spec.name),
-                {"pid": old.pid, "startId": old.start_id},
-                mode=0o600,
-            )
+            self.records.write_retiring(spec.name, old.pid, old.start_id)
             del self._procs[spec.name]
             self._retiring[spec.name] = old
             try:
@@ -311,7 +293,7 @@ class ChildSupervisor:
                 # The new one did not start: the old one stays the workload's process.
                 self._procs[spec.name] = self._retiring.pop(spec.name)
                 self._write_record(old)
-                self._retiring_file(spec.name).unlink(missing_ok=True)
+                self.records.drop_retiring(spec.name)
                 raise
 
     def retire(self, name: str) -> None:
@@ -321,10 +303,10 @@ class ChildSupervisor:
                 log.info("stopping %s pid %d (replaced by a handoff)", name, m.pid)
                 self._terminate(m.pid, m.popen, m.start_id)
             else:
-                rec = read_json(self._retiring_file(name))
-                if isinstance(rec, dict) and isinstance(rec.get("pid"), int):
-                    self._terminate(rec["pid"], None, str(rec.get("startId")))
-            self._retiring_file(name).unlink(missing_ok=True)
+                left = self.records.retiring(name)
+                if left is not None:
+                    self._terminate(left[0], None, left[1])
+            self.records.drop_retiring(name)
 
     def running(self, name: str) -> ProcInfo | None:
         with self._lock:

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 import schema
-from reconciler.plan.status import fleet_status
 from reconciler.store.base import AppliedRevision, DesiredRecord, NodeRecord, ReportRecord
+from reconciler.views.fleet_status import fleet_status
 from tests.helpers.fleet import PlanSim, fleet_files, nodes_named, release_doc
 
 V = "1.0.0"

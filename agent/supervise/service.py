@@ -17,15 +17,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from agent import procinfo
+from agent.errors import SupervisorError
 from agent.procinfo import ProcInfo
-from agent.runtimes.child import SupervisorError
-from agent.runtimes.restart_check import (
+from agent.supervise.restart_check import (
     UnitSnapshot,
     parse_launchctl_print,
     parse_systemctl_show,
     verify_restart,
 )
-from agent.runtimes.supervisor import LaunchSpec
+from agent.supervise.supervisor import LaunchSpec
 
 log = logging.getLogger(__name__)
 

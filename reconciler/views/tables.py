@@ -1,6 +1,6 @@
 """Rich tables for ``fleetkeeper status`` and ``fleetkeeper audit`` (pure rendering).
 
-Rows come from ``reconciler.report.view``; stale and failed rows are drawn in red so they
+Rows come from ``reconciler.views.view``; stale and failed rows are drawn in red so they
 stand out, rollouts in progress in yellow.
 """
 
@@ -13,7 +13,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from reconciler.report.view import (
+from reconciler.views.view import (
     AuditRow,
     NodeRow,
     ReleaseRow,

@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
-from reconciler.plan.reports import NodeReport
+from reconciler.plan.observations import NodeReport
 from reconciler.plan.rollout import workload_entry
 from reconciler.plan.select import latest_versions
 from reconciler.plan.state import RolloutState, state_from_json
@@ -166,42 +166,14 @@ def release_row(
     }
 
 
-def fleet_status(
+def _release_rows(
     spec: FleetSpec | None,
-    nodes: Sequence[NodeRecord],
     rollout_states: Mapping[str, Mapping[str, JSON]],
-    reports: Sequence[ReportRecord],
-    desired: Sequence[DesiredRecord],
+    last: Mapping[str, NodeReport],
     now: float,
     ttl: float,
-    *,
-    applied: AppliedRevision | None = None,
-    blocked: Sequence[Mapping[str, JSON]] = (),
-) -> dict[str, JSON]:
-    """The ``GET /v1/fleet`` document.
-
-    ``blocked``: release rows for the newest tip when it is ``Unapproved`` or ``Invalid``
-    (the loop keeps them in store meta ``tip-status``, see ``reconciler.loop``).
-    """
-    last = {r.node: NodeReport.from_json(r.node, r.report, r.received_at) for r in reports}
-    facts: dict[str, Mapping[str, JSON]] = {}
-    for rec in nodes:
-        facts[rec.name] = rec.facts
-    if spec is not None:
-        for name, n in spec.nodes.items():
-            reg = facts.get(name, {})
-            facts[name] = {
-                "platform": n.platform,
-                "accelerator": n.accelerator,
-                "roles": list(n.roles),
-                "runtimes": reg.get("runtimes", {}),
-            }
-    docs = {d.node: d.document for d in desired}
-    names = sorted(set(facts) | set(docs))
-    node_rows: list[JSON] = [
-        _node_row(n, facts.get(n, {}), last.get(n), docs.get(n), now, ttl) for n in names
-    ]
-
+) -> list[JSON]:
+    """One row per live rollout, after the row of the rollout it superseded (if shown)."""
     live = set(latest_versions(spec)) if spec is not None else None
     releases: list[JSON] = []
     for name in sorted(rollout_states):
@@ -225,6 +197,47 @@ def fleet_status(
                 }
             )
         releases.append(release_row(s, last, now, ttl))
+    return releases
+
+
+def fleet_status(
+    spec: FleetSpec | None,
+    nodes: Sequence[NodeRecord],
+    rollout_states: Mapping[str, Mapping[str, JSON]],
+    reports: Sequence[ReportRecord],
+    desired: Sequence[DesiredRecord],
+    now: float,
+    ttl: float,
+    *,
+    applied: AppliedRevision | None = None,
+    blocked: Sequence[Mapping[str, JSON]] = (),
+) -> dict[str, JSON]:
+    """The ``GET /v1/fleet`` document.
+
+    ``blocked``: release rows for the newest tip when it is ``Unapproved`` or ``Invalid``
+    (the loop keeps them in store meta ``tip-status``: ``reconciler.loop.meta``,
+    ``reconciler.loop.tip``).
+    """
+    last = {r.node: NodeReport.from_json(r.node, r.report, r.received_at) for r in reports}
+    facts: dict[str, Mapping[str, JSON]] = {}
+    for rec in nodes:
+        facts[rec.name] = rec.facts
+    if spec is not None:
+        for name, n in spec.nodes.items():
+            reg = facts.get(name, {})
+            facts[name] = {
+                "platform": n.platform,
+                "accelerator": n.accelerator,
+                "roles": list(n.roles),
+                "runtimes": reg.get("runtimes", {}),
+            }
+    docs = {d.node: d.document for d in desired}
+    names = sorted(set(facts) | set(docs))
+    node_rows: list[JSON] = [
+        _node_row(n, facts.get(n, {}), last.get(n), docs.get(n), now, ttl) for n in names
+    ]
+
+    releases = _release_rows(spec, rollout_states, last, now, ttl)
     releases.extend(dict(b) for b in blocked)
     return {
         "revision": applied.sha if applied is not None else None,

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from reconciler.report.timefmt import ago, duration, iso, to_unix
+from reconciler.views.timefmt import ago, duration, iso, to_unix
 
 Tone = Literal["ok", "busy", "bad", "stale", "muted"]
 

@@ -21,7 +21,7 @@ from typing import Literal, TextIO
 from reconciler import gitfiles
 from reconciler.errors import FleetkeeperError
 from reconciler.validate import validate_files
-from reconciler.validate.report import summary
+from reconciler.validate.violations import summary
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,119 @@
+"""One desired workload, parsed once from the desired-state document into a frozen value.
+
+The client validated the document against ``schema/desired-state.schema.json``; this is the
+one place that reads its fields, so the converge, stage, self-update and observe steps work
+on typed attributes. ``doc`` keeps the entry as received: the runtimes describe a process
+from it, and it is what gets saved (``<stateDir>/workloads/<name>/<version>.json``) to
+start that version again later. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agent.errors import WorkloadError
+from agent.runtimes.base import WorkloadDoc
+
+DEFAULT_HEALTH_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Artifact:
+    url: str
+    sha256: str
+    size: int | None
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    kind: str  # process | model
+    version: str
+    artifact: Artifact
+    health_timeout: float  # seconds a restarted version has to prove itself
+    # Whether "healthy" means more than "running": a health URL, or a model server's own.
+    has_health_check: bool
+    doc: WorkloadDoc
+
+    @classmethod
+    def parse(cls, doc: Mapping[str, Any]) -> Workload:
+        """The workload entry ``doc``; a WorkloadError names the field that is missing."""
+        name = doc.get("name")
+        if not isinstance(name, str) or not name:
+            raise WorkloadError(f"a desired workload has no name: {dict(doc)!r:.200}")
+        artifact = doc.get("artifact")
+        if not isinstance(artifact, Mapping) or "sha256" not in artifact or "url" not in artifact:
+            raise WorkloadError(f"workload {name!r}: artifact.url and artifact.sha256 are required")
+        if "version" not in doc:
+            raise WorkloadError(f"workload {name!r}: version is required")
+        health = doc.get("health") or {}
+        size = artifact.get("size")
+        return cls(
+            name=name,
+            kind=str(doc.get("kind", "process")),
+            version=str(doc["version"]),
+            artifact=Artifact(
+                str(artifact["url"]),
+                str(artifact["sha256"]),
+                size if isinstance(size, int) else None,
+            ),
+            health_timeout=float(health.get("timeoutSeconds", DEFAULT_HEALTH_TIMEOUT)),
+            has_health_check=bool(health.get("http")) or doc.get("kind") == "model",
+            doc=doc,
+        )
+
+    @property
+    def program(self) -> str:
+        """The program ``run.command`` starts (the agent's own, for a self-update)."""
+        return str((self.doc.get("run") or {}).get("command", ["bin/fleetkeeper-agent"])[0])
+
+
+@dataclass(frozen=True)
+class Desired:
+    """A node's desired-state document: its generation and workload entries (as received)."""
+
+    generation: int
+    entries: tuple[Mapping[str, Any], ...]
+
+    @classmethod
+    def parse(cls, document: Mapping[str, Any] | None) -> Desired:
+        """``document`` (None: nothing desired yet, as before the first poll)."""
+        doc = document or {}
+        return cls(int(doc.get("generation", 0)), tuple(doc.get("workloads", [])))
+
+    def names(self) -> set[str]:
+        return {str(e["name"]) for e in self.entries}
+
+    def entry(self, name: str) -> Mapping[str, Any] | None:
+        return next((e for e in self.entries if e.get("name") == name), None)
+
+    def key(self, entry: Mapping[str, Any]) -> str:
+        """The ledger's identity of ``entry`` in this document."""
+        return doc_key(self.generation, entry)
+
+
+def doc_key(generation: int, workload: Mapping[str, Any]) -> str:
+    """Identity of one workload's desired entry in one document (pure).
+
+    Not :func:`fleetkeeper_common.canonical.canonical_json`: the keys are stored in
+    ``failed.json``, and an agent upgraded across a change of separators would retry a
+    target it already knows to be bad.
+    """
+    blob = json.dumps([generation, workload], sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What converging one workload came to."""
+
+    ok: bool
+    phase: str
+    message: str
+    timings: Mapping[str, float]
+    # A self-update hands over: the daemon must exec this argv now (same PID).
+    exec_argv: tuple[str, ...] = ()

@@ -154,7 +154,9 @@ class Reconciler:
         if plan is not None:
             spec = self._parts.spec
             live = set(latest_versions(spec)) if spec is not None else set()
-            halted, busy = rollout_progress(plan.rollouts, live)
+            memo = p.replan.memo.rollouts if p.replan is not None else {}
+            parsed = {name: m.state for name, m in memo.items()}
+            halted, busy = rollout_progress(plan.rollouts, live, parsed)
         return Findings(
             revision=sha,
             planned=plan is not None,

@@ -83,7 +83,8 @@ class WorkingSet:
         seen = self._registrations
         if self._nodes is None or seen != self._nodes_seen:
             self._nodes = [
-                NodeFacts.from_registration(r.name, r.facts) for r in self._store.nodes()
+                NodeFacts.from_registration(r.name, r.facts, r.admission)
+                for r in self._store.nodes()
             ]
             self._nodes_seen, self._inventory = seen, None
         if basis != self._basis or self._inventory is None:

@@ -10,10 +10,10 @@ from reconciler.api.auth import NodeTokens
 from reconciler.api.hub import DesiredHub
 from reconciler.api.metrics import Metrics
 from reconciler.config import DEFAULT_HEARTBEAT_TTL, DEFAULT_MAX_BODY, Config
-from reconciler.groupcommit import GroupCommit
+from reconciler.forges import DeliveryLog
 from reconciler.reportbook import ReportBook
 from reconciler.spec import FleetSpec
-from reconciler.store.base import AuditEvent, NodeRecord, Store
+from reconciler.store.base import Store
 
 MAX_WAIT_SECONDS = 60
 
@@ -55,14 +55,14 @@ class ApiContext:
     tokens: NodeTokens
     metrics: Metrics
     reports: ReportBook  # last report per node; repeats only move lastSeen in memory
-    # registrations (node + audit record) that arrive together share one transaction
-    registrations: GroupCommit[tuple[NodeRecord, AuditEvent]]
     wake: Callable[[], None] = _nothing  # a report or registration arrived: reconcile soon
     registered: Callable[[], None] = _nothing  # a node's facts changed: re-read the inventory
     trigger: Callable[[], None] = _nothing  # a valid webhook: fetch the fleet repo now
     ready: Callable[[], bool] = _always  # the first reconcile pass is done
     spec: Callable[[], FleetSpec | None] = _no_spec  # the applied revision's spec, if known
     clock: Callable[[], float] = time.time
+    # webhook deliveries accepted lately: a replay is answered without fetching
+    deliveries: DeliveryLog = field(default_factory=DeliveryLog)
 
     @classmethod
     def load(
@@ -76,5 +76,4 @@ class ApiContext:
             tokens=NodeTokens((n.name, n.token_hash) for n in store.nodes()),
             metrics=metrics or Metrics(),
             reports=ReportBook(store, store.reports(), settings.heartbeat_ttl),
-            registrations=GroupCommit(store.register_nodes, "registration(s)"),
         )

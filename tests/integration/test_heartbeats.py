@@ -15,7 +15,7 @@ from typing import Any
 
 from reconciler.reportbook import FLUSH_SECONDS, ReportBook
 from reconciler.store import open_store
-from reconciler.store.base import AuditEvent, NodeRecord, ReportRecord
+from reconciler.store.base import ReportRecord
 from reconciler.views.fleet_status import rfc3339
 from tests.helpers.fleet import LoopRig, fleet_files, nodes_named, release_doc, report_doc
 from tests.helpers.server import api_harness, restart, start_server
@@ -106,30 +106,6 @@ def test_a_failed_write_acknowledges_nothing(tmp_path: Path) -> None:
     assert book.records() == []  # and memory did not pretend otherwise
 
 
-def test_registrations_arriving_together_share_one_transaction(tmp_path: Path) -> None:
-    with api_harness(tmp_path) as h:
-
-        async def burst() -> None:
-            import httpx
-
-            headers = {"Authorization": f"Bearer {h.bootstrap_token}"}
-            async with httpx.AsyncClient(base_url=h.url, headers=headers) as c:
-                from tests.helpers.server import register_doc
-
-                rs = await asyncio.gather(
-                    *(
-                        c.post(f"/v1/nodes/n{i}/register", json=register_doc(f"n{i}"))
-                        for i in range(40)
-                    )
-                )
-                assert all(r.status_code == 200 for r in rs)
-
-        asyncio.run(burst())
-        assert len(h.ctx.store.nodes()) == 40
-        assert sum(e.kind == "registered" for e in h.ctx.store.audit()) == 40
-        assert h.ctx.registrations.transactions < 40
-
-
 def test_sigkill_keeps_changed_reports_and_flushed_last_seen(tmp_path: Path) -> None:
     server = start_server(tmp_path)
     try:
@@ -183,23 +159,6 @@ def test_stale_detection_reads_last_seen_from_memory(tmp_path: Path) -> None:
         assert [e.node for e in rig.store.audit(limit=1000) if e.kind == "stale"] == ["n2"]
     finally:
         rig.close()
-
-
-def test_register_nodes_is_one_transaction_of_nodes_and_audit(tmp_path: Path) -> None:
-    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
-    try:
-        items = [
-            (
-                NodeRecord(f"n{i}", {"platform": "linux/amd64"}, "0" * 64, 1.0),
-                AuditEvent(1.0, "registered", f"n{i}", node=f"n{i}"),
-            )
-            for i in range(3)
-        ]
-        store.register_nodes(items)
-        assert [n.name for n in store.nodes()] == ["n0", "n1", "n2"]
-        assert [e.node for e in store.audit()] == ["n0", "n1", "n2"]
-    finally:
-        store.close()
 
 
 def test_publish_wakes_only_the_changed_nodes_pollers(tmp_path: Path) -> None:

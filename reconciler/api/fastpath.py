@@ -71,7 +71,10 @@ class DesiredFastPath:
             return False
         # a long-poll waits here, without the routing stack's frames and objects (one
         # per waiting agent: 10,000 of them)
-        entry = await ctx.hub.wait_change(node, etag, wait) if wait > 0 else None
+        entry = None
+        if wait > 0:
+            with ctx.metrics.long_polls.track_inprogress():
+                entry = await ctx.hub.wait_change(node, etag, wait)
         if entry is None or entry.etag == etag:
             ctx.metrics.poll_304.inc()
             headers = [(b"etag", etag.encode())]

@@ -24,6 +24,7 @@ DEFAULT_HEARTBEAT_TTL = 90
 DEFAULT_POLL_INTERVAL = 60.0
 DEFAULT_MAX_BODY = 1024 * 1024
 DEFAULT_STATE_DIR = "/var/lib/fleetkeeper"
+DEFAULT_DESIRED_VALIDITY = 24 * 3600.0
 
 ENV_BOOTSTRAP = "FLEETKEEPER_BOOTSTRAP_TOKEN"
 ENV_ADMIN = "FLEETKEEPER_ADMIN_TOKEN"
@@ -45,6 +46,8 @@ class Config:
     heartbeat_ttl: int = DEFAULT_HEARTBEAT_TTL
     poll_interval: float = DEFAULT_POLL_INTERVAL
     max_body_bytes: int = DEFAULT_MAX_BODY
+    signing_key_file: Path | None = None  # None: <stateDir>/signing_key, made on first start
+    desired_validity: float = DEFAULT_DESIRED_VALIDITY
     source_file: Path | None = None
 
     @property
@@ -107,6 +110,8 @@ def parse_config(
         heartbeat_ttl=int(str(doc.get("heartbeatTTLSeconds", DEFAULT_HEARTBEAT_TTL))),
         poll_interval=float(str(doc.get("pollIntervalSeconds", DEFAULT_POLL_INTERVAL))),
         max_body_bytes=int(str(doc.get("maxBodyBytes", DEFAULT_MAX_BODY))),
+        signing_key_file=_path(base, doc.get("signingKeyFile")),
+        desired_validity=float(str(doc.get("desiredValiditySeconds", DEFAULT_DESIRED_VALIDITY))),
         source_file=source,
     )
 

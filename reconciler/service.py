@@ -27,6 +27,7 @@ from reconciler.approval.engine import Approver
 from reconciler.config import Config
 from reconciler.errors import ConfigError
 from reconciler.loop.reconciler import PassResult, Reconciler
+from reconciler.signing import DocumentSigner, load_or_create_key
 from reconciler.source import GitSource
 from reconciler.store import open_store
 from reconciler.store.base import AuditEvent
@@ -93,7 +94,12 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
     store = MeteredStore(open_store(config.database_url), metrics)
     try:
         source = GitSource(config.repo, config.state_dir, config.branch)
-        ctx = ApiContext.load(store, ApiSettings.from_config(config), metrics)
+        key, key_path = load_or_create_key(config.signing_key_file, config.state_dir)
+        signer = DocumentSigner(key, config.desired_validity)
+        log.info(
+            "signing desired state with %s (%s): %s", signer.keyid, key_path, signer.public_line
+        )
+        ctx = ApiContext.load(store, ApiSettings.from_config(config), metrics, signer)
         reconciler = _MeteredReconciler(
             config, store, source, notify=ctx.hub.notify_from_thread, approver=Approver()
         )

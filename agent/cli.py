@@ -46,12 +46,24 @@ def _setup_logging(level: str) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from agent.local import local_status
+    from agent.keys import TOFU_WARNING
+    from agent.local import desired_judgement, local_status
 
-    rows = local_status(load(args.config))
+    cfg = load(args.config)
+    rows = local_status(cfg)
     if args.format == "json":
         print(json.dumps(rows, indent=1))
         return 0
+    judged = desired_judgement(cfg)
+    if judged:
+        print(f"desired state: {judged.get('phase')} (expires {judged.get('expiresAt') or '-'})")
+        if judged.get("message"):
+            print(f"  {judged['message']}")
+    if cfg.trusted_keys is None:
+        print(
+            "WARNING: "
+            + TOFU_WARNING.format(keyid="see the file", path=cfg.state_dir / "known_signing_keys")
+        )
     from rich.console import Console
     from rich.table import Table
 

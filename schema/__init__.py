@@ -24,6 +24,7 @@ NAMES = (
     "register",
     "register-response",
     "desired-state",
+    "signed-desired-state",
     "status-report",
     "fleet-status",
     "reconciler-config",

@@ -174,6 +174,9 @@ def _story(
             "labels": {"port": str(ports[node])},
             "heartbeatSeconds": 1,
             "pollWaitSeconds": 5,
+            # the demo serves artifacts over plain http on 127.0.0.1: the agent's own
+            # policy must allow it (fleet.yaml cannot)
+            "allowInsecureURLs": True,
         }
         path = write_yaml(root / "nodes" / node / "agent.yaml", agent_cfg)
         procs.start(

@@ -7,11 +7,14 @@ without ``signingKeyFile`` one is generated on first start as ``<stateDir>/signi
 
 A refresh re-signs the same document (same ``generation``) with a later ``issuedAt`` and
 ``expiresAt``: the agent accepts it as the same state, never as a change or a rollback.
+``issuedAt`` is the start of the node's current half-validity period, so a document always
+has at least half its validity left when served.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -83,12 +86,21 @@ class DocumentSigner:
         self.public_line = signing.public_line(key.public_key())
         self.keyid = signing.keyid(key.public_key())
 
+    def issued_at(self, node: str, now: float) -> int:
+        """The signing time of ``node``'s document at ``now``: the start of its current
+        half-validity period, offset per node. Deterministic, so a restarted reconciler
+        signs the same bytes (Ed25519 is deterministic too) and ETags survive restarts;
+        the offset spreads the fleet's refreshes over the period instead of one instant."""
+        half = max(int(self.validity // 2), 1)
+        offset = int.from_bytes(hashlib.sha256(node.encode()).digest()[:4], "big") % half
+        return int((now - offset) // half) * half + offset
+
     def sign(self, document: Mapping[str, object], now: float) -> Signed:
-        issued = int(now)
+        issued = self.issued_at(str(document.get("node", "")), now)
         signed = {
             **document,
             "issuedAt": _stamp(issued),
             "expiresAt": _stamp(issued + self.validity),
         }
         body = signing.canonical_bytes(signing.sign(self.key, signed))
-        return Signed(body, issued, issued + self.validity / 2)
+        return Signed(body, issued, issued + max(int(self.validity // 2), 1))

@@ -4,6 +4,7 @@ reconciler's signer (``reconciler.signing``, ``reconciler.api.hub``) and the age
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from fleetkeeper_common import signing
 from reconciler.api.hub import DesiredHub
 from reconciler.signing import DocumentSigner, load_or_create_key
 from reconciler.store import open_store
+from tests.helpers.fakereconciler import sign_doc
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 VECTOR_DOC = {"node": "gpu-1", "generation": 7, "name": "café ☕", "b": [1, {"z": None, "a": True}]}
@@ -29,6 +31,10 @@ VECTOR_SIG = (
 )
 PUBLIC = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAOhB7/zzhC+HXDdGOdLwJln5NYwm6UNXx3chmQSVTG4"
 T0 = 1_800_000_000.0
+
+
+def _loads(body: bytes) -> object:
+    return json.loads(body)
 
 
 def test_vectors() -> None:
@@ -78,9 +84,7 @@ def _doc(generation: int, version: str = "1.0.0", node: str = "gpu-1") -> dict[s
 
 
 def _signed(doc: dict[str, Any], issued: float = T0, key: Ed25519PrivateKey = KEY) -> object:
-    import json
-
-    return json.loads(DocumentSigner(key, 3600).sign(doc, issued).body)
+    return _loads(sign_doc(key, doc, issued=issued, valid=3600))
 
 
 TRUSTED = signing.parse_public_keys(PUBLIC, "vector")
@@ -140,8 +144,14 @@ def test_hub_re_signs_at_half_life_without_a_new_generation(tmp_path: Path) -> N
         rec, _ = store.put_desired("gpu-1", _doc(0))
         hub = DesiredHub(store, [rec], DocumentSigner(KEY, 3600), clock=lambda: now[0])
         first = hub.get("gpu-1")
-        assert hub.etag("gpu-1") == first.etag
-        now[0] += 1799
+        assert first.signed is not None
+        assert first.signed.refresh_at - first.signed.issued_at == 1800
+        assert first.signed.issued_at <= now[0] < first.signed.refresh_at
+        # a restarted reconciler signs the same bytes: ETags (and 304s) survive restarts
+        again = DesiredHub(store, [rec], DocumentSigner(KEY, 3600), clock=lambda: now[0])
+        assert again.get("gpu-1").etag == first.etag
+        assert again.get("gpu-1").signed == first.signed
+        now[0] = first.signed.refresh_at - 1
         assert hub.etag("gpu-1") == first.etag  # before half-life: the 304 path holds
         now[0] += 1
         refreshed = hub.get("gpu-1")
@@ -167,12 +177,6 @@ def test_hub_re_signs_at_half_life_without_a_new_generation(tmp_path: Path) -> N
         assert isinstance(got, Accepted) and got.refresh  # a refresh, never a rollback
     finally:
         store.close()
-
-
-def _loads(body: bytes) -> object:
-    import json
-
-    return json.loads(body)
 
 
 POLICY_CASES: list[tuple[str, LocalPolicy, str | None]] = [

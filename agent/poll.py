@@ -90,7 +90,9 @@ def accept(raw: object, latest: Latest, trust: Trust, checks: Checks) -> Accepte
         return reason
     problems = schema.errors("desired-state", verdict.document)
     if problems:
-        return "desired state document is invalid: " + "; ".join(problems[:5])
+        # where, not what: a schema message quotes the value, which may be a secret
+        where = sorted({p.split(": ", 1)[0] for p in problems})
+        return "desired state document is invalid at " + ", ".join(where[:5])
     return verdict
 
 

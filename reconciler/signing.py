@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fleetkeeper_common import signing
 from reconciler.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_KEY_NAME = "signing_key"
 DEFAULT_VALIDITY_SECONDS = 24 * 3600
@@ -48,6 +51,8 @@ def load_or_create_key(path: Path | None, state_dir: Path) -> tuple[Ed25519Priva
         ) from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise ConfigError(f"signingKeyFile {path}: not an Ed25519 key (ssh-keygen -t ed25519)")
+    if path.stat().st_mode & 0o077:
+        log.warning("signingKeyFile %s is readable by others: chmod 600 it", path)
     return key, path
 
 

@@ -213,3 +213,22 @@ def test_url_policy(url: str, policy: LocalPolicy, want: str | None) -> None:
 
     got = url_violation(url, policy)
     assert (got is None) if want is None else (got is not None and want in got)
+
+
+def test_bad_signing_key_files_name_the_file(tmp_path: Path) -> None:
+    from reconciler.errors import ConfigError
+
+    rsa = tmp_path / "rsa"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", str(rsa)], check=True
+    )
+    garbage = tmp_path / "garbage"
+    garbage.write_text("not a key\n")
+    for path, want in [
+        (rsa, "not an Ed25519 key"),
+        (garbage, "not an unencrypted OpenSSH private key"),
+        (tmp_path / "missing", "cannot read"),
+    ]:
+        with pytest.raises(ConfigError, match=want) as caught:
+            load_or_create_key(path, tmp_path)
+        assert str(path) in str(caught.value)

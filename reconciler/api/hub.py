@@ -6,7 +6,7 @@ its own thread) call ``notify_from_thread(node)``; the change is applied on the 
 loop with ``call_soon_threadsafe`` and wakes that node's waiting pollers at once.
 
 With a signer, each entry also holds the signed envelope; once past half its validity it is
-re-signed on the next read and its ETag changes (``"<gen>-<digest>.<issuedAt>"``), so agents
+re-signed on the next read and its ETag changes (``"<gen>-<digest>.<issuedAt>.<key>"``), so agents
 holding the old one fetch the refresh (the same generation: not a change of state).
 """
 
@@ -60,6 +60,8 @@ class DesiredHub:
     ) -> None:
         self._store = store
         self.signer = signer
+        # in the ETag too: a new signing key makes every agent fetch the re-signed document
+        self._key_tag = signer.keyid[7:15] if signer is not None else ""
         self._clock = clock
         self._entries: dict[str, Entry] = {r.node: self._entry(r) for r in records}
         self._events: dict[str, asyncio.Event] = {}
@@ -80,7 +82,10 @@ class DesiredHub:
         signed = self.signer.sign(entry.document, self._clock())
         base = entry.base_etag or entry.etag
         return replace(
-            entry, etag=f'{base[:-1]}.{signed.issued_at}"', base_etag=base, signed=signed
+            entry,
+            etag=f'{base[:-1]}.{signed.issued_at}.{self._key_tag}"',
+            base_etag=base,
+            signed=signed,
         )
 
     def _fresh(self, node: str) -> Entry | None:

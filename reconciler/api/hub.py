@@ -115,8 +115,11 @@ class DesiredHub:
 
     def publish(self, rec: DesiredRecord) -> None:
         """Install a new document and wake its pollers (call on the event loop)."""
-        self._entries[rec.node] = self._entry(rec)
-        event = self._events.pop(rec.node, None)
+        self._install(rec.node, self._entry(rec))
+
+    def _install(self, node: str, entry: Entry) -> None:
+        self._entries[node] = entry
+        event = self._events.pop(node, None)
         if event is not None:
             event.set()
 
@@ -129,7 +132,8 @@ class DesiredHub:
         if loop is None:
             self._entries[node] = self._entry(rec)  # not serving yet: nobody waits
             return
-        call_in_loop(loop, self.publish, rec)
+        # signed here, in the loop's worker thread: the event loop only swaps the entry in
+        call_in_loop(loop, self._install, node, self._entry(rec))
 
     async def wait_change(self, node: str, etag: str, timeout: float) -> Entry:
         """The current entry once its ETag differs from ``etag``, or after ``timeout``."""

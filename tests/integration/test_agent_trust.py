@@ -99,6 +99,11 @@ def test_forged_replayed_and_misdirected_documents_change_nothing(rig: Rig) -> N
                 "unsigned document",
             ),
             (
+                "tampered on the wire",
+                tampered(sign_doc(rig.key, rig.doc(2, "2.0.0")), touch),
+                "bad signature by trusted key SHA256:",
+            ),
+            (
                 "untrusted key",
                 sign_doc(attacker, rig.doc(2, "2.0.0", run={"command": touch})),
                 "signed by untrusted key",
@@ -283,6 +288,15 @@ def test_plain_http_server_off_loopback_is_refused_at_start(rig: Rig) -> None:
     out = agent.cli("status")
     assert out.returncode != 0
     assert "server http://192.0.2.1:8700: plain http to a non-loopback address" in out.stderr
+
+
+def tampered(body: bytes, command: list[str]) -> bytes:
+    """A validly signed envelope whose signed run.command was changed afterwards."""
+    import json
+
+    envelope = json.loads(body)
+    envelope["signed"]["workloads"][0]["run"]["command"] = command
+    return json.dumps(envelope).encode()
 
 
 def json_bytes(doc: dict[str, Any]) -> bytes:

@@ -88,6 +88,8 @@ def test_pinned_key_rollout_and_rotation(tmp_path: Path) -> None:
             agent.wait_for(healthy("1.0.0"), timeout=40, what="1.0.0 healthy")
             assert httpx.get(f"http://127.0.0.1:{port}/healthz").text.strip() == "hello 1.0.0"
             assert "trust on first use" not in agent.logs()
+            (row,) = [n for n in server.fleet()["nodes"] if n["node"] == NODE]
+            assert row["desired"]["phase"] == "Accepted"  # the reconciler sees the node's verdict
 
             token = agent.state_dir.joinpath("node.token").read_text().strip()
             url = f"{server.url}/v1/nodes/{NODE}/desired"

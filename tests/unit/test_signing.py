@@ -232,3 +232,35 @@ def test_bad_signing_key_files_name_the_file(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=want) as caught:
             load_or_create_key(path, tmp_path)
         assert str(path) in str(caught.value)
+
+
+def test_reconciler_shows_what_the_node_refused() -> None:
+    from reconciler.plan.observations import NodeReport
+    from reconciler.views.view import node_rows
+
+    report = {
+        "node": "gpu-1",
+        "generation": 3,
+        "workloads": [],
+        "desired": {"phase": "Refused", "message": "signed by untrusted key SHA256:x"},
+    }
+    parsed = NodeReport.from_json("gpu-1", report, T0)
+    assert (parsed.desired_phase, parsed.desired_message) == (
+        "Refused",
+        "signed by untrusted key SHA256:x",
+    )
+    legacy = NodeReport.from_json("gpu-1", {"node": "gpu-1", "workloads": []}, T0)
+    assert legacy.desired_phase == ""
+    status = {
+        "nodes": [
+            {
+                "node": "gpu-1",
+                "health": "Healthy",
+                "lastSeen": None,
+                "workloads": [],
+                "desired": {"phase": "Refused", "message": "x"},
+            },
+        ]
+    }
+    (row,) = node_rows(status, T0)
+    assert row.health == "Healthy, desired Refused" and row.tone == "bad"

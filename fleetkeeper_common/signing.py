@@ -115,7 +115,11 @@ def verify(envelope: Envelope, trusted: Mapping[str, Ed25519PublicKey]) -> str:
         except InvalidSignature:
             raise SignatureRefused(f"bad signature by trusted key {s.keyid}") from None
         return s.keyid
-    ids = ", ".join(s.keyid for s in envelope.signatures)
+    # what the sender wrote, so bounded and printable before it reaches a log or report
+    ids = ", ".join(
+        "".join(c if c.isprintable() else "?" for c in s.keyid[:64])
+        for s in envelope.signatures[:4]
+    )
     raise SignatureRefused(f"signed by untrusted key {ids}")
 
 

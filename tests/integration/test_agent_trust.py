@@ -303,3 +303,27 @@ def json_bytes(doc: dict[str, Any]) -> bytes:
     import json
 
     return json.dumps(doc).encode()
+
+
+def test_allowed_programs_is_the_only_way_out_of_the_version_directory(rig: Rig) -> None:
+    import sys
+
+    fake = rig.fake
+    command = [sys.executable, "bin/hello", "--port", str(rig.port)]
+    fake.serve(sign_doc(rig.key, rig.doc(1, "1.0.0", run={"command": command})))
+    agent = rig.agent()
+    try:
+        agent.start()
+        agent.wait_for(
+            refused_with(fake, f"program {sys.executable!r} is outside the version directory"),
+            what="interpreter refused by default",
+        )
+        assert agent.stop() == 0
+        agent.config["allowedPrograms"] = [sys.executable]
+        agent.write_config()
+        agent.start()
+        agent.wait_for(healthy("1.0.0"), what="1.0.0 healthy through an allowed interpreter")
+        assert rig.serves() == "hello 1.0.0"
+    finally:
+        agent.stop()
+        agent.kill_workloads()

@@ -47,6 +47,7 @@ class AgentConfig:
     trusted_keys: Path | None = None  # None: trust on first use (agent.keys)
     policy: LocalPolicy = field(default_factory=LocalPolicy)
     allow_insecure_server: bool = False
+    workload_user: str | None = None  # run.user of a release wins
     source: Path | None = None
 
     def bootstrap_token(self, environ: Mapping[str, str] | None = None) -> str | None:
@@ -113,6 +114,7 @@ def from_document(doc: Mapping[str, Any], *, base: Path | None = None) -> AgentC
             allow_file_urls=bool(doc.get("allowFileURLs", False)),
         ),
         allow_insecure_server=insecure_server,
+        workload_user=str(doc["workloadUser"]) if doc.get("workloadUser") else None,
     )
 
 

@@ -57,12 +57,13 @@ class Daemon:
         cfg.install_root.mkdir(parents=True, exist_ok=True)
         self.board = Board()
         self.sup = make_supervisor(cfg, self.state)
-        self.conv = make_converger(cfg, self.state, self.sup, self.board)
+        self.conv = make_converger(cfg, self.state, self.sup, self.board, self._superseded)
         self.stop = threading.Event()
         self._signalled = 0
         self.latest = Latest(*self.state.read_desired())
         self.acted_generation = 0
         self._expiry_logged = False
+        self.converging_generation: int | None = None
         self._lock_fd: int | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -201,7 +202,15 @@ class Daemon:
             self._expiry_logged = False
             self._converge(doc)
 
+    def _superseded(self) -> bool:
+        """A newer desired document arrived while one is being converged (downloads stop)."""
+        latest, converging = self.latest.document, self.converging_generation
+        if latest is None or converging is None:
+            return False
+        return int(latest.get("generation", 0)) != converging
+
     def _converge(self, doc: Mapping[str, Any]) -> None:
+        self.converging_generation = int(doc.get("generation", 0))
         for outcome in self.conv.converge(doc):
             if outcome.exec_argv:
                 self._exec(list(outcome.exec_argv))

@@ -39,6 +39,7 @@ def release(version: str) -> dict[str, object]:
                 "platform": "linux/amd64",
                 "url": f"file:///srv/bench-agent-{version}.tar.gz",
                 "sha256": hashlib.sha256(version.encode()).hexdigest(),
+                "size": 1024,
             }
         ],
         "run": {"command": ["bin/bench-agent"]},

@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -30,6 +31,34 @@ ENV_BOOTSTRAP = "FLEETKEEPER_BOOTSTRAP_TOKEN"
 ENV_ADMIN = "FLEETKEEPER_ADMIN_TOKEN"
 ENV_WEBHOOK = "FLEETKEEPER_WEBHOOK_SECRET"
 
+ReceiverType = Literal["webhook", "slack", "ntfy"]
+NotificationEvent = Literal["halted", "stale", "succeeded", "refused", "failover"]
+NOTIFICATION_EVENTS: tuple[NotificationEvent, ...] = (
+    "halted",
+    "stale",
+    "succeeded",
+    "refused",
+    "failover",
+)
+DEFAULT_NOTIFY_ATTEMPTS = 5
+DEFAULT_NOTIFY_BACKOFF = 2.0
+DEFAULT_NOTIFY_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """One ``notifications:`` entry: where to send which events, and how hard to try."""
+
+    name: str
+    type: ReceiverType
+    url: str = field(repr=False)  # may carry a secret (Slack's URLs do)
+    events: frozenset[NotificationEvent] = frozenset(NOTIFICATION_EVENTS)
+    secret: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    attempts: int = DEFAULT_NOTIFY_ATTEMPTS
+    backoff: float = DEFAULT_NOTIFY_BACKOFF
+    timeout: float = DEFAULT_NOTIFY_TIMEOUT
+
 
 @dataclass(frozen=True)
 class Config:
@@ -48,6 +77,7 @@ class Config:
     max_body_bytes: int = DEFAULT_MAX_BODY
     signing_key_file: Path | None = None  # None: <stateDir>/signing_key, made on first start
     desired_validity: float = DEFAULT_DESIRED_VALIDITY
+    notifications: tuple[Receiver, ...] = ()
     source_file: Path | None = None
 
     @property
@@ -70,6 +100,41 @@ def _secret(
         return env[env_name].strip()
     path = _path(base, doc.get(key))
     return None if path is None else read_secret(path, key)
+
+
+def _receivers(base: Path, entries: object) -> tuple[Receiver, ...]:
+    """The ``notifications:`` list (already schema-valid); secrets read from their files."""
+    out: list[Receiver] = []
+    for i, entry in enumerate(entries if isinstance(entries, list) else []):
+        where = f"notifications[{i}]"
+        name = str(entry["name"])
+        if any(r.name == name for r in out):
+            raise ConfigError(f"{where}.name: {name!r} is used by an earlier receiver")
+        url_file = _path(base, entry.get("urlFile"))
+        url = read_secret(url_file, f"{where}.urlFile") if url_file else str(entry["url"])
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where}.urlFile: {url_file} does not hold an http(s) URL")
+        secret_file = _path(base, entry.get("secretFile"))
+        token_file = _path(base, entry.get("tokenFile"))
+        kind = str(entry["type"])
+        if kind == "webhook" and secret_file is None:
+            raise ConfigError(f"{where}: a webhook receiver needs secretFile (its HMAC key)")
+        out.append(
+            Receiver(
+                name=name,
+                type="slack" if kind == "slack" else "ntfy" if kind == "ntfy" else "webhook",
+                url=url,
+                events=frozenset(
+                    e for e in NOTIFICATION_EVENTS if e in entry.get("events", NOTIFICATION_EVENTS)
+                ),
+                secret=read_secret(secret_file, f"{where}.secretFile") if secret_file else None,
+                token=read_secret(token_file, f"{where}.tokenFile") if token_file else None,
+                attempts=int(entry.get("attempts", DEFAULT_NOTIFY_ATTEMPTS)),
+                backoff=float(entry.get("backoffSeconds", DEFAULT_NOTIFY_BACKOFF)),
+                timeout=float(entry.get("timeoutSeconds", DEFAULT_NOTIFY_TIMEOUT)),
+            )
+        )
+    return tuple(out)
 
 
 def parse_config(
@@ -99,6 +164,7 @@ def parse_config(
             require_signed_merges=bool(appr.get("requireSignedMerges", False)),
             allowed_signers=_path(base, appr.get("allowedSigners")),
             gpg_keyring=_path(base, appr.get("gpgKeyring")),
+            baseline=str(appr["baseline"]).lower() if appr.get("baseline") else None,
         ),
         state_dir=state_dir,
         database=database,
@@ -112,6 +178,7 @@ def parse_config(
         max_body_bytes=int(str(doc.get("maxBodyBytes", DEFAULT_MAX_BODY))),
         signing_key_file=_path(base, doc.get("signingKeyFile")),
         desired_validity=float(str(doc.get("desiredValiditySeconds", DEFAULT_DESIRED_VALIDITY))),
+        notifications=_receivers(base, doc.get("notifications")),
         source_file=source,
     )
 

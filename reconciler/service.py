@@ -25,8 +25,9 @@ from reconciler.api.admin import fleet_status
 from reconciler.api.metrics import MeteredStore, Metrics
 from reconciler.approval.engine import Approver
 from reconciler.config import Config
-from reconciler.errors import ConfigError
+from reconciler.errors import ConfigError, Waiting
 from reconciler.loop.reconciler import PassResult, Reconciler
+from reconciler.notify.sender import Notifier
 from reconciler.signing import DocumentSigner, load_or_create_key
 from reconciler.source import GitSource
 from reconciler.store import open_store
@@ -88,12 +89,33 @@ class _MeteredReconciler(Reconciler):
             return super().reconcile_once()
 
 
+class _MeteredSource(GitSource):
+    """The source with each mirror fetch timed, and failures counted."""
+
+    metrics: Metrics
+
+    def fetch(self) -> None:
+        if not self.is_mirror:
+            return
+        with self.metrics.fetch_seconds.time():
+            try:
+                super().fetch()
+            except Waiting:
+                self.metrics.fetch_failures.inc()
+                raise
+
+
 async def serve(config: Config, on_listening: Callable[[str], None] | None = None) -> None:
     """Run until SIGTERM/SIGINT (or a fatal error in one of the parts)."""
     metrics = Metrics()
-    store = MeteredStore(open_store(config.database_url), metrics)
+    for r in config.notifications:  # every receiver shows in /metrics from the start
+        for outcome in ("delivered", "failed"):
+            metrics.notifications.labels(receiver=r.name, result=outcome)
+    notifier = Notifier(config.notifications, metrics.count_notification)
+    store = MeteredStore(open_store(config.database_url), metrics, [notifier.submit])
     try:
-        source = GitSource(config.repo, config.state_dir, config.branch)
+        source = _MeteredSource(config.repo, config.state_dir, config.branch)
+        source.metrics = metrics
         key, key_path = load_or_create_key(config.signing_key_file, config.state_dir)
         signer = DocumentSigner(key, config.desired_validity)
         log.info(
@@ -134,6 +156,7 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
             "http": server.serve(sockets=[sock]),
             "reconcile": reconciler.run(stop),
             "watch": source.watch(reconciler.wake, stop, config.poll_interval),
+            "notify": notifier.run(stop),
         }
         tasks = {asyncio.create_task(c, name=n): n for n, c in parts.items()}
         stopper = asyncio.create_task(stop.wait())

@@ -25,12 +25,15 @@ class Artifact:
     platform: str  # "linux/amd64" ... or "any" (model files)
     url: str
     sha256: str
-    size: int | None = None
+    size: int | None = None  # required by the schema; None only for unvalidated input
+    unpacked_size: int | None = None  # the most the archive may unpack to (agent-enforced)
 
     def to_json(self) -> dict[str, JSON]:
         out: dict[str, JSON] = {"platform": self.platform, "url": self.url, "sha256": self.sha256}
         if self.size is not None:
             out["size"] = self.size
+        if self.unpacked_size is not None:
+            out["unpackedSize"] = self.unpacked_size
         return out
 
 
@@ -158,13 +161,14 @@ def parse_artifacts(doc: object) -> tuple[Artifact, ...]:
     out = []
     for a in doc if isinstance(doc, list) else []:
         assert isinstance(a, dict)
-        size = a.get("size")
+        size, unpacked = a.get("size"), a.get("unpackedSize")
         out.append(
             Artifact(
                 platform=str(a["platform"]),
                 url=str(a["url"]),
                 sha256=str(a["sha256"]),
                 size=size if isinstance(size, int) else None,
+                unpacked_size=unpacked if isinstance(unpacked, int) else None,
             )
         )
     return tuple(out)

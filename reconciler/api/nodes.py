@@ -104,7 +104,8 @@ def node_routes(ctx: ApiContext) -> list[Route]:
         inm = request.headers.get("if-none-match")
         entry = ctx.hub.get(node)
         if wait > 0 and _matches(inm, entry.etag):
-            entry = await ctx.hub.wait_change(node, entry.etag, wait)
+            with ctx.metrics.long_polls.track_inprogress():
+                entry = await ctx.hub.wait_change(node, entry.etag, wait)
         if _matches(inm, entry.etag):
             ctx.metrics.poll_304.inc()
             return Response(status_code=304, headers={"ETag": entry.etag})
@@ -124,13 +125,17 @@ def node_routes(ctx: ApiContext) -> list[Route]:
         return Response(text.encode(), media_type="text/plain")
 
     async def status(request: Request) -> Response:
-        node = _node(request)
-        require_node(request, ctx.tokens, node)
-        report = await read_json(request, "status-report", ctx.settings.max_body_bytes)
-        _same_node(report, node)
+        try:
+            node = _node(request)
+            require_node(request, ctx.tokens, node)
+            report = await read_json(request, "status-report", ctx.settings.max_body_bytes)
+            _same_node(report, node)
+        except ApiError:
+            ctx.metrics.reports_rejected.inc()
+            raise
         now = ctx.clock()
         await asyncio.to_thread(ctx.store.put_report, ReportRecord(node, report, now))
-        ctx.metrics.reports.inc()
+        ctx.metrics.reports_accepted.inc()
         if ctx.report_is_news(node, report, now):
             ctx.wake()
         entry = ctx.hub.get(node)

@@ -13,6 +13,7 @@ from typing import Any
 import schema
 from fleetkeeper_common.signing import ENVELOPE_TYPE
 from reconciler import __version__
+from reconciler.forges import PROVIDERS
 
 URN = "urn:fleetkeeper:schema:"
 _ANNOTATIONS = frozenset({"description", "title", "default", "examples"})
@@ -258,23 +259,34 @@ def _document() -> dict[str, Any]:
             },
             "/hooks/{provider}": {
                 "post": {
-                    "summary": "Forge webhook (HMAC-SHA256 of the raw body): fetch now",
+                    "summary": "Forge webhook: fetch now (200 for a replay or an event that "
+                    "moves no ref)",
                     "parameters": [
                         {
                             "name": "provider",
                             "in": "path",
                             "required": True,
-                            "schema": {"enum": ["github", "gitea", "generic"]},
+                            "schema": {"enum": list(PROVIDERS)},
                         }
                     ],
                     "requestBody": {
                         "required": False,
-                        "content": {"application/json": {"schema": {"type": "object"}}},
+                        "content": {
+                            "application/json": {"schema": {"type": "object"}},
+                            "application/x-www-form-urlencoded": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"payload": {"type": "string"}},
+                                    "required": ["payload"],
+                                    "additionalProperties": False,
+                                }
+                            },
+                        },
                     },
                     "responses": {
-                        "200": ok,
+                        "200": _json({"type": "object"}, "Acknowledged, nothing fetched"),
                         "202": _json({"type": "object"}, "Fetch triggered"),
-                        **_errors(401, 404, 413),
+                        **_errors(400, 401, 404, 413),
                     },
                 }
             },

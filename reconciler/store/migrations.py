@@ -65,6 +65,19 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
                BEGIN SELECT RAISE(ABORT, 'applied revisions are append-only'); END""",
         ),
     ),
+    (
+        2,
+        (
+            # When the reconciler first saw a commit or tag object whose signature it judges:
+            # key validity is judged then, never at a date the object claims (issue 10).
+            """CREATE TABLE observed_objects (
+                sha TEXT PRIMARY KEY,
+                first_seen REAL NOT NULL
+            )""",
+            """CREATE TRIGGER observed_append_only_u BEFORE UPDATE ON observed_objects
+               BEGIN SELECT RAISE(ABORT, 'first observations are never rewritten'); END""",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1][0]

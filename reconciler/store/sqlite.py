@@ -266,6 +266,24 @@ class SqliteStore:
                 (name, _dumps(state)),
             )
 
+    def observe(self, shas: Sequence[str], now: float) -> Mapping[str, float]:
+        wanted = sorted(set(shas))
+        if not wanted:
+            return {}
+        out: dict[str, float] = {}
+        with self._tx() as db:
+            for sha in wanted:
+                db.execute(
+                    "INSERT INTO observed_objects (sha, first_seen) VALUES (?, ?) "
+                    "ON CONFLICT (sha) DO NOTHING",
+                    (sha, now),
+                )
+                row = db.execute(
+                    "SELECT first_seen FROM observed_objects WHERE sha = ?", (sha,)
+                ).fetchone()
+                out[sha] = float(row[0])
+        return out
+
     def get_meta(self, key: str) -> str | None:
         rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
         return str(rows[0][0]) if rows else None

@@ -374,6 +374,7 @@ def desired_doc(node: str, version: str = "1.0.0", revision: str = "a" * 40) -> 
                     "platform": "linux/amd64",
                     "url": f"file:///srv/agent-{version}.tar.gz",
                     "sha256": "0" * 64,
+                    "size": 1024,
                 },
                 "run": {"command": ["bin/agent"]},
             }

@@ -139,6 +139,15 @@ def test_rollouts_and_meta(store: Store) -> None:
     assert store.get_meta("refused-tip") == "def"
 
 
+def test_observe_records_the_first_time_only(store: Store) -> None:
+    a, b = "a" * 40, "b" * 40
+    assert dict(store.observe([], 1.0)) == {}
+    assert dict(store.observe([a], 100.0)) == {a: 100.0}
+    # seen again later (and a new one): the first time stays, the new one gets ``now``
+    assert dict(store.observe([b, a, a], 500.0)) == {a: 100.0, b: 500.0}
+    assert dict(store.observe([a, b], 900.0)) == {a: 100.0, b: 500.0}
+
+
 def test_reopen_after_close_keeps_everything(opener: Opener) -> None:
     s = opener()
     s.set_applied_revision(AppliedRevision("a" * 40, {"kind": "merge"}, 1.0))
@@ -148,6 +157,7 @@ def test_reopen_after_close_keeps_everything(opener: Opener) -> None:
     s.put_report(ReportRecord("n1", {"generation": 1}, 5.0))
     s.put_rollout("agent", {"phase": "Succeeded"})
     s.set_meta("k", "v")
+    s.observe(["c" * 40], 7.0)
     s.close()
     s2 = opener()
     try:
@@ -160,6 +170,7 @@ def test_reopen_after_close_keeps_everything(opener: Opener) -> None:
         assert [r.received_at for r in s2.reports()] == [5.0]
         assert dict(s2.rollouts()) == {"agent": {"phase": "Succeeded"}}
         assert s2.get_meta("k") == "v"
+        assert dict(s2.observe(["c" * 40], 99.0)) == {"c" * 40: 7.0}
     finally:
         s2.close()
 
@@ -206,6 +217,9 @@ def test_sqlite_is_wal_full_and_audit_append_only(tmp_path: Path) -> None:
             db.execute("UPDATE audit SET message = 'x'")
         with pytest.raises(sqlite3.DatabaseError, match="append-only"):
             db.execute("DELETE FROM audit")
+        db.execute("INSERT INTO observed_objects VALUES ('x', 1.0)")
+        with pytest.raises(sqlite3.DatabaseError, match="never rewritten"):
+            db.execute("UPDATE observed_objects SET first_seen = 0")
     finally:
         db.close()
 

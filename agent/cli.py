@@ -47,14 +47,16 @@ def _setup_logging(level: str) -> None:
 
 def _status(args: argparse.Namespace) -> int:
     from agent.keys import TOFU_WARNING
-    from agent.local import desired_judgement, local_status
+    from agent.local import credential, describe_credential, desired_judgement, local_status
 
     cfg = load(args.config)
     rows = local_status(cfg)
-    if args.format == "json":
-        print(json.dumps(rows, indent=1))
-        return 0
+    cred = credential(cfg)
     judged = desired_judgement(cfg)
+    if args.format == "json":
+        doc = {"node": cfg.node, "credential": cred, "desired": judged, "workloads": rows}
+        print(json.dumps(doc, indent=1))
+        return 0
     if judged:
         print(f"desired state: {judged.get('phase')} (expires {judged.get('expiresAt') or '-'})")
         if judged.get("message"):
@@ -85,6 +87,7 @@ def _status(args: argparse.Namespace) -> int:
     if not console.is_terminal:
         console = Console(width=200)  # piped: do not squeeze the table into 80 columns
     console.print(table)
+    console.print(f"node {cfg.node}: {describe_credential(cred)}", highlight=False)
     return 0
 
 

@@ -51,14 +51,19 @@ class AgentConfig:
     source: Path | None = None
 
     def bootstrap_token(self, environ: Mapping[str, str] | None = None) -> str | None:
-        """The bootstrap token from the environment or ``bootstrapTokenFile`` (None: none)."""
+        """The join token from the environment or ``bootstrapTokenFile`` (None: none).
+
+        Only needed to register; once ``stateDir/node.token`` holds the node credential,
+        the file may be removed."""
         env = os.environ if environ is None else environ
         if env.get(BOOTSTRAP_TOKEN_ENV):
             return env[BOOTSTRAP_TOKEN_ENV].strip()
         if self.bootstrap_token_file is None:
             return None
         try:
-            return self.bootstrap_token_file.read_text("utf-8").strip()
+            return self.bootstrap_token_file.read_text("utf-8").strip() or None
+        except FileNotFoundError:
+            return None  # removed after the first registration, as the docs allow
         except OSError as exc:
             raise ConfigError(
                 f"cannot read bootstrapTokenFile {self.bootstrap_token_file}: {exc}"

@@ -6,7 +6,7 @@
     ├── ConfigError        a human must fix the agent's config (stalled)
     │   └── AlreadyRunning another agent holds the state directory's lock
     ├── ServerError        the reconciler answered badly or not at all (transient: back off)
-    │   └── AuthError      401/403: re-register with the bootstrap token
+    │   └── AuthError      401/403: re-register with the join token
     └── WorkloadError      converging one workload failed (reported as Failed)
         ├── DownloadError  fetching the artifact failed (network, disk space)
         │   └── Superseded a newer desired generation arrived: the download was dropped

@@ -26,6 +26,12 @@ DEFAULT_POLL_INTERVAL = 60.0
 DEFAULT_MAX_BODY = 1024 * 1024
 DEFAULT_STATE_DIR = "/var/lib/fleetkeeper"
 DEFAULT_DESIRED_VALIDITY = 24 * 3600.0
+# HTTP server limits (slowloris and connection floods), see docs/server.md
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 30.0  # a 1 MiB body at ~35 KiB/s
+DEFAULT_KEEP_ALIVE = 20  # above the agents' 15 s heartbeat: their connection is reused
+DEFAULT_MAX_CONNECTIONS = 20000  # 8,000 agents x 2 connections, plus people and margin
+DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 
 ENV_BOOTSTRAP = "FLEETKEEPER_BOOTSTRAP_TOKEN"
 ENV_ADMIN = "FLEETKEEPER_ADMIN_TOKEN"
@@ -78,6 +84,11 @@ class Config:
     signing_key_file: Path | None = None  # None: <stateDir>/signing_key, made on first start
     desired_validity: float = DEFAULT_DESIRED_VALIDITY
     notifications: tuple[Receiver, ...] = ()
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    keep_alive: int = DEFAULT_KEEP_ALIVE
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     source_file: Path | None = None
 
     @property
@@ -179,6 +190,11 @@ def parse_config(
         signing_key_file=_path(base, doc.get("signingKeyFile")),
         desired_validity=float(str(doc.get("desiredValiditySeconds", DEFAULT_DESIRED_VALIDITY))),
         notifications=_receivers(base, doc.get("notifications")),
+        header_timeout=float(str(doc.get("headerTimeoutSeconds", DEFAULT_HEADER_TIMEOUT))),
+        body_timeout=float(str(doc.get("bodyTimeoutSeconds", DEFAULT_BODY_TIMEOUT))),
+        keep_alive=int(str(doc.get("keepAliveSeconds", DEFAULT_KEEP_ALIVE))),
+        max_connections=int(str(doc.get("maxConnections", DEFAULT_MAX_CONNECTIONS))),
+        max_header_bytes=int(str(doc.get("maxHeaderBytes", DEFAULT_MAX_HEADER_BYTES))),
         source_file=source,
     )
 

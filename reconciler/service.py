@@ -26,12 +26,14 @@ from reconciler.api.metrics import MeteredStore, Metrics
 from reconciler.approval.engine import Approver
 from reconciler.config import Config
 from reconciler.errors import ConfigError, Waiting
+from reconciler.httpserver import raise_open_file_limit, server_config
 from reconciler.loop.reconciler import PassResult, Reconciler
 from reconciler.notify.sender import Notifier
 from reconciler.signing import DocumentSigner, load_or_create_key
 from reconciler.source import GitSource
 from reconciler.store import open_store
 from reconciler.store.base import AuditEvent
+from reconciler.store.files import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,7 @@ class _MeteredSource(GitSource):
 async def serve(config: Config, on_listening: Callable[[str], None] | None = None) -> None:
     """Run until SIGTERM/SIGINT (or a fatal error in one of the parts)."""
     metrics = Metrics()
+    private_dir(config.state_dir)  # git mirrors and (by default) state.db live here
     for r in config.notifications:  # every receiver shows in /metrics from the start
         for outcome in ("delivered", "failed"):
             metrics.notifications.labels(receiver=r.name, result=outcome)
@@ -133,17 +136,8 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
         app = create_app(ctx, dashboard_routes(ctx))
         sock = bind(config.listen_host, config.listen_port)
         host, port = sock.getsockname()[:2]
-        server = _Server(
-            uvicorn.Config(
-                app,
-                log_config=None,
-                access_log=False,
-                lifespan="on",
-                loop="none",
-                timeout_graceful_shutdown=GRACE_SECONDS,
-                server_header=False,
-            )
-        )
+        raise_open_file_limit(config.max_connections)
+        server = _Server(server_config(app, config, graceful_shutdown=GRACE_SECONDS))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

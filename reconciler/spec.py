@@ -104,6 +104,9 @@ class FleetSettings:
     name: str = "fleet"
     allow_insecure_urls: bool = False
     default_rollout: Mapping[str, JSON] = field(default_factory=dict)
+    # registration.unlisted: "allow" lets a node without a file in nodes/ get workloads,
+    # planned from the roles/labels its join token's scope covered; "deny" (default) not
+    unlisted: Literal["allow", "deny"] = "deny"
 
 
 @dataclass(frozen=True)
@@ -178,10 +181,12 @@ def parse_fleet(doc: Mapping[str, JSON] | None) -> FleetSettings:
     if doc is None:
         return FleetSettings()
     defaults = _dict(doc.get("defaults"))
+    registration = _dict(doc.get("registration"))
     return FleetSettings(
         name=str(doc.get("name", "fleet")),
         allow_insecure_urls=bool(doc.get("allowInsecureURLs", False)),
         default_rollout=_dict(defaults.get("rollout")),
+        unlisted="allow" if registration.get("unlisted") == "allow" else "deny",
     )
 
 

@@ -16,7 +16,9 @@ from reconciler.spec import JSON
 from reconciler.store.base import (
     AppliedRevision,
     AuditEvent,
+    ClaimRefusal,
     DesiredRecord,
+    JoinToken,
     NodeRecord,
     ReportRecord,
     Store,
@@ -93,6 +95,11 @@ class Metrics:
             "Node registrations (including re-registrations)",
             registry=r,
         )
+        self.registrations_refused = Counter(
+            "fleetkeeper_registrations_refused",
+            "Registrations refused (name taken, token spent or out of scope): each is audited",
+            registry=r,
+        )
         for result in ("200", "304"):
             self.desired_polls.labels(result=result)
         for state in HEALTH_STATES:
@@ -125,6 +132,8 @@ class Metrics:
             self.revisions_applied.inc()
         elif event.kind in REFUSED_KINDS:
             self.revisions_refused.inc()
+        elif event.kind == "registration-refused":
+            self.registrations_refused.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -177,6 +186,26 @@ class MeteredStore:
 
     def nodes(self) -> Sequence[NodeRecord]:
         return self.inner.nodes()
+
+    def delete_node(self, name: str) -> bool:
+        return self.inner.delete_node(name)
+
+    def claim_node(
+        self, node: NodeRecord, *, replaces: str | None, join_token: str | None
+    ) -> ClaimRefusal | None:
+        return self.inner.claim_node(node, replaces=replaces, join_token=join_token)
+
+    def create_join_token(self, token: JoinToken) -> None:
+        self.inner.create_join_token(token)
+
+    def join_tokens(self) -> Sequence[JoinToken]:
+        return self.inner.join_tokens()
+
+    def join_token_by_hash(self, token_hash: str) -> JoinToken | None:
+        return self.inner.join_token_by_hash(token_hash)
+
+    def revoke_join_token(self, token_id: str, now: float) -> JoinToken | None:
+        return self.inner.revoke_join_token(token_id, now)
 
     def desired(self, node: str) -> DesiredRecord | None:
         return self.inner.desired(node)

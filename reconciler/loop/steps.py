@@ -178,7 +178,8 @@ def plan_rollouts(parts: Parts, p: Pass) -> None:
     if p.spec is None or p.revision is None:
         return
     store = parts.store
-    nodes = inventory(p.spec, [NodeFacts.from_registration(r.name, r.facts) for r in store.nodes()])
+    registered = [NodeFacts.from_registration(r.name, r.facts, r.admission) for r in store.nodes()]
+    nodes = inventory(p.spec, registered)
     reports = {
         r.node: NodeReport.from_json(r.node, r.report, r.received_at) for r in store.reports()
     }

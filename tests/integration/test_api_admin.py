@@ -20,7 +20,7 @@ from tests.helpers.server import ApiHarness, api_harness
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[ApiHarness]:
-    with api_harness(tmp_path) as harness:
+    with api_harness(tmp_path, declared=("a", "b", "c")) as harness:
         yield harness
 
 

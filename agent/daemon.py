@@ -34,10 +34,11 @@ from agent.board import Board
 from agent.client import ServerClient
 from agent.config import AgentConfig
 from agent.errors import AgentError, AlreadyRunning
-from agent.poll import Latest, poll_loop
-from agent.report import build_report, decide_phase, workload_entry
+from agent.poll import Checks, Latest, poll_loop
+from agent.report import build_report, decide_phase, desired_entry, workload_entry
 from agent.selfinstall import agent_location, managed_workload
 from agent.state import StateDir, read_json, write_json
+from agent.trust import expired
 from agent.wiring import make_converger, make_supervisor
 from agent.workload import Desired
 
@@ -61,6 +62,7 @@ class Daemon:
         self._signalled = 0
         self.latest = Latest(*self.state.read_desired())
         self.acted_generation = 0
+        self._expiry_logged = False
         self.converging_generation: int | None = None
         self._lock_fd: int | None = None
 
@@ -164,7 +166,7 @@ class Daemon:
                 client,
                 self.latest,
                 self.state,
-                node=self.cfg.node,
+                checks=Checks(self.cfg.node, self.cfg.trusted_keys, self.cfg.policy),
                 wait_seconds=self.cfg.poll_wait_seconds,
                 stop=self.stop,
                 backoff=self._backoff,
@@ -190,6 +192,14 @@ class Daemon:
             last_pass = time.monotonic()
             if doc is None:
                 continue
+            if expired(doc, time.time()):
+                # freeze defence: what runs keeps running, but an expired document starts,
+                # installs or rolls back nothing (the report says DesiredExpired)
+                if not self._expiry_logged:
+                    log.warning("desired state expired at %s: not acting on it", doc["expiresAt"])
+                    self._expiry_logged = True
+                continue
+            self._expiry_logged = False
             self._converge(doc)
 
     def _superseded(self) -> bool:
@@ -237,7 +247,15 @@ class Daemon:
             message = note.message if note.phase in ("Failed", "RolledBack") else None
             entries.append(workload_entry(observed, phase, message))
         generation = self.acted_generation or desired.generation
-        return build_report(self.cfg.node, generation, __version__, entries)
+        doc = self.latest.document
+        trust = self.latest.trust
+        judged = desired_entry(
+            doc,
+            expired=expired(doc, time.time()),
+            refused=self.latest.refused,
+            trust=trust.mode if trust else None,
+        )
+        return build_report(self.cfg.node, generation, __version__, entries, judged)
 
     def _report_loop(self) -> None:
         client = self.client()

@@ -72,15 +72,47 @@ def workload_entry(observed: Observed, phase: str, message: str | None) -> dict[
     return entry
 
 
+def desired_entry(
+    document: Mapping[str, Any] | None,
+    *,
+    expired: bool,
+    refused: str | None,
+    trust: str | None,
+) -> dict[str, Any]:
+    """The report's ``desired`` block: how the agent judged what it was served.
+
+    A refusal wins over expiry (it is the newer news); either way the node keeps running
+    its last good state.
+    """
+    entry: dict[str, Any] = {"expiresAt": (document or {}).get("expiresAt")}
+    if refused:
+        entry.update(phase="Refused", message=refused[:4096])
+    elif expired:
+        entry.update(
+            phase="DesiredExpired",
+            message="the desired state expired: running the last good state, acting on "
+            "nothing until the reconciler serves a fresh signature",
+        )
+    else:
+        entry["phase"] = "Accepted" if document is not None else "None"
+    if trust is not None:
+        entry["trust"] = trust
+    return entry
+
+
 def build_report(
     node: str,
     generation: int,
     agent_version: str,
     entries: Sequence[Mapping[str, Any]],
+    desired: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return {
+    report: dict[str, Any] = {
         "node": node,
         "generation": generation,
         "agentVersion": agent_version,
         "workloads": [dict(e) for e in entries],
     }
+    if desired is not None:
+        report["desired"] = dict(desired)
+    return report

@@ -66,6 +66,11 @@ def _node_row(
     roles = facts.get("roles")
     runtimes = facts.get("runtimes")
     platform, accelerator = facts.get("platform"), facts.get("accelerator")
+    judged: dict[str, JSON] = {}
+    if report is not None and report.desired_phase:
+        judged = {"phase": report.desired_phase}
+        if report.desired_message:
+            judged["message"] = report.desired_message
     return {
         "node": name,
         # Unlisted: registered without a file in nodes/ and not admitted, so planned nothing
@@ -76,6 +81,7 @@ def _node_row(
         "roles": [str(r) for r in roles] if isinstance(roles, list) else [],
         "runtimes": dict(runtimes) if isinstance(runtimes, dict) else {},
         "workloads": workloads,
+        **({"desired": judged} if judged else {}),
     }
 
 

@@ -160,6 +160,11 @@ def node_rows(status: Mapping[str, Any], now: float) -> list[NodeRow]:
         tone = health_tone(health)
         if tone == "ok" and any(w.tone == "bad" for w in workloads):
             tone = "bad"
+        judged = n.get("desired")
+        phase = judged.get("phase") if isinstance(judged, Mapping) else None
+        if phase in ("Refused", "DesiredExpired"):
+            # the node keeps its last good state but does not take what it is served
+            health, tone = f"{health}, desired {phase}", "bad"
         roles = n.get("roles") or []
         rows.append(
             NodeRow(

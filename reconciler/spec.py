@@ -198,7 +198,10 @@ def parse_hold(value: object) -> Hold | None:
     if not isinstance(value, dict) or "until" not in value:
         return None
     until = value["until"]
-    day = until if isinstance(until, date) else date.fromisoformat(str(until))
+    try:
+        day = until if isinstance(until, date) else date.fromisoformat(str(until))
+    except ValueError:  # validation reports it; until then, the safe reading: held
+        return Hold()
     return Hold(until=datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
 
 

@@ -160,6 +160,9 @@ def node_rows(status: Mapping[str, Any], now: float) -> list[NodeRow]:
         if tone == "ok" and any(w.tone == "bad" for w in workloads):
             tone = "bad"
         roles = n.get("roles") or []
+        if n.get("held") is True:  # shown in the health cell: CLI and dashboard alike
+            until = to_unix(n.get("heldUntil"))
+            health += f", held until {iso(until)[:10]}" if until is not None else ", held"
         rows.append(
             NodeRow(
                 node=_s(n.get("node")),

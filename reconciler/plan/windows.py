@@ -14,6 +14,7 @@ which it caches; an unknown zone (validation refuses it) never opens.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
@@ -97,7 +98,7 @@ def wait_text(label: str, opens_at: float, now: float) -> str:
 
 
 def _span(seconds: float) -> str:
-    minutes = max(0, int(seconds + 59) // 60)  # rounded up: never "in 0m" before it opens
+    minutes = max(0, math.ceil(seconds / 60))  # rounded up: never "in 0m" before it opens
     days, rest = divmod(minutes, 24 * 60)
     hours, mins = divmod(rest, 60)
     if days:

@@ -11,7 +11,15 @@ from reconciler.plan.budget import max_unavailable, spread_delay
 from reconciler.plan.windows import Opening, next_opening, open_now, wait_text
 from reconciler.spec import Window
 from reconciler.views.fleet_status import release_row
-from tests.helpers.fleet import PlanSim, fleet_files, node_doc, nodes_named, release_doc
+from reconciler.views.view import node_rows
+from tests.helpers.fleet import (
+    PlanSim,
+    fleet_doc,
+    fleet_files,
+    node_doc,
+    nodes_named,
+    release_doc,
+)
 
 V = "1.0.0"
 
@@ -272,3 +280,29 @@ def test_held_node_keeps_its_version_and_never_blocks() -> None:
     s.step(end)
     s.run_until(end + 120)
     assert s.versions("app")["n2"] == V and s.state("app").held == ()  # type: ignore[union-attr]
+
+
+def test_fleet_default_windows_apply_to_every_release() -> None:
+    fleet = fleet_doc()
+    fleet["defaults"] = {"rollout": {"windows": BERLIN_NIGHTS}}
+    files = fleet_files(nodes_named("n1"), [release()], fleet=fleet)
+    s = PlanSim(files, now=MON_2048)
+    s.step()
+    assert s.versions("app") == {"n1": None}
+    s.files["releases/app/1.0.0.yaml"] = release(windows="ignore")  # the emergency override
+    s.step()
+    assert s.versions("app") == {"n1": V}
+
+
+@pytest.mark.parametrize(
+    ("row", "want"),
+    [
+        ({"held": True, "heldUntil": "2026-12-24T00:00:00Z"}, "Healthy, held until 2026-12-24"),
+        ({"held": True, "heldUntil": None}, "Healthy, held"),
+        ({}, "Healthy"),
+    ],
+)
+def test_status_and_dashboard_show_a_held_node(row: dict[str, Any], want: str) -> None:
+    status = {"nodes": [{"node": "n2", "health": "Healthy", "workloads": [], **row}]}
+    (shown,) = node_rows(status, 0.0)
+    assert shown.health == want and shown.tone == "ok"

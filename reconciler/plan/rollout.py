@@ -214,6 +214,7 @@ def step_rollout(
     )
     gate = _Gate(windows or {}, budget, state.fingerprint)
     halt = _drop_off(d, state, live, budget, reports, now, ttl)
+    phase: Phase = "Halted"
     wait: Wait | None = None
     wakes: list[float] = []
     if halt is None:
@@ -229,7 +230,7 @@ def step_rollout(
         state,
         batches=tuple(batches),
         nodes=progress,
-        phase="Halted" if halt is not None else phase,
+        phase=phase,
         halt=halt,
         rolled_back=rolled_back,
         wait=None if halt is not None else wait,

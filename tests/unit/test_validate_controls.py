@@ -64,3 +64,13 @@ def test_bad_shapes_are_schema_errors() -> None:
     assert any(g.startswith("releases/infer/1.0.0.yaml:17:") and "soon" in g for g in got), got
     assert any(g.startswith("releases/infer/1.0.0.yaml:19:") and "150%" in g for g in got), got
     assert "nodes/gpu-1.yaml:8:15: hold.until '2026-13-45' is not a date (YYYY-MM-DD)" in got
+
+
+def test_an_unquoted_hold_date_reads_as_the_date() -> None:
+    files = basic_fleet()
+    files["nodes/gpu-1.yaml"] = node("gpu-1") + "hold: {until: 2026-12-24}\n"
+    assert lines(run(files)) == []
+    files["nodes/gpu-1.yaml"] = node("gpu-1") + "hold: {until: 2026-12-24 10:00}\n"
+    assert lines(run(files)) == [
+        "nodes/gpu-1.yaml:8:15: hold.until: '2026-12-24 10:00' is not a date, YYYY-MM-DD."
+    ]

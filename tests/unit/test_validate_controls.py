@@ -72,5 +72,5 @@ def test_an_unquoted_hold_date_reads_as_the_date() -> None:
     assert lines(run(files)) == []
     files["nodes/gpu-1.yaml"] = node("gpu-1") + "hold: {until: 2026-12-24 10:00}\n"
     assert lines(run(files)) == [
-        "nodes/gpu-1.yaml:8:15: hold.until: '2026-12-24 10:00' is not a date, YYYY-MM-DD."
+        "nodes/gpu-1.yaml:8:15: hold.until: '2026-12-24 10:00' is not a date, YYYY-MM-DD"
     ]

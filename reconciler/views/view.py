@@ -107,8 +107,9 @@ def approval_short(approval: object) -> str:
 
 
 def health_tone(health: str) -> Tone:
+    """Tone of a health cell; ``Healthy, held ...`` is toned as ``Healthy``."""
     tones: dict[str, Tone] = {"Healthy": "ok", "Stale": "stale", "Unhealthy": "bad"}
-    return tones.get(health, "muted")
+    return tones.get(health.split(",")[0], "muted")
 
 
 def release_tone(phase: str) -> Tone:

@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 
+from reconciler.dashboard.render import nodes_section
 from reconciler.plan.budget import max_unavailable, spread_delay
 from reconciler.plan.windows import Opening, next_opening, open_now, wait_text
 from reconciler.spec import Window
 from reconciler.views.fleet_status import release_row
-from reconciler.views.view import node_rows
+from reconciler.views.view import health_tone, node_rows
 from tests.helpers.fleet import (
     PlanSim,
     fleet_doc,
@@ -306,3 +307,6 @@ def test_status_and_dashboard_show_a_held_node(row: dict[str, Any], want: str) -
     status = {"nodes": [{"node": "n2", "health": "Healthy", "workloads": [], **row}]}
     (shown,) = node_rows(status, 0.0)
     assert shown.health == want and shown.tone == "ok"
+    assert health_tone(shown.health) == "ok"  # the CLI table and the dashboard pill
+    html = nodes_section([shown])
+    assert f'<span class="pill ok">{want}</span>' in html, html

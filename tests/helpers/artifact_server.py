@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,6 +32,7 @@ class ArtifactServer:
         self.ignore_range = ignore_range
         self.requests: Counter[str] = Counter()
         self.ranges: list[tuple[str, str | None]] = []
+        self.times: list[tuple[str, float]] = []  # (name, unix time) of every GET
         self._truncate: dict[str, list[int]] = {}
         self._lock = threading.Lock()
         outer = self
@@ -61,6 +63,7 @@ class ArtifactServer:
         rng = h.headers.get("Range")
         with self._lock:
             self.requests[name] += 1
+            self.times.append((name, time.time()))
             self.ranges.append((name, rng))
             cut = self._truncate[name].pop(0) if self._truncate.get(name) else None
         path = self.root / name

@@ -99,6 +99,17 @@ class Deployable:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """``hold: true`` (until removed) or ``hold: {until: 2026-12-24}`` (until that day
+    begins, UTC): the node keeps what it runs."""
+
+    until: float | None = None  # unix seconds; None: indefinitely
+
+    def active(self, now: float) -> bool:
+        return self.until is None or now < self.until
+
+
+@dataclass(frozen=True)
 class NodeTraits:
     """What selectors match a node on: shared by its file (``NodeSpec``) and the planner's
     view of it (``plan.select.NodeFacts``)."""
@@ -111,17 +122,6 @@ class NodeTraits:
     labels: Mapping[str, str] = field(default_factory=dict)
     windows: tuple[Window, ...] | None = None  # the node file's own windows win over a release's
     hold: Hold | None = None
-
-
-@dataclass(frozen=True)
-class Hold:
-    """``hold: true`` (until removed) or ``hold: {until: 2026-12-24}`` (until that day
-    begins, UTC): the node keeps what it runs."""
-
-    until: float | None = None  # unix seconds; None: indefinitely
-
-    def active(self, now: float) -> bool:
-        return self.until is None or now < self.until
 
 
 @dataclass(frozen=True)

@@ -113,9 +113,24 @@ class RolloutState:
         return None
 
 
+_CONTROL_DEFAULTS: dict[str, object] = {
+    "windows": None,
+    "max_unavailable": None,
+    "spread_seconds": 0,
+}
+
+
 def fingerprint(d: Deployable) -> str:
     """A digest of everything in a release/model file: any change starts a new rollout."""
-    text = canonical_json(asdict(d), default=dict)
+    doc = asdict(d)
+    # Rollout controls left at their defaults are not part of the digest, so a release file
+    # that does not use them keeps the fingerprint it had before they existed (upgrading
+    # the reconciler must not restart every rollout).
+    rollout = doc["rollout"]
+    for key, unset in _CONTROL_DEFAULTS.items():
+        if rollout.get(key) == unset:
+            del rollout[key]
+    text = canonical_json(doc, default=dict)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

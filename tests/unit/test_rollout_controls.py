@@ -9,6 +9,7 @@ import pytest
 
 from reconciler.dashboard.render import nodes_section
 from reconciler.plan.budget import max_unavailable, spread_delay
+from reconciler.plan.state import fingerprint
 from reconciler.plan.windows import Opening, next_opening, open_now, wait_text
 from reconciler.spec import Window
 from reconciler.views.fleet_status import release_row
@@ -20,6 +21,7 @@ from tests.helpers.fleet import (
     node_doc,
     nodes_named,
     release_doc,
+    spec_of,
 )
 
 V = "1.0.0"
@@ -310,3 +312,17 @@ def test_status_and_dashboard_show_a_held_node(row: dict[str, Any], want: str) -
     assert health_tone(shown.health) == "ok"  # the CLI table and the dashboard pill
     html = nodes_section([shown])
     assert f'<span class="pill ok">{want}</span>' in html, html
+
+
+def test_unused_controls_keep_the_fingerprint_an_upgrade_must_not_restart_rollouts() -> None:
+    def fp(doc: dict[str, Any]) -> str:
+        return fingerprint(spec_of(fleet_files(nodes_named("n1"), [doc])).deployables[0])
+
+    plain = release_doc("app", V)
+    # the digest this release had before the rollout controls existed (commit b8883a4)
+    assert fp(plain) == "0be50d3fab25db94"
+    explicit = release_doc("app", V)
+    explicit["rollout"]["spreadSeconds"] = 0
+    assert fp(explicit) == fp(plain)
+    explicit["rollout"]["spreadSeconds"] = 60
+    assert fp(explicit) != fp(plain)

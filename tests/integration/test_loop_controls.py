@@ -60,6 +60,10 @@ def test_hold_and_window_over_the_real_loop(rig: LoopRig) -> None:
     again = rig.once()
     assert again.writes == 0 and again.changed_nodes == () and again.audit == ()
     assert again.next_wake_at == OPENS  # n1 runs it: the window's opening is next
+    conds = {c["type"]: c for c in rig.reconciler.conditions()}  # type: ignore[union-attr]
+    assert conds["Reconciling"]["message"] == (
+        "app 1.0.0 Progressing batch 1/1, waiting for window Tue 02:00 Europe/Berlin"
+    )
     assert rig.snapshot() == before
 
     # the window opens: n3 is given the version, and the rollout finishes without n2

@@ -298,6 +298,14 @@ def _advance_batches(
             continue
         members = [n for n in batch.nodes if n in live]
         if batch.started_at is None:
+            # a batch starts when a window of one of its nodes opens (so backpressure is
+            # judged then, not hours before)
+            closed_all = _closed_windows(gate, members, now)
+            if members and len(closed_all) == len(members):
+                wait = _window_wait([o for o in closed_all if o is not None])
+                if wait is not None and wait.until is not None:
+                    wakes.append(wait.until)
+                return "Progressing", None, wakes, wait
             down = unavailable(sorted(live), reports, now, ttl)
             if gate.budget is not None and len(down) > gate.budget:
                 names = ", ".join(f"{n} ({why})" for n, why in down)
@@ -337,6 +345,18 @@ def _advance_batches(
         batches[i] = replace(batch, done_at=now)
         events.append(_batch_event("done", d, i, len(batches), members))
     return ("Succeeded" if live else "Pending"), None, wakes, None
+
+
+def _closed_windows(gate: _Gate, members: Sequence[str], now: float) -> list[win.Opening | None]:
+    """For each of ``members`` whose window is closed at ``now``: its next opening (None:
+    none within a week)."""
+    out: list[win.Opening | None] = []
+    for n in members:
+        node_windows = gate.windows.get(n)
+        if not win.open_now(node_windows, now):
+            assert isinstance(node_windows, tuple)  # only a list of windows can be closed
+            out.append(win.next_opening(node_windows, now))
+    return out
 
 
 def _window_wait(closed: Sequence[win.Opening]) -> Wait | None:

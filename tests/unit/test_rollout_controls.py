@@ -326,3 +326,20 @@ def test_unused_controls_keep_the_fingerprint_an_upgrade_must_not_restart_rollou
     assert fp(explicit) == fp(plain)
     explicit["rollout"]["spreadSeconds"] = 60
     assert fp(explicit) != fp(plain)
+
+
+def test_a_batch_starts_when_a_window_opens_and_backpressure_is_judged_then() -> None:
+    s = sim(release(windows=BERLIN_NIGHTS, maxUnavailable=0), nodes_named("n1", "n2"))
+    s.step(MON_2048)
+    s.run_until(MON_2048 + 60)
+    assert "batch-started" not in s.kinds()  # nothing starts hours before the window
+    s.agents = {"n2": "down"}  # n2 goes silent before the window opens
+    s.run_until(TUE_0200_UTC - 30)
+    s.heartbeat()
+    s.step(TUE_0200_UTC)
+    st = s.state("app")
+    assert st is not None and st.wait is not None and st.wait.kind == "backpressure"
+    assert s.versions("app") == {"n1": None, "n2": None}
+    s.agents = {}
+    s.run_until(TUE_0200_UTC + 30)
+    assert s.versions("app")["n1"] == V and "batch-started" in s.kinds()

@@ -310,22 +310,23 @@ def _advance_batches(
             if gate.budget is not None and len(down) > gate.budget:
                 names = ", ".join(f"{n} ({why})" for n, why in down)
                 label = f"{len(down)} targeted node(s) unavailable: {names}"
-                held = Wait("backpressure", f"{label}; maxUnavailable {gate.budget}")
-                return "Progressing", None, wakes, replace(held, nodes=tuple(n for n, _ in down))
+                blocked = Wait(
+                    "backpressure",
+                    f"{label}; maxUnavailable {gate.budget}",
+                    nodes=tuple(n for n, _ in down),
+                )
+                return "Progressing", None, wakes, blocked
             batch = batches[i] = replace(batch, started_at=now)
             events.append(_batch_event("started", d, i, len(batches), members))
         all_running = all_soaked = True
         closed: list[win.Opening] = []
         for n in members:
             given = progress.get(n)
-            if given is None:
-                node_windows = gate.windows.get(n)
-                if not win.open_now(node_windows, now):
+            if given is None:  # not given the target yet: only inside its window
+                shut = _closed_windows(gate, [n], now)
+                if shut:
                     all_running = all_soaked = False
-                    if isinstance(node_windows, tuple):
-                        opening = win.next_opening(node_windows, now)
-                        if opening is not None:
-                            closed.append(opening)
+                    closed += [o for o in shut if o is not None]
                     continue
                 given = NodeProgress(started_at=now)
             delay = spread_delay(n, gate.fingerprint, d.rollout.spread_seconds)

@@ -56,8 +56,14 @@ def dropped_off(
     out = []
     for n in converged:
         r = reports.get(n)
-        if not runs(r, name, version, now, ttl):
-            out.append((n, "Stale" if is_stale(r, now, ttl) else "Unhealthy"))
+        if runs(r, name, version, now, ttl):
+            continue
+        if r is None or is_stale(r, now, ttl):
+            out.append((n, "Stale"))
+            continue
+        w = r.workloads.get(name)
+        running = w.version if w is not None else None
+        out.append((n, "Unhealthy" if running == version else f"runs {running or 'nothing'}"))
     out.extend((n, "Stale") for n in converging if is_stale(reports.get(n), now, ttl))
     return out
 

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from reconciler.dashboard.render import nodes_section
-from reconciler.plan.budget import max_unavailable, spread_delay
+from reconciler.plan.budget import dropped_off, max_unavailable, spread_delay, unavailable
+from reconciler.plan.observations import NodeReport
 from reconciler.plan.state import fingerprint
 from reconciler.plan.windows import Opening, next_opening, open_now, wait_text
 from reconciler.spec import Window
@@ -23,6 +24,7 @@ from tests.helpers.fleet import (
     release_doc,
     spec_of,
 )
+from tests.helpers.reports import report_doc, workload_report
 
 V = "1.0.0"
 
@@ -343,3 +345,42 @@ def test_a_batch_starts_when_a_window_opens_and_backpressure_is_judged_then() ->
     s.agents = {}
     s.run_until(TUE_0200_UTC + 30)
     assert s.versions("app")["n1"] == V and "batch-started" in s.kinds()
+
+
+def _report(node: str, at: float, phase: str = "Healthy", version: str = V) -> NodeReport:
+    doc = report_doc(node, [workload_report("app", version, phase=phase)])
+    return NodeReport.from_json(node, doc, at)
+
+
+UNAVAILABLE = [
+    # (reports at now=1000 with ttl 90, want)
+    ({"a": _report("a", 990)}, []),
+    ({"a": _report("a", 900)}, [("a", "Stale")]),  # 100s > ttl
+    ({"a": _report("a", 990, "Unhealthy")}, [("a", "Unhealthy")]),
+    ({}, [("a", "Stale")]),  # never reported
+]
+
+
+@pytest.mark.parametrize(("reports", "want"), UNAVAILABLE)
+def test_unavailable(reports: dict[str, NodeReport], want: list[tuple[str, str]]) -> None:
+    assert unavailable(["a"], reports, 1000.0, 90.0) == want
+
+
+def test_dropped_off_judges_converged_and_converging_nodes_differently() -> None:
+    reports = {
+        "done-ok": _report("done-ok", 990),
+        "done-old": _report("done-old", 990, version="0.9.0"),  # no longer runs the target
+        "done-silent": _report("done-silent", 800),
+        "busy-restarting": _report("busy-restarting", 990, "Restarting"),  # still converging
+        "busy-silent": _report("busy-silent", 800),
+    }
+    got = dropped_off(
+        ["done-ok", "done-old", "done-silent"],
+        ["busy-restarting", "busy-silent"],
+        "app",
+        V,
+        reports,
+        1000.0,
+        90.0,
+    )
+    assert got == [("done-old", "runs 0.9.0"), ("done-silent", "Stale"), ("busy-silent", "Stale")]

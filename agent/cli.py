@@ -46,11 +46,13 @@ def _setup_logging(level: str) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from agent.local import local_status
+    from agent.local import credential, describe_credential, local_status
 
-    rows = local_status(load(args.config))
+    cfg = load(args.config)
+    rows = local_status(cfg)
+    cred = credential(cfg)
     if args.format == "json":
-        print(json.dumps(rows, indent=1))
+        print(json.dumps({"node": cfg.node, "credential": cred, "workloads": rows}, indent=1))
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -73,6 +75,7 @@ def _status(args: argparse.Namespace) -> int:
     if not console.is_terminal:
         console = Console(width=200)  # piped: do not squeeze the table into 80 columns
     console.print(table)
+    console.print(f"node {cfg.node}: {describe_credential(cred)}", highlight=False)
     return 0
 
 

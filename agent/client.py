@@ -2,7 +2,13 @@
 
 Outbound only. Server URLs are tried in order; the first that answers wins and is tried
 first next time. A 401 on a node endpoint means the stored node token is no longer valid:
-register again with the bootstrap token and retry once.
+register again with the join token (``bootstrapTokenFile``) and retry once.
+
+After the first registration the node token in ``stateDir/node.token`` is the node's
+identity: the join token is not needed any more and its file may be removed. The
+reconciler refuses to register a name that is already registered unless the caller
+proves it holds that name's current credential, so a leaked join token cannot take over
+a running node.
 """
 
 from __future__ import annotations
@@ -22,6 +28,15 @@ from agent.state import StateDir
 log = logging.getLogger(__name__)
 
 _register_lock = threading.Lock()
+
+
+def _message(resp: httpx.Response) -> str:
+    """The reconciler's ``message`` (it says what was wrong and what to do), else the text."""
+    try:
+        doc = resp.json()
+    except ValueError:
+        return resp.text[:300]
+    return str(doc.get("message")) if isinstance(doc, dict) else resp.text[:300]
 
 
 class ServerClient:
@@ -84,21 +99,22 @@ class ServerClient:
             return self._register()
 
     def _register(self) -> str:
-        bootstrap = self.bootstrap_token()
-        if not bootstrap:
+        join = self.bootstrap_token()
+        if not join:
             raise ConfigError(
-                "no node token stored and no bootstrap token: set bootstrapTokenFile in "
-                "the agent config (or FLEETKEEPER_BOOTSTRAP_TOKEN)"
+                f"node {self.node} holds no node credential and no join token: ask the operator "
+                f"for one (`fleetkeeper token create --node {self.node}`) and put it in "
+                "bootstrapTokenFile (or FLEETKEEPER_BOOTSTRAP_TOKEN)"
             )
         facts = dict(self.facts())
         problems = schema.errors("register", facts)
         if problems:
             raise ConfigError("register request would be invalid: " + "; ".join(problems))
-        resp = self._send("POST", f"/v1/nodes/{self.node}/register", token=bootstrap, json=facts)
-        if resp.status_code in (401, 403):
+        resp = self._send("POST", f"/v1/nodes/{self.node}/register", token=join, json=facts)
+        if resp.status_code in (401, 403, 409):
             raise ConfigError(
-                f"the reconciler refused the bootstrap token (HTTP {resp.status_code}); "
-                "check bootstrapTokenFile"
+                f"the reconciler refused to register node {self.node} with the join token in "
+                f"bootstrapTokenFile (HTTP {resp.status_code}): {_message(resp)}"
             )
         if resp.status_code not in (200, 201):
             raise ServerError(f"register: HTTP {resp.status_code}: {resp.text[:300]}")
@@ -106,7 +122,11 @@ class ServerClient:
         if not token:
             raise ServerError("register: the response carries no token")
         self.state.write_token(token)
-        log.info("registered node %s", self.node)
+        log.info(
+            "registered node %s; its node credential is in %s (the join token is no longer needed)",
+            self.node,
+            self.state.token_file,
+        )
         return token
 
     def token(self) -> str:

@@ -41,17 +41,23 @@ class AgentConfig:
     stop_grace_seconds: float = DEFAULT_STOP_GRACE_SECONDS
     resync_seconds: float = DEFAULT_RESYNC_SECONDS
     self_confirm_seconds: float = DEFAULT_SELF_CONFIRM_SECONDS
+    workload_user: str | None = None  # run.user of a release wins
     source: Path | None = None
 
     def bootstrap_token(self, environ: Mapping[str, str] | None = None) -> str | None:
-        """The bootstrap token from the environment or ``bootstrapTokenFile`` (None: none)."""
+        """The join token from the environment or ``bootstrapTokenFile`` (None: none).
+
+        Only needed to register; once ``stateDir/node.token`` holds the node credential,
+        the file may be removed."""
         env = os.environ if environ is None else environ
         if env.get(BOOTSTRAP_TOKEN_ENV):
             return env[BOOTSTRAP_TOKEN_ENV].strip()
         if self.bootstrap_token_file is None:
             return None
         try:
-            return self.bootstrap_token_file.read_text("utf-8").strip()
+            return self.bootstrap_token_file.read_text("utf-8").strip() or None
+        except FileNotFoundError:
+            return None  # removed after the first registration, as the docs allow
         except OSError as exc:
             raise ConfigError(
                 f"cannot read bootstrapTokenFile {self.bootstrap_token_file}: {exc}"
@@ -93,6 +99,7 @@ def from_document(doc: Mapping[str, Any], *, base: Path | None = None) -> AgentC
         self_confirm_seconds=float(
             doc.get("selfUpdateConfirmSeconds", DEFAULT_SELF_CONFIRM_SECONDS)
         ),
+        workload_user=str(doc["workloadUser"]) if doc.get("workloadUser") else None,
     )
 
 

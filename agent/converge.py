@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.board import Board
-from agent.errors import AgentError, UnpackError, VerifyError, WorkloadError
+from agent.errors import AgentError, Superseded, UnpackError, VerifyError, WorkloadError
 from agent.installed import Installed
 from agent.journal import Journal
 from agent.ledger import FailedTarget, Ledger, replay_failure
@@ -49,13 +49,18 @@ class Converger:
         board: Board,
         keep_versions: int = 3,
         exit_code: Callable[[str], int | None] | None = None,
+        workload_user: str | None = None,
+        superseded: Callable[[], bool] | None = None,
     ) -> None:
         self.root = install_root
         self.state = state
         self.sup = supervisor
         self.board = board
         self.keep = keep_versions
-        self.installed = Installed(install_root, state)
+        # workloadUser of the agent config; a release's run.user wins.
+        self.installed = Installed(install_root, state, workload_user)
+        # True once a newer desired generation has arrived: an in-flight download stops.
+        self.superseded = superseded or (lambda: False)
         self.ledger = Ledger(state)
         self.restarter = Restarter(self.installed, supervisor, exit_code or (lambda _name: None))
         # The agent itself, when it is installed under installRoot (see agent.selfupdate).
@@ -80,6 +85,12 @@ class Converger:
         for entry in desired.entries:
             try:
                 outcomes.append(self.converge_one(Workload.parse(entry), desired.key(entry)))
+            except Superseded as exc:
+                # Not a failure of this workload: the whole document is stale. What runs
+                # keeps running; the next pass converges the newer document.
+                log.info("%s: %s", entry.get("name"), exc)
+                self.board.set(str(entry.get("name")), phase=None, message=None)
+                break
             except AgentError as exc:
                 outcomes.append(self._failed(entry, desired.key(entry), exc))
             if outcomes[-1].exec_argv:
@@ -146,7 +157,7 @@ class Converger:
             return Outcome(False, "Pending", message, {}, retry_at=w.not_before)
         timings: dict[str, float] = {"received": time.time()}
         t0 = time.monotonic()
-        stage(w, self.installed, self.board, timings)
+        stage(w, self.installed, self.board, timings, superseded=self.superseded)
         from_previous = layout.previous_version()
         if (
             journal is not None

@@ -56,12 +56,13 @@ class Daemon:
         cfg.install_root.mkdir(parents=True, exist_ok=True)
         self.board = Board()
         self.sup = make_supervisor(cfg, self.state)
-        self.conv = make_converger(cfg, self.state, self.sup, self.board)
+        self.conv = make_converger(cfg, self.state, self.sup, self.board, self._superseded)
         self.stop = threading.Event()
         self._signalled = 0
         self.latest = Latest(*self.state.read_desired())
         self.acted_generation = 0
         self.retry_at: float | None = None  # wall time a workload's notBefore passes
+        self.converging_generation: int | None = None
         self._lock_fd: int | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -193,7 +194,15 @@ class Daemon:
                 continue
             self._converge(doc)
 
+    def _superseded(self) -> bool:
+        """A newer desired document arrived while one is being converged (downloads stop)."""
+        latest, converging = self.latest.document, self.converging_generation
+        if latest is None or converging is None:
+            return False
+        return int(latest.get("generation", 0)) != converging
+
     def _converge(self, doc: Mapping[str, Any]) -> None:
+        self.converging_generation = int(doc.get("generation", 0))
         outcomes = self.conv.converge(doc)
         for outcome in outcomes:
             if outcome.exec_argv:

@@ -6,7 +6,12 @@
 * ``file://`` for labs.
 * Size and SHA-256 are checked before the caller touches anything; a mismatch deletes the
   bytes (they are wrong, resuming them would not help) and raises :class:`VerifyError`.
+  The size is known in advance (``artifacts[].size`` is required): no more than ``size``
+  bytes are ever read, and a server that announces or sends more is refused.
 * Free disk space is checked first (the artifact plus room to unpack it).
+* ``superseded()`` is asked between chunks: once a newer desired generation has arrived the
+  download is dropped, its partial file too (it is not resumed later), with
+  :class:`Superseded`.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from agent.errors import DownloadError, VerifyError
+from agent.errors import DownloadError, Superseded, VerifyError
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +116,13 @@ def fetch(
     dest_dir: Path,
     *,
     sha256: str,
-    size: int | None,
+    size: int,
     on_phase: Callable[[str], None] | None = None,
     timeout: float = 30.0,
+    superseded: Callable[[], bool] | None = None,
 ) -> Downloaded:
     """Download ``url`` into ``dest_dir/<sha256>`` and verify it; return where it is."""
+    stale = superseded or (lambda: False)
     dest_dir.mkdir(parents=True, exist_ok=True)
     final = dest_dir / sha256
     part = dest_dir / f"{sha256}.part"
@@ -123,21 +130,24 @@ def fetch(
     if final.exists():
         # Verified earlier by a run that was killed before unpacking; verify again anyway.
         os.replace(final, part)
-    if size is not None:
-        check_free_space(dest_dir, 2 * size - _size(part))
+    check_free_space(dest_dir, 2 * size - _size(part))
     scheme = urllib.parse.urlsplit(url).scheme
-    if scheme == "file":
-        h, resumed = _copy_file(url, part, size)
-    elif scheme in ("http", "https"):
-        h, resumed = _download_http(url, part, size, timeout)
-    else:
-        raise DownloadError(f"unsupported artifact URL scheme {scheme!r} in {redact(url)}")
+    try:
+        if scheme == "file":
+            h, resumed = _copy_file(url, part, size, stale)
+        elif scheme in ("http", "https"):
+            h, resumed = _download_http(url, part, size, timeout, stale)
+        else:
+            raise DownloadError(f"unsupported artifact URL scheme {scheme!r} in {redact(url)}")
+    except (Superseded, VerifyError):
+        _discard(part)  # stale or wrong bytes: never resumed
+        raise
     download_done = time.monotonic()
     if on_phase:
         on_phase("Verifying")
     actual_size = _size(part)
     actual = h.hexdigest()
-    if size is not None and actual_size != size:
+    if actual_size != size:
         _discard(part)
         raise VerifyError(
             f"size mismatch for {redact(url)}: expected {size} bytes, got {actual_size}"
@@ -164,17 +174,23 @@ def _discard(path: Path) -> None:
         path.unlink()
 
 
-def _copy_file(url: str, part: Path, size: int | None) -> tuple[hashlib._Hash, int]:
+def _copy_file(
+    url: str, part: Path, size: int, stale: Callable[[], bool]
+) -> tuple[hashlib._Hash, int]:
     src = Path(urllib.request.url2pathname(urllib.parse.urlsplit(url).path))
     h = hashlib.sha256()
     progress = _Progress(str(src), size)
     done = 0
     try:
         with open(src, "rb", buffering=0) as fin, open(part, "wb") as fout:
-            while chunk := fin.read(CHUNK):
+            while chunk := fin.read(min(CHUNK, size + 1 - done)):
+                if stale():
+                    raise Superseded(f"stopped copying {src}: a newer desired state arrived")
+                done += len(chunk)
+                if done > size:
+                    raise VerifyError(f"{src} is larger than the expected {size} bytes")
                 h.update(chunk)
                 fout.write(chunk)
-                done += len(chunk)
                 progress.update(done)
             fout.flush()
             os.fsync(fout.fileno())
@@ -184,7 +200,7 @@ def _copy_file(url: str, part: Path, size: int | None) -> tuple[hashlib._Hash, i
 
 
 def _download_http(
-    url: str, part: Path, size: int | None, timeout: float
+    url: str, part: Path, size: int, timeout: float, stale: Callable[[], bool]
 ) -> tuple[hashlib._Hash, int]:
     """Stream ``url`` into ``part``, resuming with Range; (hash of all bytes, resumed from).
 
@@ -193,7 +209,7 @@ def _download_http(
     each piece and back.
     """
     have = _size(part)
-    if size is not None and have > size:
+    if have > size:
         _discard(part)
         have = 0
     h = _hash_prefix(part, have) if have else hashlib.sha256()
@@ -201,8 +217,10 @@ def _download_http(
     last_error: Exception | None = None
     with httpx.Client(timeout=timeout, follow_redirects=True, trust_env=False) as client:
         for attempt in range(ATTEMPTS):
-            if size is not None and have == size:
+            if have == size:
                 return h, resumed_from
+            if stale():
+                raise Superseded(f"dropped the download of {redact(url)}: a newer desired state")
             headers = {"Range": f"bytes={have}-"} if have else {}
             try:
                 with client.stream("GET", url, headers=headers) as resp:
@@ -220,22 +238,35 @@ def _download_http(
                         have, h = 0, hashlib.sha256()
                     elif have:
                         log.info("resuming %s at byte %d", redact(url), have)
-                    total = size
-                    if total is None and resp.headers.get("content-length"):
-                        total = have + int(resp.headers["content-length"])
-                        check_free_space(part.parent, 2 * total - have)
-                    progress = _Progress(redact(url), total)
+                    announced = resp.headers.get("content-length")
+                    announced_more = (
+                        announced is not None
+                        and announced.isdigit()
+                        and have + int(announced) > size
+                    )
+                    if announced_more:
+                        raise VerifyError(
+                            f"{redact(url)} announces {have + int(announced or 0)} bytes, "
+                            f"more than the expected {size}"
+                        )
+                    progress = _Progress(redact(url), size)
                     with open(part, "ab" if have else "wb") as fh:
                         # No chunk_size: bytes reach the disk as they arrive, so a drop
                         # mid-body loses nothing that was received.
                         for chunk in resp.iter_bytes():
+                            if stale():
+                                raise Superseded(
+                                    f"dropped the download of {redact(url)} at byte {have}: "
+                                    "a newer desired state arrived"
+                                )
+                            if have + len(chunk) > size:
+                                # Never keep (or read on) past the size the release gives.
+                                raise VerifyError(
+                                    f"{redact(url)} sends more than the expected {size} bytes"
+                                )
                             h.update(chunk)
                             fh.write(chunk)
                             have += len(chunk)
-                            if size is not None and have > size:
-                                raise VerifyError(
-                                    f"{redact(url)} is larger than the expected {size} bytes"
-                                )
                             progress.update(have)
                         fh.flush()
                         os.fsync(fh.fileno())

@@ -6,9 +6,10 @@
     ├── ConfigError        a human must fix the agent's config (stalled)
     │   └── AlreadyRunning another agent holds the state directory's lock
     ├── ServerError        the reconciler answered badly or not at all (transient: back off)
-    │   └── AuthError      401/403: re-register with the bootstrap token
+    │   └── AuthError      401/403: re-register with the join token
     └── WorkloadError      converging one workload failed (reported as Failed)
         ├── DownloadError  fetching the artifact failed (network, disk space)
+        │   └── Superseded a newer desired generation arrived: the download was dropped
         ├── VerifyError    size or SHA-256 mismatch: nothing was touched
         ├── UnpackError    the archive is unsafe or unreadable
         ├── SupervisorError a process could not be started, stopped or verified as new
@@ -46,6 +47,12 @@ class WorkloadError(AgentError):
 
 class DownloadError(WorkloadError):
     reason = "DownloadFailed"
+
+
+class Superseded(DownloadError):
+    """Not a failure: the document being converged is no longer the latest one."""
+
+    reason = "Superseded"
 
 
 class VerifyError(WorkloadError):

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from agent import procinfo
+from agent import isolation, procinfo
 from agent.layout import WorkloadLayout, resolved_within
 from agent.procinfo import ProcInfo
 from agent.prove import locate_version
@@ -23,9 +23,10 @@ from agent.supervise.supervisor import LaunchSpec
 
 
 class Installed:
-    def __init__(self, root: Path, state: StateDir) -> None:
+    def __init__(self, root: Path, state: StateDir, workload_user: str | None = None) -> None:
         self.root = root
         self.state = state
+        self.workload_user = workload_user  # agent config workloadUser; run.user wins
 
     def layout(self, name: str) -> WorkloadLayout:
         return WorkloadLayout(self.root, name)
@@ -58,7 +59,8 @@ class Installed:
         wstate = self.state.workload_state(name)
         wstate.mkdir(parents=True, exist_ok=True)
         argv, env = runtime.command(doc, vdir, wstate)
-        return LaunchSpec(name, tuple(argv), vdir, env), runtime, vdir
+        user = isolation.effective_user(doc, self.workload_user)
+        return LaunchSpec(name, tuple(argv), vdir, env, user), runtime, vdir
 
     def locate(self, name: str, info: ProcInfo) -> tuple[str | None, str]:
         """The version ``info`` runs from (None: not from this workload's versions) and the

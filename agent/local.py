@@ -7,13 +7,14 @@ daemon's lock. ``status`` only observes.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from agent.board import Board
-from agent.config import AgentConfig
+from agent.config import BOOTSTRAP_TOKEN_ENV, AgentConfig
 from agent.errors import AgentError
 from agent.report import decide_phase
 from agent.state import StateDir, file_lock, read_json, write_json
@@ -53,6 +54,48 @@ def _ask_daemon(state: StateDir, name: str, timeout: float) -> tuple[bool, str]:
         time.sleep(0.1)
     req.unlink(missing_ok=True)
     return False, f"the running agent did not answer within {timeout:.0f}s"
+
+
+def credential(cfg: AgentConfig) -> dict[str, Any]:
+    """Which credential the agent holds, never the secret itself.
+
+    ``node-credential``: registered, ``stateDir/node.token`` opens this node's endpoints
+    (the join token, if still present, is no longer needed). ``join-token``: not registered
+    yet; the token will be spent on the first registration. ``none``: it cannot register.
+    """
+    state = StateDir(cfg.state_dir)
+    try:
+        join = cfg.bootstrap_token()
+    except AgentError:
+        join = None
+    source = (
+        BOOTSTRAP_TOKEN_ENV
+        if os.environ.get(BOOTSTRAP_TOKEN_ENV)
+        else str(cfg.bootstrap_token_file)
+        if cfg.bootstrap_token_file is not None
+        else None
+    )
+    if state.read_token():
+        out: dict[str, Any] = {"kind": "node-credential", "file": str(state.token_file)}
+        if join:
+            out["joinTokenStillPresent"] = source
+        return out
+    if join:
+        return {"kind": "join-token", "source": source}
+    return {"kind": "none"}
+
+
+def describe_credential(cred: dict[str, Any]) -> str:
+    """One line for people about ``credential``'s answer."""
+    kind = cred.get("kind")
+    if kind == "node-credential":
+        line = f"credential: node credential ({cred['file']})"
+        if cred.get("joinTokenStillPresent"):
+            line += f"; the join token in {cred['joinTokenStillPresent']} is no longer needed"
+        return line
+    if kind == "join-token":
+        return f"credential: join token from {cred['source']} (not registered yet)"
+    return "credential: none (no node credential and no join token: it cannot register)"
 
 
 def local_status(cfg: AgentConfig) -> list[dict[str, Any]]:

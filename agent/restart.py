@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from agent import isolation
 from agent.errors import WorkloadError
 from agent.installed import Installed
 from agent.procinfo import ProcInfo
@@ -63,6 +64,8 @@ class Restarter:
         self, doc: WorkloadDoc, version: str, old: ProcInfo | None, timings: dict[str, float]
     ) -> Proof:
         """Start ``version`` as ``doc`` describes it in place of ``old``, and prove it."""
+        # The process and its versionProbe run as run.user, else the agent's workloadUser.
+        doc = isolation.with_user(doc, self.installed.workload_user)
         t = time.monotonic()
         sup = self.sup
         handoff = False

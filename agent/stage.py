@@ -12,6 +12,7 @@ import logging
 import shutil
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 from agent.board import Board
@@ -24,8 +25,19 @@ from agent.workload import Workload
 log = logging.getLogger(__name__)
 
 
-def stage(w: Workload, installed: Installed, board: Board, timings: dict[str, float]) -> None:
-    """Make ``versions/<w.version>`` hold the verified artifact; phase times into ``timings``."""
+def stage(
+    w: Workload,
+    installed: Installed,
+    board: Board,
+    timings: dict[str, float],
+    *,
+    superseded: Callable[[], bool] | None = None,
+) -> None:
+    """Make ``versions/<w.version>`` hold the verified artifact; phase times into ``timings``.
+
+    ``superseded`` says whether a newer desired document has arrived: the download stops
+    (:class:`agent.errors.Superseded`).
+    """
     name, version, sha = w.name, w.version, w.artifact.sha256
     layout = installed.layout(name)
     present = layout.installed_sha256(version)
@@ -40,6 +52,11 @@ def stage(w: Workload, installed: Installed, board: Board, timings: dict[str, fl
                 f"now says {sha}; publish the change as a new version"
             )
         shutil.rmtree(layout.version_dir(version), ignore_errors=True)
+    if w.artifact.size is None:
+        raise VerifyError(
+            f"{name} {version}: the artifact has no size; a download without a bound is "
+            "refused (artifacts[].size is required)"
+        )
     board.set(name, phase="Downloading", message=None)
     got = fetch(
         w.artifact.url,
@@ -47,6 +64,7 @@ def stage(w: Workload, installed: Installed, board: Board, timings: dict[str, fl
         sha256=sha,
         size=w.artifact.size,
         on_phase=lambda phase: board.set(name, phase=phase),
+        superseded=superseded,
     )
     timings["download"], timings["verify"] = got.seconds, got.verify_seconds
     if got.size >= 8 << 20:
@@ -62,7 +80,7 @@ def stage(w: Workload, installed: Installed, board: Board, timings: dict[str, fl
     staging = layout.staging_dir()
     filename = Path(urllib.parse.urlsplit(w.artifact.url).path).name or name
     try:
-        unpack(got.path, staging, filename=filename)
+        unpack(got.path, staging, filename=filename, unpacked_size=w.artifact.unpacked_size)
         layout.commit_staged(staging, version, sha)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.errors import ConfigError
+
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` atomically (never a partial file)."""
@@ -104,9 +106,16 @@ class StateDir:
         return self.root / "workloads" / name
 
     def ensure(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(OSError):
-            os.chmod(self.root, 0o700)
+        """Create the directory 0700, owned by the agent: it holds the node credential, and
+        a workload running as another user must not even list it."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        owner = self.root.stat().st_uid
+        if owner != os.geteuid():
+            raise ConfigError(
+                f"stateDir {self.root} is owned by uid {owner}, not by the agent's uid "
+                f"{os.geteuid()}: chown it to the agent's user"
+            )
+        os.chmod(self.root, 0o700)
 
     # -- node token ---------------------------------------------------------------------
     def read_token(self) -> str | None:

@@ -29,7 +29,14 @@ def make_supervisor(cfg: AgentConfig, state: StateDir) -> Supervisor:
     )
 
 
-def make_converger(cfg: AgentConfig, state: StateDir, sup: Supervisor, board: Board) -> Converger:
+def make_converger(
+    cfg: AgentConfig,
+    state: StateDir,
+    sup: Supervisor,
+    board: Board,
+    superseded: Callable[[], bool] | None = None,
+) -> Converger:
+    """``superseded``: has a newer desired document arrived (an in-flight download stops)."""
     # Only child processes have an exit code the agent can read (for "exited at start").
     exit_code: Callable[[str], int | None] | None = (
         sup.exit_code if isinstance(sup, ChildSupervisor) else None
@@ -41,6 +48,8 @@ def make_converger(cfg: AgentConfig, state: StateDir, sup: Supervisor, board: Bo
         board=board,
         keep_versions=cfg.keep_versions,
         exit_code=exit_code,
+        workload_user=cfg.workload_user,
+        superseded=superseded,
     )
 
 

@@ -26,7 +26,8 @@ DEFAULT_HEALTH_TIMEOUT = 60.0
 class Artifact:
     url: str
     sha256: str
-    size: int | None
+    size: int | None  # required by the schema; None only in a document stored before that
+    unpacked_size: int | None = None  # the most the archive may unpack to
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class Workload:
         if "version" not in doc:
             raise WorkloadError(f"workload {name!r}: version is required")
         health = doc.get("health") or {}
-        size = artifact.get("size")
+        size, unpacked = artifact.get("size"), artifact.get("unpackedSize")
         return cls(
             name=name,
             kind=str(doc.get("kind", "process")),
@@ -64,6 +65,7 @@ class Workload:
                 str(artifact["url"]),
                 str(artifact["sha256"]),
                 size if isinstance(size, int) else None,
+                unpacked if isinstance(unpacked, int) else None,
             ),
             health_timeout=float(health.get("timeoutSeconds", DEFAULT_HEALTH_TIMEOUT)),
             has_health_check=bool(health.get("http")) or doc.get("kind") == "model",

@@ -77,6 +77,8 @@ def fleet_repo(tmp: Path) -> tuple[Path, Path]:
         "kind": "Fleet",
         "name": "bench",
         "allowInsecureURLs": True,
+        # the benchmark's nodes have no file in nodes/: they join with a scoped join token
+        "registration": {"unlisted": "allow"},
     }
     merge_change(work, {"fleet.yaml": fleet}, "fleet settings", 0)
     git(work, "remote", "add", "origin", str(bare))
@@ -150,6 +152,18 @@ def start(tmp: Path, repo: Path, *, poll_interval: float = 60) -> Server:
                 raise SystemExit("fleetkeeper serve not ready:\n" + log.read_text())
             time.sleep(0.05)
     return Server(url, proc, bootstrap, admin, log)
+
+
+def join_token(server: Server, uses: int) -> str:
+    """A join token for ``uses`` registrations of nodes with role ``inference``."""
+    r = httpx.post(
+        f"{server.url}/v1/tokens",
+        json={"roles": ["inference"], "uses": uses},
+        headers={"Authorization": f"Bearer {server.admin}"},
+        timeout=30,
+    )
+    r.raise_for_status()
+    return str(r.json()["token"])
 
 
 def register_body(node: str) -> dict[str, object]:

@@ -23,7 +23,15 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _serve import fleet_repo, git, merge_change, percentile, register_body, start  # noqa: E402
+from _serve import (  # noqa: E402
+    fleet_repo,
+    git,
+    join_token,
+    merge_change,
+    percentile,
+    register_body,
+    start,
+)
 
 NODE = "node-0"
 
@@ -39,6 +47,7 @@ def release(version: str) -> dict[str, object]:
                 "platform": "linux/amd64",
                 "url": f"file:///srv/bench-agent-{version}.tar.gz",
                 "sha256": hashlib.sha256(version.encode()).hexdigest(),
+                "size": 1024,
             }
         ],
         "run": {"command": ["bin/bench-agent"]},
@@ -65,7 +74,7 @@ def main() -> None:
             r = c.post(
                 f"/v1/nodes/{NODE}/register",
                 json=register_body(NODE),
-                headers={"Authorization": f"Bearer {server.bootstrap}"},
+                headers={"Authorization": f"Bearer {join_token(server, 1)}"},
             )
             r.raise_for_status()
             token = r.json()["token"]

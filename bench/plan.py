@@ -59,7 +59,7 @@ def release_yaml(agent: int, version: str) -> str:
         f"agent: agent-{agent:03d}\nversion: {version}\n"
         "artifacts:\n  - platform: linux/amd64\n"
         f"    url: https://artifacts.example.org/agent-{agent:03d}-{version}.tar.gz\n"
-        f"    sha256: {SHA}\n"
+        f"    sha256: {SHA}\n    size: 1024\n"
         f'run:\n  command: [bin/agent, --port, "${{node.labels.port}}"]\n'
         f"targets:\n  roles: [r{agent % ROLES}]\n"
         "rollout:\n  batchSize: 10%\n"

@@ -32,7 +32,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _serve import Server, fleet_repo, register_body, start  # noqa: E402
+from _serve import Server, fleet_repo, join_token, register_body, start  # noqa: E402
 
 WRK_SCRIPT = r"""
 local rows = {}
@@ -116,7 +116,7 @@ def free_port() -> int:
 async def register_all(server: Server, nodes: list[str]) -> dict[str, str]:
     tokens: dict[str, str] = {}
     sem = asyncio.Semaphore(32)
-    headers = {"Authorization": f"Bearer {server.bootstrap}"}
+    headers = {"Authorization": f"Bearer {join_token(server, len(nodes))}"}
     async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=60) as c:
 
         async def one(node: str) -> None:

@@ -47,6 +47,7 @@ artifacts:
   - platform: darwin/arm64
     url: https://dl.example.org/{agent}/{version}/{agent}-darwin-arm64.tar.gz
     sha256: {"cd" * 32}
+    size: 12345678
 run:
   command: [bin/{agent}, --port, "${{node.labels.port}}"]
   env: {{LOG_LEVEL: info}}

@@ -26,6 +26,8 @@ COMMANDS = {
     "serve": "run the reconciler and its HTTP API",
     "status": "fleet and rollout status from a running reconciler",
     "audit": "the audit log of a running reconciler",
+    "token": "join tokens for new nodes: create, list, revoke",
+    "node": "operator actions on a node's identity (reset)",
     "hooks": "install git hooks (pre-commit, pre-receive) into a fleet repo",
 }
 

@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -24,10 +25,44 @@ DEFAULT_HEARTBEAT_TTL = 90
 DEFAULT_POLL_INTERVAL = 60.0
 DEFAULT_MAX_BODY = 1024 * 1024
 DEFAULT_STATE_DIR = "/var/lib/fleetkeeper"
+# HTTP server limits (slowloris and connection floods), see docs/server.md
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 30.0  # a 1 MiB body at ~35 KiB/s
+DEFAULT_KEEP_ALIVE = 20  # above the agents' 15 s heartbeat: their connection is reused
+DEFAULT_MAX_CONNECTIONS = 20000  # 8,000 agents x 2 connections, plus people and margin
+DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 
 ENV_BOOTSTRAP = "FLEETKEEPER_BOOTSTRAP_TOKEN"
 ENV_ADMIN = "FLEETKEEPER_ADMIN_TOKEN"
 ENV_WEBHOOK = "FLEETKEEPER_WEBHOOK_SECRET"
+
+ReceiverType = Literal["webhook", "slack", "ntfy"]
+NotificationEvent = Literal["halted", "stale", "succeeded", "refused", "failover"]
+NOTIFICATION_EVENTS: tuple[NotificationEvent, ...] = (
+    "halted",
+    "stale",
+    "succeeded",
+    "refused",
+    "failover",
+)
+DEFAULT_NOTIFY_ATTEMPTS = 5
+DEFAULT_NOTIFY_BACKOFF = 2.0
+DEFAULT_NOTIFY_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """One ``notifications:`` entry: where to send which events, and how hard to try."""
+
+    name: str
+    type: ReceiverType
+    url: str = field(repr=False)  # may carry a secret (Slack's URLs do)
+    events: frozenset[NotificationEvent] = frozenset(NOTIFICATION_EVENTS)
+    secret: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    attempts: int = DEFAULT_NOTIFY_ATTEMPTS
+    backoff: float = DEFAULT_NOTIFY_BACKOFF
+    timeout: float = DEFAULT_NOTIFY_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -45,6 +80,12 @@ class Config:
     heartbeat_ttl: int = DEFAULT_HEARTBEAT_TTL
     poll_interval: float = DEFAULT_POLL_INTERVAL
     max_body_bytes: int = DEFAULT_MAX_BODY
+    notifications: tuple[Receiver, ...] = ()
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    keep_alive: int = DEFAULT_KEEP_ALIVE
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     source_file: Path | None = None
 
     @property
@@ -67,6 +108,41 @@ def _secret(
         return env[env_name].strip()
     path = _path(base, doc.get(key))
     return None if path is None else read_secret(path, key)
+
+
+def _receivers(base: Path, entries: object) -> tuple[Receiver, ...]:
+    """The ``notifications:`` list (already schema-valid); secrets read from their files."""
+    out: list[Receiver] = []
+    for i, entry in enumerate(entries if isinstance(entries, list) else []):
+        where = f"notifications[{i}]"
+        name = str(entry["name"])
+        if any(r.name == name for r in out):
+            raise ConfigError(f"{where}.name: {name!r} is used by an earlier receiver")
+        url_file = _path(base, entry.get("urlFile"))
+        url = read_secret(url_file, f"{where}.urlFile") if url_file else str(entry["url"])
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where}.urlFile: {url_file} does not hold an http(s) URL")
+        secret_file = _path(base, entry.get("secretFile"))
+        token_file = _path(base, entry.get("tokenFile"))
+        kind = str(entry["type"])
+        if kind == "webhook" and secret_file is None:
+            raise ConfigError(f"{where}: a webhook receiver needs secretFile (its HMAC key)")
+        out.append(
+            Receiver(
+                name=name,
+                type="slack" if kind == "slack" else "ntfy" if kind == "ntfy" else "webhook",
+                url=url,
+                events=frozenset(
+                    e for e in NOTIFICATION_EVENTS if e in entry.get("events", NOTIFICATION_EVENTS)
+                ),
+                secret=read_secret(secret_file, f"{where}.secretFile") if secret_file else None,
+                token=read_secret(token_file, f"{where}.tokenFile") if token_file else None,
+                attempts=int(entry.get("attempts", DEFAULT_NOTIFY_ATTEMPTS)),
+                backoff=float(entry.get("backoffSeconds", DEFAULT_NOTIFY_BACKOFF)),
+                timeout=float(entry.get("timeoutSeconds", DEFAULT_NOTIFY_TIMEOUT)),
+            )
+        )
+    return tuple(out)
 
 
 def parse_config(
@@ -96,6 +172,7 @@ def parse_config(
             require_signed_merges=bool(appr.get("requireSignedMerges", False)),
             allowed_signers=_path(base, appr.get("allowedSigners")),
             gpg_keyring=_path(base, appr.get("gpgKeyring")),
+            baseline=str(appr["baseline"]).lower() if appr.get("baseline") else None,
         ),
         state_dir=state_dir,
         database=database,
@@ -107,6 +184,12 @@ def parse_config(
         heartbeat_ttl=int(str(doc.get("heartbeatTTLSeconds", DEFAULT_HEARTBEAT_TTL))),
         poll_interval=float(str(doc.get("pollIntervalSeconds", DEFAULT_POLL_INTERVAL))),
         max_body_bytes=int(str(doc.get("maxBodyBytes", DEFAULT_MAX_BODY))),
+        notifications=_receivers(base, doc.get("notifications")),
+        header_timeout=float(str(doc.get("headerTimeoutSeconds", DEFAULT_HEADER_TIMEOUT))),
+        body_timeout=float(str(doc.get("bodyTimeoutSeconds", DEFAULT_BODY_TIMEOUT))),
+        keep_alive=int(str(doc.get("keepAliveSeconds", DEFAULT_KEEP_ALIVE))),
+        max_connections=int(str(doc.get("maxConnections", DEFAULT_MAX_CONNECTIONS))),
+        max_header_bytes=int(str(doc.get("maxHeaderBytes", DEFAULT_MAX_HEADER_BYTES))),
         source_file=source,
     )
 

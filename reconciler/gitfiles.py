@@ -5,19 +5,33 @@ index of ``git commit -a`` / ``git commit PATH`` (GIT_INDEX_FILE) and the quaran
 objects of a push being received (GIT_OBJECT_DIRECTORY, GIT_QUARANTINE_PATH). The
 environment is therefore passed through unchanged.
 
-Only YAML files are read (``*.yaml``, ``*.yml``); symlinks and submodules are skipped.
+Only regular YAML files are read (``*.yaml``, ``*.yml``, mode 100644); every other entry
+where fleet files live (a symlink, a submodule, an executable) is returned by
+``index_entries``/``tree_entries`` as irregular, for ``validate.entries`` to refuse.
+Blobs are read as stored: no filter, eol or working-tree-encoding attribute applies.
 """
 
 from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.errors import CommandError, FleetkeeperError
+from reconciler.validate.entries import in_fleet_area
 
 ZERO_SHA = "0" * 40
-_REGULAR_MODES = ("100644", "100755")
+_REGULAR_MODE = "100644"
+
+
+@dataclass(frozen=True)
+class FleetEntries:
+    """The regular fleet YAML files of an index or tree, and the entries that are not
+    regular files where fleet files live ((path, octal mode), refused by validation)."""
+
+    files: dict[str, bytes]
+    irregular: tuple[tuple[str, str], ...]
 
 
 class NotARepository(FleetkeeperError):
@@ -93,36 +107,59 @@ def _strip(entries: Iterable[tuple[str, str]], prefix: str) -> list[tuple[str, s
     return [(path[len(prefix) :], sha) for path, sha in entries]
 
 
-def index_files(repo: Path, prefix: str = "") -> dict[str, bytes]:
-    """YAML files staged in the index under ``prefix`` ('' or 'dir/'), paths without it.
+def _irregular(path: str, mode: str, prefix: str) -> bool:
+    """A non-regular entry in the fleet area (judged by ``validate.entries``)."""
+    return path.startswith(prefix) and mode != _REGULAR_MODE and in_fleet_area(path[len(prefix) :])
+
+
+def index_entries(repo: Path, prefix: str = "") -> FleetEntries:
+    """The index under ``prefix`` ('' or 'dir/'), paths without it: what will be committed.
 
     ``repo`` is the work tree's top folder; ``prefix`` is relative to it.
     """
     out = _git(repo, "ls-files", "--stage", "-z", "--full-name")
     entries: list[tuple[str, str]] = []
+    irregular: list[tuple[str, str]] = []
     for record in out.decode("utf-8", "surrogateescape").split("\0"):
         if not record:
             continue
         meta, path = record.split("\t", 1)
         mode, sha, stage = meta.split()
         # stage != 0: an unresolved merge conflict; the commit cannot happen yet anyway
-        if mode in _REGULAR_MODES and stage == "0" and _wanted(path, prefix):
+        if stage != "0":
+            continue
+        if mode == _REGULAR_MODE and _wanted(path, prefix):
             entries.append((path, sha))
-    return _read_blobs(repo, _strip(entries, prefix))
+        elif _irregular(path, mode, prefix):
+            irregular.append((path[len(prefix) :], mode))
+    return FleetEntries(_read_blobs(repo, _strip(entries, prefix)), tuple(irregular))
 
 
-def tree_files(repo: Path, rev: str, prefix: str = "") -> dict[str, bytes]:
-    """YAML files of revision ``rev``'s tree under ``prefix``, paths without it."""
+def index_files(repo: Path, prefix: str = "") -> dict[str, bytes]:
+    """The regular YAML files of ``index_entries``."""
+    return index_entries(repo, prefix).files
+
+
+def tree_entries(repo: Path, rev: str, prefix: str = "") -> FleetEntries:
+    """Revision ``rev``'s tree under ``prefix``, paths without it."""
     commit = resolve_commit(repo, rev)
     if commit is None:
         raise CommandError(["git", "rev-parse", rev], 128, f"{rev!r} names no commit")
     out = _git(repo, "ls-tree", "-r", "-z", "--full-tree", commit)
     entries: list[tuple[str, str]] = []
+    irregular: list[tuple[str, str]] = []
     for record in out.decode("utf-8", "surrogateescape").split("\0"):
         if not record:
             continue
         meta, path = record.split("\t", 1)
-        mode, kind, sha = meta.split()
-        if kind == "blob" and mode in _REGULAR_MODES and _wanted(path, prefix):
+        mode, _, sha = meta.split()
+        if mode == _REGULAR_MODE and _wanted(path, prefix):
             entries.append((path, sha))
-    return _read_blobs(repo, _strip(entries, prefix))
+        elif _irregular(path, mode, prefix):
+            irregular.append((path[len(prefix) :], mode))
+    return FleetEntries(_read_blobs(repo, _strip(entries, prefix)), tuple(irregular))
+
+
+def tree_files(repo: Path, rev: str, prefix: str = "") -> dict[str, bytes]:
+    """The regular YAML files of ``tree_entries``."""
+    return tree_entries(repo, rev, prefix).files

@@ -124,7 +124,8 @@ def pre_receive(
                 out.write(f"fleetkeeper: {update.ref}: rejected ({commit[:12]} is invalid)\n")
                 verdict = 1
             continue
-        report = validate_files(gitfiles.tree_files(repo, commit, prefix)).with_prefix(prefix)
+        found = gitfiles.tree_entries(repo, commit, prefix)
+        report = validate_files(found.files, irregular=found.irregular).with_prefix(prefix)
         judged[commit] = report.ok
         if report.ok and not report.violations:
             continue

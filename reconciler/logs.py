@@ -56,7 +56,9 @@ def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
 
 
 _AUDIT_LOG = logging.getLogger("reconciler.audit")
-_WARNING_KINDS = frozenset({"refused", "invalid", "halted", "rolled-back", "stale", "rollback"})
+_WARNING_KINDS = frozenset(
+    {"refused", "invalid", "halted", "rolled-back", "stale", "rollback", "registration-refused"}
+)
 
 
 def log_event(event: AuditEvent) -> None:

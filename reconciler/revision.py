@@ -6,6 +6,11 @@ the validation result by the set of (path, blob oid), so re-loading a revision a
 new merge reads only the changed blobs. The cross-file rules are incremental too
 (``validate_incremental`` with the RuleMemo kept here): after a merge that changes no node
 file and not fleet.yaml, only the changed files are judged again.
+
+Only regular files (mode 100644) are read: a symlink, a submodule or an executable where
+fleet files live makes the revision invalid (``validate.entries``), so that what is
+judged, what is approved and what is deployed are the same bytes. Blobs are read as
+stored: no .gitattributes filter, eol or encoding ever applies.
 """
 
 from __future__ import annotations
@@ -18,16 +23,18 @@ import pygit2
 
 from reconciler.spec import FleetSpec
 from reconciler.validate import FileCheck, Report, RuleMemo, Violation, validate_incremental
+from reconciler.validate.entries import entry_violations
 from reconciler.validate.loader import LoadedFile, load_file
 from reconciler.validate.schema_check import check_schema, expected_kind
+from reconciler.validate.violations import sort_key
 
 log = logging.getLogger(__name__)
 
 FLEET_DIRS = ("nodes", "releases", "models")
 TOP_FILES = ("fleet.yaml", "fleet.yml")
 _YAML = (".yaml", ".yml")
-# Regular files only, as the hooks read them: a symlink's blob is its target path, not YAML.
-_REGULAR = (pygit2.enums.FileMode.BLOB, pygit2.enums.FileMode.BLOB_EXECUTABLE)
+_REGULAR = pygit2.enums.FileMode.BLOB  # 100644; anything else is refused (validate.entries)
+_TREE = pygit2.enums.FileMode.TREE
 # Bounds (a full cache is simply cleared): blobs and parsed files cover a fleet of ~20k
 # files; listings are per tree and a fleet folder's listing is as long as the folder.
 _CACHE_MAX = 50_000
@@ -35,12 +42,14 @@ _LISTINGS_MAX = 4_096
 _RESULT_MAX = 4
 
 Listing = tuple[tuple[str, str], ...]  # (repo-relative path, blob oid), sorted
+Irregular = tuple[tuple[str, str], ...]  # (repo-relative path, octal mode): not regular files
 
 _lock = threading.Lock()
-_listings: dict[str, Listing] = {}
-_roots: dict[str, Listing] = {}  # fleet_listing by root tree oid (plan asks twice per commit)
+_listings: dict[str, tuple[Listing, Irregular]] = {}
+# fleet_entries by root tree oid (plan asks twice per commit)
+_roots: dict[str, tuple[Listing, Irregular]] = {}
 _blobs: dict[str, bytes] = {}
-_results: dict[Listing, tuple[FleetSpec | None, tuple[Violation, ...]]] = {}
+_results: dict[tuple[Listing, Irregular], tuple[FleetSpec | None, tuple[Violation, ...]]] = {}
 _checked: dict[tuple[str, str], tuple[LoadedFile | None, tuple[Violation, ...]]] = {}
 _memo = RuleMemo()  # the cross-file rules' findings of the last validated listing
 
@@ -56,50 +65,79 @@ class LoadedRevision:
         return self.spec is not None
 
 
-def _list_tree(repo: pygit2.Repository, tree: pygit2.Tree, prefix: str) -> Listing:
+def _prefixed(found: tuple[Listing, Irregular], prefix: str) -> tuple[Listing, Irregular]:
+    listing, irregular = found
+    return (
+        tuple((prefix + p, o) for p, o in listing),
+        tuple((prefix + p, m) for p, m in irregular),
+    )
+
+
+def _list_tree(
+    repo: pygit2.Repository, tree: pygit2.Tree, prefix: str
+) -> tuple[Listing, Irregular]:
     key = str(tree.id)
     hit = _listings.get(key)
     if hit is not None:
-        return tuple((prefix + p, o) for p, o in hit)
+        return _prefixed(hit, prefix)
     out: list[tuple[str, str]] = []
+    odd: list[tuple[str, str]] = []
     for entry in tree:
         name = entry.name
         assert name is not None
-        if entry.type_str == "tree":
+        if entry.filemode == _TREE:
             sub = repo[entry.id]
             assert isinstance(sub, pygit2.Tree)
-            out.extend(_list_tree(repo, sub, name + "/"))
-        elif entry.filemode in _REGULAR and name.endswith(_YAML):
-            out.append((name, str(entry.id)))
-    listing = tuple(sorted(out))
+            listing, irregular = _list_tree(repo, sub, name + "/")
+            out.extend(listing)
+            odd.extend(irregular)
+        elif entry.filemode == _REGULAR:
+            if name.endswith(_YAML):
+                out.append((name, str(entry.id)))
+        else:
+            odd.append((name, f"{entry.filemode:o}"))
+    found = (tuple(sorted(out)), tuple(sorted(odd)))
     if len(_listings) >= _LISTINGS_MAX:
         _listings.clear()
-    _listings[key] = listing
-    return tuple((prefix + p, o) for p, o in listing)
+    _listings[key] = found
+    return _prefixed(found, prefix)
 
 
-def fleet_listing(repo: pygit2.Repository, sha: str) -> Listing:
-    """The YAML files where fleet files live in commit ``sha``: top-level and fleet folders."""
+def fleet_entries(repo: pygit2.Repository, sha: str) -> tuple[Listing, Irregular]:
+    """Where fleet files live in commit ``sha`` (top-level and fleet folders): the regular
+    YAML files, and the entries that are not regular files (refused by validation)."""
     commit = repo[sha]
     tree = commit.peel(pygit2.Tree)
     hit = _roots.get(str(tree.id))
     if hit is not None:
         return hit
     out: list[tuple[str, str]] = []
+    odd: list[tuple[str, str]] = []
     for entry in tree:
         name = entry.name
         assert name is not None
-        if entry.filemode in _REGULAR and name in TOP_FILES:
+        if name not in TOP_FILES and name not in FLEET_DIRS:
+            continue
+        if name in TOP_FILES and entry.filemode == _REGULAR:
             out.append((name, str(entry.id)))
-        elif entry.type_str == "tree" and name in FLEET_DIRS:
+        elif name in FLEET_DIRS and entry.filemode == _TREE:
             sub = repo[entry.id]
             assert isinstance(sub, pygit2.Tree)
-            out.extend(_list_tree(repo, sub, name + "/"))
-    listing = tuple(sorted(out))
+            listing, irregular = _list_tree(repo, sub, name + "/")
+            out.extend(listing)
+            odd.extend(irregular)
+        else:
+            odd.append((name, f"{entry.filemode:o}"))
+    found = (tuple(sorted(out)), tuple(sorted(odd)))
     if len(_roots) >= _RESULT_MAX:
         _roots.pop(next(iter(_roots)))
-    _roots[str(tree.id)] = listing
-    return listing
+    _roots[str(tree.id)] = found
+    return found
+
+
+def fleet_listing(repo: pygit2.Repository, sha: str) -> Listing:
+    """The regular YAML files where fleet files live in commit ``sha``."""
+    return fleet_entries(repo, sha)[0]
 
 
 def _blob(repo: pygit2.Repository, oid: str) -> bytes:
@@ -163,17 +201,23 @@ def _validate_listing(repo: pygit2.Repository, listing: Listing) -> tuple[Report
 
 def load_revision(repo: pygit2.Repository, sha: str) -> LoadedRevision:
     """Read, validate and build the fleet spec of commit ``sha`` (spec None when invalid)."""
-    listing = fleet_listing(repo, sha)
+    found = fleet_entries(repo, sha)
+    listing, irregular = found
     with _lock:
-        hit = _results.get(listing)
+        hit = _results.get(found)
     if hit is None:
         report, spec = _validate_listing(repo, listing)
-        hit = (spec, report.violations)
+        violations = report.violations
+        odd = entry_violations(irregular)
+        if odd:  # a link, a submodule or an executable where fleet files live
+            spec = None
+            violations = tuple(sorted((*odd, *violations), key=sort_key))
+        hit = (spec, violations)
         with _lock:
             if len(_results) >= _RESULT_MAX:
                 _results.pop(next(iter(_results)))
-            _results[listing] = hit
+            _results[found] = hit
+        if spec is None:  # the verdict is the caller's to report (the loop audits it once)
+            log.debug("revision %s is invalid: %d violation(s)", sha, len(violations))
     spec, violations = hit
-    if spec is None:
-        log.warning("revision %s is invalid: %d violation(s)", sha, len(violations))
     return LoadedRevision(sha=sha, spec=spec, violations=violations)

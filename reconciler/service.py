@@ -25,11 +25,14 @@ from reconciler.api.admin import fleet_status
 from reconciler.api.metrics import MeteredStore, Metrics
 from reconciler.approval.engine import Approver
 from reconciler.config import Config
-from reconciler.errors import ConfigError
+from reconciler.errors import ConfigError, Waiting
+from reconciler.httpserver import raise_open_file_limit, server_config
 from reconciler.loop.reconciler import PassResult, Reconciler
+from reconciler.notify.sender import Notifier
 from reconciler.source import GitSource
 from reconciler.store import open_store
 from reconciler.store.base import AuditEvent
+from reconciler.store.files import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +90,34 @@ class _MeteredReconciler(Reconciler):
             return super().reconcile_once()
 
 
+class _MeteredSource(GitSource):
+    """The source with each mirror fetch timed, and failures counted."""
+
+    metrics: Metrics
+
+    def fetch(self) -> None:
+        if not self.is_mirror:
+            return
+        with self.metrics.fetch_seconds.time():
+            try:
+                super().fetch()
+            except Waiting:
+                self.metrics.fetch_failures.inc()
+                raise
+
+
 async def serve(config: Config, on_listening: Callable[[str], None] | None = None) -> None:
     """Run until SIGTERM/SIGINT (or a fatal error in one of the parts)."""
     metrics = Metrics()
-    store = MeteredStore(open_store(config.database_url), metrics)
+    private_dir(config.state_dir)  # git mirrors and (by default) state.db live here
+    for r in config.notifications:  # every receiver shows in /metrics from the start
+        for outcome in ("delivered", "failed"):
+            metrics.notifications.labels(receiver=r.name, result=outcome)
+    notifier = Notifier(config.notifications, metrics.count_notification)
+    store = MeteredStore(open_store(config.database_url), metrics, [notifier.submit])
     try:
-        source = GitSource(config.repo, config.state_dir, config.branch)
+        source = _MeteredSource(config.repo, config.state_dir, config.branch)
+        source.metrics = metrics
         ctx = ApiContext.load(store, ApiSettings.from_config(config), metrics)
         reconciler = _MeteredReconciler(
             config, store, source, notify=ctx.hub.notify_from_thread, approver=Approver()
@@ -105,17 +130,8 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
         app = create_app(ctx, dashboard_routes(ctx))
         sock = bind(config.listen_host, config.listen_port)
         host, port = sock.getsockname()[:2]
-        server = _Server(
-            uvicorn.Config(
-                app,
-                log_config=None,
-                access_log=False,
-                lifespan="on",
-                loop="none",
-                timeout_graceful_shutdown=GRACE_SECONDS,
-                server_header=False,
-            )
-        )
+        raise_open_file_limit(config.max_connections)
+        server = _Server(server_config(app, config, graceful_shutdown=GRACE_SECONDS))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -128,6 +144,7 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
             "http": server.serve(sockets=[sock]),
             "reconcile": reconciler.run(stop),
             "watch": source.watch(reconciler.wake, stop, config.poll_interval),
+            "notify": notifier.run(stop),
         }
         tasks = {asyncio.create_task(c, name=n): n for n, c in parts.items()}
         stopper = asyncio.create_task(stop.wait())

@@ -27,12 +27,15 @@ class Artifact:
     platform: str  # "linux/amd64" ... or "any" (model files)
     url: str
     sha256: str
-    size: int | None = None
+    size: int | None = None  # required by the schema; None only for unvalidated input
+    unpacked_size: int | None = None  # the most the archive may unpack to (agent-enforced)
 
     def to_json(self) -> dict[str, JSON]:
         out: dict[str, JSON] = {"platform": self.platform, "url": self.url, "sha256": self.sha256}
         if self.size is not None:
             out["size"] = self.size
+        if self.unpacked_size is not None:
+            out["unpackedSize"] = self.unpacked_size
         return out
 
 
@@ -134,6 +137,9 @@ class FleetSettings:
     name: str = "fleet"
     allow_insecure_urls: bool = False
     default_rollout: Mapping[str, JSON] = field(default_factory=dict)
+    # registration.unlisted: "allow" lets a node without a file in nodes/ get workloads,
+    # planned from the roles/labels its join token's scope covered; "deny" (default) not
+    unlisted: Literal["allow", "deny"] = "deny"
 
 
 @dataclass(frozen=True)
@@ -241,13 +247,14 @@ def parse_artifacts(doc: object) -> tuple[Artifact, ...]:
     out = []
     for a in doc if isinstance(doc, list) else []:
         assert isinstance(a, dict)
-        size = a.get("size")
+        size, unpacked = a.get("size"), a.get("unpackedSize")
         out.append(
             Artifact(
                 platform=str(a["platform"]),
                 url=str(a["url"]),
                 sha256=str(a["sha256"]),
                 size=size if isinstance(size, int) else None,
+                unpacked_size=unpacked if isinstance(unpacked, int) else None,
             )
         )
     return tuple(out)
@@ -257,10 +264,12 @@ def parse_fleet(doc: Mapping[str, JSON] | None) -> FleetSettings:
     if doc is None:
         return FleetSettings()
     defaults = _dict(doc.get("defaults"))
+    registration = _dict(doc.get("registration"))
     return FleetSettings(
         name=str(doc.get("name", "fleet")),
         allow_insecure_urls=bool(doc.get("allowInsecureURLs", False)),
         default_rollout=_dict(defaults.get("rollout")),
+        unlisted="allow" if registration.get("unlisted") == "allow" else "deny",
     )
 
 

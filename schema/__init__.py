@@ -23,6 +23,8 @@ NAMES = (
     "model",
     "register",
     "register-response",
+    "join-token-request",
+    "join-token",
     "desired-state",
     "status-report",
     "fleet-status",

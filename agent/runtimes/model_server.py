@@ -34,6 +34,7 @@ from agent.layout import MARKER
 from agent.procinfo import ProcInfo
 from agent.runtimes.base import HealthResult, VersionProbe, WorkloadDoc
 from agent.runtimes.openai_health import check_openai, served_from
+from agent.selfinstall import agent_location
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +324,11 @@ class ModelServerRuntime:
         argv = self.server_argv(path, port, model_args(workload), handoff=handoff)
         extra = model_args(workload).get("extra") or []
         argv += [str(a) for a in extra]
-        return argv, self.server_env(state_dir)
+        env = self.server_env(state_dir)
+        if handoff:
+            # The handoff wrapper is the agent's own module; workloads inherit no PYTHONPATH.
+            env["PYTHONPATH"] = str(agent_location().parent)
+        return argv, env
 
     def check_health(self, workload: WorkloadDoc, timeout: float) -> HealthResult:
         try:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
+from agent import isolation
 from agent.errors import WorkloadError
 from agent.runtimes.base import HealthResult, VersionProbe, WorkloadDoc
 from agent.runtimes.http_health import check_http
@@ -62,16 +64,28 @@ class ProcessRuntime:
             return VersionProbe(configured=False, ok=True, output="", message="no versionProbe")
         argv = [str(a) for a in probe]
         argv[0] = resolve_program(argv[0], version_dir)
+        # The probe is the workload's own program: same clean environment, same user.
+        name = str(workload.get("name"))
+        run_env = {
+            str(k): str(v) for k, v in ((workload.get("run") or {}).get("env") or {}).items()
+        }
         try:
+            wanted = isolation.effective_user(workload, None)
+            user = isolation.lookup_user(wanted) if wanted else None
+            home = user.home if user else isolation.own_home()
             proc = subprocess.run(
                 argv,
                 cwd=version_dir,
+                env=isolation.workload_env(name, run_env, home=home, agent_env=os.environ),
                 capture_output=True,
                 text=True,
                 timeout=timeout,
                 stdin=subprocess.DEVNULL,
+                **isolation.popen_user_kwargs(user),
             )
-        except (OSError, subprocess.TimeoutExpired) as exc:
+        except WorkloadError as exc:
+            return VersionProbe(True, False, "", str(exc))
+        except (OSError, subprocess.SubprocessError) as exc:
             return VersionProbe(True, False, "", f"versionProbe {argv}: {exc}")
         output = (proc.stdout + proc.stderr).strip()
         if proc.returncode != 0:

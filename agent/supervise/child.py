@@ -22,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent import procinfo
-from agent.errors import SupervisorError
+from agent import isolation, procinfo
+from agent.errors import SupervisorError, WorkloadError
 from agent.procinfo import ProcInfo
 from agent.state import StateDir
 from agent.supervise.records import ProcessRecords
@@ -32,7 +32,7 @@ from agent.supervise.supervisor import LaunchSpec
 log = logging.getLogger(__name__)
 
 STABLE_SECONDS = 10.0
-WORKLOAD_ENV = "FLEETKEEPER_WORKLOAD"
+WORKLOAD_ENV = isolation.WORKLOAD_ENV
 
 
 @dataclass
@@ -105,8 +105,14 @@ def terminate(
 def spawn(spec: LaunchSpec, logfile: Path) -> subprocess.Popen[bytes]:
     """Start ``spec`` in its own session, its output appended to ``logfile`` after a start
     line (``last_error_line`` reads from the last one)."""
-    # The marker lets a later agent recognise an unrecorded process as this workload's.
-    env = {**os.environ, **spec.env, WORKLOAD_ENV: spec.name}
+    # Nothing of the agent's environment (it holds the join token): a clean base, run.env
+    # and the marker that lets a later agent recognise an unrecorded process.
+    try:
+        user = isolation.lookup_user(spec.user) if spec.user else None
+    except WorkloadError as exc:
+        raise SupervisorError(f"cannot start {spec.name}: {exc}") from exc
+    home = user.home if user else isolation.own_home()
+    env = isolation.workload_env(spec.name, spec.env, home=home, agent_env=os.environ)
     with open(logfile, "ab") as out:
         out.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} start {list(spec.argv)}\n".encode())
         out.flush()
@@ -120,10 +126,12 @@ def spawn(spec: LaunchSpec, logfile: Path) -> subprocess.Popen[bytes]:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
+                **isolation.popen_user_kwargs(user),
             )
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:
+            as_user = f" as user {user.name}" if user else ""
             raise SupervisorError(
-                f"cannot start {spec.name}: {list(spec.argv)} in {spec.cwd}: {exc}"
+                f"cannot start {spec.name}{as_user}: {list(spec.argv)} in {spec.cwd}: {exc}"
             ) from exc
 
 

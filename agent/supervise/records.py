@@ -31,6 +31,7 @@ class ProcessRecords:
                 "argv": list(spec.argv),
                 "cwd": str(spec.cwd),
                 "env": dict(spec.env),
+                "user": spec.user,
                 "startedAt": started,
             },
             mode=0o600,
@@ -58,7 +59,10 @@ class ProcessRecords:
     def spec_of(name: str, rec: dict[str, Any], *, with_env: bool = True) -> LaunchSpec:
         """The launch spec a record describes (to restart an adopted process after a crash)."""
         env = dict(rec.get("env") or {}) if with_env else {}
-        return LaunchSpec(name, tuple(rec.get("argv") or ()), Path(rec.get("cwd") or "/"), env)
+        user = rec.get("user") if isinstance(rec.get("user"), str) else None
+        return LaunchSpec(
+            name, tuple(rec.get("argv") or ()), Path(rec.get("cwd") or "/"), env, user
+        )
 
     # -- the old process of a handoff ----------------------------------------------------
     def _retiring_file(self, name: str) -> Path:

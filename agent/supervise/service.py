@@ -49,12 +49,14 @@ def run_command(argv: Sequence[str]) -> str:
 def systemd_unit(spec: LaunchSpec, log_file: Path) -> str:
     """The unit file for a workload (pure)."""
     env = "".join(f"Environment={shlex.quote(f'{k}={v}')}\n" for k, v in sorted(spec.env.items()))
+    user = f"User={spec.user}\n" if spec.user else ""  # systemd also sets its groups
     return (
         "[Unit]\n"
         f"Description=fleetkeeper workload {spec.name}\n"
         "[Service]\n"
         f"ExecStart={shlex.join(spec.argv)}\n"
         f"WorkingDirectory={spec.cwd}\n"
+        f"{user}"
         f"{env}"
         f"StandardOutput=append:{log_file}\n"
         "StandardError=inherit\n"
@@ -68,8 +70,10 @@ def systemd_unit(spec: LaunchSpec, log_file: Path) -> str:
 
 def launchd_plist(label: str, spec: LaunchSpec, log_file: Path) -> bytes:
     """The launchd job for a workload (pure)."""
+    job: dict[str, object] = {"UserName": spec.user} if spec.user else {}
     return plistlib.dumps(
         {
+            **job,
             "Label": label,
             "ProgramArguments": list(spec.argv),
             "WorkingDirectory": str(spec.cwd),

@@ -22,7 +22,8 @@ class LaunchSpec:
     name: str
     argv: tuple[str, ...]
     cwd: Path
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)  # run.env and the runtime's extras
+    user: str | None = None  # run.user / workloadUser; None: the agent's own user
 
 
 class Supervisor(Protocol):

@@ -27,6 +27,7 @@ from reconciler.api.fastpath import DesiredFastPath
 from reconciler.api.metrics import CONTENT_TYPE
 from reconciler.api.nodes import node_routes
 from reconciler.api.openapi import openapi_document
+from reconciler.api.tokens import token_routes
 from reconciler.api.webhooks import webhook_routes
 
 JSON_TYPE = "application/json"
@@ -77,6 +78,7 @@ def create_app(ctx: ApiContext, extra_routes: Sequence[BaseRoute] = ()) -> Starl
     routes: list[BaseRoute] = [
         *node_routes(ctx),
         *admin_routes(ctx),
+        *token_routes(ctx),
         *webhook_routes(ctx),
         *system_routes(ctx),
         *extra_routes,

@@ -65,6 +65,11 @@ class NodeTokens:
         self._by_node[node] = token_hash
         self._by_hash[token_hash] = node
 
+    def remove(self, node: str) -> None:
+        old = self._by_node.pop(node, None)
+        if old is not None:
+            self._by_hash.pop(old, None)
+
     def known_nodes(self) -> frozenset[str]:
         return frozenset(self._by_node)
 
@@ -91,7 +96,7 @@ def require_node(request: Request, tokens: NodeTokens, node: str) -> None:
     if result == "unknown":
         raise ApiError(
             401,
-            f"unknown token for node {node!r}: register again with the bootstrap token",
+            f"unknown token for node {node!r}: register again (with a join token)",
             headers={"WWW-Authenticate": "Bearer"},
         )
 

@@ -11,6 +11,7 @@ from reconciler.api.auth import NodeTokens
 from reconciler.api.hub import DesiredHub
 from reconciler.api.metrics import Metrics
 from reconciler.config import DEFAULT_HEARTBEAT_TTL, DEFAULT_MAX_BODY, Config
+from reconciler.forges import DeliveryLog
 from reconciler.spec import FleetSpec
 from reconciler.store.base import Store
 
@@ -61,6 +62,8 @@ class ApiContext:
     # node -> (canonical JSON of its last report, when): a heartbeat that repeats a
     # recent report stores it but does not wake the loop (nothing new to plan from)
     last_reports: dict[str, tuple[str, float]] = field(default_factory=dict)
+    # webhook deliveries accepted lately: a replay is answered without fetching
+    deliveries: DeliveryLog = field(default_factory=DeliveryLog)
 
     def report_is_news(self, node: str, report: Mapping[str, object], now: float) -> bool:
         text = canonical_json(report)

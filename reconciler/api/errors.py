@@ -23,6 +23,7 @@ _CODES = {
     403: "forbidden",
     404: "not-found",
     405: "method-not-allowed",
+    409: "conflict",
     413: "too-large",
     422: "invalid",
     500: "internal",

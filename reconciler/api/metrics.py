@@ -6,7 +6,7 @@ audit events the loop appends, so the loop needs no metrics code of its own.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -16,14 +16,16 @@ from reconciler.spec import JSON
 from reconciler.store.base import (
     AppliedRevision,
     AuditEvent,
+    ClaimRefusal,
     DesiredRecord,
+    JoinToken,
     NodeRecord,
     ReportRecord,
     Store,
 )
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-REFUSED_KINDS = frozenset({"refused", "unapproved", "invalid", "rejected"})
+REFUSED_KINDS = frozenset({"refused", "unapproved", "invalid", "rejected", "rollback"})
 # The rollout phases plus the two a revision gets before any rollout starts.
 RELEASE_PHASES = (*PHASES, "Unapproved", "Invalid")
 HEALTH_STATES = ("Healthy", "Unhealthy", "Stale")
@@ -57,10 +59,45 @@ class Metrics:
         self.desired_polls = Counter(
             "fleetkeeper_desired_polls", "GET desired answers by result", ["result"], registry=r
         )
-        self.reports = Counter("fleetkeeper_reports", "Status reports received", registry=r)
+        self.reports = Counter(
+            "fleetkeeper_reports",
+            "Status reports by result (accepted, or rejected: bad token, body or node)",
+            ["result"],
+            registry=r,
+        )
+        self.webhook_deliveries = Counter(
+            "fleetkeeper_webhook_deliveries",
+            "Webhook deliveries by provider and result "
+            "(triggered, ignored, replay, unauthorized, bad-request, disabled)",
+            ["provider", "result"],
+            registry=r,
+        )
+        self.fetch_seconds = Histogram(
+            "fleetkeeper_fetch_duration_seconds",
+            "Duration of fetches of the fleet repo's mirror (failed ones included)",
+            registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.fetch_failures = Counter(
+            "fleetkeeper_fetch_failures", "Fetches of the fleet repo that failed", registry=r
+        )
+        self.notifications = Counter(
+            "fleetkeeper_notifications",
+            "Notification deliveries by receiver and result (delivered, retried, failed, dropped)",
+            ["receiver", "result"],
+            registry=r,
+        )
+        self.long_polls = Gauge(
+            "fleetkeeper_long_polls", "GET desired requests waiting for a change now", registry=r
+        )
         self.registrations = Counter(
             "fleetkeeper_registrations",
             "Node registrations (including re-registrations)",
+            registry=r,
+        )
+        self.registrations_refused = Counter(
+            "fleetkeeper_registrations_refused",
+            "Registrations refused (name taken, token spent or out of scope): each is audited",
             registry=r,
         )
         for result in ("200", "304"):
@@ -70,6 +107,11 @@ class Metrics:
         # Hot-path counters bound once (labels() costs a lookup per call).
         self.poll_200 = self.desired_polls.labels(result="200")
         self.poll_304 = self.desired_polls.labels(result="304")
+        self.reports_accepted = self.reports.labels(result="accepted")
+        self.reports_rejected = self.reports.labels(result="rejected")
+
+    def count_notification(self, receiver: str, result: str) -> None:
+        self.notifications.labels(receiver=receiver, result=result).inc()
 
     def observe_status(self, status: Mapping[str, Any]) -> None:
         counts = dict.fromkeys(HEALTH_STATES, 0)
@@ -90,17 +132,26 @@ class Metrics:
             self.revisions_applied.inc()
         elif event.kind in REFUSED_KINDS:
             self.revisions_refused.inc()
+        elif event.kind == "registration-refused":
+            self.registrations_refused.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
 class MeteredStore:
-    """A Store that feeds audit events to the metrics; everything else passes through."""
+    """A Store that feeds audit events to the metrics and to ``listeners`` (notifications);
+    everything else passes through."""
 
-    def __init__(self, inner: Store, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        inner: Store,
+        metrics: Metrics,
+        listeners: Sequence[Callable[[AuditEvent], None]] = (),
+    ) -> None:
         self.inner = inner
         self.metrics = metrics
+        self.listeners = tuple(listeners)
 
     def close(self) -> None:
         self.inner.close()
@@ -120,6 +171,8 @@ class MeteredStore:
     def append_audit(self, event: AuditEvent) -> int:
         event_id = self.inner.append_audit(event)
         self.metrics.observe_audit(event)
+        for listener in self.listeners:
+            listener(event)  # only after the event is stored: never tell what was not kept
         return event_id
 
     def audit(self, since: float | None = None, limit: int = 1000) -> Sequence[AuditEvent]:
@@ -133,6 +186,26 @@ class MeteredStore:
 
     def nodes(self) -> Sequence[NodeRecord]:
         return self.inner.nodes()
+
+    def delete_node(self, name: str) -> bool:
+        return self.inner.delete_node(name)
+
+    def claim_node(
+        self, node: NodeRecord, *, replaces: str | None, join_token: str | None
+    ) -> ClaimRefusal | None:
+        return self.inner.claim_node(node, replaces=replaces, join_token=join_token)
+
+    def create_join_token(self, token: JoinToken) -> None:
+        self.inner.create_join_token(token)
+
+    def join_tokens(self) -> Sequence[JoinToken]:
+        return self.inner.join_tokens()
+
+    def join_token_by_hash(self, token_hash: str) -> JoinToken | None:
+        return self.inner.join_token_by_hash(token_hash)
+
+    def revoke_join_token(self, token_id: str, now: float) -> JoinToken | None:
+        return self.inner.revoke_join_token(token_id, now)
 
     def desired(self, node: str) -> DesiredRecord | None:
         return self.inner.desired(node)
@@ -154,6 +227,9 @@ class MeteredStore:
 
     def put_rollout(self, name: str, state: Mapping[str, JSON]) -> None:
         self.inner.put_rollout(name, state)
+
+    def observe(self, shas: Sequence[str], now: float) -> Mapping[str, float]:
+        return self.inner.observe(shas, now)
 
     def get_meta(self, key: str) -> str | None:
         return self.inner.get_meta(key)

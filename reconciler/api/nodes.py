@@ -12,11 +12,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from reconciler.api.auth import hash_token, new_token, require_node, require_secret
+from reconciler.api.admission import Admitted, Presented, Refused, admit
+from reconciler.api.auth import bearer, hash_token, new_token, require_node, same_secret
 from reconciler.api.body import read_json
 from reconciler.api.context import ApiContext
 from reconciler.api.errors import ApiError
 from reconciler.logs import log_event
+from reconciler.plan.admission import claims_of
+from reconciler.spec import JSON
 from reconciler.store.base import AuditEvent, NodeRecord, ReportRecord
 
 NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
@@ -55,43 +58,133 @@ def _same_node(body: Mapping[str, Any], node: str) -> None:
         raise ApiError(422, f"body names node {body['node']!r} but the URL names {node!r}")
 
 
-def _record_registration(
+def _address(request: Request) -> str | None:
+    return request.client.host if request.client is not None else None
+
+
+async def _presented(ctx: ApiContext, node: str, token: str) -> Presented:
+    """Which credential ``token`` is for registering ``node``; 401/403 when none."""
+    check = ctx.tokens.check(node, token)
+    if check == "ok":
+        return Presented("node-credential")
+    if check == "other-node":
+        raise ApiError(403, f"this is another node's credential, not {node!r}'s")
+    if same_secret(token, ctx.settings.bootstrap_token):
+        return Presented("bootstrap")
+    join = await asyncio.to_thread(ctx.store.join_token_by_hash, hash_token(token))
+    if join is not None:
+        return Presented("join-token", join)
+    raise ApiError(
+        401,
+        "unknown token: register with a join token (`fleetkeeper token create`), "
+        "the bootstrap token, or the node's own credential",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def _refused(
     ctx: ApiContext,
     node: str,
-    facts: Mapping[str, Any],
-    token_hash: str,
+    presented: Presented,
+    verdict: Refused,
+    address: str | None,
     now: float,
-    rotated: bool,
 ) -> None:
-    """The node record with its new token hash, and the audit record (blocking)."""
-    ctx.store.upsert_node(NodeRecord(node, facts, token_hash, now))
+    """Audit a refused registration (blocking); the existing node is left as it was."""
     event = AuditEvent(
         time=now,
-        kind="registered",
+        kind="registration-refused",
         node=node,
-        message=f"node {node} " + ("re-registered (token rotated)" if rotated else "registered"),
-        details={"platform": facts["platform"], "agentVersion": facts["agentVersion"]},
+        message=f"registration of node {node} with {presented.label} from "
+        f"{address or 'an unknown address'} refused: {verdict.message}",
+        details={"reason": verdict.reason, "credential": presented.label, "address": address},
     )
     ctx.store.append_audit(event)
     log_event(event)
 
 
+def _admit_and_store(
+    ctx: ApiContext,
+    node: str,
+    facts: dict[str, JSON],
+    presented: Presented,
+    token: str,
+    new: str,
+    address: str | None,
+) -> Admitted | Refused:
+    """Judge the registration (``admit``), then store it with ``claim_node`` (which refuses
+    if the name or the token changed meanwhile); audit either way. Blocking."""
+    now = ctx.clock()
+    spec = ctx.spec()
+    existing = ctx.store.node(node)
+    if presented.kind == "node-credential" and (
+        existing is None or existing.token_hash != hash_token(token)
+    ):
+        # reset or rotated between the cache check and now
+        return Refused(401, "stale-credential", f"unknown token for node {node!r}")
+    verdict = admit(
+        node,
+        claims_of(facts),
+        presented,
+        existing,
+        spec.nodes.get(node) if spec is not None else None,
+        spec is not None,
+        now,
+    )
+    if isinstance(verdict, Refused):
+        _refused(ctx, node, presented, verdict, address, now)
+        return verdict
+    record = NodeRecord(node, facts, hash_token(new), now, verdict.admission)
+    lost = ctx.store.claim_node(record, replaces=verdict.replaces, join_token=verdict.join_token)
+    if lost is not None:  # another registration won the race, or the token ran out
+        refusal = (
+            Refused(409, "name-taken", f"node {node!r} was registered meanwhile")
+            if lost == "taken"
+            else Refused(401, "token-spent", f"{presented.label} is no longer active")
+        )
+        _refused(ctx, node, presented, refusal, address, now)
+        return refusal
+    how = (
+        "re-registered with its node credential (credential rotated)"
+        if verdict.replaces is not None
+        else f"registered with {presented.label}"
+    )
+    event = AuditEvent(
+        time=now,
+        kind="registered",
+        node=node,
+        message=f"node {node} {how}",
+        details={
+            "platform": facts["platform"],
+            "agentVersion": facts["agentVersion"],
+            "credential": presented.label,
+            "address": address,
+            "admission": verdict.admission,
+        },
+    )
+    ctx.store.append_audit(event)
+    log_event(event)
+    return verdict
+
+
 def node_routes(ctx: ApiContext) -> list[Route]:
     async def register(request: Request) -> Response:
         node = _node(request)
-        require_secret(request, ctx.settings.bootstrap_token, "bootstrap")
+        token = bearer(request)
+        presented = await _presented(ctx, node, token)
         facts = await read_json(request, "register", ctx.settings.max_body_bytes)
         _same_node(facts, node)
-        token = new_token()
-        token_hash = hash_token(token)
-        rotated = node in ctx.tokens
-        now = ctx.clock()
-        await asyncio.to_thread(_record_registration, ctx, node, facts, token_hash, now, rotated)
-        ctx.tokens.set(node, token_hash)
+        new = new_token()
+        verdict = await asyncio.to_thread(
+            _admit_and_store, ctx, node, facts, presented, token, new, _address(request)
+        )
+        if isinstance(verdict, Refused):
+            raise ApiError(verdict.status, verdict.message)
+        ctx.tokens.set(node, hash_token(new))
         ctx.metrics.registrations.inc()
         ctx.wake()
         return Response(
-            json.dumps({"node": node, "token": token}).encode(),
+            json.dumps({"node": node, "token": new}).encode(),
             media_type=JSON_TYPE,
             headers={"Cache-Control": "no-store"},
         )
@@ -103,7 +196,8 @@ def node_routes(ctx: ApiContext) -> list[Route]:
         inm = request.headers.get("if-none-match")
         entry = ctx.hub.get(node)
         if wait > 0 and _matches(inm, entry.etag):
-            entry = await ctx.hub.wait_change(node, entry.etag, wait)
+            with ctx.metrics.long_polls.track_inprogress():
+                entry = await ctx.hub.wait_change(node, entry.etag, wait)
         if _matches(inm, entry.etag):
             ctx.metrics.poll_304.inc()
             return Response(status_code=304, headers={"ETag": entry.etag})
@@ -111,13 +205,17 @@ def node_routes(ctx: ApiContext) -> list[Route]:
         return Response(entry.body, media_type=JSON_TYPE, headers={"ETag": entry.etag})
 
     async def status(request: Request) -> Response:
-        node = _node(request)
-        require_node(request, ctx.tokens, node)
-        report = await read_json(request, "status-report", ctx.settings.max_body_bytes)
-        _same_node(report, node)
+        try:
+            node = _node(request)
+            require_node(request, ctx.tokens, node)
+            report = await read_json(request, "status-report", ctx.settings.max_body_bytes)
+            _same_node(report, node)
+        except ApiError:
+            ctx.metrics.reports_rejected.inc()
+            raise
         now = ctx.clock()
         await asyncio.to_thread(ctx.store.put_report, ReportRecord(node, report, now))
-        ctx.metrics.reports.inc()
+        ctx.metrics.reports_accepted.inc()
         if ctx.report_is_news(node, report, now):
             ctx.wake()
         entry = ctx.hub.get(node)

@@ -12,6 +12,7 @@ from typing import Any
 
 import schema
 from reconciler import __version__
+from reconciler.forges import PROVIDERS
 
 URN = "urn:fleetkeeper:schema:"
 _ANNOTATIONS = frozenset({"description", "title", "default", "examples"})
@@ -81,6 +82,7 @@ def _document() -> dict[str, Any]:
     """The OpenAPI document. Long because it is one literal: a path per endpoint, read top
     to bottom like the API reference it is."""
     fleet = body_schema("fleet-status")
+    token = body_schema("join-token")
     audit_event = {
         "type": "object",
         "required": ["id", "time", "kind", "message"],
@@ -118,14 +120,80 @@ def _document() -> dict[str, Any]:
         "paths": {
             "/v1/nodes/{node}/register": {
                 "post": {
-                    "summary": "Register a node with the bootstrap token; returns its node token",
+                    "summary": "Register a node with a join token (or the bootstrap token, for a "
+                    "declared name not yet registered, or the node's own credential to rotate "
+                    "it); returns its node credential",
                     "security": bearer,
                     "parameters": [NODE_PARAM],
                     "requestBody": _body("register"),
                     "responses": {
                         "200": _json(body_schema("register-response"), "The node token"),
-                        **_errors(400, 401, 404, 413, 422),
+                        **_errors(400, 401, 403, 404, 409, 413, 422, 503),
                     },
+                }
+            },
+            "/v1/nodes/{node}/reset": {
+                "post": {
+                    "summary": "Forget a node's credential so the name can register again "
+                    "(admin token; audited)",
+                    "security": bearer,
+                    "parameters": [NODE_PARAM],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["node", "reset"],
+                                "properties": {
+                                    "node": {"type": "string"},
+                                    "reset": {"const": True},
+                                },
+                            },
+                            "Reset",
+                        ),
+                        **_errors(401, 404),
+                    },
+                }
+            },
+            "/v1/tokens": {
+                "post": {
+                    "summary": "Create a join token (admin token); the secret is in this "
+                    "answer only",
+                    "security": bearer,
+                    "requestBody": _body("join-token-request"),
+                    "responses": {
+                        "201": _json(token, "The join token, with its secret"),
+                        **_errors(400, 401, 413, 422),
+                    },
+                },
+                "get": {
+                    "summary": "List join tokens, without secrets (admin token)",
+                    "security": bearer,
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["tokens"],
+                                "properties": {"tokens": {"type": "array", "items": token}},
+                            },
+                            "Join tokens",
+                        ),
+                        **_errors(401),
+                    },
+                },
+            },
+            "/v1/tokens/{id}": {
+                "delete": {
+                    "summary": "Revoke a join token (admin token)",
+                    "security": bearer,
+                    "parameters": [
+                        {
+                            "name": "id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {"200": _json(token, "The revoked token"), **_errors(401, 404)},
                 }
             },
             "/v1/nodes/{node}/desired": {
@@ -240,23 +308,34 @@ def _document() -> dict[str, Any]:
             },
             "/hooks/{provider}": {
                 "post": {
-                    "summary": "Forge webhook (HMAC-SHA256 of the raw body): fetch now",
+                    "summary": "Forge webhook: fetch now (200 for a replay or an event that "
+                    "moves no ref)",
                     "parameters": [
                         {
                             "name": "provider",
                             "in": "path",
                             "required": True,
-                            "schema": {"enum": ["github", "gitea", "generic"]},
+                            "schema": {"enum": list(PROVIDERS)},
                         }
                     ],
                     "requestBody": {
                         "required": False,
-                        "content": {"application/json": {"schema": {"type": "object"}}},
+                        "content": {
+                            "application/json": {"schema": {"type": "object"}},
+                            "application/x-www-form-urlencoded": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"payload": {"type": "string"}},
+                                    "required": ["payload"],
+                                    "additionalProperties": False,
+                                }
+                            },
+                        },
                     },
                     "responses": {
-                        "200": ok,
+                        "200": _json({"type": "object"}, "Acknowledged, nothing fetched"),
                         "202": _json({"type": "object"}, "Fetch triggered"),
-                        **_errors(401, 404, 413),
+                        **_errors(400, 401, 404, 413),
                     },
                 }
             },

@@ -1,13 +1,14 @@
-"""Webhooks: a push or merged PR at the forge makes the reconciler fetch now.
+"""Webhooks: a push or merged pull request at the forge makes the reconciler fetch now.
 
-The signature is an HMAC-SHA256 of the raw body with the shared webhook secret,
-compared in constant time; a bad one answers 401 and triggers nothing.
+``POST /hooks/{github,gitea,gitlab,bitbucket,generic}``; what each forge sends and how it
+is proved is in ``reconciler.forges``. A delivery that is not authentic (or too old) answers
+401 and triggers nothing; an event that cannot move a ref, or a replay of a delivery already
+handled, answers 200 ``{"triggered": false, "reason": ...}``; the rest answer 202 and wake
+the fetcher. Every answer is counted in ``fleetkeeper_webhook_deliveries_total``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 
@@ -18,52 +19,56 @@ from starlette.routing import Route
 from reconciler.api.body import read_raw
 from reconciler.api.context import ApiContext
 from reconciler.api.errors import ApiError
+from reconciler.forges import PROVIDERS, Delivery, Refusal, read_delivery
 
 log = logging.getLogger(__name__)
 
-# provider -> (header carrying the signature, prefix before the hex digest)
-PROVIDERS: dict[str, tuple[str, str]] = {
-    "github": ("x-hub-signature-256", "sha256="),
-    "gitea": ("x-gitea-signature", ""),
-    "generic": ("x-fleetkeeper-signature", "sha256="),
-}
+JSON_TYPE = "application/json"
 
 
-def sign(secret: str, body: bytes) -> str:
-    """Hex HMAC-SHA256 of ``body`` (what a forge sends, minus its prefix)."""
-    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def verify(secret: str, body: bytes, header: str | None, prefix: str) -> bool:
-    if not header or not header.startswith(prefix):
-        return False
-    return hmac.compare_digest(sign(secret, body).encode(), header[len(prefix) :].encode())
+def _answer(status: int, doc: dict[str, object]) -> Response:
+    return Response(json.dumps(doc).encode(), status_code=status, media_type=JSON_TYPE)
 
 
 def webhook_routes(ctx: ApiContext) -> list[Route]:
     async def hook(request: Request) -> Response:
-        provider = str(request.path_params["provider"])
-        if provider not in PROVIDERS:
+        name = str(request.path_params["provider"])
+        provider = next((p for p in PROVIDERS if p == name), None)
+        count = ctx.metrics.webhook_deliveries
+        if provider is None:
+            count.labels(provider="unknown", result="unknown-provider").inc()
             raise ApiError(
-                404, f"unknown webhook provider {provider!r}: use github, gitea or generic"
+                404, f"unknown webhook provider {name!r}: use one of {', '.join(PROVIDERS)}"
             )
         secret = ctx.settings.webhook_secret
         if secret is None:
+            count.labels(provider=provider, result="disabled").inc()
             raise ApiError(404, "webhooks are disabled: no webhook secret is configured")
         body = await read_raw(request, ctx.settings.max_body_bytes)
-        header, prefix = PROVIDERS[provider]
-        if not verify(secret, body, request.headers.get(header), prefix):
-            log.warning("webhook %s: bad or missing signature; nothing fetched", provider)
-            raise ApiError(
-                401, f"bad or missing signature header {header}: expected HMAC-SHA256 of the body"
+        now = ctx.clock()
+        judged = read_delivery(provider, request.headers, body, secret, now)
+        if isinstance(judged, Refusal):
+            result = "unauthorized" if judged.status == 401 else "bad-request"
+            count.labels(provider=provider, result=result).inc()
+            log.warning(
+                "webhook %s refused (%d): %s; nothing fetched",
+                provider,
+                judged.status,
+                judged.message,
             )
-        event = request.headers.get("x-github-event") or request.headers.get("x-gitea-event")
-        if event == "ping":
-            return Response(b'{"triggered":false}', media_type="application/json")
+            raise ApiError(judged.status, judged.message)
+        delivery: Delivery = judged
+        replay = ctx.deliveries.replay_of(delivery, now)
+        if replay is not None:
+            count.labels(provider=provider, result="replay").inc()
+            log.info("webhook %s: replay (%s); nothing fetched", provider, replay)
+            return _answer(200, {"triggered": False, "reason": f"replay: {replay}"})
+        if not delivery.fetch:
+            count.labels(provider=provider, result="ignored").inc()
+            return _answer(200, {"triggered": False, "reason": delivery.why})
         ctx.trigger()
-        log.info("webhook %s: fetch triggered", provider)
-        return Response(
-            json.dumps({"triggered": True}).encode(), status_code=202, media_type="application/json"
-        )
+        count.labels(provider=provider, result="triggered").inc()
+        log.info("webhook %s: %s; fetch triggered", provider, delivery.why)
+        return _answer(202, {"triggered": True})
 
     return [Route("/hooks/{provider}", hook, methods=["POST"])]

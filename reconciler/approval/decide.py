@@ -229,6 +229,49 @@ def rollback_refusal(branch: str, tip: str | None, last_applied: str) -> Approva
     )
 
 
+def _baseline_approval(baseline: str) -> tuple[dict[str, JSON], AuditRecord]:
+    approval: dict[str, JSON] = {"kind": "baseline", "ref": baseline, "signers": []}
+    record = AuditRecord(
+        "approved",
+        f"Approved: baseline {baseline} (approval.baseline in the reconciler config: it and "
+        "its ancestors are trusted as they are)",
+        baseline,
+        dict(approval),
+    )
+    return approval, record
+
+
+def baseline_state(baseline: str) -> ChainState:
+    """The merged-pr fold before the first commit after the operator-pinned baseline."""
+    approval, record = _baseline_approval(baseline)
+    return ChainState(approved=baseline, approval=approval, approved_record=record)
+
+
+def baseline_result(baseline: str, tags: ApprovalResult) -> ApprovalResult:
+    """signed-tag mode with no approving tag after the baseline: the baseline itself."""
+    approval, record = _baseline_approval(baseline)
+    return ApprovalResult(baseline, approval, tags.refused, (*tags.audit, record))
+
+
+def baseline_refusal(
+    branch: str, tip: str | None, baseline: str, last_applied: str | None
+) -> ApprovalResult:
+    """The protected branch does not contain the pinned baseline: nothing new is approved."""
+    where = f"{branch} at {tip}" if tip else f"{branch} (missing)"
+    reason = (
+        f"Refused: {where} does not contain the baseline {baseline} (approval.baseline); "
+        "history moved backwards or was rewritten (possible rollback attack). Nothing new is "
+        "approved until the branch contains it again or the operator pins another baseline."
+    )
+    rev = tip or baseline
+    return ApprovalResult(
+        last_applied,
+        None,
+        (Refusal(rev, reason),),
+        (AuditRecord("rollback", reason, rev, {"branch": branch, "baseline": baseline}),),
+    )
+
+
 @dataclass(frozen=True)
 class TagGroup:
     """The valid approving tags on one commit."""
@@ -254,6 +297,23 @@ def group_tags(
                     f"tag {tag.name} is outside the pattern {settings.tag_pattern!r}",
                     tag.target,
                     {"tag": tag.name},
+                )
+            )
+            continue
+        if tag.annotated and tag.tagged_as != tag.name:
+            # The signature covers the name inside the object, not the ref: a tag signed
+            # as "test/experiment" placed at refs/tags/deploy/exp approves nothing.
+            reason = (
+                f"Ignored: tag {tag.name} holds a tag object signed as {tag.tagged_as!r}"
+                " (the name inside a signed tag must equal its ref name)"
+            )
+            refused.append(Refusal(tag.target or tag.tag_sha or tag.name, reason))
+            audit.append(
+                AuditRecord(
+                    "mismatch",
+                    reason,
+                    tag.target,
+                    {"tag": tag.name, "taggedAs": tag.tagged_as, "object": tag.tag_sha},
                 )
             )
             continue

@@ -9,7 +9,7 @@ re-evaluation after one new merge reads one new commit.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pygit2
@@ -41,12 +41,16 @@ def _remember(cache: dict[str, CommitFacts], key: str, value: CommitFacts) -> No
 # Fleet files live at most two levels down (fleet.yaml, nodes/<n>.yaml,
 # releases/<agent>/<version>.yaml, models/<name>/<version>.yaml): how deep to compare.
 _FLEET_DEPTH = {b"nodes": 0, b"releases": 1, b"models": 1}
-_TOP_FILES = (b"fleet.yaml",)
+# Files that change how fleet files are shown or checked out (a `-diff` or
+# `linguist-generated` attribute collapses a fleet file's diff in review; a submodule
+# list): a change to them needs approval like a fleet file (docs/security.md).
+_TOP_FILES = (b"fleet.yaml", b".gitattributes", b".gitmodules")
+_NESTED_META = b".gitattributes"
 _TREE_MODE = b"40000"
 # One entry of a raw tree object: "<octal mode> <name>\0<20-byte id>".
 _RECORD = re.compile(rb"[0-7]+ [^\0]+\0.{20}", re.DOTALL)
 
-Entry = tuple[bytes, bool]  # (20-byte id, is a tree)
+Entry = tuple[bytes, bytes]  # (20-byte id, octal mode)
 
 
 def _records(repo: pygit2.Repository, oid: bytes | None, cache: FactCache) -> frozenset[bytes]:
@@ -68,13 +72,14 @@ def _records(repo: pygit2.Repository, oid: bytes | None, cache: FactCache) -> fr
 
 def _entry(record: bytes) -> tuple[bytes, Entry]:
     space = record.index(b" ")
-    return record[space + 1 : -21], (record[-20:], record[:space] == _TREE_MODE)
+    return record[space + 1 : -21], (record[-20:], record[:space])
 
 
 def _changed(
     repo: pygit2.Repository, old: bytes | None, new: bytes | None, cache: FactCache
 ) -> dict[bytes, tuple[Entry | None, Entry | None]]:
-    """name -> (old entry, new entry) for the entries that differ between two trees."""
+    """name -> (old entry, new entry) for the entries that differ between two trees
+    (in id or in mode: a record holds both)."""
     a, b = _records(repo, old, cache), _records(repo, new, cache)
     out: dict[bytes, tuple[Entry | None, Entry | None]] = {}
     for rec in a - b:
@@ -87,11 +92,15 @@ def _changed(
 
 
 def _tree_id(e: Entry | None) -> bytes | None:
-    return e[0] if e is not None and e[1] else None
+    return e[0] if e is not None and e[1] == _TREE_MODE else None
 
 
-def _blob_id(e: Entry | None) -> str | None:
-    return e[0].hex() if e is not None and not e[1] else None
+def _identity(e: Entry | None) -> str | None:
+    """A non-folder entry as "<mode> <id>": the same blob under another mode (a link, an
+    executable) is another entry, so a mode-only push is a change."""
+    if e is None or e[1] == _TREE_MODE:
+        return None
+    return f"{e[1].decode()} {e[0].hex()}"
 
 
 def _tree_changes(
@@ -105,27 +114,34 @@ def _tree_changes(
     out: list[Change] = []
     for raw_name, (ea, eb) in _changed(repo, old, new, cache).items():
         path = prefix + raw_name.decode("utf-8", "surrogateescape")
+        fa, fb = _identity(ea), _identity(eb)
         if depth > 0:
             ta, tb = _tree_id(ea), _tree_id(eb)
             if ta != tb:
                 out.extend(_tree_changes(repo, ta, tb, path + "/", depth - 1, cache))
-        elif is_fleet_file(path):
-            fa, fb = _blob_id(ea), _blob_id(eb)
-            if fa != fb:
-                out.append(Change(path, fa, fb))
+        # a link or submodule counts whatever its name: validation refuses it, and a
+        # refused push must be seen as a change
+        watched = is_fleet_file(path) or raw_name == _NESTED_META or _odd(fa) or _odd(fb)
+        if fa != fb and watched:
+            out.append(Change(path, fa, fb))
     return out
+
+
+def _odd(identity: str | None) -> bool:
+    """A symlink or gitlink entry (never allowed where fleet files live)."""
+    return identity is not None and not identity.startswith("100")
 
 
 def fleet_changes(
     repo: pygit2.Repository, old_tree: bytes | None, new_tree: bytes, cache: FactCache
 ) -> list[Change]:
-    """Fleet files changed from ``old_tree`` (None: empty) to ``new_tree``, sorted by path;
-    identical subtrees are skipped by id."""
+    """Fleet entries changed from ``old_tree`` (None: empty) to ``new_tree`` (in content or
+    in mode), sorted by path; identical subtrees are skipped by id."""
     out: list[Change] = []
     for raw_name, (ea, eb) in _changed(repo, old_tree, new_tree, cache).items():
         name = raw_name.decode("utf-8", "surrogateescape")
+        fa, fb = _identity(ea), _identity(eb)
         if raw_name in _TOP_FILES:
-            fa, fb = _blob_id(ea), _blob_id(eb)
             if fa != fb:
                 out.append(Change(name, fa, fb))
         elif raw_name in _FLEET_DEPTH:
@@ -133,6 +149,8 @@ def fleet_changes(
             if ta != tb:
                 depth = _FLEET_DEPTH[raw_name]
                 out.extend(_tree_changes(repo, ta, tb, name + "/", depth, cache))
+            if fa != fb:
+                out.append(Change(name, fa, fb))  # a fleet folder replaced by a file or link
     return sorted(out, key=lambda c: c.path)
 
 
@@ -155,12 +173,15 @@ def commit_facts(repo: pygit2.Repository, sha: str, cache: FactCache) -> CommitF
     return facts
 
 
-def commit_signature(repo: pygit2.Repository, sha: str, verifier: Verifier) -> Signature:
+def commit_signature(
+    repo: pygit2.Repository, sha: str, verifier: Verifier, observed: float
+) -> Signature:
+    """The verdict on ``sha``'s signature with keys judged at ``observed`` (unix time)."""
     commit = repo[sha].peel(pygit2.Commit)
     signature, payload = commit.gpg_signature
     if not signature:
         return Signature.unsigned()
-    return verifier.verify(SignedObject(sha, payload, signature, int(commit.commit_time)))
+    return verifier.verify(SignedObject(sha, payload, signature, int(observed)))
 
 
 def first_parent_chain(repo: pygit2.Repository, tip: str, stop: str | None) -> Iterator[str]:
@@ -228,11 +249,20 @@ def has_commit(repo: pygit2.Repository, sha: str) -> bool:
         return False
 
 
+Observe = Callable[[Sequence[str]], Mapping[str, float]]
+
+
 def tag_facts(
-    repo: pygit2.Repository, verifier: Verifier, wanted: set[str] | None, cache: FactCache
+    repo: pygit2.Repository,
+    verifier: Verifier,
+    observe: Observe,
+    wanted: set[str] | None,
+    cache: FactCache,
 ) -> list[TagFacts]:
-    """Every tag; signatures are verified only for names in ``wanted`` (None: all)."""
+    """Every tag; signatures are verified only for names in ``wanted`` (None: all), with
+    keys judged when each tag object was first observed (``observe`` records and says)."""
     out: list[TagFacts] = []
+    found: list[tuple[str, pygit2.Object]] = []
     for refname in repo.references:
         if not refname.startswith("refs/tags/"):
             continue
@@ -240,21 +270,34 @@ def tag_facts(
         ref = repo.references.get(refname)
         if ref is None:
             continue
-        oid = str(ref.target)
-        obj = repo.get(oid)
-        if obj is None:
-            continue
+        obj = repo.get(str(ref.target))
+        if obj is not None:
+            found.append((name, obj))
+    judged = [
+        str(obj.id)
+        for name, obj in found
+        if isinstance(obj, pygit2.Tag) and (wanted is None or name in wanted)
+    ]
+    seen = observe(judged) if judged else {}
+    for name, obj in found:
+        oid = str(obj.id)
         if not isinstance(obj, pygit2.Tag):
-            target = str(obj.id) if obj.type == pygit2.enums.ObjectType.COMMIT else None
+            target = oid if obj.type == pygit2.enums.ObjectType.COMMIT else None
             out.append(TagFacts(name=name, target=target, annotated=False))
             continue
         target, when, _ = _tag_object(repo, oid, cache)
         sig: Signature | None = None
-        if wanted is None or name in wanted:
-            sig = tag_signature(repo, oid, verifier, cache)
+        if oid in seen and (wanted is None or name in wanted):
+            sig = tag_signature(repo, oid, verifier, seen[oid], cache)
         out.append(
             TagFacts(
-                name=name, target=target, annotated=True, time=when, signature=sig, tag_sha=oid
+                name=name,
+                target=target,
+                annotated=True,
+                time=when,
+                signature=sig,
+                tag_sha=oid,
+                tagged_as=obj.name,
             )
         )
     return out
@@ -280,11 +323,12 @@ def _tag_object(repo: pygit2.Repository, oid: str, cache: FactCache) -> TagObjec
 
 
 def tag_signature(
-    repo: pygit2.Repository, oid: str, verifier: Verifier, cache: FactCache
+    repo: pygit2.Repository, oid: str, verifier: Verifier, observed: float, cache: FactCache
 ) -> Signature:
-    _, when, raw = _tag_object(repo, oid, cache)
+    """The verdict on tag object ``oid``'s signature with keys judged at ``observed``."""
+    _, _, raw = _tag_object(repo, oid, cache)
     parts = split_tag(raw)
     if parts is None:
         return Signature.unsigned()
     payload, signature = parts
-    return verifier.verify(SignedObject(oid, payload, signature, when or 0))
+    return verifier.verify(SignedObject(oid, payload, signature, int(observed)))

@@ -23,3 +23,5 @@ class ApprovalSettings:
     require_signed_merges: bool = False
     allowed_signers: Path | None = None
     gpg_keyring: Path | None = None
+    # the operator-pinned commit where judging starts (it and its ancestors are trusted)
+    baseline: str | None = None

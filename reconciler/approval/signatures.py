@@ -5,13 +5,19 @@ Only exit codes and gpg's ``--status-fd`` lines are trusted, never human-readabl
 
 - OpenSSH (git ``gpg.format=ssh``): ``ssh-keygen -Y find-principals`` names the principal
   of the allowed_signers file whose key made the signature, then ``ssh-keygen -Y verify
-  -I <principal> -n git`` checks it, with ``-Overify-time`` set to the commit or tag time so
-  that ``valid-after``/``valid-before`` are honoured as git does.
+  -I <principal> -n git`` checks it, with ``-Overify-time`` set to the time the reconciler
+  first observed the object, so that ``valid-after``/``valid-before`` are judged then.
 - OpenPGP: ``gpg --verify`` in a GNUPGHOME owned by the reconciler (under its stateDir)
-  into which only the configured keyring is imported; never the user's keyring.
+  into which only the configured keyring is imported; never the user's keyring. gpg's
+  clock is set to the first observation (``--faked-system-time``), so key expiry is judged
+  at that moment. A revocation counts whenever it was made (gpg applies it to every
+  signature, which is also immune to backdating): retire a key by letting it expire.
 
-A verdict depends only on the object and on the pinned keys, so it is cached by
-(object sha, digest of the keys).
+Never at the committer or tagger date: the signer writes it, so a retired key could
+approve anything by backdating it (git's own ``verify-commit`` trusts that date).
+
+A verdict depends only on the object, the pinned keys and the observation time, so it is
+cached by (object sha, digest of the keys, observation time).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ log = logging.getLogger(__name__)
 SSH_NAMESPACE = "git"
 _TIMEOUT = 30.0
 _CACHE_MAX = 200_000
-_cache: dict[tuple[str, str], Signature] = {}
+_cache: dict[tuple[str, str, int], Signature] = {}
 _gpg_lock = threading.Lock()
 _EMAIL = re.compile(r"<([^<>\s]+)>")
 _BAD_STATUS = ("BADSIG", "ERRSIG", "EXPSIG", "EXPKEYSIG", "REVKEYSIG", "NO_PUBKEY")
@@ -49,7 +55,7 @@ class SignedObject:
     sha: str
     payload: bytes
     signature: bytes
-    time: int  # committer or tagger time: the moment the key must have been valid
+    observed: int  # when the reconciler first saw it: the moment the key must have been valid
 
 
 def split_tag(raw: bytes) -> tuple[bytes, bytes] | None:
@@ -120,7 +126,7 @@ class Verifier:
         self._gpg_ready = False
 
     def verify(self, obj: SignedObject) -> Signature:
-        key = (obj.sha, self.digest)
+        key = (obj.sha, self.digest, obj.observed)
         hit = _cache.get(key)
         if hit is not None:
             return hit
@@ -141,7 +147,7 @@ class Verifier:
     def _verify_ssh(self, obj: SignedObject) -> Signature:
         if self.allowed_signers is None or not self.allowed_signers.is_file():
             return Signature("ssh", False, detail="no allowed_signers file is configured")
-        when = f"-Overify-time={_ssh_time(obj.time)}"
+        when = f"-Overify-time={_ssh_time(obj.observed)}"
         allowed = str(self.allowed_signers)
         with tempfile.TemporaryDirectory(prefix="fk-sig-") as tmp:
             sig_file = Path(tmp) / "sig"
@@ -223,6 +229,8 @@ class Verifier:
                     "always",
                     "--status-fd",
                     "1",
+                    "--faked-system-time",
+                    f"{obj.observed}!",  # '!': the clock stands still at that moment
                     "--verify",
                     str(sig_file),
                     "-",

@@ -13,7 +13,7 @@ from typing import Literal
 from reconciler.spec import JSON
 
 SignatureFormat = Literal["ssh", "openpgp", "none", "unknown"]
-ApprovalKind = Literal["merge", "tag", "signed-commit"]
+ApprovalKind = Literal["merge", "tag", "signed-commit", "baseline"]
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,8 @@ class Refusal:
 
 @dataclass(frozen=True)
 class AuditRecord:
-    """One decision for the audit log; kinds: approved, refused, rollback, ignored."""
+    """One decision for the audit log; kinds: approved, refused, rollback, ignored,
+    mismatch (a tag object placed under another ref name than the one it was signed as)."""
 
     kind: str
     message: str
@@ -57,7 +58,10 @@ class Signature:
 
 @dataclass(frozen=True)
 class Change:
-    """A fleet file a commit changed relative to its first parent (None: absent)."""
+    """A fleet entry a commit changed relative to its first parent (None: absent).
+
+    ``old``/``new`` identify the entry as "<mode> <blob id>": the same blob under another
+    mode (a symlink, an executable) is another entry."""
 
     path: str
     old: str | None
@@ -86,6 +90,7 @@ class TagFacts:
     time: int | None = None  # tagger time
     signature: Signature | None = None  # None when not annotated or outside the pattern
     tag_sha: str | None = None  # the tag object
+    tagged_as: str | None = None  # the signed ``tag`` header inside the object
 
 
 Relation = Literal["same", "descendant", "ancestor", "diverged", "unknown"]

@@ -2,8 +2,9 @@
 
 Like ``terraform plan``: reads the fleet repo and the reconciler config, writes nothing
 (the OpenPGP keyring is imported into a temporary GNUPGHOME that is deleted afterwards).
-With no stored "last applied revision", approval is judged from the start of history,
-exactly as on the reconciler's first start.
+With no stored "last applied revision", approval is judged from ``approval.baseline`` (or
+the start of history without one), exactly as on the reconciler's first start; signatures
+are judged as of now, as a reconciler that sees the commits for the first time would.
 
 The human format is what a reviewer pastes into a pull request: the approval evidence,
 refused commits, and per workload which nodes get which version in which batches.
@@ -91,6 +92,7 @@ class PlanView:
     rollouts: tuple[Rollout, ...]
     invalid: LoadedRevision | None
     preview: bool = False  # ``revision`` is a previewed commit, not necessarily approved
+    baseline: str | None = None  # approval.baseline: where judging starts
 
 
 def rollouts(spec: FleetSpec, nodes: Mapping[str, NodeFacts]) -> tuple[Rollout, ...]:
@@ -128,18 +130,22 @@ def invalid_refusal(loaded: LoadedRevision) -> Refusal:
 
 
 def build_view(
-    result: ApprovalResult, loaded: LoadedRevision | None, *, preview: bool = False
+    result: ApprovalResult,
+    loaded: LoadedRevision | None,
+    *,
+    preview: bool = False,
+    baseline: str | None = None,
 ) -> PlanView:
     """Pure: the plan from the approval result and the loaded approved (or previewed)
     revision."""
     preview = preview and (loaded is None or loaded.sha != result.revision)
     if loaded is None or loaded.spec is None:
         refused = result.refused + ((invalid_refusal(loaded),) if loaded is not None else ())
-        return PlanView(result, None, refused, {}, (), loaded, preview)
+        return PlanView(result, None, refused, {}, (), loaded, preview, baseline)
     nodes = inventory(loaded.spec)
     plan = rollouts(loaded.spec, nodes)
     workloads = node_workloads(plan, nodes)
-    return PlanView(result, loaded.sha, result.refused, workloads, plan, None, preview)
+    return PlanView(result, loaded.sha, result.refused, workloads, plan, None, preview, baseline)
 
 
 def to_json(view: PlanView) -> dict[str, JSON]:
@@ -147,6 +153,7 @@ def to_json(view: PlanView) -> dict[str, JSON]:
     approval = view.result.approval if approved else None
     return {
         "revision": view.revision,
+        "baseline": view.baseline,
         "approval": dict(approval) if approval is not None else None,
         "refused": [{"revision": r.revision, "reason": r.reason} for r in view.refused],
         "nodes": {
@@ -180,6 +187,11 @@ def render_text(view: PlanView, console: Console) -> None:
                 f"  by {approval.get('kind')} {approval.get('ref')}"
                 + (f", signed by {', '.join(str(s) for s in signers)}" if signers else "")
             )
+    if view.baseline is not None:
+        console.print(
+            f"  Baseline {view.baseline} (approval.baseline: judging starts there; it and its "
+            "ancestors are trusted as they are)"
+        )
     if view.refused:
         table = Table(title="Refused", title_justify="left", show_lines=False)
         table.add_column("revision", no_wrap=True)
@@ -232,7 +244,7 @@ def compute(
             except (KeyError, ValueError, pygit2.GitError) as exc:
                 raise ConfigError(f"--preview {preview}: not a commit in {repo}") from exc
         loaded = load_revision(source.repository(), shown) if shown is not None else None
-    return build_view(result, loaded, preview=preview is not None)
+    return build_view(result, loaded, preview=preview is not None, baseline=settings.baseline)
 
 
 _SECRET_KEYS = ("bootstrapTokenFile", "adminTokenFile", "webhookSecretFile")

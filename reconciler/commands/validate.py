@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,23 +110,52 @@ def find_root(start: Path, stop: Path | None = None) -> Path:
     return top.resolve() if top is not None else start
 
 
-def worktree_files(root: Path) -> dict[str, bytes]:
-    """YAML files of a fleet repo on disk (fleet.yaml and under nodes/, releases/, models/)."""
+def _disk_mode(path: Path) -> str:
+    """The mode git would record for ``path`` (symlinks are not followed)."""
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        return "120000"
+    if stat.S_ISDIR(st.st_mode):
+        return "160000" if (path / ".git").exists() else "40000"
+    return "100755" if st.st_mode & 0o111 else "100644"
+
+
+def worktree_entries(root: Path) -> gitfiles.FleetEntries:
+    """The fleet repo on disk, read as git would commit it: regular YAML files (fleet.yaml
+    and under nodes/, releases/, models/) and the entries that are not regular files."""
     files: dict[str, bytes] = {}
-    for name in ("fleet.yaml", "fleet.yml"):
-        if (root / name).is_file():
-            files[name] = (root / name).read_bytes()
+    irregular: list[tuple[str, str]] = []
+
+    def visit(path: Path, rel: str) -> None:
+        mode = _disk_mode(path)
+        if mode == "100644":
+            if rel.endswith((".yaml", ".yml")):
+                files[rel] = path.read_bytes()
+        elif mode != "40000":
+            irregular.append((rel, mode))
+
+    for name in ("fleet.yaml", "fleet.yml", *_MARKER_DIRS):
+        if os.path.lexists(root / name):
+            visit(root / name, name)
     for top in _MARKER_DIRS:
         base = root / top
-        if not base.is_dir():
+        if base.is_symlink() or not base.is_dir():
             continue
         for dirpath, dirnames, filenames in os.walk(base):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             rel_dir = Path(dirpath).relative_to(root).as_posix()
+            folders = []
+            for d in sorted(dirnames):
+                if d.startswith("."):
+                    continue
+                if _disk_mode(Path(dirpath) / d) == "40000":
+                    folders.append(d)
+                else:
+                    visit(Path(dirpath) / d, f"{rel_dir}/{d}")  # a link or a submodule
+            dirnames[:] = folders
             for fn in filenames:
-                if fn.endswith((".yaml", ".yml")) and not fn.startswith("."):
-                    files[f"{rel_dir}/{fn}"] = (Path(dirpath) / fn).read_bytes()
-    return files
+                if not fn.startswith("."):
+                    visit(Path(dirpath) / fn, f"{rel_dir}/{fn}")
+    return gitfiles.FleetEntries(files, tuple(irregular))
 
 
 def _display(report: Report, root: Path, cwd: Path) -> Report:
@@ -206,7 +236,8 @@ def collect(
         groups = _group_paths(paths, cwd, find_root)
     reports = []
     for root, group in groups.items():
-        report = _narrow(validate_files(worktree_files(root)), group)
+        found = worktree_entries(root)
+        report = _narrow(validate_files(found.files, irregular=found.irregular), group)
         reports.append(_display(report, root, cwd.resolve()))
     return merge(reports)
 
@@ -228,12 +259,12 @@ def _collect_git(
         prefix = "" if root == top else root.relative_to(top).as_posix() + "/"
     try:
         if staged:
-            files = gitfiles.index_files(git_dir, prefix)
+            found = gitfiles.index_entries(git_dir, prefix)
         else:
             assert rev is not None
             if gitfiles.resolve_commit(git_dir, rev) is None:
                 raise UsageError(f"{rev!r} names no commit in {git_dir}")
-            files = gitfiles.tree_files(git_dir, rev, prefix)
+            found = gitfiles.tree_entries(git_dir, rev, prefix)
     except CommandError as exc:
         raise UsageError(str(exc)) from exc
     group = (
@@ -241,5 +272,5 @@ def _collect_git(
         if paths
         else _Group(everything=True)
     )
-    report = _narrow(validate_files(files), group)
+    report = _narrow(validate_files(found.files, irregular=found.irregular), group)
     return _display(report, root, cwd.resolve())

@@ -91,6 +91,18 @@ class Pass:
 Step = Callable[[Parts, Pass], None]
 
 
+@dataclass(frozen=True)
+class StoreObservations:
+    """First observations of git objects, kept in the store (``approval.Observations``):
+    a signature is judged with the keys as they were when the object was first seen."""
+
+    store: Store
+    now: float
+
+    def first_seen(self, shas: Sequence[str]) -> Mapping[str, float]:
+        return self.store.observe(shas, self.now)
+
+
 def fetch_source(parts: Parts, p: Pass) -> None:
     """Fetch the fleet repo; when that fails the pass goes on with what the mirror holds
     (rollouts keep following the reports) and ``Ready`` says why."""
@@ -105,7 +117,13 @@ def evaluate_approval(parts: Parts, p: Pass) -> None:
     p.applied = parts.store.applied_revision()
     last = p.applied.sha if p.applied is not None else None
     config = parts.config
-    p.approval = parts.approver.evaluate(parts.source, config.approval, last, config.state_dir)
+    p.approval = parts.approver.evaluate(
+        parts.source,
+        config.approval,
+        last,
+        config.state_dir,
+        StoreObservations(parts.store, p.now),
+    )
     p.seen = meta.AUDIT_SEEN.read(parts.store)
     for rec in p.approval.audit:
         if p.remember(f"{rec.kind}:{rec.revision}"):
@@ -160,7 +178,8 @@ def plan_rollouts(parts: Parts, p: Pass) -> None:
     if p.spec is None or p.revision is None:
         return
     store = parts.store
-    nodes = inventory(p.spec, [NodeFacts.from_registration(r.name, r.facts) for r in store.nodes()])
+    registered = [NodeFacts.from_registration(r.name, r.facts, r.admission) for r in store.nodes()]
+    nodes = inventory(p.spec, registered)
     reports = {
         r.node: NodeReport.from_json(r.node, r.report, r.received_at) for r in store.reports()
     }

@@ -542,7 +542,9 @@ def compute_plan(
     Long because it is the planner's whole contract in order (stale nodes, each rollout
     stepped, desired documents per node, the next wake); each part is one call.
     """
-    per_node: dict[str, list[Mapping[str, JSON]]] = {n: [] for n in nodes}
+    # A node with a stored document that left the inventory (its file was deleted, or it
+    # is unlisted) gets an empty one: what it was given before must not stay desired.
+    per_node: dict[str, list[Mapping[str, JSON]]] = {n: [] for n in [*nodes, *desired]}
     states: dict[str, Mapping[str, JSON]] = dict(rollouts)
     changed: set[str] = set()
     events: list[PlanEvent] = []

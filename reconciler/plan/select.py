@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
+from reconciler.plan.admission import claims_of, scope_covers_claims
 from reconciler.spec import JSON, Deployable, FleetSpec, NodeSpec, NodeTraits, Targets
 
 _SEMVER = re.compile(
@@ -25,6 +26,9 @@ class NodeFacts(NodeTraits):
 
     declared: bool = True  # has a file in nodes/
     runtimes: Mapping[str, bool] = field(default_factory=dict)
+    # registered through a join token whose role/label scope covers these roles and labels
+    # (what lets an unlisted node get workloads under ``registration: {unlisted: allow}``)
+    scoped: bool = False
 
     @classmethod
     def from_spec(cls, node: NodeSpec) -> NodeFacts:
@@ -41,8 +45,12 @@ class NodeFacts(NodeTraits):
         )
 
     @classmethod
-    def from_registration(cls, name: str, facts: Mapping[str, JSON]) -> NodeFacts:
-        """An undeclared node from the facts it registered (wrong types read as absent)."""
+    def from_registration(
+        cls, name: str, facts: Mapping[str, JSON], admission: Mapping[str, JSON] | None = None
+    ) -> NodeFacts:
+        """An undeclared node from the facts it registered (wrong types read as absent);
+        ``admission``: how it got its credential (``NodeRecord.admission``), which says
+        whether a join token's scope covered these claims."""
         roles, labels, runtimes = facts.get("roles"), facts.get("labels"), facts.get("runtimes")
         mem = facts.get("memoryGiB")
         return cls(
@@ -56,6 +64,7 @@ class NodeFacts(NodeTraits):
             runtimes={str(k): v is True for k, v in runtimes.items()}
             if isinstance(runtimes, dict)
             else {},
+            scoped=scope_covers_claims(admission or {}, claims_of(facts)),
         )
 
 
@@ -104,7 +113,9 @@ def matches(targets: Targets, node: NodeFacts) -> bool:
 
 
 def inventory(spec: FleetSpec, registered: Iterable[NodeFacts] = ()) -> dict[str, NodeFacts]:
-    """Declared nodes win over registered facts; a registered node without a file keeps its own."""
+    """Declared nodes win over registered facts. A registered node without a file is left
+    out (it is ``Unlisted``: self-reported roles must not pull it into rollouts) unless
+    ``fleet.yaml`` allows unlisted nodes and its join token's scope covered its claims."""
     reg = {n.name: n for n in registered}
     out: dict[str, NodeFacts] = {}
     for name, node in spec.nodes.items():
@@ -113,11 +124,16 @@ def inventory(spec: FleetSpec, registered: Iterable[NodeFacts] = ()) -> dict[str
             facts = replace(facts, runtimes=dict(reg[name].runtimes))
         out[name] = facts
     for name, facts in reg.items():
-        if name not in out:
+        if name not in out and admitted_unlisted(spec, facts):
             out[name] = replace(
                 facts, labels=dict(facts.labels), runtimes=dict(facts.runtimes), declared=False
             )
     return out
+
+
+def admitted_unlisted(spec: FleetSpec, facts: NodeFacts) -> bool:
+    """May a registered node without a file in nodes/ get workloads?"""
+    return spec.fleet.unlisted == "allow" and facts.scoped
 
 
 def target_nodes(d: Deployable, nodes: Mapping[str, NodeFacts]) -> list[str]:

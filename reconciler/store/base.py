@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from reconciler.spec import JSON
 
@@ -40,6 +40,40 @@ class NodeRecord:
     facts: Mapping[str, JSON]  # the register document (platform, accelerator, roles, ...)
     token_hash: str  # sha256 hex of the node token
     registered_at: float
+    # how the credential was obtained: {"via": "bootstrap" | "join-token" | "node-credential",
+    # "tokenId", "scope": {"node"} | {"roles", "labels"}}; {} for nodes registered before it
+    admission: Mapping[str, JSON] = field(default_factory=dict)
+
+
+JoinTokenState = Literal["active", "expired", "used-up", "revoked"]
+ClaimRefusal = Literal["taken", "token-spent"]
+
+
+@dataclass(frozen=True)
+class JoinToken:
+    """A join token as stored: the secret's sha256 only, its scope, its uses and expiry.
+
+    Scope: ``node`` (exactly that name), or ``roles``/``labels`` (the registering node's
+    roles and labels must lie within them), or neither (names declared in nodes/ only).
+    """
+
+    id: str
+    token_hash: str
+    created_at: float
+    expires_at: float
+    uses: int  # how many registrations it allows
+    used: int = 0
+    node: str | None = None
+    roles: tuple[str, ...] | None = None
+    labels: Mapping[str, str] | None = None
+    revoked_at: float | None = None
+
+    def state(self, now: float) -> JoinTokenState:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.used >= self.uses:
+            return "used-up"
+        return "expired" if now >= self.expires_at else "active"
 
 
 @dataclass(frozen=True)
@@ -77,6 +111,21 @@ class Store(Protocol):
     def upsert_node(self, node: NodeRecord) -> None: ...
     def node(self, name: str) -> NodeRecord | None: ...
     def nodes(self) -> Sequence[NodeRecord]: ...
+    def delete_node(self, name: str) -> bool: ...  # False: no such node
+
+    # claim_node stores ``node`` only if the stored credential of that name is still
+    # ``replaces`` (None: no node of that name yet) and, with ``join_token``, consumes one
+    # use of that token (still active at ``node.registered_at``) in the same transaction.
+    # Returns None when stored, else why not; nothing is written on a refusal.
+    def claim_node(
+        self, node: NodeRecord, *, replaces: str | None, join_token: str | None
+    ) -> ClaimRefusal | None: ...
+
+    # join tokens (secrets never stored, only their sha256)
+    def create_join_token(self, token: JoinToken) -> None: ...
+    def join_tokens(self) -> Sequence[JoinToken]: ...
+    def join_token_by_hash(self, token_hash: str) -> JoinToken | None: ...
+    def revoke_join_token(self, token_id: str, now: float) -> JoinToken | None: ...
 
     # desired state: put_desired bumps the generation and ETag only when the
     # workloads/revision differ from the stored document; returns the stored record
@@ -94,6 +143,11 @@ class Store(Protocol):
     # rollout state per release name (opaque JSON owned by reconciler.plan.rollout)
     def rollouts(self) -> Mapping[str, Mapping[str, JSON]]: ...
     def put_rollout(self, name: str, state: Mapping[str, JSON]) -> None: ...
+
+    # first observations of git objects (commits, tags) whose signatures are judged:
+    # records ``now`` for every sha never seen before and returns the first-seen time of
+    # each sha asked for; a recorded time never changes
+    def observe(self, shas: Sequence[str], now: float) -> Mapping[str, float]: ...
 
     # key/value for small bits of loop state (e.g. the last refused tip)
     def get_meta(self, key: str) -> str | None: ...

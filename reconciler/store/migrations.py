@@ -65,6 +65,42 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
                BEGIN SELECT RAISE(ABORT, 'applied revisions are append-only'); END""",
         ),
     ),
+    (
+        2,
+        (
+            # When the reconciler first saw a commit or tag object whose signature it judges:
+            # key validity is judged then, never at a date the object claims (issue 10).
+            """CREATE TABLE observed_objects (
+                sha TEXT PRIMARY KEY,
+                first_seen REAL NOT NULL
+            )""",
+            """CREATE TRIGGER observed_append_only_u BEFORE UPDATE ON observed_objects
+               BEGIN SELECT RAISE(ABORT, 'first observations are never rewritten'); END""",
+        ),
+    ),
+    (
+        3,
+        (
+            # Join tokens (issue 10): only the sha256 of the secret is kept. A token is
+            # scoped to one node name or to a role/label set (JSON), or to nothing (then
+            # only names declared in nodes/ may use it).
+            """CREATE TABLE join_tokens (
+                id TEXT PRIMARY KEY,
+                token_hash TEXT NOT NULL UNIQUE,
+                created_at REAL NOT NULL,
+                expires_at REAL NOT NULL,
+                uses INTEGER NOT NULL,
+                used INTEGER NOT NULL DEFAULT 0,
+                node TEXT,
+                roles TEXT,
+                labels TEXT,
+                revoked_at REAL
+            )""",
+            # How a node got its credential (the join token's id and scope): the planner
+            # trusts an unlisted node's roles and labels only as far as that scope.
+            "ALTER TABLE nodes ADD COLUMN admission TEXT NOT NULL DEFAULT '{}'",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1][0]

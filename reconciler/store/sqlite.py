@@ -29,10 +29,13 @@ from reconciler.spec import JSON
 from reconciler.store.base import (
     AppliedRevision,
     AuditEvent,
+    ClaimRefusal,
     DesiredRecord,
+    JoinToken,
     NodeRecord,
     ReportRecord,
 )
+from reconciler.store.files import private_file
 from reconciler.store.migrations import LATEST, MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -61,7 +64,7 @@ class SqliteStore:
     def __init__(self, path: str) -> None:
         self.path = path
         if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            private_file(Path(path))
         try:
             self._db = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=30.0
@@ -190,22 +193,77 @@ class SqliteStore:
 
     def upsert_node(self, node: NodeRecord) -> None:
         with self._tx() as db:
-            db.execute(
-                "INSERT INTO nodes (name, facts, token_hash, registered_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET facts = excluded.facts, "
-                "token_hash = excluded.token_hash, registered_at = excluded.registered_at",
-                (node.name, _dumps(node.facts), node.token_hash, node.registered_at),
-            )
+            _write_node(db, node)
 
     def node(self, name: str) -> NodeRecord | None:
-        rows = self._read(
-            "SELECT name, facts, token_hash, registered_at FROM nodes WHERE name = ?", (name,)
-        )
+        rows = self._read(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE name = ?", (name,))
         return _node(rows[0]) if rows else None
 
     def nodes(self) -> Sequence[NodeRecord]:
-        rows = self._read("SELECT name, facts, token_hash, registered_at FROM nodes ORDER BY name")
+        rows = self._read(f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY name")
         return [_node(r) for r in rows]
+
+    def delete_node(self, name: str) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM nodes WHERE name = ?", (name,)).rowcount > 0
+
+    def claim_node(
+        self, node: NodeRecord, *, replaces: str | None, join_token: str | None
+    ) -> ClaimRefusal | None:
+        with self._tx() as db:
+            row = db.execute("SELECT token_hash FROM nodes WHERE name = ?", (node.name,)).fetchone()
+            current = None if row is None else str(row[0])
+            if current != replaces:
+                return "taken"
+            if join_token is not None:
+                spent = db.execute(
+                    "UPDATE join_tokens SET used = used + 1 WHERE id = ? AND revoked_at IS NULL "
+                    "AND expires_at > ? AND used < uses",
+                    (join_token, node.registered_at),
+                )
+                if spent.rowcount != 1:
+                    return "token-spent"
+            _write_node(db, node)
+            return None
+
+    def create_join_token(self, token: JoinToken) -> None:
+        with self._tx() as db:
+            db.execute(
+                f"INSERT INTO join_tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    token.id,
+                    token.token_hash,
+                    token.created_at,
+                    token.expires_at,
+                    token.uses,
+                    token.used,
+                    token.node,
+                    None if token.roles is None else _dumps(list(token.roles)),
+                    None if token.labels is None else _dumps(dict(token.labels)),
+                    token.revoked_at,
+                ),
+            )
+
+    def join_tokens(self) -> Sequence[JoinToken]:
+        rows = self._read(f"SELECT {_TOKEN_COLUMNS} FROM join_tokens ORDER BY created_at, id")
+        return [_join_token(r) for r in rows]
+
+    def join_token_by_hash(self, token_hash: str) -> JoinToken | None:
+        rows = self._read(
+            f"SELECT {_TOKEN_COLUMNS} FROM join_tokens WHERE token_hash = ?", (token_hash,)
+        )
+        return _join_token(rows[0]) if rows else None
+
+    def revoke_join_token(self, token_id: str, now: float) -> JoinToken | None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE join_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (now, token_id),
+            )
+            row = db.execute(
+                f"SELECT {_TOKEN_COLUMNS} FROM join_tokens WHERE id = ?", (token_id,)
+            ).fetchone()
+            return None if row is None else _join_token(row)
 
     def desired(self, node: str) -> DesiredRecord | None:
         rows = self._read(
@@ -266,6 +324,24 @@ class SqliteStore:
                 (name, _dumps(state)),
             )
 
+    def observe(self, shas: Sequence[str], now: float) -> Mapping[str, float]:
+        wanted = sorted(set(shas))
+        if not wanted:
+            return {}
+        out: dict[str, float] = {}
+        with self._tx() as db:
+            for sha in wanted:
+                db.execute(
+                    "INSERT INTO observed_objects (sha, first_seen) VALUES (?, ?) "
+                    "ON CONFLICT (sha) DO NOTHING",
+                    (sha, now),
+                )
+                row = db.execute(
+                    "SELECT first_seen FROM observed_objects WHERE sha = ?", (sha,)
+                ).fetchone()
+                out[sha] = float(row[0])
+        return out
+
     def get_meta(self, key: str) -> str | None:
         rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
         return str(rows[0][0]) if rows else None
@@ -279,8 +355,52 @@ class SqliteStore:
             )
 
 
+_NODE_COLUMNS = "name, facts, token_hash, registered_at, admission"
+_TOKEN_COLUMNS = (
+    "id, token_hash, created_at, expires_at, uses, used, node, roles, labels, revoked_at"
+)
+
+
+def _write_node(db: sqlite3.Connection, node: NodeRecord) -> None:
+    db.execute(
+        f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET facts = excluded.facts, "
+        "token_hash = excluded.token_hash, registered_at = excluded.registered_at, "
+        "admission = excluded.admission",
+        (
+            node.name,
+            _dumps(node.facts),
+            node.token_hash,
+            node.registered_at,
+            _dumps(node.admission),
+        ),
+    )
+
+
 def _node(row: tuple[Any, ...]) -> NodeRecord:
-    return NodeRecord(name=row[0], facts=_loads(row[1]), token_hash=row[2], registered_at=row[3])
+    return NodeRecord(
+        name=row[0],
+        facts=_loads(row[1]),
+        token_hash=row[2],
+        registered_at=row[3],
+        admission=_loads(row[4]),
+    )
+
+
+def _join_token(row: tuple[Any, ...]) -> JoinToken:
+    roles, labels = row[7], row[8]
+    return JoinToken(
+        id=row[0],
+        token_hash=row[1],
+        created_at=row[2],
+        expires_at=row[3],
+        uses=row[4],
+        used=row[5],
+        node=row[6],
+        roles=None if roles is None else tuple(_loads(roles)),
+        labels=None if labels is None else dict(_loads(labels)),
+        revoked_at=row[9],
+    )
 
 
 def _desired(row: tuple[Any, ...]) -> DesiredRecord:

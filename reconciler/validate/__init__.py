@@ -4,11 +4,12 @@ The same code runs in ``fleetkeeper validate``, in the git hooks and in the reco
 before it applies a revision. Pure: ``validate_files`` takes the files' bytes and returns
 every violation as a value (it never stops at the first one).
 
+    entries       tree entries where fleet files live must be regular files (mode 100644)
     loader        bytes -> values + node marks; duplicate keys, tabs, aliases, ...
     schema_check  per-file JSON Schema, each error at its YAML node
     rules         cross-file rules (RULES); model_rules adds the model ones,
                   control_rules those of the rollout controls (windows, holds)
-    report        Violation, Report, text and JSON renderings
+    violations    Violation, Report, text and JSON renderings
 
 ``validate_incremental`` gives exactly what ``validate_files`` gives, reusing the per-file
 rules' findings of the last call (a ``RuleMemo`` value the caller keeps) for files whose
@@ -34,6 +35,7 @@ from reconciler.spec import (
     parse_node,
 )
 from reconciler.validate import control_rules, model_rules, rules
+from reconciler.validate.entries import entry_violations
 from reconciler.validate.loader import LoadedFile, load_file
 from reconciler.validate.rules import FileRule, Rule, RuleContext, Scope
 from reconciler.validate.schema_check import check_schema, expected_kind
@@ -125,21 +127,26 @@ def validate_files(
     *,
     extra_rules: Iterable[Rule] = (),
     check: FileChecker = check_file,
+    irregular: Iterable[tuple[str, str]] = (),
 ) -> Report:
     """Validate a set of fleet files (repo-relative path -> raw bytes) as one revision.
 
     Per-file checks (YAML pitfalls, schema: ``check``) run on each fleet file; cross-file
     rules run over the files that passed them. Files that are not fleet files are ignored
-    (with a warning when one looks like a misplaced fleet file).
+    (with a warning when one looks like a misplaced fleet file). ``irregular``: the
+    (path, octal mode) of entries that are not regular files, judged by ``entries``.
     """
     with _gc_paused():
-        return _validate(files, extra_rules, check)
+        return _validate(files, extra_rules, check, irregular)
 
 
 def _validate(
-    files: Mapping[str, bytes], extra_rules: Iterable[Rule], check: FileChecker
+    files: Mapping[str, bytes],
+    extra_rules: Iterable[Rule],
+    check: FileChecker,
+    irregular: Iterable[tuple[str, str]] = (),
 ) -> Report:
-    violations: list[Violation] = []
+    violations: list[Violation] = entry_violations(irregular)
     passed: dict[str, LoadedFile] = {}
     checked: list[str] = []
     for path in sorted(files):

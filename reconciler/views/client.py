@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -31,8 +32,19 @@ def read_token(token_file: str | None, env: Mapping[str, str] | None = None) -> 
     return value or None
 
 
+def _message(resp: httpx.Response) -> str:
+    """The API's ``message`` of an error answer (it says what was wrong), else the text."""
+    try:
+        doc = resp.json()
+    except ValueError:
+        return resp.text[:300]
+    if isinstance(doc, dict) and isinstance(doc.get("message"), str):
+        return str(doc["message"])
+    return resp.text[:300]
+
+
 class AdminClient:
-    """GET /v1/fleet and /v1/audit with the admin token."""
+    """The admin endpoints (fleet, audit, join tokens, node reset) with the admin token."""
 
     def __init__(self, server: str, token: str | None, timeout: float = 10.0) -> None:
         self.server = server.rstrip("/")
@@ -51,9 +63,19 @@ class AdminClient:
         self.close()
 
     def _get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        return self._call("GET", path, params=params)
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> Any:
         where = sanitize(f"{self.server}{path}")
         try:
-            resp = self._http.get(path, params=params)
+            resp = self._http.request(method, path, params=params, json=body)
         except httpx.HTTPError as exc:
             raise Waiting(
                 f"cannot reach the reconciler at {where}: {exc.__class__.__name__}: {exc}. "
@@ -64,12 +86,37 @@ class AdminClient:
                 f"{where}: the server refused the admin token ({resp.status_code}); "
                 f"pass --token-file FILE or set {ENV_TOKEN}"
             )
-        if resp.status_code != 200:
-            raise FleetkeeperError(f"{where}: HTTP {resp.status_code}: {resp.text[:300]}")
+        if resp.status_code not in (200, 201):
+            raise FleetkeeperError(f"{where}: HTTP {resp.status_code}: {_message(resp)}")
         try:
             return resp.json()
         except ValueError as exc:
             raise FleetkeeperError(f"{where}: the answer is not JSON") from exc
+
+    def create_token(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /v1/tokens``: a new join token, with its secret (shown only this once)."""
+        return self._object("POST", "/v1/tokens", request)
+
+    def tokens(self) -> list[dict[str, Any]]:
+        doc = self._object("GET", "/v1/tokens")
+        tokens = doc.get("tokens")
+        if not isinstance(tokens, list):
+            raise FleetkeeperError(f"{self.server}/v1/tokens: expected a list of tokens")
+        return [t for t in tokens if isinstance(t, dict)]
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        return self._object("DELETE", f"/v1/tokens/{quote(token_id, safe='')}")
+
+    def reset_node(self, node: str) -> dict[str, Any]:
+        return self._object("POST", f"/v1/nodes/{quote(node, safe='')}/reset")
+
+    def _object(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        doc = self._call(method, path, body=body)
+        if not isinstance(doc, dict):
+            raise FleetkeeperError(f"{self.server}{path}: expected a JSON object")
+        return doc
 
     def fleet(self) -> dict[str, Any]:
         doc = self._get("/v1/fleet")

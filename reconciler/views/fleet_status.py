@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
+from reconciler.plan.admission import claims_of, scope_covers_claims
 from reconciler.plan.observations import NodeReport
 from reconciler.plan.rollout import workload_entry
 from reconciler.plan.select import latest_versions
@@ -40,6 +41,7 @@ def _node_row(
     desired: Mapping[str, JSON] | None,
     now: float,
     ttl: float,
+    unlisted: bool = False,
 ) -> dict[str, JSON]:
     names: set[str] = set(report.workloads) if report is not None else set()
     items = desired.get("workloads") if desired is not None else None
@@ -67,7 +69,8 @@ def _node_row(
     platform, accelerator = facts.get("platform"), facts.get("accelerator")
     return {
         "node": name,
-        "health": node_health(report, now, ttl),
+        # Unlisted: registered without a file in nodes/ and not admitted, so planned nothing
+        "health": "Unlisted" if unlisted else node_health(report, now, ttl),
         "lastSeen": rfc3339(report.received_at) if report is not None else None,
         "platform": platform if isinstance(platform, str) else None,
         "accelerator": accelerator if isinstance(accelerator, str) else None,
@@ -234,8 +237,13 @@ def fleet_status(
     """
     last = {r.node: NodeReport.from_json(r.node, r.report, r.received_at) for r in reports}
     facts: dict[str, Mapping[str, JSON]] = {}
+    unlisted: set[str] = set()
     for rec in nodes:
         facts[rec.name] = rec.facts
+        if spec is not None and rec.name not in spec.nodes:
+            scoped = scope_covers_claims(rec.admission, claims_of(rec.facts))
+            if not (spec.fleet.unlisted == "allow" and scoped):
+                unlisted.add(rec.name)
     if spec is not None:
         for name, n in spec.nodes.items():
             reg = facts.get(name, {})
@@ -248,7 +256,8 @@ def fleet_status(
     docs = {d.node: d.document for d in desired}
     names = sorted(set(facts) | set(docs))
     node_rows: list[JSON] = [
-        _node_row(n, facts.get(n, {}), last.get(n), docs.get(n), now, ttl) for n in names
+        _node_row(n, facts.get(n, {}), last.get(n), docs.get(n), now, ttl, n in unlisted)
+        for n in names
     ]
     for row in node_rows:
         assert isinstance(row, dict)

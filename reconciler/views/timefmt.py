@@ -59,6 +59,14 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def parse_duration(text: str, what: str = "--ttl") -> float:
+    """Seconds in "90s", "30m", "1h", "7d", "2w"; ValueError naming ``what`` otherwise."""
+    m = _RELATIVE.match(text)
+    if m is None or float(m.group(1)) <= 0:
+        raise ValueError(f"{what} {text!r}: expected a duration like 30m, 1h, 7d or 2w")
+    return float(m.group(1)) * _UNITS[m.group(2).lower()]
+
+
 def parse_since(text: str, now: float) -> float:
     """``--since`` as a unix time: "10m", "2h", "1d", "1w" before now, a unix time, or ISO.
 

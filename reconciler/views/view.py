@@ -108,6 +108,7 @@ def approval_short(approval: object) -> str:
 
 def health_tone(health: str) -> Tone:
     """Tone of a health cell; ``Healthy, held ...`` is toned as ``Healthy``."""
+    # Unlisted: registered without a file in nodes/, given nothing (muted, not an alarm)
     tones: dict[str, Tone] = {"Healthy": "ok", "Stale": "stale", "Unhealthy": "bad"}
     return tones.get(health.split(",")[0], "muted")
 
@@ -266,13 +267,16 @@ def summary(status: Mapping[str, Any]) -> str:
     nodes = status.get("nodes") or []
     healthy = sum(1 for n in nodes if n.get("health") == "Healthy")
     stale = sum(1 for n in nodes if n.get("health") == "Stale")
+    unlisted = sum(1 for n in nodes if n.get("health") == "Unlisted")
     releases = status.get("releases") or []
     failed = sum(1 for r in releases if r.get("phase") in FAILED_PHASES)
     busy = sum(1 for r in releases if r.get("phase") in BUSY_PHASES)
     parts = [
         f"revision {short_sha(status.get('revision'))}",
         f"approved by {approval_short(status.get('approval'))}",
-        f"{healthy}/{len(nodes)} nodes healthy" + (f", {stale} stale" if stale else ""),
+        f"{healthy}/{len(nodes) - unlisted} nodes healthy"
+        + (f", {stale} stale" if stale else "")
+        + (f", {unlisted} unlisted (no workload)" if unlisted else ""),
         f"{len(releases)} releases"
         + (f", {busy} rolling out" if busy else "")
         + (f", {failed} failed" if failed else ""),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -25,6 +26,10 @@ class ArtifactServer:
     Range headers seen (``ranges``); ``truncate_next(name, at)`` makes the next GET of
     ``name`` announce the full length but close the connection after ``at`` bytes;
     ``ignore_range`` answers 200 with the whole file even when a Range is asked for.
+    ``slow_down(name, delay)`` sends ``name`` in 64 KiB chunks ``delay`` seconds apart;
+    ``flood(name)`` answers ``name`` with endless zeros and no Content-Length (a server that
+    never stops). ``sent[name]`` counts the body bytes written, ``completed[name]`` the
+    bodies sent to the end.
     """
 
     def __init__(self, root: Path, *, ignore_range: bool = False) -> None:
@@ -34,6 +39,10 @@ class ArtifactServer:
         self.ranges: list[tuple[str, str | None]] = []
         self.times: list[tuple[str, float]] = []  # (name, unix time) of every GET
         self._truncate: dict[str, list[int]] = {}
+        self._slow: dict[str, float] = {}
+        self._flood: set[str] = set()
+        self.sent: Counter[str] = Counter()
+        self.completed: Counter[str] = Counter()
         self._lock = threading.Lock()
         outer = self
 
@@ -58,6 +67,26 @@ class ArtifactServer:
         with self._lock:
             self._truncate.setdefault(name, []).extend([at] * times)
 
+    def slow_down(self, name: str, delay: float) -> None:
+        with self._lock:
+            self._slow[name] = delay
+
+    def flood(self, name: str) -> None:
+        with self._lock:
+            self._flood.add(name)
+
+    def _send_flood(self, h: BaseHTTPRequestHandler, name: str) -> None:
+        h.send_response(200)
+        h.send_header("Connection", "close")
+        h.end_headers()
+        h.close_connection = True
+        zeros = bytes(1 << 16)
+        with contextlib.suppress(OSError):
+            while self.sent[name] < 1 << 30:  # a bound, for a client that never stops
+                h.wfile.write(zeros)
+                with self._lock:
+                    self.sent[name] += len(zeros)
+
     def _serve(self, h: BaseHTTPRequestHandler) -> None:
         name = h.path.lstrip("/").split("?")[0]
         rng = h.headers.get("Range")
@@ -66,6 +95,11 @@ class ArtifactServer:
             self.times.append((name, time.time()))
             self.ranges.append((name, rng))
             cut = self._truncate[name].pop(0) if self._truncate.get(name) else None
+            delay = self._slow.get(name)
+            flood = name in self._flood
+        if flood:
+            self._send_flood(h, name)
+            return
         path = self.root / name
         if not path.is_file() or ".." in name:
             h.send_response(404)
@@ -100,8 +134,19 @@ class ArtifactServer:
                     # Drop the socket mid-body, as a broken network would.
                     h.connection.shutdown(socket.SHUT_RDWR)
                     return
-                h.wfile.write(chunk)
+                try:
+                    h.wfile.write(chunk)
+                    h.wfile.flush()
+                except OSError:
+                    h.close_connection = True
+                    return  # the client went away (e.g. it dropped a stale download)
                 sent += len(chunk)
+                with self._lock:
+                    self.sent[name] += len(chunk)
+                if delay:
+                    time.sleep(delay)
+        with self._lock:
+            self.completed[name] += 1
 
     def __enter__(self) -> ArtifactServer:
         self._thread.start()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import sys
 import tarfile
 import zipfile
@@ -218,3 +219,63 @@ __all__ = [
     "free_port",
     "program_source",
 ]
+
+
+class _Zeros(io.RawIOBase):
+    """``n`` zero bytes, read in chunks (a bomb's payload, never held in memory)."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = min(len(b), self.left)
+        b[:n] = bytes(n)
+        self.left -= n
+        return n
+
+
+def bomb_archive(
+    dest: Path, name: str, version: str, unpacked: int, fmt: str = "tar.gz"
+) -> Artifact:
+    """A decompression bomb: a working ``bin/<name>`` plus ``share/zeros`` of ``unpacked``
+    zero bytes (600 MB of zeros compress to about 600 KB)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / f"{name}-{version}-bomb.{fmt}"
+    script = program_source(name, version).encode()
+    if fmt == "zip":
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            info = zipfile.ZipInfo(f"bin/{name}")
+            info.external_attr = (0o100755) << 16
+            zf.writestr(info, script)
+            with zf.open("share/zeros", "w", force_zip64=True) as out:
+                shutil.copyfileobj(_Zeros(unpacked), out, 1 << 20)
+    else:
+        with tarfile.open(path, "w:gz", compresslevel=9) as tar:
+            _add(tar, f"bin/{name}", script, 0o755)
+            info = tarfile.TarInfo("share/zeros")
+            info.size, info.mode = unpacked, 0o644
+            tar.addfile(info, io.BufferedReader(_Zeros(unpacked)))
+    return describe(path)
+
+
+def many_entries_tarball(
+    dest: Path, name: str, version: str, entries: int, fmt: str = "tar.gz"
+) -> Artifact:
+    """An archive of ``entries`` empty files beside ``bin/<name>`` (an inode bomb)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / f"{name}-{version}-entries.{fmt}"
+    script = program_source(name, version).encode()
+    if fmt == "zip":
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr(f"bin/{name}", script)
+            for i in range(entries):
+                zf.writestr(f"junk/{i}", b"")
+    else:
+        with tarfile.open(path, "w:gz") as tar:
+            _add(tar, f"bin/{name}", script, 0o755)
+            for i in range(entries):
+                _add(tar, f"junk/{i}", b"")
+    return describe(path)

@@ -86,6 +86,7 @@ def release_doc(
                 "platform": p,
                 "url": f"{url_base}/{agent}-{version}-{p.replace('/', '-')}.tar.gz",
                 "sha256": fake_sha256(f"{agent}-{version}-{p}"),
+                "size": 1024,
             }
             for p in platforms
         ],
@@ -119,6 +120,7 @@ def model_doc(
                 "platform": "any",
                 "url": f"https://artifacts.fleet.test/{name}-{version}.gguf",
                 "sha256": fake_sha256(f"{name}-{version}"),
+                "size": 1 << 30,
             }
         ],
         "args": {"port": "${node.labels.port}", "contextSize": 2048},

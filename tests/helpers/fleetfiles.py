@@ -36,8 +36,8 @@ def node(name: str, platform: str = "linux/amd64", accelerator: str = "cuda", **
 
 def release(agent: str = "infer", version: str = "1.0.0", *, tail: str = "", **over: str) -> str:
     """A valid release. Line numbers: 1 apiVersion, 2 kind, 3 agent, 4 version,
-    5 artifacts:, 6-8 first artifact (platform, url, sha256), 9 run:, 10 command,
-    11 targets:, 12 roles; ``tail`` is appended from line 13."""
+    5 artifacts:, 6-9 first artifact (platform, url, sha256, size), 10 run:, 11 command,
+    12 targets:, 13 roles; ``tail`` is appended from line 14."""
     url = over.get("url", f"https://dl.example.org/{agent}-{version}.tar.gz")
     platform = over.get("platform", "linux/amd64")
     return (
@@ -49,6 +49,7 @@ def release(agent: str = "infer", version: str = "1.0.0", *, tail: str = "", **o
         f"  - platform: {platform}\n"
         f"    url: {url}\n"
         f"    sha256: {over.get('sha256', SHA_A)}\n"
+        f"    size: {over.get('size', '1024')}\n"
         "run:\n"
         f"  command: {over.get('command', DEFAULT_COMMAND)}\n"
         "targets:\n"

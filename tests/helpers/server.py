@@ -93,14 +93,23 @@ class RunningServer:
     def admin(self) -> httpx.Client:
         return self.client(self.admin_token)
 
-    def register(self, node: str, **facts: Any) -> str:
-        """Register ``node`` with the bootstrap token; returns (and remembers) its token."""
-        with self.client(self.bootstrap_token) as c:
+    def register(self, node: str, credential: str | None = None, **facts: Any) -> str:
+        """Register ``node`` with ``credential`` (default: the bootstrap token); returns (and
+        remembers) its node token."""
+        with self.client(credential or self.bootstrap_token) as c:
             r = c.post(f"/v1/nodes/{node}/register", json=register_doc(node, **facts))
         assert r.status_code == 200, r.text
         token = str(r.json()["token"])
         self.tokens[node] = token
         return token
+
+    def create_token(self, **body: Any) -> dict[str, Any]:
+        """``POST /v1/tokens`` with the admin token; the answer carries the secret."""
+        with self.admin() as c:
+            r = c.post("/v1/tokens", json=body)
+        assert r.status_code == 201, r.text
+        doc: dict[str, Any] = r.json()
+        return doc
 
     def fleet(self) -> dict[str, Any]:
         with self.admin() as c:
@@ -343,11 +352,20 @@ class ApiHarness:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
 
-    def register(self, node: str, **facts: Any) -> str:
-        with self.client(self.bootstrap_token) as c:
+    def register(self, node: str, credential: str | None = None, **facts: Any) -> str:
+        """Register ``node`` with ``credential`` (default: the bootstrap token)."""
+        with self.client(credential or self.bootstrap_token) as c:
             r = c.post(f"/v1/nodes/{node}/register", json=register_doc(node, **facts))
         assert r.status_code == 200, r.text
         return str(r.json()["token"])
+
+    def create_token(self, **body: Any) -> dict[str, Any]:
+        """``POST /v1/tokens`` with the admin token; the answer carries the secret."""
+        with self.client(self.admin_token) as c:
+            r = c.post("/v1/tokens", json=body)
+        assert r.status_code == 201, r.text
+        doc: dict[str, Any] = r.json()
+        return doc
 
     def put_desired(self, node: str, version: str = "1.0.0") -> Any:
         """Store a desired document for ``node`` and notify pollers (as the loop does)."""
@@ -374,6 +392,7 @@ def desired_doc(node: str, version: str = "1.0.0", revision: str = "a" * 40) -> 
                     "platform": "linux/amd64",
                     "url": f"file:///srv/agent-{version}.tar.gz",
                     "sha256": "0" * 64,
+                    "size": 1024,
                 },
                 "run": {"command": ["bin/agent"]},
             }
@@ -381,9 +400,17 @@ def desired_doc(node: str, version: str = "1.0.0", revision: str = "a" * 40) -> 
     }
 
 
+HARNESS_NODES = ("gpu-1", "gpu-2", "node-a", "node-b", "a", "b", "c")
+
+
 @contextlib.contextmanager
-def api_harness(tmp: Path, **settings: Any) -> Iterator[ApiHarness]:
+def api_harness(
+    tmp: Path, *, declared: tuple[str, ...] = HARNESS_NODES, **settings: Any
+) -> Iterator[ApiHarness]:
+    """The API over a fresh store; the applied spec declares ``declared`` in nodes/ (the
+    bootstrap token registers only declared names)."""
     from reconciler.api import ApiContext, ApiSettings, create_app
+    from reconciler.spec import build_spec
     from reconciler.store import open_store
 
     values = {
@@ -394,6 +421,8 @@ def api_harness(tmp: Path, **settings: Any) -> Iterator[ApiHarness]:
     values.update(settings)
     store = open_store(f"sqlite:///{tmp / 'api-state.db'}")
     ctx = ApiContext.load(store, ApiSettings(**values))
+    spec = build_spec({f"nodes/{n}.yaml": node_doc(n) for n in declared})
+    ctx.spec = lambda: spec
     wakes: list[float] = []
     triggers: list[float] = []
     ctx.wake = lambda: wakes.append(time.monotonic())

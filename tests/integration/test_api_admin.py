@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from tests.helpers.server import ApiHarness, api_harness
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[ApiHarness]:
-    with api_harness(tmp_path) as harness:
+    with api_harness(tmp_path, declared=("a", "b", "c")) as harness:
         yield harness
 
 
@@ -91,13 +93,35 @@ def test_metrics_count_polls_and_reports(api: ApiHarness) -> None:
         c.get("/v1/nodes/a/desired", headers={"If-None-Match": rec.etag})
         c.get("/v1/nodes/a/desired", headers={"If-None-Match": rec.etag})
         c.post("/v1/nodes/a/status", json=_report("a", True))
+        assert c.post("/v1/nodes/a/status", json={"node": "a"}).status_code == 422
+    with api.client("not a token") as c:
+        assert c.post("/v1/nodes/a/status", json=_report("a", True)).status_code == 401
+
+    held: list[int] = []
+
+    def poll() -> None:
+        with api.client(token) as c:
+            r = c.get("/v1/nodes/a/desired?wait=30", headers={"If-None-Match": rec.etag})
+            held.append(r.status_code)
+
+    waiter = threading.Thread(target=poll)
+    waiter.start()
     with httpx.Client(base_url=api.url) as c:
+        deadline = time.monotonic() + 5
+        while "fleetkeeper_long_polls 1.0" not in (text := c.get("/metrics").text):
+            assert time.monotonic() < deadline, "the held long-poll is not counted"
+            time.sleep(0.02)
+        api.put_desired("a", "2.0.0")  # releases the poll
+        waiter.join(timeout=10)
+        assert held == [200]
         r = c.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     text = r.text
-    assert 'fleetkeeper_desired_polls_total{result="200"} 1.0' in text
+    assert 'fleetkeeper_desired_polls_total{result="200"} 2.0' in text
     assert 'fleetkeeper_desired_polls_total{result="304"} 2.0' in text
-    assert "fleetkeeper_reports_total 1.0" in text
+    assert "fleetkeeper_long_polls 0.0" in text
+    assert 'fleetkeeper_reports_total{result="accepted"} 1.0' in text
+    assert 'fleetkeeper_reports_total{result="rejected"} 2.0' in text
     assert 'fleetkeeper_nodes{state="Healthy"} 1.0' in text
     assert "fleetkeeper_reconcile_duration_seconds_bucket" in text
     assert "fleetkeeper_revisions_applied_total" in text
@@ -131,6 +155,7 @@ def test_openapi_document_bundles_the_schemas(api: ApiHarness) -> None:
     [
         ("github", "X-Hub-Signature-256", "sha256="),
         ("gitea", "X-Gitea-Signature", ""),
+        ("bitbucket", "X-Hub-Signature", "sha256="),
         ("generic", "X-Fleetkeeper-Signature", "sha256="),
     ],
 )
@@ -158,5 +183,5 @@ def test_webhook_signatures(api: ApiHarness, provider: str, header: str, prefix:
 
 def test_unknown_webhook_provider(api: ApiHarness) -> None:
     with httpx.Client(base_url=api.url) as c:
-        r = c.post("/hooks/bitbucket", content=b"{}")
+        r = c.post("/hooks/sourcehut", content=b"{}")
     assert r.status_code == 404 and r.json()["error"] == "not-found"

@@ -25,7 +25,8 @@ def test_register_returns_token_and_reregister_rotates(api: ApiHarness) -> None:
     assert len(t1) >= 32
     with api.client(t1) as c:
         assert c.get("/v1/nodes/gpu-1/desired").status_code == 200
-    t2 = api.register("gpu-1", roles=["inference", "coding"])
+    # proof of the current identity: the node's own credential rotates it
+    t2 = api.register("gpu-1", t1, roles=["inference", "coding"])
     assert t2 != t1
     with api.client(t1) as c:
         assert c.get("/v1/nodes/gpu-1/desired").status_code == 401  # old token revoked
@@ -35,6 +36,7 @@ def test_register_returns_token_and_reregister_rotates(api: ApiHarness) -> None:
     assert rec.facts["roles"] == ["inference", "coding"]
     assert t2 not in rec.token_hash and len(rec.token_hash) == 64  # stored hashed
     assert [e.kind for e in api.ctx.store.audit()] == ["registered", "registered"]
+    assert "credential rotated" in api.ctx.store.audit()[1].message
     assert len(api.wakes) == 2
 
 

@@ -154,10 +154,12 @@ def test_tag_on_older_commit_is_a_rollback(repo: SignedRepo, keys: Keys) -> None
     assert any(a.kind == "rollback" for a in result.audit)
 
 
-def test_validity_window_uses_the_tagger_time(repo: SignedRepo, keys: Keys) -> None:
-    # the "expired" key is allowed only before 2020: a tag made in 2017 still verifies
-    target = repo.head()
+def test_validity_window_is_judged_at_observation_not_tagger_time(
+    repo: SignedRepo, keys: Keys
+) -> None:
+    # the "expired" key is allowed only before 2020: a tag claiming 2017 is judged now
+    # (more in test_trust_signatures.py, with a store that saw it in 2017)
     signed_tag(repo.path, keys, "expired", "deploy/2017", date="@1500000000 +0000")
     result = judge(repo, tags_mode(keys))
-    assert result.revision == target
-    assert result.approval is not None and result.approval["signers"] == ["expired@fleet.test"]
+    assert result.revision is None
+    assert "not in allowed_signers (or not valid then)" in result.refused[0].reason

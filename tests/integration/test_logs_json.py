@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from reconciler.api.webhooks import sign
+from reconciler.forges import sign
 from tests.helpers.fleet import (
     FleetRepo,
     converged_report,

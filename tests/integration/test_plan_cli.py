@@ -52,7 +52,8 @@ def test_json_shape(fleet: FleetRepo, capsys: pytest.CaptureFixture[str]) -> Non
     code, out = plan(capsys, "--repo", str(fleet.path), "--format", "json")
     doc = json.loads(out)
     assert code == 0
-    assert set(doc) == {"revision", "approval", "refused", "nodes"}
+    assert set(doc) == {"revision", "baseline", "approval", "refused", "nodes"}
+    assert doc["baseline"] is None  # approval.baseline not set
     assert doc["revision"] == bumped
     assert doc["approval"] == {"kind": "merge", "ref": bumped, "signers": []}
     assert [r["revision"] for r in doc["refused"]] == [direct]

@@ -5,7 +5,9 @@ A new backend (PostgreSQL) adds an opener to BACKENDS; nothing else changes.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ from reconciler.store import Store, open_store
 from reconciler.store.base import (
     AppliedRevision,
     AuditEvent,
+    JoinToken,
     NodeRecord,
     ReportRecord,
 )
@@ -68,6 +71,7 @@ def test_fresh_store_is_empty_and_migrated(store: Store) -> None:
     assert list(store.reports()) == []
     assert dict(store.rollouts()) == {}
     assert store.get_meta("k") is None
+    assert list(store.join_tokens()) == []
 
 
 def test_applied_revision_latest_wins(store: Store) -> None:
@@ -139,6 +143,15 @@ def test_rollouts_and_meta(store: Store) -> None:
     assert store.get_meta("refused-tip") == "def"
 
 
+def test_observe_records_the_first_time_only(store: Store) -> None:
+    a, b = "a" * 40, "b" * 40
+    assert dict(store.observe([], 1.0)) == {}
+    assert dict(store.observe([a], 100.0)) == {a: 100.0}
+    # seen again later (and a new one): the first time stays, the new one gets ``now``
+    assert dict(store.observe([b, a, a], 500.0)) == {a: 100.0, b: 500.0}
+    assert dict(store.observe([a, b], 900.0)) == {a: 100.0, b: 500.0}
+
+
 def test_reopen_after_close_keeps_everything(opener: Opener) -> None:
     s = opener()
     s.set_applied_revision(AppliedRevision("a" * 40, {"kind": "merge"}, 1.0))
@@ -148,6 +161,7 @@ def test_reopen_after_close_keeps_everything(opener: Opener) -> None:
     s.put_report(ReportRecord("n1", {"generation": 1}, 5.0))
     s.put_rollout("agent", {"phase": "Succeeded"})
     s.set_meta("k", "v")
+    s.observe(["c" * 40], 7.0)
     s.close()
     s2 = opener()
     try:
@@ -160,6 +174,7 @@ def test_reopen_after_close_keeps_everything(opener: Opener) -> None:
         assert [r.received_at for r in s2.reports()] == [5.0]
         assert dict(s2.rollouts()) == {"agent": {"phase": "Succeeded"}}
         assert s2.get_meta("k") == "v"
+        assert dict(s2.observe(["c" * 40], 99.0)) == {"c" * 40: 7.0}
     finally:
         s2.close()
 
@@ -189,6 +204,88 @@ def test_closed_store_refuses_calls(opener: Opener) -> None:
         s.ping()
 
 
+def _token(tid: str, **kw: object) -> JoinToken:
+    fields: dict[str, object] = {
+        "id": tid,
+        "token_hash": f"hash-{tid}",
+        "created_at": 1.0,
+        "expires_at": 100.0,
+        "uses": 1,
+    }
+    fields.update(kw)
+    return JoinToken(**fields)  # type: ignore[arg-type]
+
+
+def test_join_tokens_round_trip_and_revoke(store: Store) -> None:
+    scoped = _token("t2", roles=("inference",), labels={"site": "lab"}, uses=3, created_at=2.0)
+    store.create_join_token(_token("t1", node="gpu-1"))
+    store.create_join_token(scoped)
+    assert list(store.join_tokens()) == [_token("t1", node="gpu-1"), scoped]
+    assert store.join_token_by_hash("hash-t2") == scoped
+    assert store.join_token_by_hash("hash-nope") is None
+    revoked = store.revoke_join_token("t1", 5.0)
+    assert revoked is not None and revoked.revoked_at == 5.0 and revoked.state(6.0) == "revoked"
+    again = store.revoke_join_token("t1", 9.0)  # revoking twice keeps the first time
+    assert again is not None and again.revoked_at == 5.0
+    assert store.revoke_join_token("nope", 5.0) is None
+    assert scoped.state(50.0) == "active" and scoped.state(100.0) == "expired"
+
+
+def test_claim_node_consumes_uses_and_refuses_a_taken_name(store: Store) -> None:
+    store.create_join_token(_token("t1", uses=2))
+    admission = {"via": "join-token", "tokenId": "t1"}
+    first = NodeRecord("gpu-1", {"platform": "linux/amd64"}, "h1", 10.0, admission)
+    assert store.claim_node(first, replaces=None, join_token="t1") is None
+    assert store.node("gpu-1") == first
+    # the name is taken: refused, the token keeps its remaining use, the node its credential
+    impostor = NodeRecord("gpu-1", {"platform": "linux/amd64"}, "evil", 11.0)
+    assert store.claim_node(impostor, replaces=None, join_token="t1") == "taken"
+    assert store.node("gpu-1") == first
+    assert store.join_token_by_hash("hash-t1").used == 1  # type: ignore[union-attr]
+    # the holder of the current credential may rotate it
+    rotated = NodeRecord("gpu-1", {"platform": "linux/amd64"}, "h2", 12.0)
+    assert store.claim_node(rotated, replaces="h1", join_token=None) is None
+    assert store.claim_node(impostor, replaces="h1", join_token=None) == "taken"
+    assert store.node("gpu-1") == rotated
+    second = NodeRecord("gpu-2", {}, "h3", 13.0)
+    assert store.claim_node(second, replaces=None, join_token="t1") is None
+    third = NodeRecord("gpu-3", {}, "h4", 14.0)
+    assert store.claim_node(third, replaces=None, join_token="t1") == "token-spent"  # used up
+    assert store.node("gpu-3") is None
+    assert store.delete_node("gpu-1") and not store.delete_node("gpu-1")
+    assert store.node("gpu-1") is None
+
+
+def test_claim_node_refuses_an_expired_or_revoked_token(store: Store) -> None:
+    store.create_join_token(_token("old", expires_at=20.0))
+    store.create_join_token(_token("gone"))
+    store.revoke_join_token("gone", 2.0)
+    late = NodeRecord("n1", {}, "h", 20.0)
+    assert store.claim_node(late, replaces=None, join_token="old") == "token-spent"
+    assert store.claim_node(late, replaces=None, join_token="gone") == "token-spent"
+    assert store.claim_node(late, replaces=None, join_token="unknown") == "token-spent"
+    assert store.node("n1") is None
+
+
+def test_claim_node_is_atomic_under_concurrent_claims(opener: Opener) -> None:
+    store = opener()
+    store.create_join_token(_token("t1", uses=100))
+    results: list[object] = []
+
+    def claim(i: int) -> None:
+        rec = NodeRecord("gpu-1", {}, f"h{i}", 10.0)
+        results.append(store.claim_node(rec, replaces=None, join_token="t1"))
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(None) == 1 and results.count("taken") == 7
+    assert store.join_token_by_hash("hash-t1").used == 1  # type: ignore[union-attr]
+    store.close()
+
+
 # SQLite specifics: the file, its journal mode and the migration bookkeeping.
 
 
@@ -206,6 +303,9 @@ def test_sqlite_is_wal_full_and_audit_append_only(tmp_path: Path) -> None:
             db.execute("UPDATE audit SET message = 'x'")
         with pytest.raises(sqlite3.DatabaseError, match="append-only"):
             db.execute("DELETE FROM audit")
+        db.execute("INSERT INTO observed_objects VALUES ('x', 1.0)")
+        with pytest.raises(sqlite3.DatabaseError, match="never rewritten"):
+            db.execute("UPDATE observed_objects SET first_seen = 0")
     finally:
         db.close()
 
@@ -230,3 +330,28 @@ def test_sqlite_migrations_run_once(tmp_path: Path) -> None:
         assert db.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == LATEST
     finally:
         db.close()
+
+
+def test_sqlite_state_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "state.db"
+    old = os.umask(0o022)
+    try:
+        s = open_store(f"sqlite:///{path}")
+        s.append_audit(AuditEvent(time=1.0, kind="applied", message="m"))
+        s.close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    for extra in path.parent.glob("state.db-*"):  # -wal / -shm take the file's mode
+        assert stat.S_IMODE(extra.stat().st_mode) == 0o600, extra
+
+
+def test_sqlite_tightens_a_database_left_world_readable(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "state.db"
+    open_store(f"sqlite:///{path}").close()
+    path.chmod(0o644)
+    path.parent.chmod(0o755)
+    open_store(f"sqlite:///{path}").close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700

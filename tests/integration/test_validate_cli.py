@@ -74,7 +74,7 @@ def test_json_format_has_every_violation(in_dir: Path, capsys: pytest.CaptureFix
     assert (report["ok"], report["errors"], report["warnings"]) == (False, 2, 0)
     assert [(v["path"], v["line"], v["column"], v["severity"]) for v in report["violations"]] == [
         ("releases/infer/1.0.0.yaml", 8, 13, "error"),
-        ("releases/infer/1.0.0.yaml", 13, 11, "error"),
+        ("releases/infer/1.0.0.yaml", 14, 11, "error"),
     ]
     assert report["violations"][1]["message"] == (
         "unknown field 'batchSiz' in rollout; did you mean 'batchSize'?"
@@ -183,7 +183,7 @@ def test_staged_sees_deleted_node_that_a_release_needs(
     code, out, _ = validate(capsys, "--repo", str(repo), "--staged")
     assert code == 1
     assert out == [
-        f"{repo}/releases/infer/1.0.0.yaml:13:20: rollout.canary names node 'gpu-2', which "
+        f"{repo}/releases/infer/1.0.0.yaml:14:20: rollout.canary names node 'gpu-2', which "
         "has no file nodes/gpu-2.yaml; did you mean 'gpu-1'?"
     ]
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from reconciler.approval.decide import (
     ChainState,
     advance,
+    baseline_refusal,
+    baseline_state,
     chain_result,
     decide_tags,
     group_tags,
@@ -165,7 +169,7 @@ def test_rollback_refusal_keeps_applied() -> None:
 def tag(
     name: str, target: str, *, time: int = 0, sig: Signature | None = GOOD, annotated: bool = True
 ) -> TagFacts:
-    return TagFacts(name, target, annotated, time, sig if annotated else None, f"t-{name}")
+    return TagFacts(name, target, annotated, time, sig if annotated else None, f"t-{name}", name)
 
 
 ALICE = Signature("ssh", True, signer="alice@x")
@@ -180,6 +184,15 @@ TAG_CASES: list[
     ("bad signature", TAGS, [tag("deploy/1", "c1", sig=BAD)], {}, None, None, 1),
     ("lightweight", TAGS, [tag("deploy/1", "c1", annotated=False)], {}, None, None, 1),
     ("outside pattern", TAGS, [tag("v1", "c1")], {}, None, None, 0),
+    (
+        "signed as another name (mismatch)",
+        TAGS,
+        [replace(tag("deploy/exp", "c1"), tagged_as="test/experiment")],
+        {},
+        None,
+        None,
+        1,
+    ),
     (
         "newest by tagger time",
         TAGS,
@@ -285,3 +298,22 @@ def test_split_unsigned_tag_and_formats() -> None:
 def test_neutral_commit_does_not_change_state() -> None:
     state = advance(ChainState(), c("m1", merge=True, changes=REL), MERGE_PR)
     assert advance(state, c("r1"), MERGE_PR) is state
+
+
+def test_baseline_state_approves_the_baseline_until_a_later_commit() -> None:
+    state = baseline_state("base")
+    result = chain_result(state, None)
+    assert result.revision == "base"
+    assert result.approval == {"kind": "baseline", "ref": "base", "signers": []}
+    assert [a.kind for a in result.audit] == ["approved"]
+    later = CommitFacts("m1", ("base", "topic"), 1, "merge", (Change("nodes/a.yaml", None, "x"),))
+    after = chain_result(advance(state, later, ApprovalSettings()), None)
+    assert after.revision == "m1" and after.approval is not None
+    assert after.approval["kind"] == "merge"
+
+
+def test_branch_without_the_baseline_refuses_everything_new() -> None:
+    result = baseline_refusal("main", "tip", "base", "applied")
+    assert result.revision == "applied" and result.approval is None
+    assert result.audit[0].kind == "rollback"
+    assert "does not contain the baseline base" in result.refused[0].reason

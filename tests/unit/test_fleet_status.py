@@ -154,3 +154,39 @@ def test_superseded_row_and_blocked_rows() -> None:
     phases = [(r["version"], r["phase"]) for r in doc["releases"]]
     assert phases == [(V, "Superseded"), ("1.1.0", "Progressing"), ("2.0.0", "Unapproved")]
     assert doc["revision"] == "a" * 40
+
+
+_EDGE = {"platform": "linux/arm64", "roles": ["inference"], "labels": {"site": "lab"}}
+_SCOPED = {
+    "via": "join-token",
+    "tokenId": "t",
+    "scope": {"roles": ["inference"], "labels": {"site": "lab"}},
+}
+_NARROW = {"via": "join-token", "tokenId": "t", "scope": {"roles": ["inference"]}}
+
+# (registration.unlisted, admission of the file-less node) -> its health
+UNLISTED_HEALTH = [
+    (None, _SCOPED, "Unlisted"),
+    ("allow", {}, "Unlisted"),  # registered before join tokens, or with the bootstrap token
+    ("allow", {"via": "join-token", "tokenId": "t", "scope": {"node": "edge-1"}}, "Unlisted"),
+    ("allow", _NARROW, "Unlisted"),  # claims a label the scope does not cover
+    ("allow", _SCOPED, "Stale"),  # admitted: planned, judged by its reports (none yet)
+]
+
+
+@pytest.mark.parametrize(("unlisted", "admission", "health"), UNLISTED_HEALTH)
+def test_a_node_without_a_file_shows_unlisted_unless_admitted(
+    unlisted: str | None, admission: dict[str, Any], health: str
+) -> None:
+    from reconciler.spec import build_spec
+    from tests.helpers.fleet import fleet_doc
+
+    fleet = fleet_doc()
+    if unlisted is not None:
+        fleet["registration"] = {"unlisted": unlisted}
+    spec = build_spec(fleet_files(nodes_named("n1"), [], fleet))
+    regs = [NodeRecord("edge-1", _EDGE, "h", 0, admission)]
+    doc = fleet_status(spec, regs, {}, [], [], 100.0, 90.0)
+    assert schema.errors("fleet-status", doc) == []
+    rows = {n["node"]: n["health"] for n in doc["nodes"]}
+    assert rows == {"n1": "Stale", "edge-1": health}

@@ -78,7 +78,6 @@ def test_llama_cpp_runs_anywhere() -> None:
     [
         (3 << 30, "2", ["gpu"]),  # larger than the node
         (2 << 30, "2", []),  # exactly fits
-        (None, "2", []),  # no size declared: nothing to compare
         (3 << 30, "", []),  # node declares no memory
     ],
 )

@@ -66,3 +66,10 @@ def test_session_never_contains_token() -> None:
     assert session.token_matches(token, token)
     assert not session.token_matches(token, token + "x")
     assert not session.token_matches(token, None)
+
+
+def test_unlisted_nodes_show_as_unlisted_on_the_dashboard() -> None:
+    row = {"node": "evil-1", "health": "Unlisted", "lastSeen": None, "workloads": []}
+    html = render.fragment({"nodes": [row], "releases": []}, [], NOW)
+    assert "evil-1" in html and "Unlisted" in html
+    assert "0/0 nodes healthy" in html and "1 unlisted (no workload)" in html

@@ -19,6 +19,7 @@ from reconciler.views.view import (
     exit_code,
     node_rows,
     release_rows,
+    summary,
 )
 
 NOW = 1_800_000_000.0
@@ -184,3 +185,25 @@ def test_audit_rows_from_store_values_and_json() -> None:
     console = Console(width=200, record=True, color_system=None)
     console.print(audit_table(events))
     assert "batch 1/3" in console.export_text()
+
+
+def test_unlisted_nodes_render_muted_and_apart_from_the_healthy_count() -> None:
+    status = _status("Succeeded")
+    status["nodes"].append(
+        {
+            "node": "evil-1",
+            "health": "Unlisted",
+            "lastSeen": None,
+            "platform": "linux/amd64",
+            "accelerator": "cpu",
+            "roles": ["inference"],
+            "runtimes": {},
+            "workloads": [],
+        }
+    )
+    rows = {r.node: r for r in node_rows(status, NOW)}
+    assert rows["evil-1"].tone == "muted"
+    assert "1 unlisted (no workload)" in summary(status)
+    console = Console(width=200, record=True, color_system=None)
+    console.print(fleet_view(status, NOW))
+    assert "Unlisted" in console.export_text()

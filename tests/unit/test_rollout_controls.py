@@ -321,8 +321,10 @@ def test_unused_controls_keep_the_fingerprint_an_upgrade_must_not_restart_rollou
         return fingerprint(spec_of(fleet_files(nodes_named("n1"), [doc])).deployables[0])
 
     plain = release_doc("app", V)
-    # the digest this release had before the rollout controls existed (commit b8883a4)
-    assert fp(plain) == "0be50d3fab25db94"
+    # The digest this release has on main without the rollout controls. If a new field of
+    # Deployable changes it, every running rollout restarts when the reconciler is upgraded:
+    # leave the field out of the digest while it has its default, as the controls do.
+    assert fp(plain) == "60422aa0a9cd6e99"
     explicit = release_doc("app", V)
     explicit["rollout"]["spreadSeconds"] = 0
     assert fp(explicit) == fp(plain)

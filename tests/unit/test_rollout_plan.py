@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -14,6 +14,7 @@ from reconciler.plan.state import state_from_json, state_to_json
 from reconciler.spec import Rollout
 from tests.helpers.fleet import (
     PlanSim,
+    fleet_doc,
     fleet_files,
     model_doc,
     node_doc,
@@ -389,19 +390,50 @@ def test_models_roll_out_like_releases() -> None:
     assert s.state("qwen").phase == "Succeeded" and s.state("qwen").kind == "model"
 
 
-def test_registered_node_without_file_is_matched_on_its_facts() -> None:
-    s = PlanSim(fleet_files(nodes_named("n1"), [release_doc("app", V, batch_size=5, soak=0)]))
+def _unlisted_sim(unlisted: str | None, scoped: bool) -> PlanSim:
+    fleet = fleet_doc()
+    if unlisted is not None:
+        fleet["registration"] = {"unlisted": unlisted}
+    s = PlanSim(
+        fleet_files(nodes_named("n1"), [release_doc("app", V, batch_size=5, soak=0)], fleet)
+    )
     s.registered = [
         NodeFacts(
-            "edge-1", "linux/arm64", roles=("inference",), labels={"port": "9001"}, declared=False
+            "edge-1",
+            "linux/arm64",
+            roles=("inference",),
+            labels={"port": "9001"},
+            declared=False,
+            scoped=scoped,
         ),
-        NodeFacts("edge-2", "linux/arm64", roles=("coding",), declared=False),
+        NodeFacts("edge-2", "linux/arm64", roles=("coding",), declared=False, scoped=scoped),
     ]
     s.step(0)
-    assert s.versions("app") == {"edge-1": V, "edge-2": None, "n1": V}
-    arts = {w["artifact"]["platform"] for w in s.desired["edge-1"]["workloads"]}
-    assert arts == {"linux/arm64"}
-    assert s.desired["edge-2"]["workloads"] == []
+    return s
+
+
+# (registration.unlisted, join token scope covered the claims) -> does edge-1 get app?
+UNLISTED = [
+    (None, True, False),  # default deny: self-reported roles never pull a node in
+    ("deny", True, False),
+    ("allow", False, False),  # allowed, but a bootstrap/unscoped/node-scoped credential
+    ("allow", True, True),
+]
+
+
+@pytest.mark.parametrize(("unlisted", "scoped", "gets"), UNLISTED)
+def test_unlisted_node_gets_workloads_only_when_allowed_and_scoped(
+    unlisted: str | None, scoped: bool, gets: bool
+) -> None:
+    s = _unlisted_sim(unlisted, scoped)
+    want = {"n1": V, "edge-1": V, "edge-2": None} if gets else {"n1": V}
+    assert s.versions("app") == want
+    if gets:
+        arts = {w["artifact"]["platform"] for w in s.desired["edge-1"]["workloads"]}
+        assert arts == {"linux/arm64"}
+        assert s.desired["edge-2"]["workloads"] == []
+    else:
+        assert "edge-1" not in s.desired and "edge-2" not in s.desired
 
 
 def test_node_without_artifact_for_its_platform_is_left_out() -> None:
@@ -415,3 +447,12 @@ def test_node_without_artifact_for_its_platform_is_left_out() -> None:
     s.run_until(60)
     assert s.versions("app") == {"gpu": V, "mac": None}
     assert s.state("app").phase == "Succeeded"
+
+
+def test_a_node_that_becomes_unlisted_loses_what_it_was_given() -> None:
+    s = _unlisted_sim("allow", True)
+    assert s.versions("app")["edge-1"] == V
+    s.registered = [replace(f, scoped=False) for f in s.registered]  # e.g. after an upgrade
+    s.step(1)
+    assert s.desired["edge-1"]["workloads"] == []
+    assert s.versions("app") == {"n1": V, "edge-1": None, "edge-2": None}

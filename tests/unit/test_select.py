@@ -75,3 +75,16 @@ def test_desired_takes_highest_version_and_skips_missing_platform() -> None:
     assert [w["version"] for w in got["gpu-1"]] == ["0.10.0"]
     assert got["gpu-1"][0]["run"] == {"command": ["bin/a", "--port", "81"]}
     assert got["mac-1"] == []
+
+
+def test_size_unpacked_size_and_run_user_reach_the_desired_document() -> None:
+    art = {"platform": "linux/amd64", "url": "https://x/1", "sha256": SHA}
+    art |= {"size": 1234, "unpackedSize": 99999}
+    doc = release(
+        "a", "1.0.0", artifacts=[art], run={"command": ["bin/a"], "user": "fleetkeeper-workload"}
+    )
+    spec = build_spec({"releases/a/1.0.0.yaml": doc})
+    nodes = {"gpu-1": NodeFacts("gpu-1", "linux/amd64", roles=("inference",))}
+    [w] = desired_workloads(spec, nodes)["gpu-1"]
+    assert w["artifact"] == art
+    assert w["run"] == {"command": ["bin/a"], "user": "fleetkeeper-workload"}

@@ -32,7 +32,7 @@ def test_unknown_time_zone_names_the_line() -> None:
         tail=WINDOW.format(duration="4h", tz="Europe/Berlim")
     )
     assert lines(run(files)) == [
-        "releases/infer/1.0.0.yaml:18:17: unknown time zone 'Europe/Berlim': use an IANA "
+        "releases/infer/1.0.0.yaml:19:17: unknown time zone 'Europe/Berlim': use an IANA "
         "name such as Europe/Berlin, America/New_York or UTC"
     ]
 
@@ -61,8 +61,8 @@ def test_bad_shapes_are_schema_errors() -> None:
     )
     files["nodes/gpu-1.yaml"] = node("gpu-1") + 'hold: {until: "2026-13-45"}\n'
     got = lines(run(files))
-    assert any(g.startswith("releases/infer/1.0.0.yaml:17:") and "soon" in g for g in got), got
-    assert any(g.startswith("releases/infer/1.0.0.yaml:19:") and "150%" in g for g in got), got
+    assert any(g.startswith("releases/infer/1.0.0.yaml:18:") and "soon" in g for g in got), got
+    assert any(g.startswith("releases/infer/1.0.0.yaml:20:") and "150%" in g for g in got), got
     assert "nodes/gpu-1.yaml:8:15: hold.until '2026-13-45' is not a date (YYYY-MM-DD)" in got
 
 

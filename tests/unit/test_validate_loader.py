@@ -28,23 +28,23 @@ i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h, *h]
     [
         pytest.param(
             release(tail="agent: other\n"),
-            f"{P}:13:1: duplicate key 'agent' (first at line 3); YAML would silently keep "
+            f"{P}:14:1: duplicate key 'agent' (first at line 3); YAML would silently keep "
             "only the last one",
             id="duplicate-key",
         ),
         pytest.param(
             release().replace("  roles:", "\troles:"),
-            f"{P}:12:1: tab character in indentation; YAML indents with spaces only",
+            f"{P}:13:1: tab character in indentation; YAML indents with spaces only",
             id="tab-indent",
         ),
         pytest.param(
             release().replace("  roles:", "  \troles:"),
-            f"{P}:12:3: tab character in indentation; YAML indents with spaces only",
+            f"{P}:13:3: tab character in indentation; YAML indents with spaces only",
             id="tab-after-spaces",
         ),
         pytest.param(
             release() + "---\n" + release(),
-            f"{P}:13:1: more than one YAML document in this file (a '---' separator); put each "
+            f"{P}:14:1: more than one YAML document in this file (a '---' separator); put each "
             "document in its own file",
             id="multiple-documents",
         ),
@@ -60,34 +60,34 @@ i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h, *h]
         ),
         pytest.param(
             release(tail="1: one\n"),
-            f"{P}:13:1: key '1' is an integer, not a string; quote it",
+            f"{P}:14:1: key '1' is an integer, not a string; quote it",
             id="int-key",
         ),
         pytest.param(
             release(tail="targets2:\n  on: push\n"),
-            f"{P}:14:3: key 'on' is a boolean, not a string (YAML 1.1 reads unquoted "
+            f"{P}:15:3: key 'on' is a boolean, not a string (YAML 1.1 reads unquoted "
             "yes/no/on/off/true/false as booleans); quote it",
             id="bool-key",
         ),
         pytest.param(
             release(tail="? [a, b]\n: x\n"),
-            f"{P}:13:3: keys must be plain strings, not a mapping or a sequence",
+            f"{P}:14:3: keys must be plain strings, not a mapping or a sequence",
             id="complex-key",
         ),
         pytest.param(
             release(tail="base: &b {x: 1}\nmore:\n  <<: *b\n"),
-            f"{P}:15:3: merge keys ('<<') are not supported; write the fields out",
+            f"{P}:16:3: merge keys ('<<') are not supported; write the fields out",
             id="merge-key",
         ),
         pytest.param(
             release(tail="description: !!binary aGVsbG8=\n"),
-            f"{P}:13:14: unsupported YAML tag 'tag:yaml.org,2002:binary'; fleet files are "
+            f"{P}:14:14: unsupported YAML tag 'tag:yaml.org,2002:binary'; fleet files are "
             "plain YAML",
             id="binary-tag",
         ),
         pytest.param(
             release(tail="description: 2024-05-01\n"),
-            f"{P}:13:14: '2024-05-01' is read as a date/time by YAML; quote it for a string",
+            f"{P}:14:14: '2024-05-01' is read as a date/time by YAML; quote it for a string",
             id="timestamp",
         ),
         pytest.param(
@@ -125,8 +125,8 @@ def test_every_tab_indented_line_is_named_but_tabs_in_text_are_fine() -> None:
     text = release().replace("  command:", "\tcommand:").replace("  roles:", "\troles:")
     _, violations = load_file(P, text.encode())
     assert [str(v) for v in violations] == [
-        f"{P}:10:1: tab character in indentation; YAML indents with spaces only",
-        f"{P}:12:1: tab character in indentation; YAML indents with spaces only",
+        f"{P}:11:1: tab character in indentation; YAML indents with spaces only",
+        f"{P}:13:1: tab character in indentation; YAML indents with spaces only",
     ]
     ok = release(tail="description: |\n  first\n  \tsecond, tab-indented text\n")
     loaded, violations = load_file(P, ok.encode())
@@ -157,10 +157,10 @@ def test_every_pitfall_in_a_file_is_reported_not_just_the_first() -> None:
     text = release(tail="agent: again\n1: x\nversion: again\n")
     report = run({**basic_fleet(), P: text})
     assert [line for line in lines(report) if line.startswith(P)] == [
-        f"{P}:13:1: duplicate key 'agent' (first at line 3); YAML would silently keep only "
+        f"{P}:14:1: duplicate key 'agent' (first at line 3); YAML would silently keep only "
         "the last one",
-        f"{P}:14:1: key '1' is an integer, not a string; quote it",
-        f"{P}:15:1: duplicate key 'version' (first at line 4); YAML would silently keep only "
+        f"{P}:15:1: key '1' is an integer, not a string; quote it",
+        f"{P}:16:1: duplicate key 'version' (first at line 4); YAML would silently keep only "
         "the last one",
     ]
 
@@ -170,6 +170,6 @@ def test_locate_points_at_keys_and_sequence_items() -> None:
     assert loaded is not None and violations == []
     assert loaded.locate(("artifacts", 0, "sha256")) == (8, 13)
     assert loaded.locate(("artifacts", 0, "sha256"), key=True) == (8, 5)
-    assert loaded.locate(("run", "command", 2)) == (10, 32)
+    assert loaded.locate(("run", "command", 2)) == (11, 32)
     assert loaded.locate(("missing", "deeper")) == (1, 1)
-    assert loaded.locate(("targets", "nodes")) == (12, 3)
+    assert loaded.locate(("targets", "nodes")) == (13, 3)

@@ -15,9 +15,11 @@ artifacts:
   - platform: linux/amd64
     url: https://dl.example.org/a.tar.gz
     sha256: {a}
+    size: 1024
   - platform: darwin/arm64
     url: https://dl.example.org/b.tar.gz
     sha256: {b}
+    size: 1024
 """
 
 
@@ -102,7 +104,7 @@ def test_one_artifact_per_platform() -> None:
     files = basic_fleet()
     files[P] = release().replace(
         "artifacts:\n",
-        f"artifacts:\n  - {{platform: linux/amd64, url: https://x/y, sha256: {SHA_B}}}\n",
+        f"artifacts:\n  - {{platform: linux/amd64, url: https://x/y, sha256: {SHA_B}, size: 1}}\n",
     )
     expect(
         files,
@@ -121,7 +123,7 @@ def test_every_targeted_node_needs_an_artifact_for_its_platform() -> None:
     assert v.related == ("nodes/mac-1.yaml",)
     files[P] = release().replace(
         "artifacts:\n  - platform: linux/amd64\n    url: https://dl.example.org/infer-1.0.0.tar.gz\n"
-        f"    sha256: {'a' * 64}\n",
+        f"    sha256: {'a' * 64}\n    size: 1024\n",
         TWO_PLATFORMS.format(a="a" * 64, b=SHA_B),
     )
     expect(files)
@@ -132,9 +134,9 @@ def test_canary_and_explicit_nodes_must_exist() -> None:
     files[P] = release(tail="  nodes: [gpu-1, gpu-9]\nrollout:\n  canary: [gpu1]\n")
     expect(
         files,
-        f"{P}:13:18: targets.nodes names node 'gpu-9', which has no file nodes/gpu-9.yaml; did "
+        f"{P}:14:18: targets.nodes names node 'gpu-9', which has no file nodes/gpu-9.yaml; did "
         "you mean 'gpu-1'?",
-        f"{P}:15:12: rollout.canary names node 'gpu1', which has no file nodes/gpu1.yaml; did "
+        f"{P}:16:12: rollout.canary names node 'gpu1', which has no file nodes/gpu1.yaml; did "
         "you mean 'gpu-1'?",
     )
 
@@ -144,8 +146,8 @@ def test_unknown_nodes_are_warnings_when_nodes_folder_is_empty() -> None:
     report = run(files)
     assert report.ok
     assert lines(report) == [
-        f"{P}:11:1: warning: no node files in nodes/: cannot check which nodes this targets",
-        f"{P}:14:12: warning: rollout.canary names node 'gpu-1', which has no file "
+        f"{P}:12:1: warning: no node files in nodes/: cannot check which nodes this targets",
+        f"{P}:15:12: warning: rollout.canary names node 'gpu-1', which has no file "
         "nodes/gpu-1.yaml",
     ]
 
@@ -155,7 +157,7 @@ def test_targets_must_select_a_declared_node() -> None:
     files[P] = release(roles="[coding]")
     (v,) = expect(
         files,
-        f"{P}:11:1: targets select none of the 1 nodes in nodes/ (gpu-1); every given "
+        f"{P}:12:1: targets select none of the 1 nodes in nodes/ (gpu-1); every given "
         "selector must match",
     )
     assert v.related == ("nodes/gpu-1.yaml",)
@@ -166,7 +168,7 @@ def test_canary_must_be_a_targeted_node() -> None:
     files[P] = release(tail="rollout:\n  canary: [mac-1]\n")
     expect(
         files,
-        f"{P}:14:12: canary 'mac-1' is not among the nodes the targets select (gpu-1)",
+        f"{P}:15:12: canary 'mac-1' is not among the nodes the targets select (gpu-1)",
     )
 
 
@@ -186,7 +188,7 @@ def test_rollout_timeout_must_exceed_health_timeout() -> None:
     files[P] = release(tail="health:\n  timeoutSeconds: 600\nrollout:\n  timeoutSeconds: 300\n")
     expect(
         files,
-        f"{P}:16:19: rollout.timeoutSeconds 300 must be greater than health.timeoutSeconds "
+        f"{P}:17:19: rollout.timeoutSeconds 300 must be greater than health.timeoutSeconds "
         "600: a node would be declared failed before its health check could pass",
     )
 
@@ -197,7 +199,7 @@ def test_rollout_timeout_from_fleet_defaults_is_checked_too() -> None:
     files[P] = release(tail="health:\n  timeoutSeconds: 120\n")
     expect(
         files,
-        f"{P}:14:19: rollout.timeoutSeconds 120 (from fleet.yaml defaults or built-in) must "
+        f"{P}:15:19: rollout.timeoutSeconds 120 (from fleet.yaml defaults or built-in) must "
         "be greater than health.timeoutSeconds 120: a node would be declared failed before "
         "its health check could pass",
     )
@@ -209,7 +211,7 @@ def test_batch_size_larger_than_targets_is_a_warning() -> None:
     report = run(files)
     assert report.ok
     assert lines(report) == [
-        f"{P}:14:14: warning: batchSize 5 exceeds the 1 targeted node(s): the whole rollout "
+        f"{P}:15:14: warning: batchSize 5 exceeds the 1 targeted node(s): the whole rollout "
         "is one batch"
     ]
 
@@ -258,8 +260,8 @@ def test_placeholders_must_be_known_and_labels_present() -> None:
     files[P] = release(command='[bin/infer, "${node.labels.port}", "${node.ip}"]')
     (missing, unknown) = expect(
         files,
-        f"{P}:10:24: ${{node.labels.port}} but targeted node(s) gpu-2 have no label 'port'",
-        f"{P}:10:47: unknown placeholder ${{node.ip}}; use ${{node.name}} or ${{node.labels.KEY}}",
+        f"{P}:11:24: ${{node.labels.port}} but targeted node(s) gpu-2 have no label 'port'",
+        f"{P}:11:47: unknown placeholder ${{node.ip}}; use ${{node.name}} or ${{node.labels.KEY}}",
     )
     assert missing.related == ("nodes/gpu-2.yaml",)
 
@@ -307,6 +309,6 @@ def test_cross_file_errors_are_reported_together() -> None:
     files[P] = release(url="http://x/y", roles="[nobody]", tail="rollout:\n  canary: [ghost]\n")
     assert [line.split(": ")[0] for line in lines(run(files))] == [
         f"{P}:7:10",
-        f"{P}:11:1",
-        f"{P}:14:12",
+        f"{P}:12:1",
+        f"{P}:15:12",
     ]

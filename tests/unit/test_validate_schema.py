@@ -49,28 +49,28 @@ P = "releases/infer/1.0.0.yaml"
         ),
         pytest.param(
             release(tail="rollout:\n  batchSize: 150%\n"),
-            f"{P}:14:14: rollout.batchSize: '150%' is not a batch size: a count of nodes (1 or "
+            f"{P}:15:14: rollout.batchSize: '150%' is not a batch size: a count of nodes (1 or "
             'more), or a percentage of the targeted nodes from 1% to 100% such as "25%"',
             id="percentage",
         ),
         pytest.param(
             release(tail="rollout:\n  batchSize: 0\n"),
-            f"{P}:14:14: rollout.batchSize: 0 is not a batch size",
+            f"{P}:15:14: rollout.batchSize: 0 is not a batch size",
             id="batch-zero",
         ),
         pytest.param(
             release(tail="rollout:\n  onFailure: retry\n"),
-            f"{P}:14:14: rollout.onFailure: 'retry' is not one of: halt, rollback",
+            f"{P}:15:14: rollout.onFailure: 'retry' is not one of: halt, rollback",
             id="enum",
         ),
         pytest.param(
             release(tail="rollout:\n  soakSeconds: -5\n"),
-            f"{P}:14:16: rollout.soakSeconds: -5 is less than the minimum of 0",
+            f"{P}:15:16: rollout.soakSeconds: -5 is less than the minimum of 0",
             id="minimum",
         ),
         pytest.param(
             release(tail="rolout:\n  batchSize: 1\n"),
-            f"{P}:13:1: unknown field 'rolout'; did you mean 'rollout'?",
+            f"{P}:14:1: unknown field 'rolout'; did you mean 'rollout'?",
             id="typo-top-level",
         ),
         pytest.param(
@@ -80,7 +80,7 @@ P = "releases/infer/1.0.0.yaml"
         ),
         pytest.param(
             release().replace("run:\n  command: [", "run:\n  comand: ["),
-            f"{P}:10:3: missing required field 'command' in run",
+            f"{P}:11:3: missing required field 'command' in run",
             id="required-nested",
         ),
         pytest.param(
@@ -95,8 +95,23 @@ P = "releases/infer/1.0.0.yaml"
         ),
         pytest.param(
             release(tail="health:\n  http: ftp://x\n"),
-            f"{P}:14:9: health.http: 'ftp://x' is not an http:// or https:// URL",
+            f"{P}:15:9: health.http: 'ftp://x' is not an http:// or https:// URL",
             id="health-url",
+        ),
+        pytest.param(
+            release().replace("    size: 1024\n", ""),
+            f"{P}:6:5: missing required field 'size' in artifacts[0]",
+            id="size-required",
+        ),
+        pytest.param(
+            release().replace("    size: 1024\n", "    size: 1024\n    unpackedSize: 0\n"),
+            f"{P}:10:19: artifacts[0].unpackedSize: 0 is less than the minimum of 1",
+            id="unpacked-size",
+        ),
+        pytest.param(
+            release().replace("  command:", "  user: 'bad user'\n  command:"),
+            f"{P}:11:9: run.user: 'bad user' is not valid",
+            id="run-user",
         ),
     ],
 )
@@ -134,7 +149,7 @@ def test_several_missing_fields_are_one_line() -> None:
 def test_every_error_of_a_file_is_reported() -> None:
     text = release(sha256="x", platform="windows/amd64", tail="rollout: {onFailure: x}\n")
     found = [line for line in lines(run({**basic_fleet(), P: text})) if line.startswith(P)]
-    assert [line.split(": ")[0] for line in found] == [f"{P}:6:15", f"{P}:8:13", f"{P}:13:22"]
+    assert [line.split(": ")[0] for line in found] == [f"{P}:6:15", f"{P}:8:13", f"{P}:14:22"]
 
 
 def test_schema_invalid_file_is_left_out_of_documents() -> None:

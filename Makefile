@@ -17,18 +17,18 @@ PIP_CACHE ?= $(HOME)/.cache/pip
 
 $(STAMP): $(PY) pyproject.toml
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc 2>/dev/null || echo 2) \
-		$(PY) -m pip install -q --cache-dir "$(PIP_CACHE)" -e '.[test,llama,mlx]'
+		$(PY) -m pip install -q --cache-dir "$(PIP_CACHE)" -e '.[server,test,llama,mlx]'
 	touch $(STAMP)
 
 # System tools the tests use for real: ssh-keygen, gpg. Installed only when missing (as root).
 sysdeps:
 	@bash scripts/sysdeps.sh
 
-# The demo needs only the base package (no test tools, no model runtimes to build):
+# The demo needs the server extra (no test tools, no model runtimes to build):
 # skipped when the full install above is already there.
 DEMO_STAMP := $(VENV)/.installed-demo
 $(DEMO_STAMP): $(PY) pyproject.toml
-	test -f $(STAMP) || $(PY) -m pip install -q -e .
+	test -f $(STAMP) || $(PY) -m pip install -q -e '.[server]'
 	touch $(DEMO_STAMP)
 
 demo: $(DEMO_STAMP)

@@ -29,6 +29,9 @@ COMMANDS = {
     "token": "join tokens for new nodes: create, list, revoke",
     "node": "operator actions on a node's identity (reset)",
     "hooks": "install git hooks (pre-commit, pre-receive) into a fleet repo",
+    "schema": "export the JSON Schemas for editors and other validators",
+    "release": "write a new release file (digests computed, fields copied from the last one)",
+    "model": "write a new model file (digest and GGUF facts read from the file)",
 }
 
 

@@ -22,12 +22,15 @@ import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pygit2
-from watchfiles import Change, awatch
 
 from reconciler.errors import ConfigError, Waiting, sanitize
 from reconciler.threadsafe import call_in_loop
+
+if TYPE_CHECKING:  # watchfiles comes with the server extra; plan and validate never watch
+    from watchfiles import Change
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +221,8 @@ class GitSource:
         wake: Callable[[], None],
         seen: dict[str, str],
     ) -> None:
+        from watchfiles import awatch
+
         async for _changes in awatch(
             gitdir, watch_filter=refs_only, stop_event=stop, step=WATCH_STEP_MS, debounce=400
         ):

@@ -75,6 +75,20 @@ class Rollout:
 
 
 @dataclass(frozen=True)
+class GgufFacts:
+    """A model's ``gguf:`` block: what its file's header says (``fleetkeeper model new``)."""
+
+    parameters: int
+    layers: int
+    kv_heads: int
+    key_length: int
+    value_length: int
+    quantization: str | None = None
+    context_length: int | None = None
+    architecture: str | None = None
+
+
+@dataclass(frozen=True)
 class Deployable:
     """One version of something a node runs: a Release (kind process) or a Model."""
 
@@ -90,6 +104,7 @@ class Deployable:
     rollout: Rollout
     runtime: str | None = None  # models: "llama-cpp" | "mlx-lm"
     args: Mapping[str, JSON] = field(default_factory=dict)  # models: runtime args
+    gguf: GgufFacts | None = None  # models: the GGUF header's facts, when recorded
 
     def artifact_for(self, platform: str) -> Artifact | None:
         for art in self.artifacts:
@@ -260,6 +275,25 @@ def parse_artifacts(doc: object) -> tuple[Artifact, ...]:
     return tuple(out)
 
 
+def parse_gguf(doc: object) -> GgufFacts | None:
+    if not isinstance(doc, dict):
+        return None
+    ints = {k: doc.get(k) for k in ("parameters", "layers", "kvHeads", "keyLength", "valueLength")}
+    if not all(isinstance(v, int) for v in ints.values()):
+        return None
+    ctx, quant, arch = doc.get("contextLength"), doc.get("quantization"), doc.get("architecture")
+    return GgufFacts(
+        parameters=int(doc["parameters"]),
+        layers=int(doc["layers"]),
+        kv_heads=int(doc["kvHeads"]),
+        key_length=int(doc["keyLength"]),
+        value_length=int(doc["valueLength"]),
+        quantization=quant if isinstance(quant, str) else None,
+        context_length=ctx if isinstance(ctx, int) else None,
+        architecture=arch if isinstance(arch, str) else None,
+    )
+
+
 def parse_fleet(doc: Mapping[str, JSON] | None) -> FleetSettings:
     if doc is None:
         return FleetSettings()
@@ -306,6 +340,7 @@ def parse_deployable(path: str, doc: Mapping[str, JSON], fleet: FleetSettings) -
         rollout=parse_rollout(_dict(doc.get("rollout")), fleet.default_rollout),
         runtime=str(doc["runtime"]) if is_model else None,
         args=_dict(doc.get("args")) if is_model else {},
+        gguf=parse_gguf(doc.get("gguf")) if is_model else None,
     )
 
 

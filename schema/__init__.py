@@ -6,6 +6,7 @@ but ``jsonschema`` (and its ``referencing`` library).
 
 from __future__ import annotations
 
+import copy
 import json
 from functools import cache
 from importlib import resources
@@ -32,6 +33,8 @@ NAMES = (
     "agent-config",
 )
 
+COMMON_ID = "urn:fleetkeeper:schema:common"
+
 KIND_SCHEMAS = {"Fleet": "fleet", "Node": "node", "Release": "release", "Model": "model"}
 
 
@@ -41,6 +44,24 @@ def load(name: str) -> dict[str, Any]:
     text = resources.files(__name__).joinpath(f"{name}.schema.json").read_text("utf-8")
     doc: dict[str, Any] = json.loads(text)
     return doc
+
+
+def bundled(name: str) -> dict[str, Any]:
+    """``schema/<name>.schema.json`` made self-contained for tools that know nothing of
+    fleetkeeper (check-jsonschema, editors): the common ``$defs`` it uses copied in and
+    every ``urn:...common#`` reference made local. Its ``$id`` stays the stable
+    ``urn:fleetkeeper:schema:<name>``; no reference leaves the document."""
+    common = load("common")
+    text = json.dumps(load(name))
+    out: dict[str, Any] = json.loads(text.replace(f'"{COMMON_ID}#/', '"#/'))
+    if name == "common" or COMMON_ID not in text:
+        return out
+    defs = out.setdefault("$defs", {})
+    for key, value in common["$defs"].items():
+        if key in defs and defs[key] != value:
+            raise ValueError(f"{name}.schema.json: $defs/{key} is also defined in common")
+        defs[key] = copy.deepcopy(value)
+    return out
 
 
 @cache

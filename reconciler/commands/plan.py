@@ -30,7 +30,7 @@ from rich.text import Text
 from reconciler.approval import ApprovalResult, Refusal, evaluate
 from reconciler.approval.settings import ApprovalSettings
 from reconciler.config import DEFAULT_BRANCH, Config, parse_config
-from reconciler.errors import ConfigError
+from reconciler.errors import ConfigError, sanitize
 from reconciler.plan.batches import make_batches
 from reconciler.plan.select import (
     NodeFacts,
@@ -41,6 +41,8 @@ from reconciler.plan.select import (
 from reconciler.revision import LoadedRevision, load_revision
 from reconciler.source import GitSource, is_url
 from reconciler.spec import JSON, FleetSpec
+from reconciler.views.client import AdminClient, read_token
+from reconciler.views.plan_comment import render_markdown, running_versions
 
 PIPE_WIDTH = 160
 _SHOWN_VIOLATIONS = 5
@@ -69,7 +71,19 @@ def register(sub: Any) -> None:
         metavar="REV",
         help="show what REV (e.g. a pull request's head) would deploy, approved or not",
     )
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument(
+        "--format",
+        choices=("text", "json", "markdown"),
+        default="text",
+        help="markdown: a pull-request comment (see example-fleet-repo/ci/)",
+    )
+    p.add_argument(
+        "--server",
+        metavar="URL",
+        help="with --format markdown: diff against what runs now on this reconciler "
+        "(GET /v1/fleet with the admin token from --token-file or $FLEETKEEPER_TOKEN)",
+    )
+    p.add_argument("--token-file", help="file holding the admin token (with --server)")
     p.set_defaults(func=run)
 
 
@@ -81,6 +95,8 @@ class Rollout:
     kind: str
     version: str
     batches: tuple[tuple[str, ...], ...]
+    soak_seconds: int = 0
+    timeout_seconds: int = 0
 
 
 @dataclass(frozen=True)
@@ -101,7 +117,9 @@ def rollouts(spec: FleetSpec, nodes: Mapping[str, NodeFacts]) -> tuple[Rollout, 
     out = []
     for name, d in sorted(latest_versions(spec).items()):
         chosen = [n for n in target_nodes(d, nodes) if d.artifact_for(nodes[n].platform)]
-        out.append(Rollout(name, d.kind, d.version, tuple(make_batches(chosen, d.rollout))))
+        batches = tuple(make_batches(chosen, d.rollout))
+        soak, timeout = d.rollout.soak_seconds, d.rollout.timeout_seconds
+        out.append(Rollout(name, d.kind, d.version, batches, soak, timeout))
     return tuple(out)
 
 
@@ -265,7 +283,18 @@ def load_trust(path: Path) -> Config:
     return parse_config(doc, base=path.parent.resolve(), env={}, source=path)
 
 
+def _running_now(server: str, token_file: str | None) -> dict[str, dict[str, str | None]]:
+    from reconciler.commands.status import quiet_http_logs
+
+    quiet_http_logs()
+    with AdminClient(server, read_token(token_file)) as client:
+        return running_versions(client.fleet())
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.server and args.format != "markdown":
+        print("fleetkeeper plan: --server needs --format markdown", file=sys.stderr)
+        return 2
     settings, branch, configured = ApprovalSettings(), DEFAULT_BRANCH, None
     if args.config is not None:
         cfg = load_trust(args.config)
@@ -279,6 +308,9 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.format == "json":
         sys.stdout.write(json.dumps(to_json(view), indent=2) + "\n")
+    elif args.format == "markdown":
+        running = _running_now(args.server, args.token_file) if args.server else None
+        sys.stdout.write(render_markdown(view, running, sanitize(args.server or "") or None))
     else:
         console = Console()
         if not console.is_terminal:

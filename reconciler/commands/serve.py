@@ -7,11 +7,32 @@ Prints one line ``listening on http://HOST:PORT`` on stdout once the socket is b
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
 
 from reconciler.config import load_config
+from reconciler.errors import FleetkeeperError
+
+# What the ``server`` extra brings (import names): the base install leaves them out so
+# that edge nodes and pre-commit hook environments get no web server.
+SERVER_MODULES = ("starlette", "uvicorn", "watchfiles", "prometheus_client", "httptools")
+SERVER_EXTRA_HINT = "pip install 'fleetkeeper[server]'"
+
+
+class ServerExtraMissing(FleetkeeperError):
+    reason = "ServerExtraMissing"
+
+
+def check_server_extra() -> None:
+    """Fail with the exact install command when the ``server`` extra is not installed."""
+    missing = [m for m in SERVER_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ServerExtraMissing(
+            f"serve needs the server extra, which is not installed (missing: "
+            f"{', '.join(missing)}); install it with: {SERVER_EXTRA_HINT}"
+        )
 
 
 def register(sub: Any) -> None:
@@ -28,6 +49,7 @@ def _announce(url: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_server_extra()
     from reconciler import service  # uvicorn and the loop load only for this command
 
     config = load_config(args.config)

@@ -10,10 +10,11 @@ Pure: no I/O.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from reconciler.plan.select import NodeFacts
-from reconciler.spec import Deployable
+from reconciler.spec import Artifact, Deployable
 from reconciler.validate.loader import LoadedFile
 from reconciler.validate.rules import (
     FileRule,
@@ -57,8 +58,55 @@ def mlx_nodes_of(scope: Scope, d: Deployable, loaded: LoadedFile) -> Iterator[Vi
         )
 
 
+# The context llama-cpp-python's server allocates when args.contextSize is unset (n_ctx).
+DEFAULT_CONTEXT = {"llama-cpp": 2048}
+KV_BYTES_PER_ELEMENT = 2  # llama.cpp keeps the KV cache in f16 unless told otherwise
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """What serving a model takes: its weights (the file) plus, with a ``gguf:`` block, the KV
+    cache for ``context`` tokens (keys and values, every layer and KV head, f16)."""
+
+    weights: int
+    kv_cache: int
+    context: int | None
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache
+
+    def describe(self) -> str:
+        if self.context is None:
+            return f"{human(self.total)} (the file; no gguf: facts for the KV cache)"
+        return (
+            f"{human(self.total)} (weights {human(self.weights)} + KV cache "
+            f"{human(self.kv_cache)} at contextSize {self.context})"
+        )
+
+
+def human(size: int) -> str:
+    """Bytes as GiB with two decimals, or MiB below a tenth of a GiB."""
+    return f"{size / GIB:.2f} GiB" if size >= GIB // 10 else f"{size / 1024**2:.1f} MiB"
+
+
+def memory_estimate(d: Deployable, art: Artifact) -> MemoryEstimate | None:
+    """Pure: the memory ``d`` needs when served from ``art``; None without a known size."""
+    if art.size is None:
+        return None
+    facts = d.gguf
+    if facts is None:
+        return MemoryEstimate(art.size, 0, None)
+    ctx = d.args.get("contextSize")
+    if not isinstance(ctx, int):
+        ctx = DEFAULT_CONTEXT.get(d.runtime or "", facts.context_length or 0)
+    per_token = facts.layers * facts.kv_heads * (facts.key_length + facts.value_length)
+    return MemoryEstimate(art.size, per_token * ctx * KV_BYTES_PER_ELEMENT, ctx)
+
+
 def model_memory(ctx: RuleContext) -> Iterator[Violation]:
-    """A model file larger than a node's memoryGiB cannot be served there."""
+    """A model whose weights (plus its KV cache, when its GGUF facts are recorded) need more
+    than a node's memoryGiB cannot be served there."""
     return ctx.each_deployable(model_memory_of)
 
 
@@ -67,17 +115,22 @@ def model_memory_of(scope: Scope, d: Deployable, loaded: LoadedFile) -> Iterator
         return
     for node in scope.targeted(d):
         art = d.artifact_for(node.platform)
-        if art is None or art.size is None or node.memory_gib is None:
+        if art is None or node.memory_gib is None:
             continue
-        if art.size > node.memory_gib * GIB:
+        need = memory_estimate(d, art)
+        if need is not None and need.total > node.memory_gib * GIB:
             index = d.artifacts.index(art)
+            if need.context is None:
+                what = f"model file is {need.weights / GIB:.1f} GiB"
+                fix = "narrow the targets or use a smaller quantisation"
+            else:
+                what = f"model needs {need.describe()}"
+                fix = "narrow the targets, lower args.contextSize or use a smaller quantisation"
             yield violation(
                 loaded,
                 d.path,
                 ("artifacts", index, "size"),
-                f"model file is {art.size / GIB:.1f} GiB but node {node.name} has "
-                f"memoryGiB {node.memory_gib:g}; narrow the targets or use a smaller "
-                "quantisation",
+                f"{what} but node {node.name} has memoryGiB {node.memory_gib:g}; {fix}",
                 related=[node_path(node.name)],
             )
 

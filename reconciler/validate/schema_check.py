@@ -11,7 +11,6 @@ Pure: no I/O beyond reading the packaged schemas once.
 
 from __future__ import annotations
 
-import copy
 import difflib
 import json
 import re
@@ -25,7 +24,6 @@ from reconciler.validate.loader import LoadedFile
 from reconciler.validate.violations import Violation
 
 KIND_SCHEMAS = {"Fleet": "fleet", "Node": "node", "Release": "release", "Model": "model"}
-_COMMON_ID = "urn:fleetkeeper:schema:common"
 _FOLDER_KIND = {"nodes": "Node", "releases": "Release", "models": "Model"}
 
 
@@ -45,20 +43,6 @@ class SchemaError:
     message: str  # the library's own message
     location: str  # absolute keyword location: '<schema $id>#/json/pointer/keyword'
     details: dict[str, Any]
-
-
-def bundled(name: str) -> dict[str, Any]:
-    """``schema/<name>.schema.json`` made self-contained: the common ``$defs`` copied in and
-    every ``urn:...common#`` reference made local. Tools that cannot resolve ``urn:`` ids
-    (check-jsonschema, editors) can use this copy."""
-    doc = copy.deepcopy(schemas.load(name))
-    common = schemas.load("common")
-    text = json.dumps(doc).replace(f'"{_COMMON_ID}#/', '"#/')
-    out: dict[str, Any] = json.loads(text)
-    defs = out.setdefault("$defs", {})
-    for key, value in common["$defs"].items():
-        defs.setdefault(key, copy.deepcopy(value))
-    return out
 
 
 class _Engine:

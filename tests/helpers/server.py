@@ -400,7 +400,7 @@ def desired_doc(node: str, version: str = "1.0.0", revision: str = "a" * 40) -> 
     }
 
 
-HARNESS_NODES = ("gpu-1", "gpu-2", "node-a", "node-b", "a", "b", "c")
+HARNESS_NODES = ("gpu-1", "gpu-2", "node-a", "node-b", "node-l", "a", "b", "c")
 
 
 @contextlib.contextmanager

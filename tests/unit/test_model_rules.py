@@ -135,3 +135,34 @@ def test_example_fleet_repo_models_are_valid() -> None:
     assert [str(v) for v in report.violations] == []
     runtimes = {d["runtime"] for p, d in report.documents.items() if p.startswith("models/")}
     assert runtimes == {"llama-cpp", "mlx-lm"}
+
+
+GGUF_FACTS = (
+    "gguf:\n  parameters: 1000\n  layers: 32\n  kvHeads: 8\n  keyLength: 128\n  valueLength: 128\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("facts", "context", "want"),
+    [
+        # 1 GiB file on a 2 GiB node: KV cache 32*8*256*2 = 128 KiB per token
+        ("", "", []),  # no gguf: facts: the file alone is weighed (fits)
+        (GGUF_FACTS, "", []),  # llama-cpp default context 2048: 256 MiB of KV cache
+        (GGUF_FACTS, "  contextSize: 4096\n", []),  # 512 MiB: 1.5 GiB in all, fits
+        (GGUF_FACTS, "  contextSize: 16384\n", ["3.00 GiB", "KV cache 2.00 GiB", "16384"]),
+    ],
+)
+def test_memory_counts_the_kv_cache_at_the_configured_context(
+    facts: str, context: str, want: list[str]
+) -> None:
+    text = model("llama-cpp", GGUF, size=1 << 30).replace(
+        "  port: 8081\n", "  port: 8081\n" + context
+    )
+    got = [g for g in errors({"nodes/gpu.yaml": node("gpu", memory="2")}, text + facts)]
+    if not want:
+        assert got == []
+        return
+    (line,) = got
+    assert "but node gpu has memoryGiB 2; narrow the targets, lower args.contextSize" in line
+    for needle in want:
+        assert needle in line

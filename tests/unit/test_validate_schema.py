@@ -6,7 +6,7 @@ import pytest
 
 import schema as schemas
 from reconciler.validate import Report, Violation, is_fleet_file
-from reconciler.validate.schema_check import bundled
+from schema import bundled
 from tests.helpers.fleetfiles import FLEET, SHA_A, basic_fleet, lines, node, release, run
 
 P = "releases/infer/1.0.0.yaml"

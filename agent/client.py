@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 _register_lock = threading.Lock()
 
 
+# The reconciler closes idle connections after keepAliveSeconds (default 20 s); expire
+# ours first, yet after the 15 s heartbeat so that its connection is reused.
+KEEPALIVE_SECONDS = 18.0
+
+
 def _message(resp: httpx.Response) -> str:
     """The reconciler's ``message`` (it says what was wrong and what to do), else the text."""
     try:
@@ -56,8 +61,12 @@ class ServerClient:
         self.bootstrap_token = bootstrap_token
         self.facts = facts
         self.preferred = 0
+        # Keep the heartbeat connection between reports (every 15 s): httpx's default 5 s
+        # expiry made every heartbeat a new TCP (and TLS) connection.
         self.http = httpx.Client(
-            timeout=httpx.Timeout(10.0, connect=connect_timeout), trust_env=False
+            timeout=httpx.Timeout(10.0, connect=connect_timeout),
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_SECONDS),
+            trust_env=False,
         )
 
     def close(self) -> None:

@@ -105,7 +105,11 @@ class Server:
         raise RuntimeError("no VmRSS")
 
 
-def start(tmp: Path, repo: Path, *, poll_interval: float = 60) -> Server:
+def start(
+    tmp: Path, repo: Path, *, poll_interval: float = 60, extra: dict[str, object] | None = None
+) -> Server:
+    """``fleetkeeper serve`` on ``repo`` with its state in ``tmp``; ``extra``: config keys."""
+    tmp.mkdir(parents=True, exist_ok=True)
     bootstrap, admin = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     (tmp / "bootstrap.token").write_text(bootstrap)
     (tmp / "admin.token").write_text(admin)
@@ -117,6 +121,7 @@ def start(tmp: Path, repo: Path, *, poll_interval: float = 60) -> Server:
         "adminTokenFile": str(tmp / "admin.token"),
         "pollIntervalSeconds": poll_interval,
         "heartbeatTTLSeconds": 90,
+        **(extra or {}),
     }
     write_yaml(tmp / "reconciler.yaml", config)
     out, log = tmp / "serve.out", tmp / "serve.log"

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from typing import Any
@@ -37,6 +39,14 @@ from reconciler.store.files import private_dir
 log = logging.getLogger(__name__)
 
 GRACE_SECONDS = 5
+# Idle keep-alive connections stay open this long: longer than an agent's 15 s heartbeat
+# (uvicorn's default 5 s closed every heartbeat connection: one TCP accept per report,
+# and under load a full accept queue; nginx's default is also 75 s)
+KEEP_ALIVE_SECONDS = 75
+SWITCH_INTERVAL = 0.001
+FULL_GC_SECONDS = 600  # the oldest generation is collected this often (see run)
+NO_AUTOMATIC_FULL_GC = 2**31 - 1
+LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 DASHBOARD_AUDIT_WINDOW = 7 * 86400
 
 
@@ -58,7 +68,7 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise ConfigError(f"listen: cannot bind {host}:{port}: {exc.strerror}") from exc
-    sock.listen(2048)
+    sock.listen(LISTEN_BACKLOG)
     sock.setblocking(False)
     return sock
 
@@ -88,6 +98,17 @@ class _MeteredReconciler(Reconciler):
     def reconcile_once(self) -> PassResult:
         with self.metrics.reconcile_seconds.time():
             return super().reconcile_once()
+
+
+async def _collect_periodically(stop: asyncio.Event) -> None:
+    """The full garbage collection every ``FULL_GC_SECONDS`` (see ``run``)."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), FULL_GC_SECONDS)
+        if not stop.is_set():
+            started = time.monotonic()
+            found = gc.collect()
+            log.debug("full gc: %d unreachable, %.2fs", found, time.monotonic() - started)
 
 
 class _MeteredSource(GitSource):
@@ -120,11 +141,18 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
         source.metrics = metrics
         ctx = ApiContext.load(store, ApiSettings.from_config(config), metrics)
         reconciler = _MeteredReconciler(
-            config, store, source, notify=ctx.hub.notify_from_thread, approver=Approver()
+            config,
+            store,
+            source,
+            notify=ctx.hub.notify_from_thread,
+            approver=Approver(),
+            reports=ctx.reports,
+            publish=ctx.hub.publish_from_thread,
         )
         reconciler.metrics = metrics
         ctx.spec = reconciler.spec
         ctx.wake = reconciler.wake
+        ctx.registered = reconciler.working.nodes_changed
         ctx.trigger = source.trigger
         ctx.ready = lambda: bool(reconciler.first_pass_done)
         app = create_app(ctx, dashboard_routes(ctx))
@@ -144,6 +172,8 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
             "http": server.serve(sockets=[sock]),
             "reconcile": reconciler.run(stop),
             "watch": source.watch(reconciler.wake, stop, config.poll_interval),
+            "last-seen": ctx.reports.run(stop),
+            "full-gc": _collect_periodically(stop),
             "notify": notifier.run(stop),
         }
         tasks = {asyncio.create_task(c, name=n): n for n, c in parts.items()}
@@ -174,5 +204,15 @@ def run(config: Config, on_listening: Callable[[str], None] | None = None) -> No
         loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
     except ImportError:
         loop_factory = None
+    # A reconcile pass is pure Python in a worker thread; the event loop then waits for
+    # the GIL up to the switch interval each time it wakes. 1 ms instead of 5 ms keeps
+    # heartbeat latency low while a large pass runs.
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    # Python's full (oldest-generation) collection walks every tracked object: with
+    # 10,000 agents that is millions (documents, reports, connections) and about a
+    # second with everything stopped, and it ran every few seconds under load (each
+    # pass promotes new long-lived objects). The young generations stay automatic
+    # (they catch nearly all cyclic garbage); the full collection runs on a timer.
+    gc.set_threshold(*gc.get_threshold()[:2], NO_AUTOMATIC_FULL_GC)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(serve(config, on_listening))

@@ -24,8 +24,11 @@ def _json(doc: object) -> Response:
 
 
 def fleet_status(ctx: ApiContext) -> dict[str, JSON]:
-    """The fleet-status document for the API's context (blocking: run in a thread)."""
-    return read_fleet_status(ctx.store, ctx.spec(), ctx.clock(), ctx.settings.heartbeat_ttl)
+    """The fleet-status document for the API's context (blocking: run in a thread);
+    reports (lastSeen) come from the report book, as the loop's do."""
+    return read_fleet_status(
+        ctx.store, ctx.spec(), ctx.clock(), ctx.settings.heartbeat_ttl, ctx.reports.records()
+    )
 
 
 def _number(request: Request, name: str) -> float | None:

@@ -23,7 +23,7 @@ from reconciler.api.errors import (
     on_http_error,
     on_unexpected,
 )
-from reconciler.api.fastpath import DesiredFastPath
+from reconciler.api.fastpath import DesiredFastPath, StatusFastPath
 from reconciler.api.metrics import CONTENT_TYPE
 from reconciler.api.nodes import node_routes
 from reconciler.api.openapi import openapi_document
@@ -86,7 +86,7 @@ def create_app(ctx: ApiContext, extra_routes: Sequence[BaseRoute] = ()) -> Starl
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(DesiredFastPath, ctx=ctx)],
+        middleware=[Middleware(DesiredFastPath, ctx=ctx), Middleware(StatusFastPath, ctx=ctx)],
         exception_handlers={
             ApiError: on_api_error,
             HTTPException: on_http_error,

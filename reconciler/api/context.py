@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
-from fleetkeeper_common.canonical import canonical_json
 from reconciler.api.auth import NodeTokens
 from reconciler.api.hub import DesiredHub
 from reconciler.api.metrics import Metrics
 from reconciler.config import DEFAULT_HEARTBEAT_TTL, DEFAULT_MAX_BODY, Config
 from reconciler.forges import DeliveryLog
+from reconciler.reportbook import ReportBook
 from reconciler.spec import FleetSpec
 from reconciler.store.base import Store
 
@@ -54,25 +54,15 @@ class ApiContext:
     hub: DesiredHub
     tokens: NodeTokens
     metrics: Metrics
+    reports: ReportBook  # last report per node; repeats only move lastSeen in memory
     wake: Callable[[], None] = _nothing  # a report or registration arrived: reconcile soon
+    registered: Callable[[], None] = _nothing  # a node's facts changed: re-read the inventory
     trigger: Callable[[], None] = _nothing  # a valid webhook: fetch the fleet repo now
     ready: Callable[[], bool] = _always  # the first reconcile pass is done
     spec: Callable[[], FleetSpec | None] = _no_spec  # the applied revision's spec, if known
     clock: Callable[[], float] = time.time
-    # node -> (canonical JSON of its last report, when): a heartbeat that repeats a
-    # recent report stores it but does not wake the loop (nothing new to plan from)
-    last_reports: dict[str, tuple[str, float]] = field(default_factory=dict)
     # webhook deliveries accepted lately: a replay is answered without fetching
     deliveries: DeliveryLog = field(default_factory=DeliveryLog)
-
-    def report_is_news(self, node: str, report: Mapping[str, object], now: float) -> bool:
-        text = canonical_json(report)
-        previous = self.last_reports.get(node)
-        self.last_reports[node] = (text, now)
-        if previous is None or previous[0] != text:
-            return True
-        # a node coming back from silence matters (Stale -> fresh) even with the same report
-        return now - previous[1] > self.settings.heartbeat_ttl / 3
 
     @classmethod
     def load(
@@ -85,7 +75,5 @@ class ApiContext:
             hub=DesiredHub(store, store.all_desired()),
             tokens=NodeTokens((n.name, n.token_hash) for n in store.nodes()),
             metrics=metrics or Metrics(),
-            last_reports={
-                r.node: (canonical_json(r.report), r.received_at) for r in store.reports()
-            },
+            reports=ReportBook(store, store.reports(), settings.heartbeat_ttl),
         )

@@ -1,42 +1,59 @@
-"""The hot path as plain ASGI: an agent's conditional GET that still matches -> 304.
+"""The hot paths as plain ASGI: a conditional GET that still matches, and a status report.
 
 Most requests a reconciler ever sees are ``GET /v1/nodes/N/desired`` with the ETag the
-agent already has and no wait (or a wait already over). This middleware answers exactly
-that case from memory (token hash and ETag caches) without building a Request or
-routing; anything else (a mismatch, a long-poll, a bad token, any error) falls through
-to the full application, which gives the complete answer.
+agent already has and no wait (or a wait already over), and heartbeats
+(``POST /v1/nodes/N/status``). These middlewares answer exactly those cases from memory
+(token hash and ETag caches, the report book) without building a Request or routing;
+anything else (a mismatch, a long-poll, a bad token, a body that is too large or
+invalid, any doubt) falls through to the full application, with the body it already
+read replayed, and the application gives the complete answer (and error).
 """
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+import re
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from reconciler.api.body import parse_json
 from reconciler.api.context import ApiContext
+from reconciler.api.errors import ApiError
+from reconciler.api.nodes import accept_report
 
 PREFIX = "/v1/nodes/"
 SUFFIX = "/desired"
-FAST_QUERIES = frozenset({b"", b"wait=0"})
+STATUS_SUFFIX = "/status"
+JSON_HEADERS = [(b"content-type", b"application/json")]
+WAIT = re.compile(rb"wait=([0-9]{1,6}(?:\.[0-9]{1,6})?)")
+
+
+def _wait(query: bytes) -> float | None:
+    """Seconds from ``""`` or ``wait=N`` (the agent's two forms); None: anything else."""
+    if not query:
+        return 0.0
+    m = WAIT.fullmatch(query)
+    return float(m[1]) if m else None
 
 
 class DesiredFastPath:
+    """``GET /v1/nodes/N/desired`` with that node's token and its current ETag: 304 at
+    once, or after a long-poll (``wait=N``) 304 or the new document."""
+
     def __init__(self, app: ASGIApp, ctx: ApiContext) -> None:
         self.app = app
         self.ctx = ctx
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and scope["method"] == "GET"
-            and scope["query_string"] in FAST_QUERIES
-        ):
+        if scope["type"] == "http" and scope["method"] == "GET":
+            wait = _wait(scope["query_string"])
             path: str = scope["path"]
-            if path.startswith(PREFIX) and path.endswith(SUFFIX):
+            if wait is not None and path.startswith(PREFIX) and path.endswith(SUFFIX):
                 node = path[len(PREFIX) : -len(SUFFIX)]
-                if await self._not_modified(node, scope, send):
+                if await self._answer(node, min(wait, self.ctx.settings.max_wait), scope, send):
                     return
         await self.app(scope, receive, send)
 
-    async def _not_modified(self, node: str, scope: Scope, send: Send) -> bool:
+    async def _answer(self, node: str, wait: float, scope: Scope, send: Send) -> bool:
         auth = inm = None
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -46,13 +63,104 @@ class DesiredFastPath:
         if auth is None or inm is None or auth[:7].lower() != b"bearer ":
             return False
         ctx = self.ctx
-        etag = ctx.hub.etag(node).encode()
-        if inm.strip() != etag:
+        etag = ctx.hub.etag(node)
+        if inm.strip() != etag.encode():
             return False
         token = auth[7:].strip().decode("latin-1")
         if ctx.tokens.check(node, token) != "ok":
             return False
-        ctx.metrics.poll_304.inc()
-        await send({"type": "http.response.start", "status": 304, "headers": [(b"etag", etag)]})
-        await send({"type": "http.response.body", "body": b""})
+        # a long-poll waits here, without the routing stack's frames and objects (one
+        # per waiting agent: 10,000 of them)
+        entry = None
+        if wait > 0:
+            with ctx.metrics.long_polls.track_inprogress():
+                entry = await ctx.hub.wait_change(node, etag, wait)
+        if entry is None or entry.etag == etag:
+            ctx.metrics.poll_304.inc()
+            headers = [(b"etag", etag.encode())]
+            await send({"type": "http.response.start", "status": 304, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return True
+        ctx.metrics.poll_200.inc()
+        headers = [
+            *JSON_HEADERS,
+            (b"etag", entry.etag.encode()),
+            (b"content-length", str(len(entry.body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": entry.body})
         return True
+
+
+def _bearer_ok(ctx: ApiContext, node: str, scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            if value[:7].lower() != b"bearer ":
+                return False
+            return ctx.tokens.check(node, value[7:].strip().decode("latin-1")) == "ok"
+    return False
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """A ``receive`` that gives back what was already read, then reads on."""
+    pending = list(messages)
+
+    async def again() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return again
+
+
+class StatusFastPath:
+    """``POST /v1/nodes/N/status`` with that node's token and a valid body, answered here."""
+
+    def __init__(self, app: ASGIApp, ctx: ApiContext) -> None:
+        self.app = app
+        self.ctx = ctx
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path: str = scope["path"]
+            if path.startswith(PREFIX) and path.endswith(STATUS_SUFFIX):
+                node = path[len(PREFIX) : -len(STATUS_SUFFIX)]
+                if "/" not in node and _bearer_ok(self.ctx, node, scope):
+                    rest = await self._report(node, receive, send)
+                    if rest is None:
+                        return
+                    receive = rest
+        await self.app(scope, receive, send)
+
+    async def _report(self, node: str, receive: Receive, send: Send) -> Receive | None:
+        """None when answered; else the ``receive`` the application reads the body from."""
+        limit = self.ctx.settings.max_body_bytes
+        messages: list[Message] = []
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                return _replay(messages, receive)  # a disconnect: let the app see it
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return _replay(messages, receive)  # the app answers 413
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        try:
+            report = parse_json(b"".join(chunks), "status-report")
+        except ApiError:
+            return _replay(messages, receive)  # the app words the 400/422
+        if report["node"] != node:
+            return _replay(messages, receive)
+        body = await accept_report(self.ctx, node, report)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [*JSON_HEADERS, (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        return None

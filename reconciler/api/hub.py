@@ -2,8 +2,11 @@
 
 The store is the truth; this is its read cache for the hot path: a conditional GET
 compares ETags here and never queries the database. Writers (the reconcile loop, in
-its own thread) call ``notify_from_thread(node)``; the change is applied on the event
-loop with ``call_soon_threadsafe`` and wakes that node's waiting pollers at once.
+its own thread) call ``publish_from_thread(records)`` with the records they stored
+(or ``notify_from_thread(node)``, which reads the record back); the bodies are encoded
+in the writer's thread, installed on the event loop with one ``call_soon_threadsafe``
+for the whole batch, and each changed node's waiting pollers are woken through that
+node's own event: a wake-up costs the same whether 10 or 10,000 agents are waiting.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterable
+import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from fleetkeeper_common.canonical import canonical_json
@@ -19,6 +23,7 @@ from reconciler.store.base import DesiredRecord, Store
 from reconciler.threadsafe import call_in_loop
 
 EMPTY_ETAG = '"0-empty"'
+WAIT_JITTER = 0.1
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class DesiredHub:
         self._events: dict[str, asyncio.Event] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._rng = random.Random()
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -71,10 +77,23 @@ class DesiredHub:
 
     def publish(self, rec: DesiredRecord) -> None:
         """Install a new document and wake its pollers (call on the event loop)."""
-        self._entries[rec.node] = _entry(rec)
-        event = self._events.pop(rec.node, None)
-        if event is not None:
-            event.set()
+        self._install([(rec.node, _entry(rec))])
+
+    def _install(self, entries: Sequence[tuple[str, Entry]]) -> None:
+        for node, entry in entries:
+            self._entries[node] = entry
+            event = self._events.pop(node, None)
+            if event is not None:
+                event.set()
+
+    def publish_from_thread(self, records: Sequence[DesiredRecord]) -> None:
+        """Install many stored documents at once and wake their pollers (any thread)."""
+        entries = [(r.node, _entry(r)) for r in records]
+        loop = self._loop
+        if loop is None:
+            self._entries.update(entries)  # not serving yet: nobody waits
+            return
+        call_in_loop(loop, self._install, entries)
 
     def notify_from_thread(self, node: str) -> None:
         """The loop's ``notify``: read the stored document here, publish on the event loop."""
@@ -95,8 +114,13 @@ class DesiredHub:
         event = self._events.get(node)
         if event is None:
             event = self._events[node] = asyncio.Event()
+        # Each wait is cut short by up to 10 %, at random: agents that got a document at
+        # the same moment (a fan-out) would otherwise all come back at the same moment,
+        # every ``wait`` seconds, for ever (Kubernetes randomises watch timeouts alike).
+        timeout *= 1 - self._rng.random() * WAIT_JITTER
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+            async with asyncio.timeout(timeout):  # no extra task per waiter (wait_for's)
+                await event.wait()
         return self.get(node)
 
     def close(self) -> None:

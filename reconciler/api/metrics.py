@@ -216,8 +216,19 @@ class MeteredStore:
     def put_desired(self, node: str, document: Mapping[str, JSON]) -> tuple[DesiredRecord, bool]:
         return self.inner.put_desired(node, document)
 
+    def put_desired_many(
+        self, documents: Mapping[str, Mapping[str, JSON]]
+    ) -> list[tuple[DesiredRecord, bool]]:
+        return self.inner.put_desired_many(documents)
+
     def put_report(self, report: ReportRecord) -> None:
         self.inner.put_report(report)
+
+    def put_reports(self, reports: Sequence[ReportRecord]) -> None:
+        self.inner.put_reports(reports)
+
+    def touch_reports(self, seen: Mapping[str, float]) -> None:
+        self.inner.touch_reports(seen)
 
     def reports(self) -> Sequence[ReportRecord]:
         return self.inner.reports()

@@ -53,6 +53,19 @@ def _matches(header: str | None, etag: str) -> bool:
     return "*" in tags or etag in tags or f"W/{etag}" in tags
 
 
+async def accept_report(ctx: ApiContext, node: str, report: dict[str, Any]) -> bytes:
+    """Take a valid status report of ``node``; the answer's body.
+
+    A repeat only moves lastSeen in memory; a change is durable before this returns and
+    wakes the loop. Shared by the route and the plain-ASGI fast path (``fastpath``).
+    """
+    news = await ctx.reports.submit(ReportRecord(node, report, ctx.clock()))
+    ctx.metrics.reports_accepted.inc()
+    if news:
+        ctx.wake()
+    return json.dumps({"node": node, "generation": ctx.hub.get(node).generation}).encode()
+
+
 def _same_node(body: Mapping[str, Any], node: str) -> None:
     if body["node"] != node:
         raise ApiError(422, f"body names node {body['node']!r} but the URL names {node!r}")
@@ -182,6 +195,7 @@ def node_routes(ctx: ApiContext) -> list[Route]:
             raise ApiError(verdict.status, verdict.message)
         ctx.tokens.set(node, hash_token(new))
         ctx.metrics.registrations.inc()
+        ctx.registered()
         ctx.wake()
         return Response(
             json.dumps({"node": node, "token": new}).encode(),
@@ -213,16 +227,7 @@ def node_routes(ctx: ApiContext) -> list[Route]:
         except ApiError:
             ctx.metrics.reports_rejected.inc()
             raise
-        now = ctx.clock()
-        await asyncio.to_thread(ctx.store.put_report, ReportRecord(node, report, now))
-        ctx.metrics.reports_accepted.inc()
-        if ctx.report_is_news(node, report, now):
-            ctx.wake()
-        entry = ctx.hub.get(node)
-        return Response(
-            json.dumps({"node": node, "generation": entry.generation}).encode(),
-            media_type=JSON_TYPE,
-        )
+        return Response(await accept_report(ctx, node, report), media_type=JSON_TYPE)
 
     return [
         Route("/v1/nodes/{node}/register", register, methods=["POST"]),

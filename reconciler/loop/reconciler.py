@@ -8,8 +8,12 @@ One pass (``reconcile_once``), level-triggered, runs ``steps.STEPS`` in order:
    log once (refusals repeat every pass until fixed: deduplicated through store meta);
 3. ``load_target``: when the approved revision differs from the applied one, load it; an
    invalid revision is never applied (the last good one stays, audited once as ``invalid``);
-4. ``plan_rollouts``: ``compute_plan`` from the spec, the inventory, the store's rollout
-   state, reports and desired documents, and ``now``;
+4. ``plan_rollouts``: ``replan`` (``plan.incremental``) from the spec, the inventory, the
+   rollout states, reports and desired documents, and ``now``; the ``WorkingSet`` keeps
+   these in memory between passes and hands the planner the nodes whose reports were
+   news, so a pass steps only the rollouts they touch (a full pass, everything re-read
+   from the store, on the first pass, the jittered resync, a new revision or inventory,
+   and after a failed pass);
 5. ``write_changes``, only of what changed: rollout state first, then desired documents
    (the agent is notified of each changed node), then audit records, then the applied
    revision. That order makes a crash at any point safe: the next pass recomputes the rest;
@@ -26,7 +30,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from reconciler.approval.engine import Approver
@@ -36,11 +40,13 @@ from reconciler.loop.steps import Parts, Pass, run_steps
 from reconciler.plan.conditions import Condition, Findings, in_order, rollout_progress, summarize
 from reconciler.plan.rollout import Plan
 from reconciler.plan.select import latest_versions
+from reconciler.reportbook import ReportBook
 from reconciler.source import GitSource
 from reconciler.spec import JSON, FleetSpec
-from reconciler.store.base import AuditEvent, Store
+from reconciler.store.base import AuditEvent, DesiredRecord, Store
 from reconciler.threadsafe import call_in_loop
 from reconciler.views.readmodel import read_fleet_status
+from reconciler.working_set import WorkingSet
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +75,8 @@ class Reconciler:
         notify: Callable[[str], None],
         clock: Callable[[], float] = time.time,
         approver: Approver | None = None,
+        reports: ReportBook | None = None,
+        publish: Callable[[Sequence[DesiredRecord]], None] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -76,7 +84,21 @@ class Reconciler:
         self.clock = clock
         self.first_pass_done = False
         self.last_result: PassResult | None = None
-        self._parts = Parts(config, store, source, notify, approver or Approver())
+        # reports: the API's report book (None: read from the store, every pass full);
+        # publish: many stored documents to the long-poll hub at once (else notify each)
+        self.reports = reports
+        self.working = WorkingSet(store, reports, float(config.heartbeat_ttl))
+        self._parts = Parts(
+            config,
+            store,
+            source,
+            notify,
+            approver or Approver(),
+            self.working,
+            reports,
+            publish,
+            wake=self.wake,
+        )
         self._pass_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event: asyncio.Event | None = None
@@ -91,7 +113,10 @@ class Reconciler:
 
     def fleet_status(self) -> dict[str, JSON]:
         """The ``GET /v1/fleet`` document from the store and the applied spec (blocking)."""
-        return read_fleet_status(self.store, self.spec(), self.clock(), self.config.heartbeat_ttl)
+        reports = self.reports.records() if self.reports is not None else None
+        return read_fleet_status(
+            self.store, self.spec(), self.clock(), self.config.heartbeat_ttl, reports
+        )
 
     def conditions(self) -> list[dict[str, JSON]]:
         return meta.CONDITIONS.read(self.store)
@@ -103,6 +128,8 @@ class Reconciler:
         with self._pass_lock:
             p = Pass(now=self.clock())
             error = run_steps(self._parts, p)
+            if error is not None:  # memory may be ahead of the store: start over from it
+                self.working.invalidate()
             # a pass that stopped early reports no plan and no revision
             plan = p.plan if error is None else None
             sha = p.applied.sha if error is None and p.applied is not None else None
@@ -127,7 +154,9 @@ class Reconciler:
         if plan is not None:
             spec = self._parts.spec
             live = set(latest_versions(spec)) if spec is not None else set()
-            halted, busy = rollout_progress(plan.rollouts, live)
+            memo = p.replan.memo.rollouts if p.replan is not None else {}
+            parsed = {name: m.state for name, m in memo.items()}
+            halted, busy = rollout_progress(plan.rollouts, live, parsed)
         return Findings(
             revision=sha,
             planned=plan is not None,
@@ -160,12 +189,14 @@ class Reconciler:
             return
         call_in_loop(loop, event.set)
 
-    def _sleep_for(self, result: PassResult) -> float:
+    def _sleep_for(self, result: PassResult) -> tuple[float, bool]:
+        """How long to sleep, and whether that sleep ends in the resync (not a deadline)."""
         interval = self.config.poll_interval
         delay = interval * (1 + self._rng.uniform(-JITTER, JITTER))
-        if result.next_wake_at is not None:
-            delay = min(delay, result.next_wake_at - self.clock())
-        return max(MIN_SLEEP, delay)
+        resync = True
+        if result.next_wake_at is not None and result.next_wake_at - self.clock() < delay:
+            delay, resync = result.next_wake_at - self.clock(), False
+        return max(MIN_SLEEP, delay), resync
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pass, then sleep until woken, the next deadline, or a jittered resync; until stop."""
@@ -177,11 +208,15 @@ class Reconciler:
             self._event.clear()
             self._pending_wake = False
             result = await asyncio.to_thread(self.reconcile_once)
-            delay = self._sleep_for(result)
+            delay, resync = self._sleep_for(result)
             waiter = asyncio.ensure_future(self._event.wait())
             stopper = asyncio.ensure_future(stop.wait())
             try:
-                await asyncio.wait({waiter, stopper}, timeout=delay, return_when="FIRST_COMPLETED")
+                done, _ = await asyncio.wait(
+                    {waiter, stopper}, timeout=delay, return_when="FIRST_COMPLETED"
+                )
             finally:
                 waiter.cancel()
                 stopper.cancel()
+            if resync and not done:  # the jittered resync: re-read everything from the store
+                self.working.invalidate()

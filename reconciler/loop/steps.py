@@ -19,13 +19,14 @@ from reconciler.config import Config
 from reconciler.errors import FleetkeeperError, Waiting
 from reconciler.logs import log_event
 from reconciler.loop import meta, tip
-from reconciler.plan.observations import NodeReport
-from reconciler.plan.rollout import Plan, PlanEvent, compute_plan
-from reconciler.plan.select import NodeFacts, inventory
+from reconciler.plan.incremental import Replan
+from reconciler.plan.rollout import Plan, PlanEvent
+from reconciler.reportbook import ReportBook
 from reconciler.revision import LoadedRevision, load_revision
 from reconciler.source import GitSource
 from reconciler.spec import JSON, FleetSpec
-from reconciler.store.base import AppliedRevision, AuditEvent, Store
+from reconciler.store.base import AppliedRevision, AuditEvent, DesiredRecord, Store
+from reconciler.working_set import WorkingSet
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,10 @@ class Parts:
     source: GitSource
     notify: Callable[[str], None]
     approver: Approver
+    working: WorkingSet  # what the planner reads, kept in memory between passes
+    reports: ReportBook | None = None  # the API's report book (None: reports in the store)
+    publish: Callable[[Sequence[DesiredRecord]], None] | None = None  # many at once
+    wake: Callable[[], None] = lambda: None  # run another pass soon (the loop's wake)
     spec: FleetSpec | None = None  # the applied revision's spec
     spec_sha: str | None = None
 
@@ -47,13 +52,12 @@ class Parts:
 class Pass:
     """What one pass has found so far (mutable scratch, never leaves ``reconcile_once``).
 
-    ``changed_reports``: the nodes whose reports changed since the last pass, or None
-    when unknown. Every pass plans the whole fleet today; incremental planning narrows
-    ``plan_rollouts`` to the rollouts these touch.
+    ``replan``: what ``plan_rollouts`` planned, with the nodes it touched; the report book
+    supplies the nodes whose reports changed (``WorkingSet.plan``), so a pass steps only
+    the rollouts those touch.
     """
 
     now: float
-    changed_reports: frozenset[str] | None = None
     writes: int = 0
     waiting: FleetkeeperError | None = None
     stalled: list[tuple[str, str]] = field(default_factory=list)  # (reason, message)
@@ -70,8 +74,9 @@ class Pass:
     new_applied: AppliedRevision | None = None
     spec: FleetSpec | None = None  # the spec to plan with (the new one when it applies)
     revision: AppliedRevision | None = None  # the revision to plan with
-    desired_before: dict[str, Mapping[str, JSON]] = field(default_factory=dict)
+    desired_before: Mapping[str, Mapping[str, JSON]] = field(default_factory=dict)
     plan: Plan | None = None
+    replan: Replan | None = None
 
     def load(self, parts: Parts, sha: str) -> LoadedRevision:
         hit = self.loaded.get(sha)
@@ -174,28 +179,14 @@ def _invalid(p: Pass, loaded: LoadedRevision) -> None:
 
 
 def plan_rollouts(parts: Parts, p: Pass) -> None:
-    """``compute_plan`` from the spec, the inventory, rollout state, reports and desired."""
+    """``replan`` from the spec, the inventory, rollout state, reports and desired documents
+    (kept in memory by the ``WorkingSet``), stepping only the rollouts new input touched."""
     if p.spec is None or p.revision is None:
         return
-    store = parts.store
-    registered = [NodeFacts.from_registration(r.name, r.facts, r.admission) for r in store.nodes()]
-    nodes = inventory(p.spec, registered)
-    reports = {
-        r.node: NodeReport.from_json(r.node, r.report, r.received_at) for r in store.reports()
-    }
-    p.desired_before = {d.node: d.document for d in store.all_desired()}
-    p.plan = compute_plan(
-        p.spec,
-        nodes,
-        store.rollouts(),
-        reports,
-        p.desired_before,
-        p.now,
-        float(parts.config.heartbeat_ttl),
-        revision=p.revision.sha,
-        approval=p.revision.approval,
-        stale_before=meta.STALE_NODES.read(store),
-    )
+    stale_before = meta.STALE_NODES.read(parts.store)
+    p.replan = parts.working.plan(p.spec, p.revision, p.now, stale_before)
+    p.plan = p.replan.plan
+    p.desired_before = parts.working.desired()
 
 
 def write_changes(parts: Parts, p: Pass) -> None:
@@ -237,17 +228,32 @@ def _write_plan(parts: Parts, p: Pass, plan: Plan, revision: AppliedRevision) ->
     for name in sorted(plan.changed_rollouts):
         store.put_rollout(name, plan.rollouts[name])
         p.writes += 1
-    for node, doc in sorted(plan.desired.items()):
-        if _same_document(p.desired_before.get(node), doc):
-            continue
-        _, changed = store.put_desired(node, doc)
-        p.writes += 1
-        if changed:
-            p.changed_nodes.append(node)
-            parts.notify(node)
+    touched = p.replan.touched if p.replan is not None else None
+    docs = {
+        node: doc
+        for node, doc in sorted(plan.desired.items())
+        if (touched is None or node in touched)
+        and not _same_document(p.desired_before.get(node), doc)
+    }
+    stored: list[tuple[DesiredRecord, bool]] = []
+    if docs:  # one transaction for all of them (a batch of 1,000 nodes: one fsync)
+        stored = store.put_desired_many(docs)
+        p.writes += len(docs)
+        fresh = [rec for rec, changed in stored if changed]
+        p.changed_nodes.extend(rec.node for rec in fresh)
+        if parts.publish is not None:
+            parts.publish(fresh)
+        else:
+            for rec in fresh:
+                parts.notify(rec.node)
     p.pending_audit.extend(_events(plan.events, p.now, revision))
     if meta.STALE_NODES.write(store, plan.stale):
         p.writes += 1
+    if p.replan is not None:
+        parts.working.written(p.replan, [rec for rec, _ in stored])
+        # an awaited node that reported after the pass's snapshot: plan again at once
+        if parts.reports is not None and parts.reports.watch(p.replan.awaiting, p.now):
+            parts.wake()
 
 
 def _same_document(a: Mapping[str, JSON] | None, b: Mapping[str, JSON]) -> bool:

@@ -19,7 +19,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from reconciler.plan.state import state_from_json
+from reconciler.plan.state import RolloutState, state_from_json
 from reconciler.spec import JSON
 
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -68,13 +68,19 @@ class Findings:
 
 
 def rollout_progress(
-    rollouts: Mapping[str, Mapping[str, JSON]], live: Collection[str]
+    rollouts: Mapping[str, Mapping[str, JSON]],
+    live: Collection[str],
+    parsed: Mapping[str, RolloutState] | None = None,
 ) -> tuple[list[str], list[str]]:
-    """(halted, busy) lines for the rollouts of workloads that still exist, by name."""
+    """(halted, busy) lines for the rollouts of workloads that still exist, by name.
+
+    ``parsed``: states the caller already holds as values (the planner's memo), so a
+    rollout of 10,000 nodes is not parsed again on every pass."""
     halted: list[str] = []
     busy: list[str] = []
     for name in sorted(rollouts):
-        s = state_from_json(rollouts[name])
+        known = parsed.get(name) if parsed is not None else None
+        s = known if known is not None else state_from_json(rollouts[name])
         if s is None or name not in live:
             continue
         if s.phase == "Halted" and s.halt is not None:

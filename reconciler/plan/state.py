@@ -161,6 +161,12 @@ def _phase(value: JSON | None) -> Phase:
     return value if value in PHASES else "Pending"
 
 
+def _json_doc(doc: Mapping[str, JSON] | None) -> JSON:
+    if doc is None or isinstance(doc, dict):
+        return doc
+    return dict(doc)
+
+
 def state_to_json(s: RolloutState) -> dict[str, JSON]:
     """The store form; deterministic (sorted keys where order carries no meaning)."""
     out: dict[str, JSON] = {
@@ -182,9 +188,8 @@ def state_to_json(s: RolloutState) -> dict[str, JSON]:
             n: {"startedAt": p.started_at, "healthySince": p.healthy_since}
             for n, p in sorted(s.nodes.items())
         },
-        "previous": {
-            n: (dict(doc) if doc is not None else None) for n, doc in sorted(s.previous.items())
-        },
+        # the documents are shared, not copied (never mutated; 10,000 copies per pass cost)
+        "previous": {n: _json_doc(doc) for n, doc in sorted(s.previous.items())},
         "halt": (
             {"node": s.halt.node, "reason": s.halt.reason, "at": s.halt.at} if s.halt else None
         ),

@@ -136,8 +136,18 @@ class Store(Protocol):
         self, node: str, document: Mapping[str, JSON]
     ) -> tuple[DesiredRecord, bool]: ...
 
-    # reports (last one per node)
+    # many documents in one transaction (a rollout batch, a new revision); the same
+    # answer per node as put_desired, in the order given
+    def put_desired_many(
+        self, documents: Mapping[str, Mapping[str, JSON]]
+    ) -> list[tuple[DesiredRecord, bool]]: ...
+
+    # reports (last one per node); put_reports writes many in one transaction (group
+    # commit); touch_reports moves received_at forward only (a batched lastSeen flush
+    # never undoes a newer report)
     def put_report(self, report: ReportRecord) -> None: ...
+    def put_reports(self, reports: Sequence[ReportRecord]) -> None: ...
+    def touch_reports(self, seen: Mapping[str, float]) -> None: ...
     def reports(self) -> Sequence[ReportRecord]: ...
 
     # rollout state per release name (opaque JSON owned by reconciler.plan.rollout)

@@ -156,20 +156,7 @@ class SqliteStore:
 
     def append_audit(self, event: AuditEvent) -> int:
         with self._tx() as db:
-            cur = db.execute(
-                "INSERT INTO audit (time, kind, message, revision, release, node, details) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    event.time,
-                    event.kind,
-                    event.message,
-                    event.revision,
-                    event.release,
-                    event.node,
-                    _dumps(event.details),
-                ),
-            )
-            return int(cast(int, cur.lastrowid))
+            return _insert_audit(db, event)
 
     def audit(self, since: float | None = None, limit: int = 1000) -> Sequence[AuditEvent]:
         rows = self._read(
@@ -276,36 +263,34 @@ class SqliteStore:
         return [_desired(r) for r in rows]
 
     def put_desired(self, node: str, document: Mapping[str, JSON]) -> tuple[DesiredRecord, bool]:
+        return self.put_desired_many({node: document})[0]
+
+    def put_desired_many(
+        self, documents: Mapping[str, Mapping[str, JSON]]
+    ) -> list[tuple[DesiredRecord, bool]]:
+        out: list[tuple[DesiredRecord, bool]] = []
         with self._tx() as db:
-            row = db.execute(
-                "SELECT node, generation, etag, document FROM desired WHERE node = ?", (node,)
-            ).fetchone()
-            if row is not None:
-                old = _desired(row)
-                if _comparable(old.document) == _comparable(document):
-                    return old, False
-                generation = old.generation + 1
-            else:
-                generation = 1
-            doc: dict[str, JSON] = {**document, "generation": generation}
-            rec = DesiredRecord(
-                node=node, generation=generation, etag=desired_etag(generation, doc), document=doc
-            )
-            db.execute(
-                "INSERT INTO desired (node, generation, etag, document) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (node) DO UPDATE SET generation = excluded.generation, "
-                "etag = excluded.etag, document = excluded.document",
-                (node, generation, rec.etag, _dumps(doc)),
-            )
-            return rec, True
+            for node, document in documents.items():
+                out.append(_put_desired(db, node, document))
+        return out
 
     def put_report(self, report: ReportRecord) -> None:
+        self.put_reports([report])
+
+    def put_reports(self, reports: Sequence[ReportRecord]) -> None:
         with self._tx() as db:
-            db.execute(
+            db.executemany(
                 "INSERT INTO reports (node, report, received_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (node) DO UPDATE SET report = excluded.report, "
                 "received_at = excluded.received_at",
-                (report.node, _dumps(report.report), report.received_at),
+                [(r.node, _dumps(r.report), r.received_at) for r in reports],
+            )
+
+    def touch_reports(self, seen: Mapping[str, float]) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE reports SET received_at = MAX(received_at, ?) WHERE node = ?",
+                [(at, node) for node, at in seen.items()],
             )
 
     def reports(self) -> Sequence[ReportRecord]:
@@ -375,6 +360,50 @@ def _write_node(db: sqlite3.Connection, node: NodeRecord) -> None:
             _dumps(node.admission),
         ),
     )
+
+
+def _insert_audit(db: sqlite3.Connection, event: AuditEvent) -> int:
+    cur = db.execute(
+        "INSERT INTO audit (time, kind, message, revision, release, node, details) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            event.time,
+            event.kind,
+            event.message,
+            event.revision,
+            event.release,
+            event.node,
+            _dumps(event.details),
+        ),
+    )
+    return int(cast(int, cur.lastrowid))
+
+
+def _put_desired(
+    db: sqlite3.Connection, node: str, document: Mapping[str, JSON]
+) -> tuple[DesiredRecord, bool]:
+    """One node's put_desired inside the caller's transaction."""
+    row = db.execute(
+        "SELECT node, generation, etag, document FROM desired WHERE node = ?", (node,)
+    ).fetchone()
+    if row is not None:
+        old = _desired(row)
+        if _comparable(old.document) == _comparable(document):
+            return old, False
+        generation = old.generation + 1
+    else:
+        generation = 1
+    doc: dict[str, JSON] = {**document, "generation": generation}
+    rec = DesiredRecord(
+        node=node, generation=generation, etag=desired_etag(generation, doc), document=doc
+    )
+    db.execute(
+        "INSERT INTO desired (node, generation, etag, document) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (node) DO UPDATE SET generation = excluded.generation, "
+        "etag = excluded.etag, document = excluded.document",
+        (node, generation, rec.etag, _dumps(doc)),
+    )
+    return rec, True
 
 
 def _node(row: tuple[Any, ...]) -> NodeRecord:

@@ -1,0 +1,590 @@
+"""Benchmark: one ``fleetkeeper serve`` holding N simulated agents (issue 12).
+
+    .venv/bin/python bench/fleet_scale.py [--agents 1000 2000 4000 8000] [--steady 30]
+        [--replicas N --database URL]
+
+Per size, a fresh fleet repo (bare, watched) and a fresh ``fleetkeeper serve`` on SQLite
+(or ``--database``), then simulated agents that behave like ``fleetkeeper-agent`` on the
+wire, each with two raw HTTP/1.1 keep-alive connections (asyncio streams; no HTTP client
+library, so the generator stays light):
+
+- register (bootstrap token), then on connection 1 hold
+  ``GET /v1/nodes/N/desired?wait=30`` with ``If-None-Match``, over and over;
+- on connection 2 post a status report every 15 s (first one at a random point of the
+  first 15 s, so the load is spread), and at once when a new document names a new
+  version: that version, ``Healthy`` (a converged agent).
+
+Phases and what is printed for each size:
+
+1. registration rate (64 registrations in flight);
+2. steady state over ``--steady`` seconds after a warm-up of one heartbeat interval:
+   heartbeat p50/p99, server CPU seconds per wall second (utime+stime of the server
+   processes from /proc), CPU per heartbeat, RSS (VmRSS);
+3. first rollout: a merged release targeting every node, ``batchSize: 10%`` (10
+   batches), ``soakSeconds: 0``; time from ``git push`` until the release is
+   ``Succeeded`` (every agent holds it and reported it healthy);
+4. merge -> every agent holds the new document: a new version with ``batchSize: 100%``;
+5. every error by kind (timeouts, connection errors, HTTP status other than 200/304).
+   A keep-alive connection the server closed while idle is reopened and counted apart
+   (``reconnects``), as a real HTTP client does.
+
+RLIMIT_NOFILE is raised to its hard limit for this process and the server (two sockets
+per agent on both sides: 8,000 agents need 16,000 descriptors each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import hashlib
+import json
+import os
+import random
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _serve import Server, fleet_repo, git, merge_change, percentile, register_body, start  # noqa: E402
+
+AGENT = "bench-agent"
+HEARTBEAT = 15.0
+WAIT = 30
+CONNECT_LIMIT = 64  # connections opened at once (the server's listen backlog is 2048)
+REQUEST_TIMEOUT = 20.0  # a status report or registration slower than this is an error
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class HttpError(Exception):
+    """A failed exchange, with the kind it is counted under."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+def host_port(server: Server) -> tuple[str, int]:
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+class Conn:
+    """One HTTP/1.1 keep-alive connection over asyncio streams (Content-Length bodies)."""
+
+    def __init__(self, host: str, port: int, stats: Stats, gate: asyncio.Semaphore) -> None:
+        self.host, self.port, self.stats, self.gate = host, port, stats, gate
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        async with self.gate:
+            try:
+                self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            except OSError as exc:
+                raise HttpError(f"connect: {exc.strerror or type(exc).__name__}") from exc
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+    async def request(
+        self, method: str, path: str, headers: dict[str, str], body: bytes = b""
+    ) -> tuple[int, dict[str, str], bytes]:
+        # A connection the server closed while idle (its keep-alive timeout) fails on
+        # first use: reopen once, as an HTTP client's pool does.
+        for attempt in (0, 1):
+            fresh = self.writer is None
+            if fresh:
+                await self.open()
+            try:
+                return await self._exchange(method, path, headers, body)
+            except (ConnectionError, asyncio.IncompleteReadError) as exc:
+                self.close()
+                if fresh or attempt == 1:
+                    raise HttpError(f"connection: {type(exc).__name__}") from exc
+                self.stats.reconnects += 1
+        raise AssertionError("unreachable")
+
+    async def _exchange(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, dict[str, str], bytes]:
+        assert self.reader is not None and self.writer is not None
+        head = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
+        head += [f"{k}: {v}" for k, v in headers.items()]
+        if body or method == "POST":
+            head += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+        self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        await self.writer.drain()
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        got: dict[str, str] = {}
+        for line in lines[1:]:
+            if ":" in line:
+                k, v = line.split(":", 1)
+                got[k.strip().lower()] = v.strip()
+        length = int(got.get("content-length", "0"))
+        data = await self.reader.readexactly(length) if length else b""
+        if got.get("connection", "").lower() == "close":
+            self.close()
+        return status, got, data
+
+
+@dataclass
+class Stats:
+    heartbeats: list[tuple[float, float]] = field(default_factory=list)  # (monotonic, ms)
+    errors: Counter[str] = field(default_factory=Counter)
+    reconnects: int = 0
+
+    def error(self, kind: str) -> None:
+        self.errors[kind] += 1
+
+
+def versions(doc: dict[str, object]) -> tuple[str, ...]:
+    items = doc.get("workloads")
+    return tuple(
+        str(w.get("version"))
+        for w in (items if isinstance(items, list) else [])
+        if isinstance(w, dict) and w.get("name") == AGENT
+    )
+
+
+class Agent:
+    """One simulated fleetkeeper-agent: a long-poll loop and a heartbeat loop."""
+
+    def __init__(
+        self, node: str, token: str, server: Server, stats: Stats, gate: asyncio.Semaphore
+    ):
+        self.node, self.stats = node, stats
+        self.auth = {"Authorization": f"Bearer {token}"}
+        self.poll_conn = Conn(*host_port(server), stats, gate)
+        self.status_conn = Conn(*host_port(server), stats, gate)
+        self.status_lock = asyncio.Lock()
+        self.etag = '"none"'
+        self.generation = 0
+        self.held: tuple[str, ...] = ()  # versions in the document the agent holds
+        self.running: str | None = None  # the version it reports running
+
+    def report(self) -> bytes:
+        workloads = []
+        if self.running is not None:
+            workloads.append(
+                {
+                    "name": AGENT,
+                    "version": self.running,
+                    "desiredVersion": self.running,
+                    "phase": "Healthy",
+                    "healthy": True,
+                }
+            )
+        doc = {
+            "node": self.node,
+            "generation": self.generation,
+            "agentVersion": "0.1.0",
+            "workloads": workloads,
+        }
+        return json.dumps(doc).encode()
+
+    async def send_report(self, measured: bool) -> None:
+        async with self.status_lock:
+            started = time.monotonic()
+            try:
+                status, _, _ = await asyncio.wait_for(
+                    self.status_conn.request(
+                        "POST", f"/v1/nodes/{self.node}/status", self.auth, self.report()
+                    ),
+                    REQUEST_TIMEOUT,
+                )
+            except HttpError as exc:
+                self.stats.error(f"status {exc.kind}")
+                return
+            except TimeoutError:
+                self.status_conn.close()
+                self.stats.error("status timeout")
+                return
+            if status != 200:
+                self.stats.error(f"status HTTP {status}")
+                return
+            if measured:
+                self.stats.heartbeats.append((started, (time.monotonic() - started) * 1000))
+
+    async def heartbeats(self, stop: asyncio.Event) -> None:
+        # on a fixed schedule (not 15 s after the last answer): a slow answer must not
+        # bunch later heartbeats together, nor hide load (coordinated omission)
+        due = time.monotonic() + random.uniform(0, HEARTBEAT)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, due - time.monotonic()))
+            if stop.is_set():
+                return
+            await self.send_report(measured=True)
+            due += HEARTBEAT
+
+    async def poll(self, stop: asyncio.Event) -> None:
+        path = f"/v1/nodes/{self.node}/desired?wait={WAIT}"
+        while not stop.is_set():
+            headers = {**self.auth, "If-None-Match": self.etag}
+            try:
+                status, got, body = await asyncio.wait_for(
+                    self.poll_conn.request("GET", path, headers), WAIT + REQUEST_TIMEOUT
+                )
+            except HttpError as exc:
+                self.stats.error(f"desired {exc.kind}")
+                await asyncio.sleep(1)
+                continue
+            except TimeoutError:
+                self.poll_conn.close()
+                self.stats.error("desired timeout")
+                continue
+            if status == 304:
+                continue
+            if status != 200:
+                self.stats.error(f"desired HTTP {status}")
+                await asyncio.sleep(1)
+                continue
+            doc = json.loads(body)
+            self.etag = got.get("etag", self.etag)
+            self.generation = int(doc.get("generation", 0))
+            self.held = versions(doc)
+            new = self.held[0] if self.held else None
+            if new != self.running:  # "converged" at once: report the new version healthy
+                self.running = new
+                await self.send_report(measured=False)
+
+    async def connect(self) -> None:
+        for conn in (self.poll_conn, self.status_conn):
+            try:
+                await conn.open()
+            except HttpError as exc:
+                self.stats.error(exc.kind)  # the loops open it again on first use
+
+    def close(self) -> None:
+        self.poll_conn.close()
+        self.status_conn.close()
+
+
+def release(version: str, batch_size: str) -> dict[str, object]:
+    return {
+        "apiVersion": "fleetkeeper/v1",
+        "kind": "Release",
+        "agent": AGENT,
+        "version": version,
+        "artifacts": [
+            {
+                "platform": "linux/amd64",
+                "url": f"https://artifacts.fleet.test/{AGENT}-{version}.tar.gz",
+                "sha256": hashlib.sha256(version.encode()).hexdigest(),
+                "size": 1024,
+            }
+        ],
+        "run": {"command": [f"bin/{AGENT}"]},
+        "targets": {"roles": ["inference"]},
+        "rollout": {"batchSize": batch_size, "soakSeconds": 0, "timeoutSeconds": 600},
+    }
+
+
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped because an accept queue was full."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=True))
+            return int(table.get("ListenOverflows", 0))
+    return 0
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / CLK_TCK
+
+
+async def register_all(
+    servers: Sequence[Server], nodes: Sequence[str], stats: Stats
+) -> dict[str, str]:
+    tokens: dict[str, str] = {}
+    queue = list(enumerate(nodes))
+    gate = asyncio.Semaphore(CONNECT_LIMIT)
+
+    async def worker(w: int) -> None:
+        conns = {i: Conn(*host_port(s), stats, gate) for i, s in enumerate(servers)}
+        while queue:
+            i, node = queue.pop()
+            s = servers[i % len(servers)]
+            body = json.dumps(register_body(node)).encode()
+            headers = {"Authorization": f"Bearer {s.bootstrap}"}
+            try:
+                status, _, data = await asyncio.wait_for(
+                    conns[i % len(servers)].request(
+                        "POST", f"/v1/nodes/{node}/register", headers, body
+                    ),
+                    REQUEST_TIMEOUT,
+                )
+            except HttpError as exc:
+                stats.error(f"register {exc.kind}")
+                continue
+            except TimeoutError:
+                conns[i % len(servers)].close()
+                stats.error("register timeout")
+                continue
+            if status != 200:
+                stats.error(f"register HTTP {status}")
+                continue
+            tokens[node] = json.loads(data)["token"]
+        for c in conns.values():
+            c.close()
+
+    await asyncio.gather(*(worker(w) for w in range(CONNECT_LIMIT)))
+    return tokens
+
+
+async def admin_get(server: Server, path: str) -> dict[str, object]:
+    conn = Conn(*host_port(server), Stats(), asyncio.Semaphore(1))
+    try:
+        status, _, body = await conn.request(
+            "GET", path, {"Authorization": f"Bearer {server.admin}"}
+        )
+    finally:
+        conn.close()
+    if status != 200:
+        raise SystemExit(f"GET {path}: HTTP {status}")
+    doc: dict[str, object] = json.loads(body)
+    return doc
+
+
+async def wait_until(
+    check: Callable[[], bool | Awaitable[bool]], timeout: float, what: str
+) -> float:
+    """Poll ``check()`` (sync or async) every 50 ms; seconds until true."""
+    started = time.monotonic()
+    while True:
+        ok = check()
+        if not isinstance(ok, bool):
+            ok = await ok
+        if ok:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(what)
+        await asyncio.sleep(0.05)
+
+
+async def release_phase(server: Server, version: str) -> str | None:
+    doc = await admin_get(server, "/v1/releases")
+    for row in doc.get("releases", []):  # type: ignore[union-attr]
+        if isinstance(row, dict) and row.get("agent") == AGENT and row.get("version") == version:
+            return str(row.get("phase"))
+    return None
+
+
+@dataclass
+class Result:
+    agents: int
+    registration_rate: float = 0.0
+    p50: float = 0.0
+    p99: float = 0.0
+    cpu_per_s: float = 0.0
+    cpu_ms_per_heartbeat: float = 0.0
+    rss_mib: float = 0.0
+    first_rollout: float | None = None
+    fanout: float | None = None
+    errors: dict[str, int] = field(default_factory=dict)
+    reconnects: int = 0
+    generator_cpu_per_s: float = 0.0
+    load_average: float = 0.0  # 1-minute, at the end of the steady window
+
+
+async def run_size(n: int, args: argparse.Namespace, tmp: Path) -> Result:
+    res = Result(agents=n)
+    bare, work = fleet_repo(tmp)
+    extra: dict[str, object] = {}
+    if args.database:
+        extra["database"] = args.database
+    servers = [
+        start(tmp / f"server-{i}", bare, poll_interval=60, extra=extra)
+        for i in range(args.replicas)
+    ]
+    stats = Stats()
+    stop = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+    agents: list[Agent] = []
+    try:
+        nodes = [f"node-{i:05d}" for i in range(n)]
+        t0 = time.monotonic()
+        tokens = await register_all(servers, nodes, stats)
+        res.registration_rate = len(tokens) / (time.monotonic() - t0)
+        print(f"  {n}: registered {len(tokens)} in {time.monotonic() - t0:.1f}s", flush=True)
+        gate = asyncio.Semaphore(CONNECT_LIMIT)
+        for i, node in enumerate(nodes):
+            if node in tokens:
+                agents.append(Agent(node, tokens[node], servers[i % len(servers)], stats, gate))
+        # The generator must not pause itself: a full garbage collection over 8,000 agents
+        # stops its event loop for a while and would show up as server latency.
+        gc.freeze()
+        gc.set_threshold(*gc.get_threshold()[:2], 2**31 - 1)
+        # both connections of every agent first (64 handshakes in flight), then the loops:
+        # connection set-up is not part of the steady state
+        t0 = time.monotonic()
+        await asyncio.gather(*(a.connect() for a in agents))
+        print(f"  {n}: {2 * len(agents)} connections in {time.monotonic() - t0:.1f}s", flush=True)
+        t_loops = time.monotonic()
+        for a in agents:
+            tasks.append(asyncio.create_task(a.poll(stop)))
+            tasks.append(asyncio.create_task(a.heartbeats(stop)))
+
+        # steady state: after one heartbeat interval every agent has reported once
+        await asyncio.sleep(HEARTBEAT + 2)
+        pids = [s.proc.pid for s in servers]
+        drops0 = listen_overflows()
+        cpu0, gen0, w0 = cpu_seconds(pids), time.process_time(), time.monotonic()
+        await asyncio.sleep(args.steady)
+        cpu1, gen1, w1 = cpu_seconds(pids), time.process_time(), time.monotonic()
+        window = [ms for t, ms in stats.heartbeats if w0 <= t < w1]
+        if args.dump:  # every heartbeat: seconds since the agents started, latency in ms
+            args.dump.write_text(
+                "".join(f"{t - t_loops:.3f} {ms:.2f}\n" for t, ms in stats.heartbeats)
+            )
+        slow = sorted(((ms, t - w0) for t, ms in stats.heartbeats if w0 <= t < w1), reverse=True)
+        print(f"  {n}: steady window from {time.strftime('%H:%M:%S')} minus {w1 - w0:.0f}s")
+        print(
+            f"  {n}: steady: {sum(ms > 100 for ms, _ in slow)} heartbeats over 100 ms; slowest "
+            + ", ".join(f"{ms:.0f} ms at +{at:.1f}s" for ms, at in slow[:5])
+            + f"; SYNs dropped by a full accept queue: {listen_overflows() - drops0}",
+            flush=True,
+        )
+        res.cpu_per_s = (cpu1 - cpu0) / (w1 - w0)
+        res.generator_cpu_per_s = (gen1 - gen0) / (w1 - w0)
+        res.cpu_ms_per_heartbeat = (cpu1 - cpu0) * 1000 / max(1, len(window))
+        res.p50, res.p99 = (percentile(window, 50), percentile(window, 99)) if window else (0, 0)
+        res.rss_mib = sum(s.rss_kib() for s in servers) / 1024
+        res.load_average = os.getloadavg()[0]
+        print(
+            f"  {n}: steady {len(window)} heartbeats: p50 {res.p50:.1f} ms p99 {res.p99:.1f} ms, "
+            f"server {res.cpu_per_s:.2f} CPU s/s ({res.cpu_ms_per_heartbeat:.2f} ms per "
+            f"heartbeat), RSS {res.rss_mib:.0f} MiB; generator {res.generator_cpu_per_s:.2f} "
+            f"CPU s/s; load average {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+
+        # first rollout: 10 batches, soak 0
+        merge_change(work, {f"releases/{AGENT}/1.0.0.yaml": release("1.0.0", "10%")}, "1.0.0", 1)
+        t0 = time.monotonic()
+        git(work, "push", "-q", "origin", "main")
+
+        async def succeeded(version: str) -> bool:
+            if not all(version in a.held for a in agents):
+                return False
+            return await release_phase(servers[0], version) == "Succeeded"
+
+        with contextlib.suppress(TimeoutError):
+            await wait_until(lambda: succeeded("1.0.0"), args.timeout, "first rollout")
+            res.first_rollout = time.monotonic() - t0
+        print(f"  {n}: first rollout (10 batches) {fmt(res.first_rollout)}", flush=True)
+
+        # merge -> every agent holds the new document (batchSize 100%)
+        merge_change(work, {f"releases/{AGENT}/1.0.1.yaml": release("1.0.1", "100%")}, "1.0.1", 2)
+        t0 = time.monotonic()
+        git(work, "push", "-q", "origin", "main")
+        with contextlib.suppress(TimeoutError):
+            res.fanout = await wait_until(
+                lambda: all("1.0.1" in a.held for a in agents), args.timeout, "fan-out"
+            )
+        print(f"  {n}: merge -> all hold the new document {fmt(res.fanout)}", flush=True)
+    finally:
+        stop.set()
+        for a in agents:
+            a.close()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for s in servers:
+            code = s.stop()
+            if code != 0:
+                stats.error(f"server exit {code}")
+            warnings = [line for line in s.log.read_text().splitlines() if "WARNING" in line]
+            for line in warnings[-20:]:
+                print(f"  server: {line}", flush=True)
+    res.errors = dict(stats.errors)
+    res.reconnects = stats.reconnects
+    print(f"  {n}: idle keep-alive connections reopened: {stats.reconnects}", flush=True)
+    return res
+
+
+def fmt(v: float | None, unit: str = "s") -> str:
+    return "timeout" if v is None else f"{v:.1f} {unit}"
+
+
+def table(results: Sequence[Result]) -> str:
+    rows = [
+        "| agents | registration | heartbeat p50 / p99 | server CPU s/s | CPU per heartbeat "
+        "| RSS | first rollout, 10 batches, soak 0 | merge -> all hold new doc | errors "
+        "| load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        errors = ", ".join(f"{k}: {v}" for k, v in sorted(r.errors.items())) or "0"
+        rows.append(
+            f"| {r.agents:,} | {r.registration_rate:,.0f} nodes/s "
+            f"| {r.p50:.1f} ms / {r.p99:.1f} ms "
+            f"| {r.cpu_per_s:.2f} | {r.cpu_ms_per_heartbeat:.2f} ms | {r.rss_mib:.0f} MiB "
+            f"| {fmt(r.first_rollout)} | {fmt(r.fanout)} | {errors} | {r.load_average:.1f} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--agents", type=int, nargs="+", default=[1000, 2000, 4000, 8000])
+    ap.add_argument("--steady", type=float, default=30.0, help="steady-state window (s)")
+    ap.add_argument("--timeout", type=float, default=300.0, help="per rollout phase (s)")
+    ap.add_argument("--replicas", type=int, default=1, help="servers sharing --database")
+    ap.add_argument("--database", help="database URL (default: SQLite in the state dir)")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--keep", action="store_true", help="keep each size's temp dir (logs)")
+    ap.add_argument("--dump", type=Path, help="write every heartbeat's time and latency here")
+    args = ap.parse_args()
+    if args.replicas > 1 and not (args.database or "").startswith("postgres"):
+        ap.error("--replicas N needs --database postgresql://... (one SQLite file has one writer)")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the servers
+    need = max(args.agents) * 2 // args.replicas + 200
+    if hard < need:
+        ap.error(f"RLIMIT_NOFILE hard limit {hard} < {need} needed for {max(args.agents)} agents")
+    try:
+        import uvloop
+
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    results = []
+    for n in args.agents:
+        tmp = Path(tempfile.mkdtemp(prefix=f"fk-bench-scale-{n}-"))
+        try:
+            print(f"{n} agents ...", flush=True)
+            with asyncio.Runner(loop_factory=loop_factory) as runner:
+                results.append(runner.run(run_size(n, args, tmp)))
+        finally:
+            if args.keep:
+                print(f"  kept {tmp}", flush=True)
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+        print(table(results[-1:]), flush=True)
+    print()
+    print(f"load average {os.getloadavg()[0]:.1f} (the generator shares the cores)")
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps([r.__dict__ for r in results], indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""What the loop plans from, kept in memory between passes; the store stays the truth.
+
+A pass of the served loop needs the node facts, the rollout states, the desired
+documents and every node's last report. Reading and JSON-decoding all of them from the
+store on every pass made the cost of a heartbeat grow with the fleet. ``WorkingSet``
+keeps them from one pass to the next, together with the planner's ``Memo``, so that a
+pass re-plans only what the new reports touched (``reconciler.plan.incremental``):
+
+- node facts are re-read when a node registered (``nodes_changed``);
+- rollout states and desired documents are the ones the last pass wrote;
+- a full pass (everything re-read from the store, every rollout stepped) runs on the
+  first pass, on the jittered resync, when the applied revision or the inventory
+  changed, and after any failed pass (``invalidate``): level-triggered, the memory can
+  never drift far from the store.
+
+Without a ``ReportBook`` (tests that write reports straight into the store) every pass
+is a full pass over the store, as before.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+from reconciler.plan.incremental import Memo, Replan, replan
+from reconciler.plan.observations import NodeReport
+from reconciler.plan.select import NodeFacts, inventory
+from reconciler.reportbook import ReportBook
+from reconciler.spec import JSON, FleetSpec
+from reconciler.store.base import AppliedRevision, DesiredRecord, Store
+
+
+class WorkingSet:
+    def __init__(
+        self,
+        store: Store,
+        reports: ReportBook | None,
+        ttl: float,
+    ) -> None:
+        self._store = store
+        self._reports = reports
+        self._ttl = ttl
+        self._nodes: list[NodeFacts] | None = None
+        self._nodes_seen = 0  # the registration count self._nodes was read at
+        self._registrations = 0  # bumped from the event loop; read by the pass's thread
+        self._rollouts: dict[str, Mapping[str, JSON]] | None = None
+        self._desired: dict[str, Mapping[str, JSON]] | None = None
+        self._memo: Memo | None = None
+        self._previous: Mapping[str, Mapping[str, JSON]] | None = None
+        self._basis: tuple[str, str] | None = None  # revision, approval
+        self._inventory: dict[str, NodeFacts] | None = None
+        self.full_passes = 0
+        self.incremental_passes = 0
+
+    def nodes_changed(self) -> None:
+        """A node registered (or re-registered with new facts): re-read the inventory.
+
+        A counter rather than clearing ``_nodes``: a registration that lands while a pass
+        is reading the nodes is still seen by the next pass."""
+        self._registrations += 1
+
+    def invalidate(self) -> None:
+        """Forget everything: the next pass re-reads the store and steps every rollout."""
+        self._nodes = self._rollouts = self._desired = None
+        self._memo = self._previous = self._basis = self._inventory = None
+
+    def desired(self) -> dict[str, Mapping[str, JSON]]:
+        """The desired documents as stored (with their generation)."""
+        if self._desired is None:
+            self._desired = {d.node: d.document for d in self._store.all_desired()}
+        return self._desired
+
+    def plan(
+        self, spec: FleetSpec, applied: AppliedRevision, now: float, stale_before: frozenset[str]
+    ) -> Replan:
+        book = self._reports
+        if book is None:
+            self.invalidate()
+        elif self._memo is None:  # a full pass re-reads the reports from the store too
+            book.absorb(self._store.reports())
+        news = book.take_news() if book is not None else frozenset()
+        basis = (applied.sha, json.dumps(applied.approval, sort_keys=True))
+        seen = self._registrations
+        if self._nodes is None or seen != self._nodes_seen:
+            self._nodes = [
+                NodeFacts.from_registration(r.name, r.facts, r.admission)
+                for r in self._store.nodes()
+            ]
+            self._nodes_seen, self._inventory = seen, None
+        if basis != self._basis or self._inventory is None:
+            self._memo = self._previous = None
+        if self._inventory is None:
+            self._inventory = inventory(spec, self._nodes)
+        if self._rollouts is None:
+            self._rollouts = dict(self._store.rollouts())
+        reports: Mapping[str, NodeReport]
+        if book is not None:
+            reports = book.snapshot()
+        else:
+            reports = {
+                r.node: NodeReport.from_json(r.node, r.report, r.received_at)
+                for r in self._store.reports()
+            }
+        result = replan(
+            spec,
+            self._inventory,
+            self._rollouts,
+            reports,
+            self.desired(),
+            now,
+            self._ttl,
+            revision=applied.sha,
+            approval=applied.approval,
+            stale_before=stale_before,
+            memo=self._memo,
+            news=news,
+            previous=self._previous,
+        )
+        if result.touched is None:
+            self.full_passes += 1
+        else:
+            self.incremental_passes += 1
+        self._basis = basis
+        return result
+
+    def written(self, result: Replan, stored: Sequence[DesiredRecord]) -> None:
+        """The pass stored ``result``'s changes: they are what the next pass starts from."""
+        if self._rollouts is not None:
+            for name in result.plan.changed_rollouts:
+                self._rollouts[name] = result.plan.rollouts[name]
+        desired = self.desired()
+        for rec in stored:
+            desired[rec.node] = rec.document
+        self._memo, self._previous = result.memo, result.plan.desired

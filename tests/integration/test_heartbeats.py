@@ -1,0 +1,245 @@
+"""Heartbeats at scale: repeats stay in memory, changes are durable, writes are grouped.
+
+Real SQLite files read through a second connection (what is on disk, not what the
+process believes), the real API over a socket, a real ``fleetkeeper serve`` killed with
+SIGKILL, and the real loop on a real fleet repo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from reconciler.reportbook import FLUSH_SECONDS, ReportBook
+from reconciler.store import open_store
+from reconciler.store.base import ReportRecord
+from reconciler.views.fleet_status import rfc3339
+from tests.helpers.fleet import LoopRig, fleet_files, nodes_named, release_doc, report_doc
+from tests.helpers.server import api_harness, restart, start_server
+
+
+def report(node: str, phase: str = "Healthy", version: str = "1.0.0") -> dict[str, Any]:
+    w = {"name": "app", "version": version, "phase": phase, "healthy": phase == "Healthy"}
+    return report_doc(node, [w])
+
+
+def row(db: Path, node: str) -> tuple[str, float] | None:
+    """The node's report row as the file on disk holds it (a separate connection)."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        got = con.execute("SELECT report, received_at FROM reports WHERE node = ?", (node,))
+        found = got.fetchone()
+        return (str(found[0]), float(found[1])) if found else None
+    finally:
+        con.close()
+
+
+def test_a_repeated_report_moves_last_seen_in_memory_and_writes_nothing(tmp_path: Path) -> None:
+    with api_harness(tmp_path) as h:
+        db = tmp_path / "api-state.db"
+        token = h.register("gpu-1")
+        with h.client(token) as c:
+            assert c.post("/v1/nodes/gpu-1/status", json=report("gpu-1")).status_code == 200
+            first = row(db, "gpu-1")
+            wakes = len(h.wakes)
+            time.sleep(0.05)
+            assert c.post("/v1/nodes/gpu-1/status", json=report("gpu-1")).status_code == 200
+        assert row(db, "gpu-1") == first  # no durable write for a repeat
+        assert len(h.wakes) == wakes  # and no pass
+        assert first is not None
+        (mem,) = [r for r in h.ctx.reports.records() if r.node == "gpu-1"]
+        assert mem.received_at > first[1]  # lastSeen moved in memory
+        assert h.ctx.reports.flush() == 1  # the batched flush writes it
+        after = row(db, "gpu-1")
+        assert after is not None and after[1] == mem.received_at
+
+
+def test_a_changed_report_is_on_disk_before_the_answer(tmp_path: Path) -> None:
+    with api_harness(tmp_path) as h:
+        db = tmp_path / "api-state.db"
+        token = h.register("gpu-1")
+        with h.client(token) as c:
+            for phase in ("Restarting", "Healthy", "Failed"):
+                wakes = len(h.wakes)
+                r = c.post("/v1/nodes/gpu-1/status", json=report("gpu-1", phase))
+                assert r.status_code == 200
+                got = row(db, "gpu-1")
+                assert got is not None and f'"phase":"{phase}"' in got[0]
+                assert len(h.wakes) == wakes + 1  # news: the loop plans again
+
+
+def test_reports_arriving_together_share_one_transaction(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        book = ReportBook(store, [], ttl=90)
+
+        async def burst() -> list[bool]:
+            recs = [ReportRecord(f"n{i}", report(f"n{i}"), 100.0 + i) for i in range(50)]
+            return await asyncio.gather(*(book.submit(r) for r in recs))
+
+        assert asyncio.run(burst()) == [True] * 50
+        assert book.commits <= 2  # 50 reports, not 50 fsyncs
+        assert {r.node for r in store.reports()} == {f"n{i}" for i in range(50)}
+        assert book.take_news() == {f"n{i}" for i in range(50)}
+        assert book.take_news() == frozenset()
+    finally:
+        store.close()
+
+
+def test_a_failed_write_acknowledges_nothing(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    book = ReportBook(store, [], ttl=90)
+    store.close()  # every write now fails
+
+    async def one() -> None:
+        await book.submit(ReportRecord("n1", report("n1"), 100.0))
+
+    try:
+        asyncio.run(one())
+    except sqlite3.ProgrammingError as exc:
+        assert "closed" in str(exc)
+    else:
+        raise AssertionError("a report that was not stored was acknowledged")
+    assert book.records() == []  # and memory did not pretend otherwise
+
+
+def test_sigkill_keeps_changed_reports_and_flushed_last_seen(tmp_path: Path) -> None:
+    server = start_server(tmp_path)
+    try:
+        token = server.register("node-a")
+        with server.client(token) as c:
+            assert c.post("/v1/nodes/node-a/status", json=report("node-a")).status_code == 200
+            time.sleep(1.2)  # the repeat's lastSeen falls in another second
+            repeat_at = time.time()
+            assert c.post("/v1/nodes/node-a/status", json=report("node-a")).status_code == 200
+            changed = report("node-b", "Failed")
+        token_b = server.register("node-b")
+        with server.client(token_b) as c:
+            assert c.post("/v1/nodes/node-b/status", json=changed).status_code == 200
+        time.sleep(FLUSH_SECONDS + 1.5)  # one lastSeen flush has run
+        server = restart(server, crash=True)  # SIGKILL: no clean shutdown, no final flush
+        rows = {n["node"]: n for n in server.fleet()["nodes"]}
+        assert rows["node-b"]["workloads"][0]["phase"] == "Failed"  # the change survived
+        assert rows["node-a"]["lastSeen"] == rfc3339(repeat_at)  # the flushed lastSeen too
+    finally:
+        code = server.stop()
+    assert code == 0, server.logs()
+
+
+def test_stale_detection_reads_last_seen_from_memory(tmp_path: Path) -> None:
+    """A node whose repeats never reached the store (no flush yet) is not Stale."""
+    from reconciler.loop.reconciler import Reconciler
+    from reconciler.source import GitSource
+
+    files = fleet_files(nodes_named("n1", "n2"), [release_doc("app", "1.0.0", soak=0)])
+    rig = LoopRig.create(tmp_path, files)
+    try:
+        cfg = rig.config()
+        book = ReportBook(rig.store, [], ttl=rig.ttl)
+        source = GitSource(cfg.repo, cfg.state_dir, cfg.branch)
+        loop = Reconciler(cfg, rig.store, source, rig.notified.append, rig.clock, reports=book)
+        t0 = rig.clock.t
+        assert loop.reconcile_once().error is None
+
+        async def send(node: str, at: float) -> None:
+            await book.submit(ReportRecord(node, report(node), at))
+
+        for n in ("n1", "n2"):
+            asyncio.run(send(n, t0))
+        asyncio.run(send("n1", t0 + 80))  # a repeat: memory only
+        rig.clock.t = t0 + 100
+        assert loop.reconcile_once().error is None
+        stored = {r.node: r.received_at for r in rig.store.reports()}
+        assert stored == {"n1": t0, "n2": t0}  # the store has not seen the repeat
+        health = {n["node"]: n["health"] for n in loop.fleet_status()["nodes"]}
+        assert health == {"n1": "Healthy", "n2": "Stale"}
+        assert [e.node for e in rig.store.audit(limit=1000) if e.kind == "stale"] == ["n2"]
+    finally:
+        rig.close()
+
+
+def test_publish_wakes_only_the_changed_nodes_pollers(tmp_path: Path) -> None:
+    from reconciler.api.hub import DesiredHub
+    from tests.helpers.server import desired_doc
+
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        hub = DesiredHub(store)
+
+        async def scenario() -> tuple[set[str], set[str]]:
+            hub.bind(asyncio.get_running_loop())
+            nodes = [f"n{i}" for i in range(200)]
+            waits = {n: asyncio.create_task(hub.wait_change(n, hub.etag(n), 30)) for n in nodes}
+            await asyncio.sleep(0.05)  # every poller is waiting
+            stored = store.put_desired_many({n: desired_doc(n) for n in ("n3", "n150")})
+            hub.publish_from_thread([rec for rec, _ in stored])  # one batch, as the loop does
+            await asyncio.sleep(0.05)
+            done = {n for n, t in waits.items() if t.done()}
+            versions = {n for n in done if b"1.0.0" in waits[n].result().body}
+            hub.close()  # release the others
+            await asyncio.gather(*waits.values())
+            return done, versions
+
+        done, versions = asyncio.run(scenario())
+        assert done == {"n3", "n150"} and versions == done
+    finally:
+        store.close()
+
+
+def test_served_loop_plans_incrementally_and_a_quiet_pass_writes_nothing(tmp_path: Path) -> None:
+    from reconciler.loop.reconciler import Reconciler
+    from reconciler.source import GitSource
+
+    nodes = ("n1", "n2", "n3", "n4")
+    files = fleet_files(nodes_named(*nodes), [release_doc("app", "1.0.0", batch_size=2, soak=0)])
+    rig = LoopRig.create(tmp_path, files)
+    try:
+        cfg = rig.config()
+        book = ReportBook(rig.store, [], ttl=rig.ttl)
+        source = GitSource(cfg.repo, cfg.state_dir, cfg.branch)
+        loop = Reconciler(cfg, rig.store, source, rig.notified.append, rig.clock, reports=book)
+        assert loop.reconcile_once().error is None  # first pass: full, batch 1 given
+        assert loop.working.full_passes == 1
+
+        async def converge(*names: str) -> None:
+            for n in names:
+                rec = rig.store.desired(n)
+                w = [{"name": "app", "version": "1.0.0", "phase": "Healthy", "healthy": True}]
+                doc = report_doc(n, w if rec and rec.document["workloads"] else [])
+                await book.submit(ReportRecord(n, doc, rig.clock.t))
+
+        rig.clock.t += 1
+        asyncio.run(converge(*nodes))
+        result = loop.reconcile_once()  # the reports are news: incremental, batch 2 given
+        assert result.error is None and loop.working.incremental_passes == 1
+        assert sorted(result.changed_nodes) == ["n3", "n4"]
+        rig.clock.t += 1
+        asyncio.run(converge("n3", "n4"))
+        assert loop.reconcile_once().error is None
+        assert rig.phase("app") == "Succeeded"
+        before = rig.snapshot()
+        rig.clock.t += 1
+        quiet = loop.reconcile_once()  # nothing new: nothing written
+        assert quiet.writes == 0 and rig.snapshot() == before
+        assert loop.working.full_passes == 1  # never re-planned everything
+    finally:
+        rig.close()
+
+
+def test_a_full_pass_adopts_newer_reports_from_the_store(tmp_path: Path) -> None:
+    """The store stays the truth: a report written by another writer is seen at resync."""
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        book = ReportBook(store, [ReportRecord("n1", report("n1"), 100.0)], ttl=90)
+        store.put_report(ReportRecord("n1", report("n1", "Failed"), 200.0))  # elsewhere
+        store.put_report(ReportRecord("n2", report("n2"), 50.0))
+        assert book.absorb(store.reports()) == 2
+        got = {r.node: (r.received_at, r.report["workloads"][0]["phase"]) for r in book.records()}
+        assert got == {"n1": (200.0, "Failed"), "n2": (50.0, "Healthy")}
+        assert book.take_news() == {"n1", "n2"}
+        assert book.absorb(store.reports()) == 0  # nothing newer the second time
+    finally:
+        store.close()

@@ -33,7 +33,7 @@ nothing changed).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from reconciler.plan import windows as win
@@ -519,6 +519,22 @@ def desired_document(
     }
 
 
+def held_nodes(nodes: Mapping[str, NodeFacts], now: float) -> frozenset[str]:
+    """Nodes whose file holds them (``hold:``) at ``now``."""
+    return frozenset(n for n, f in nodes.items() if f.hold is not None and f.hold.active(now))
+
+
+def hold_ends(names: Iterable[str], nodes: Mapping[str, NodeFacts], now: float) -> list[float]:
+    """When the holds of ``names`` that end later than ``now`` end (the planner wakes then)."""
+    out = []
+    for n in names:
+        f = nodes.get(n)
+        until = f.hold.until if f is not None and f.hold is not None else None
+        if until is not None and until > now:
+            out.append(until)
+    return out
+
+
 def compute_plan(
     spec: FleetSpec,
     nodes: Mapping[str, NodeFacts],
@@ -550,10 +566,8 @@ def compute_plan(
     events: list[PlanEvent] = []
     wakes: list[float] = []
     latest = latest_versions(spec)
-    held = {n for n, f in nodes.items() if f.hold is not None and f.hold.active(now)}
-    wakes.extend(
-        u for f in nodes.values() if f.hold is not None and (u := f.hold.until) and u > now
-    )
+    held = held_nodes(nodes, now)
+    wakes.extend(hold_ends(nodes, nodes, now))
     for name in sorted(latest):
         d = latest[name]
         targets: dict[str, Mapping[str, JSON]] = {}

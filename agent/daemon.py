@@ -63,6 +63,7 @@ class Daemon:
         self.latest = Latest(*self.state.read_desired())
         self.acted_generation = 0
         self._expiry_logged = False
+        self.retry_at: float | None = None  # wall time a workload's notBefore passes
         self.converging_generation: int | None = None
         self._lock_fd: int | None = None
 
@@ -185,6 +186,7 @@ class Daemon:
         while not self.stop.is_set():
             self._serve_requests()
             due = time.monotonic() - last_pass >= self.cfg.resync_seconds
+            due |= self.retry_at is not None and time.time() >= self.retry_at
             if not self.latest.arrived.wait(REQUEST_POLL_SECONDS) and not due:
                 continue
             self.latest.arrived.clear()
@@ -211,9 +213,11 @@ class Daemon:
 
     def _converge(self, doc: Mapping[str, Any]) -> None:
         self.converging_generation = int(doc.get("generation", 0))
-        for outcome in self.conv.converge(doc):
+        outcomes = self.conv.converge(doc)
+        for outcome in outcomes:
             if outcome.exec_argv:
                 self._exec(list(outcome.exec_argv))
+        self.retry_at = min((o.retry_at for o in outcomes if o.retry_at is not None), default=None)
         self.acted_generation = int(doc.get("generation", 0))
         self.board.changed.set()
 
@@ -244,7 +248,7 @@ class Daemon:
             observed = self.conv.observe(entry)
             note = self.board.get(observed.name)
             phase = decide_phase(note.phase, observed)
-            message = note.message if note.phase in ("Failed", "RolledBack") else None
+            message = note.message if note.phase in ("Failed", "RolledBack", "Pending") else None
             entries.append(workload_entry(observed, phase, message))
         generation = self.acted_generation or desired.generation
         doc = self.latest.document

@@ -21,6 +21,8 @@ Phase = Literal[
 ]
 IN_FLIGHT: frozenset[str] = frozenset({"Downloading", "Verifying", "Staged", "Restarting"})
 STICKY: frozenset[str] = frozenset({"Failed", "RolledBack"})
+# set by the converge step while it waits for a workload's ``notBefore``
+WAITING: frozenset[str] = frozenset({"Pending"})
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ def rfc3339(epoch: float | None) -> str | None:
 def decide_phase(stored: str | None, observed: Observed) -> str:
     """Phase to report: in-flight and sticky phases from the converge step win; otherwise
     what the process shows (Healthy / Unhealthy / Stopped)."""
-    if stored in IN_FLIGHT or stored in STICKY:
+    if stored in IN_FLIGHT or stored in STICKY or stored in WAITING:
         return stored
     if observed.pid is None:
         return "Stopped"

@@ -92,6 +92,17 @@ def effective(release: Windows, node: tuple[Window, ...] | None) -> Windows:
     return node if node is not None else release
 
 
+def describe(windows: Windows) -> str:
+    """``Tue,Thu 02:00 +4h Europe/Berlin``, ``ignore`` or ``any time``: windows for people."""
+    if windows == "ignore":
+        return "ignore (emergency)"
+    if not windows:
+        return "any time"
+    return "; ".join(
+        f"{','.join(w.days)} {w.start} +{_span(w.minutes * 60)} {w.timezone}" for w in windows
+    )
+
+
 def wait_text(label: str, opens_at: float, now: float) -> str:
     """``Waiting for window (opens Tue 02:00 Europe/Berlin, in 5h 12m)``."""
     return f"Waiting for window (opens {label}, in {_span(opens_at - now)})"

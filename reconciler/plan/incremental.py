@@ -211,7 +211,9 @@ def replan(
         )
 
     if full or previous is None:
-        rebuild: frozenset[str] | set[str] = frozenset(nodes)
+        # as compute_plan: a stored document of a node that left the inventory (its file
+        # deleted, or Unlisted again) is rebuilt empty, so what it was given stops
+        rebuild: frozenset[str] | set[str] = frozenset(nodes) | desired.keys()
         out: dict[str, Mapping[str, JSON]] = {}
     else:
         rebuild = touched & nodes.keys()

@@ -9,16 +9,19 @@ equal in everything the loop writes or acts on.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reconciler.plan.incremental import Memo, replan
 from reconciler.plan.observations import NodeReport
 from reconciler.plan.rollout import Plan, compute_plan
-from reconciler.plan.select import inventory
+from reconciler.plan.select import NodeFacts, inventory
 from tests.helpers.fleet import (
+    fleet_doc,
     fleet_files,
     nodes_named,
     release_doc,
@@ -144,3 +147,42 @@ def test_untouched_rollouts_are_not_stepped() -> None:
     )  # fmt: skip
     assert again.stepped == frozenset() and again.touched == frozenset()
     assert dict(again.plan.desired) == dict(first.plan.desired)
+
+
+# who leaves the inventory between two full passes -> what replan must give that node
+LEAVERS = [
+    ("unscoped", "edge-1"),  # re-registered with an unscoped credential: Unlisted again
+    ("file-deleted", "n1"),  # its nodes/ file was deleted
+]
+
+
+@pytest.mark.parametrize(("how", "node"), LEAVERS)
+def test_a_node_that_leaves_the_inventory_gets_an_empty_document(how: str, node: str) -> None:
+    """compute_plan empties the stored document of a node that left the inventory; the
+    served loop plans with replan, whose full pass must do the same (it rebuilt only the
+    inventory's documents, so the node kept running what it had been given)."""
+    files = fleet_files(
+        nodes_named("n1", "n2"),
+        [release_doc("app", "1.0.0", batch_size=5, soak=0)],
+        {**fleet_doc(), "registration": {"unlisted": "allow"}},
+    )
+    edge = NodeFacts(
+        "edge-1", "linux/arm64", roles=("inference",), labels={"port": "9001"},
+        declared=False, scoped=True,
+    )  # fmt: skip
+    spec = spec_of(files)
+    first = replan(
+        spec, inventory(spec, [edge]), {}, {}, {}, 1_000.0, TTL,
+        revision="a" * 40, approval=APPROVAL,
+    )  # fmt: skip
+    assert first.plan.desired[node]["workloads"] != []
+    if how == "unscoped":
+        registered = [replace(edge, scoped=False)]
+    else:
+        del files["nodes/n1.yaml"]
+        spec, registered = spec_of(files), [edge]
+    args = (spec, inventory(spec, registered), first.plan.rollouts, {}, first.plan.desired)
+    want = compute_plan(*args, 1_001.0, TTL, revision="a" * 40, approval=APPROVAL)
+    got = replan(*args, 1_001.0, TTL, revision="a" * 40, approval=APPROVAL)
+    assert want.desired[node]["workloads"] == []
+    assert dict(got.plan.desired) == dict(want.desired)

@@ -159,6 +159,7 @@ def token_routes(ctx: ApiContext) -> list[Route]:
         if not await asyncio.to_thread(write):
             raise ApiError(404, f"node {node!r} is not registered")
         ctx.tokens.remove(node)
+        ctx.registered()  # it left the inventory (if Unlisted): the planner re-reads it
         ctx.wake()
         return _json({"node": node, "reset": True})
 

@@ -8,8 +8,10 @@ the real node goes on working.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -454,3 +456,51 @@ def test_http_limits_are_config_keys(tmp_path: Path) -> None:
         object(), parse_config({"repo": "/x"}, base=tmp_path, env={}), graceful_shutdown=5
     )
     assert defaults.limit_concurrency is not None and defaults.limit_concurrency >= 8000 * 2
+
+
+def _stored_workloads(server: RunningServer, node: str) -> list[Any] | None:
+    """``node``'s desired workloads as the reconciler's SQLite file holds them."""
+    uri = f"file:{server.state_dir / 'state.db'}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as db:
+        row = db.execute("SELECT document FROM desired WHERE node = ?", (node,)).fetchone()
+    return None if row is None else list(json.loads(row[0])["workloads"])
+
+
+def test_a_reset_unlisted_node_loses_its_workloads_at_once(tmp_path: Path) -> None:
+    """An operator resets an admitted Unlisted node (a stolen credential): it leaves the
+    inventory, so its stored document must empty on the pass the reset wakes, not on the
+    next resync (pollIntervalSeconds, 60 s by default) as when the planner's in-memory
+    inventory was only re-read on registrations."""
+    fleet = {**fleet_doc(), "registration": {"unlisted": "allow"}}
+    (tmp_path / "dist").mkdir()
+    art = build_program(tmp_path / "dist", "hello", "1.0.0")
+    with ArtifactServer(tmp_path / "dist") as artifacts:
+        files = {
+            "fleet.yaml": fleet,
+            # in the repo from the start (git is polled only every pollIntervalSeconds),
+            # with no node to target yet: edge-1 is its only one
+            "releases/hello/1.0.0.yaml": release("1.0.0", art, artifacts.url(art.path.name)),
+        }
+        repo = FleetRepo.create(tmp_path / "fleet", files)
+        s = start_server(tmp_path / "server", repo=repo, extra_config={"pollIntervalSeconds": 60})
+        try:
+            claims = {"roles": ["inference"], "labels": {"port": str(free_port())}}
+            scoped = s.create_token(**claims, uses=1)
+            ok = _wait(  # 503 until the first revision is applied
+                lambda: (
+                    r
+                    if (
+                        r := _post_register(s, "edge-1", scoped["token"], roles=["inference"])
+                    ).status_code
+                    != 503
+                    else None
+                ),
+                "the first applied revision",
+            )
+            assert ok.status_code == 200, ok.text
+            _wait(lambda: _stored_workloads(s, "edge-1"), "edge-1 given hello")
+            with s.admin() as c:
+                assert c.post("/v1/nodes/edge-1/reset").status_code == 200
+            _wait(lambda: _stored_workloads(s, "edge-1") == [], "edge-1 emptied", timeout=10)
+        finally:
+            s.stop()

@@ -8,7 +8,8 @@ Pure: the time and the notification's id are arguments.
 | `stale`     | `stale`                                             |
 | `succeeded` | `succeeded`                                         |
 | `refused`   | `refused`, `unapproved`, `invalid`, `rejected`,     |
-|             | `rollback` (history moved backwards)                |
+|             | `rollback` (history moved backwards), `mismatch`    |
+|             | (a signed tag placed at another ref name)           |
 | `failover`  | `failover` (a replica took over the reconcile loop) |
 
 Receiver types:
@@ -43,6 +44,7 @@ AUDIT_KINDS: Mapping[str, NotificationEvent] = {
     "invalid": "refused",
     "rejected": "refused",
     "rollback": "refused",
+    "mismatch": "refused",
     "failover": "failover",
 }
 _NTFY_PRIORITY: Mapping[NotificationEvent, str] = {

@@ -40,7 +40,10 @@ def _event(kind: str) -> AuditEvent:
         ("unapproved", "refused"),
         ("invalid", "refused"),
         ("rollback", "refused"),
+        ("mismatch", "refused"),  # a signed tag placed at another ref name (tag mode)
         ("failover", "failover"),
+        ("registration-refused", None),  # registrations are not revisions
+        ("backpressure", None),  # maxUnavailable: the rollout waits, it has not halted
         ("batch-started", None),
         ("applied", None),
         ("fresh", None),

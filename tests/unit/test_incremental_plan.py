@@ -46,10 +46,46 @@ SPEC = spec_of(
 )
 NODE_FACTS = inventory(SPEC)
 
+# The same fleet with issue 10's and 16's rules in play: maxUnavailable backpressure and
+# drop-off halts, spread notBefore, a node window that opens mid-sequence, a hold that
+# ends mid-sequence, and an admitted Unlisted node (registered, no file).
+START = 1_796_082_000.0  # Mon 2026-11-30 23:40 UTC: n2's hold ends at +20 min, n1's
+# window opens at +30 min (a sequence spans up to ~80 min)
+_controlled = fleet_files(
+    nodes_named(*NODES),
+    [
+        release_doc(
+            "app", "1.0.0", batch_size=2, soak=120, timeout=150, canary=["n3"]
+        ),
+        release_doc(
+            "side", "2.0.0", batch_size="50%", soak=0, timeout=60, on_failure="rollback"
+        ),
+    ],
+    {**fleet_doc(), "registration": {"unlisted": "allow"}},
+)  # fmt: skip
+_controlled["releases/app/1.0.0.yaml"]["rollout"]["maxUnavailable"] = 1
+_controlled["releases/side/2.0.0.yaml"]["rollout"]["spreadSeconds"] = 30
+_controlled["nodes/n1.yaml"]["windows"] = [
+    {"days": ["Tue"], "start": "00:10", "duration": "1h", "timezone": "UTC"}
+]
+_controlled["nodes/n2.yaml"]["hold"] = {"until": "2026-12-01"}
+CONTROLLED_SPEC = spec_of(_controlled)
+EDGE = NodeFacts(
+    "edge", "linux/arm64", roles=("inference",), labels={"port": "9100"},
+    declared=False, scoped=True,
+)  # fmt: skip
+CONTROLLED_FACTS = inventory(CONTROLLED_SPEC, [EDGE])
+WORLDS = {
+    "plain": (SPEC, NODE_FACTS, 1_000.0),
+    "controls": (CONTROLLED_SPEC, CONTROLLED_FACTS, START),
+}
+
 # what an agent does at one step: converge to its document, repeat its last report,
 # fail or run unhealthy the first workload, or stay silent
 ACTIONS = st.sampled_from(["converge", "repeat", "fail", "unhealthy", "silent"])
-STEP = st.tuples(st.sampled_from(NODES), ACTIONS, st.sampled_from([0, 1, 5, 20, 31, 61, 95, 121]))
+STEP = st.tuples(
+    st.sampled_from([*NODES, "edge"]), ACTIONS, st.sampled_from([0, 1, 5, 20, 31, 61, 95, 121])
+)
 
 
 class Side:
@@ -90,12 +126,17 @@ def same(a: Plan, b: Plan) -> None:
     assert a.stale == b.stale
 
 
+@pytest.mark.parametrize("world", sorted(WORLDS))
 @settings(max_examples=150, deadline=None)
 @given(st.lists(STEP, min_size=1, max_size=40))
-def test_incremental_equals_full_over_random_reports(steps: list[tuple[str, str, int]]) -> None:
-    now = 1_000.0
+def test_incremental_equals_full_over_random_reports(
+    world: str, steps: list[tuple[str, str, int]]
+) -> None:
+    spec, facts, now = WORLDS[world]
     full, inc = Side(), Side()
     reports: dict[str, NodeReport] = {}
+    if world == "controls":  # every node heard from once: not all Stale, so the budget moves
+        reports = {n: NodeReport.from_json(n, report_doc(n, []), now) for n in facts}
     texts: dict[str, list[Any]] = {}
     news: set[str] = set()
     previous: Plan | None = None
@@ -103,11 +144,11 @@ def test_incremental_equals_full_over_random_reports(steps: list[tuple[str, str,
     def both() -> None:
         nonlocal previous
         want = compute_plan(
-            SPEC, NODE_FACTS, full.rollouts, reports, full.desired, now, TTL,
+            spec, facts, full.rollouts, reports, full.desired, now, TTL,
             revision="a" * 40, approval=APPROVAL, stale_before=full.stale,
         )  # fmt: skip
         got = replan(
-            SPEC, NODE_FACTS, inc.rollouts, reports, inc.desired, now, TTL,
+            spec, facts, inc.rollouts, reports, inc.desired, now, TTL,
             revision="a" * 40, approval=APPROVAL, stale_before=inc.stale,
             memo=inc.memo, news=frozenset(news),
             previous=previous.desired if previous is not None else None,

@@ -56,13 +56,22 @@ def bundled(name: str) -> dict[str, Any]:
     common = load("common")
     text = json.dumps(load(name))
     out: dict[str, Any] = json.loads(text.replace(f'"{COMMON_ID}#/', '"#/'))
-    if name == "common" or COMMON_ID not in text:
-        return out
     defs = out.setdefault("$defs", {})
-    for key, value in common["$defs"].items():
-        if key in defs and defs[key] != value:
-            raise ValueError(f"{name}.schema.json: $defs/{key} is also defined in common")
-        defs[key] = copy.deepcopy(value)
+    if name != "common" and COMMON_ID in text:
+        for key, value in common["$defs"].items():
+            if key in defs and defs[key] != value:
+                raise ValueError(f"{name}.schema.json: $defs/{key} is also defined in common")
+            defs[key] = copy.deepcopy(value)
+    # A whole other document (the signed envelope wraps desired-state): embedded, bundled
+    # itself, under $defs with its own $id, so its "#/..." references stay its own.
+    for other in NAMES:
+        urn = f"urn:fleetkeeper:schema:{other}"
+        if other != name and f'"{urn}"' in text:
+            out = json.loads(json.dumps(out).replace(f'"{urn}"', f'"#/$defs/{other}"'))
+            defs = out["$defs"]
+            defs[other] = bundled(other)
+    if not defs:
+        del out["$defs"]
     return out
 
 

@@ -398,7 +398,8 @@ async def wait_until(
 
 async def release_phase(server: Server, version: str) -> str | None:
     doc = await admin_get(server, "/v1/releases")
-    for row in doc.get("releases", []):  # type: ignore[union-attr]
+    rows = doc.get("releases")
+    for row in rows if isinstance(rows, list) else []:
         if isinstance(row, dict) and row.get("agent") == AGENT and row.get("version") == version:
             return str(row.get("phase"))
     return None

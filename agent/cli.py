@@ -46,14 +46,26 @@ def _setup_logging(level: str) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from agent.local import credential, describe_credential, local_status
+    from agent.keys import TOFU_WARNING
+    from agent.local import credential, describe_credential, desired_judgement, local_status
 
     cfg = load(args.config)
     rows = local_status(cfg)
     cred = credential(cfg)
+    judged = desired_judgement(cfg)
     if args.format == "json":
-        print(json.dumps({"node": cfg.node, "credential": cred, "workloads": rows}, indent=1))
+        doc = {"node": cfg.node, "credential": cred, "desired": judged, "workloads": rows}
+        print(json.dumps(doc, indent=1))
         return 0
+    if judged:
+        print(f"desired state: {judged.get('phase')} (expires {judged.get('expiresAt') or '-'})")
+        if judged.get("message"):
+            print(f"  {judged['message']}")
+    if cfg.trusted_keys is None:
+        print(
+            "WARNING: "
+            + TOFU_WARNING.format(keyid="see the file", path=cfg.state_dir / "known_signing_keys")
+        )
     from rich.console import Console
     from rich.table import Table
 

@@ -24,6 +24,7 @@ import schema
 from agent.download import redact
 from agent.errors import AuthError, ConfigError, ServerError
 from agent.state import StateDir
+from fleetkeeper_common.signing import ENVELOPE_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -154,11 +155,15 @@ class ServerClient:
         return resp
 
     # -- desired state --------------------------------------------------------------------
-    def desired(
-        self, etag: str | None, wait: int
-    ) -> tuple[dict[str, Any] | None, str | None, bool]:
-        """(document, etag, changed). ``changed`` False on 304 (or no document yet)."""
-        headers = {"If-None-Match": etag} if etag else {}
+    def desired(self, etag: str | None, wait: int) -> tuple[object, str | None, bool]:
+        """(raw JSON, etag, changed). ``changed`` False on 304 (or no document yet).
+
+        Asks for the signed envelope; the caller (``agent.trust``) verifies it before any
+        field is believed, and validates the document inside against the schema.
+        """
+        headers = {"Accept": ENVELOPE_TYPE}
+        if etag:
+            headers["If-None-Match"] = etag
         resp = self._node_call(
             "GET",
             f"/v1/nodes/{self.node}/desired",
@@ -172,11 +177,18 @@ class ServerClient:
             return None, etag, False
         if resp.status_code != 200:
             raise ServerError(f"GET desired: HTTP {resp.status_code}: {resp.text[:300]}")
-        doc = resp.json()
-        problems = schema.errors("desired-state", doc)
-        if problems:
-            raise ServerError("desired state document is invalid: " + "; ".join(problems[:5]))
-        return doc, resp.headers.get("etag"), True
+        try:
+            raw: object = resp.json()
+        except ValueError as exc:
+            raise ServerError(f"GET desired: the body is not JSON: {exc}") from exc
+        return raw, resp.headers.get("etag"), True
+
+    def signing_key(self) -> str:
+        """The reconciler's public key line (``GET /v1/signing-key``), for trust on first use."""
+        resp = self._send("GET", "/v1/signing-key", token=self.token())
+        if resp.status_code != 200:
+            raise ServerError(f"GET /v1/signing-key: HTTP {resp.status_code}")
+        return resp.text
 
     def report(self, report: Mapping[str, Any]) -> None:
         resp = self._node_call("POST", f"/v1/nodes/{self.node}/status", json=dict(report))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +14,7 @@ import yaml
 
 import schema
 from agent.errors import ConfigError
+from agent.policy import LocalPolicy
 
 DEFAULT_HEARTBEAT_SECONDS = 15.0
 DEFAULT_POLL_WAIT_SECONDS = 30
@@ -41,6 +44,9 @@ class AgentConfig:
     stop_grace_seconds: float = DEFAULT_STOP_GRACE_SECONDS
     resync_seconds: float = DEFAULT_RESYNC_SECONDS
     self_confirm_seconds: float = DEFAULT_SELF_CONFIRM_SECONDS
+    trusted_keys: Path | None = None  # None: trust on first use (agent.keys)
+    policy: LocalPolicy = field(default_factory=LocalPolicy)
+    allow_insecure_server: bool = False
     workload_user: str | None = None  # run.user of a release wins
     source: Path | None = None
 
@@ -78,9 +84,16 @@ def from_document(doc: Mapping[str, Any], *, base: Path | None = None) -> AgentC
         return p if p.is_absolute() or base is None else base / p
 
     server = doc["server"]
-    servers = (server,) if isinstance(server, str) else tuple(server)
+    servers = tuple(s.rstrip("/") for s in ((server,) if isinstance(server, str) else server))
+    insecure_server = bool(doc.get("allowInsecureServer", False))
+    for url in servers:
+        if not insecure_server and not secure_server(url):
+            raise ConfigError(
+                f"server {url}: plain http to a non-loopback address; use https "
+                "(or allowInsecureServer: true on a network you trust)"
+            )
     return AgentConfig(
-        servers=tuple(s.rstrip("/") for s in servers),
+        servers=servers,
         node=str(doc["node"]),
         install_root=path(doc["installRoot"]),
         state_dir=path(doc["stateDir"]),
@@ -99,8 +112,29 @@ def from_document(doc: Mapping[str, Any], *, base: Path | None = None) -> AgentC
         self_confirm_seconds=float(
             doc.get("selfUpdateConfirmSeconds", DEFAULT_SELF_CONFIRM_SECONDS)
         ),
+        trusted_keys=path(doc["trustedKeys"]) if doc.get("trustedKeys") else None,
+        policy=LocalPolicy(
+            allowed_programs=frozenset(doc.get("allowedPrograms") or ()),
+            allow_insecure_urls=bool(doc.get("allowInsecureURLs", False)),
+            allow_file_urls=bool(doc.get("allowFileURLs", False)),
+        ),
+        allow_insecure_server=insecure_server,
         workload_user=str(doc["workloadUser"]) if doc.get("workloadUser") else None,
     )
+
+
+def secure_server(url: str) -> bool:
+    """https, or plain http to a loopback address (the traffic never leaves the machine)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https":
+        return True
+    host = parts.hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load(path: Path) -> AgentConfig:

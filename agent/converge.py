@@ -149,6 +149,12 @@ class Converger:
                 return self._activate(w, journal, {"received": time.time()}, key)
             return self._steady(w)
 
+        if w.not_before is not None and w.not_before > time.time():
+            # spread: keep running what runs (and reporting it) until the node's turn
+            when = w.doc.get("notBefore")
+            message = f"waiting until {when} to fetch {version} (rollout.spreadSeconds)"
+            self.board.set(name, phase="Pending", message=message)
+            return Outcome(False, "Pending", message, {}, retry_at=w.not_before)
         timings: dict[str, float] = {"received": time.time()}
         t0 = time.monotonic()
         stage(w, self.installed, self.board, timings, superseded=self.superseded)

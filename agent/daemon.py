@@ -34,10 +34,11 @@ from agent.board import Board
 from agent.client import ServerClient
 from agent.config import AgentConfig
 from agent.errors import AgentError, AlreadyRunning
-from agent.poll import Latest, poll_loop
-from agent.report import build_report, decide_phase, workload_entry
+from agent.poll import Checks, Latest, poll_loop
+from agent.report import build_report, decide_phase, desired_entry, workload_entry
 from agent.selfinstall import agent_location, managed_workload
 from agent.state import StateDir, read_json, write_json
+from agent.trust import expired
 from agent.wiring import make_converger, make_supervisor
 from agent.workload import Desired
 
@@ -61,6 +62,8 @@ class Daemon:
         self._signalled = 0
         self.latest = Latest(*self.state.read_desired())
         self.acted_generation = 0
+        self._expiry_logged = False
+        self.retry_at: float | None = None  # wall time a workload's notBefore passes
         self.converging_generation: int | None = None
         self._lock_fd: int | None = None
 
@@ -164,7 +167,7 @@ class Daemon:
                 client,
                 self.latest,
                 self.state,
-                node=self.cfg.node,
+                checks=Checks(self.cfg.node, self.cfg.trusted_keys, self.cfg.policy),
                 wait_seconds=self.cfg.poll_wait_seconds,
                 stop=self.stop,
                 backoff=self._backoff,
@@ -183,6 +186,7 @@ class Daemon:
         while not self.stop.is_set():
             self._serve_requests()
             due = time.monotonic() - last_pass >= self.cfg.resync_seconds
+            due |= self.retry_at is not None and time.time() >= self.retry_at
             if not self.latest.arrived.wait(REQUEST_POLL_SECONDS) and not due:
                 continue
             self.latest.arrived.clear()
@@ -190,6 +194,14 @@ class Daemon:
             last_pass = time.monotonic()
             if doc is None:
                 continue
+            if expired(doc, time.time()):
+                # freeze defence: what runs keeps running, but an expired document starts,
+                # installs or rolls back nothing (the report says DesiredExpired)
+                if not self._expiry_logged:
+                    log.warning("desired state expired at %s: not acting on it", doc["expiresAt"])
+                    self._expiry_logged = True
+                continue
+            self._expiry_logged = False
             self._converge(doc)
 
     def _superseded(self) -> bool:
@@ -201,9 +213,11 @@ class Daemon:
 
     def _converge(self, doc: Mapping[str, Any]) -> None:
         self.converging_generation = int(doc.get("generation", 0))
-        for outcome in self.conv.converge(doc):
+        outcomes = self.conv.converge(doc)
+        for outcome in outcomes:
             if outcome.exec_argv:
                 self._exec(list(outcome.exec_argv))
+        self.retry_at = min((o.retry_at for o in outcomes if o.retry_at is not None), default=None)
         self.acted_generation = int(doc.get("generation", 0))
         self.board.changed.set()
 
@@ -234,10 +248,18 @@ class Daemon:
             observed = self.conv.observe(entry)
             note = self.board.get(observed.name)
             phase = decide_phase(note.phase, observed)
-            message = note.message if note.phase in ("Failed", "RolledBack") else None
+            message = note.message if note.phase in ("Failed", "RolledBack", "Pending") else None
             entries.append(workload_entry(observed, phase, message))
         generation = self.acted_generation or desired.generation
-        return build_report(self.cfg.node, generation, __version__, entries)
+        doc = self.latest.document
+        trust = self.latest.trust
+        judged = desired_entry(
+            doc,
+            expired=expired(doc, time.time()),
+            refused=self.latest.refused,
+            trust=trust.mode if trust else None,
+        )
+        return build_report(self.cfg.node, generation, __version__, entries, judged)
 
     def _report_loop(self) -> None:
         client = self.client()

@@ -149,12 +149,12 @@ def fetch(
     actual = h.hexdigest()
     if actual_size != size:
         _discard(part)
-        raise VerifyError(
-            f"size mismatch for {redact(url)}: expected {size} bytes, got {actual_size}"
-        )
+        # never what was read: a document could point at a local file to learn its size
+        raise VerifyError(f"size mismatch for {redact(url)}: not the expected {size} bytes")
     if actual != sha256:
         _discard(part)
-        raise VerifyError(f"sha256 mismatch for {redact(url)}: expected {sha256}, got {actual}")
+        # never the digest read: it would tell a forged document what a local file holds
+        raise VerifyError(f"sha256 mismatch for {redact(url)}: not the expected {sha256}")
     os.replace(part, final)
     done = time.monotonic()
     return Downloaded(

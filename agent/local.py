@@ -127,3 +127,12 @@ def local_status(cfg: AgentConfig) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def desired_judgement(cfg: AgentConfig) -> dict[str, Any]:
+    """How the running agent last judged its desired state (the ``desired`` block of its
+    last report), for ``fleetkeeper-agent status``."""
+    last = read_json(StateDir(cfg.state_dir).status_file)
+    report = last.get("report") if isinstance(last, dict) else None
+    judged = report.get("desired") if isinstance(report, dict) else None
+    return dict(judged) if isinstance(judged, dict) else {}

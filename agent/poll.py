@@ -2,8 +2,9 @@
 
 A new document for this node is stored in the state directory first (a restarted agent
 converges from it while the reconciler is unreachable), then published to the converge
-thread through :class:`Latest`. Checks on a received document before it is accepted
-(its node, later its signature) belong in :func:`accept`.
+thread through :class:`Latest`. What is checked before a document is accepted (its
+signature, node, expiry, generation and the local policy) is :func:`agent.trust.check`; a
+refused document changes nothing, and why is kept in :class:`Latest` for the report.
 """
 
 from __future__ import annotations
@@ -12,11 +13,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import schema
 from agent.client import ServerClient
 from agent.errors import AgentError, ConfigError
+from agent.keys import Trust, load_trust, record_first_use
+from agent.policy import LocalPolicy
 from agent.state import StateDir
+from agent.trust import Accepted, check
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +38,8 @@ class Latest:
         self._lock = threading.Lock()
         self._document, self._etag = document, etag
         self.arrived = threading.Event()
+        self.refused: str | None = None  # why the last document received was refused
+        self.trust: Trust | None = None
 
     @property
     def document(self) -> dict[str, Any] | None:
@@ -48,11 +57,43 @@ class Latest:
         self.arrived.set()
 
 
-def accept(doc: dict[str, Any], node: str) -> str | None:
-    """Why a received document is refused (None: accept it)."""
-    if doc.get("node") != node:
-        return f"ignoring desired state for node {doc.get('node')!r}"
-    return None
+@dataclass(frozen=True)
+class Checks:
+    """What the poller checks a document against (all from the agent's own config)."""
+
+    node: str
+    trusted_keys: Path | None
+    policy: LocalPolicy
+
+
+def _trust(client: ServerClient, state: StateDir, checks: Checks) -> Trust:
+    trust = load_trust(checks.trusted_keys, state.root)
+    if trust is None:
+        trust = record_first_use(client.signing_key(), state.root)
+    return trust
+
+
+def accept(raw: object, latest: Latest, trust: Trust, checks: Checks) -> Accepted | str:
+    """The accepted document, or why ``raw`` is refused."""
+    verdict = check(
+        raw,
+        node=checks.node,
+        trusted=trust.keys,
+        last=latest.document,
+        policy=checks.policy,
+        now=time.time(),
+    )
+    if not isinstance(verdict, Accepted):
+        reason = verdict.reason
+        if trust.mode == "tofu" and reason.startswith("signed by untrusted key"):
+            reason += f" (trusted on first use: {', '.join(trust.keys)}; pin the new key)"
+        return reason
+    problems = schema.errors("desired-state", verdict.document)
+    if problems:
+        # where, not what: a schema message quotes the value, which may be a secret
+        where = sorted({p.split(": ", 1)[0] for p in problems})
+        return "desired state document is invalid at " + ", ".join(where[:5])
+    return verdict
 
 
 def poll_loop(
@@ -60,17 +101,19 @@ def poll_loop(
     latest: Latest,
     state: StateDir,
     *,
-    node: str,
+    checks: Checks,
     wait_seconds: int,
     stop: threading.Event,
     backoff: Callable[[int], float],
 ) -> None:
     """Poll until ``stop`` is set; back off (``backoff(failures)`` seconds) on errors."""
     failures = 0
+    refused_etag: str | None = None  # poll past a refused document, not for it again
     while not stop.is_set():
         asked = time.monotonic()
         try:
-            doc, etag, changed = client.desired(latest.etag, wait_seconds)
+            trust = latest.trust = _trust(client, state, checks)
+            raw, etag, changed = client.desired(refused_etag or latest.etag, wait_seconds)
         except ConfigError as exc:
             log.error("%s", exc)
             failures += 1
@@ -83,18 +126,25 @@ def poll_loop(
             stop.wait(delay)
             continue
         failures = 0
-        if changed and doc is not None:
-            refused = accept(doc, node)
-            if refused:
-                log.error("%s", refused)
+        if changed and raw is not None:
+            verdict = accept(raw, latest, trust, checks)
+            if isinstance(verdict, str):
+                if verdict != latest.refused:
+                    log.error("refused desired state: %s", verdict)
+                latest.refused, refused_etag = verdict, etag
                 stop.wait(1.0)
                 continue
+            latest.refused, refused_etag = None, None
+            doc = verdict.document
             state.write_desired(doc, etag)
             latest.put(doc, etag)
             log.info(
-                "desired state generation %s (revision %s)",
+                "desired state generation %s (revision %s)%s, signed by %s, expires %s",
                 doc.get("generation"),
                 (doc.get("revision") or "-")[:12],
+                " re-signed" if verdict.refresh else "",
+                verdict.keyid,
+                doc.get("expiresAt"),
             )
         elif time.monotonic() - asked < MIN_POLL_SECONDS:
             # No news and no long-poll held (wait=0, no document yet, a proxy that answers

@@ -21,6 +21,8 @@ Phase = Literal[
 ]
 IN_FLIGHT: frozenset[str] = frozenset({"Downloading", "Verifying", "Staged", "Restarting"})
 STICKY: frozenset[str] = frozenset({"Failed", "RolledBack"})
+# set by the converge step while it waits for a workload's ``notBefore``
+WAITING: frozenset[str] = frozenset({"Pending"})
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ def rfc3339(epoch: float | None) -> str | None:
 def decide_phase(stored: str | None, observed: Observed) -> str:
     """Phase to report: in-flight and sticky phases from the converge step win; otherwise
     what the process shows (Healthy / Unhealthy / Stopped)."""
-    if stored in IN_FLIGHT or stored in STICKY:
+    if stored in IN_FLIGHT or stored in STICKY or stored in WAITING:
         return stored
     if observed.pid is None:
         return "Stopped"
@@ -72,15 +74,47 @@ def workload_entry(observed: Observed, phase: str, message: str | None) -> dict[
     return entry
 
 
+def desired_entry(
+    document: Mapping[str, Any] | None,
+    *,
+    expired: bool,
+    refused: str | None,
+    trust: str | None,
+) -> dict[str, Any]:
+    """The report's ``desired`` block: how the agent judged what it was served.
+
+    A refusal wins over expiry (it is the newer news); either way the node keeps running
+    its last good state.
+    """
+    entry: dict[str, Any] = {"expiresAt": (document or {}).get("expiresAt")}
+    if refused:
+        entry.update(phase="Refused", message=refused[:4096])
+    elif expired:
+        entry.update(
+            phase="DesiredExpired",
+            message="the desired state expired: running the last good state, acting on "
+            "nothing until the reconciler serves a fresh signature",
+        )
+    else:
+        entry["phase"] = "Accepted" if document is not None else "None"
+    if trust is not None:
+        entry["trust"] = trust
+    return entry
+
+
 def build_report(
     node: str,
     generation: int,
     agent_version: str,
     entries: Sequence[Mapping[str, Any]],
+    desired: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return {
+    report: dict[str, Any] = {
         "node": node,
         "generation": generation,
         "agentVersion": agent_version,
         "workloads": [dict(e) for e in entries],
     }
+    if desired is not None:
+        report["desired"] = dict(desired)
+    return report

@@ -13,6 +13,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from agent.errors import WorkloadError
@@ -39,6 +40,9 @@ class Workload:
     # Whether "healthy" means more than "running": a health URL, or a model server's own.
     has_health_check: bool
     doc: WorkloadDoc
+    # unix time before which the artifact is not fetched (``notBefore``: the reconciler
+    # spreads a batch's downloads over ``rollout.spreadSeconds``); None: at once
+    not_before: float | None = None
 
     @classmethod
     def parse(cls, doc: Mapping[str, Any]) -> Workload:
@@ -66,12 +70,25 @@ class Workload:
             health_timeout=float(health.get("timeoutSeconds", DEFAULT_HEALTH_TIMEOUT)),
             has_health_check=bool(health.get("http")) or doc.get("kind") == "model",
             doc=doc,
+            not_before=_instant(name, doc.get("notBefore")),
         )
 
     @property
     def program(self) -> str:
         """The program ``run.command`` starts (the agent's own, for a self-update)."""
         return str((self.doc.get("run") or {}).get("command", ["bin/fleetkeeper-agent"])[0])
+
+
+def _instant(name: str, value: object) -> float | None:
+    """An RFC 3339 time (``2026-12-01T02:00:07Z``) as unix seconds."""
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise WorkloadError(
+            f"workload {name!r}: notBefore {value!r} is not an RFC 3339 time"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -119,3 +136,5 @@ class Outcome:
     timings: Mapping[str, float]
     # A self-update hands over: the daemon must exec this argv now (same PID).
     exec_argv: tuple[str, ...] = ()
+    # not converged yet on purpose (``notBefore``): converge again at this unix time
+    retry_at: float | None = None

@@ -25,6 +25,7 @@ DEFAULT_HEARTBEAT_TTL = 90
 DEFAULT_POLL_INTERVAL = 60.0
 DEFAULT_MAX_BODY = 1024 * 1024
 DEFAULT_STATE_DIR = "/var/lib/fleetkeeper"
+DEFAULT_DESIRED_VALIDITY = 24 * 3600.0
 # HTTP server limits (slowloris and connection floods), see docs/server.md
 DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_BODY_TIMEOUT = 30.0  # a 1 MiB body at ~35 KiB/s
@@ -80,6 +81,8 @@ class Config:
     heartbeat_ttl: int = DEFAULT_HEARTBEAT_TTL
     poll_interval: float = DEFAULT_POLL_INTERVAL
     max_body_bytes: int = DEFAULT_MAX_BODY
+    signing_key_file: Path | None = None  # None: <stateDir>/signing_key, made on first start
+    desired_validity: float = DEFAULT_DESIRED_VALIDITY
     notifications: tuple[Receiver, ...] = ()
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     body_timeout: float = DEFAULT_BODY_TIMEOUT
@@ -184,6 +187,8 @@ def parse_config(
         heartbeat_ttl=int(str(doc.get("heartbeatTTLSeconds", DEFAULT_HEARTBEAT_TTL))),
         poll_interval=float(str(doc.get("pollIntervalSeconds", DEFAULT_POLL_INTERVAL))),
         max_body_bytes=int(str(doc.get("maxBodyBytes", DEFAULT_MAX_BODY))),
+        signing_key_file=_path(base, doc.get("signingKeyFile")),
+        desired_validity=float(str(doc.get("desiredValiditySeconds", DEFAULT_DESIRED_VALIDITY))),
         notifications=_receivers(base, doc.get("notifications")),
         header_timeout=float(str(doc.get("headerTimeoutSeconds", DEFAULT_HEADER_TIMEOUT))),
         body_timeout=float(str(doc.get("bodyTimeoutSeconds", DEFAULT_BODY_TIMEOUT))),

@@ -31,6 +31,7 @@ from reconciler.errors import ConfigError, Waiting
 from reconciler.httpserver import raise_open_file_limit, server_config
 from reconciler.loop.reconciler import PassResult, Reconciler
 from reconciler.notify.sender import Notifier
+from reconciler.signing import DocumentSigner, load_or_create_key
 from reconciler.source import GitSource
 from reconciler.store import open_store
 from reconciler.store.base import AuditEvent
@@ -139,7 +140,12 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
     try:
         source = _MeteredSource(config.repo, config.state_dir, config.branch)
         source.metrics = metrics
-        ctx = ApiContext.load(store, ApiSettings.from_config(config), metrics)
+        key, key_path = load_or_create_key(config.signing_key_file, config.state_dir)
+        signer = DocumentSigner(key, config.desired_validity)
+        log.info(
+            "signing desired state with %s (%s): %s", signer.keyid, key_path, signer.public_line
+        )
+        ctx = ApiContext.load(store, ApiSettings.from_config(config), metrics, signer)
         reconciler = _MeteredReconciler(
             config,
             store,

@@ -6,8 +6,10 @@ returns them after schema validation). No I/O here.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from typing import Literal, TypeAlias
 
 JSON: TypeAlias = dict[str, "JSON"] | list["JSON"] | str | int | float | bool | None
@@ -46,12 +48,30 @@ class Targets:
 
 
 @dataclass(frozen=True)
+class Window:
+    """A weekly maintenance window: on ``days`` from ``start`` (local time in ``timezone``,
+    an IANA name) for ``minutes``. The planner evaluates it (``plan.windows``)."""
+
+    days: tuple[str, ...]  # "Mon" .. "Sun"
+    start: str  # "HH:MM"
+    minutes: int
+    timezone: str
+
+
+# None: no window applies (always open); "ignore": an emergency release ignores every window
+Windows: TypeAlias = tuple[Window, ...] | Literal["ignore"] | None
+
+
+@dataclass(frozen=True)
 class Rollout:
     batch_size: int | str = DEFAULT_BATCH_SIZE  # count or "25%"
     canary: tuple[str, ...] = ()
     soak_seconds: int = DEFAULT_SOAK_SECONDS
     timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
     on_failure: OnFailure = DEFAULT_ON_FAILURE
+    windows: Windows = None
+    max_unavailable: int | str | None = None  # count or "10%"; None: no backpressure
+    spread_seconds: int = 0
 
 
 @dataclass(frozen=True)
@@ -97,6 +117,17 @@ class Deployable:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """``hold: true`` (until removed) or ``hold: {until: 2026-12-24}`` (until that day
+    begins, UTC): the node keeps what it runs."""
+
+    until: float | None = None  # unix seconds; None: indefinitely
+
+    def active(self, now: float) -> bool:
+        return self.until is None or now < self.until
+
+
+@dataclass(frozen=True)
 class NodeTraits:
     """What selectors match a node on: shared by its file (``NodeSpec``) and the planner's
     view of it (``plan.select.NodeFacts``)."""
@@ -107,6 +138,8 @@ class NodeTraits:
     memory_gib: float | None = None
     roles: tuple[str, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
+    windows: tuple[Window, ...] | None = None  # the node file's own windows win over a release's
+    hold: Hold | None = None
 
 
 @dataclass(frozen=True)
@@ -148,9 +181,56 @@ def _dict(value: object) -> dict[str, JSON]:
     return dict(value) if isinstance(value, dict) else {}
 
 
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?$")
+
+
+def parse_duration_minutes(text: str) -> int | None:
+    """``"4h"`` -> 240, ``"1h30m"`` -> 90, ``"45m"`` -> 45; None when it is not one."""
+    m = _DURATION.match(text)
+    if m is None or not (m[1] or m[2]):
+        return None
+    return int(m[1] or 0) * 60 + int(m[2] or 0)
+
+
+def parse_windows(value: object) -> Windows:
+    """``windows:``: ``"ignore"``, or a list of ``{days, start, duration, timezone}``."""
+    if value == "ignore":
+        return "ignore"
+    if not isinstance(value, list):
+        return None
+    out = []
+    for w in value:
+        assert isinstance(w, dict)
+        out.append(
+            Window(
+                days=tuple(str(d) for d in w.get("days") or ()),
+                start=str(w.get("start", "00:00")),
+                minutes=parse_duration_minutes(str(w.get("duration", ""))) or 0,
+                timezone=str(w.get("timezone", "UTC")),
+            )
+        )
+    return tuple(out)
+
+
+def parse_hold(value: object) -> Hold | None:
+    """``hold: true`` / ``hold: {until: DATE}`` (YAML may give a date or a string)."""
+    if value is True:
+        return Hold()
+    if not isinstance(value, dict) or "until" not in value:
+        return None
+    until = value["until"]
+    try:
+        day = until if isinstance(until, date) else date.fromisoformat(str(until))
+    except ValueError:  # validation reports it; until then, the safe reading: held
+        return Hold()
+    return Hold(until=datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
+
+
 def parse_rollout(own: Mapping[str, JSON], defaults: Mapping[str, JSON]) -> Rollout:
     """A release's rollout block over the fleet defaults over the built-in defaults."""
     merged = {**defaults, **own}
+    max_unavailable = merged.get("maxUnavailable")
+    spread = merged.get("spreadSeconds", 0)
     batch = merged.get("batchSize", DEFAULT_BATCH_SIZE)
     on_failure = merged.get("onFailure", DEFAULT_ON_FAILURE)
     soak = merged.get("soakSeconds", DEFAULT_SOAK_SECONDS)
@@ -162,6 +242,9 @@ def parse_rollout(own: Mapping[str, JSON], defaults: Mapping[str, JSON]) -> Roll
         soak_seconds=soak,
         timeout_seconds=timeout,
         on_failure="rollback" if on_failure == "rollback" else "halt",
+        windows=parse_windows(merged.get("windows")),
+        max_unavailable=max_unavailable if isinstance(max_unavailable, int | str) else None,
+        spread_seconds=spread if isinstance(spread, int) else 0,
     )
 
 
@@ -233,6 +316,10 @@ def parse_node(path: str | None, doc: Mapping[str, JSON]) -> NodeSpec:
         memory_gib=float(mem) if isinstance(mem, int | float) else None,
         roles=_str_tuple(doc.get("roles")) or (),
         labels=_str_map(doc.get("labels")),
+        windows=windows
+        if isinstance(windows := parse_windows(doc.get("windows")), tuple)
+        else None,
+        hold=parse_hold(doc.get("hold")),
         path=path,
     )
 

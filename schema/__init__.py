@@ -28,6 +28,7 @@ NAMES = (
     "join-token-request",
     "join-token",
     "desired-state",
+    "signed-desired-state",
     "status-report",
     "fleet-status",
     "reconciler-config",

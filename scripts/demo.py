@@ -38,6 +38,7 @@ from demo_fleet import (
     write_fleet,
     write_release,
 )
+from demo_forged import forged_document_refused
 from demo_procs import DemoFailed, Processes, free_port, signals_raise, tail
 from demo_ui import Git, cli, console, note, run_cli, say
 from demo_watch import Fleet, current_release, progress_line, running_versions
@@ -174,6 +175,9 @@ def _story(
             "labels": {"port": str(ports[node])},
             "heartbeatSeconds": 1,
             "pollWaitSeconds": 5,
+            # the demo serves artifacts over plain http on 127.0.0.1: the agent's own
+            # policy must allow it (fleet.yaml cannot)
+            "allowInsecureURLs": True,
         }
         path = write_yaml(root / "nodes" / node / "agent.yaml", agent_cfg)
         procs.start(
@@ -282,6 +286,14 @@ def _story(
     )
     git("push", "-q", "origin", "deploy/0.8.7")
     fleet.wait_release("0.8.7", ["Succeeded"], tables=False)
+
+    say("7. A fake server offers gpu-1 a release no one approved")
+
+    def restart_gpu1(config: Path) -> None:
+        procs.stop("agent-gpu-1")
+        procs.start("agent-gpu-1", [*cli("fleetkeeper-agent"), "run", "--config", str(config)], env)
+
+    forged_document_refused(root / "nodes" / "gpu-1", ports["gpu-1"], restart_gpu1, note)
 
     leaks = secret_leaks(root, [admin, bootstrap, webhook])
     if leaks:

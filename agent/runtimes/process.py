@@ -19,9 +19,12 @@ def resolve_program(program: str, version_dir: Path) -> str:
     left for PATH lookup (e.g. ``python3``).
     """
     if Path(program).is_absolute():
-        return program
+        return program  # only reachable when allowedPrograms lists it (agent.policy)
     candidate = version_dir / program
     if "/" in program or candidate.exists():
+        # resolved: a link inside the artifact must not lead out of the version directory
+        if not candidate.resolve().is_relative_to(version_dir.resolve()):
+            raise WorkloadError(f"program {program!r} resolves outside {version_dir}")
         return str(candidate)
     return program
 

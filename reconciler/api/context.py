@@ -12,6 +12,7 @@ from reconciler.api.metrics import Metrics
 from reconciler.config import DEFAULT_HEARTBEAT_TTL, DEFAULT_MAX_BODY, Config
 from reconciler.forges import DeliveryLog
 from reconciler.reportbook import ReportBook
+from reconciler.signing import DocumentSigner
 from reconciler.spec import FleetSpec
 from reconciler.store.base import Store
 
@@ -66,13 +67,17 @@ class ApiContext:
 
     @classmethod
     def load(
-        cls, store: Store, settings: ApiSettings, metrics: Metrics | None = None
+        cls,
+        store: Store,
+        settings: ApiSettings,
+        metrics: Metrics | None = None,
+        signer: DocumentSigner | None = None,
     ) -> ApiContext:
         """Fill the in-memory caches (tokens, desired documents) from the store."""
         return cls(
             store=store,
             settings=settings,
-            hub=DesiredHub(store, store.all_desired()),
+            hub=DesiredHub(store, store.all_desired(), signer),
             tokens=NodeTokens((n.name, n.token_hash) for n in store.nodes()),
             metrics=metrics or Metrics(),
             reports=ReportBook(store, store.reports(), settings.heartbeat_ttl),

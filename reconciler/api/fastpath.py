@@ -15,6 +15,7 @@ import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fleetkeeper_common.signing import ENVELOPE_TYPE
 from reconciler.api.body import parse_json
 from reconciler.api.context import ApiContext
 from reconciler.api.errors import ApiError
@@ -24,6 +25,7 @@ PREFIX = "/v1/nodes/"
 SUFFIX = "/desired"
 STATUS_SUFFIX = "/status"
 JSON_HEADERS = [(b"content-type", b"application/json")]
+ENVELOPE_HEADERS = [(b"content-type", ENVELOPE_TYPE.encode())]
 WAIT = re.compile(rb"wait=([0-9]{1,6}(?:\.[0-9]{1,6})?)")
 
 
@@ -55,11 +57,14 @@ class DesiredFastPath:
 
     async def _answer(self, node: str, wait: float, scope: Scope, send: Send) -> bool:
         auth = inm = None
+        accept = b""
         for name, value in scope["headers"]:
             if name == b"authorization":
                 auth = value
             elif name == b"if-none-match":
                 inm = value
+            elif name == b"accept":
+                accept = value
         if auth is None or inm is None or auth[:7].lower() != b"bearer ":
             return False
         ctx = self.ctx
@@ -82,13 +87,17 @@ class DesiredFastPath:
             await send({"type": "http.response.body", "body": b""})
             return True
         ctx.metrics.poll_200.inc()
+        # the same choice as the routed handler: the envelope to an agent that asks for it
+        body, kind = entry.body, JSON_HEADERS
+        if entry.signed is not None and ENVELOPE_TYPE.encode() in accept:
+            body, kind = entry.signed.body, ENVELOPE_HEADERS
         headers = [
-            *JSON_HEADERS,
+            *kind,
             (b"etag", entry.etag.encode()),
-            (b"content-length", str(len(entry.body)).encode()),
+            (b"content-length", str(len(body)).encode()),
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": entry.body})
+        await send({"type": "http.response.body", "body": body})
         return True
 
 

@@ -7,6 +7,10 @@ its own thread) call ``publish_from_thread(records)`` with the records they stor
 in the writer's thread, installed on the event loop with one ``call_soon_threadsafe``
 for the whole batch, and each changed node's waiting pollers are woken through that
 node's own event: a wake-up costs the same whether 10 or 10,000 agents are waiting.
+
+With a signer, each entry also holds the signed envelope; once past half its validity it is
+re-signed on the next read and its ETag changes (``"<gen>-<digest>.<issuedAt>.<key>"``), so agents
+holding the old one fetch the refresh (the same generation: not a change of state).
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ import asyncio
 import contextlib
 import json
 import random
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from fleetkeeper_common.canonical import canonical_json
+from reconciler.signing import DocumentSigner, Signed
 from reconciler.store.base import DesiredRecord, Store
 from reconciler.threadsafe import call_in_loop
 
@@ -31,6 +37,9 @@ class Entry:
     etag: str
     body: bytes  # the JSON document, encoded once
     generation: int
+    document: Mapping[str, object] | None = None  # kept to re-sign it
+    signed: Signed | None = None  # the envelope (with a signer)
+    base_etag: str | None = None  # the store's ETag, before the signing stamp
 
 
 def empty_document(node: str) -> dict[str, object]:
@@ -46,15 +55,20 @@ def empty_document(node: str) -> dict[str, object]:
     }
 
 
-def _entry(rec: DesiredRecord) -> Entry:
-    body = canonical_json(rec.document).encode()
-    return Entry(rec.etag, body, rec.generation)
-
-
 class DesiredHub:
-    def __init__(self, store: Store, records: Iterable[DesiredRecord] = ()) -> None:
+    def __init__(
+        self,
+        store: Store,
+        records: Iterable[DesiredRecord] = (),
+        signer: DocumentSigner | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._store = store
-        self._entries: dict[str, Entry] = {r.node: _entry(r) for r in records}
+        self.signer = signer
+        # in the ETag too: a new signing key makes every agent fetch the re-signed document
+        self._key_tag = signer.keyid[7:15] if signer is not None else ""
+        self._clock = clock
+        self._entries: dict[str, Entry] = {r.node: self._entry(r) for r in records}
         self._events: dict[str, asyncio.Event] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -63,21 +77,51 @@ class DesiredHub:
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
+    def _entry(self, rec: DesiredRecord) -> Entry:
+        document = dict(rec.document)
+        body = canonical_json(document).encode()
+        return self._signed(Entry(rec.etag, body, rec.generation, document))
+
+    def _signed(self, entry: Entry) -> Entry:
+        if self.signer is None or entry.document is None:
+            return entry
+        signed = self.signer.sign(entry.document, self._clock())
+        base = entry.base_etag or entry.etag
+        return replace(
+            entry,
+            etag=f'{base[:-1]}.{signed.issued_at}.{self._key_tag}"',
+            base_etag=base,
+            signed=signed,
+        )
+
+    def _fresh(self, node: str) -> Entry | None:
+        """The node's entry, re-signed first when past half its validity."""
+        entry = self._entries.get(node)
+        if (
+            entry is not None
+            and entry.signed is not None
+            and self._clock() >= entry.signed.refresh_at
+        ):
+            entry = self._entries[node] = self._signed(entry)
+        return entry
+
     def etag(self, node: str) -> str:
         """The node's current ETag (no document built: the 304 path needs only this)."""
-        entry = self._entries.get(node)
+        entry = self._fresh(node)
         return entry.etag if entry is not None else EMPTY_ETAG
 
     def get(self, node: str) -> Entry:
-        entry = self._entries.get(node)
+        entry = self._fresh(node)
         if entry is None:
-            body = json.dumps(empty_document(node), separators=(",", ":")).encode()
-            entry = Entry(EMPTY_ETAG, body, 0)
+            document = empty_document(node)
+            body = json.dumps(document, separators=(",", ":")).encode()
+            # cached: the empty document is signed once per node, not per poll
+            entry = self._entries[node] = self._signed(Entry(EMPTY_ETAG, body, 0, document))
         return entry
 
     def publish(self, rec: DesiredRecord) -> None:
         """Install a new document and wake its pollers (call on the event loop)."""
-        self._install([(rec.node, _entry(rec))])
+        self._install([(rec.node, self._entry(rec))])
 
     def _install(self, entries: Sequence[tuple[str, Entry]]) -> None:
         for node, entry in entries:
@@ -88,7 +132,7 @@ class DesiredHub:
 
     def publish_from_thread(self, records: Sequence[DesiredRecord]) -> None:
         """Install many stored documents at once and wake their pollers (any thread)."""
-        entries = [(r.node, _entry(r)) for r in records]
+        entries = [(r.node, self._entry(r)) for r in records]
         loop = self._loop
         if loop is None:
             self._entries.update(entries)  # not serving yet: nobody waits
@@ -102,9 +146,10 @@ class DesiredHub:
             return
         loop = self._loop
         if loop is None:
-            self._entries[node] = _entry(rec)  # not serving yet: nobody waits
+            self._entries[node] = self._entry(rec)  # not serving yet: nobody waits
             return
-        call_in_loop(loop, self.publish, rec)
+        # signed here, in the loop's worker thread: the event loop only swaps the entry in
+        call_in_loop(loop, self._install, [(node, self._entry(rec))])
 
     async def wait_change(self, node: str, etag: str, timeout: float) -> Entry:
         """The current entry once its ETag differs from ``etag``, or after ``timeout``."""

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from fleetkeeper_common.signing import ENVELOPE_TYPE
 from reconciler.api.admission import Admitted, Presented, Refused, admit
 from reconciler.api.auth import bearer, hash_token, new_token, require_node, same_secret
 from reconciler.api.body import read_json
@@ -216,7 +217,19 @@ def node_routes(ctx: ApiContext) -> list[Route]:
             ctx.metrics.poll_304.inc()
             return Response(status_code=304, headers={"ETag": entry.etag})
         ctx.metrics.poll_200.inc()
+        if entry.signed is not None and ENVELOPE_TYPE in request.headers.get("accept", ""):
+            return Response(
+                entry.signed.body, media_type=ENVELOPE_TYPE, headers={"ETag": entry.etag}
+            )
         return Response(entry.body, media_type=JSON_TYPE, headers={"ETag": entry.etag})
+
+    async def signing_key(request: Request) -> Response:
+        """The public key agents pin (``trustedKeys``): one OpenSSH line, with its keyid."""
+        signer = ctx.hub.signer
+        if signer is None:
+            return Response(b"this reconciler does not sign\n", status_code=404)
+        text = f"{signer.public_line} fleetkeeper-reconciler {signer.keyid}\n"
+        return Response(text.encode(), media_type="text/plain")
 
     async def status(request: Request) -> Response:
         try:
@@ -233,4 +246,5 @@ def node_routes(ctx: ApiContext) -> list[Route]:
         Route("/v1/nodes/{node}/register", register, methods=["POST"]),
         Route("/v1/nodes/{node}/desired", desired, methods=["GET"]),
         Route("/v1/nodes/{node}/status", status, methods=["POST"]),
+        Route("/v1/signing-key", signing_key, methods=["GET"]),
     ]

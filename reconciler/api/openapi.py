@@ -11,6 +11,7 @@ from functools import cache
 from typing import Any
 
 import schema
+from fleetkeeper_common.signing import ENVELOPE_TYPE
 from reconciler import __version__
 from reconciler.forges import PROVIDERS
 
@@ -218,7 +219,12 @@ def _document() -> dict[str, Any]:
                     ],
                     "responses": {
                         "200": {
-                            **_json(body_schema("desired-state"), "The desired-state document"),
+                            "description": "The desired-state document; with Accept: "
+                            f"{ENVELOPE_TYPE}, signed in an envelope (docs/security.md)",
+                            "content": {
+                                "application/json": {"schema": body_schema("desired-state")},
+                                ENVELOPE_TYPE: {"schema": body_schema("signed-desired-state")},
+                            },
                             "headers": {"ETag": {"schema": {"type": "string"}}},
                         },
                         "304": {
@@ -226,6 +232,18 @@ def _document() -> dict[str, Any]:
                             "headers": {"ETag": {"schema": {"type": "string"}}},
                         },
                         **_errors(400, 401, 403, 404),
+                    },
+                }
+            },
+            "/v1/signing-key": {
+                "get": {
+                    "summary": "The public key that signs desired state (one OpenSSH line)",
+                    "responses": {
+                        "200": {
+                            "description": "ssh-ed25519 AAAA... fleetkeeper-reconciler SHA256:...",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        "404": {"description": "This reconciler does not sign"},
                     },
                 }
             },

@@ -38,9 +38,10 @@ from reconciler.plan.select import (
     latest_versions,
     target_nodes,
 )
+from reconciler.plan.windows import describe, effective
 from reconciler.revision import LoadedRevision, load_revision
 from reconciler.source import GitSource, is_url
-from reconciler.spec import JSON, FleetSpec
+from reconciler.spec import JSON, Deployable, FleetSpec
 from reconciler.views.client import AdminClient, read_token
 from reconciler.views.plan_comment import render_markdown, running_versions
 
@@ -97,6 +98,7 @@ class Rollout:
     batches: tuple[tuple[str, ...], ...]
     soak_seconds: int = 0
     timeout_seconds: int = 0
+    windows: str = "any time"  # the release's windows, then nodes whose own file decides
 
 
 @dataclass(frozen=True)
@@ -119,8 +121,23 @@ def rollouts(spec: FleetSpec, nodes: Mapping[str, NodeFacts]) -> tuple[Rollout, 
         chosen = [n for n in target_nodes(d, nodes) if d.artifact_for(nodes[n].platform)]
         batches = tuple(make_batches(chosen, d.rollout))
         soak, timeout = d.rollout.soak_seconds, d.rollout.timeout_seconds
-        out.append(Rollout(name, d.kind, d.version, batches, soak, timeout))
+        out.append(
+            Rollout(name, d.kind, d.version, batches, soak, timeout, _windows(d, chosen, nodes))
+        )
     return tuple(out)
+
+
+def _windows(d: Deployable, chosen: list[str], nodes: Mapping[str, NodeFacts]) -> str:
+    """The release's windows, and the nodes whose own file's windows apply instead."""
+    text = describe(d.rollout.windows)
+    if d.rollout.windows == "ignore":
+        return text
+    own = [
+        f"{n}: {describe(effective(d.rollout.windows, nodes[n].windows))}"
+        for n in chosen
+        if nodes[n].windows
+    ]
+    return "<br>".join([text, *own])
 
 
 def node_workloads(

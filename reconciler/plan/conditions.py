@@ -88,7 +88,15 @@ def rollout_progress(
         elif s.phase in ("Progressing", "Soaking"):
             i = s.active_batch()
             batch = f" batch {i + 1}/{len(s.batches)}" if i is not None else ""
-            busy.append(f"{s.name} {s.version} {s.phase}{batch}")
+            # the wait's label, not "in 5h 12m": a condition changes only when its cause does
+            wait = ""
+            if s.wait is not None:
+                wait = (
+                    f", waiting for window {s.wait.label}"
+                    if s.wait.kind == "window"
+                    else f", waiting: {s.wait.label}"
+                )
+            busy.append(f"{s.name} {s.version} {s.phase}{batch}{wait}")
     return halted, busy
 
 

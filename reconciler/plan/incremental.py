@@ -29,11 +29,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from reconciler.plan import windows as win
 from reconciler.plan.observations import NodeReport, is_stale
 from reconciler.plan.rollout import (
     Plan,
     PlanEvent,
     desired_document,
+    held_nodes,
+    hold_ends,
     node_workload,
     step_rollout,
     workload_entry,
@@ -136,6 +139,7 @@ def replan(
     touched: set[str] = set()
     wakes: list[float] = []
     latest = latest_versions(spec)
+    held = held_nodes(nodes, now)
     for name in sorted(latest):
         d = latest[name]
         old_memo = memo.rollouts.get(name) if memo is not None else None
@@ -153,14 +157,19 @@ def replan(
                 doc = workload_document(d, nodes[n])
                 if doc is not None:  # no artifact for the node's platform: it cannot run d
                     targets[n] = doc
-        targeted = list(targets)  # keeps target_nodes' order: canaries first
+        # held nodes (``hold:``) are not part of the rollout; they keep their entry
+        on_hold = [n for n in targets if n in held]
+        targeted = [n for n in targets if n not in held]  # target_nodes' order: canaries first
         current = {n: workload_entry(desired.get(n), name) for n in targeted}
+        gates = {n: win.effective(d.rollout.windows, nodes[n].windows) for n in targeted}
         old_json = rollouts.get(name)
         if old_memo is not None and old_json is old_memo.json:  # parsed last pass already
             old: RolloutState | None = old_memo.state
         else:
             old = state_from_json(old_json) if old_json is not None else None
-        step = step_rollout(d, old, targeted, current, reports, now, ttl)
+        step = step_rollout(
+            d, old, targeted, current, reports, now, ttl, windows=gates, held=on_hold
+        )
         # an unchanged state keeps its stored JSON (serialising 10,000 nodes is the cost)
         if old is not None and old_json is not None and step.state == old:
             new_json: Mapping[str, JSON] = old_json
@@ -176,6 +185,9 @@ def replan(
             w = node_workload(step.state, n, targets[n], started)
             if w is not None:
                 given[n] = w
+        for n in on_hold:
+            if (kept := workload_entry(desired.get(n), name)) is not None:
+                given[n] = kept
         if old_memo is not None:
             was = old_memo.given
             touched.update(
@@ -190,6 +202,10 @@ def replan(
         # a halted rollout is stepped again only for news: compute_plan gives it no wake
         # after the pass that halted it (that pass still names the deadlines it saw)
         later = None if step.state.phase == "Halted" else step.wake_at
+        ends = hold_ends(on_hold, nodes, now)  # a hold ending is a wake for this rollout
+        if ends:
+            later = min([*ends, *([later] if later is not None else [])])
+            wakes.extend(ends)
         memos[name] = RolloutMemo(
             targets, given, later, _awaiting(step.state, targets, reports), step.state, new_json
         )

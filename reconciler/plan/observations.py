@@ -31,6 +31,10 @@ class NodeReport:
     node: str
     received_at: float
     workloads: Mapping[str, WorkloadObservation]
+    # how the agent judged the desired state it was served (its report's ``desired`` block):
+    # "Accepted", "Refused", "DesiredExpired", "None"; "" from an agent that does not say
+    desired_phase: str = ""
+    desired_message: str = ""
 
     @classmethod
     def from_json(cls, node: str, doc: Mapping[str, JSON], received_at: float) -> NodeReport:
@@ -49,7 +53,16 @@ class NodeReport:
                 healthy=w.get("healthy") is True,
                 message=message if isinstance(message, str) else "",
             )
-        return cls(node=node, received_at=received_at, workloads=out)
+        judged = doc.get("desired")
+        judged = judged if isinstance(judged, dict) else {}
+        phase, why = judged.get("phase"), judged.get("message")
+        return cls(
+            node=node,
+            received_at=received_at,
+            workloads=out,
+            desired_phase=phase if isinstance(phase, str) else "",
+            desired_message=why if isinstance(why, str) else "",
+        )
 
     def fresh(self, now: float, ttl: float) -> bool:
         return now - self.received_at <= ttl

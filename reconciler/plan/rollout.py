@@ -13,6 +13,19 @@ Per release (or model), independently of every other one:
   file) starts a new rollout;
 - nodes not in a started batch keep their previous document (or none).
 
+Rollout controls (``windows``, ``budget``; see docs/rollouts.md):
+
+- a node of a started batch is *given* the target only while its maintenance window is
+  open; until then the rollout waits for the window (``state.wait``) and wakes at its
+  opening. Its timeout counts from when it was given the target (plus its spread delay);
+- with ``maxUnavailable``, no new batch starts while more targeted nodes than that are
+  Stale or Unhealthy, and the rollout halts when more nodes of the started batches than
+  that drop off, naming them;
+- with ``spreadSeconds``, a given node's workload entry carries ``notBefore``: when it was
+  given the target plus a delay hashed from (node, rollout), so fetches spread out;
+- a held node (``hold:`` in its node file) is not part of the rollout while held: it keeps
+  the entry it has, never blocks a batch, and rejoins in a new last batch when released.
+
 Nothing here reads a clock or does I/O; ``now`` and every input are arguments, and the
 same inputs always give the same plan (the loop relies on this to write nothing when
 nothing changed).
@@ -20,10 +33,12 @@ nothing changed).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from reconciler.plan import windows as win
 from reconciler.plan.batches import make_batches
+from reconciler.plan.budget import dropped_off, iso, max_unavailable, spread_delay, unavailable
 from reconciler.plan.observations import NodeReport, failed, is_stale, runs
 from reconciler.plan.select import NodeFacts, latest_versions, target_nodes, workload_document
 from reconciler.plan.state import (
@@ -34,11 +49,12 @@ from reconciler.plan.state import (
     PastRollout,
     Phase,
     RolloutState,
+    Wait,
     fingerprint,
     state_from_json,
     state_to_json,
 )
-from reconciler.spec import JSON, Deployable, FleetSpec
+from reconciler.spec import JSON, Deployable, FleetSpec, Windows
 
 API_VERSION = "fleetkeeper/v1"
 
@@ -114,6 +130,7 @@ def _start(
         soak_seconds=d.rollout.soak_seconds,
         timeout_seconds=d.rollout.timeout_seconds,
         on_failure=d.rollout.on_failure,
+        spread_seconds=d.rollout.spread_seconds,
         previous={n: current.get(n) for n in targeted},
         history=history,
     )
@@ -134,15 +151,27 @@ def _join(
     targeted: Sequence[str],
     current: Mapping[str, Mapping[str, JSON] | None],
 ) -> RolloutState:
-    """Nodes targeted after the rollout began (a node registered) go in new last batches."""
+    """Nodes targeted after the rollout began (a node registered, or was released from a
+    hold its batch finished without) go in new last batches."""
     known = {n for b in state.batches for n in b.nodes}
-    joined = [n for n in targeted if n not in known]
+    missed = {
+        n
+        for b in state.batches
+        if b.done_at is not None
+        for n in b.nodes
+        if n not in state.nodes and n in targeted
+    }
+    joined = [n for n in targeted if n not in known or n in missed]
     if not joined:
         return state
+    kept = tuple(
+        replace(b, nodes=tuple(n for n in b.nodes if n not in missed)) if missed else b
+        for b in state.batches
+    )
     extra = tuple(Batch(nodes=b) for b in make_batches(joined, d.rollout, total=len(targeted)))
     previous = dict(state.previous)
-    previous.update({n: current.get(n) for n in joined})
-    return replace(state, batches=state.batches + extra, previous=previous)
+    previous.update({n: current.get(n) for n in joined if n not in missed})
+    return replace(state, batches=kept + extra, previous=previous)
 
 
 def step_rollout(
@@ -153,11 +182,16 @@ def step_rollout(
     reports: Mapping[str, NodeReport],
     now: float,
     ttl: float,
+    *,
+    windows: Mapping[str, Windows] | None = None,
+    held: Sequence[str] = (),
 ) -> Step:
     """Advance the rollout of ``d`` as far as the reports allow at ``now``.
 
-    ``targeted``: nodes that can run ``d``, canaries first; ``current``: each node's
-    workload document for ``d.name`` as it is desired now (None: none).
+    ``targeted``: nodes that can run ``d``, canaries first, held nodes excluded;
+    ``current``: each node's workload document for ``d.name`` as it is desired now (None:
+    none); ``windows``: the maintenance windows that gate each node (absent: always open);
+    ``held``: targeted nodes on hold (only recorded, for status).
     """
     events: list[PlanEvent] = []
     if old is None or old.fingerprint != fingerprint(d):
@@ -165,13 +199,28 @@ def step_rollout(
     else:
         state = old
     state = _join(state, d, targeted, current)
+    if tuple(sorted(held)) != state.held:
+        state = replace(state, held=tuple(sorted(held)))
     if state.phase == "Halted":
         return Step(state, tuple(events), None)
 
     live = set(targeted)
     batches = list(state.batches)
     progress = dict(state.nodes)
-    phase, halt, wakes = _advance_batches(d, batches, progress, live, reports, now, ttl, events)
+    budget = (
+        max_unavailable(d.rollout.max_unavailable, len(targeted))
+        if d.rollout.max_unavailable is not None
+        else None
+    )
+    gate = _Gate(windows or {}, budget, state.fingerprint)
+    halt = _drop_off(d, state, live, budget, reports, now, ttl)
+    phase: Phase = "Halted"
+    wait: Wait | None = None
+    wakes: list[float] = []
+    if halt is None:
+        phase, halt, wakes, wait = _advance_batches(
+            d, gate, batches, progress, live, reports, now, ttl, events
+        )
     rolled_back: tuple[str, ...] = ()
     if halt is not None:
         rolled_back = _halted(d, halt, batches, live, events)
@@ -184,13 +233,55 @@ def step_rollout(
         phase=phase,
         halt=halt,
         rolled_back=rolled_back,
+        wait=None if halt is not None else wait,
     )
     future = [w for w in wakes if w > now]
     return Step(new, tuple(events), min(future) if future else None)
 
 
+@dataclass(frozen=True)
+class _Gate:
+    """The rollout controls of one rollout: per-node windows, the unavailability budget."""
+
+    windows: Mapping[str, Windows]
+    budget: int | None  # maxUnavailable resolved to a count; None: no backpressure
+    fingerprint: str
+
+
+def _drop_off(
+    d: Deployable,
+    state: RolloutState,
+    live: set[str],
+    budget: int | None,
+    reports: Mapping[str, NodeReport],
+    now: float,
+    ttl: float,
+) -> Halt | None:
+    """Teleport's rule: halt when more nodes of the started batches than ``budget`` dropped off."""
+    if budget is None or state.phase == "Succeeded":
+        return None
+    converged: list[str] = []
+    converging: list[str] = []
+    for b in state.batches:
+        given = [n for n in b.nodes if n in live and n in state.nodes]
+        if b.done_at is not None:
+            converged += given
+        elif b.started_at is not None:
+            converging += given
+    down = dropped_off(converged, converging, d.name, d.version, reports, now, ttl)
+    if len(down) <= budget:
+        return None
+    names = ", ".join(f"{n} ({why})" for n, why in down)
+    reason = (
+        f"{len(down)} node(s) of the started batches dropped off: {names}; more than "
+        f"maxUnavailable {budget}"
+    )
+    return Halt(down[0][0], reason, now)
+
+
 def _advance_batches(
     d: Deployable,
+    gate: _Gate,
     batches: list[Batch],
     progress: dict[str, NodeProgress],
     live: set[str],
@@ -198,35 +289,83 @@ def _advance_batches(
     now: float,
     ttl: float,
     events: list[PlanEvent],
-) -> tuple[Phase, Halt | None, list[float]]:
+) -> tuple[Phase, Halt | None, list[float], Wait | None]:
     """Start, judge and finish batches in order (updating ``batches``, ``progress`` and
-    ``events`` in place) until one is still running; (phase, halt, wake times)."""
+    ``events`` in place) until one is still running; (phase, halt, wake times, wait)."""
     wakes: list[float] = []
     for i, batch in enumerate(batches):
         if batch.done_at is not None:
             continue
         members = [n for n in batch.nodes if n in live]
         if batch.started_at is None:
+            # a batch starts when a window of one of its nodes opens (so backpressure is
+            # judged then, not hours before)
+            closed_all = _closed_windows(gate, members, now)
+            if members and len(closed_all) == len(members):
+                wait = _window_wait([o for o in closed_all if o is not None])
+                if wait is not None and wait.until is not None:
+                    wakes.append(wait.until)
+                return "Progressing", None, wakes, wait
+            down = unavailable(sorted(live), reports, now, ttl)
+            if gate.budget is not None and len(down) > gate.budget:
+                names = ", ".join(f"{n} ({why})" for n, why in down)
+                label = f"{len(down)} targeted node(s) unavailable: {names}"
+                blocked = Wait(
+                    "backpressure",
+                    f"{label}; maxUnavailable {gate.budget}",
+                    nodes=tuple(n for n, _ in down),
+                )
+                return "Progressing", None, wakes, blocked
             batch = batches[i] = replace(batch, started_at=now)
-            for n in members:
-                progress[n] = NodeProgress(started_at=now)
             events.append(_batch_event("started", d, i, len(batches), members))
         all_running = all_soaked = True
+        closed: list[win.Opening] = []
         for n in members:
-            given = progress.get(n) or NodeProgress(started_at=batch.started_at or now)
-            verdict = _judge_node(d, n, given, reports.get(n), now, ttl)
+            given = progress.get(n)
+            if given is None:  # not given the target yet: only inside its window
+                shut = _closed_windows(gate, [n], now)
+                if shut:
+                    all_running = all_soaked = False
+                    closed += [o for o in shut if o is not None]
+                    continue
+                given = NodeProgress(started_at=now)
+            delay = spread_delay(n, gate.fingerprint, d.rollout.spread_seconds)
+            verdict = _judge_node(d, n, given, reports.get(n), now, ttl, delay)
             if verdict.halt is not None:
-                return "Halted", verdict.halt, wakes
+                return "Halted", verdict.halt, wakes, None
             all_running &= verdict.running
             all_soaked &= verdict.soaked
             if verdict.wake is not None:
                 wakes.append(verdict.wake)
             progress[n] = verdict.progress
+        wait = _window_wait(closed)
+        if wait is not None and wait.until is not None:
+            wakes.append(wait.until)
         if not all_soaked:
-            return ("Soaking" if all_running else "Progressing"), None, wakes
+            return ("Soaking" if all_running else "Progressing"), None, wakes, wait
         batches[i] = replace(batch, done_at=now)
         events.append(_batch_event("done", d, i, len(batches), members))
-    return ("Succeeded" if live else "Pending"), None, wakes
+    return ("Succeeded" if live else "Pending"), None, wakes, None
+
+
+def _closed_windows(gate: _Gate, members: Sequence[str], now: float) -> list[win.Opening | None]:
+    """For each of ``members`` whose window is closed at ``now``: its next opening (None:
+    none within a week)."""
+    out: list[win.Opening | None] = []
+    for n in members:
+        node_windows = gate.windows.get(n)
+        if not win.open_now(node_windows, now):
+            assert isinstance(node_windows, tuple)  # only a list of windows can be closed
+            out.append(win.next_opening(node_windows, now))
+    return out
+
+
+def _window_wait(closed: Sequence[win.Opening]) -> Wait | None:
+    """The wait for the earliest opening among the batch's nodes whose window is closed."""
+    if not closed:
+        return None
+    first = min(closed, key=lambda o: o.start)
+    return Wait("window", first.label(), until=first.start)
 
 
 @dataclass(frozen=True)
@@ -247,6 +386,7 @@ def _judge_node(
     report: NodeReport | None,
     now: float,
     ttl: float,
+    delay: int = 0,
 ) -> _Verdict:
     # only reports received after the node was given the target count
     since_given = report is not None and report.received_at >= p.started_at
@@ -262,7 +402,8 @@ def _judge_node(
             return _Verdict(p, running=True, wake=soak_end)
         return _Verdict(p, running=True, soaked=True)
     p = replace(p, healthy_since=None)
-    deadline = p.started_at + d.rollout.timeout_seconds
+    # the spread delay is time the agent was told to wait before it starts
+    deadline = p.started_at + delay + d.rollout.timeout_seconds
     if now >= deadline:
         return _Verdict(p, halt=Halt(n, _timeout_reason(n, d, report, now, ttl), now))
     return _Verdict(p, wake=deadline)
@@ -329,8 +470,14 @@ def node_workload(
     """
     if node in state.rolled_back:
         return state.previous.get(node)
-    if node in (started if started is not None else frozenset(state.started_nodes())):
-        return target
+    in_started = node in (started if started is not None else frozenset(state.started_nodes()))
+    p = state.nodes.get(node)
+    if in_started and p is not None:  # given: in a started batch and its window was open
+        spread = state.spread_seconds
+        if spread <= 0:
+            return target
+        delay = spread_delay(node, state.fingerprint, spread)
+        return {**target, "notBefore": iso(p.started_at + delay)}
     return state.previous.get(node)
 
 
@@ -372,6 +519,22 @@ def desired_document(
     }
 
 
+def held_nodes(nodes: Mapping[str, NodeFacts], now: float) -> frozenset[str]:
+    """Nodes whose file holds them (``hold:``) at ``now``."""
+    return frozenset(n for n, f in nodes.items() if f.hold is not None and f.hold.active(now))
+
+
+def hold_ends(names: Iterable[str], nodes: Mapping[str, NodeFacts], now: float) -> list[float]:
+    """When the holds of ``names`` that end later than ``now`` end (the planner wakes then)."""
+    out = []
+    for n in names:
+        f = nodes.get(n)
+        until = f.hold.until if f is not None and f.hold is not None else None
+        if until is not None and until > now:
+            out.append(until)
+    return out
+
+
 def compute_plan(
     spec: FleetSpec,
     nodes: Mapping[str, NodeFacts],
@@ -403,18 +566,30 @@ def compute_plan(
     events: list[PlanEvent] = []
     wakes: list[float] = []
     latest = latest_versions(spec)
+    held = held_nodes(nodes, now)
+    wakes.extend(hold_ends(nodes, nodes, now))
     for name in sorted(latest):
         d = latest[name]
         targets: dict[str, Mapping[str, JSON]] = {}
+        on_hold: list[str] = []
         for n in target_nodes(d, nodes):
             doc = workload_document(d, nodes[n])
-            if doc is not None:  # no artifact for the node's platform: it cannot run d
-                targets[n] = doc
+            if doc is None:  # no artifact for the node's platform: it cannot run d
+                continue
+            if n in held:  # keeps what it has; not part of the rollout while held
+                on_hold.append(n)
+                if (kept := workload_entry(desired.get(n), name)) is not None:
+                    per_node[n].append(kept)
+                continue
+            targets[n] = doc
         targeted = list(targets)  # keeps target_nodes' order: canaries first
         current = {n: workload_entry(desired.get(n), name) for n in targeted}
         old_json = rollouts.get(name)
         old = state_from_json(old_json) if old_json is not None else None
-        step = step_rollout(d, old, targeted, current, reports, now, ttl)
+        gates = {n: win.effective(d.rollout.windows, nodes[n].windows) for n in targeted}
+        step = step_rollout(
+            d, old, targeted, current, reports, now, ttl, windows=gates, held=on_hold
+        )
         new_json = state_to_json(step.state)
         if old_json != new_json:
             states[name] = new_json

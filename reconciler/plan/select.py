@@ -39,6 +39,8 @@ class NodeFacts(NodeTraits):
             memory_gib=node.memory_gib,
             roles=node.roles,
             labels=dict(node.labels),
+            windows=node.windows,
+            hold=node.hold,
             declared=True,
         )
 

@@ -56,6 +56,18 @@ class Halt:
 
 
 @dataclass(frozen=True)
+class Wait:
+    """Why a rollout is not moving although nothing failed: a closed maintenance window
+    (``until`` its opening, ``label`` such as ``Tue 02:00 Europe/Berlin``) or backpressure
+    (``nodes`` unavailable, ``label`` the limit)."""
+
+    kind: Literal["window", "backpressure"]
+    label: str
+    until: float | None = None
+    nodes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class PastRollout:
     """A rollout replaced by a newer one (kept briefly so status can show it)."""
 
@@ -78,6 +90,7 @@ class RolloutState:
     soak_seconds: int = 0  # copied from the release so status needs no spec
     timeout_seconds: int = 0
     on_failure: str = "halt"
+    spread_seconds: int = 0  # the notBefore spread, copied so node_workload needs no spec
     nodes: Mapping[str, NodeProgress] = field(default_factory=dict)
     # the node's workload document before this rollout (None: it had none); what a node
     # not yet in a started batch keeps, and what `onFailure: rollback` gives back
@@ -85,6 +98,8 @@ class RolloutState:
     halt: Halt | None = None
     rolled_back: tuple[str, ...] = ()
     history: tuple[PastRollout, ...] = ()
+    wait: Wait | None = None
+    held: tuple[str, ...] = ()  # targeted nodes on hold (``hold:`` in their node file)
 
     def started_nodes(self) -> list[str]:
         """Nodes of every batch that has started, in batch order."""
@@ -98,9 +113,24 @@ class RolloutState:
         return None
 
 
+_CONTROL_DEFAULTS: dict[str, object] = {
+    "windows": None,
+    "max_unavailable": None,
+    "spread_seconds": 0,
+}
+
+
 def fingerprint(d: Deployable) -> str:
     """A digest of everything in a release/model file: any change starts a new rollout."""
-    text = canonical_json(asdict(d), default=dict)
+    doc = asdict(d)
+    # Rollout controls left at their defaults are not part of the digest, so a release file
+    # that does not use them keeps the fingerprint it had before they existed (upgrading
+    # the reconciler must not restart every rollout).
+    rollout = doc["rollout"]
+    for key, unset in _CONTROL_DEFAULTS.items():
+        if rollout.get(key) == unset:
+            del rollout[key]
+    text = canonical_json(doc, default=dict)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -175,6 +205,18 @@ def state_to_json(s: RolloutState) -> dict[str, JSON]:
             for h in s.history
         ],
     }
+    # only when set, so a state written before these existed reads back unchanged
+    if s.wait is not None:
+        out["wait"] = {
+            "kind": s.wait.kind,
+            "label": s.wait.label,
+            "until": s.wait.until,
+            "nodes": list(s.wait.nodes),
+        }
+    if s.held:
+        out["held"] = list(s.held)
+    if s.spread_seconds:
+        out["spreadSeconds"] = s.spread_seconds
     return out
 
 
@@ -210,6 +252,15 @@ def state_from_json(doc: Mapping[str, JSON]) -> RolloutState | None:
             reason=_str(halt_doc.get("reason")),
             at=_num(halt_doc.get("at")) or 0.0,
         )
+    wait_doc = doc.get("wait")
+    wait = None
+    if isinstance(wait_doc, dict):
+        wait = Wait(
+            kind="backpressure" if wait_doc.get("kind") == "backpressure" else "window",
+            label=_str(wait_doc.get("label")),
+            until=_num(wait_doc.get("until")),
+            nodes=tuple(_str(n) for n in _list(wait_doc.get("nodes"))),
+        )
     history = tuple(
         PastRollout(
             version=_str(_obj(h).get("version")),
@@ -231,9 +282,12 @@ def state_from_json(doc: Mapping[str, JSON]) -> RolloutState | None:
         soak_seconds=int(_num(doc.get("soakSeconds")) or 0),
         timeout_seconds=int(_num(doc.get("timeoutSeconds")) or 0),
         on_failure=_str(doc.get("onFailure"), "halt"),
+        spread_seconds=int(_num(doc.get("spreadSeconds")) or 0),
         nodes=nodes,
         previous=previous,
         halt=halt,
         rolled_back=tuple(_str(n) for n in _list(doc.get("rolledBack"))),
         history=history,
+        wait=wait,
+        held=tuple(_str(n) for n in _list(doc.get("held"))),
     )

@@ -7,7 +7,8 @@ every violation as a value (it never stops at the first one).
     entries       tree entries where fleet files live must be regular files (mode 100644)
     loader        bytes -> values + node marks; duplicate keys, tabs, aliases, ...
     schema_check  per-file JSON Schema, each error at its YAML node
-    rules         cross-file rules (RULES); model_rules adds the model ones
+    rules         cross-file rules (RULES); model_rules adds the model ones,
+                  control_rules those of the rollout controls (windows, holds)
     violations    Violation, Report, text and JSON renderings
 
 ``validate_incremental`` gives exactly what ``validate_files`` gives, reusing the per-file
@@ -33,7 +34,7 @@ from reconciler.spec import (
     parse_fleet,
     parse_node,
 )
-from reconciler.validate import model_rules, rules
+from reconciler.validate import control_rules, model_rules, rules
 from reconciler.validate.entries import entry_violations
 from reconciler.validate.loader import LoadedFile, load_file
 from reconciler.validate.rules import FileRule, Rule, RuleContext, Scope
@@ -61,10 +62,10 @@ FLEET_FILE_PATTERNS = ("fleet.yaml", "nodes/*.yaml", "releases/*/*.yaml", "model
 _FLEET_FILE = re.compile(r"^(fleet\.yaml|nodes/[^/]+\.yaml|(releases|models)/[^/]+/[^/]+\.yaml)$")
 _FLEET_DIRS = ("nodes/", "releases/", "models/")
 
-ALL_RULES: tuple[Rule, ...] = (*rules.RULES, *model_rules.RULES)
+ALL_RULES: tuple[Rule, ...] = (*rules.RULES, *model_rules.RULES, *control_rules.RULES)
 # Rules of ALL_RULES that judge one file given only the Scope: memoised per file.
 PER_FILE_RULES: Mapping[Rule, FileRule] = MappingProxyType(
-    {**rules.PER_FILE, **model_rules.PER_FILE}
+    {**rules.PER_FILE, **model_rules.PER_FILE, **control_rules.PER_FILE}
 )
 
 

@@ -17,6 +17,7 @@ Pure: bytes in, values and violations out.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,20 @@ Path = tuple[str | int, ...]
 _TAG = "tag:yaml.org,2002:"
 _STR, _INT, _FLOAT, _BOOL, _NULL = (_TAG + t for t in ("str", "int", "float", "bool", "null"))
 _MAP, _SEQ, _MERGE, _TIMESTAMP = (_TAG + t for t in ("map", "seq", "merge", "timestamp"))
+# Keys whose value is a date (node ``hold: {until: 2026-12-24}``): an unquoted YYYY-MM-DD
+# there is read as its text instead of refused as a YAML timestamp.
+_DATE_KEYS = frozenset({"until"})
+_PLAIN_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _is_plain_date(node: yaml.Node) -> bool:
+    return (
+        isinstance(node, yaml.ScalarNode)
+        and node.tag == _TIMESTAMP
+        and _PLAIN_DATE.match(node.value) is not None
+    )
+
+
 _CONSTRUCTOR = SafeConstructor()
 
 # libyaml is optional for PyYAML; the pure-Python loader gives the same marks, slower.
@@ -170,6 +185,10 @@ class _Builder:
                 )
                 continue
             first_line[key] = key_node.start_mark.line + 1
+            if key in _DATE_KEYS and _is_plain_date(value_node):
+                self.count += 1
+                out[key] = value_node.value  # a date where one is meant: keep its text
+                continue
             out[key] = self.build(value_node, depth + 1)
         return out
 

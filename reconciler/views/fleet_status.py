@@ -16,6 +16,7 @@ from reconciler.plan.observations import NodeReport
 from reconciler.plan.rollout import workload_entry
 from reconciler.plan.select import latest_versions
 from reconciler.plan.state import RolloutState, state_from_json
+from reconciler.plan.windows import wait_text
 from reconciler.spec import JSON, FleetSpec
 from reconciler.store.base import AppliedRevision, DesiredRecord, NodeRecord, ReportRecord
 
@@ -66,6 +67,11 @@ def _node_row(
     roles = facts.get("roles")
     runtimes = facts.get("runtimes")
     platform, accelerator = facts.get("platform"), facts.get("accelerator")
+    judged: dict[str, JSON] = {}
+    if report is not None and report.desired_phase:
+        judged = {"phase": report.desired_phase}
+        if report.desired_message:
+            judged["message"] = report.desired_message
     return {
         "node": name,
         # Unlisted: registered without a file in nodes/ and not admitted, so planned nothing
@@ -76,6 +82,7 @@ def _node_row(
         "roles": [str(r) for r in roles] if isinstance(roles, list) else [],
         "runtimes": dict(runtimes) if isinstance(runtimes, dict) else {},
         "workloads": workloads,
+        **({"desired": judged} if judged else {}),
     }
 
 
@@ -122,6 +129,17 @@ def _reason(s: RolloutState, reports: Mapping[str, NodeReport], now: float, ttl:
         return s.halt.reason + back
     if s.phase == "Pending":
         return "no node matches its targets (or has an artifact for its platform)"
+    held = f" (held: {', '.join(s.held)})" if s.held else ""
+    if s.wait is not None and s.phase == "Progressing":
+        if s.wait.kind == "window" and s.wait.until is not None:
+            return wait_text(s.wait.label, s.wait.until, now) + held
+        return f"Waiting: {s.wait.label}{held}"
+    return _progress_reason(s, reports, now, ttl) + held
+
+
+def _progress_reason(
+    s: RolloutState, reports: Mapping[str, NodeReport], now: float, ttl: float
+) -> str:
     i = s.active_batch()
     if s.phase == "Progressing" and i is not None:
         waiting = []
@@ -166,6 +184,8 @@ def release_row(
         "reason": _reason(s, reports, now, ttl) or None,
         "soakRemainingSeconds": _soak_remaining(s, now),
         "batches": batches,
+        "held": list(s.held),
+        "waitingUntil": rfc3339(s.wait.until) if s.wait is not None else None,
     }
 
 
@@ -245,6 +265,13 @@ def fleet_status(
         _node_row(n, facts.get(n, {}), last.get(n), docs.get(n), now, ttl, n in unlisted)
         for n in names
     ]
+    for row in node_rows:
+        assert isinstance(row, dict)
+        spec_node = spec.nodes.get(str(row["node"])) if spec is not None else None
+        hold = spec_node.hold if spec_node is not None else None
+        if hold is not None and hold.active(now):
+            row["held"] = True
+            row["heldUntil"] = rfc3339(hold.until)
 
     releases = _release_rows(spec, rollout_states, last, now, ttl)
     releases.extend(dict(b) for b in blocked)

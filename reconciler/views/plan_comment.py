@@ -114,8 +114,9 @@ def render_markdown(
         lines += [
             "#### Rollout",
             "",
-            "| workload | version | batches, in order (canaries alone first) | soak / timeout |",
-            "|---|---|---|---|",
+            "| workload | version | batches, in order (canaries alone first) | soak / timeout "
+            "| windows |",
+            "|---|---|---|---|---|",
         ]
         for ro in view.rollouts:
             batches = (
@@ -124,7 +125,7 @@ def render_markdown(
             )
             lines.append(
                 f"| {cell(ro.name)} ({ro.kind}) | {cell(ro.version)} | {batches} "
-                f"| {ro.soak_seconds}s / {ro.timeout_seconds}s |"
+                f"| {ro.soak_seconds}s / {ro.timeout_seconds}s | {ro.windows} |"
             )
         lines.append("")
     lines += _nodes(view, running, server)

@@ -107,9 +107,10 @@ def approval_short(approval: object) -> str:
 
 
 def health_tone(health: str) -> Tone:
+    """Tone of a health cell; ``Healthy, held ...`` is toned as ``Healthy``."""
     # Unlisted: registered without a file in nodes/, given nothing (muted, not an alarm)
     tones: dict[str, Tone] = {"Healthy": "ok", "Stale": "stale", "Unhealthy": "bad"}
-    return tones.get(health, "muted")
+    return tones.get(health.split(",")[0], "muted")
 
 
 def release_tone(phase: str) -> Tone:
@@ -160,7 +161,15 @@ def node_rows(status: Mapping[str, Any], now: float) -> list[NodeRow]:
         tone = health_tone(health)
         if tone == "ok" and any(w.tone == "bad" for w in workloads):
             tone = "bad"
+        judged = n.get("desired")
+        phase = judged.get("phase") if isinstance(judged, Mapping) else None
+        if phase in ("Refused", "DesiredExpired"):
+            # the node keeps its last good state but does not take what it is served
+            health, tone = f"{health}, desired {phase}", "bad"
         roles = n.get("roles") or []
+        if n.get("held") is True:  # shown in the health cell: CLI and dashboard alike
+            until = to_unix(n.get("heldUntil"))
+            health += f", held until {iso(until)[:10]}" if until is not None else ", held"
         rows.append(
             NodeRow(
                 node=_s(n.get("node")),

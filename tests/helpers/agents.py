@@ -64,6 +64,10 @@ def agent_config(
         "pollWaitSeconds": 5,
         "maxBackoffSeconds": 1,
         "stopGraceSeconds": 2,
+        # the suite serves artifacts over http on 127.0.0.1 and from file:// paths: the
+        # agent's own policy must say so (its defaults refuse both)
+        "allowInsecureURLs": True,
+        "allowFileURLs": True,
     }
     if bootstrap_token is not None:
         token_file = base / "bootstrap.token"

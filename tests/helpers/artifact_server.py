@@ -37,6 +37,7 @@ class ArtifactServer:
         self.ignore_range = ignore_range
         self.requests: Counter[str] = Counter()
         self.ranges: list[tuple[str, str | None]] = []
+        self.times: list[tuple[str, float]] = []  # (name, unix time) of every GET
         self._truncate: dict[str, list[int]] = {}
         self._slow: dict[str, float] = {}
         self._flood: set[str] = set()
@@ -91,6 +92,7 @@ class ArtifactServer:
         rng = h.headers.get("Range")
         with self._lock:
             self.requests[name] += 1
+            self.times.append((name, time.time()))
             self.ranges.append((name, rng))
             cut = self._truncate[name].pop(0) if self._truncate.get(name) else None
             delay = self._slow.get(name)

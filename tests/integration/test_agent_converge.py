@@ -122,7 +122,9 @@ def test_wrong_sha256_leaves_the_old_version_running(rig: Rig) -> None:
     bad["artifact"]["sha256"] = "ab" * 32
     out = rig.converge(bad)
     assert not out.ok and out.phase == "Failed"
-    assert "ab" * 32 in out.message and a2.sha256 in out.message, out.message
+    # the expected digest is named; the digest of what was read never is (a forged document
+    # could otherwise learn what a local file holds)
+    assert "ab" * 32 in out.message and a2.sha256 not in out.message, out.message
     assert rig.sup.running("hello") == old
     assert rig.current() == "1.0.0"
     assert not (rig.conv.root / "hello" / "versions" / "1.1.0").exists()
@@ -366,3 +368,27 @@ def test_unsafe_zip_archives_are_refused(tmp_path: Path, kind: str) -> None:
         unpack(path, dest, filename=path.name)
     assert not (tmp_path / "x").exists()
     assert not Path("/tmp/fleetkeeper-evil-zip").exists()
+
+
+def test_not_before_defers_the_download_and_keeps_the_old_version(rig: Rig) -> None:
+    """rollout.spreadSeconds: the agent fetches nothing before its notBefore, keeps the old
+    version running (and reported), then converges once the time has passed."""
+    a1, a2 = rig.build("1.0.0"), rig.build("1.1.0")
+    assert rig.converge(rig.doc("1.0.0", a1)).ok
+    old = rig.sup.running("hello")
+    later = time.time() + 2
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(later) + 1))
+    w = rig.doc("1.1.0", a2)
+    w["notBefore"] = stamp
+    out = rig.converge(w)
+    assert (out.ok, out.phase) == (False, "Pending")
+    assert out.retry_at is not None and out.retry_at > time.time()
+    assert stamp in out.message and "1.1.0" in out.message
+    assert rig.server.requests[a2.path.name] == 0
+    assert rig.sup.running("hello") == old and rig.served_version() == "hello 1.0.0"
+    note = rig.conv.board.get("hello")
+    assert decide_phase(note.phase, rig.conv.observe(w)) == "Pending"
+    time.sleep(max(0.0, out.retry_at - time.time()) + 0.1)
+    out = rig.converge(w, same_doc=True)
+    assert out.ok, out.message
+    assert rig.server.requests[a2.path.name] == 1 and rig.served_version() == "hello 1.1.0"

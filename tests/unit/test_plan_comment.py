@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from reconciler.commands.plan import rollouts
+from reconciler.plan.select import inventory
 from reconciler.views.plan_comment import cell, change, running_versions
+from tests.helpers.fleet import fleet_files, nodes_named, release_doc, spec_of
 
 
 @pytest.mark.parametrize(
@@ -48,3 +51,31 @@ def test_running_versions_reads_the_fleet_status_document() -> None:
 )
 def test_cell(text: str, want: str) -> None:
     assert cell(text) == want
+
+
+WINDOW = {"days": ["Tue"], "start": "02:00", "duration": "4h", "timezone": "Europe/Berlin"}
+
+
+@pytest.mark.parametrize(
+    ("release_windows", "node_windows", "want"),
+    [
+        (None, None, "any time"),
+        ([WINDOW], None, "Tue 02:00 +4h 0m Europe/Berlin"),
+        ("ignore", [WINDOW], "ignore (emergency)"),
+        (None, [WINDOW], "any time<br>n2: Tue 02:00 +4h 0m Europe/Berlin"),
+    ],
+)
+def test_the_plan_names_each_rollouts_windows(
+    release_windows: object, node_windows: object, want: str
+) -> None:
+    """A reviewer sees when the rollout may run: the release's windows, then the nodes
+    whose own file decides (an emergency ``ignore`` overrides them)."""
+    nodes = nodes_named("n1", "n2")
+    if node_windows is not None:
+        nodes[1]["windows"] = node_windows
+    rel = release_doc("app", "1.0.0")
+    if release_windows is not None:
+        rel["rollout"]["windows"] = release_windows
+    spec = spec_of(fleet_files(nodes, [rel]))
+    (ro,) = rollouts(spec, inventory(spec))
+    assert ro.windows == want

@@ -405,11 +405,19 @@ HARNESS_NODES = ("gpu-1", "gpu-2", "node-a", "node-b", "node-l", "a", "b", "c")
 
 @contextlib.contextmanager
 def api_harness(
-    tmp: Path, *, declared: tuple[str, ...] = HARNESS_NODES, **settings: Any
+    tmp: Path,
+    *,
+    declared: tuple[str, ...] = HARNESS_NODES,
+    sign: bool = False,
+    **settings: Any,
 ) -> Iterator[ApiHarness]:
     """The API over a fresh store; the applied spec declares ``declared`` in nodes/ (the
-    bootstrap token registers only declared names)."""
+    bootstrap token registers only declared names). ``sign``: documents are signed with a
+    fresh Ed25519 key, as ``fleetkeeper serve`` does (what a real agent insists on)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from reconciler.api import ApiContext, ApiSettings, create_app
+    from reconciler.signing import DocumentSigner
     from reconciler.spec import build_spec
     from reconciler.store import open_store
 
@@ -420,7 +428,8 @@ def api_harness(
     }
     values.update(settings)
     store = open_store(f"sqlite:///{tmp / 'api-state.db'}")
-    ctx = ApiContext.load(store, ApiSettings(**values))
+    signer = DocumentSigner(Ed25519PrivateKey.generate()) if sign else None
+    ctx = ApiContext.load(store, ApiSettings(**values), signer=signer)
     spec = build_spec({f"nodes/{n}.yaml": node_doc(n) for n in declared})
     ctx.spec = lambda: spec
     wakes: list[float] = []

@@ -58,7 +58,7 @@ class Rig:
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    with api_harness(tmp_path, declared=(NODE,)) as h:
+    with api_harness(tmp_path, declared=(NODE,), sign=True) as h:
         agent = make_agent(tmp_path, NODE, h.url, h.bootstrap_token, pollWaitSeconds=2)
         try:
             yield Rig(h, agent, free_port())
@@ -133,7 +133,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 def test_unpacking_into_the_free_space_reserve_is_refused(tmp_path: Path, small_disk: Path) -> None:
     # unpackedSize allows 200 MB, but the disk has 300 MiB and keeps 256 MiB free.
-    with api_harness(tmp_path, declared=(NODE,)) as h:
+    with api_harness(tmp_path, declared=(NODE,), sign=True) as h:
         agent = make_agent(
             tmp_path, NODE, h.url, h.bootstrap_token, installRoot=str(small_disk / "root")
         )

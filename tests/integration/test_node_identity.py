@@ -421,7 +421,8 @@ def test_slowloris_clients_are_disconnected_while_agents_keep_working(tmp_path: 
                 etag = c.get("/v1/nodes/node-a/desired").headers["etag"]
                 t0 = time.monotonic()
                 r = c.get("/v1/nodes/node-a/desired?wait=2", headers={"If-None-Match": etag})
-                assert r.status_code == 304 and time.monotonic() - t0 >= 1.9
+                # held past the 1 s header timeout (the hub cuts a wait short by up to 10 %)
+                assert r.status_code == 304 and time.monotonic() - t0 >= 1.7
             for t in threads:
                 t.join(timeout=60)
             assert len(results) == 8

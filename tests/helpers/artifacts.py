@@ -279,3 +279,20 @@ def many_entries_tarball(
             for i in range(entries):
                 _add(tar, f"junk/{i}", b"")
     return describe(path)
+
+
+def hello_release(version: str, art: Artifact, url: str) -> dict[str, Any]:
+    """The ``hello`` release of ``art`` (a program built by ``build_program``) served at
+    ``url``: a port from the node label, health on it, batches of one, no soak."""
+    return {
+        "apiVersion": "fleetkeeper/v1",
+        "kind": "Release",
+        "agent": "hello",
+        "version": version,
+        "artifacts": [art.artifact_doc(url, "linux/amd64")],
+        "run": {"command": ["bin/hello", "--port", "${node.labels.port}"]},
+        "health": {"http": "http://127.0.0.1:${node.labels.port}/healthz", "timeoutSeconds": 5},
+        "versionProbe": ["bin/hello", "--version"],
+        "targets": {"roles": ["inference"]},
+        "rollout": {"batchSize": 1, "soakSeconds": 0, "timeoutSeconds": 60, "onFailure": "halt"},
+    }

@@ -13,26 +13,11 @@ import pytest
 
 from tests.helpers.agents import AgentProc, running_agents
 from tests.helpers.artifact_server import ArtifactServer, free_port
-from tests.helpers.artifacts import Artifact, build_program
+from tests.helpers.artifacts import Artifact, build_program, hello_release
 from tests.helpers.fleet import FleetRepo, fleet_doc, node_doc
 from tests.helpers.server import RunningServer, restart, start_server
 
 NODES = ("node-a", "node-b", "node-c")
-
-
-def release(version: str, art: Artifact, url: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "fleetkeeper/v1",
-        "kind": "Release",
-        "agent": "hello",
-        "version": version,
-        "artifacts": [art.artifact_doc(url, "linux/amd64")],
-        "run": {"command": ["bin/hello", "--port", "${node.labels.port}"]},
-        "health": {"http": "http://127.0.0.1:${node.labels.port}/healthz", "timeoutSeconds": 5},
-        "versionProbe": ["bin/hello", "--version"],
-        "targets": {"roles": ["inference"]},
-        "rollout": {"batchSize": 1, "soakSeconds": 0, "timeoutSeconds": 60, "onFailure": "halt"},
-    }
 
 
 @dataclass
@@ -45,7 +30,7 @@ class Lab:
 
     def merge_release(self, version: str, **behaviour: Any) -> Artifact:
         art = build_program(self.tmp / "dist", "hello", version, **behaviour)
-        doc = release(version, art, self.artifacts.url(art.path.name))
+        doc = hello_release(version, art, self.artifacts.url(art.path.name))
         self.repo.change({f"releases/hello/{version}.yaml": doc}, f"release hello {version}")
         return art
 

@@ -25,24 +25,14 @@ import httpx
 import pytest
 
 from tests.helpers.agents import AgentProc, running_agents
-from tests.helpers.artifacts import Artifact, ArtifactServer, build_program, free_port
+from tests.helpers.artifacts import (
+    ArtifactServer,
+    build_program,
+    free_port,
+    hello_release,
+)
 from tests.helpers.fleet import FleetRepo, fleet_doc, node_doc
 from tests.helpers.server import RunningServer, register_doc, restart, start_server
-
-
-def release(version: str, art: Artifact, url: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "fleetkeeper/v1",
-        "kind": "Release",
-        "agent": "hello",
-        "version": version,
-        "artifacts": [art.artifact_doc(url, "linux/amd64")],
-        "run": {"command": ["bin/hello", "--port", "${node.labels.port}"]},
-        "health": {"http": "http://127.0.0.1:${node.labels.port}/healthz", "timeoutSeconds": 5},
-        "versionProbe": ["bin/hello", "--version"],
-        "targets": {"roles": ["inference"]},
-        "rollout": {"batchSize": 1, "soakSeconds": 0, "timeoutSeconds": 60, "onFailure": "halt"},
-    }
 
 
 @dataclass
@@ -55,7 +45,7 @@ class Lab:
 
     def merge_release(self, version: str) -> None:
         art = build_program(self.tmp / "dist", "hello", version)
-        doc = release(version, art, self.artifacts.url(art.path.name))
+        doc = hello_release(version, art, self.artifacts.url(art.path.name))
         self.repo.change({f"releases/hello/{version}.yaml": doc}, f"release hello {version}")
 
     def node(self, name: str) -> dict[str, Any] | None:
@@ -480,7 +470,7 @@ def test_a_reset_unlisted_node_loses_its_workloads_at_once(tmp_path: Path) -> No
             "fleet.yaml": fleet,
             # in the repo from the start (git is polled only every pollIntervalSeconds),
             # with no node to target yet: edge-1 is its only one
-            "releases/hello/1.0.0.yaml": release("1.0.0", art, artifacts.url(art.path.name)),
+            "releases/hello/1.0.0.yaml": hello_release("1.0.0", art, artifacts.url(art.path.name)),
         }
         repo = FleetRepo.create(tmp_path / "fleet", files)
         s = start_server(tmp_path / "server", repo=repo, extra_config={"pollIntervalSeconds": 60})

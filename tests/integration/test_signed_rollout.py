@@ -14,27 +14,12 @@ import schema
 from fleetkeeper_common.signing import ENVELOPE_TYPE, keyid
 from tests.helpers.agents import AgentProc, running_agents
 from tests.helpers.artifact_server import ArtifactServer, free_port
-from tests.helpers.artifacts import build_program
+from tests.helpers.artifacts import build_program, hello_release
 from tests.helpers.fakereconciler import new_key
 from tests.helpers.fleet import FleetRepo, fleet_doc, node_doc
 from tests.helpers.server import restart, start_server
 
 NODE = "node-s"
-
-
-def release(version: str, art: Any, url: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "fleetkeeper/v1",
-        "kind": "Release",
-        "agent": "hello",
-        "version": version,
-        "artifacts": [art.artifact_doc(url, "linux/amd64")],
-        "run": {"command": ["bin/hello", "--port", "${node.labels.port}"]},
-        "health": {"http": "http://127.0.0.1:${node.labels.port}/healthz", "timeoutSeconds": 5},
-        "versionProbe": ["bin/hello", "--version"],
-        "targets": {"roles": ["inference"]},
-        "rollout": {"batchSize": 1, "soakSeconds": 0, "timeoutSeconds": 60, "onFailure": "halt"},
-    }
 
 
 def healthy(version: str) -> Any:
@@ -82,7 +67,7 @@ def test_pinned_key_rollout_and_rotation(tmp_path: Path) -> None:
 
             a1 = build_program(tmp_path / "dist", "hello", "1.0.0")
             repo.change(
-                {"releases/hello/1.0.0.yaml": release("1.0.0", a1, arts.url(a1.path.name))},
+                {"releases/hello/1.0.0.yaml": hello_release("1.0.0", a1, arts.url(a1.path.name))},
                 "hello 1.0.0",
             )
             agent.wait_for(healthy("1.0.0"), timeout=40, what="1.0.0 healthy")
@@ -118,7 +103,7 @@ def test_pinned_key_rollout_and_rotation(tmp_path: Path) -> None:
             )
             a2 = build_program(tmp_path / "dist", "hello", "1.1.0")
             repo.change(
-                {"releases/hello/1.1.0.yaml": release("1.1.0", a2, arts.url(a2.path.name))},
+                {"releases/hello/1.1.0.yaml": hello_release("1.1.0", a2, arts.url(a2.path.name))},
                 "hello 1.1.0",
             )
             agent.wait_for(

@@ -14,10 +14,9 @@ import pytest
 
 from tests.helpers.agents import AgentProc, running_agents
 from tests.helpers.artifact_server import ArtifactServer, free_port
-from tests.helpers.artifacts import build_program
+from tests.helpers.artifacts import build_program, hello_release
 from tests.helpers.fleet import FleetRepo, fleet_doc, node_doc
 from tests.helpers.server import RunningServer, start_server
-from tests.integration.test_agent_fleet import release
 
 NODES = ("node-a", "node-b", "node-c")
 SPREAD = 20
@@ -69,7 +68,7 @@ def _roll_out(
     when the reconciler first saw each node Pending-waiting, the artifact's fetch times)."""
     repo, server, artifacts = lab
     art = build_program(tmp_path / "dist", "hello", version)
-    doc = release(version, art, artifacts.url(art.path.name))
+    doc = hello_release(version, art, artifacts.url(art.path.name))
     doc["rollout"].update({"batchSize": 3, "spreadSeconds": SPREAD, "timeoutSeconds": 120})
     repo.change({f"releases/hello/{version}.yaml": doc}, f"release hello {version} spread")
     seen_waiting: dict[str, float] = {}

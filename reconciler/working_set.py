@@ -6,7 +6,8 @@ store on every pass made the cost of a heartbeat grow with the fleet. ``WorkingS
 keeps them from one pass to the next, together with the planner's ``Memo``, so that a
 pass re-plans only what the new reports touched (``reconciler.plan.incremental``):
 
-- node facts are re-read when a node registered (``nodes_changed``);
+- node facts are re-read when a node registered (``nodes_changed``), operator rollout
+  controls when one was added (``controls_changed``: a full pass follows);
 - rollout states and desired documents are the ones the last pass wrote;
 - a full pass (everything re-read from the store, every rollout stepped) runs on the
   first pass, on the jittered resync, when the applied revision or the inventory
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 
+from reconciler.plan.controls import Control
 from reconciler.plan.incremental import Memo, Replan, replan
 from reconciler.plan.observations import NodeReport
 from reconciler.plan.select import NodeFacts, inventory
@@ -43,6 +45,9 @@ class WorkingSet:
         self._nodes: list[NodeFacts] | None = None
         self._nodes_seen = 0  # the registration count self._nodes was read at
         self._registrations = 0  # bumped from the event loop; read by the pass's thread
+        self._controls: dict[str, list[Control]] | None = None
+        self._controls_seen = 0
+        self._control_writes = 0  # bumped by the API's thread; read by the pass's thread
         self._rollouts: dict[str, Mapping[str, JSON]] | None = None
         self._desired: dict[str, Mapping[str, JSON]] | None = None
         self._memo: Memo | None = None
@@ -59,9 +64,13 @@ class WorkingSet:
         is reading the nodes is still seen by the next pass."""
         self._registrations += 1
 
+    def controls_changed(self) -> None:
+        """An operator control was stored: re-read them and step every rollout."""
+        self._control_writes += 1
+
     def invalidate(self) -> None:
         """Forget everything: the next pass re-reads the store and steps every rollout."""
-        self._nodes = self._rollouts = self._desired = None
+        self._nodes = self._rollouts = self._desired = self._controls = None
         self._memo = self._previous = self._basis = self._inventory = None
 
     def desired(self) -> dict[str, Mapping[str, JSON]]:
@@ -87,6 +96,12 @@ class WorkingSet:
                 for r in self._store.nodes()
             ]
             self._nodes_seen, self._inventory = seen, None
+        writes = self._control_writes
+        if self._controls is None or writes != self._controls_seen:
+            by_name: dict[str, list[Control]] = {}
+            for c in self._store.controls():
+                by_name.setdefault(c.name, []).append(c)
+            self._controls, self._controls_seen, self._memo = by_name, writes, None
         if basis != self._basis or self._inventory is None:
             self._memo = self._previous = None
         if self._inventory is None:
@@ -115,6 +130,7 @@ class WorkingSet:
             memo=self._memo,
             news=news,
             previous=self._previous,
+            controls=self._controls,
         )
         if result.touched is None:
             self.full_passes += 1

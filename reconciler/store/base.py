@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from reconciler.plan.controls import Control
 from reconciler.spec import JSON
 
 
@@ -153,6 +154,12 @@ class Store(Protocol):
     # rollout state per release name (opaque JSON owned by reconciler.plan.rollout)
     def rollouts(self) -> Mapping[str, Mapping[str, JSON]]: ...
     def put_rollout(self, name: str, state: Mapping[str, JSON]) -> None: ...
+
+    # operator rollout controls (append-only): add_control stores ``control`` (its seq
+    # ignored, the store assigns the next) and ``audit`` in one transaction and returns
+    # the seq; controls() lists them by seq
+    def add_control(self, control: Control, audit: AuditEvent) -> int: ...
+    def controls(self) -> Sequence[Control]: ...
 
     # first observations of git objects (commits, tags) whose signatures are judged:
     # records ``now`` for every sha never seen before and returns the first-seen time of

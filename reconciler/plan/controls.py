@@ -82,18 +82,19 @@ def apply_controls(state: RolloutState, controls: Sequence[Control]) -> Applied:
     for c in fresh:
         state, what = _one(state, c)
         state = replace(state, control_seq=c.seq)
-        done.append((c, what))
+        if what is not None:
+            done.append((c, what))
     return Applied(state, tuple(done))
 
 
-def _one(state: RolloutState, c: Control) -> tuple[RolloutState, str]:
+def _one(state: RolloutState, c: Control) -> tuple[RolloutState, str | None]:
     if c.action == "retry":
         return _retry(state, c)
     if c.action == "promote":
         return _promote(state)
     if c.action == "skip-node" and c.node is not None:
         return _skip(state, c.node)
-    return state, "recorded"  # pause/resume: levels, folded by pause_of
+    return state, None  # pause/resume: levels folded by pause_of (the API audited them)
 
 
 def _unfinished(state: RolloutState) -> list[str]:

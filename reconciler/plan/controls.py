@@ -17,7 +17,9 @@ approved version only; none of them can change which version is approved or desi
 - ``retry`` lifts a halt: the nodes of the started, unfinished batches are given the
   target again at the record's time (older reports, their ``Failed`` included, no longer
   count) and their workload entry carries ``retry: N``, the rollout's retry count, so an
-  agent that remembers the version as failed on that node tries it again.
+  agent that remembers the version as failed on that node tries it again. A node's
+  ``Failed`` counts again only from a report of a newer document than the one it had
+  acted on when retried (until then its heartbeats repeat the old failure).
 - ``promote`` ends the soak of the running batch: that batch is done as soon as its
   nodes run the target healthy (at once when they already do).
 - ``skip-node`` leaves a node behind for this rollout: it is no longer part of it (never
@@ -27,10 +29,11 @@ approved version only; none of them can change which version is approved or desi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from reconciler.plan.observations import NodeReport
 from reconciler.plan.state import Batch, NodeProgress, Pause, RolloutState
 
 Action = Literal["pause", "resume", "retry", "promote", "skip-node"]
@@ -69,8 +72,13 @@ def pause_of(controls: Sequence[Control]) -> Pause | None:
     return None
 
 
-def apply_controls(state: RolloutState, controls: Sequence[Control]) -> Applied:
-    """Fold ``controls`` (every record of ``state.name``) into ``state``."""
+def apply_controls(
+    state: RolloutState,
+    controls: Sequence[Control],
+    reports: Mapping[str, NodeReport] | None = None,
+) -> Applied:
+    """Fold ``controls`` (every record of ``state.name``) into ``state``; ``reports``: the
+    last report per node (a retry notes which document each retried node had acted on)."""
     pause = pause_of(controls)
     if pause != state.paused:
         state = replace(state, paused=pause)
@@ -80,16 +88,18 @@ def apply_controls(state: RolloutState, controls: Sequence[Control]) -> Applied:
         key=lambda c: c.seq,
     )
     for c in fresh:
-        state, what = _one(state, c)
+        state, what = _one(state, c, reports or {})
         state = replace(state, control_seq=c.seq)
         if what is not None:
             done.append((c, what))
     return Applied(state, tuple(done))
 
 
-def _one(state: RolloutState, c: Control) -> tuple[RolloutState, str | None]:
+def _one(
+    state: RolloutState, c: Control, reports: Mapping[str, NodeReport]
+) -> tuple[RolloutState, str | None]:
     if c.action == "retry":
-        return _retry(state, c)
+        return _retry(state, c, reports)
     if c.action == "promote":
         return _promote(state)
     if c.action == "skip-node" and c.node is not None:
@@ -103,7 +113,9 @@ def _unfinished(state: RolloutState) -> list[str]:
     ]
 
 
-def _retry(state: RolloutState, c: Control) -> tuple[RolloutState, str]:
+def _retry(
+    state: RolloutState, c: Control, reports: Mapping[str, NodeReport]
+) -> tuple[RolloutState, str]:
     if state.phase != "Halted":
         return state, f"nothing to retry (phase {state.phase})"
     count = state.retries + 1
@@ -111,7 +123,9 @@ def _retry(state: RolloutState, c: Control) -> tuple[RolloutState, str]:
     nodes = dict(state.nodes)
     for n in again:
         # given again now: reports before this moment (the Failed one) no longer count
-        nodes[n] = NodeProgress(started_at=c.at, retry=count)
+        r = reports.get(n)
+        seen = r.generation if r is not None else 0
+        nodes[n] = NodeProgress(started_at=c.at, retry=count, failed_generation=seen)
     lifted = replace(
         state, phase="Progressing", halt=None, rolled_back=(), nodes=nodes, retries=count
     )

@@ -209,7 +209,7 @@ def step_rollout(
     if tuple(sorted(held)) != state.held:
         state = replace(state, held=tuple(sorted(held)))
     if controls or state.paused is not None:
-        applied = apply_controls(state, controls)
+        applied = apply_controls(state, controls, reports)
         state = applied.state
         events.extend(_control_event(d, c, what) for c, what in applied.done)
     if state.phase == "Halted":
@@ -410,6 +410,13 @@ def _judge_node(
     # only reports received after the node was given the target count
     since_given = report is not None and report.received_at >= p.started_at
     bad = failed(report, d.name, d.version) if since_given else None
+    if (
+        bad is not None
+        and p.retry
+        and report is not None
+        and report.generation <= p.failed_generation
+    ):
+        bad = None  # retried: the agent has not acted on the new document yet
     if bad is not None:
         why = f": {bad.message}" if bad.message else ""
         return _Verdict(p, halt=Halt(n, f"node {n} reported Failed for {_label(d)}{why}", now))

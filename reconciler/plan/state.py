@@ -48,6 +48,9 @@ class NodeProgress:
     started_at: float
     healthy_since: float | None = None
     retry: int = 0  # the rollout's retry count when it was given the target again (0: never)
+    # after a retry, a Failed report counts only from a document newer than the one the
+    # node had acted on when it was retried (its last report repeats the old failure)
+    failed_generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -250,6 +253,8 @@ def _progress_json(p: NodeProgress) -> dict[str, JSON]:
     out: dict[str, JSON] = {"startedAt": p.started_at, "healthySince": p.healthy_since}
     if p.retry:
         out["retry"] = p.retry
+    if p.failed_generation:
+        out["failedGeneration"] = p.failed_generation
     return out
 
 
@@ -275,6 +280,7 @@ def state_from_json(doc: Mapping[str, JSON]) -> RolloutState | None:
             started_at=_num(po.get("startedAt")) or 0.0,
             healthy_since=_num(po.get("healthySince")),
             retry=int(_num(po.get("retry")) or 0),
+            failed_generation=int(_num(po.get("failedGeneration")) or 0),
         )
     previous: dict[str, Mapping[str, JSON] | None] = {
         n: (v if isinstance(v, dict) else None) for n, v in _obj(doc.get("previous")).items()

@@ -37,6 +37,7 @@ class PlanSim:
     registered: list[NodeFacts] = field(default_factory=list)
     last: Plan | None = None
     controls: list[Control] = field(default_factory=list)  # operator controls, as stored
+    generations: dict[str, int] = field(default_factory=dict)  # as the store would number
 
     def spec(self) -> FleetSpec:
         return spec_of(self.files)
@@ -91,6 +92,9 @@ class PlanSim:
             self.now = at
         plan = self.plan()
         self.rollouts = {k: dict(v) for k, v in plan.rollouts.items()}
+        for node, doc in plan.desired.items():
+            if self.desired.get(node) != doc:
+                self.generations[node] = self.generations.get(node, 0) + 1
         self.desired = {k: dict(v) for k, v in plan.desired.items()}
         self.stale = plan.stale
         self.events.extend(plan.events)
@@ -104,7 +108,9 @@ class PlanSim:
             if mode == "down":
                 continue
             ws = simulated_workloads(mode, doc, self.running.setdefault(node, {}))
-            self.reports[node] = NodeReport.from_json(node, report_doc(node, ws), self.now)
+            generation = self.generations.get(node, 0)
+            report = report_doc(node, ws, generation)
+            self.reports[node] = NodeReport.from_json(node, report, self.now)
 
     def run_until(self, until: float, every: float = 30.0) -> Plan | None:
         """Heartbeat and pass every ``every`` seconds up to and including ``until``."""

@@ -162,7 +162,7 @@ def test_retry_a_halted_rollout_and_skip_a_dead_node(tmp_path: Path) -> None:
 
         # node-c dies; 1.2.0 halts on it; skip-node leaves it behind and the rollout ends
         fleet.agents[2].kill()
-        fleet.release("1.2.0", timeoutSeconds=3)
+        fleet.release("1.2.0", timeoutSeconds=12)  # > health.timeoutSeconds 10
         status = fleet.wait_release("1.2.0", "Halted")
         row = fleet.release_row(status)
         assert row is not None and "node node-c" in row["reason"], row

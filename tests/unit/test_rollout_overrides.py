@@ -6,6 +6,7 @@ records as the admin API stores them; the planner only folds them in.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -118,6 +119,24 @@ def test_retry_lifts_a_halt_and_tells_the_agent_to_try_again(on_failure: str) ->
     assert st is not None and st.phase == "Succeeded" and st.retries == 1
     assert s.versions("app") == {"n1": V, "n2": V, "n3": V}
     assert "retry" not in entry(s, "n2")  # only the retried node is told to retry
+
+
+def test_after_a_retry_only_a_failure_of_the_new_document_halts_again() -> None:
+    s = sim(release())
+    s.step(0)
+    s.agents = {"n1": "fail:app"}
+    s.run_until(60)
+    old = s.reports["n1"]
+    s.control("retry", "app")
+    s.step()
+    # the agent's next heartbeat still describes the document it failed on
+    s.reports["n1"] = replace(old, received_at=s.now + 10)
+    s.step(s.now + 10)
+    assert phase(s) == "Progressing"
+    s.run_until(s.now + 30)  # it acts on the retry document and fails again: a real failure
+    st = s.state("app")
+    assert st is not None and st.phase == "Halted" and st.retries == 1
+    assert s.reports["n1"].generation > old.generation
 
 
 def test_a_retry_of_a_rollout_that_is_not_halted_does_nothing() -> None:

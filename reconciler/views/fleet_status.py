@@ -139,7 +139,7 @@ def _reason(s: RolloutState, reports: Mapping[str, NodeReport], now: float, ttl:
         return "no node matches its targets (or has an artifact for its platform)"
     held = f" (held: {', '.join(s.held)})" if s.held else ""
     held += f" (skipped: {', '.join(s.skipped)})" if s.skipped else ""
-    if paused is not None and s.phase != "Succeeded":
+    if paused is not None:  # a Succeeded rollout too: the next version will wait
         return paused + held
     if s.wait is not None and s.phase == "Progressing":
         if s.wait.kind == "window" and s.wait.until is not None:

@@ -90,7 +90,11 @@ def _refusal(req: ControlRequest, state: RolloutState, paused: bool) -> str | No
 def record_control(ctx: ApiContext, req: ControlRequest) -> dict[str, JSON]:
     """Check ``req`` against the current rollout and store it with its audit event
     (blocking: run in a thread); the answer names the rollout it acts on."""
-    state = _current(ctx, req.name)
+    state = _current(ctx, req.name)  # first: a name with no rollout is 404 whatever else
+    if req.action == "skip-node" and not req.node:
+        raise ApiError(422, f"rollout skip-node {req.name}: the node to skip is required")
+    if req.action != "skip-node" and req.node:
+        raise ApiError(422, f"rollout {req.action} {req.name}: only skip-node takes a node")
     mine = [c for c in ctx.store.controls() if c.name == req.name]
     why = _refusal(req, state, pause_of(mine) is not None)
     if why is not None:
@@ -158,10 +162,6 @@ def control_request(
     reason = (reason or "").strip()
     if not reason:
         raise ApiError(422, f"rollout {action} {name}: a reason is required (--reason TEXT)")
-    if action == "skip-node" and not node:
-        raise ApiError(422, f"rollout skip-node {name}: the node to skip is required")
-    if action != "skip-node" and node:
-        raise ApiError(422, f"rollout {action} {name}: only skip-node takes a node")
     who = (by or "").strip() or "admin"
     return ControlRequest(name, action, reason, who, address, node or None)
 

@@ -90,6 +90,21 @@ def test_pause_survives_a_new_revision_resume_and_promote_steer_it(tmp_path: Pat
         unknown = rollout(fleet, "pause", "nope", "--reason", "x")
         assert unknown.returncode == 1 and "no rollout of 'nope'" in unknown.stderr
 
+        # the API says what is wrong, and records nothing
+        with fleet.server.admin() as c:
+            r = c.post(f"/v1/rollouts/{WORKLOAD}/pause", json={})
+            assert r.status_code == 422 and "reason" in r.json()["message"]
+            r = c.post(f"/v1/rollouts/{WORKLOAD}/skip-node", json={"reason": "x"})
+            assert r.status_code == 422 and "the node to skip is required" in r.text
+            r = c.post(f"/v1/rollouts/{WORKLOAD}/pause", json={"reason": "x", "node": "node-a"})
+            assert r.status_code == 422 and "only skip-node takes a node" in r.text
+            r = c.post(f"/v1/rollouts/{WORKLOAD}/reboot", json={"reason": "x"})
+            assert r.status_code == 404 and "unknown rollout action 'reboot'" in r.text
+        with fleet.server.client() as anonymous:
+            r = anonymous.post(f"/v1/rollouts/{WORKLOAD}/pause", json={"reason": "x"})
+            assert r.status_code == 401
+        assert control_audit(fleet) == []
+
         out = ok(fleet, "pause", WORKLOAD, "--reason", "change freeze", "--by", "alice")
         assert "paused the rollout of hello 1.0.0" in out
         again = rollout(fleet, "pause", WORKLOAD, "--reason", "twice")

@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 
+from reconciler.dashboard.render import releases_section
+from reconciler.plan.conditions import rollout_progress
 from reconciler.plan.controls import Control, apply_controls, pause_of
 from reconciler.plan.state import Pause, state_from_json, state_to_json
 from reconciler.views.fleet_status import release_row
-from reconciler.views.view import control_actions
+from reconciler.views.view import control_actions, release_rows
 from tests.helpers.fleet import PlanSim, fleet_files, nodes_named, release_doc
 
 V = "1.0.0"
@@ -256,3 +258,19 @@ def test_newest_pause_or_resume_wins() -> None:
     assert st is not None
     other = Control(1, "app", "promote", "not-this-rollout", "bob", "x", 0.0)
     assert apply_controls(st, [other]).state == st
+
+
+def test_a_pause_shows_in_the_reconciling_condition_and_on_the_dashboard_card() -> None:
+    s = sim(release(soakSeconds=600))
+    s.step(0)
+    s.control("pause", "app", reason="<b>freeze</b>")
+    s.step(30)
+    _, busy = rollout_progress(s.rollouts, {"app"})
+    assert busy == ["app 1.0.0 Progressing batch 1/3, paused by alice: <b>freeze</b>"]
+    st = s.state("app")
+    assert st is not None
+    row = release_row(st, s.reports, s.now, s.ttl)
+    html = releases_section(release_rows({"releases": [row]}, s.now))
+    assert "Paused by alice: &lt;b&gt;freeze&lt;/b&gt;" in html  # escaped, like every value
+    assert 'data-action="resume"' in html and 'data-action="promote"' in html
+    assert 'data-action="pause"' not in html and 'data-action="retry"' not in html

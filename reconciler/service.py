@@ -181,7 +181,6 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
         ctx.spec = reconciler.spec
         ctx.wake = reconciler.wake
         ctx.registered = reconciler.working.nodes_changed
-        ctx.controlled = reconciler.working.controls_changed
         ctx.trigger = source.trigger
         ctx.ready = lambda: bool(reconciler.first_pass_done)
         app = create_app(ctx, dashboard_routes(ctx))

@@ -6,8 +6,9 @@ store on every pass made the cost of a heartbeat grow with the fleet. ``WorkingS
 keeps them from one pass to the next, together with the planner's ``Memo``, so that a
 pass re-plans only what the new reports touched (``reconciler.plan.incremental``):
 
-- node facts are re-read when a node registered (``nodes_changed``), operator rollout
-  controls when one was added (``controls_changed``: a full pass follows);
+- node facts are re-read when a node registered (``nodes_changed``); operator rollout
+  controls are read every pass (a small table, and another replica's API may have added
+  one): a new one makes the pass a full one;
 - rollout states and desired documents are the ones the last pass wrote;
 - a full pass (everything re-read from the store, every rollout stepped) runs on the
   first pass, on the jittered resync, when the applied revision or the inventory
@@ -46,8 +47,6 @@ class WorkingSet:
         self._nodes_seen = 0  # the registration count self._nodes was read at
         self._registrations = 0  # bumped from the event loop; read by the pass's thread
         self._controls: dict[str, list[Control]] | None = None
-        self._controls_seen = 0
-        self._control_writes = 0  # bumped by the API's thread; read by the pass's thread
         self._rollouts: dict[str, Mapping[str, JSON]] | None = None
         self._desired: dict[str, Mapping[str, JSON]] | None = None
         self._memo: Memo | None = None
@@ -63,10 +62,6 @@ class WorkingSet:
         A counter rather than clearing ``_nodes``: a registration that lands while a pass
         is reading the nodes is still seen by the next pass."""
         self._registrations += 1
-
-    def controls_changed(self) -> None:
-        """An operator control was stored: re-read them and step every rollout."""
-        self._control_writes += 1
 
     def invalidate(self) -> None:
         """Forget everything: the next pass re-reads the store and steps every rollout."""
@@ -96,12 +91,11 @@ class WorkingSet:
                 for r in self._store.nodes()
             ]
             self._nodes_seen, self._inventory = seen, None
-        writes = self._control_writes
-        if self._controls is None or writes != self._controls_seen:
-            by_name: dict[str, list[Control]] = {}
-            for c in self._store.controls():
-                by_name.setdefault(c.name, []).append(c)
-            self._controls, self._controls_seen, self._memo = by_name, writes, None
+        by_name: dict[str, list[Control]] = {}
+        for c in self._store.controls():
+            by_name.setdefault(c.name, []).append(c)
+        if by_name != self._controls:  # a new control: every rollout is stepped with it
+            self._controls, self._memo = by_name, None
         if basis != self._basis or self._inventory is None:
             self._memo = self._previous = None
         if self._inventory is None:

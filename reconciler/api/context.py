@@ -58,7 +58,6 @@ class ApiContext:
     reports: ReportBook  # last report per node; repeats only move lastSeen in memory
     wake: Callable[[], None] = _nothing  # a report or registration arrived: reconcile soon
     registered: Callable[[], None] = _nothing  # nodes registered or reset: re-read the inventory
-    controlled: Callable[[], None] = _nothing  # a rollout control was stored: re-read them
     trigger: Callable[[], None] = _nothing  # a valid webhook: fetch the fleet repo now
     ready: Callable[[], bool] = _always  # the first reconcile pass is done
     spec: Callable[[], FleetSpec | None] = _no_spec  # the applied revision's spec, if known

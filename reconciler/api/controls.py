@@ -131,8 +131,7 @@ def record_control(ctx: ApiContext, req: ControlRequest) -> dict[str, JSON]:
     )
     seq = ctx.store.add_control(control, event)
     log_event(event)
-    ctx.controlled()
-    ctx.wake()
+    ctx.wake()  # the pass reads the new record and steps every rollout with it
     return {
         "name": req.name,
         "action": req.action,

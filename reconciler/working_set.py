@@ -7,8 +7,8 @@ keeps them from one pass to the next, together with the planner's ``Memo``, so t
 pass re-plans only what the new reports touched (``reconciler.plan.incremental``):
 
 - node facts are re-read when a node registered (``nodes_changed``); operator rollout
-  controls are read every pass (a small table, and another replica's API may have added
-  one): a new one makes the pass a full one;
+  controls newer than the last one seen are asked for every pass (one indexed query:
+  another replica's API may have added one), and a new one makes the pass a full one;
 - rollout states and desired documents are the ones the last pass wrote;
 - a full pass (everything re-read from the store, every rollout stepped) runs on the
   first pass, on the jittered resync, when the applied revision or the inventory
@@ -47,6 +47,7 @@ class WorkingSet:
         self._nodes_seen = 0  # the registration count self._nodes was read at
         self._registrations = 0  # bumped from the event loop; read by the pass's thread
         self._controls: dict[str, list[Control]] | None = None
+        self._control_seq = 0  # the newest control in self._controls
         self._rollouts: dict[str, Mapping[str, JSON]] | None = None
         self._desired: dict[str, Mapping[str, JSON]] | None = None
         self._memo: Memo | None = None
@@ -91,11 +92,14 @@ class WorkingSet:
                 for r in self._store.nodes()
             ]
             self._nodes_seen, self._inventory = seen, None
-        by_name: dict[str, list[Control]] = {}
-        for c in self._store.controls():
-            by_name.setdefault(c.name, []).append(c)
-        if by_name != self._controls:  # a new control: every rollout is stepped with it
-            self._controls, self._memo = by_name, None
+        if self._controls is None:
+            self._controls, self._control_seq = {}, 0
+        fresh = self._store.controls(self._control_seq)
+        for c in fresh:
+            self._controls.setdefault(c.name, []).append(c)
+            self._control_seq = max(self._control_seq, c.seq)
+        if fresh:  # a new control: every rollout is stepped with it
+            self._memo = None
         if basis != self._basis or self._inventory is None:
             self._memo = self._previous = None
         if self._inventory is None:

@@ -243,8 +243,8 @@ class MeteredStore:
     def add_control(self, control: Control, audit: AuditEvent) -> int:
         return self.inner.add_control(control, audit)
 
-    def controls(self) -> Sequence[Control]:
-        return self.inner.controls()
+    def controls(self, after: int = 0) -> Sequence[Control]:
+        return self.inner.controls(after)
 
     def observe(self, shas: Sequence[str], now: float) -> Mapping[str, float]:
         return self.inner.observe(shas, now)

@@ -157,9 +157,9 @@ class Store(Protocol):
 
     # operator rollout controls (append-only): add_control stores ``control`` (its seq
     # ignored, the store assigns the next) and ``audit`` in one transaction and returns
-    # the seq; controls() lists them by seq
+    # the seq; controls(after) lists those with a seq greater than ``after``, by seq
     def add_control(self, control: Control, audit: AuditEvent) -> int: ...
-    def controls(self) -> Sequence[Control]: ...
+    def controls(self, after: int = 0) -> Sequence[Control]: ...
 
     # first observations of git objects (commits, tags) whose signatures are judged:
     # records ``now`` for every sha never seen before and returns the first-seen time of

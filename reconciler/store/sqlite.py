@@ -330,10 +330,11 @@ class SqliteStore:
             _insert_audit(db, replace(audit, details={**audit.details, "seq": seq}))
             return seq
 
-    def controls(self) -> Sequence[Control]:
+    def controls(self, after: int = 0) -> Sequence[Control]:
         rows = self._read(
             "SELECT seq, name, action, fingerprint, node, actor, reason, at "
-            "FROM rollout_controls ORDER BY seq"
+            "FROM rollout_controls WHERE seq > ? ORDER BY seq",
+            (after,),
         )
         return [
             Control(

@@ -160,6 +160,8 @@ def test_rollout_controls_are_stored_in_order_with_their_audit_event(store: Stor
         Control(first, "agent", "pause", "fp1", "alice", "why pause", 5.0, None),
         Control(second, "agent", "skip-node", "fp1", "alice", "why skip-node", 5.0, "n2"),
     ]
+    assert list(store.controls(after=first)) == got[1:]
+    assert list(store.controls(after=second)) == []
     events = [e for e in store.audit() if e.kind.startswith("rollout-")]
     assert [(e.kind, e.details) for e in events] == [
         ("rollout-pause", {"a": 1, "seq": first}),

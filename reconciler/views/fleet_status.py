@@ -145,7 +145,7 @@ def _reason(s: RolloutState, reports: Mapping[str, NodeReport], now: float, ttl:
         if s.wait.kind == "window" and s.wait.until is not None:
             return wait_text(s.wait.label, s.wait.until, now) + held
         return f"Waiting: {s.wait.label}{held}"
-    return _progress_reason(s, reports, now, ttl) + held
+    return (_progress_reason(s, reports, now, ttl) + held).strip()
 
 
 def _progress_reason(

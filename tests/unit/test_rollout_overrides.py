@@ -165,7 +165,7 @@ def test_skip_node_leaves_a_dead_node_behind_and_lifts_the_halt_it_caused() -> N
     assert st is not None and st.phase == "Succeeded" and st.skipped == ("n2",)
     assert s.versions("app") == {"n1": V, "n2": None, "n3": V}  # n2 keeps what it had
     row = release_row(st, s.reports, s.now, s.ttl)
-    assert row["skipped"] == ["n2"]
+    assert row["skipped"] == ["n2"] and row["reason"] == "(skipped: n2)"
 
 
 def test_a_skipped_node_no_longer_counts_against_max_unavailable() -> None:

@@ -4,9 +4,10 @@ A message says what changed, never the data: ``{"kind", "nodes", "from"}`` with 
 ``desired`` (documents of these nodes changed: wake their long-polls), ``nodes`` (a node
 registered, re-registered or was reset: reload the tokens), ``reports`` (stored reports
 or lastSeen moved: the leader re-reads them), ``fetch`` (a webhook reached a follower:
-the leader fetches). Receivers read the store, which is the truth; a lost message costs
-only latency, since each (re)connection starts with a full refresh and the leader's
-resync re-reads everything anyway.
+the leader fetches), ``revision`` (the leader applied a new revision: followers load its
+spec, which registration and status need). Receivers read the store, which is the
+truth; a lost message costs only latency, since each (re)connection starts with a full
+refresh and the leader's resync re-reads everything anyway.
 
 ``send`` is called from any thread right after the write committed, on a connection of
 its own (autocommit: the notification leaves at once); ``listen`` runs on the event loop
@@ -27,7 +28,11 @@ from typing import Literal
 
 import psycopg
 from psycopg import AsyncConnection, Connection
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import TupleRow
+
+from reconciler.store import redact_url
+from reconciler.store.postgres import connection_params
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +41,8 @@ MAX_PAYLOAD = 7000  # bytes; PostgreSQL refuses 8000 and more
 CONNECT_TIMEOUT = 3
 RETRY_SECONDS = 1.0
 
-Kind = Literal["desired", "nodes", "reports", "fetch"]
-KINDS: tuple[Kind, ...] = ("desired", "nodes", "reports", "fetch")
+Kind = Literal["desired", "nodes", "reports", "fetch", "revision"]
+KINDS: tuple[Kind, ...] = ("desired", "nodes", "reports", "fetch", "revision")
 
 
 @dataclass(frozen=True)
@@ -79,8 +84,10 @@ def decode(payload: str) -> Message | None:
 
 
 class Bus:
-    def __init__(self, conninfo: str, incarnation: str) -> None:
-        self._conninfo = conninfo
+    def __init__(self, url: str, incarnation: str) -> None:
+        self._conninfo = make_conninfo(
+            **{**connection_params(url), "connect_timeout": str(CONNECT_TIMEOUT)}
+        )
         self.incarnation = incarnation
         self._lock = threading.Lock()
         self._sender: Connection[TupleRow] | None = None
@@ -93,14 +100,12 @@ class Bus:
         with self._lock:
             try:
                 if self._sender is None or self._sender.closed:
-                    self._sender = psycopg.Connection.connect(
-                        self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT
-                    )
+                    self._sender = psycopg.Connection.connect(self._conninfo, autocommit=True)
                 for payload in payloads:
                     self._sender.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
                 self.sent += len(payloads)
             except psycopg.Error as exc:
-                log.warning("cannot notify the other replicas (%s): %s", kind, exc)
+                log.warning("cannot notify the other replicas (%s): %s", kind, redact_url(str(exc)))
                 if self._sender is not None:
                     with contextlib.suppress(Exception):
                         self._sender.close()
@@ -125,9 +130,7 @@ class Bus:
         while not stop.is_set():
             conn: AsyncConnection[TupleRow] | None = None
             try:
-                conn = await psycopg.AsyncConnection.connect(
-                    self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT
-                )
+                conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
                 await conn.execute(f"LISTEN {CHANNEL}")
                 await on_connect()
                 while not stop.is_set():
@@ -140,7 +143,7 @@ class Bus:
                             on_message(message)
                     await conn.execute("SELECT 1")  # a dead connection raises here
             except (psycopg.Error, OSError, TimeoutError) as exc:
-                log.warning("replica wake-ups: %s; reconnecting", str(exc).strip() or exc)
+                log.warning("replica wake-ups: %s; reconnecting", redact_url(str(exc).strip()))
             finally:
                 if conn is not None:
                     with contextlib.suppress(Exception):

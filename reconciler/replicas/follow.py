@@ -1,6 +1,6 @@
 """What a replica does with another replica's message: refresh what it serves from
-memory (long-poll documents, node tokens, the report book) from the store, and, when
-it leads, wake the loop or fetch.
+memory (long-poll documents, node tokens, the report book, the applied revision's spec)
+from the store, and, when it leads, wake the loop or fetch.
 
 Staleness of ``lastSeen`` across replicas: a repeated heartbeat moves ``lastSeen`` in
 the receiving replica's memory and reaches the database within ``FLUSH_SECONDS`` (5 s);
@@ -24,6 +24,9 @@ from reconciler.api.hub import DesiredHub
 from reconciler.replicas.bus import Message
 from reconciler.replicas.leader import Leadership
 from reconciler.reportbook import FLUSH_SECONDS, ReportBook
+from reconciler.revision import load_revision
+from reconciler.source import GitSource
+from reconciler.spec import FleetSpec
 from reconciler.store.base import DesiredRecord, Store
 
 log = logging.getLogger(__name__)
@@ -41,7 +44,8 @@ class Follower:
         leadership: Leadership,
         wake: Callable[[], None],
         registered: Callable[[], None],
-        trigger: Callable[[], None],
+        source: GitSource,
+        loop_spec: Callable[[], FleetSpec | None],
     ) -> None:
         self._store = store
         self._hub = hub
@@ -50,7 +54,10 @@ class Follower:
         self._leadership = leadership
         self._wake = wake
         self._registered = registered
-        self._trigger = trigger
+        self._source = source
+        self._loop_spec = loop_spec
+        self._spec: FleetSpec | None = None
+        self._spec_sha: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._reports_due = False
 
@@ -65,10 +72,13 @@ class Follower:
                 self._reports_due = True
                 self._spawn(self._reports_later())
         elif message.kind == "fetch" and self._leadership.leading:
-            self._trigger()
+            self._source.trigger()
+        elif message.kind == "revision":
+            self._spawn(self.refresh_spec())
 
     async def refresh(self) -> None:
         """Everything, from the store (after each (re)connection of the bus)."""
+        await self.refresh_spec()
         await self.refresh_desired(None)
         await self.refresh_nodes()
         await self.refresh_reports()
@@ -85,6 +95,29 @@ class Follower:
         for rec in await asyncio.to_thread(read):
             if self._hub.stored_etag(rec.node) != rec.etag:
                 self._hub.publish(rec)
+
+    def spec(self) -> FleetSpec | None:
+        """The applied revision's spec: the loop's while leading, else the one loaded here."""
+        if self._leadership.leading:
+            return self._loop_spec()
+        return self._spec
+
+    async def refresh_spec(self) -> None:
+        """Load the spec of the revision the leader applied (fetching the mirror when it
+        does not hold that commit yet). Not while leading: the loop has its own."""
+        if self._leadership.leading:
+            return
+        applied = await asyncio.to_thread(self._store.applied_revision)
+        if applied is None or applied.sha == self._spec_sha:
+            return
+
+        def load(sha: str) -> FleetSpec | None:
+            if self._source.repository().get(sha) is None:
+                self._source.fetch()
+            return load_revision(self._source.repository(), sha).spec
+
+        self._spec = await asyncio.to_thread(load, applied.sha)
+        self._spec_sha = applied.sha
 
     async def refresh_nodes(self) -> None:
         records = await asyncio.to_thread(self._store.nodes)

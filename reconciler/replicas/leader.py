@@ -28,13 +28,16 @@ from dataclasses import dataclass
 
 import psycopg
 from psycopg import AsyncConnection
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import TupleRow
 
 from reconciler.replicas import fencing
+from reconciler.store import redact_url
+from reconciler.store.postgres import connection_params
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT = 3
+CLOSE_TIMEOUT = 3
 
 
 @dataclass(frozen=True)
@@ -48,16 +51,17 @@ class Replica:
 class Leadership:
     def __init__(
         self,
-        conninfo: str,
+        url: str,
         name: str,
         incarnation: str,
         lease: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._conninfo = conninfo
+        self._url = url
         self.name = name
         self.incarnation = incarnation
         self.url = ""
+        self.application_name = f"fleetkeeper-leader {name}"[:63]
         self.lease = lease
         self.tick = lease / 10
         self._clock = clock
@@ -97,15 +101,14 @@ class Leadership:
     async def run(self, stop: asyncio.Event) -> None:
         """Elect, confirm, step down, reconnect: until ``stop`` (the lock is released then)."""
         backoff = self.tick
+        # the same libpq parameters as the store's, named so an operator can tell it apart
+        conninfo = make_conninfo(
+            **{**connection_params(self._url), "application_name": self.application_name}
+        )
         while not stop.is_set():
             conn: AsyncConnection[TupleRow] | None = None
             try:
-                conn = await psycopg.AsyncConnection.connect(
-                    self._conninfo,
-                    autocommit=True,
-                    connect_timeout=CONNECT_TIMEOUT,
-                    application_name=f"fleetkeeper-leader {self.name}"[:63],
-                )
+                conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
                 await fencing.install(conn)
                 self.connected, backoff = True, self.tick
                 while not stop.is_set():
@@ -114,7 +117,7 @@ class Leadership:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), self.tick)
             except (psycopg.Error, OSError, TimeoutError) as exc:
-                log.warning("leader election on %s: %s", self.name, _first_line(exc))
+                log.warning("leader election on %s: %s", self.name, redact_url(_first_line(exc)))
             finally:
                 self.connected = False
                 await self._set(False)
@@ -172,7 +175,7 @@ class Leadership:
 
 async def _close(conn: AsyncConnection[TupleRow]) -> None:
     with contextlib.suppress(Exception):
-        async with asyncio.timeout(CONNECT_TIMEOUT):
+        async with asyncio.timeout(CLOSE_TIMEOUT):
             await conn.close()
 
 

@@ -89,8 +89,10 @@ class Replica:
             leadership,
             reconciler.wake,
             reconciler.working.nodes_changed,
-            source.trigger,
+            source,
+            reconciler.spec,
         )
+        ctx.spec = self._follower.spec
         self._loop_parts = (reconciler, source)
 
     def parts(self, stop: asyncio.Event) -> dict[str, Coroutine[Any, Any, None]]:

@@ -9,6 +9,7 @@ from reconciler.api.metrics import MeteredStore, Metrics
 from reconciler.replicas.bus import Bus
 from reconciler.spec import JSON
 from reconciler.store.base import (
+    AppliedRevision,
     AuditEvent,
     ClaimRefusal,
     DesiredRecord,
@@ -43,6 +44,10 @@ class ReplicatedStore(MeteredStore):
         if changed:
             self.bus.send("desired", changed)
         return out
+
+    def set_applied_revision(self, rev: AppliedRevision) -> None:
+        super().set_applied_revision(rev)
+        self.bus.send("revision", [])
 
     def upsert_node(self, node: NodeRecord) -> None:
         super().upsert_node(node)

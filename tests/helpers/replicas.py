@@ -65,7 +65,7 @@ class ReplicaSet:
     def leads(self, i: int) -> bool | None:
         """What replica ``i``'s /metrics says (None: it does not answer)."""
         try:
-            r = httpx.get(f"{self.urls[i]}/metrics", timeout=5)
+            r = httpx.get(f"{self.urls[i]}/metrics", timeout=10)
         except httpx.TransportError:
             return None
         m = LEADER_METRIC.search(r.text)

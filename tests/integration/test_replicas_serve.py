@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -35,7 +36,7 @@ def test_one_leader_serves_status_and_a_follower_takes_over(
             [sys.executable, "-m", "reconciler.cli", "status", "--server", rs.urls[follower]],
             capture_output=True,
             text=True,
-            env={"FLEETKEEPER_TOKEN": rs.admin_token, "COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+            env={**os.environ, "FLEETKEEPER_TOKEN": rs.admin_token, "COLUMNS": "200"},
         )
         assert "Reconcilers" in out.stdout and "leader" in out.stdout, out.stdout + out.stderr
         started = time.monotonic()

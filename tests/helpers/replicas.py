@@ -12,6 +12,7 @@ is where the agents' server lists expect it.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
 import subprocess
@@ -168,3 +169,21 @@ def replica_set(
         yield rs
     finally:
         rs.stop_all()
+
+
+def client_ports(pid: int, server_port: int) -> set[int]:
+    """Local ports of process ``pid``'s TCP connections to ``server_port`` (its database
+    connections), read from /proc: which backends to terminate to cut it off."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, inode = fields[1], fields[2], fields[9]
+        if inode in inodes and int(remote.split(":")[1], 16) == server_port:
+            ports.add(int(local.split(":")[1], 16))
+    return ports

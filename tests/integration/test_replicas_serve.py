@@ -14,7 +14,8 @@ import httpx
 from tests.helpers.artifacts import build_program, hello_release
 from tests.helpers.fleet import fleet_doc, node_doc
 from tests.helpers.fleetrepo import FleetRepo
-from tests.helpers.replicas import replica_set
+from tests.helpers.postgres import PostgresServer, database_of
+from tests.helpers.replicas import client_ports, replica_set
 from tests.helpers.server import DEFAULT_FILES, register_doc
 
 PORT = {"port": "18080"}
@@ -100,3 +101,69 @@ def test_a_long_poll_on_a_follower_wakes_when_the_leader_changes_a_document(
             f"the follower's {behind * 1000:.0f} ms later"
         )
         assert behind < 1.0  # the target is 200 ms; generous on a shared 2-core machine
+
+
+WRITERS = (
+    "CREATE TABLE test_writes (replica text, tab text, at timestamptz DEFAULT clock_timestamp())",
+    """CREATE FUNCTION test_log_write() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO test_writes (replica, tab)
+    VALUES (current_setting('fleetkeeper.replica', true), TG_TABLE_NAME);
+    RETURN NULL;
+END $$""",
+)
+
+
+def test_a_leader_cut_off_from_the_database_stops_leading_and_writing(
+    tmp_path: Path, postgres: PostgresServer, postgres_url: str
+) -> None:
+    """pg_terminate_backend of every connection of the leader's process (a partition as
+    the database sees it): another replica leads; the old one commits no loop write."""
+    files = {"fleet.yaml": fleet_doc(), "nodes/node-a.yaml": node_doc("node-a", labels=PORT)}
+    repo = FleetRepo.create(tmp_path / "fleet", files)
+    (tmp_path / "dist").mkdir()
+    db = database_of(postgres_url)
+    with replica_set(tmp_path, repo, postgres_url, 2) as rs:
+        leader = rs.wait_leader()
+        # a trigger of the test's own records who commits each loop write
+        for statement in WRITERS:
+            postgres.execute(statement, database=db)
+        for table in ("rollouts", "desired", "audit", "applied_revisions"):
+            postgres.execute(
+                f"CREATE TRIGGER test_log_{table} AFTER INSERT OR UPDATE ON {table} "
+                "FOR EACH STATEMENT EXECUTE FUNCTION test_log_write()",
+                database=db,
+            )
+        old = str(postgres.execute("SELECT holder FROM fleetkeeper_leader", database=db)[0][0])
+        proc = rs.procs[leader]
+        assert proc is not None
+        ports = client_ports(proc.pid, postgres.port)
+        assert len(ports) >= 3  # the election, the wake-ups, the store's pool
+        cut = postgres.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE client_port = ANY(%s)",
+            [list(ports)],
+            database=db,
+        )
+        assert all(ok for (ok,) in cut), cut
+        started = time.monotonic()
+        new = rs.wait_leader(timeout=4, other_than=leader)  # within leaderLeaseSeconds x 2
+        print(f"cut off: another replica leads after {time.monotonic() - started:.2f}s")
+        holder = postgres.execute("SELECT holder FROM fleetkeeper_leader", database=db)[0][0]
+        assert holder != old
+        assert rs.leads(leader) is False  # it reconnected, as a follower
+        # work for the loop: only the new leader's writes are committed
+        art = build_program(tmp_path / "dist", "hello", "1.0.0")
+        release = hello_release("1.0.0", art, art.path.as_uri())
+        release["targets"] = {"nodes": ["node-a"]}
+        repo.change({"releases/hello/1.0.0.yaml": release}, "release hello 1.0.0")
+        deadline = time.monotonic() + 30
+        while True:
+            writes = postgres.execute(
+                "SELECT replica, tab FROM test_writes ORDER BY at", database=db
+            )
+            if any(tab == "desired" for _, tab in writes) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert "desired" in {tab for _, tab in writes}, writes
+        assert {r for r, _ in writes} == {holder}, (old, holder, writes)
+        del new

@@ -13,6 +13,7 @@ import json
 import random
 import re
 import statistics
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,6 +136,8 @@ def check_reports(postgres: PostgresServer, url: str, agents: list[AgentProc]) -
         assert stored_report["workloads"] == sent["workloads"], (a.node, stored_report, sent)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_rollouts_survive_leader_kills_at_random_moments(
     lab: Lab, postgres: PostgresServer, postgres_url: str
 ) -> None:
@@ -150,6 +153,7 @@ def test_rollouts_survive_leader_kills_at_random_moments(
         versions: list[str] = []
         revisions: list[str] = []
         failovers: list[float] = []
+        restarting: threading.Thread | None = None
         kills = 0
         minor = 0
         while kills < KILLS:
@@ -166,14 +170,22 @@ def test_rollouts_survive_leader_kills_at_random_moments(
                 time.sleep(rng.uniform(0.2, 2.0))  # a random moment of the rollout
                 if converged(agents, version) or kills >= KILLS:
                     continue
+                if len(rs.alive()) < 2 and restarting is not None:
+                    restarting.join()  # never kill the last replica standing
                 leader = rs.wait_leader()
                 rs.kill(leader)
                 killed = time.monotonic()
                 kills += 1
                 rs.wait_leader(timeout=2 * 2, other_than=leader)
                 failovers.append(time.monotonic() - killed)
-                rs.start(leader)  # back as a follower, on the same port
+                if restarting is not None:
+                    restarting.join()
+                # back as a follower on the same port, while the rollout goes on
+                restarting = threading.Thread(target=rs.start, args=(leader,))
+                restarting.start()
             print(f"{version} rolled out; {kills} kills so far")
+        if restarting is not None:
+            restarting.join()
         check_audit(rs, versions, revisions)
         time.sleep(1.5)  # the agents' next heartbeat: nothing changed, nothing new stored
         check_reports(postgres, postgres_url, agents)

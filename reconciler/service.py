@@ -33,7 +33,7 @@ from reconciler.loop.reconciler import PassResult, Reconciler
 from reconciler.notify.sender import Notifier
 from reconciler.signing import DocumentSigner, load_or_create_key
 from reconciler.source import GitSource
-from reconciler.store import open_store
+from reconciler.store import open_store, redact_url
 from reconciler.store.base import AuditEvent
 from reconciler.store.files import private_dir
 
@@ -171,7 +171,12 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
-        log.info("fleetkeeper serving %s on %s (store %s)", config.repo, url, "sqlite")
+        log.info(
+            "fleetkeeper serving %s on %s (store %s)",
+            config.repo,
+            url,
+            redact_url(config.database_url),
+        )
         if on_listening is not None:
             on_listening(url)
         parts: dict[str, Coroutine[Any, Any, None]] = {

@@ -94,7 +94,7 @@ def connection_params(url: str) -> dict[str, str]:
     return out
 
 
-def _durable(conn: Conn) -> None:
+def make_durable(conn: Conn) -> None:
     """Each new pooled connection: commits wait for the server's disk (see module doc)."""
     row = conn.execute("SHOW synchronous_commit").fetchone()
     if row is not None and row[0] == "off":
@@ -117,7 +117,7 @@ class PostgresStore:
             max_size=POOL_MAX,
             timeout=WAIT_TIMEOUT,
             check=ConnectionPool.check_connection,
-            configure=_durable,
+            configure=make_durable,
             name="fleetkeeper-store",
             open=False,
         )
@@ -133,7 +133,7 @@ class PostgresStore:
 
     def _migrate(self) -> None:
         with self._connect() as conn:
-            _durable(conn)
+            make_durable(conn)
             for version, statements in ((0, ()), *MIGRATIONS):
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))

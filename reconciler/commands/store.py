@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from reconciler.errors import ConfigError
 from reconciler.store import redact_url
 
 
@@ -36,7 +37,12 @@ def register(sub: Any) -> None:
 
 
 def run_migrate(args: argparse.Namespace) -> int:
-    from reconciler.store.transfer import migrate_sqlite_to_postgres
+    try:
+        from reconciler.store.transfer import migrate_sqlite_to_postgres
+    except ImportError as exc:  # the base install has no PostgreSQL driver
+        raise ConfigError(
+            f"store migrate needs the PostgreSQL driver ({exc}): pip install 'fleetkeeper[server]'"
+        ) from exc
 
     counts = migrate_sqlite_to_postgres(args.source, args.target)
     width = max((len(t) for t in counts), default=0)

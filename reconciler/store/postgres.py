@@ -39,9 +39,9 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
+import reconciler.store.records as records
 from reconciler.errors import ConfigError
 from reconciler.spec import JSON
-from reconciler.store import records, redact_url
 from reconciler.store.base import (
     AppliedRevision,
     AuditEvent,
@@ -52,6 +52,7 @@ from reconciler.store.base import (
     ReportRecord,
 )
 from reconciler.store.pg_migrations import LATEST, MIGRATIONS
+from reconciler.store.urls import redact_url
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -222,3 +223,54 @@ def test_an_unreachable_server_is_a_clear_error(postgres: PostgresServer) -> Non
         ConfigError, match=r"cannot open database postgresql://\*\*\*@127.0.0.1:1/x"
     ):
         open_store("postgresql://fleetkeeper@127.0.0.1:1/x")
+
+
+def _desired_doc(node: str, version: str) -> dict[str, object]:
+    return {
+        "apiVersion": "fleetkeeper/v1",
+        "kind": "DesiredState",
+        "node": node,
+        "generation": 0,
+        "revision": "a" * 40,
+        "approval": {"kind": "merge", "ref": "a" * 40, "signers": []},
+        "workloads": [{"name": "agent", "kind": "process", "version": version}],
+    }
+
+
+def test_two_replicas_writing_at_once_never_fork_generations_or_deadlock(
+    postgres_url: str,
+) -> None:
+    """Two stores (two replicas' pools) hammer the same rows: every desired change gets its
+    own generation, and batched report writes in opposite orders never deadlock."""
+    stores = [open_store(postgres_url), open_store(postgres_url)]
+    nodes = [f"n{i:03d}" for i in range(200)]
+    generations: list[int] = []
+    errors: list[BaseException] = []
+
+    def work(who: int) -> None:
+        store = stores[who]
+        order = nodes if who == 0 else nodes[::-1]
+        try:
+            for i in range(15):
+                rec, changed = store.put_desired("n000", _desired_doc("n000", f"{who}.{i}"))
+                assert changed
+                generations.append(rec.generation)
+                store.put_reports([ReportRecord(n, {"generation": i}, float(i)) for n in order])
+                store.touch_reports({n: float(100 + i) for n in order})
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(who,)) for who in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    try:
+        assert errors == []
+        assert sorted(generations) == list(range(1, 31))  # 30 changes, 30 generations
+        final = stores[0].desired("n000")
+        assert final is not None and final.generation == 30
+        assert {r.received_at for r in stores[1].reports()} == {114.0}
+    finally:
+        for s in stores:
+            s.close()

@@ -135,22 +135,10 @@ class PostgresStore:
     def _migrate(self) -> None:
         with self._connect() as conn:
             make_durable(conn)
-            for version, statements in ((0, ()), *MIGRATIONS):
+            for version, statements in MIGRATIONS:
                 with conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-                    conn.execute(
-                        "CREATE TABLE IF NOT EXISTS schema_migrations "
-                        "(version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
-                    )
-                    current = _version(conn)
-                    if current > LATEST:
-                        raise ConfigError(
-                            f"database {self.url} has schema version {current}, newer than "
-                            f"this fleetkeeper knows ({LATEST}); upgrade fleetkeeper or use "
-                            "another database"
-                        )
-                    if version == 0 or version <= current:
-                        continue  # another replica got there first, or done long ago
+                    if version <= self._locked_version(conn):
+                        continue  # done long ago, or by a replica that started with us
                     for statement in statements:
                         conn.execute(statement)
                     conn.execute(
@@ -158,6 +146,22 @@ class PostgresStore:
                         (version, time.time()),
                     )
                 log.info("store: applied migration %d to %s", version, self.url)
+
+    def _locked_version(self, conn: Conn) -> int:
+        """The schema version, read under the migration lock (held until the transaction
+        ends: a second opener waits here, then sees what the first applied)."""
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+        )
+        current = _version(conn)
+        if current > LATEST:
+            raise ConfigError(
+                f"database {self.url} has schema version {current}, newer than this "
+                f"fleetkeeper knows ({LATEST}); upgrade fleetkeeper or use another database"
+            )
+        return current
 
     @contextmanager
     def _tx(self, timeout: float | None = None) -> Iterator[Conn]:

@@ -33,7 +33,7 @@ from reconciler.loop.reconciler import PassResult, Reconciler
 from reconciler.notify.sender import Notifier
 from reconciler.signing import DocumentSigner, load_or_create_key
 from reconciler.source import GitSource
-from reconciler.store import open_store
+from reconciler.store import open_store, redact_url
 from reconciler.store.base import AuditEvent
 from reconciler.store.files import private_dir
 
@@ -189,7 +189,8 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
             "fleetkeeper serving %s on %s (store %s)",
             config.repo,
             url,
-            "sqlite" if replica is None else f"postgresql, replica {replica.name}",
+            redact_url(config.database_url)
+            + ("" if replica is None else f", replica {replica.name}"),
         )
         if on_listening is not None:
             on_listening(url)

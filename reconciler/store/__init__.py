@@ -6,17 +6,9 @@ picks the backend from the database URL.
 
 from __future__ import annotations
 
-import re
-
-from reconciler.errors import ConfigError, sanitize
+from reconciler.errors import ConfigError
 from reconciler.store.base import Store
-
-_PASSWORD_PARAM = re.compile(r"(?i)\bpassword=[^&\s]*")
-
-
-def redact_url(url: str) -> str:
-    """``url`` fit for a log or a message: no user:password@, no password= parameter."""
-    return _PASSWORD_PARAM.sub("password=***", sanitize(url))
+from reconciler.store.urls import redact_url
 
 
 def sqlite_path(url: str) -> str:

@@ -21,7 +21,7 @@ read-then-write methods serialise where they must: ``claim_node`` writes conditi
 (``ON CONFLICT DO NOTHING`` / ``WHERE token_hash = ...``), ``put_desired_many`` and
 ``append_audit`` take a transaction-scoped advisory lock (generations never fork; audit
 ids commit in id order, so a reader paging by id never skips a late commit). Batched
-writes go in sorted node order, which rules out deadlocks between two batches.
+writes are one statement over arrays, in sorted node order (no deadlock between two).
 Connections are checked on checkout (``check_connection``): after a PostgreSQL restart or
 a ``pg_terminate_backend`` the next call gets a fresh connection.
 """
@@ -39,9 +39,9 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
+import reconciler.store.records as records
 from reconciler.errors import ConfigError
 from reconciler.spec import JSON
-from reconciler.store import records, redact_url
 from reconciler.store.base import (
     AppliedRevision,
     AuditEvent,
@@ -52,6 +52,7 @@ from reconciler.store.base import (
     ReportRecord,
 )
 from reconciler.store.pg_migrations import LATEST, MIGRATIONS
+from reconciler.store.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def connection_params(url: str) -> dict[str, str]:
     return out
 
 
-def _durable(conn: Conn) -> None:
+def make_durable(conn: Conn) -> None:
     """Each new pooled connection: commits wait for the server's disk (see module doc)."""
     row = conn.execute("SHOW synchronous_commit").fetchone()
     if row is not None and row[0] == "off":
@@ -117,7 +118,7 @@ class PostgresStore:
             max_size=POOL_MAX,
             timeout=WAIT_TIMEOUT,
             check=ConnectionPool.check_connection,
-            configure=_durable,
+            configure=make_durable,
             name="fleetkeeper-store",
             open=False,
         )
@@ -133,23 +134,11 @@ class PostgresStore:
 
     def _migrate(self) -> None:
         with self._connect() as conn:
-            _durable(conn)
-            for version, statements in ((0, ()), *MIGRATIONS):
+            make_durable(conn)
+            for version, statements in MIGRATIONS:
                 with conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-                    conn.execute(
-                        "CREATE TABLE IF NOT EXISTS schema_migrations "
-                        "(version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
-                    )
-                    current = _version(conn)
-                    if current > LATEST:
-                        raise ConfigError(
-                            f"database {self.url} has schema version {current}, newer than "
-                            f"this fleetkeeper knows ({LATEST}); upgrade fleetkeeper or use "
-                            "another database"
-                        )
-                    if version == 0 or version <= current:
-                        continue  # another replica got there first, or done long ago
+                    if version <= self._locked_version(conn):
+                        continue  # done long ago, or by a replica that started with us
                     for statement in statements:
                         conn.execute(statement)
                     conn.execute(
@@ -157,6 +146,22 @@ class PostgresStore:
                         (version, time.time()),
                     )
                 log.info("store: applied migration %d to %s", version, self.url)
+
+    def _locked_version(self, conn: Conn) -> int:
+        """The schema version, read under the migration lock (held until the transaction
+        ends: a second opener waits here, then sees what the first applied)."""
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+        )
+        current = _version(conn)
+        if current > LATEST:
+            raise ConfigError(
+                f"database {self.url} has schema version {current}, newer than this "
+                f"fleetkeeper knows ({LATEST}); upgrade fleetkeeper or use another database"
+            )
+        return current
 
     @contextmanager
     def _tx(self, timeout: float | None = None) -> Iterator[Conn]:
@@ -368,21 +373,36 @@ class PostgresStore:
         last = {r.node: r for r in reports}  # the later of two reports of one node wins
         if not last:
             return
-        with self._tx() as conn, conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO reports (node, report, received_at) VALUES (%s, %s, %s) "
+        rows = sorted(last.items())
+        # one statement over arrays: a 10,000-report flush is one round trip, not 10,000;
+        # rows go in node order, so two replicas' flushes never deadlock
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO reports (node, report, received_at) "
+                "SELECT * FROM unnest(%s::text[], %s::text[], %s::float8[]) ORDER BY 1 "
                 "ON CONFLICT (node) DO UPDATE SET report = excluded.report, "
                 "received_at = excluded.received_at",
-                [(r.node, records.dumps(r.report), r.received_at) for _, r in sorted(last.items())],
+                (
+                    [n for n, _ in rows],
+                    [records.dumps(r.report) for _, r in rows],
+                    [r.received_at for _, r in rows],
+                ),
             )
 
     def touch_reports(self, seen: Mapping[str, float]) -> None:
         if not seen:
             return
-        with self._tx() as conn, conn.cursor() as cur:
-            cur.executemany(
-                "UPDATE reports SET received_at = GREATEST(received_at, %s) WHERE node = %s",
-                [(at, node) for node, at in sorted(seen.items())],
+        nodes, times = zip(*sorted(seen.items()), strict=True)
+        with self._tx() as conn:
+            # lock the rows in node order first: an UPDATE ... FROM visits them in any order
+            conn.execute(
+                "SELECT 1 FROM reports WHERE node = ANY(%s) ORDER BY node FOR UPDATE",
+                (list(nodes),),
+            )
+            conn.execute(
+                "UPDATE reports AS r SET received_at = GREATEST(r.received_at, v.at) "
+                "FROM unnest(%s::text[], %s::float8[]) AS v(node, at) WHERE r.node = v.node",
+                (list(nodes), list(times)),
             )
 
     def reports(self) -> Sequence[ReportRecord]:

@@ -21,9 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
+import reconciler.store.records as records
 from reconciler.errors import ConfigError
 from reconciler.spec import JSON
-from reconciler.store import records
 from reconciler.store.base import (
     AppliedRevision,
     AuditEvent,

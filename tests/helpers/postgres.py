@@ -43,6 +43,7 @@ SUPERUSER = "postgres"
 PASSWORD_ROLE = "fleetkeeper_pw"
 PASSWORD = "s3cret-pw-for-tests"
 START_TIMEOUT = 60
+PREFIX = "fleetkeeper-pg-"  # the temporary folders, one per session, in the temp dir
 
 
 def find_bindir() -> Path | None:
@@ -258,11 +259,32 @@ def database_of(url_or_database: str) -> str:
     return urlsplit(url_or_database).path.lstrip("/")
 
 
+def _reap_orphans(bindir: Path) -> None:
+    """Stop and remove servers whose test session died without its teardown (SIGKILL,
+    a killed CI job): on a shared machine they would run, and hold memory, forever."""
+    for root in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
+        try:
+            owner = int((root / "owner.pid").read_text())
+            os.kill(owner, 0)
+            continue  # its session is alive
+        except ProcessLookupError:
+            pass
+        except (OSError, ValueError):
+            continue  # being created right now, or not ours
+        orphan = PostgresServer(bindir=bindir, root=root)
+        with contextlib.suppress(Exception):
+            if orphan.datadir.exists() and orphan.is_running():
+                orphan.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def postgres_server(bindir: Path) -> Iterator[PostgresServer]:
     """Start a server in a fresh temporary folder; stop it (fast) and remove the folder."""
+    _reap_orphans(bindir)
     # not under pytest's tmp folder: that one is 0700 root, the postgres user can't enter it
-    root = Path(tempfile.mkdtemp(prefix="fleetkeeper-pg-"))
+    root = Path(tempfile.mkdtemp(prefix=PREFIX))
+    (root / "owner.pid").write_text(str(os.getpid()))
     server = PostgresServer(bindir=bindir, root=root)
     try:
         server.init()

@@ -103,7 +103,7 @@ def test_two_replicas_behind_nginx_from_the_readme(
         proc = subprocess.Popen(
             [nginx_bin, "-c", str(conf), "-g", "daemon off;"],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # its error_log is a file in tmp
         )
         url = f"http://127.0.0.1:{front}"
         try:

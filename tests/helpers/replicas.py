@@ -135,9 +135,11 @@ def replica_set(
     n: int,
     *,
     extra_config: Mapping[str, Any] | None = None,
+    repo_url: str | None = None,
 ) -> Iterator[ReplicaSet]:
-    """``n`` replicas, all ready (``/readyz`` 200) when yielded; SIGTERM on exit."""
-    base, secrets = write_config(tmp / "config", str(repo.path), extra=extra_config)
+    """``n`` replicas, all ready (``/readyz`` 200) when yielded; SIGTERM on exit.
+    ``repo_url`` (e.g. ``file://...``): each replica mirrors the repo instead of reading it."""
+    base, secrets = write_config(tmp / "config", repo_url or str(repo.path), extra=extra_config)
     doc = yaml.safe_load(base.read_text())
     doc.update(
         {"database": database, "signingKeyFile": str(signing_key(tmp)), "leaderLeaseSeconds": 2}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from reconciler.forges import sign
 from tests.helpers.artifacts import build_program, hello_release
 from tests.helpers.fleet import fleet_doc, node_doc
 from tests.helpers.fleetrepo import FleetRepo
@@ -167,3 +168,25 @@ def test_a_leader_cut_off_from_the_database_stops_leading_and_writing(
         assert "desired" in {tab for _, tab in writes}, writes
         assert {r for r, _ in writes} == {holder}, (old, holder, writes)
         del new
+
+
+def test_a_webhook_on_a_follower_makes_the_leader_fetch(tmp_path: Path, postgres_url: str) -> None:
+    repo = FleetRepo.create(tmp_path / "fleet", DEFAULT_FILES)
+    extra = {"pollIntervalSeconds": 600}  # only a webhook can make it fetch in time
+    with replica_set(
+        tmp_path, repo, postgres_url, 2, extra_config=extra, repo_url=repo.path.as_uri()
+    ) as rs:
+        leader = rs.wait_leader()
+        follower = 1 - leader
+        sha = repo.change({"nodes/node-d.yaml": node_doc("node-d")}, "add node-d")
+        body = b'{"ref": "refs/heads/main"}'
+        sig = {"x-fleetkeeper-signature": "sha256=" + sign(rs.webhook_secret, body)}
+        r = httpx.post(f"{rs.urls[follower]}/hooks/generic", content=body, headers=sig)
+        assert r.status_code == 202, r.text
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            applied = [e["revision"] for e in rs.audit(follower) if e["kind"] == "applied"]
+            if sha in applied:
+                break
+            time.sleep(0.2)
+        assert sha in applied, f"the leader did not fetch {sha}\n{rs.tail()}"

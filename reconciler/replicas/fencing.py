@@ -92,11 +92,14 @@ END $$"""
 async def install(conn: AsyncConnection[TupleRow]) -> None:
     """Create the leader and replica tables and the fencing triggers (idempotent; two
     replicas starting at once take turns on an advisory lock). Tables the store has not
-    created are skipped."""
+    created are skipped. When everything is in place already nothing is replaced:
+    replacing a trigger locks its table against the leader's writes."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (SETUP_LOCK,))
         for statement in TABLES:
             await conn.execute(statement)
+        if await _installed(conn):
+            return
         await conn.execute(FENCE_FUNCTION)
         for table, events in FENCED:
             if not await _exists(conn, table):
@@ -119,6 +122,25 @@ async def install(conn: AsyncConnection[TupleRow]) -> None:
                     "FOR EACH ROW WHEN (NEW.kind NOT IN ({})) EXECUTE FUNCTION fleetkeeper_fence()"
                 ).format(kinds)
             )
+
+
+async def _installed(conn: AsyncConnection[TupleRow]) -> bool:
+    """This version's function, and a trigger on every fenced table the store has."""
+    cur = await conn.execute("SELECT prosrc FROM pg_proc WHERE proname = 'fleetkeeper_fence'")
+    rows = await cur.fetchall()
+    body = FENCE_FUNCTION.split("$$")[1]
+    if [r[0] for r in rows] != [body]:
+        return False
+    cur = await conn.execute(
+        "SELECT c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+        "WHERE t.tgname = 'fleetkeeper_fence_' || c.relname"
+    )
+    have = {str(r[0]) for r in await cur.fetchall()}
+    want = {t for t, _ in FENCED} | {"audit"}
+    for table in want - have:
+        if await _exists(conn, table):
+            return False
+    return True
 
 
 async def _exists(conn: AsyncConnection[TupleRow], table: str) -> bool:

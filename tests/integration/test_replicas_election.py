@@ -154,12 +154,20 @@ def test_two_replicas_install_fencing_at_the_same_moment(postgres_url: str) -> N
     async def body(rs: list[Leadership], stops: dict[str, asyncio.Event]) -> None:
         await until(lambda: all(r.connected for r in rs), LEASE, "both connected")
 
+    def triggers() -> list[tuple[object, ...]]:
+        with psycopg.connect(postgres_url) as conn:
+            return conn.execute(
+                "SELECT tgname, xmin::text FROM pg_trigger "
+                "WHERE tgname LIKE 'fleetkeeper_fence_%' ORDER BY 1"
+            ).fetchall()
+
     asyncio.run(with_replicas(postgres_url, [f"r{i}" for i in range(4)], body))
-    with psycopg.connect(postgres_url) as conn:
-        triggers = conn.execute(
-            "SELECT tgname FROM pg_trigger WHERE tgname LIKE 'fleetkeeper_fence_%' ORDER BY 1"
-        ).fetchall()
-    assert triggers == [("fleetkeeper_fence_audit",), ("fleetkeeper_fence_rollouts",)]
+    first = triggers()
+    assert [name for name, _ in first] == ["fleetkeeper_fence_audit", "fleetkeeper_fence_rollouts"]
+    # a replica starting later finds them in place and replaces nothing (a replaced
+    # trigger would lock its table against the leader's writes)
+    asyncio.run(with_replicas(postgres_url, ["late"], body))
+    assert triggers() == first
 
 
 def test_payloads_stay_under_the_notify_limit() -> None:

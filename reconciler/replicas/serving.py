@@ -17,6 +17,7 @@ from typing import Any
 from reconciler.api.context import ApiContext
 from reconciler.api.metrics import Metrics
 from reconciler.config import Config
+from reconciler.errors import ConfigError
 from reconciler.loop.reconciler import Reconciler
 from reconciler.replicas import fencing
 from reconciler.replicas.bus import Bus
@@ -25,8 +26,9 @@ from reconciler.replicas.leader import Leadership
 from reconciler.replicas.store import ReplicatedStore
 from reconciler.source import GitSource
 from reconciler.spec import JSON
-from reconciler.store import open_store
+from reconciler.store import open_store, redact_url
 from reconciler.store.base import AuditEvent
+from reconciler.store.postgres import connection_params
 from reconciler.views.timefmt import iso
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,12 @@ class Replica:
         listeners: Sequence[Callable[[AuditEvent], None]],
     ) -> None:
         self.config = config
+        if "options" in connection_params(config.database_url):
+            # libpq then ignores PGOPTIONS, which carries the fencing setting below
+            raise ConfigError(
+                f"database {redact_url(config.database_url)}: drop options= from the URL "
+                "(replicas set their session options through PGOPTIONS; put yours there)"
+            )
         self.incarnation = uuid.uuid4().hex[:16]  # this process: a restart is a new one
         # Every libpq connection of the process (the store's pool too) carries the
         # incarnation: the fencing triggers compare it with the leader row.

@@ -17,7 +17,7 @@ from tests.helpers.fleet import fleet_doc, node_doc
 from tests.helpers.fleetrepo import FleetRepo
 from tests.helpers.postgres import PostgresServer, database_of
 from tests.helpers.replicas import client_ports, replica_set
-from tests.helpers.server import DEFAULT_FILES, register_doc
+from tests.helpers.server import DEFAULT_FILES, register_doc, write_config
 
 PORT = {"port": "18080"}
 
@@ -190,3 +190,18 @@ def test_a_webhook_on_a_follower_makes_the_leader_fetch(tmp_path: Path, postgres
                 break
             time.sleep(0.2)
         assert sha in applied, f"the leader did not fetch {sha}\n{rs.tail()}"
+
+
+def test_options_in_the_database_url_are_refused(tmp_path: Path, postgres_url: str) -> None:
+    """libpq would ignore PGOPTIONS, and with it the setting the fencing triggers check."""
+    repo = FleetRepo.create(tmp_path / "fleet", DEFAULT_FILES)
+    url = postgres_url + "?options=-c%20statement_timeout%3D5000"
+    config, _ = write_config(tmp_path / "config", str(repo.path), extra={"database": url})
+    out = subprocess.run(
+        [sys.executable, "-m", "reconciler.cli", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1, out.stderr
+    assert "drop options= from the URL" in out.stderr, out.stderr

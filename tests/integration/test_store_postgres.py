@@ -274,3 +274,44 @@ def test_two_replicas_writing_at_once_never_fork_generations_or_deadlock(
     finally:
         for s in stores:
             s.close()
+
+
+def test_writes_resume_by_themselves_after_a_restart_under_load(
+    postgres: PostgresServer, postgres_url: str
+) -> None:
+    """A writer keeps writing while PostgreSQL restarts: a call during the outage fails or
+    waits for a new connection (the caller retries, as the loop does), every acknowledged
+    write is kept, and writes work again without reopening the store."""
+    store = open_store(postgres_url)
+    acknowledged: list[int] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def write() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                acknowledged.append(store.append_audit(AuditEvent(float(i), "report", str(i))))
+            except psycopg.Error as exc:
+                failures.append(type(exc).__name__)
+                time.sleep(0.05)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        time.sleep(0.5)
+        postgres.restart("fast", down_seconds=1.0)
+        before = len(acknowledged)
+        deadline = time.monotonic() + 30
+        while len(acknowledged) < before + 50:  # writing again, same store object
+            assert time.monotonic() < deadline, f"no writes after the restart: {failures[-3:]}"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        writer.join(timeout=60)
+    try:
+        stored = {e.id for e in store.audit(limit=1_000_000)}
+        assert set(acknowledged) <= stored
+    finally:
+        store.close()

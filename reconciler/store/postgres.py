@@ -209,22 +209,7 @@ class PostgresStore:
 
     def append_audit(self, event: AuditEvent) -> int:
         with self._tx() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,))
-            row = conn.execute(
-                "INSERT INTO audit (time, kind, message, revision, release, node, details) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                (
-                    event.time,
-                    event.kind,
-                    event.message,
-                    event.revision,
-                    event.release,
-                    event.node,
-                    records.dumps(event.details),
-                ),
-            ).fetchone()
-            assert row is not None
-            return int(row[0])
+            return _insert_audit(conn, event)
 
     def audit(self, since: float | None = None, limit: int = 1000) -> Sequence[AuditEvent]:
         query = "SELECT id, time, kind, message, revision, release, node, details FROM audit "
@@ -266,25 +251,9 @@ class PostgresStore:
     def claim_node(
         self, node: NodeRecord, *, replaces: str | None, join_token: str | None
     ) -> ClaimRefusal | None:
-        # A lock on the name (not on a row: there may be none yet) makes read-check-write
-        # atomic across replicas, as SQLite's single writer does; refusals write nothing.
         with self._tx() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (NODE_LOCKS, node.name))
-            row = conn.execute(
-                "SELECT token_hash FROM nodes WHERE name = %s", (node.name,)
-            ).fetchone()
-            if (None if row is None else str(row[0])) != replaces:
-                return "taken"
-            if join_token is not None:
-                spent = conn.execute(
-                    "UPDATE join_tokens SET used = used + 1 WHERE id = %s "
-                    "AND revoked_at IS NULL AND expires_at > %s AND used < uses",
-                    (join_token, node.registered_at),
-                )
-                if spent.rowcount != 1:
-                    return "token-spent"
-            conn.execute(_UPSERT_NODE, records.node_row(node))
-            return None
+            _lock_names(conn, [node.name])
+            return _claim(conn, node, replaces, join_token)
 
     def create_join_token(self, token: JoinToken) -> None:
         with self._tx() as conn:
@@ -459,6 +428,54 @@ _UPSERT_NODE = (
     "token_hash = excluded.token_hash, registered_at = excluded.registered_at, "
     "admission = excluded.admission"
 )
+
+
+def _insert_audit(conn: Conn, event: AuditEvent) -> int:
+    """Append ``event`` inside the caller's transaction. The lock (held to the commit)
+    makes ids commit in id order: a reader paging by id never skips a late commit."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,))
+    row = conn.execute(
+        "INSERT INTO audit (time, kind, message, revision, release, node, details) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+        (
+            event.time,
+            event.kind,
+            event.message,
+            event.revision,
+            event.release,
+            event.node,
+            records.dumps(event.details),
+        ),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _lock_names(conn: Conn, names: Sequence[str]) -> None:
+    """Lock node names (not rows: there may be none yet) until the commit, in sorted
+    order (two transactions locking overlapping sets cannot deadlock): read-check-write
+    of a name is then atomic across replicas, as under SQLite's single writer."""
+    for name in sorted(set(names)):
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (NODE_LOCKS, name))
+
+
+def _claim(
+    conn: Conn, node: NodeRecord, replaces: str | None, join_token: str | None
+) -> ClaimRefusal | None:
+    """One claim inside the caller's transaction, its name locked; a refusal writes nothing."""
+    row = conn.execute("SELECT token_hash FROM nodes WHERE name = %s", (node.name,)).fetchone()
+    if (None if row is None else str(row[0])) != replaces:
+        return "taken"
+    if join_token is not None:
+        spent = conn.execute(
+            "UPDATE join_tokens SET used = used + 1 WHERE id = %s "
+            "AND revoked_at IS NULL AND expires_at > %s AND used < uses",
+            (join_token, node.registered_at),
+        )
+        if spent.rowcount != 1:
+            return "token-spent"
+    conn.execute(_UPSERT_NODE, records.node_row(node))
+    return None
 
 
 def _version(conn: Conn) -> int:

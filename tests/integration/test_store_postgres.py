@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from reconciler.errors import ConfigError
-from reconciler.store import open_store
+from reconciler.store import migrations, open_store, pg_migrations
 from reconciler.store.base import AppliedRevision, AuditEvent, ReportRecord
 from reconciler.store.pg_migrations import LATEST
 from reconciler.store.postgres import make_durable
@@ -97,6 +97,12 @@ def test_a_newer_schema_is_refused(postgres_url: str) -> None:
         db.execute("INSERT INTO schema_migrations VALUES (%s, 0)", (LATEST + 1,))
     with pytest.raises(ConfigError, match="newer than this fleetkeeper"):
         open_store(postgres_url)
+
+
+def test_both_backends_know_the_same_migration_versions() -> None:
+    # a database moved between them (store migrate) keeps its meaning: a new migration
+    # goes into reconciler/store/migrations.py and pg_migrations.py with one version
+    assert [v for v, _ in pg_migrations.MIGRATIONS] == [v for v, _ in migrations.MIGRATIONS]
 
 
 def test_the_schema_is_sqlites_table_for_table(postgres_url: str, tmp_path: Path) -> None:

@@ -209,22 +209,7 @@ class PostgresStore:
 
     def append_audit(self, event: AuditEvent) -> int:
         with self._tx() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,))
-            row = conn.execute(
-                "INSERT INTO audit (time, kind, message, revision, release, node, details) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                (
-                    event.time,
-                    event.kind,
-                    event.message,
-                    event.revision,
-                    event.release,
-                    event.node,
-                    records.dumps(event.details),
-                ),
-            ).fetchone()
-            assert row is not None
-            return int(row[0])
+            return _insert_audit(conn, event)
 
     def audit(self, since: float | None = None, limit: int = 1000) -> Sequence[AuditEvent]:
         query = "SELECT id, time, kind, message, revision, release, node, details FROM audit "
@@ -266,25 +251,9 @@ class PostgresStore:
     def claim_node(
         self, node: NodeRecord, *, replaces: str | None, join_token: str | None
     ) -> ClaimRefusal | None:
-        # A lock on the name (not on a row: there may be none yet) makes read-check-write
-        # atomic across replicas, as SQLite's single writer does; refusals write nothing.
         with self._tx() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (NODE_LOCKS, node.name))
-            row = conn.execute(
-                "SELECT token_hash FROM nodes WHERE name = %s", (node.name,)
-            ).fetchone()
-            if (None if row is None else str(row[0])) != replaces:
-                return "taken"
-            if join_token is not None:
-                spent = conn.execute(
-                    "UPDATE join_tokens SET used = used + 1 WHERE id = %s "
-                    "AND revoked_at IS NULL AND expires_at > %s AND used < uses",
-                    (join_token, node.registered_at),
-                )
-                if spent.rowcount != 1:
-                    return "token-spent"
-            conn.execute(_UPSERT_NODE, records.node_row(node))
-            return None
+            _lock_names(conn, [node.name])
+            return _claim(conn, node, replaces, join_token)
 
     def create_join_token(self, token: JoinToken) -> None:
         with self._tx() as conn:
@@ -337,7 +306,7 @@ class PostgresStore:
         with self._tx() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (DESIRED_LOCK,))
             rows = conn.execute(
-                f"SELECT {records.DESIRED_COLUMNS} FROM desired WHERE node = ANY(%s)",
+                f"SELECT {records.DESIRED_COLUMNS} FROM desired WHERE node = ANY(%b)",
                 (list(documents),),
             ).fetchall()
             stored = {r[0]: records.desired_record(r) for r in rows}
@@ -353,17 +322,20 @@ class PostgresStore:
                     changed[node] = rec
                     out.append((rec, True))
             if changed:
-                with conn.cursor() as cur:
-                    cur.executemany(
-                        f"INSERT INTO desired ({records.DESIRED_COLUMNS}) "
-                        "VALUES (%s, %s, %s, %s) ON CONFLICT (node) DO UPDATE SET "
-                        "generation = excluded.generation, etag = excluded.etag, "
-                        "document = excluded.document",
-                        [
-                            (r.node, r.generation, r.etag, records.dumps(r.document))
-                            for _, r in sorted(changed.items())
-                        ],
-                    )
+                new = [changed[n] for n in sorted(changed)]
+                conn.execute(
+                    f"INSERT INTO desired ({records.DESIRED_COLUMNS}) "
+                    "SELECT * FROM unnest(%b::text[], %b::int8[], %b::text[], %b::text[]) "
+                    "ORDER BY 1 ON CONFLICT (node) DO UPDATE SET "
+                    "generation = excluded.generation, etag = excluded.etag, "
+                    "document = excluded.document",
+                    (
+                        [r.node for r in new],
+                        [r.generation for r in new],
+                        [r.etag for r in new],
+                        [records.dumps(r.document) for r in new],
+                    ),
+                )
         return out
 
     def put_report(self, report: ReportRecord) -> None:
@@ -374,12 +346,13 @@ class PostgresStore:
         if not last:
             return
         rows = sorted(last.items())
-        # one statement over arrays: a 10,000-report flush is one round trip, not 10,000;
+        # one statement over arrays: a 10,000-report flush is one round trip, not 10,000
+        # (arrays sent binary, %b: psycopg's text-array quoting costs more than the write);
         # rows go in node order, so two replicas' flushes never deadlock
         with self._tx() as conn:
             conn.execute(
                 "INSERT INTO reports (node, report, received_at) "
-                "SELECT * FROM unnest(%s::text[], %s::text[], %s::float8[]) ORDER BY 1 "
+                "SELECT * FROM unnest(%b::text[], %b::text[], %b::float8[]) ORDER BY 1 "
                 "ON CONFLICT (node) DO UPDATE SET report = excluded.report, "
                 "received_at = excluded.received_at",
                 (
@@ -396,12 +369,12 @@ class PostgresStore:
         with self._tx() as conn:
             # lock the rows in node order first: an UPDATE ... FROM visits them in any order
             conn.execute(
-                "SELECT 1 FROM reports WHERE node = ANY(%s) ORDER BY node FOR UPDATE",
+                "SELECT 1 FROM reports WHERE node = ANY(%b) ORDER BY node FOR UPDATE",
                 (list(nodes),),
             )
             conn.execute(
                 "UPDATE reports AS r SET received_at = GREATEST(r.received_at, v.at) "
-                "FROM unnest(%s::text[], %s::float8[]) AS v(node, at) WHERE r.node = v.node",
+                "FROM unnest(%b::text[], %b::float8[]) AS v(node, at) WHERE r.node = v.node",
                 (list(nodes), list(times)),
             )
 
@@ -428,11 +401,11 @@ class PostgresStore:
         with self._tx() as conn:
             conn.execute(
                 "INSERT INTO observed_objects (sha, first_seen) "
-                "SELECT unnest(%s::text[]), %s ON CONFLICT (sha) DO NOTHING",
+                "SELECT unnest(%b::text[]), %s ON CONFLICT (sha) DO NOTHING",
                 (wanted, now),
             )
             rows = conn.execute(
-                "SELECT sha, first_seen FROM observed_objects WHERE sha = ANY(%s)", (wanted,)
+                "SELECT sha, first_seen FROM observed_objects WHERE sha = ANY(%b)", (wanted,)
             ).fetchall()
         return {str(sha): float(at) for sha, at in rows}
 
@@ -455,6 +428,54 @@ _UPSERT_NODE = (
     "token_hash = excluded.token_hash, registered_at = excluded.registered_at, "
     "admission = excluded.admission"
 )
+
+
+def _insert_audit(conn: Conn, event: AuditEvent) -> int:
+    """Append ``event`` inside the caller's transaction. The lock (held to the commit)
+    makes ids commit in id order: a reader paging by id never skips a late commit."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,))
+    row = conn.execute(
+        "INSERT INTO audit (time, kind, message, revision, release, node, details) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+        (
+            event.time,
+            event.kind,
+            event.message,
+            event.revision,
+            event.release,
+            event.node,
+            records.dumps(event.details),
+        ),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _lock_names(conn: Conn, names: Sequence[str]) -> None:
+    """Lock node names (not rows: there may be none yet) until the commit, in sorted
+    order (two transactions locking overlapping sets cannot deadlock): read-check-write
+    of a name is then atomic across replicas, as under SQLite's single writer."""
+    for name in sorted(set(names)):
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (NODE_LOCKS, name))
+
+
+def _claim(
+    conn: Conn, node: NodeRecord, replaces: str | None, join_token: str | None
+) -> ClaimRefusal | None:
+    """One claim inside the caller's transaction, its name locked; a refusal writes nothing."""
+    row = conn.execute("SELECT token_hash FROM nodes WHERE name = %s", (node.name,)).fetchone()
+    if (None if row is None else str(row[0])) != replaces:
+        return "taken"
+    if join_token is not None:
+        spent = conn.execute(
+            "UPDATE join_tokens SET used = used + 1 WHERE id = %s "
+            "AND revoked_at IS NULL AND expires_at > %s AND used < uses",
+            (join_token, node.registered_at),
+        )
+        if spent.rowcount != 1:
+            return "token-spent"
+    conn.execute(_UPSERT_NODE, records.node_row(node))
+    return None
 
 
 def _version(conn: Conn) -> int:

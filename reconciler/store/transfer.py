@@ -46,6 +46,7 @@ def migrate_sqlite_to_postgres(source: str, target: str) -> Mapping[str, int]:
     path = sqlite_path(source)
     if path == ":memory:" or not Path(path).is_file():
         raise ConfigError(f"--from {source}: no such database file")
+    _check_fleetkeeper_file(path, source)
     # both to the same schema version first: then the tables and columns match
     open_store(source).close()
     open_store(target).close()
@@ -57,6 +58,22 @@ def migrate_sqlite_to_postgres(source: str, target: str) -> Mapping[str, int]:
             return _copy(src, dst, tables, redact_url(target))
     finally:
         src.close()
+
+
+def _check_fleetkeeper_file(path: str, source: str) -> None:
+    """Refuse a file that is not a fleetkeeper store before anything writes to it."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            found = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+            ).fetchone()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(f"--from {source}: not a SQLite database ({exc})") from exc
+    if found is None:
+        raise ConfigError(f"--from {source}: not a fleetkeeper database (no schema_migrations)")
 
 
 def _sqlite_tables(src: sqlite3.Connection) -> dict[str, list[str]]:

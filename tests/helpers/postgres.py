@@ -16,6 +16,7 @@ password handling need a server that really checks one. The suite runs as root a
 PostgreSQL refuses to, so as root the folder belongs to the ``postgres`` user and every
 server command runs through ``runuser -u postgres --``. Without PostgreSQL binaries the
 tests skip, except under CI (``CI=true``) where a missing server is a failure.
+``PG_BINDIR`` names the binaries' folder when the default search should not decide.
 ``fsync=off`` keeps the shared 2-core machine fast: it only matters if the OS crashes,
 which no test does (commits stay synchronous, so a killed *client* loses nothing).
 """
@@ -47,7 +48,11 @@ PREFIX = "fleetkeeper-pg-"  # the temporary folders, one per session, in the tem
 
 
 def find_bindir() -> Path | None:
-    """The folder holding ``initdb`` and ``pg_ctl`` (Debian keeps them off PATH)."""
+    """The folder holding ``initdb`` and ``pg_ctl`` (Debian keeps them off PATH);
+    ``PG_BINDIR`` picks one (another major version), and only that one."""
+    if os.environ.get("PG_BINDIR"):
+        chosen = Path(os.environ["PG_BINDIR"])
+        return chosen if (chosen / "initdb").is_file() and (chosen / "pg_ctl").is_file() else None
     candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_major, reverse=True)
     with contextlib.suppress(OSError, subprocess.CalledProcessError):
         out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True)
@@ -297,16 +302,21 @@ def postgres_server(bindir: Path) -> Iterator[PostgresServer]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    """The session's PostgreSQL server (started on first use)."""
+def require_bindir() -> Path:
+    """The binaries, or skip the test (fail it under ``CI=true``) saying what is missing."""
     bindir = find_bindir()
     if bindir is None:
         reason = "PostgreSQL binaries (initdb, pg_ctl) not found: install the postgresql package"
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(f"{reason} (CI=true: PostgreSQL tests must run)")
         pytest.skip(reason)
-    with postgres_server(bindir) as server:
+    return bindir
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """The session's PostgreSQL server (started on first use)."""
+    with postgres_server(require_bindir()) as server:
         yield server
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import psycopg
 import pytest
 
-from tests.helpers.postgres import PASSWORD, PostgresServer
+from tests.helpers.postgres import PASSWORD, PostgresServer, find_bindir, require_bindir
 
 
 def test_each_test_gets_an_empty_database_on_localhost(
@@ -54,3 +56,19 @@ def test_the_password_role_needs_its_password(postgres: PostgresServer, postgres
     with psycopg.connect(url, password=password, connect_timeout=5) as conn:
         assert conn.execute("SELECT current_user").fetchone() == (user,)
     assert password == PASSWORD
+
+
+def test_missing_binaries_skip_with_a_reason_but_fail_under_ci(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    installed = find_bindir()
+    monkeypatch.setenv("PG_BINDIR", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("CI", "")
+    with pytest.raises(pytest.skip.Exception, match=r"initdb, pg_ctl\) not found"):
+        require_bindir()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true: PostgreSQL tests must run"):
+        require_bindir()
+    if installed is not None:  # a folder that has them is taken as it is
+        monkeypatch.setenv("PG_BINDIR", str(installed))
+        assert require_bindir() == installed

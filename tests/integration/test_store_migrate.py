@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,23 @@ def _nodes(status: dict[str, Any]) -> list[Any]:
     return [(n["node"], n["health"], n["lastSeen"], n["workloads"]) for n in status["nodes"]]
 
 
+def _table_rows(sqlite_url: str, postgres_url: str | None = None) -> dict[str, list[Any]]:
+    """Every row of every table (but the migration bookkeeping), from SQLite or PostgreSQL."""
+    lite = sqlite3.connect(sqlite_url.removeprefix("sqlite://"))
+    try:
+        tables = [
+            str(r[0])
+            for r in lite.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            if r[0] not in ("schema_migrations", "sqlite_sequence")
+        ]
+        if postgres_url is None:
+            return {t: sorted(lite.execute(f"SELECT * FROM {t}").fetchall()) for t in tables}
+    finally:
+        lite.close()
+    with psycopg.connect(postgres_url) as db:
+        return {t: sorted(db.execute(f"SELECT * FROM {t}").fetchall()) for t in tables}  # type: ignore[arg-type]
+
+
 def test_migrate_a_running_installation_to_postgresql(tmp_path: Path, postgres_url: str) -> None:
     with operated_fleet(tmp_path) as fleet:
         fleet.release("1.0.0")
@@ -70,6 +88,8 @@ def test_migrate_a_running_installation_to_postgresql(tmp_path: Path, postgres_u
         applied = [e for e in audit if e["kind"] == "applied"]
         assert counts["join_tokens"] == "1" and counts["applied_revisions"] == str(len(applied))
         assert "postgres@" not in moved.stdout  # the target URL is shown redacted
+
+        assert _table_rows(sqlite_url, postgres_url) == _table_rows(sqlite_url)
 
         config = yaml.safe_load(fleet.server.config_path.read_text())
         config["database"] = postgres_url
@@ -107,5 +127,11 @@ def test_migrate_refuses_a_missing_source_and_the_wrong_direction(
     )
     assert missing.returncode == 1 and "no such database file" in missing.stderr
     assert not (tmp_path / "nope.db").exists()  # not created by the attempt
+    foreign = tmp_path / "other.db"
+    sqlite3.connect(foreign).execute("CREATE TABLE t (x)").connection.close()
+    before = foreign.read_bytes()
+    refused = cli("store", "migrate", "--from", f"sqlite:///{foreign}", "--to", postgres_url)
+    assert refused.returncode == 1 and "not a fleetkeeper database" in refused.stderr
+    assert foreign.read_bytes() == before  # left as it was
     backwards = cli("store", "migrate", "--from", postgres_url, "--to", f"sqlite:///{tmp_path}/x")
     assert backwards.returncode == 1 and "expected sqlite:///" in backwards.stderr

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from reconciler.errors import ConfigError
-from reconciler.store import open_store
+from reconciler.store import migrations, open_store, pg_migrations
 from reconciler.store.base import AppliedRevision, AuditEvent, ReportRecord
 from reconciler.store.pg_migrations import LATEST
 from reconciler.store.postgres import make_durable
@@ -97,6 +97,12 @@ def test_a_newer_schema_is_refused(postgres_url: str) -> None:
         db.execute("INSERT INTO schema_migrations VALUES (%s, 0)", (LATEST + 1,))
     with pytest.raises(ConfigError, match="newer than this fleetkeeper"):
         open_store(postgres_url)
+
+
+def test_both_backends_know_the_same_migration_versions() -> None:
+    # a database moved between them (store migrate) keeps its meaning: a new migration
+    # goes into reconciler/store/migrations.py and pg_migrations.py with one version
+    assert [v for v, _ in pg_migrations.MIGRATIONS] == [v for v, _ in migrations.MIGRATIONS]
 
 
 def test_the_schema_is_sqlites_table_for_table(postgres_url: str, tmp_path: Path) -> None:
@@ -274,3 +280,44 @@ def test_two_replicas_writing_at_once_never_fork_generations_or_deadlock(
     finally:
         for s in stores:
             s.close()
+
+
+def test_writes_resume_by_themselves_after_a_restart_under_load(
+    postgres: PostgresServer, postgres_url: str
+) -> None:
+    """A writer keeps writing while PostgreSQL restarts: a call during the outage fails or
+    waits for a new connection (the caller retries, as the loop does), every acknowledged
+    write is kept, and writes work again without reopening the store."""
+    store = open_store(postgres_url)
+    acknowledged: list[int] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def write() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                acknowledged.append(store.append_audit(AuditEvent(float(i), "report", str(i))))
+            except psycopg.Error as exc:
+                failures.append(type(exc).__name__)
+                time.sleep(0.05)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        time.sleep(0.5)
+        postgres.restart("fast", down_seconds=1.0)
+        before = len(acknowledged)
+        deadline = time.monotonic() + 30
+        while len(acknowledged) < before + 50:  # writing again, same store object
+            assert time.monotonic() < deadline, f"no writes after the restart: {failures[-3:]}"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        writer.join(timeout=60)
+    try:
+        stored = {e.id for e in store.audit(limit=1_000_000)}
+        assert set(acknowledged) <= stored
+    finally:
+        store.close()

@@ -25,7 +25,11 @@ Phases and what is printed for each size:
    batches), ``soakSeconds: 0``; time from ``git push`` until the release is
    ``Succeeded`` (every agent holds it and reported it healthy);
 4. merge -> every agent holds the new document: a new version with ``batchSize: 100%``;
-5. every error by kind (timeouts, connection errors, HTTP status other than 200/304).
+5. with ``--replicas N --kills K``: K times, SIGKILL the leader (``fleetkeeper_leader 1``)
+   and push a new version at once; time until another replica leads, and until every
+   agent of the surviving replicas holds the new document; the killed one restarts on
+   its port (its agents get connection errors meanwhile, counted below);
+6. every error by kind (timeouts, connection errors, HTTP status other than 200/304).
    A keep-alive connection the server closed while idle is reopened and counted apart
    (``reconnects``), as a real HTTP client does.
 

@@ -98,8 +98,8 @@ class Follower:
 
     def spec(self) -> FleetSpec | None:
         """The applied revision's spec: the loop's while leading, else the one loaded here."""
-        if self._leadership.leading:
-            return self._loop_spec()
+        if self._leadership.leading:  # until the term's first pass: the follower's
+            return self._loop_spec() or self._spec
         return self._spec
 
     async def refresh_spec(self) -> None:

@@ -183,6 +183,7 @@ def test_rollouts_survive_leader_kills_at_random_moments(
                 # back as a follower on the same port, while the rollout goes on
                 restarting = threading.Thread(target=rs.start, args=(leader,))
                 restarting.start()
+            wait_succeeded(rs, version)  # its last soak: the next release must not supersede it
             print(f"{version} rolled out; {kills} kills so far")
         if restarting is not None:
             restarting.join()

@@ -88,6 +88,37 @@ class GgufFacts:
     architecture: str | None = None
 
 
+# -- secrets (issue 17): age ciphertext from secrets/ in the fleet repo ------------------
+SecretAs = Literal["env", "file"]
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """One ``secrets:`` entry of a release or model. ``ciphertext`` is the age file's text
+    (armored), filled in from the revision's tree (``secret_files.attach_ciphertexts``);
+    the reconciler passes it on and never holds a key that opens it."""
+
+    name: str  # the environment variable (as: env) or file name (as: file)
+    source: str  # from: secrets/<...>.age, repo-relative
+    as_: SecretAs
+    ciphertext: str = ""
+
+    def to_json(self) -> dict[str, JSON]:
+        return {"name": self.name, "from": self.source, "as": self.as_, "age": self.ciphertext}
+
+
+def parse_secrets(value: object) -> tuple[SecretRef, ...]:
+    out = []
+    for item in value if isinstance(value, list) else []:
+        if isinstance(item, dict):
+            as_: SecretAs = "file" if item.get("as") == "file" else "env"
+            out.append(SecretRef(str(item.get("name")), str(item.get("from")), as_))
+    return tuple(out)
+
+
+# -- end secrets --------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Deployable:
     """One version of something a node runs: a Release (kind process) or a Model."""
@@ -105,6 +136,7 @@ class Deployable:
     runtime: str | None = None  # models: "llama-cpp" | "mlx-lm"
     args: Mapping[str, JSON] = field(default_factory=dict)  # models: runtime args
     gguf: GgufFacts | None = None  # models: the GGUF header's facts, when recorded
+    secrets: tuple[SecretRef, ...] = ()  # issue 17: age-encrypted, decrypted on the node
 
     def artifact_for(self, platform: str) -> Artifact | None:
         for art in self.artifacts:
@@ -140,6 +172,7 @@ class NodeTraits:
     labels: Mapping[str, str] = field(default_factory=dict)
     windows: tuple[Window, ...] | None = None  # the node file's own windows win over a release's
     hold: Hold | None = None
+    age_recipient: str | None = None  # ageRecipient: the node's age public key (issue 17)
 
 
 @dataclass(frozen=True)
@@ -155,6 +188,9 @@ class FleetSettings:
     # registration.unlisted: "allow" lets a node without a file in nodes/ get workloads,
     # planned from the roles/labels its join token's scope covered; "deny" (default) not
     unlisted: Literal["allow", "deny"] = "deny"
+    # secrets.operatorRecipients: age recipients every secret is also encrypted to, so an
+    # operator can decrypt and re-encrypt it later (issue 17)
+    operator_recipients: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -304,6 +340,8 @@ def parse_fleet(doc: Mapping[str, JSON] | None) -> FleetSettings:
         allow_insecure_urls=bool(doc.get("allowInsecureURLs", False)),
         default_rollout=_dict(defaults.get("rollout")),
         unlisted="allow" if registration.get("unlisted") == "allow" else "deny",
+        operator_recipients=_str_tuple(_dict(doc.get("secrets")).get("operatorRecipients"))
+        or (),
     )
 
 
@@ -320,6 +358,7 @@ def parse_node(path: str | None, doc: Mapping[str, JSON]) -> NodeSpec:
         if isinstance(windows := parse_windows(doc.get("windows")), tuple)
         else None,
         hold=parse_hold(doc.get("hold")),
+        age_recipient=str(doc["ageRecipient"]) if isinstance(doc.get("ageRecipient"), str) else None,
         path=path,
     )
 
@@ -341,6 +380,7 @@ def parse_deployable(path: str, doc: Mapping[str, JSON], fleet: FleetSettings) -
         runtime=str(doc["runtime"]) if is_model else None,
         args=_dict(doc.get("args")) if is_model else {},
         gguf=parse_gguf(doc.get("gguf")) if is_model else None,
+        secrets=parse_secrets(doc.get("secrets")),
     )
 
 

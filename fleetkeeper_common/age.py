@@ -82,7 +82,7 @@ def encrypt(plain: bytes, recipients: Iterable[str]) -> bytes:
 
 def is_age_file(data: bytes) -> bool:
     head = data.lstrip()[:64]
-    return head.startswith(ARMOR_BEGIN) or head.startswith(BINARY_MAGIC)
+    return head.startswith((ARMOR_BEGIN, BINARY_MAGIC))
 
 
 def decrypt(cipher: bytes, identity: Identity) -> bytes:

@@ -21,10 +21,21 @@ from dataclasses import dataclass
 
 import pygit2
 
-from reconciler.secret_files import AGE_SUFFIX, RECIPIENTS_SUFFIX, attach_ciphertexts, is_secret_file
+from reconciler.secret_files import (
+    AGE_SUFFIX,
+    RECIPIENTS_SUFFIX,
+    attach_ciphertexts,
+    is_secret_file,
+)
 from reconciler.spec import FleetSpec
-from reconciler.validate import FileCheck, Report, RuleMemo, Violation, validate_incremental
-from reconciler.validate import secret_rules
+from reconciler.validate import (
+    FileCheck,
+    Report,
+    RuleMemo,
+    Violation,
+    secret_rules,
+    validate_incremental,
+)
 from reconciler.validate.entries import entry_violations
 from reconciler.validate.loader import LoadedFile, load_file
 from reconciler.validate.schema_check import check_schema, expected_kind

@@ -340,8 +340,7 @@ def parse_fleet(doc: Mapping[str, JSON] | None) -> FleetSettings:
         allow_insecure_urls=bool(doc.get("allowInsecureURLs", False)),
         default_rollout=_dict(defaults.get("rollout")),
         unlisted="allow" if registration.get("unlisted") == "allow" else "deny",
-        operator_recipients=_str_tuple(_dict(doc.get("secrets")).get("operatorRecipients"))
-        or (),
+        operator_recipients=_str_tuple(_dict(doc.get("secrets")).get("operatorRecipients")) or (),
     )
 
 
@@ -358,7 +357,7 @@ def parse_node(path: str | None, doc: Mapping[str, JSON]) -> NodeSpec:
         if isinstance(windows := parse_windows(doc.get("windows")), tuple)
         else None,
         hold=parse_hold(doc.get("hold")),
-        age_recipient=str(doc["ageRecipient"]) if isinstance(doc.get("ageRecipient"), str) else None,
+        age_recipient=recipient if isinstance(recipient := doc.get("ageRecipient"), str) else None,
         path=path,
     )
 

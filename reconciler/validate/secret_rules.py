@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
+from fleetkeeper_common.age import recipient_problem
 from reconciler.secret_files import (
     MAX_SECRET_BYTES,
     is_secret_file,
@@ -26,8 +27,6 @@ from reconciler.spec import Deployable
 from reconciler.validate.loader import LoadedFile
 from reconciler.validate.rules import Rule, RuleContext, Scope, violation
 from reconciler.validate.violations import Violation
-
-from fleetkeeper_common.age import recipient_problem
 
 
 def recipients(ctx: RuleContext) -> Iterator[Violation]:

@@ -13,20 +13,28 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from agent import isolation, procinfo
+from agent import isolation, procinfo, secrets
 from agent.layout import WorkloadLayout, resolved_within
 from agent.procinfo import ProcInfo
 from agent.prove import locate_version
 from agent.runtimes import Runtime, WorkloadDoc, runtime_for
 from agent.state import StateDir, read_json, write_json
 from agent.supervise.supervisor import LaunchSpec
+from fleetkeeper_common.age import Identity
 
 
 class Installed:
-    def __init__(self, root: Path, state: StateDir, workload_user: str | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        state: StateDir,
+        workload_user: str | None = None,
+        identity: Identity | None = None,
+    ) -> None:
         self.root = root
         self.state = state
         self.workload_user = workload_user  # agent config workloadUser; run.user wins
+        self.identity = identity  # the node's age identity: opens the workloads' secrets
 
     def layout(self, name: str) -> WorkloadLayout:
         return WorkloadLayout(self.root, name)
@@ -60,7 +68,15 @@ class Installed:
         wstate.mkdir(parents=True, exist_ok=True)
         argv, env = runtime.command(doc, vdir, wstate)
         user = isolation.effective_user(doc, self.workload_user)
-        return LaunchSpec(name, tuple(argv), vdir, env, user), runtime, vdir
+        # decrypted here, at each start, into the version's secrets directory (agent.secrets)
+        extra, env_file = secrets.materialize(
+            self.layout(name).dir,
+            version,
+            isolation.with_user(doc, self.workload_user),
+            self.identity,
+        )
+        env = {**env, **extra}
+        return LaunchSpec(name, tuple(argv), vdir, env, user, env_file), runtime, vdir
 
     def locate(self, name: str, info: ProcInfo) -> tuple[str | None, str]:
         """The version ``info`` runs from (None: not from this workload's versions) and the

@@ -18,6 +18,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
+from reconciler.plan.select import NodeFacts, latest_versions, target_nodes
 from reconciler.spec import Deployable, FleetSpec, SecretRef
 
 SECRETS_DIR = "secrets/"
@@ -121,3 +122,44 @@ def attach_ciphertexts(spec: FleetSpec, files: Mapping[str, bytes]) -> FleetSpec
         return replace(d, secrets=refs)
 
     return replace(spec, deployables=tuple(filled(d) for d in spec.deployables))
+
+
+@dataclass(frozen=True)
+class Audience:
+    """Whom ``fleetkeeper secret encrypt`` encrypts to: the chosen nodes' recipients and
+    the operators'; ``without`` names chosen nodes that have no ``ageRecipient``."""
+
+    recipients: tuple[Recipient, ...]
+    nodes: tuple[str, ...]
+    without: tuple[str, ...]
+
+
+def audience(
+    spec: FleetSpec,
+    *,
+    release: str | None = None,
+    nodes: Iterable[str] = (),
+    roles: Iterable[str] = (),
+) -> Audience:
+    """The nodes the latest version of ``release`` targets, or the named nodes, or the
+    nodes with one of ``roles`` (declared nodes: those with a file in nodes/)."""
+    facts = {n: NodeFacts.from_spec(s) for n, s in spec.nodes.items()}
+    if release is not None:
+        d = latest_versions(spec).get(release)
+        if d is None:
+            raise KeyError(f"no release or model named {release!r} in releases/ or models/")
+        chosen = target_nodes(d, facts)
+    else:
+        names, wanted = set(nodes), set(roles)
+        unknown = sorted(names - set(facts))
+        if unknown:
+            raise KeyError(f"no node file nodes/{unknown[0]}.yaml")
+        chosen = [n for n, f in facts.items() if n in names or wanted & set(f.roles)]
+    out = [
+        Recipient(str(facts[n].age_recipient), f"node {n}")
+        for n in sorted(chosen)
+        if facts[n].age_recipient is not None
+    ]
+    out += [Recipient(r, "operator") for r in spec.fleet.operator_recipients]
+    without = tuple(sorted(n for n in chosen if facts[n].age_recipient is None))
+    return Audience(tuple(out), tuple(sorted(chosen)), without)

@@ -130,6 +130,8 @@ def fingerprint(d: Deployable) -> str:
     for key, unset in _CONTROL_DEFAULTS.items():
         if rollout.get(key) == unset:
             del rollout[key]
+    if not doc["secrets"]:  # the same for a release without secrets (issue 17); with
+        del doc["secrets"]  # them, a re-encrypted ciphertext is a new rollout
     text = canonical_json(doc, default=dict)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -78,7 +78,18 @@ class DataDir:
         if user is not None:
             st = self.data.stat()
             if (st.st_uid, st.st_gid) != (user.uid, user.gid):
-                _chown_tree(self.data, user)
+                try:
+                    _chown_tree(self.data, user)
+                except PermissionError as exc:
+                    # a non-root agent without CAP_CHOWN: the workload starts anyway, and
+                    # the log says why it cannot write its data directory
+                    log.warning(
+                        "cannot give %s to workload user %s: %s (the agent needs root or "
+                        "CAP_CHOWN)",
+                        self.data,
+                        user.name,
+                        exc.strerror,
+                    )
         return self.data
 
     def take(self, old: str, new: str, settings: DataSettings) -> str | None:

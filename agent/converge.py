@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from agent import secrets
 from agent.board import Board
 from agent.configdir import ConfigDirs, DesiredConfig
 from agent.datadir import DataSettings
@@ -29,12 +30,14 @@ from agent.observe import Observer
 from agent.report import Observed
 from agent.restart import Restarter
 from agent.rollback import rollback
+from agent.secrets import SecretError
 from agent.selfinstall import DEFAULT_NAME, agent_location, who_am_i
 from agent.selfupdate import SelfUpdate
 from agent.stage import stage
 from agent.state import StateDir
 from agent.supervise.supervisor import Supervisor
 from agent.workload import Desired, Outcome, Workload, doc_key
+from fleetkeeper_common.age import Identity
 
 __all__ = ["Converger", "Outcome", "doc_key"]
 
@@ -53,6 +56,7 @@ class Converger:
         exit_code: Callable[[str], int | None] | None = None,
         workload_user: str | None = None,
         superseded: Callable[[], bool] | None = None,
+        identity: Identity | None = None,
     ) -> None:
         self.root = install_root
         self.state = state
@@ -60,7 +64,8 @@ class Converger:
         self.board = board
         self.keep = keep_versions
         # workloadUser of the agent config; a release's run.user wins.
-        self.installed = Installed(install_root, state, workload_user)
+        # identity: the node's age key, which opens the workloads' secrets (agent.secrets)
+        self.installed = Installed(install_root, state, workload_user, identity)
         # True once a newer desired generation has arrived: an in-flight download stops.
         self.superseded = superseded or (lambda: False)
         self.ledger = Ledger(state)
@@ -102,7 +107,7 @@ class Converger:
     def _failed(self, entry: Mapping[str, Any], key: str, exc: AgentError) -> Outcome:
         name = str(entry.get("name"))
         log.error("converging %s failed: %s", name, exc)
-        if isinstance(exc, VerifyError | UnpackError):
+        if isinstance(exc, VerifyError | UnpackError | SecretError):
             # A wrong digest or an unsafe archive will not fix itself: no retry until the
             # desired document changes (a network error is retried at resync).
             w = Workload.parse(entry)
@@ -147,13 +152,25 @@ class Converger:
         current = layout.current_version()
         config = DesiredConfig.parse(w.doc)  # checked before anything is touched
         dirs = self.installed.config_dirs(name)
-        if current == version and layout.installed_sha256(version) == sha:
+        installed = current == version and layout.installed_sha256(version) == sha
+        if installed:
             if journal is not None and journal.to == version:
                 log.info("%s: finishing the interrupted update to %s", name, version)
                 return self._activate(w, journal, {"received": time.time()}, key)
-            if dirs.current_key() != config.key or dirs.owed() is not None:
+            config_current = dirs.current_key() == config.key and dirs.owed() is None
+            if config_current and secrets.is_current(layout.dir, version, w.doc):
+                return self._steady(w)
+        # Before anything is touched: a secret this node cannot open fails the target here,
+        # and what runs keeps running.
+        secrets.check_secrets(w.doc, self.installed.identity)
+        if installed:
+            if secrets.is_current(layout.dir, version, w.doc):
                 return self._reconfigure(w, config, key)
-            return self._steady(w)
+            # a rotation, perhaps with a config change: one restart takes both (a failed
+            # proof flips the config back in _restore)
+            dirs.write(config)
+            self._flip_config(dirs, config)
+            return self._rekey(w, key)
 
         if w.not_before is not None and w.not_before > time.time():
             # spread: keep running what runs (and reporting it) until the node's turn
@@ -189,6 +206,19 @@ class Converger:
             outcome = replace(outcome, message=f"{outcome.message}; {data_note}")
         return outcome
 
+    def _rekey(self, w: Workload, key: str) -> Outcome:
+        """The version runs but its secrets changed (a rotation): restart with the new ones
+        and prove it; on failure the old launch document (old ciphertext) is restarted."""
+        name, version = w.name, w.version
+        layout = self.installed.layout(name)
+        log.info("%s %s: its secrets changed; restarting with the new ones", name, version)
+        journal = Journal(version, w.artifact.sha256, version, layout.previous_version(), key)
+        journal.write(self.state, name)
+        outcome = self._activate(w, journal, {"received": time.time()}, key)
+        if outcome.ok:  # a later rollback to this version uses the new ciphertext
+            self.installed.save_launch_doc(name, version, w.doc)
+        return outcome
+
     def _activate(
         self, w: Workload, journal: Journal, timings: dict[str, float], key: str
     ) -> Outcome:
@@ -205,7 +235,12 @@ class Converger:
         if proof.ok:
             self.sup.set_auto_restart(name, True)
             Journal.clear(self.state, name)
-            self.installed.layout(name).prune(self.keep)
+            layout = self.installed.layout(name)
+            layout.prune(self.keep)
+            kept = (
+                {p.name for p in layout.versions.iterdir()} if layout.versions.is_dir() else set()
+            )
+            secrets.prune(layout.dir, kept)
             dirs = self.installed.config_dirs(name)
             dirs.settle()
             dirs.prune()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.errors import CommandError, FleetkeeperError
+from reconciler.secret_files import is_secret_file
 from reconciler.validate.entries import in_fleet_area
 
 ZERO_SHA = "0" * 40
@@ -81,7 +82,10 @@ def resolve_commit(repo: Path, rev: str) -> str | None:
 
 
 def _wanted(path: str, prefix: str) -> bool:
-    return path.startswith(prefix) and path.endswith((".yaml", ".yml"))
+    if not path.startswith(prefix):
+        return False
+    # secrets/*.age and *.recipients: releases refer to them (issue 17)
+    return path.endswith((".yaml", ".yml")) or is_secret_file(path[len(prefix) :])
 
 
 def _read_blobs(repo: Path, entries: Sequence[tuple[str, str]]) -> dict[str, bytes]:

@@ -157,6 +157,35 @@ def parse_data(value: object) -> DataSpec | None:
 
 
 # --- end config files and persistent data -------------------------------------------------
+# -- secrets (issue 17): age ciphertext from secrets/ in the fleet repo ------------------
+SecretAs = Literal["env", "file"]
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """One ``secrets:`` entry of a release or model. ``ciphertext`` is the age file's text
+    (armored), filled in from the revision's tree (``secret_files.attach_ciphertexts``);
+    the reconciler passes it on and never holds a key that opens it."""
+
+    name: str  # the environment variable (as: env) or file name (as: file)
+    source: str  # from: secrets/<...>.age, repo-relative
+    as_: SecretAs
+    ciphertext: str = ""
+
+    def to_json(self) -> dict[str, JSON]:
+        return {"name": self.name, "from": self.source, "as": self.as_, "age": self.ciphertext}
+
+
+def parse_secrets(value: object) -> tuple[SecretRef, ...]:
+    out = []
+    for item in value if isinstance(value, list) else []:
+        if isinstance(item, dict):
+            as_: SecretAs = "file" if item.get("as") == "file" else "env"
+            out.append(SecretRef(str(item.get("name")), str(item.get("from")), as_))
+    return tuple(out)
+
+
+# -- end secrets --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -178,6 +207,7 @@ class Deployable:
     gguf: GgufFacts | None = None  # models: the GGUF header's facts, when recorded
     config: ConfigSpec | None = None  # config files (issue 17)
     data: DataSpec | None = None  # persistent data snapshot settings (issue 17)
+    secrets: tuple[SecretRef, ...] = ()  # issue 17: age-encrypted, decrypted on the node
 
     def artifact_for(self, platform: str) -> Artifact | None:
         for art in self.artifacts:
@@ -213,6 +243,7 @@ class NodeTraits:
     labels: Mapping[str, str] = field(default_factory=dict)
     windows: tuple[Window, ...] | None = None  # the node file's own windows win over a release's
     hold: Hold | None = None
+    age_recipient: str | None = None  # ageRecipient: the node's age public key (issue 17)
 
 
 @dataclass(frozen=True)
@@ -228,6 +259,9 @@ class FleetSettings:
     # registration.unlisted: "allow" lets a node without a file in nodes/ get workloads,
     # planned from the roles/labels its join token's scope covered; "deny" (default) not
     unlisted: Literal["allow", "deny"] = "deny"
+    # secrets.operatorRecipients: age recipients every secret is also encrypted to, so an
+    # operator can decrypt and re-encrypt it later (issue 17)
+    operator_recipients: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -377,6 +411,7 @@ def parse_fleet(doc: Mapping[str, JSON] | None) -> FleetSettings:
         allow_insecure_urls=bool(doc.get("allowInsecureURLs", False)),
         default_rollout=_dict(defaults.get("rollout")),
         unlisted="allow" if registration.get("unlisted") == "allow" else "deny",
+        operator_recipients=_str_tuple(_dict(doc.get("secrets")).get("operatorRecipients")) or (),
     )
 
 
@@ -393,6 +428,7 @@ def parse_node(path: str | None, doc: Mapping[str, JSON]) -> NodeSpec:
         if isinstance(windows := parse_windows(doc.get("windows")), tuple)
         else None,
         hold=parse_hold(doc.get("hold")),
+        age_recipient=recipient if isinstance(recipient := doc.get("ageRecipient"), str) else None,
         path=path,
     )
 
@@ -416,6 +452,7 @@ def parse_deployable(path: str, doc: Mapping[str, JSON], fleet: FleetSettings) -
         gguf=parse_gguf(doc.get("gguf")) if is_model else None,
         config=parse_config(doc.get("config")),
         data=parse_data(doc.get("data")),
+        secrets=parse_secrets(doc.get("secrets")),
     )
 
 

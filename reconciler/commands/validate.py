@@ -18,6 +18,7 @@ from typing import Any
 
 from reconciler import gitfiles
 from reconciler.errors import CommandError
+from reconciler.secret_files import SECRETS_DIR, is_secret_file
 from reconciler.validate import FLEET_FILE_PATTERNS, Report, Violation, validate_files
 from reconciler.validate.config_files import Entry, Reader, with_config
 from reconciler.validate.violations import merge, render_json, render_text, sort_key, summary
@@ -169,7 +170,21 @@ def worktree_entries(root: Path) -> gitfiles.FleetEntries:
             for fn in filenames:
                 if not fn.startswith("."):
                     visit(Path(dirpath) / fn, f"{rel_dir}/{fn}")
+    files.update(_secret_files(root))
     return gitfiles.FleetEntries(files, tuple(irregular))
+
+
+def _secret_files(root: Path) -> dict[str, bytes]:
+    """The regular files of secrets/ that releases refer to (``*.age``, ``*.recipients``)."""
+    base = root / SECRETS_DIR
+    if base.is_symlink() or not base.is_dir():
+        return {}
+    out = {}
+    for path in sorted(base.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if is_secret_file(rel) and _disk_mode(path) == "100644":
+            out[rel] = path.read_bytes()
+    return out
 
 
 def _display(report: Report, root: Path, cwd: Path) -> Report:

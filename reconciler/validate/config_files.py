@@ -72,7 +72,7 @@ def _load_one(
     seen: set[str] = set()
     for i, f in enumerate(d.config.files):
 
-        def at(message: str, key: str = "from", i: int = i) -> Violation:
+        def at(message: str, key: str = "from", i: int = i, f: ConfigFile = f) -> Violation:
             line, column = _locate(d.path, ("config", "files", i, key), read, sources)
             return Violation(d.path, line, column, message, related=(f.source,))
 

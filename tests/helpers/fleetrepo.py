@@ -32,7 +32,8 @@ class FleetRepo:
         return repo
 
     def write(self, files: Mapping[str, Doc | str | bytes]) -> None:
-        """Documents as YAML; ``str``/``bytes`` as they are (config files, broken YAML)."""
+        """A dict is written as YAML; ``str``/``bytes`` as they are (an age file, a
+        recipients list, a config file, broken YAML)."""
         for rel, doc in files.items():
             p = self.path / rel
             p.parent.mkdir(parents=True, exist_ok=True)

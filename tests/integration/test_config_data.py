@@ -312,7 +312,7 @@ def test_data_survives_upgrade_and_rollback_restores_snapshot(lab1: Lab) -> None
         wait("1.0.0 healthy", lambda: healthy_at(a, "1.0.0"))
         data = a.install_root / NAME / "data"
         assert lab1.get("node-a", "/data") == ["seen-1.0.0"]
-        assert not str(data.resolve()).startswith(str((a.install_root / NAME / "versions")))
+        assert not str(data.resolve()).startswith(str(a.install_root / NAME / "versions"))
         (data / "memory.db").write_bytes(b"state the agent learnt")
 
         merge("1.1.0")

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from agent import isolation, procinfo, secrets
+from agent.configdir import ConfigDirs
+from agent.datadir import DataDir
 from agent.layout import WorkloadLayout, resolved_within
 from agent.procinfo import ProcInfo
 from agent.prove import locate_version
@@ -21,6 +23,9 @@ from agent.runtimes import Runtime, WorkloadDoc, runtime_for
 from agent.state import StateDir, read_json, write_json
 from agent.supervise.supervisor import LaunchSpec
 from fleetkeeper_common.age import Identity
+
+CONFIG_ENV = "FLEETKEEPER_CONFIG_DIR"
+DATA_ENV = "FLEETKEEPER_DATA_DIR"
 
 
 class Installed:
@@ -75,8 +80,17 @@ class Installed:
             isolation.with_user(doc, self.workload_user),
             self.identity,
         )
-        env = {**env, **extra}
+        # set after run.env, so a release cannot point them elsewhere (issue 17)
+        data = self.data_dir(name).ensure(isolation.lookup_user(user) if user else None)
+        config_dir = str(self.config_dirs(name).link)
+        env = {**env, **extra, CONFIG_ENV: config_dir, DATA_ENV: str(data)}
         return LaunchSpec(name, tuple(argv), vdir, env, user, env_file), runtime, vdir
+
+    def config_dirs(self, name: str) -> ConfigDirs:
+        return ConfigDirs(self.layout(name).dir)
+
+    def data_dir(self, name: str) -> DataDir:
+        return DataDir(self.layout(name).dir)
 
     def locate(self, name: str, info: ProcInfo) -> tuple[str | None, str]:
         """The version ``info`` runs from (None: not from this workload's versions) and the

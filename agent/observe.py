@@ -64,7 +64,17 @@ class Observer:
             sha256=sha,
             healthy=healthy,
             health_message=message,
+            config_digest=self._config_in_use(w.name) if info is not None else None,
         )
+
+    def _config_in_use(self, name: str) -> str | None:
+        """The config digest the process reads: a flip whose restart is still owed is not
+        in use yet (the process was started with the config before it)."""
+        dirs = self.installed.config_dirs(name)
+        owed = dirs.owed()
+        if owed is not None and owed[0] == dirs.current_key():
+            return None
+        return dirs.current_digest()
 
     def _observe_self(self, w: Workload) -> Observed:
         """The agent itself: it runs (it is answering), from the version its code is in."""

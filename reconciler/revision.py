@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pygit2
@@ -36,6 +37,7 @@ from reconciler.validate import (
     secret_rules,
     validate_incremental,
 )
+from reconciler.validate.config_files import Entry, load_config
 from reconciler.validate.entries import entry_violations
 from reconciler.validate.loader import LoadedFile, load_file
 from reconciler.validate.schema_check import check_schema, expected_kind
@@ -245,4 +247,29 @@ def load_revision(repo: pygit2.Repository, sha: str) -> LoadedRevision:
         if spec is None:  # the verdict is the caller's to report (the loop audits it once)
             log.debug("revision %s is invalid: %d violation(s)", sha, len(violations))
     spec, violations = hit
+    if spec is not None and any(d.config is not None for d in spec.deployables):
+        # Config files live outside the fleet folders (config/...), so they are not in the
+        # cached listing: read them at this commit every time (their blobs are cached).
+        spec, found_config = load_config(spec, _reader(repo, sha))
+        if found_config:
+            violations = tuple(sorted((*violations, *found_config), key=sort_key))
+            if any(v.severity == "error" for v in found_config):
+                spec = None
     return LoadedRevision(sha=sha, spec=spec, violations=violations)
+
+
+def _reader(repo: pygit2.Repository, sha: str) -> Callable[[str], Entry | None]:
+    """Entries of commit ``sha``'s tree by repo-relative path, as (octal mode, bytes)."""
+    tree = repo[sha].peel(pygit2.Tree)
+
+    def read(path: str) -> Entry | None:
+        try:
+            obj = tree[path]
+        except (KeyError, ValueError):
+            return None
+        mode = f"{obj.filemode:o}"
+        if not isinstance(obj, pygit2.Blob) or obj.filemode != _REGULAR:
+            return (mode, b"")
+        return (mode, _blob(repo, str(obj.id)))
+
+    return read

@@ -6,6 +6,7 @@ returns them after schema validation). No I/O here.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Literal, TypeAlias
 JSON: TypeAlias = dict[str, "JSON"] | list["JSON"] | str | int | float | bool | None
 WorkloadKind = Literal["process", "model"]
 OnFailure = Literal["halt", "rollback"]
+OnChange = Literal["restart", "none"]
 
 DEFAULT_BATCH_SIZE: int | str = 1
 DEFAULT_SOAK_SECONDS = 300
@@ -88,6 +90,73 @@ class GgufFacts:
     architecture: str | None = None
 
 
+# --- config files and persistent data (issue 17, points 1 and 2) -------------------------
+# The caps on config files: they travel inside every desired document of the nodes the
+# release targets, so they stay small (a soul file, a routing table, a tool config).
+MAX_CONFIG_FILE_BYTES = 256 * 1024
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """``config.files[]``: ``source`` (``from``, a regular file of the fleet repo) becomes
+    ``to`` in the workload's config directory. ``sha256``/``data`` are the file's bytes at
+    the revision, filled in by ``reconciler.validate.config_files`` (empty until then)."""
+
+    source: str
+    to: str
+    template: bool = False
+    sha256: str = ""
+    data: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True)
+class ConfigSpec:
+    files: tuple[ConfigFile, ...]
+    on_change: OnChange = "restart"
+
+    @property
+    def digest(self) -> str:
+        """What status shows beside the version: changes when any file's bytes, name, template
+        flag or ``onChange`` change (the rollout's target is (version, digest))."""
+        parts = [self.on_change] + [f"{f.to}\0{int(f.template)}\0{f.sha256}" for f in self.files]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """``data:``: copy ``<installRoot>/<name>/data/`` before an upgrade (``snapshot``),
+    refused over ``max_bytes``; the copy comes back when the upgrade is rolled back."""
+
+    snapshot: bool = False
+    max_bytes: int | None = None
+
+
+def parse_config(value: object) -> ConfigSpec | None:
+    if not isinstance(value, dict):
+        return None
+    files = []
+    for f in value.get("files") or ():
+        assert isinstance(f, dict)
+        files.append(
+            ConfigFile(source=str(f["from"]), to=str(f["to"]), template=f.get("template") is True)
+        )
+    return ConfigSpec(
+        files=tuple(files), on_change="none" if value.get("onChange") == "none" else "restart"
+    )
+
+
+def parse_data(value: object) -> DataSpec | None:
+    if not isinstance(value, dict):
+        return None
+    limit = value.get("maxBytes")
+    return DataSpec(
+        snapshot=value.get("snapshot") is True,
+        max_bytes=limit if isinstance(limit, int) and not isinstance(limit, bool) else None,
+    )
+
+
+# --- end config files and persistent data -------------------------------------------------
 # -- secrets (issue 17): age ciphertext from secrets/ in the fleet repo ------------------
 SecretAs = Literal["env", "file"]
 
@@ -136,6 +205,8 @@ class Deployable:
     runtime: str | None = None  # models: "llama-cpp" | "mlx-lm"
     args: Mapping[str, JSON] = field(default_factory=dict)  # models: runtime args
     gguf: GgufFacts | None = None  # models: the GGUF header's facts, when recorded
+    config: ConfigSpec | None = None  # config files (issue 17)
+    data: DataSpec | None = None  # persistent data snapshot settings (issue 17)
     secrets: tuple[SecretRef, ...] = ()  # issue 17: age-encrypted, decrypted on the node
 
     def artifact_for(self, platform: str) -> Artifact | None:
@@ -379,6 +450,8 @@ def parse_deployable(path: str, doc: Mapping[str, JSON], fleet: FleetSettings) -
         runtime=str(doc["runtime"]) if is_model else None,
         args=_dict(doc.get("args")) if is_model else {},
         gguf=parse_gguf(doc.get("gguf")) if is_model else None,
+        config=parse_config(doc.get("config")),
+        data=parse_data(doc.get("data")),
         secrets=parse_secrets(doc.get("secrets")),
     )
 

@@ -39,11 +39,21 @@ def _remember(cache: dict[str, CommitFacts], key: str, value: CommitFacts) -> No
     cache[key] = value
 
 
+# Config files (issue 17: release ``config.files[].from``, always under config/) are
+# delivered to nodes, so any change under config/ needs approval like a release file.
+_CONFIG_DEPTH = 16
+_CONFIG_DIR = "config/"
 # Fleet files live at most two levels down (fleet.yaml, nodes/<n>.yaml,
 # releases/<agent>/<version>.yaml, models/<name>/<version>.yaml): how deep to compare.
 # secrets/ (issue 17): its age files reach the nodes, so changing one needs approval too;
 # nested folders are allowed there (secrets/<agent>/<name>.age)
-_FLEET_DEPTH = {b"nodes": 0, b"releases": 1, b"models": 1, b"secrets": 8}
+_FLEET_DEPTH = {
+    b"nodes": 0,
+    b"releases": 1,
+    b"models": 1,
+    b"secrets": 8,
+    b"config": _CONFIG_DEPTH,
+}
 # Files that change how fleet files are shown or checked out (a `-diff` or
 # `linguist-generated` attribute collapses a fleet file's diff in review; a submodule
 # list): a change to them needs approval like a fleet file (docs/security.md).
@@ -127,6 +137,7 @@ def _tree_changes(
         watched = (
             is_fleet_file(path)
             or is_secret_file(path)
+            or path.startswith(_CONFIG_DIR)
             or raw_name == _NESTED_META
             or _odd(fa)
             or _odd(fb)

@@ -20,6 +20,7 @@ from reconciler import gitfiles
 from reconciler.errors import CommandError
 from reconciler.secret_files import SECRETS_DIR, is_secret_file
 from reconciler.validate import FLEET_FILE_PATTERNS, Report, Violation, validate_files
+from reconciler.validate.config_files import Entry, Reader, with_config
 from reconciler.validate.violations import merge, render_json, render_text, sort_key, summary
 
 _MARKER_DIRS = ("nodes", "releases", "models")
@@ -119,6 +120,19 @@ def _disk_mode(path: Path) -> str:
     if stat.S_ISDIR(st.st_mode):
         return "160000" if (path / ".git").exists() else "40000"
     return "100755" if st.st_mode & 0o111 else "100644"
+
+
+def disk_reader(root: Path) -> Reader:
+    """Config files on disk, as git would commit them: (mode, bytes) or None when absent."""
+
+    def read(rel: str) -> Entry | None:
+        path = root / rel
+        if not os.path.lexists(path):
+            return None
+        mode = _disk_mode(path)
+        return (mode, path.read_bytes() if mode == "100644" else b"")
+
+    return read
 
 
 def worktree_entries(root: Path) -> gitfiles.FleetEntries:
@@ -252,7 +266,8 @@ def collect(
     reports = []
     for root, group in groups.items():
         found = worktree_entries(root)
-        report = _narrow(validate_files(found.files, irregular=found.irregular), group)
+        report = validate_files(found.files, irregular=found.irregular)
+        report = _narrow(with_config(report, disk_reader(root), found.files), group)
         reports.append(_display(report, root, cwd.resolve()))
     return merge(reports)
 
@@ -287,5 +302,7 @@ def _collect_git(
         if paths
         else _Group(everything=True)
     )
-    report = _narrow(validate_files(found.files, irregular=found.irregular), group)
+    report = validate_files(found.files, irregular=found.irregular)
+    read = gitfiles.entry_reader(git_dir, None if staged else rev, prefix)
+    report = _narrow(with_config(report, read, found.files), group)
     return _display(report, root, cwd.resolve())

@@ -59,6 +59,10 @@ def _node_row(
             "running": seen.version if seen is not None else None,
             "phase": seen.phase if seen is not None else "Pending",
         }
+        config = entry.get("config") if entry is not None else None
+        if isinstance(config, dict) or (seen is not None and seen.config_digest):
+            row["desiredConfig"] = config.get("digest") if isinstance(config, dict) else None
+            row["configDigest"] = seen.config_digest if seen is not None else None
         if seen is not None:
             row["healthy"] = seen.healthy
             if seen.message:
@@ -179,6 +183,7 @@ def release_row(
         "agent": s.name,
         "kind": s.kind,
         "version": s.version,
+        "configDigest": s.config_digest,
         "phase": s.phase,
         "batch": _batch_label(s),
         "reason": _reason(s, reports, now, ttl) or None,

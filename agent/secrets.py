@@ -22,7 +22,6 @@ rotation. Plain text never reaches a log line, a report, the journal or the stat
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ from agent import isolation
 from agent.errors import WorkloadError
 from agent.state import fsync_dir, write_atomic
 from fleetkeeper_common.age import AgeError, Identity, NotARecipient, decrypt
+from fleetkeeper_common.digests import secrets_digest
 
 SECRETS_DIR_ENV = "FLEETKEEPER_SECRETS_DIR"
 
@@ -70,12 +70,17 @@ def sealed(doc: Mapping[str, Any]) -> tuple[Sealed, ...]:
 
 
 def digest(doc: Mapping[str, Any]) -> str:
-    """Which ciphertexts (and placements) ``doc`` asks for: a rotation changes it."""
-    h = hashlib.sha256()
-    for s in sealed(doc):
-        h.update(f"{s.name}\0{s.as_}\0{s.source}\0".encode())
-        h.update(hashlib.sha256(s.age.encode()).digest())
-    return h.hexdigest()
+    """Which ciphertexts (and placements) ``doc`` asks for: a rotation changes it; the
+    reconciler computes the same from the release (``fleetkeeper_common.digests``)."""
+    return secrets_digest((s.name, s.as_, s.source, s.age) for s in sealed(doc)) or ""
+
+
+def in_use(workload_dir: Path, version: str) -> str | None:
+    """The digest of the secrets ``version`` was last started with (None: none)."""
+    try:
+        return (secrets_root(workload_dir) / f"{version}.digest").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _open(s: Sealed, identity: Identity | None) -> bytes:

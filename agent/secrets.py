@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -38,6 +39,7 @@ from fleetkeeper_common.age import AgeError, Identity, NotARecipient, decrypt
 from fleetkeeper_common.digests import secrets_digest
 
 SECRETS_DIR_ENV = "FLEETKEEPER_SECRETS_DIR"
+_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 
 
 class SecretError(WorkloadError):
@@ -138,6 +140,8 @@ def materialize(
     try:
         for s, plain in opened:
             if s.as_ == "file":
+                if not _FILE_NAME.match(s.name):  # the schema says so; never trust a path
+                    raise SecretError(f"secret name {s.name!r} is not a plain file name")
                 path = staging / s.name
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "wb") as fh:

@@ -94,7 +94,12 @@ def _reader_release(url: str, sha256: str, size: int, port: int) -> dict[str, An
 
 
 def _run(env: Mapping[str, str], argv: list[str], cwd: Path, stdin: str | None = None) -> str:
-    shown = " ".join(argv[2:] if argv[1] == "-m" else argv)
+    words = (
+        ["fleetkeeper" if argv[2] == "reconciler.cli" else "fleetkeeper-agent", *argv[3:]]
+        if argv[1] == "-m"
+        else [Path(argv[0]).name, *argv[1:]]
+    )
+    shown = " ".join(words)
     prefix = "printf '***' | " if stdin is not None else ""
     console.print(f"$ {prefix}{shown}", style="dim", markup=False, soft_wrap=True)
     proc = subprocess.run(argv, cwd=cwd, env=dict(env), input=stdin, capture_output=True, text=True)

@@ -116,5 +116,5 @@ def simulated_workloads(
         if mode == f"unhealthy:{name}":
             ws.append(workload_report(name, version, phase="Unhealthy"))
         else:
-            ws.append(workload_report(name, version))
+            ws.append(workload_report(name, version, config=_config_of(w)))
     return ws

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
@@ -34,6 +35,9 @@ Entry = tuple[str, bytes]
 Reader = Callable[[str], Entry | None]
 
 _REGULAR = "100644"
+# what a template may hold (other ${...}, such as ${HOME}, are left as they are)
+_NODE_REF = re.compile(r"\$\{node[.}][^}]*\}?")
+_ALLOWED_REF = re.compile(r"\$\{node\.(name|labels\.[A-Za-z0-9._/-]+)\}")
 _MODES = {
     "120000": "a symbolic link",
     "160000": "a submodule",
@@ -135,6 +139,17 @@ def parse_problem(path: str, data: bytes, *, template: bool = False) -> Violatio
         before = data[: exc.start]
         line, column = before.count(b"\n") + 1, exc.start - (before.rfind(b"\n") + 1) + 1
         return Violation(path, line, column, "config file is not valid UTF-8 text")
+    if template:
+        for m in _NODE_REF.finditer(text):
+            if _ALLOWED_REF.fullmatch(m[0]) is None:
+                head = text[: m.start()]
+                line, column = head.count("\n") + 1, m.start() - (head.rfind("\n") + 1) + 1
+                return Violation(
+                    path,
+                    line,
+                    column,
+                    f"unknown placeholder {m[0]}; use ${{node.name}} or ${{node.labels.KEY}}",
+                )
     if path.endswith(".json"):
         try:
             json.loads(text)

@@ -362,3 +362,41 @@ def test_data_snapshot_over_max_bytes_is_skipped_with_a_message(lab1: Lab) -> No
         assert not (a.install_root / NAME / "data.snapshot").exists()
         assert "data snapshot skipped" in a.logs() and "data.maxBytes 1000" in a.logs()
         assert (a.install_root / NAME / "data" / "big.bin").stat().st_size == 5000
+
+
+def test_reverted_release_and_rollback_by_hand_restore_the_snapshot(lab1: Lab) -> None:
+    s = lab1.server
+    docs: dict[str, Any] = {}
+
+    def merge(version: str) -> None:
+        art = build(lab1.tmp / "dist", version)
+        docs[version] = release(version, art, lab1.url(art), data={"snapshot": True})
+        lab1.repo.change({f"releases/{NAME}/{version}.yaml": docs[version]}, f"{NAME} {version}")
+
+    def at(agent: AgentProc, version: str) -> bool:
+        w = agent.workload(NAME)
+        return bool(w and w["version"] == version and w["phase"] in ("Healthy", "RolledBack"))
+
+    merge("1.0.0")
+    with running_agents(lab1.tmp / "agents", s.url, s.bootstrap_token, ["node-a"]) as (a,):
+        wait("1.0.0", lambda: at(a, "1.0.0"))
+        data = a.install_root / NAME / "data"
+        merge("1.1.0")
+        wait("1.1.0", lambda: at(a, "1.1.0"))
+        assert sorted(p.name for p in data.iterdir()) == ["seen-1.0.0", "seen-1.1.0"]
+
+        # reverting the release file through a merged PR: the desired version goes back
+        # to the one the copy was taken from, and the copy comes back with it
+        lab1.repo.change({}, "revert cfgsrv 1.1.0", remove=[f"releases/{NAME}/1.1.0.yaml"])
+        wait("back on 1.0.0", lambda: at(a, "1.0.0"), 60)
+        assert sorted(p.name for p in data.iterdir()) == ["seen-1.0.0"]
+        assert "data restored from the snapshot taken before 1.0.0 -> 1.1.0" in a.logs()
+
+        # upgrade again, then roll back by hand: the same
+        lab1.repo.change({f"releases/{NAME}/1.1.0.yaml": docs["1.1.0"]}, "cfgsrv 1.1.0 again")
+        wait("1.1.0 again", lambda: at(a, "1.1.0"), 60)
+        assert sorted(p.name for p in data.iterdir()) == ["seen-1.0.0", "seen-1.1.0"]
+        out = a.cli("rollback", NAME)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "data restored from the snapshot taken before 1.0.0 -> 1.1.0" in out.stdout
+        assert sorted(p.name for p in data.iterdir()) == ["seen-1.0.0"]

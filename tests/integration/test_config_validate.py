@@ -34,11 +34,16 @@ TAIL = (
     "      to: link.md\n"
     "    - from: config/infer/ok.yml\n"
     "      to: ok.yml\n"
+    "    - from: config/infer/tpl.md\n"
+    "      to: tpl.md\n"
+    "      template: true\n"
 )
 EXPECTED = [
     "config/infer/bad.json:2:3: invalid JSON: Expecting property name enclosed in double quotes",
     "config/infer/bad.yaml:2:5: invalid YAML: while parsing a flow sequence: expected ',' or "
     "']', but got ':'",
+    "config/infer/tpl.md:2:7: unknown placeholder ${node.nmae}; use ${node.name} or "
+    "${node.labels.KEY}",
     "releases/infer/1.0.0.yaml:16:13: config.files[0].from: config/infer/missing.md does not "
     "exist in the fleet repo",
     f"releases/infer/1.0.0.yaml:18:13: config.files[1].from: config/infer/big.txt is "
@@ -54,6 +59,7 @@ def broken_fleet(root: Path) -> Path:
     files["config/infer/bad.yaml"] = "routes: [a, b\nnext: 1\n"
     files["config/infer/bad.json"] = '{\n  model: "q"\n}\n'
     files["config/infer/ok.yml"] = "routes: [a, b]\n"
+    files["config/infer/tpl.md"] = "# ${node.name} keeps ${HOME}\nhello ${node.nmae}\n"
     files["config/infer/target.md"] = "secret-looking text\n"
     write_tree(root, files)
     os.symlink("target.md", root / "config/infer/link.md")

@@ -129,6 +129,18 @@ def materialize(
     if not found:
         return {}, None
     opened = [(s, _open(s, identity)) for s in found]
+    try:
+        return _lay_out(workload_dir, version, doc, opened)
+    except OSError as exc:  # e.g. chown to run.user without the right to
+        raise SecretError(
+            f"{doc.get('name')}: cannot write its secrets under {secrets_root(workload_dir)}: "
+            f"{exc.strerror or exc}"
+        ) from exc
+
+
+def _lay_out(
+    workload_dir: Path, version: str, doc: Mapping[str, Any], opened: list[tuple[Sealed, bytes]]
+) -> tuple[dict[str, str], Path | None]:
     root = secrets_root(workload_dir)
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(root, 0o711)  # run.user must reach its own directory below, list nothing

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from agent import procinfo
+from agent import procinfo, secrets
 from agent.errors import WorkloadError
 from agent.installed import Installed
 from agent.procinfo import ProcInfo
@@ -14,6 +14,7 @@ from agent.runtimes import runtime_for
 from agent.selfinstall import SelfInfo
 from agent.supervise.supervisor import Supervisor
 from agent.workload import Workload
+from fleetkeeper_common.digests import target_digest
 
 PROBE_CACHE_MAX = 64
 
@@ -64,7 +65,12 @@ class Observer:
             sha256=sha,
             healthy=healthy,
             health_message=message,
-            config_digest=self._config_in_use(w.name) if info is not None else None,
+            config_digest=target_digest(
+                self._config_in_use(w.name),
+                secrets.in_use(layout.dir, version) if version else None,
+            )
+            if info is not None
+            else None,
         )
 
     def _config_in_use(self, name: str) -> str | None:

@@ -22,9 +22,9 @@ rotation. Plain text never reaches a log line, a report, the journal or the stat
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -36,8 +36,10 @@ from agent import isolation
 from agent.errors import WorkloadError
 from agent.state import fsync_dir, write_atomic
 from fleetkeeper_common.age import AgeError, Identity, NotARecipient, decrypt
+from fleetkeeper_common.digests import secrets_digest
 
 SECRETS_DIR_ENV = "FLEETKEEPER_SECRETS_DIR"
+_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 
 
 class SecretError(WorkloadError):
@@ -70,12 +72,17 @@ def sealed(doc: Mapping[str, Any]) -> tuple[Sealed, ...]:
 
 
 def digest(doc: Mapping[str, Any]) -> str:
-    """Which ciphertexts (and placements) ``doc`` asks for: a rotation changes it."""
-    h = hashlib.sha256()
-    for s in sealed(doc):
-        h.update(f"{s.name}\0{s.as_}\0{s.source}\0".encode())
-        h.update(hashlib.sha256(s.age.encode()).digest())
-    return h.hexdigest()
+    """Which ciphertexts (and placements) ``doc`` asks for: a rotation changes it; the
+    reconciler computes the same from the release (``fleetkeeper_common.digests``)."""
+    return secrets_digest((s.name, s.as_, s.source, s.age) for s in sealed(doc)) or ""
+
+
+def in_use(workload_dir: Path, version: str) -> str | None:
+    """The digest of the secrets ``version`` was last started with (None: none)."""
+    try:
+        return (secrets_root(workload_dir) / f"{version}.digest").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _open(s: Sealed, identity: Identity | None) -> bytes:
@@ -122,6 +129,18 @@ def materialize(
     if not found:
         return {}, None
     opened = [(s, _open(s, identity)) for s in found]
+    try:
+        return _lay_out(workload_dir, version, doc, opened)
+    except OSError as exc:  # e.g. chown to run.user without the right to
+        raise SecretError(
+            f"{doc.get('name')}: cannot write its secrets under {secrets_root(workload_dir)}: "
+            f"{exc.strerror or exc}"
+        ) from exc
+
+
+def _lay_out(
+    workload_dir: Path, version: str, doc: Mapping[str, Any], opened: list[tuple[Sealed, bytes]]
+) -> tuple[dict[str, str], Path | None]:
     root = secrets_root(workload_dir)
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(root, 0o711)  # run.user must reach its own directory below, list nothing
@@ -133,6 +152,8 @@ def materialize(
     try:
         for s, plain in opened:
             if s.as_ == "file":
+                if not _FILE_NAME.match(s.name):  # the schema says so; never trust a path
+                    raise SecretError(f"secret name {s.name!r} is not a plain file name")
                 path = staging / s.name
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "wb") as fh:

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from reconciler.plan.select import NodeFacts, latest_versions, target_nodes
-from reconciler.spec import Deployable, FleetSpec, SecretRef
+from reconciler.spec import Deployable, FleetSpec
 
 SECRETS_DIR = "secrets/"
 AGE_SUFFIX = ".age"
@@ -90,19 +89,6 @@ def x25519_stanzas(data: bytes) -> int | None:
     if not sep:
         return None
     return sum(1 for line in header.split(b"\n") if line.startswith(b"-> X25519 "))
-
-
-def digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def secrets_digest(secrets: Iterable[SecretRef]) -> str:
-    """One digest over a workload's secrets (names, placement and ciphertext): a changed
-    ciphertext (rotation, a recipient added or removed) changes it."""
-    h = hashlib.sha256()
-    for s in secrets:
-        h.update(f"{s.name}\0{s.as_}\0{s.source}\0{digest(s.ciphertext.encode())}\n".encode())
-    return h.hexdigest()
 
 
 def attach_ciphertexts(spec: FleetSpec, files: Mapping[str, bytes]) -> FleetSpec:

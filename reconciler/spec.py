@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Literal, TypeAlias
 
+from fleetkeeper_common.digests import secrets_digest, target_digest
+
 JSON: TypeAlias = dict[str, "JSON"] | list["JSON"] | str | int | float | bool | None
 WorkloadKind = Literal["process", "model"]
 OnFailure = Literal["halt", "rollback"]
@@ -208,6 +210,13 @@ class Deployable:
     config: ConfigSpec | None = None  # config files (issue 17)
     data: DataSpec | None = None  # persistent data snapshot settings (issue 17)
     secrets: tuple[SecretRef, ...] = ()  # issue 17: age-encrypted, decrypted on the node
+
+    @property
+    def target_digest(self) -> str | None:
+        """With the version, the rollout's target: config files and secrets' ciphertext
+        (``fleetkeeper_common.digests``; the agent reports the same as ``configDigest``)."""
+        sealed = secrets_digest((s.name, s.as_, s.source, s.ciphertext) for s in self.secrets)
+        return target_digest(self.config.digest if self.config is not None else None, sealed)
 
     def artifact_for(self, platform: str) -> Artifact | None:
         for art in self.artifacts:

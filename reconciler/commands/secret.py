@@ -101,7 +101,8 @@ def run_encrypt(args: argparse.Namespace) -> int:
     found = worktree_entries(root)
     # the cross-file rules may fail (the release names this very secret, not yet written):
     # the documents that passed their own checks are enough to know whom to encrypt to
-    spec = build_spec(validate_files(found.files).documents)
+    report = validate_files(found.files)
+    spec = build_spec(report.documents)
     try:
         who = audience(
             spec,
@@ -110,7 +111,10 @@ def run_encrypt(args: argparse.Namespace) -> int:
             roles=_split(args.roles),
         )
     except KeyError as exc:
-        raise SecretCommandError(str(exc.args[0])) from exc
+        # a file that failed its own checks is not in the spec: say why
+        invalid = [str(v) for v in report.errors if v.path not in report.documents][:3]
+        why = "; invalid files: " + "; ".join(invalid) if invalid else ""
+        raise SecretCommandError(f"{exc.args[0]}{why}") from exc
     if who.without:
         raise SecretCommandError(
             f"node(s) {', '.join(who.without)} have no ageRecipient in their node file: run "

@@ -91,7 +91,7 @@ class Plan:
 
 
 def _label(d: Deployable | RolloutState) -> str:
-    digest = d.config_digest if isinstance(d, RolloutState) else (d.config and d.config.digest)
+    digest = d.config_digest if isinstance(d, RolloutState) else d.target_digest
     return f"{d.name} {d.version}" + (f" (config {digest})" if digest else "")
 
 
@@ -134,7 +134,7 @@ def _start(
         spread_seconds=d.rollout.spread_seconds,
         previous={n: current.get(n) for n in targeted},
         history=history,
-        config_digest=d.config.digest if d.config is not None else None,
+        config_digest=d.target_digest,
     )
     events.append(
         PlanEvent(
@@ -396,7 +396,7 @@ def _judge_node(
     if bad is not None:
         why = f": {bad.message}" if bad.message else ""
         return _Verdict(p, halt=Halt(n, f"node {n} reported Failed for {_label(d)}{why}", now))
-    config = d.config.digest if d.config is not None else None
+    config = d.target_digest  # config files and secrets' ciphertext (issue 17)
     if since_given and report is not None and runs(report, d.name, d.version, now, ttl, config):
         since = p.healthy_since if p.healthy_since is not None else report.received_at
         p = replace(p, healthy_since=since)

@@ -80,6 +80,31 @@ def get(url: str) -> httpx.Response:
     return httpx.get(url, timeout=5)
 
 
+def served(url: str) -> str | None:
+    """What the workload answers, None while it is down (restarting)."""
+    try:
+        return get(url).text
+    except httpx.HTTPError:
+        return None
+
+
+def release_digests(fleet: dict[str, Any]) -> set[tuple[str, str | None]]:
+    """(version, target digest) of every secret-reader rollout the status shows."""
+    return {
+        (r["version"], r.get("configDigest"))
+        for r in fleet["releases"]
+        if r["agent"] == "secret-reader"
+    }
+
+
+def reported(fleet: dict[str, Any], node: str) -> str | None:
+    """The target digest ``node`` reports, when it is the one desired (else None)."""
+    (row,) = [n for n in fleet["nodes"] if n["node"] == node]
+    (w,) = [w for w in row["workloads"] if w["name"] == "secret-reader"]
+    ok = w.get("configDigest") and w.get("configDigest") == w.get("desiredConfig")
+    return str(w["configDigest"]) if ok else None
+
+
 def files_under(root: Path, skip: tuple[Path, ...] = ()) -> Iterator[Path]:
     for path in root.rglob("*"):
         if (
@@ -190,17 +215,27 @@ def test_secret_reaches_the_workload_only(tmp_path: Path) -> None:
                 assert get(f"http://127.0.0.1:{port_b}/healthz").text == "secret-reader 1.0.0"
                 assert b.running("secret-reader") == "1.0.0"
 
-                # rotation: a re-encrypted key through a merged PR reaches node-a's workload
+                # rotation: a re-encrypted key through a merged PR is a new rollout of the
+                # same version (its target digest changes) and reaches node-a's workload
+                before = release_digests(server.fleet())
                 repo.change(
                     {"secrets/reader/api-key.age": age_encrypt(ROTATED, recipients)},
                     "rotate the API key",
                 )
                 a.wait_for(
-                    lambda x: get(f"{base_a}/env/API_KEY").text == ROTATED,
+                    lambda x: served(f"{base_a}/env/API_KEY") == ROTATED,
                     timeout=60,
                     what="rotated key",
                 )
                 assert a.running("secret-reader") == "1.1.0"
+                assert served(f"{base_a}/file/TOKEN") == TOKEN
+                a.wait_for(
+                    lambda x: reported(server.fleet(), "node-a") is not None,
+                    timeout=30,
+                    what="node-a reports the rotated target digest",
+                )
+                new = release_digests(server.fleet()) - before
+                assert {v for v, _ in new} == {"1.1.0"}, new  # same version, new target
 
                 # every answer of the API this test can fetch
                 node_token = a.state_dir.joinpath("node.token").read_text().strip()

@@ -15,7 +15,7 @@ from reconciler.cli import main
 from reconciler.spec import MAX_CONFIG_FILE_BYTES
 from tests.helpers.fleet import FleetRepo, fleet_files, nodes_named, release_doc
 from tests.helpers.fleetfiles import basic_fleet, release, write_tree
-from tests.helpers.git import commit_all, init_repo
+from tests.helpers.git import commit_all, git, init_repo
 
 # release() puts ``tail`` from line 14 on: the n-th entry's ``from`` value is on line
 # 16 + 2 * n, column 13
@@ -87,6 +87,13 @@ def test_validate_names_each_bad_config_file_and_where(
     code, found = messages(capsys, "--repo", str(root), "--rev", "HEAD")
     assert code == 1
     assert [m.split("fleet/", 1)[-1] for m in found] == EXPECTED
+    # and on the index (the pre-commit hook): a config file removed from it is missing
+    git(root, "rm", "-q", "--cached", "config/infer/bad.json")
+    code, found = messages(capsys, "--repo", str(root), "--staged")
+    assert code == 1
+    shown = [m.split("fleet/", 1)[-1] for m in found]
+    assert EXPECTED[0] not in shown and EXPECTED[1] in shown
+    assert any("config.files[3].from: config/infer/bad.json does not exist" in m for m in shown)
 
 
 def test_validate_counts_a_workloads_config_as_a_whole(

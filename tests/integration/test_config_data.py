@@ -10,8 +10,12 @@ import hashlib
 import io
 import json
 import os
+import pwd
 import random
+import shutil
+import sys
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -70,11 +74,11 @@ srv.serve_forever()
 """
 
 
-def build(dest: Path, version: str, *, unhealthy: bool = False) -> Artifact:
-    import sys
-
+def build(
+    dest: Path, version: str, *, unhealthy: bool = False, python: str = sys.executable
+) -> Artifact:
     dest.mkdir(parents=True, exist_ok=True)
-    script = PROGRAM.format(python=sys.executable, version=version, unhealthy=unhealthy).encode()
+    script = PROGRAM.format(python=python, version=version, unhealthy=unhealthy).encode()
     path = dest / f"{NAME}-{version}.tar.gz"
     with tarfile.open(path, "w:gz") as tar:
         info = tarfile.TarInfo(f"bin/{NAME}")
@@ -472,3 +476,59 @@ def test_kill_9_during_config_changes_never_leaves_a_half_config(tmp_path: Path)
     finally:
         agent.stop()
         agent.kill_workloads()
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/usr/bin/python3"),
+    reason="running a workload as another user needs root (and a system python3)",
+)
+def test_data_dir_belongs_to_the_workload_user_and_config_is_readable(tmp_path: Path) -> None:
+    nobody = pwd.getpwnam("nobody")
+    shared = Path(tempfile.mkdtemp(prefix="fk-config-"))  # tmp_path is 0700, root's
+    shared.chmod(0o755)
+    try:
+        port = free_port()
+        # the system interpreter: nobody may not reach the test virtualenv's
+        art = build(shared / "dist", "1.0.0", python="/usr/bin/python3")
+        for p in (shared / "dist", art.path):
+            p.chmod(0o755)
+        doc = workload_doc(NAME, "1.0.0", art, art.path.resolve().as_uri(), port, timeout=5)
+        doc["run"]["user"] = "nobody"
+        doc["config"] = config_block("read as nobody\n")
+        agent = make_agent(
+            tmp_path,
+            "node-u",
+            f"http://127.0.0.1:{free_port()}",
+            "t" * 32,
+            installRoot=str(shared / "root"),
+        )
+        agent.state_dir.mkdir(parents=True, mode=0o700)
+        write_json(
+            agent.state_dir / "desired.json",
+            {"document": desired_doc("node-u", 1, [doc]), "etag": None},
+        )
+        agent.start()
+        try:
+            files = wait(
+                "served as nobody",
+                lambda: (r := _get_json(f"http://127.0.0.1:{port}/config")) and r,
+            )
+            assert files == {"soul.md": "read as nobody\n"}
+            data = shared / "root" / NAME / "data"
+            assert (data.stat().st_uid, data.stat().st_gid) == (nobody.pw_uid, nobody.pw_gid)
+            mark = data / "seen-1.0.0"  # written by the workload itself
+            assert mark.stat().st_uid == nobody.pw_uid
+            # the config files are the agent's: the workload reads them, cannot change them
+            assert (shared / "root" / NAME / "config" / "soul.md").stat().st_uid == 0
+        finally:
+            agent.stop()
+            agent.kill_workloads()
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def _get_json(url: str) -> Any:
+    try:
+        return httpx.get(url, timeout=1).json()
+    except (httpx.HTTPError, ValueError):
+        return None

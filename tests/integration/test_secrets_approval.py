@@ -8,11 +8,15 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import pygit2
 import pytest
 
+from fleetkeeper_common.age import encrypt, generate_identity
 from reconciler.approval import evaluate
 from reconciler.config import ApprovalSettings
+from reconciler.revision import load_revision
 from reconciler.source import GitSource
+from tests.helpers.fleet import FleetRepo, fleet_doc, node_doc, release_doc
 from tests.helpers.fleetfiles import basic_fleet
 from tests.helpers.git import git
 from tests.helpers.keys import Keys, SignedRepo, close_keys, session_keys
@@ -60,3 +64,36 @@ def test_direct_push_of_a_secret_is_refused(tmp_path: Path, keys: Keys) -> None:
     assert result.refused[0].reason.startswith(
         f"Unapproved: {direct} changes secrets/app/key.age without a merge"
     )
+
+
+def test_reconciler_refuses_a_merged_revision_whose_target_is_not_a_recipient(
+    tmp_path: Path,
+) -> None:
+    """The reconciler runs `secret check` on the approved tree before it applies it: a
+    merged pull request that adds a target the secret is not encrypted to is not applied."""
+    n1, n2 = generate_identity(), generate_identity()
+    nodes = {
+        f"nodes/{n}.yaml": {**node_doc(n, roles=["coding"]), "ageRecipient": i.recipient}
+        for n, i in (("n1", n1), ("n2", n2))
+    }
+    rel = release_doc("app", "1.0.0", roles=["coding"], command=["bin/app"])
+    rel["secrets"] = [{"name": "API_KEY", "from": "secrets/app/key.age"}]
+    repo = FleetRepo.create(
+        tmp_path / "fleet",
+        {
+            "fleet.yaml": fleet_doc(),
+            "nodes/n1.yaml": nodes["nodes/n1.yaml"],
+            "releases/app/1.0.0.yaml": rel,
+            "secrets/app/key.age": encrypt(b"k", [n1.recipient]).decode(),
+            "secrets/app/key.recipients": f"{n1.recipient} # node n1\n",
+        },
+    )
+    git_repo = pygit2.Repository(str(repo.path))
+    good = load_revision(git_repo, str(git_repo.head.target))
+    assert good.ok, good.violations
+    (d,) = good.spec.deployables if good.spec else ()
+    assert d.secrets[0].ciphertext.startswith("-----BEGIN AGE ENCRYPTED FILE-----")
+    sha = repo.change({"nodes/n2.yaml": nodes["nodes/n2.yaml"]}, "add n2")
+    bad = load_revision(git_repo, sha)
+    assert not bad.ok
+    assert any("is not encrypted to targeted node(s) n2" in v.message for v in bad.violations)

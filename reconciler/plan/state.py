@@ -120,6 +120,8 @@ class RolloutState:
     control_seq: int = 0
     retries: int = 0
     skipped: tuple[str, ...] = ()
+    # the release's config digest (issue 17): status shows the same version with a new one
+    config_digest: str | None = None
 
     def started_nodes(self) -> list[str]:
         """Nodes of every batch that has started, in batch order."""
@@ -150,6 +152,20 @@ def fingerprint(d: Deployable) -> str:
     for key, unset in _CONTROL_DEFAULTS.items():
         if rollout.get(key) == unset:
             del rollout[key]
+    # Issue 17's blocks: absent ones are left out (old fingerprints stay); a config file
+    # counts by its digest, not its bytes (they can be 1 MiB and this runs every pass).
+    for key in ("config", "data"):
+        if doc.get(key) is None:
+            doc.pop(key, None)
+    if "config" in doc:
+        for f in doc["config"]["files"]:
+            del f["data"]
+    # secrets: none, the digest they had before; a re-encrypted one is a new rollout
+    if not doc.get("secrets"):
+        doc.pop("secrets", None)
+    else:
+        for sec in doc["secrets"]:
+            sec["ciphertext"] = hashlib.sha256(sec["ciphertext"].encode()).hexdigest()
     text = canonical_json(doc, default=dict)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -239,6 +255,8 @@ def state_to_json(s: RolloutState) -> dict[str, JSON]:
         out["retries"] = s.retries
     if s.skipped:
         out["skipped"] = list(s.skipped)
+    if s.config_digest is not None:
+        out["configDigest"] = s.config_digest
     return out
 
 
@@ -343,4 +361,5 @@ def state_from_json(doc: Mapping[str, JSON]) -> RolloutState | None:
         control_seq=int(_num(doc.get("controlSeq")) or 0),
         retries=int(_num(doc.get("retries")) or 0),
         skipped=tuple(_str(n) for n in _list(doc.get("skipped"))),
+        config_digest=_opt_str(doc.get("configDigest")),
     )

@@ -130,9 +130,8 @@ def test_dashboard_login_nodes_and_live_rollout(tmp_path: Path) -> None:
             assert "a reason is required" in page.locator("#notice").inner_text()
             page.once("dialog", lambda d: d.accept("freeze for the browser test"))
             card.locator('button[data-action="pause"]').click()
-            page.wait_for_function(
-                "document.querySelector('#notice').textContent.includes('recorded')"
-            )
+            # a selector, not wait_for_function: the page's CSP forbids evaluating strings
+            page.wait_for_selector("#notice:has-text('recorded')")
             assert "pause hello 1.1.0 recorded" in page.locator("#notice").inner_text()
             page.wait_for_selector('article[data-release="hello"] button[data-action="resume"]')
             reason = page.locator('article[data-release="hello"] .reason').last.inner_text()

@@ -66,7 +66,7 @@ class ReportBook:
         self._dirty: dict[str, float] = {}  # node -> lastSeen not yet in the store
         self._news: set[str] = set()
         self._watched: frozenset[str] = frozenset()
-        self._changes: GroupCommit[tuple[ReportRecord, str]] = GroupCommit(
+        self._changes: GroupCommit[tuple[ReportRecord, str], None] = GroupCommit(
             self._store_changes, "status report(s)"
         )
 
@@ -99,7 +99,7 @@ class ReportBook:
         """Transactions of changed reports so far (several reports each under load)."""
         return self._changes.transactions
 
-    def _store_changes(self, batch: Sequence[tuple[ReportRecord, str]]) -> None:
+    def _store_changes(self, batch: Sequence[tuple[ReportRecord, str]]) -> list[None]:
         """One transaction for every changed report queued (worker thread), then memory."""
         self._store.put_reports([r for r, _ in batch])
         with self._lock:
@@ -110,6 +110,7 @@ class ReportBook:
                 self._news.add(record.node)
                 if self._dirty.get(record.node, record.received_at) <= record.received_at:
                     self._dirty.pop(record.node, None)  # the row holds this lastSeen now
+        return [None] * len(batch)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Flush lastSeen every ``flush_seconds`` until ``stop``, then once more."""

@@ -22,7 +22,7 @@ MAX_WAIT_SECONDS = 60
 # A registration wakes the loop this much later, so that a fleet enrolling at once (a
 # thousand nodes a second) costs a few passes a second, not one pass per registration:
 # each such pass re-plans for a new inventory, which costs as much as the fleet is large.
-REGISTRATION_WAKE_SECONDS = 0.5
+REGISTRATION_WAKE_SECONDS = 1.0
 
 
 def _nothing() -> None:

@@ -216,7 +216,7 @@ def node_routes(ctx: ApiContext) -> list[Route]:
             await asyncio.to_thread(_refused, ctx, node, presented, refusal, address, at)
             raise ApiError(refusal.status, refusal.message)
         log_event(claim.audit)
-        ctx.tokens.set(node, hash_token(new))
+        ctx.tokens.set(node, claim.node.token_hash)
         ctx.metrics.registrations.inc()
         ctx.registered(claim.node)
         ctx.wake_after_registration()

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from reconciler.api.context import REGISTRATION_WAKE_SECONDS
 from schema import errors as schema_errors
 from tests.helpers.server import ApiHarness, api_harness, desired_doc, register_doc
 
@@ -96,7 +97,7 @@ def test_registrations_that_arrive_together_share_a_transaction_and_a_pass(
         with api.client(r.json()["token"]) as c:
             assert c.get(f"/v1/nodes/{name}/desired").status_code == 200
     _wait_for(lambda: len(api.wakes) >= 1, 5)
-    time.sleep(0.7)  # past REGISTRATION_WAKE_SECONDS: no further wake is due
+    time.sleep(REGISTRATION_WAKE_SECONDS + 0.2)  # no further wake is due
     assert len(api.wakes) < len(names) // 4  # one pass for the burst, not one each
 
 

@@ -4,22 +4,26 @@ Safe to kill at any instant: a version directory is complete or absent (``agent.
 ``current`` is flipped atomically, and a journal in the state directory says which update
 was in flight, so a restarted agent finishes the proof (or the rollback) instead of
 guessing. A target that failed is remembered in the ledger (``agent.ledger``) and not
-retried until the desired document changes. The agent's own workload is converged by
-``agent.selfupdate``; proof is gathered by ``agent.restart``.
+retried until a new version is desired or the operator retries (``retryGeneration``); a
+transient failure (:class:`agent.errors.Unreachable`) is retried with backoff instead.
+The agent's own workload is converged by ``agent.selfupdate``; proof is gathered by
+``agent.restart``, which also drains the old process (``agent.drain``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from agent.backoff import backoff_delay
 from agent.board import Board
-from agent.errors import AgentError, Superseded, UnpackError, VerifyError, WorkloadError
+from agent.errors import AgentError, Superseded, Unreachable, WorkloadError
 from agent.installed import Installed
 from agent.journal import Journal
 from agent.ledger import FailedTarget, Ledger, replay_failure
@@ -51,6 +55,7 @@ class Converger:
         exit_code: Callable[[str], int | None] | None = None,
         workload_user: str | None = None,
         superseded: Callable[[], bool] | None = None,
+        retry_cap: float = 60.0,
     ) -> None:
         self.root = install_root
         self.state = state
@@ -62,6 +67,9 @@ class Converger:
         # True once a newer desired generation has arrived: an in-flight download stops.
         self.superseded = superseded or (lambda: False)
         self.ledger = Ledger(state)
+        # transient download failures in a row, per workload (backoff; not remembered)
+        self.retries: dict[str, int] = {}
+        self.retry_cap = retry_cap
         self.restarter = Restarter(self.installed, supervisor, exit_code or (lambda _name: None))
         # The agent itself, when it is installed under installRoot (see agent.selfupdate).
         self.me = who_am_i(install_root)
@@ -91,22 +99,43 @@ class Converger:
                 log.info("%s: %s", entry.get("name"), exc)
                 self.board.set(str(entry.get("name")), phase=None, message=None)
                 break
+            except Unreachable as exc:
+                outcomes.append(self._unreachable(str(entry.get("name")), exc))
+                continue
             except AgentError as exc:
                 outcomes.append(self._failed(entry, desired.key(entry), exc))
+            self.retries.pop(str(entry.get("name")), None)
             if outcomes[-1].exec_argv:
                 break
         return outcomes
 
+    def _unreachable(self, name: str, exc: Unreachable) -> Outcome:
+        """A transient failure (network, artifact server, disk): not the version's. What
+        runs keeps running; the download is tried again after a backoff, and the report
+        says Downloading with the reason, never Failed."""
+        attempt = self.retries.get(name, 0)
+        self.retries[name] = attempt + 1
+        delay = backoff_delay(attempt, base=1.0, cap=self.retry_cap, draw=random.random())
+        message = f"retrying in {delay:.0f}s: {exc}"
+        log.warning("%s: %s", name, message)
+        self.board.set(name, phase="Downloading", message=message)
+        return Outcome(False, "Downloading", message, {}, retry_at=time.time() + delay)
+
     def _failed(self, entry: Mapping[str, Any], key: str, exc: AgentError) -> Outcome:
         name = str(entry.get("name"))
         log.error("converging %s failed: %s", name, exc)
-        if isinstance(exc, VerifyError | UnpackError):
-            # A wrong digest or an unsafe archive will not fix itself: no retry until the
-            # desired document changes (a network error is retried at resync).
-            w = Workload.parse(entry)
-            self.ledger.remember(
-                name, FailedTarget(w.version, w.artifact.sha256, key, "Failed", str(exc))
-            )
+        if isinstance(exc, WorkloadError):
+            # A failure of the version itself (wrong digest, unsafe archive, a URL the
+            # server says no to, no program to run) will not fix itself: not tried again
+            # until a new version is desired or the operator retries (retryGeneration).
+            try:
+                w = Workload.parse(entry)
+            except WorkloadError:
+                w = None
+            if w is not None:
+                self.ledger.remember(
+                    name, FailedTarget(w.version, w.artifact.sha256, key, "Failed", str(exc))
+                )
         self.board.set(name, phase="Failed", message=str(exc))
         return Outcome(False, "Failed", str(exc), {})
 
@@ -185,7 +214,8 @@ class Converger:
         old = self.sup.running(name)
         self.sup.set_auto_restart(name, False)
         t = time.monotonic()
-        proof = self.restarter.restart_and_prove(w.doc, version, old, timings)
+        notes: list[str] = []
+        proof = self.restarter.restart_and_prove(w.doc, version, old, timings, w.drain, notes)
         timings["total"] = sum(
             timings.get(k, 0.0)
             for k in ("download", "verify", "unpack", "flip", "restart", "prove")
@@ -194,12 +224,14 @@ class Converger:
             self.sup.set_auto_restart(name, True)
             Journal.clear(self.state, name)
             self.installed.layout(name).prune(self.keep)
-            self.board.set(name, phase="Healthy", message=None)
-            self._record_timings(name, version, timings, ok=True)
+            # a drain that timed out is said in the report until the next update
+            note = "; ".join(notes) or None
+            self.board.set(name, phase="Healthy", message=note)
+            self._record_timings(name, version, timings, ok=True, notes=notes)
             log.info("%s %s converged: %s", name, version, proof.reason)
-            return Outcome(True, "Healthy", proof.reason, timings)
+            return Outcome(True, "Healthy", "; ".join([proof.reason, *notes]), timings)
 
-        reason = f"{version} failed: {proof.reason}"
+        reason = "; ".join([f"{version} failed: {proof.reason}", *notes])
         log.error("%s %s", name, reason)
         target = FailedTarget(version, journal.sha256, key, "Failed", reason)
         # Recorded before the rollback too: an agent killed during it must not retry.
@@ -208,7 +240,7 @@ class Converger:
         self.ledger.remember(name, replace(target, message=message))
         self.board.set(name, phase="Failed", message=message)
         timings["rollback"] = time.monotonic() - t
-        self._record_timings(name, version, timings, ok=False)
+        self._record_timings(name, version, timings, ok=False, notes=notes)
         return Outcome(False, "Failed", message, timings)
 
     def _restore(self, w: Workload, journal: Journal, reason: str = "") -> str:
@@ -273,9 +305,17 @@ class Converger:
         return self.observer.observe(Workload.parse(entry))
 
     def _record_timings(
-        self, name: str, version: str, timings: Mapping[str, float], ok: bool
+        self,
+        name: str,
+        version: str,
+        timings: Mapping[str, float],
+        ok: bool,
+        notes: list[str] | None = None,
     ) -> None:
-        line = json.dumps({"workload": name, "version": version, "ok": ok, **timings})
+        record: dict[str, object] = {"workload": name, "version": version, "ok": ok, **timings}
+        if notes:
+            record["notes"] = notes  # e.g. a drain that timed out
+        line = json.dumps(record)
         with open(self.state.timings_file, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
         log.info(

@@ -248,7 +248,10 @@ class Daemon:
             observed = self.conv.observe(entry)
             note = self.board.get(observed.name)
             phase = decide_phase(note.phase, observed)
-            message = note.message if note.phase in ("Failed", "RolledBack", "Pending") else None
+            # the converge step's own words: why it failed, waits, retries a download, or
+            # what a drain came to
+            said = ("Failed", "RolledBack", "Pending", "Downloading", "Healthy")
+            message = note.message if note.phase in said else None
             entries.append(workload_entry(observed, phase, message))
         generation = self.acted_generation or desired.generation
         doc = self.latest.document

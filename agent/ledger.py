@@ -1,9 +1,10 @@
 """The ledger of failed targets: which (version, sha256, desired document) failed here.
 
-A target that failed is not retried until the desired document changes (its ``docKey``):
-a bad digest, an unsafe archive or a version that does not prove itself will not fix
-itself. Kept in ``<stateDir>/failed.json`` (one entry per workload), the only reader and
-writer of that file's entries.
+A target that failed is not retried until what is desired for that workload changes (its
+``docKey``: version, artifact, configuration and ``retryGeneration``, see
+:func:`agent.workload.doc_key`): a bad digest, an unsafe archive or a version that does
+not prove itself will not fix itself. Kept in ``<stateDir>/failed.json`` (one entry per
+workload, so it survives agent restarts), the only reader and writer of that file's entries.
 """
 
 from __future__ import annotations

@@ -50,6 +50,7 @@ def make_converger(
         exit_code=exit_code,
         workload_user=cfg.workload_user,
         superseded=superseded,
+        retry_cap=cfg.max_backoff_seconds,
     )
 
 

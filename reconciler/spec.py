@@ -105,6 +105,7 @@ class Deployable:
     runtime: str | None = None  # models: "llama-cpp" | "mlx-lm"
     args: Mapping[str, JSON] = field(default_factory=dict)  # models: runtime args
     gguf: GgufFacts | None = None  # models: the GGUF header's facts, when recorded
+    drain: Mapping[str, JSON] = field(default_factory=dict)  # {http|file, timeoutSeconds}
 
     def artifact_for(self, platform: str) -> Artifact | None:
         for art in self.artifacts:
@@ -341,6 +342,7 @@ def parse_deployable(path: str, doc: Mapping[str, JSON], fleet: FleetSettings) -
         runtime=str(doc["runtime"]) if is_model else None,
         args=_dict(doc.get("args")) if is_model else {},
         gguf=parse_gguf(doc.get("gguf")) if is_model else None,
+        drain=_dict(doc.get("drain")),
     )
 
 

@@ -215,6 +215,8 @@ def workload_document(d: Deployable, node: NodeFacts) -> dict[str, JSON] | None:
         doc["health"] = resolve(dict(d.health), node)
     if d.version_probe:
         doc["versionProbe"] = resolve(list(d.version_probe), node)
+    if d.drain:
+        doc["drain"] = resolve(dict(d.drain), node)
     if d.kind == "model":
         args = resolve(dict(d.args), node)
         assert isinstance(args, dict)

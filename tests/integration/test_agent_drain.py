@@ -1,0 +1,125 @@
+"""Drain before restart with real processes: a client's slow request to the old version is
+held open across the update, and it completes (200 from the old version) before the new
+version serves. Both drain forms (HTTP endpoint, update-lock file), the timeout, and the
+same update without drain as the control (the request is cut)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.test_agent_converge import Rig, make_rig
+
+SLOW = 3.0
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    r, server = make_rig(tmp_path)
+    try:
+        yield r
+    finally:
+        r.sup.stop("hello")
+        server.__exit__(None, None, None)
+
+
+class SlowClient(threading.Thread):
+    """GET /slow on the workload in a thread; keeps the answer (or the error)."""
+
+    def __init__(self, port: int, seconds: float) -> None:
+        super().__init__(daemon=True)
+        self.url = f"http://127.0.0.1:{port}/slow?s={seconds}"
+        self.status: int | None = None
+        self.body = ""
+        self.error: Exception | None = None
+        self.finished_at = 0.0
+
+    def run(self) -> None:
+        try:
+            resp = httpx.get(self.url, timeout=30)
+            self.status, self.body = resp.status_code, resp.text.strip()
+        except httpx.HTTPError as exc:
+            self.error = exc
+        self.finished_at = time.monotonic()
+
+
+def _doc(rig: Rig, version: str, drain: dict[str, Any] | None, lock: Path | None = None) -> Any:
+    art = rig.build(version)
+    doc = rig.doc(version, art)
+    if lock is not None:
+        doc["run"]["command"] += ["--lock", str(lock)]
+    if drain is not None:
+        doc["drain"] = drain
+    return doc
+
+
+def _update_during_slow_request(
+    rig: Rig, drain: dict[str, Any] | None, lock: Path | None = None, seconds: float = SLOW
+) -> tuple[SlowClient, Any, float]:
+    assert rig.converge(_doc(rig, "1.0.0", drain, lock)).ok
+    assert rig.served_version() == "hello 1.0.0"
+    client = SlowClient(rig.port, seconds)
+    client.start()
+    deadline = time.monotonic() + 5
+    while lock is not None and not lock.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # the request is in flight at the old version
+    began = time.monotonic()
+    out = rig.converge(_doc(rig, "1.1.0", drain, lock))
+    took = time.monotonic() - began
+    client.join(timeout=30)
+    return client, out, took
+
+
+def test_http_drain_lets_the_slow_request_finish_on_the_old_version(rig: Rig) -> None:
+    drain = {"http": f"http://127.0.0.1:{rig.port}/drain", "timeoutSeconds": 20}
+    client, out, took = _update_during_slow_request(rig, drain)
+    assert out.ok, out.message
+    assert (client.status, client.body, client.error) == (200, "hello 1.0.0", None)
+    assert rig.served_version() == "hello 1.1.0"
+    # the agent waited for the request (about SLOW - 0.3 s), not for the whole timeout
+    assert out.timings["drain"] >= SLOW - 1.0, out.timings
+    assert out.timings["drain"] < 10, out.timings
+    assert took >= SLOW - 1.0
+
+
+def test_file_drain_waits_for_the_update_lock(rig: Rig, tmp_path: Path) -> None:
+    lock = tmp_path / "locks" / "hello.lock"
+    lock.parent.mkdir()
+    drain = {"file": str(lock), "timeoutSeconds": 20}
+    client, out, _ = _update_during_slow_request(rig, drain, lock)
+    assert out.ok, out.message
+    assert (client.status, client.body, client.error) == (200, "hello 1.0.0", None)
+    assert rig.served_version() == "hello 1.1.0"
+    assert out.timings["drain"] >= SLOW - 1.0, out.timings
+    # the agent gave its own hold on the lock back once the new version ran
+    assert not lock.exists()
+
+
+def test_without_drain_the_slow_request_is_cut(rig: Rig) -> None:
+    """The control: the same update without drain kills the request in flight."""
+    client, out, _ = _update_during_slow_request(rig, None)
+    assert out.ok, out.message
+    assert client.status is None and client.error is not None
+    assert "drain" not in out.timings
+
+
+def test_drain_timeout_restarts_anyway_and_says_so(rig: Rig) -> None:
+    drain = {"http": f"http://127.0.0.1:{rig.port}/drain", "timeoutSeconds": 1}
+    client, out, took = _update_during_slow_request(rig, drain, seconds=8)
+    assert out.ok, out.message
+    assert rig.served_version() == "hello 1.1.0"
+    assert took < 7  # did not wait for the 8 s request
+    assert "drain timed out after 1s" in out.message and "answered 202" in out.message
+    # the report carries it (the board note is what the reporter sends)
+    note = rig.conv.board.get("hello")
+    assert note.phase == "Healthy" and "drain timed out after 1s" in str(note.message)
+    records = [json.loads(line) for line in rig.state.timings_file.read_text().splitlines()]
+    assert "drain timed out after 1s" in records[-1]["notes"][0]

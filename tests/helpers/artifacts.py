@@ -17,7 +17,8 @@ at build time: ``exit_at_start`` (exits 3 at once), ``unhealthy`` (``/healthz`` 
 ``crash_after`` (exits 4 after N seconds), ``probe_version`` (what ``--version`` claims).
 For drain tests: ``GET /slow?s=3`` answers after 3 s; ``POST /drain`` (any POST) answers 200
 when no slow request is in flight, else 202; with ``--lock PATH`` the program holds that
-update lock file while a slow request is in flight.
+update lock file while a slow request is in flight; ``--reuseport`` binds with SO_REUSEPORT
+so two versions can serve one port at once (the overlap swap of model servers).
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ class H(http.server.BaseHTTPRequestHandler):
         self.end_headers()
     def log_message(self, *a):
         pass
+# --reuseport: share the port with the next version (a blue/green handoff, as model servers)
+http.server.ThreadingHTTPServer.allow_reuse_port = "--reuseport" in args
 srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
 print(f"{{NAME}} {{VERSION}} listening on {{srv.server_address[1]}}", flush=True)
 if CRASH_AFTER:

@@ -1,20 +1,25 @@
 """Drain before restart with real processes: a client's slow request to the old version is
 held open across the update, and it completes (200 from the old version) before the new
-version serves. Both drain forms (HTTP endpoint, update-lock file), the timeout, and the
-same update without drain as the control (the request is cut)."""
+version serves. Both drain forms (HTTP endpoint, update-lock file), the timeout, the
+overlap swap of model servers (new beside old on a shared port), and the same update
+without drain as the control (the request is cut)."""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from agent import procinfo
+from agent.procinfo import ProcInfo
+from agent.runtimes import register_runtime
+from agent.runtimes.process import ProcessRuntime
 from tests.integration.test_agent_converge import Rig, make_rig
 
 SLOW = 3.0
@@ -123,3 +128,45 @@ def test_drain_timeout_restarts_anyway_and_says_so(rig: Rig) -> None:
     assert note.phase == "Healthy" and "drain timed out after 1s" in str(note.message)
     records = [json.loads(line) for line in rig.state.timings_file.read_text().splitlines()]
     assert "drain timed out after 1s" in records[-1]["notes"][0]
+
+
+class OverlapRuntime(ProcessRuntime):
+    """The process runtime with the model servers' overlap swap: a new version whose
+    program shares the port (``--reuseport``) starts beside the running one."""
+
+    name = "test-overlap"
+
+    def can_handoff(self, argv: Sequence[str], running: ProcInfo | None) -> bool:
+        return running is not None and "--reuseport" in argv
+
+
+def test_file_drain_with_the_overlap_swap(rig: Rig, tmp_path: Path) -> None:
+    """Blue/green (as model servers with ``swap: overlap``): the new version starts beside
+    the old one on the shared port and is proven; the old one finishes the request it holds
+    before it is retired."""
+    register_runtime("test-overlap", OverlapRuntime())
+    lock = tmp_path / "model.lock"
+    drain = {"file": str(lock), "timeoutSeconds": 20}
+
+    def doc(version: str) -> Any:
+        d = _doc(rig, version, drain, lock)
+        d["run"]["command"].append("--reuseport")
+        return {**d, "kind": "model", "model": {"runtime": "test-overlap", "args": {}}}
+
+    assert rig.converge(doc("1.0.0")).ok
+    old = rig.sup.running("hello")
+    client = SlowClient(rig.port, SLOW)
+    client.start()
+    deadline = time.monotonic() + 5
+    while not lock.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    out = rig.converge(doc("1.1.0"))
+    client.join(timeout=30)
+    assert out.ok, out.message
+    assert "retire" in out.timings  # it was a handoff, not a restart
+    assert (client.status, client.body, client.error) == (200, "hello 1.0.0", None)
+    assert out.timings["drain"] >= SLOW - 1.5, out.timings
+    new = rig.sup.running("hello")
+    assert old is not None and new is not None and new.pid != old.pid
+    assert not procinfo.alive(old.pid, old.start_id)
+    assert {rig.served_version() for _ in range(5)} == {"hello 1.1.0"}

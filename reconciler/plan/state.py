@@ -130,6 +130,8 @@ def fingerprint(d: Deployable) -> str:
     for key, unset in _CONTROL_DEFAULTS.items():
         if rollout.get(key) == unset:
             del rollout[key]
+    if not doc.get("drain"):  # likewise a file without drain
+        doc.pop("drain", None)
     text = canonical_json(doc, default=dict)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -91,6 +91,7 @@ class Converger:
             self.board.drop(name)
         outcomes = []
         for entry in desired.entries:
+            self.ledger.rekey(str(entry.get("name")), desired.legacy_key(entry), desired.key(entry))
             try:
                 outcomes.append(self.converge_one(Workload.parse(entry), desired.key(entry)))
             except Superseded as exc:

@@ -58,6 +58,14 @@ class Ledger:
         entries[name] = asdict(failed)
         self.state.write_failed(entries)
 
+    def rekey(self, name: str, old_key: str, new_key: str) -> None:
+        """An entry stored under ``old_key`` (an older agent's key) is kept as ``new_key``."""
+        entries = self.state.read_failed()
+        entry = entries.get(name)
+        if isinstance(entry, dict) and entry.get("docKey") == old_key:
+            entries[name] = {**entry, "docKey": new_key}
+            self.state.write_failed(entries)
+
     def forget(self, name: str) -> None:
         entries = self.state.read_failed()
         if entries.pop(name, None) is not None:

@@ -145,6 +145,12 @@ class Desired:
         """The ledger's identity of ``entry`` (see :func:`doc_key`)."""
         return doc_key(entry)
 
+    def legacy_key(self, entry: Mapping[str, Any]) -> str:
+        """The key an agent before ``retryGeneration`` stored for ``entry`` in this document
+        (generation and entry), recognised so an upgrade does not retry a known-bad target."""
+        blob = json.dumps([self.generation, entry], sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
 
 # Scheduling, not the version: a re-planned spread must not make a failed version new.
 _NOT_PART_OF_TARGET = frozenset({"notBefore"})

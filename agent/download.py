@@ -9,6 +9,9 @@
   The size is known in advance (``artifacts[].size`` is required): no more than ``size``
   bytes are ever read, and a server that announces or sends more is refused.
 * Free disk space is checked first (the artifact plus room to unpack it).
+* Failures are classified for the converge step: the network, an artifact server that is
+  not ready (5xx, 408, 425, 429) and a full disk raise :class:`Unreachable` (transient,
+  retried with backoff); another 4xx is a :class:`DownloadError` (the version's URL).
 * ``superseded()`` is asked between chunks: once a newer desired generation has arrived the
   download is dropped, its partial file too (it is not resumed later), with
   :class:`Superseded`.

@@ -20,6 +20,11 @@ from agent import procinfo
 from agent.procinfo import ProcInfo
 from agent.runtimes import register_runtime
 from agent.runtimes.process import ProcessRuntime
+from tests.helpers.agents import running_agents
+from tests.helpers.artifact_server import ArtifactServer, free_port
+from tests.helpers.artifacts import build_program, hello_release
+from tests.helpers.fleet import FleetRepo, fleet_doc, node_doc
+from tests.helpers.server import start_server
 from tests.integration.test_agent_converge import Rig, make_rig
 
 SLOW = 3.0
@@ -170,3 +175,58 @@ def test_file_drain_with_the_overlap_swap(rig: Rig, tmp_path: Path) -> None:
     assert old is not None and new is not None and new.pid != old.pid
     assert not procinfo.alive(old.pid, old.start_id)
     assert {rig.served_version() for _ in range(5)} == {"hello 1.1.0"}
+
+
+def test_drain_end_to_end_through_the_reconciler(tmp_path: Path) -> None:
+    """The fleet repo declares ``drain`` with a ``${node.labels.port}`` placeholder;
+    ``fleetkeeper serve`` resolves it into the node's desired document, a real agent drains
+    its workload: the request in flight when 1.1.0 is merged completes on 1.0.0."""
+    port = free_port()
+    files: dict[str, Any] = {
+        "fleet.yaml": fleet_doc(),
+        "nodes/node-d.yaml": node_doc("node-d", labels={"port": str(port)}),
+    }
+    repo = FleetRepo.create(tmp_path / "fleet", files)
+    server = start_server(
+        tmp_path / "server",
+        repo=repo,
+        extra_config={"pollIntervalSeconds": 1, "listen": f"127.0.0.1:{free_port()}"},
+    )
+    dist = tmp_path / "dist"
+    try:
+        with (
+            ArtifactServer(dist) as artifacts,
+            running_agents(tmp_path / "agents", server.url, server.bootstrap_token, ["node-d"]) as [
+                agent
+            ],
+        ):
+
+            def release(version: str) -> dict[str, Any]:
+                art = build_program(dist, "hello", version)
+                doc = hello_release(version, art, artifacts.url(art.path.name))
+                doc["drain"] = {
+                    "http": "http://127.0.0.1:${node.labels.port}/drain",
+                    "timeoutSeconds": 30,
+                }
+                return doc
+
+            repo.change({"releases/hello/1.0.0.yaml": release("1.0.0")}, "hello 1.0.0")
+            agent.wait_for(lambda a: a.running("hello") == "1.0.0", what="1.0.0 runs", timeout=60)
+            client = SlowClient(port, 8)
+            client.start()
+            time.sleep(0.3)
+            repo.change({"releases/hello/1.1.0.yaml": release("1.1.0")}, "hello 1.1.0")
+            agent.wait_for(lambda a: a.running("hello") == "1.1.0", what="1.1.0 runs", timeout=60)
+            client.join(timeout=30)
+            assert (client.status, client.body, client.error) == (200, "hello 1.0.0", None)
+            desired = json.loads((agent.state_dir / "desired.json").read_text())["document"]
+            assert desired["workloads"][0]["drain"]["http"] == f"http://127.0.0.1:{port}/drain"
+
+            def last_update(a: Any) -> dict[str, Any]:
+                lines = (a.state_dir / "timings.jsonl").read_text().splitlines()
+                return dict(json.loads(lines[-1]))
+
+            agent.wait_for(lambda a: last_update(a)["version"] == "1.1.0", what="1.1.0 proven")
+            assert last_update(agent)["drain"] >= 4, last_update(agent)
+    finally:
+        server.stop()

@@ -9,8 +9,9 @@ Two forms (``drain`` in a release or model, copied into the desired document):
   listener to drain); the old process exiting ends the wait too.
 * ``drain: {file: PATH, timeoutSeconds: N}``: balena's update lock. The workload creates
   ``PATH`` while it must not be interrupted and removes it when idle. The agent waits
-  until ``PATH`` is absent, then creates it itself (``O_EXCL``, so it and the workload
-  cannot both think they hold it) and removes it once the restart is done.
+  until ``PATH`` is absent. It only looks: it never creates or deletes the file (the path
+  comes from a fleet file, and the agent may run as root), so a workload that takes the
+  lock in the instant between the agent's last look and the stop is stopped anyway.
 
 After ``timeoutSeconds`` the agent goes on anyway and says so (:attr:`Drained.message`):
 a workload that never says idle must not block updates forever.
@@ -18,13 +19,11 @@ a workload that never says idle must not block updates forever.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 
@@ -33,7 +32,6 @@ from agent.workload import Drain
 log = logging.getLogger(__name__)
 
 POLL = 0.2
-LOCK_TEXT = b"fleetkeeper-agent: restarting\n"
 
 
 @dataclass(frozen=True)
@@ -41,13 +39,6 @@ class Drained:
     idle: bool  # False: the timeout passed while the old process was still busy
     seconds: float
     message: str
-    lock: Path | None = None  # the update lock the agent now holds (file form)
-
-    def release(self) -> None:
-        """Give the update lock back (the new version may take it when busy)."""
-        if self.lock is not None:
-            with contextlib.suppress(OSError):
-                self.lock.unlink()
 
 
 def drain(spec: Drain, alive: Callable[[], bool]) -> Drained:
@@ -60,10 +51,10 @@ def drain(spec: Drain, alive: Callable[[], bool]) -> Drained:
     while True:
         if not alive():
             return Drained(True, time.monotonic() - began, "the old process exited while draining")
-        idle, last, lock = wait(target, min(max(deadline - time.monotonic(), 0.2), 2.0))
+        idle, last = wait(target, min(max(deadline - time.monotonic(), 0.2), 2.0))
         took = time.monotonic() - began
         if idle:
-            return Drained(True, took, f"drained in {took:.1f}s ({last})", lock)
+            return Drained(True, took, f"drained in {took:.1f}s ({last})")
         if time.monotonic() >= deadline:
             message = f"drain timed out after {spec.timeout:.0f}s ({last}); restarted anyway"
             log.warning("%s", message)
@@ -71,29 +62,19 @@ def drain(spec: Drain, alive: Callable[[], bool]) -> Drained:
         time.sleep(POLL)
 
 
-def _http_idle(url: str, timeout: float) -> tuple[bool, str, Path | None]:
+def _http_idle(url: str, timeout: float) -> tuple[bool, str]:
     try:
         resp = httpx.post(url, timeout=timeout, trust_env=False)
     except httpx.HTTPError as exc:
-        return False, f"POST {url}: {exc}", None
-    if resp.status_code in (200, 204):
-        return True, f"POST {url} answered {resp.status_code}", None
-    return False, f"POST {url} answered {resp.status_code}", None
+        return False, f"POST {url}: {exc}"
+    return resp.status_code in (200, 204), f"POST {url} answered {resp.status_code}"
 
 
-def _file_idle(path: str, _timeout: float) -> tuple[bool, str, Path | None]:
-    lock = Path(path)
+def _file_idle(path: str, _timeout: float) -> tuple[bool, str]:
     try:
-        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return False, f"update lock {path} is held", None
+        os.lstat(path)
     except FileNotFoundError:
-        # No directory for the lock: the workload never took it, so it is not busy.
-        return True, f"no update lock at {path}", None
+        return True, f"update lock {path} is free"
     except OSError as exc:
-        return False, f"cannot take update lock {path}: {exc}", None
-    try:
-        os.write(fd, LOCK_TEXT)
-    finally:
-        os.close(fd)
-    return True, f"update lock {path} is free", lock
+        return False, f"cannot look at update lock {path}: {exc}"
+    return False, f"update lock {path} is held"

@@ -137,10 +137,7 @@ class Restarter:
 
     @staticmethod
     def _noted(drained: Drained | None, notes: list[str] | None) -> None:
-        if drained is None:
-            return
-        drained.release()
-        if not drained.idle and notes is not None:
+        if drained is not None and not drained.idle and notes is not None:
             notes.append(drained.message)
 
     def _can_handoff(self, runtime: Runtime, spec: LaunchSpec) -> bool:

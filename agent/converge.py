@@ -40,6 +40,11 @@ from agent.workload import Desired, Outcome, Workload, doc_key
 
 __all__ = ["Converger", "Outcome", "doc_key"]
 
+# Quick exits in a row (each within the supervisor's STABLE_SECONDS of its start) after which
+# a version that passed its proof counts as failed: the supervisor's backoff gives it
+# about 0.5 + 1 + 2 s of restarts first.
+CRASH_LOOP_EXITS = 3
+
 log = logging.getLogger(__name__)
 
 
@@ -177,7 +182,7 @@ class Converger:
             if journal is not None and journal.to == version:
                 log.info("%s: finishing the interrupted update to %s", name, version)
                 return self._activate(w, journal, {"received": time.time()}, key)
-            return self._steady(w)
+            return self._steady(w, key)
 
         if w.not_before is not None and w.not_before > time.time():
             # spread: keep running what runs (and reporting it) until the node's turn
@@ -264,12 +269,37 @@ class Converger:
         Journal.clear(self.state, name)
         return f"{reason}; no previous version to roll back to: stopped"
 
-    def _steady(self, w: Workload) -> Outcome:
-        """``current`` already is the target: make sure that is what runs."""
+    def _steady(self, w: Workload, key: str) -> Outcome:
+        """``current`` already is the target: make sure that is what runs (and roll back
+        a version that passed its proof but has crashed since, again and again)."""
+        crashes = self._crash_count(w.name)
+        previous = self.installed.layout(w.name).previous_version()
+        if crashes >= CRASH_LOOP_EXITS and previous not in (None, w.version):
+            return self._crash_loop(w, key, crashes, str(previous))
         self._ensure_running(w)
         self.sup.set_auto_restart(w.name, True)
         self.board.set(w.name, phase=None, message=None)
         return Outcome(True, "Healthy", f"{w.name} {w.version} already current", {})
+
+    def _crash_count(self, name: str) -> int:
+        # Only the child supervisor counts quick exits; systemd/launchd do their own limits.
+        count = getattr(self.sup, "crash_count", None)
+        return int(count(name)) if callable(count) else 0
+
+    def _crash_loop(self, w: Workload, key: str, crashes: int, previous: str) -> Outcome:
+        """A crash loop is a failure of the version: flip back to ``previous``, prove it,
+        remember the target (as a failed proof would have)."""
+        note = self.sup.crash_note(w.name) or "exited"
+        reason = f"{w.version} failed: crash loop ({crashes} exits in a row; last: {note})"
+        log.error("%s %s", w.name, reason)
+        target = FailedTarget(w.version, w.artifact.sha256, key, "Failed", reason)
+        self.ledger.remember(w.name, target)
+        journal = Journal(w.version, w.artifact.sha256, previous, w.version, key)
+        self.sup.set_auto_restart(w.name, False)
+        message = self._restore(w, journal, reason=reason)
+        self.ledger.remember(w.name, replace(target, message=message))
+        self.board.set(w.name, phase="Failed", message=message)
+        return Outcome(False, "Failed", message, {})
 
     def _ensure_running(self, w: Workload) -> None:
         name = w.name

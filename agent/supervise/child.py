@@ -351,6 +351,13 @@ class ChildSupervisor:
                 if on:
                     m.restart_at = None
 
+    def crash_count(self, name: str) -> int:
+        """Exits in a row of the workload, each within STABLE_SECONDS of its start (0 once it
+        has run steadily): a crash loop when it keeps growing."""
+        with self._lock:
+            m = self._procs.get(name)
+            return m.failures if m else 0
+
     def crash_note(self, name: str) -> str | None:
         with self._lock:
             m = self._procs.get(name)

@@ -4,6 +4,7 @@
   desired target (even under a new document generation) does not start it again (counted
   from the workload log's start lines) and keeps reporting Failed. A changed
   ``retryGeneration`` (``fleetkeeper rollout retry``) and a new version both clear it.
+* A version that passes its proof and then crash-loops is rolled back and remembered too.
 * An artifact server that refuses connections for the first seconds after "boot" (the
   node's network is not up yet): the node converges through ``fleetkeeper serve`` without
   the reconciler ever seeing Failed, and the rollout does not halt.
@@ -25,6 +26,7 @@ from tests.helpers.artifacts import build_program, hello_release
 from tests.helpers.desired import desired_doc, workload_doc
 from tests.helpers.fleet import FleetRepo, fleet_doc, node_doc
 from tests.helpers.server import RunningServer, start_server
+from tests.integration.test_agent_converge import make_rig
 
 
 def _starts(agent: AgentProc, version: str) -> int:
@@ -194,3 +196,34 @@ def test_artifact_server_down_after_boot_is_retried_never_failed(
         kinds = [e["kind"] for e in events if e.get("release") == "hello"]
         time.sleep(0.2)
     assert "halted" not in kinds and "succeeded" in kinds, events
+
+
+def test_a_crash_loop_after_the_proof_is_a_version_failure(tmp_path: Path) -> None:
+    """1.1.0 passes its proof, then exits after 1.5 s, again and again: once the supervisor
+    has seen 3 quick exits in a row, the next converge pass rolls back to 1.0.0 and
+    remembers 1.1.0 as failed."""
+    rig, server = make_rig(tmp_path)
+    try:
+        good, bad = rig.build("1.0.0"), rig.build("1.1.0", crash_after=1.5)
+        assert rig.converge(rig.doc("1.0.0", good)).ok
+        w = rig.doc("1.1.0", bad)
+        assert rig.converge(w).ok  # proven: healthy within its first 1.5 s
+        deadline = time.monotonic() + 30
+        while rig.sup.crash_count("hello") < 3 and time.monotonic() < deadline:
+            rig.sup.tick()  # what the agent's monitor thread does
+            time.sleep(0.05)
+        assert rig.sup.crash_count("hello") >= 3
+        out = rig.converge(w, same_doc=True)  # the next resync pass
+        assert not out.ok and out.phase == "Failed", out.message
+        assert "1.1.0 failed: crash loop (3 exits in a row" in out.message, out.message
+        assert "rolled back to 1.0.0" in out.message
+        assert rig.current() == "1.0.0" and rig.served_version() == "hello 1.0.0"
+        remembered = rig.conv.ledger.get("hello")
+        assert remembered is not None and remembered.version == "1.1.0"
+        # remembered: the same target again is not started again
+        pid = rig.sup.running("hello")
+        again = rig.converge(w)
+        assert again.phase == "Failed" and rig.sup.running("hello") == pid
+    finally:
+        rig.sup.stop("hello")
+        server.__exit__(None, None, None)

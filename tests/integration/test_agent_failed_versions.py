@@ -227,3 +227,32 @@ def test_a_crash_loop_after_the_proof_is_a_version_failure(tmp_path: Path) -> No
     finally:
         rig.sup.stop("hello")
         server.__exit__(None, None, None)
+
+
+def test_the_agent_rolls_a_crash_loop_back_without_waiting_for_a_resync(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    good = build_program(tmp_path / "dist", "hello", "1.0.0")
+    bad = build_program(tmp_path / "dist", "hello", "1.1.0", crash_after=1.5)
+    dead = f"http://127.0.0.1:{free_port()}"
+    # resyncSeconds far away: only the crash loop itself can wake the converge pass
+    agent = make_agent(tmp_path, "node-c", dead, "t" * 32, resyncSeconds=600)
+    try:
+        for generation, art, version in ((1, good, "1.0.0"), (2, bad, "1.1.0")):
+            w = workload_doc("hello", version, art, art.path.as_uri(), port)
+            document = desired_doc("node-c", generation, [w])
+            write_json(agent.state_dir / "desired.json", {"document": document, "etag": None})
+            agent.start()
+            agent.wait_for(lambda a, v=version: _reported(a, v, "Healthy"), what=f"{version}")
+            if version == "1.0.0":
+                assert agent.stop() == 0
+        began = time.monotonic()
+        agent.wait_for(lambda a: _reported(a, "1.0.0", "Failed"), what="crash loop", timeout=40)
+        assert time.monotonic() - began < 30
+        message = agent.workload("hello")["message"]  # type: ignore[index]
+        assert "1.1.0 failed: crash loop" in message and "rolled back to 1.0.0" in message
+        assert _starts(agent, "1.1.0") >= 3
+    finally:
+        agent.stop()
+        agent.kill_workloads()

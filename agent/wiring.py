@@ -12,6 +12,7 @@ from collections.abc import Callable
 from agent.board import Board
 from agent.config import AgentConfig
 from agent.converge import Converger
+from agent.identity import read_identity
 from agent.state import StateDir
 from agent.supervise.child import ChildSupervisor
 from agent.supervise.service import LaunchdSupervisor, SystemdSupervisor
@@ -51,6 +52,7 @@ def make_converger(
         workload_user=cfg.workload_user,
         superseded=superseded,
         retry_cap=cfg.max_backoff_seconds,
+        identity=read_identity(state),  # the daemon created it at start (agent.identity)
     )
 
 

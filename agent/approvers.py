@@ -14,9 +14,13 @@ for a few minutes (a re-signed refresh of the same document runs no process).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
+import shlex
 import shutil
+import struct
 import subprocess
 import tempfile
 import threading
@@ -92,16 +96,52 @@ def verify(signed: Signed, keys: ApproverKeys, gnupg_home: Path) -> Verdict:
     return verdict
 
 
+def _sig_key(signature: bytes) -> bytes | None:
+    """The public key blob inside an armored SSHSIG (PROTOCOL.sshsig), None if malformed."""
+    lines = signature.decode("ascii", "replace").strip().splitlines()
+    try:
+        blob = base64.b64decode("".join(lines[1:-1]))
+    except binascii.Error:
+        return None
+    if not blob.startswith(b"SSHSIG") or len(blob) < 14:
+        return None
+    size = struct.unpack(">I", blob[10:14])[0]
+    return blob[14 : 14 + size] if len(blob) >= 14 + size else None
+
+
+def _listed_principals(allowed: Path, key: bytes) -> list[str]:
+    """Principals of the allowed_signers lines whose key is exactly ``key`` (literal names
+    only; a pattern or a cert-authority line is left to ``ssh-keygen -Y find-principals``).
+    ssh-keygen -Y verify still applies every option of the line (namespaces, validity)."""
+    out: list[str] = []
+    for line in allowed.read_text("utf-8", "replace").splitlines():
+        fields = shlex.split(line, comments=True, posix=True) if line.strip() else []
+        for i, f in enumerate(fields[1:-1], 1):
+            if f.startswith(("ssh-", "ecdsa-", "sk-")):
+                try:
+                    blob = base64.b64decode(fields[i + 1])
+                except binascii.Error:
+                    break
+                if blob == key:
+                    out += [p for p in fields[0].split(",") if not set(p) & set("*?!")]
+                break
+    return out
+
+
 def _verify_ssh(signed: Signed, allowed: Path | None) -> Verdict:
     if allowed is None:
         return Verdict(None, "SSH signature, but approvers.allowedSigners is not set")
     with tempfile.TemporaryDirectory(prefix="fk-approver-") as tmp:
         sig = Path(tmp) / "sig"
         sig.write_bytes(signed.signature)
-        code, out = _run(
-            ["ssh-keygen", "-Y", "find-principals", "-s", str(sig), "-f", str(allowed)]
-        )
-        principals = [p.strip() for p in out.splitlines() if p.strip()] if code == 0 else []
+        # one process instead of two when the key is listed as such (the usual case)
+        key = _sig_key(signed.signature)
+        principals = _listed_principals(allowed, key) if key is not None else []
+        if not principals:
+            code, out = _run(
+                ["ssh-keygen", "-Y", "find-principals", "-s", str(sig), "-f", str(allowed)]
+            )
+            principals = [p.strip() for p in out.splitlines() if p.strip()] if code == 0 else []
         if not principals:
             return Verdict(None, "signing key is not in approvers.allowedSigners (or expired)")
         for principal in principals:

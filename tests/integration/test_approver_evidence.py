@@ -439,3 +439,23 @@ def test_merged_pr_evidence_only_with_a_signed_merge(tmp_path: Path, keys: Keys)
         chains(
             {**doc(signed), "evidence": proof}, node=NODE, labels={"port": "10"}, platform=PLATFORM
         )
+
+
+def test_node_judges_approver_keys_at_its_own_clock(tmp_path: Path, keys: Keys) -> None:
+    """A key whose allowed_signers line ended (valid-before 2020) approves nothing on the
+    node, even though the signature itself is good; a listed key verifies in one call."""
+    from agent.approvers import ApproverKeys, verify
+
+    repo = SignedRepo(tmp_path / "r", keys)
+    node_keys = ApproverKeys(keys.allowed_signers, keys.gpg_keyring)
+    r = pygit2.Repository(str(repo.path))
+    verdicts = {}
+    for who in ("alice", "expired", "carol", "eve"):
+        tag = signed_tag(repo.path, keys, who, f"deploy/{who}")
+        signed = gitobjects.parse_tag(r[tag].read_raw()).signed
+        assert signed is not None
+        verdicts[who] = verify(signed, node_keys, tmp_path / "gnupg")
+    assert verdicts["alice"].signer == "alice@fleet.test"
+    assert verdicts["expired"].signer is None
+    assert verdicts["carol"].signer == keys.gpg["carol"].fingerprint
+    assert verdicts["eve"].signer is None and "NO_PUBKEY" in verdicts["eve"].detail

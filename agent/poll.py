@@ -114,7 +114,10 @@ def approved_by_signers(document: dict[str, Any], checks: Checks) -> str | None:
     except EvidenceRefused as exc:
         return "approval evidence: " + exc.reason
     for claim in claims:
-        verdict = approvers.verify(claim.signed, checks.approvers, checks.gnupg_home)
+        try:
+            verdict = approvers.verify(claim.signed, checks.approvers, checks.gnupg_home)
+        except ConfigError as exc:  # a pinned file gone or unreadable: refuse, keep polling
+            return f"approval evidence: cannot check {claim.what}: {exc}"
         if verdict.signer is None:
             why = f"{claim.what} is not signed by an approver ({verdict.detail})"
             return "approval evidence: " + why

@@ -29,7 +29,11 @@ from fleetkeeper_common.gitobjects import split_tag_signature
 log = logging.getLogger(__name__)
 
 _CACHE_MAX = 100_000
-Obj = tuple[str, str, bytes]  # (id, type, raw body)
+Obj = tuple[str, str, str]  # (id, type, raw body as base64): encoded once, sent to many
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
 
 
 class EvidenceSource:
@@ -88,10 +92,7 @@ class EvidenceSource:
         if not starts:
             return None
         return {
-            "objects": [
-                {"type": t, "data": base64.b64encode(body).decode()}
-                for _, t, body in objects.values()
-            ],
+            "objects": [{"type": t, "data": data} for _, t, data in objects.values()],
             "workloads": starts,
         }
 
@@ -126,22 +127,22 @@ class EvidenceSource:
         out: list[Obj] = []
         obj = repo[signed]
         if isinstance(obj, pygit2.Tag):
-            out.append((signed, "tag", obj.read_raw()))
+            out.append((signed, "tag", _b64(obj.read_raw())))
             obj = repo[obj.target]
         commit = obj.peel(pygit2.Commit)
-        out.append((str(commit.id), "commit", commit.read_raw()))
+        out.append((str(commit.id), "commit", _b64(commit.read_raw())))
         tree: pygit2.Object = commit.tree
         result: tuple[Obj, ...] | None = None
         parts = path.split("/")
         for i, part in enumerate(parts):
-            out.append((str(tree.id), "tree", tree.read_raw()))
+            out.append((str(tree.id), "tree", _b64(tree.read_raw())))
             assert isinstance(tree, pygit2.Tree)
             if part not in tree:
                 break
             entry = tree[part]
             if i == len(parts) - 1:
                 if isinstance(entry, pygit2.Blob):
-                    out.append((str(entry.id), "blob", entry.read_raw()))
+                    out.append((str(entry.id), "blob", _b64(entry.read_raw())))
                     result = tuple(out)
                 break
             tree = entry

@@ -120,5 +120,5 @@ class DocumentSigner:
         proof = self.evidence(document) if self.evidence is not None else None
         if proof is not None:
             signed["evidence"] = dict(proof)
-        body = signing.canonical_bytes(signing.sign(self.key, signed))
+        body = signing.envelope_bytes(self.key, self.keyid, signed)
         return Signed(body, issued, issued + max(int(self.validity // 2), 1))

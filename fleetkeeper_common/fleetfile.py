@@ -65,7 +65,10 @@ def load_strict(data: bytes, where: str) -> Any:
                 value = _CONSTRUCTOR.construct_yaml_float(n)
                 if math.isfinite(value):
                     return value
-            raise FleetFileError(f"{where}:{line}: {n.value!r} is not a plain YAML value")
+            # the value is not quoted: a refusal message must not carry what a file holds
+            raise FleetFileError(
+                f"{where}:{line}: not a plain YAML value (a date, binary, or non-finite number)"
+            )
         if isinstance(n, yaml.SequenceNode) and n.tag == _SEQ:
             return [build(v, depth + 1) for v in n.value]
         if isinstance(n, yaml.MappingNode) and n.tag == _MAP:

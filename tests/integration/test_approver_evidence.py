@@ -459,3 +459,64 @@ def test_node_judges_approver_keys_at_its_own_clock(tmp_path: Path, keys: Keys) 
     assert verdicts["expired"].signer is None
     assert verdicts["carol"].signer == keys.gpg["carol"].fingerprint
     assert verdicts["eve"].signer is None and "NO_PUBKEY" in verdicts["eve"].detail
+
+
+def test_merged_pr_signed_merge_runs_and_an_unsigned_merge_is_refused_on_the_node(
+    tmp_path: Path, keys: Keys
+) -> None:
+    """merged-pr: the forge's signed merge is evidence a node can check; an unsigned merge,
+    which the reconciler approves on the forge's word, gives the node nothing to check."""
+    port = free_port()
+    labels = {"port": str(port)}
+    repo = SignedRepo(tmp_path / "fleet", keys)
+    fleet_files = {
+        "fleet.yaml": yaml.safe_dump(fleet_doc()),
+        f"nodes/{NODE}.yaml": yaml.safe_dump(node_doc(NODE, labels=labels)),
+    }
+    repo.merge(fleet_files, "fleet", signer="forge")
+    server = start_server(
+        tmp_path / "server",
+        repo_url=str(repo.path),
+        extra_config={
+            "pollIntervalSeconds": 1,
+            "listen": f"127.0.0.1:{free_port()}",
+            "approval": {"mode": "merged-pr", "allowedSigners": str(keys.allowed_signers)},
+        },
+    )
+    forge_only = keys.allowed_signers_file(("forge",), "node_forge_signers")
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    try:
+        with (
+            ArtifactServer(dist) as arts,
+            running_agents(
+                tmp_path,
+                server.url,
+                server.bootstrap_token,
+                [NODE],
+                labels=labels,
+                approvers={"allowedSigners": str(forge_only)},
+                allowFileURLs=False,
+            ) as (agent,),
+        ):
+
+            def release(version: str) -> dict[str, str]:
+                art = build_program(dist, "hello", version)
+                doc = hello_release(version, art, arts.url(art.path.name))
+                return {f"releases/hello/{version}.yaml": yaml.safe_dump(doc)}
+
+            repo.merge(release("1.0.0"), "hello 1.0.0", signer="forge")
+            agent.wait_for(healthy("1.0.0"), timeout=60, what="1.0.0 (signed merge) healthy")
+            repo.merge(release("1.1.0"), "hello 1.1.0")  # an unsigned merge
+            agent.wait_for(
+                lambda a: reported_refusal(a.report(), "no approval evidence in the document"),
+                timeout=40,
+                what="unsigned merge refused on the node",
+            )
+            (row,) = [n for n in server.fleet()["nodes"] if n["node"] == NODE]
+            # the reconciler did approve it and desires it; the node refuses to run it
+            assert [w["desired"] for w in row["workloads"]] == ["1.1.0"], row
+            assert serves(port) == "hello 1.0.0"
+            assert agent.workload("hello")["version"] == "1.0.0"  # type: ignore[index]
+    finally:
+        server.stop()

@@ -151,6 +151,8 @@ def test_real_reconciler_ssh_and_openpgp_tags_run_and_an_unlisted_approver_is_re
             release("1.2.0", "carol", "deploy/3")  # OpenPGP
             agent.wait_for(healthy("1.2.0"), timeout=60, what="1.2.0 (OpenPGP tag) healthy")
             assert serves(port) == "hello 1.2.0"
+            out = agent.cli("status").stdout
+            assert f"approvers: each release's signature is checked here ({node_signers}" in out
     finally:
         server.stop()
 

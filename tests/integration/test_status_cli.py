@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -70,9 +71,24 @@ def test_status_tables_json_and_exit_codes(tmp_path: Path) -> None:
             env={**os.environ, "FLEETKEEPER_TOKEN": token, "COLUMNS": "200"},
             preexec_fn=interruptible,
         )
-        time.sleep(2.0)
+        # Ctrl-C only once a frame is drawn: before that the handler may not be installed yet
+        # (a loaded machine can take seconds to import), and 130 would be the right answer.
+        stdout, stderr = watch.stdout, watch.stderr
+        assert stdout is not None and stderr is not None
+        seen: list[str] = []
+        reader = threading.Thread(target=lambda: seen.extend(iter(stdout.readline, "")))
+        reader.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any("node-a" in line for line in seen):
+            time.sleep(0.1)
+        time.sleep(0.7)  # at least one redraw after the first frame
         watch.send_signal(signal.SIGINT)
-        out, err = watch.communicate(timeout=15)
+        watch.wait(timeout=15)
+        reader.join(timeout=15)
+        err = stderr.read()
+        stdout.close()
+        stderr.close()
+        out = "".join(seen)
         assert watch.returncode == 0, err
         assert "Releases" in out and "node-a" in out
 

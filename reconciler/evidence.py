@@ -45,7 +45,7 @@ class EvidenceSource:
         self._lock = threading.Lock()
         self._chains: dict[tuple[str, str], tuple[Obj, ...] | None] = {}
         self._signed: dict[tuple[str, str], str | None] = {}
-        self._warned = False
+        self._unsupported = False
 
     def __call__(self, document: Mapping[str, Any]) -> dict[str, Any] | None:
         workloads = document.get("workloads") or []
@@ -65,8 +65,8 @@ class EvidenceSource:
             config = self._repo.config
             key = "extensions.objectformat"
             fmt = str(config[key]) if key in config else "sha1"
-            if fmt != "sha1" and not self._warned:
-                self._warned = True
+            if fmt != "sha1" and not self._unsupported:
+                self._unsupported = True
                 log.warning("repository uses %s objects: no approval evidence for agents", fmt)
         return self._repo
 
@@ -74,7 +74,7 @@ class EvidenceSource:
         self, workloads: list[Any], revision: str, approval: Mapping[str, Any]
     ) -> dict[str, Any] | None:
         repo = self._open()
-        if self._warned:
+        if self._unsupported:
             return None
         signed = self._signed_object(repo, revision, str(approval.get("ref") or ""))
         if signed is None:

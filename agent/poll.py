@@ -3,8 +3,10 @@
 A new document for this node is stored in the state directory first (a restarted agent
 converges from it while the reconciler is unreachable), then published to the converge
 thread through :class:`Latest`. What is checked before a document is accepted (its
-signature, node, expiry, generation and the local policy) is :func:`agent.trust.check`; a
-refused document changes nothing, and why is kept in :class:`Latest` for the report.
+signature, node, expiry, generation and the local policy) is :func:`agent.trust.check`,
+then, with ``approvers`` set, the approver's own signature on every workload's file
+(:func:`approved_by_signers`: ``agent.evidence`` and ``agent.approvers``); a refused
+document changes nothing, and why is kept in :class:`Latest` for the report.
 """
 
 from __future__ import annotations

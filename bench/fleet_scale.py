@@ -1,7 +1,7 @@
 """Benchmark: one ``fleetkeeper serve`` holding N simulated agents (issue 12).
 
     .venv/bin/python bench/fleet_scale.py [--agents 1000 2000 4000 8000] [--steady 30]
-        [--replicas N --database URL]
+        [--replicas N --database URL [--kills K]]
 
 Per size, a fresh fleet repo (bare, watched) and a fresh ``fleetkeeper serve`` on SQLite
 (or ``--database``), then simulated agents that behave like ``fleetkeeper-agent`` on the
@@ -25,7 +25,11 @@ Phases and what is printed for each size:
    batches), ``soakSeconds: 0``; time from ``git push`` until the release is
    ``Succeeded`` (every agent holds it and reported it healthy);
 4. merge -> every agent holds the new document: a new version with ``batchSize: 100%``;
-5. every error by kind (timeouts, connection errors, HTTP status other than 200/304).
+5. with ``--replicas N --kills K``: K times, SIGKILL the leader (``fleetkeeper_leader 1``)
+   and push a new version at once; time until another replica leads, and until every
+   agent of the surviving replicas holds the new document; the killed one restarts on
+   its port (its agents get connection errors meanwhile, counted below);
+6. every error by kind (timeouts, connection errors, HTTP status other than 200/304).
    A keep-alive connection the server closed while idle is reopened and counted apart
    (``reconnects``), as a real HTTP client does.
 
@@ -172,9 +176,16 @@ class Agent:
     """One simulated fleetkeeper-agent: a long-poll loop and a heartbeat loop."""
 
     def __init__(
-        self, node: str, token: str, server: Server, stats: Stats, gate: asyncio.Semaphore
+        self,
+        node: str,
+        token: str,
+        server: Server,
+        stats: Stats,
+        gate: asyncio.Semaphore,
+        home: int = 0,
     ):
         self.node, self.stats = node, stats
+        self.home = home  # the index of its replica (--replicas)
         self.auth = {"Authorization": f"Bearer {token}"}
         self.poll_conn = Conn(*host_port(server), stats, gate)
         self.status_conn = Conn(*host_port(server), stats, gate)
@@ -420,6 +431,12 @@ class Result:
     reconnects: int = 0
     generator_cpu_per_s: float = 0.0
     load_average: float = 0.0  # 1-minute, at the end of the steady window
+    # --kills: leader SIGKILLed -> another replica leads / every surviving agent holds
+    # the version pushed at the kill
+    elected_p50: float | None = None
+    elected_p99: float | None = None
+    failover_p50: float | None = None
+    failover_p99: float | None = None
 
 
 async def run_size(n: int, args: argparse.Namespace, tmp: Path) -> Result:
@@ -445,7 +462,8 @@ async def run_size(n: int, args: argparse.Namespace, tmp: Path) -> Result:
         gate = asyncio.Semaphore(CONNECT_LIMIT)
         for i, node in enumerate(nodes):
             if node in tokens:
-                agents.append(Agent(node, tokens[node], servers[i % len(servers)], stats, gate))
+                home = i % len(servers)
+                agents.append(Agent(node, tokens[node], servers[home], stats, gate, home))
         # The generator must not pause itself: a full garbage collection over 8,000 agents
         # stops its event loop for a while and would show up as server latency.
         gc.freeze()
@@ -518,6 +536,8 @@ async def run_size(n: int, args: argparse.Namespace, tmp: Path) -> Result:
                 lambda: all("1.0.1" in a.held for a in agents), args.timeout, "fan-out"
             )
         print(f"  {n}: merge -> all hold the new document {fmt(res.fanout)}", flush=True)
+        if args.kills and len(servers) > 1:
+            await failovers(res, args, servers, agents, bare, work, tmp, extra)
     finally:
         stop.set()
         for a in agents:
@@ -536,6 +556,92 @@ async def run_size(n: int, args: argparse.Namespace, tmp: Path) -> Result:
     res.reconnects = stats.reconnects
     print(f"  {n}: idle keep-alive connections reopened: {stats.reconnects}", flush=True)
     return res
+
+
+async def leads(server: Server) -> bool:
+    """What the replica's /metrics says (False when it does not answer)."""
+    if server.proc.poll() is not None:
+        return False
+    conn = Conn(*host_port(server), Stats(), asyncio.Semaphore(1))
+    try:
+        status, _, body = await asyncio.wait_for(conn.request("GET", "/metrics", {}), 10)
+    except (HttpError, TimeoutError):
+        return False
+    finally:
+        conn.close()
+    return status == 200 and b"\nfleetkeeper_leader 1.0\n" in body
+
+
+async def failovers(
+    res: Result,
+    args: argparse.Namespace,
+    servers: list[Server],
+    agents: Sequence[Agent],
+    bare: Path,
+    work: Path,
+    tmp: Path,
+    extra: dict[str, object],
+) -> None:
+    """``--kills`` times: SIGKILL the leader and push a new version at once; time until
+    another replica leads, and until every agent of the surviving replicas holds the new
+    document (rollouts progress again); the killed replica restarts on its port."""
+    elected: list[float] = []
+    progressed: list[float] = []
+    for k in range(args.kills):
+        found: list[int] = []
+
+        async def one_leader(found: list[int] = found) -> bool:
+            found[:] = [i for i, s in enumerate(servers) if await leads(s)]
+            return len(found) == 1
+
+        await wait_until(one_leader, args.timeout, "a leader")
+        dead = found[0]
+        version = f"2.0.{k}"
+        merge_change(
+            work, {f"releases/{AGENT}/{version}.yaml": release(version, "100%")}, version, 10 + k
+        )
+        servers[dead].proc.kill()
+        servers[dead].proc.wait()
+        t0 = time.monotonic()
+        git(work, "push", "-q", "origin", "main")
+
+        async def another_leads(dead: int = dead) -> bool:
+            return any([await leads(s) for i, s in enumerate(servers) if i != dead])
+
+        survivors = [a for a in agents if a.home != dead]
+        try:
+            await wait_until(another_leads, args.timeout, "a new leader")
+            elected.append(time.monotonic() - t0)
+            await wait_until(
+                lambda v=version, ss=survivors: all(v in a.held for a in ss),
+                args.timeout,
+                "progress",
+            )
+            progressed.append(time.monotonic() - t0)
+        except TimeoutError as exc:
+            res.errors[f"failover {exc}"] = res.errors.get(f"failover {exc}", 0) + 1
+        print(
+            f"  kill {k + 1}: new leader {fmt(elected[-1] if elected else None)}, "
+            f"agents hold {version} {fmt(progressed[-1] if progressed else None)}",
+            flush=True,
+        )
+        host, port = host_port(servers[dead])
+        servers[dead] = start(
+            tmp / f"server-{dead}-{k}",
+            bare,
+            poll_interval=60,
+            extra={**extra, "listen": f"{host}:{port}"},
+        )
+    if elected:
+        res.elected_p50, res.elected_p99 = percentile(elected, 50), percentile(elected, 99)
+    if progressed:
+        res.failover_p50, res.failover_p99 = percentile(progressed, 50), percentile(progressed, 99)
+    print(
+        f"  failover over {len(progressed)} kills: new leader p50 {fmt(res.elected_p50)} "
+        f"p99 {fmt(res.elected_p99)}; rollouts progress again p50 {fmt(res.failover_p50)} "
+        f"p99 {fmt(res.failover_p99)}",
+        flush=True,
+    )
 
 
 def fmt(v: float | None, unit: str = "s") -> str:
@@ -567,6 +673,9 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=300.0, help="per rollout phase (s)")
     ap.add_argument("--replicas", type=int, default=1, help="servers sharing --database")
     ap.add_argument("--database", help="database URL (default: SQLite in the state dir)")
+    ap.add_argument(
+        "--kills", type=int, default=0, help="with --replicas: SIGKILL the leader this often"
+    )
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--keep", action="store_true", help="keep each size's temp dir (logs)")
     ap.add_argument("--dump", type=Path, help="write every heartbeat's time and latency here")

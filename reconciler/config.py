@@ -26,6 +26,7 @@ DEFAULT_POLL_INTERVAL = 60.0
 DEFAULT_MAX_BODY = 1024 * 1024
 DEFAULT_STATE_DIR = "/var/lib/fleetkeeper"
 DEFAULT_DESIRED_VALIDITY = 24 * 3600.0
+DEFAULT_LEADER_LEASE = 10.0  # PostgreSQL replicas: a new leader within this (docs/server.md)
 # HTTP server limits (slowloris and connection floods), see docs/server.md
 DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_BODY_TIMEOUT = 30.0  # a 1 MiB body at ~35 KiB/s
@@ -89,6 +90,7 @@ class Config:
     keep_alive: int = DEFAULT_KEEP_ALIVE
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    leader_lease: float = DEFAULT_LEADER_LEASE
     source_file: Path | None = None
 
     @property
@@ -195,6 +197,7 @@ def parse_config(
         keep_alive=int(str(doc.get("keepAliveSeconds", DEFAULT_KEEP_ALIVE))),
         max_connections=int(str(doc.get("maxConnections", DEFAULT_MAX_CONNECTIONS))),
         max_header_bytes=int(str(doc.get("maxHeaderBytes", DEFAULT_MAX_HEADER_BYTES))),
+        leader_lease=float(str(doc.get("leaderLeaseSeconds", DEFAULT_LEADER_LEASE))),
         source_file=source,
     )
 

@@ -170,7 +170,8 @@ class ReportBook:
                     continue
                 entry = _entry(record)
                 last = self._last.get(record.node)
-                if last is None or last.text != entry.text:
+                # a watched node's repeat counts too: it may have reached another replica
+                if last is None or last.text != entry.text or record.node in self._watched:
                     self._news.add(record.node)
                 self._last[record.node], self._seen[record.node] = entry, record.received_at
                 newer += 1

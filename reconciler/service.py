@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Coroutine, Generator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from starlette.routing import BaseRoute
@@ -34,9 +34,12 @@ from reconciler.loop.reconciler import PassResult, Reconciler
 from reconciler.notify.sender import Notifier
 from reconciler.signing import DocumentSigner, load_or_create_key
 from reconciler.source import GitSource
-from reconciler.store import open_store
+from reconciler.store import open_store, redact_url
 from reconciler.store.base import AuditEvent
 from reconciler.store.files import private_dir
+
+if TYPE_CHECKING:
+    from reconciler.replicas.serving import Replica
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +140,14 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
         for outcome in ("delivered", "failed"):
             metrics.notifications.labels(receiver=r.name, result=outcome)
     notifier = Notifier(config.notifications, metrics.count_notification)
-    store = MeteredStore(open_store(config.database_url), metrics, [notifier.submit])
+    replica: Replica | None = None
+    if config.database_url.startswith(("postgresql://", "postgres://")):
+        from reconciler.replicas.serving import Replica  # psycopg: the postgres extra
+
+        replica = Replica(config, metrics, [notifier.submit])
+        store: MeteredStore = replica.store
+    else:
+        store = MeteredStore(open_store(config.database_url), metrics, [notifier.submit])
     try:
         source = _MeteredSource(config.repo, config.state_dir, config.branch)
         source.metrics = metrics
@@ -163,27 +173,40 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
         ctx.registered = reconciler.working.nodes_changed
         ctx.trigger = source.trigger
         ctx.ready = lambda: bool(reconciler.first_pass_done)
-        app = create_app(ctx, dashboard_routes(ctx))
         sock = bind(config.listen_host, config.listen_port)
         host, port = sock.getsockname()[:2]
+        url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+        if replica is not None:
+            replica.serve_api(ctx, reconciler, source, f"{socket.gethostname()}:{port}", url)
+        else:
+            metrics.leader.set(1)  # the single process always leads
+        app = create_app(ctx, dashboard_routes(ctx))
         raise_open_file_limit(config.max_connections)
         server = _Server(server_config(app, config, graceful_shutdown=GRACE_SECONDS))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
-        log.info("fleetkeeper serving %s on %s (store %s)", config.repo, url, "sqlite")
+        log.info(
+            "fleetkeeper serving %s on %s (store %s)",
+            config.repo,
+            url,
+            redact_url(config.database_url)
+            + ("" if replica is None else f", replica {replica.name}"),
+        )
         if on_listening is not None:
             on_listening(url)
         parts: dict[str, Coroutine[Any, Any, None]] = {
             "http": server.serve(sockets=[sock]),
-            "reconcile": reconciler.run(stop),
-            "watch": source.watch(reconciler.wake, stop, config.poll_interval),
             "last-seen": ctx.reports.run(stop),
             "full-gc": _collect_periodically(stop),
             "notify": notifier.run(stop),
         }
+        if replica is not None:  # the loop and the watcher run only while it leads
+            parts.update(replica.parts(stop))
+        else:
+            parts["reconcile"] = reconciler.run(stop)
+            parts["watch"] = source.watch(reconciler.wake, stop, config.poll_interval)
         tasks = {asyncio.create_task(c, name=n): n for n, c in parts.items()}
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -201,6 +224,8 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
         if failed:
             raise failed[0].exception() or RuntimeError("a part of the reconciler stopped")
     finally:
+        if replica is not None:
+            replica.close()
         store.close()
 
 

@@ -7,6 +7,9 @@ command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v gpg >/dev/null || need+=(gnupg)
 command -v chromium >/dev/null || need+=(chromium)
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need+=(nginx)
+# PostgreSQL: the tests start their own throwaway server (initdb/pg_ctl), no system service
+command -v initdb >/dev/null || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null ||
+  need+=(postgresql)
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "missing system packages: ${need[*]} (install them, or run as root)" >&2

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# the throwaway PostgreSQL server (fixtures ``postgres``, ``postgres_url``): one per session
+pytest_plugins = ["tests.helpers.postgres"]
+
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Fleet Tester",
     "GIT_AUTHOR_EMAIL": "tester@fleet.test",

@@ -26,9 +26,13 @@ def _json(doc: object) -> Response:
 def fleet_status(ctx: ApiContext) -> dict[str, JSON]:
     """The fleet-status document for the API's context (blocking: run in a thread);
     reports (lastSeen) come from the report book, as the loop's do."""
-    return read_fleet_status(
+    doc = read_fleet_status(
         ctx.store, ctx.spec(), ctx.clock(), ctx.settings.heartbeat_ttl, ctx.reports.records()
     )
+    replicas = ctx.replicas()
+    if replicas is not None:
+        doc["replicas"] = list[JSON](replicas)
+    return doc
 
 
 def _number(request: Request, name: str) -> float | None:

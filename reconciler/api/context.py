@@ -13,7 +13,7 @@ from reconciler.config import DEFAULT_HEARTBEAT_TTL, DEFAULT_MAX_BODY, Config
 from reconciler.forges import DeliveryLog
 from reconciler.reportbook import ReportBook
 from reconciler.signing import DocumentSigner
-from reconciler.spec import FleetSpec
+from reconciler.spec import JSON, FleetSpec
 from reconciler.store.base import Store
 
 MAX_WAIT_SECONDS = 60
@@ -28,6 +28,10 @@ def _always() -> bool:
 
 
 def _no_spec() -> FleetSpec | None:
+    return None
+
+
+def _no_replicas() -> list[dict[str, JSON]] | None:
     return None
 
 
@@ -61,6 +65,8 @@ class ApiContext:
     trigger: Callable[[], None] = _nothing  # a valid webhook: fetch the fleet repo now
     ready: Callable[[], bool] = _always  # the first reconcile pass is done
     spec: Callable[[], FleetSpec | None] = _no_spec  # the applied revision's spec, if known
+    # the replicas on the same PostgreSQL database (None: a single reconciler, SQLite)
+    replicas: Callable[[], list[dict[str, JSON]] | None] = _no_replicas
     clock: Callable[[], float] = time.time
     # webhook deliveries accepted lately: a replay is answered without fetching
     deliveries: DeliveryLog = field(default_factory=DeliveryLog)

@@ -119,6 +119,12 @@ class DesiredHub:
             entry = self._entries[node] = self._signed(Entry(EMPTY_ETAG, body, 0, document))
         return entry
 
+    def stored_etag(self, node: str) -> str | None:
+        """The store's ETag of the document served to ``node`` (None: nothing stored)."""
+        entry = self._entries.get(node)
+        stored = None if entry is None else entry.base_etag or entry.etag
+        return None if stored == EMPTY_ETAG else stored
+
     def publish(self, rec: DesiredRecord) -> None:
         """Install a new document and wake its pollers (call on the event loop)."""
         self._install([(rec.node, self._entry(rec))])

@@ -100,6 +100,11 @@ class Metrics:
             "Registrations refused (name taken, token spent or out of scope): each is audited",
             registry=r,
         )
+        self.leader = Gauge(
+            "fleetkeeper_leader",
+            "1 when this replica runs the reconcile loop (always on SQLite), 0 on a follower",
+            registry=r,
+        )
         for result in ("200", "304"):
             self.desired_polls.labels(result=result)
         for state in HEALTH_STATES:

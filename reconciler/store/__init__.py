@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from reconciler.errors import ConfigError
 from reconciler.store.base import Store
+from reconciler.store.urls import redact_url
 
 
 def sqlite_path(url: str) -> str:
@@ -29,11 +30,18 @@ def open_store(url: str) -> Store:
 
         return SqliteStore(sqlite_path(url))
     if url.startswith(("postgresql://", "postgres://")):
-        raise ConfigError(
-            "database: the PostgreSQL backend is not available in this version; "
-            "use sqlite:///<path> (the default)"
-        )
-    raise ConfigError(f"database {url!r}: unknown scheme; expected sqlite:///<path>")
+        try:
+            from reconciler.store.postgres import PostgresStore
+        except ImportError as exc:  # the base install has no database driver
+            raise ConfigError(
+                f"database {redact_url(url)}: the PostgreSQL backend needs psycopg "
+                f"({exc}); install fleetkeeper[server]"
+            ) from exc
+        return PostgresStore(url)
+    raise ConfigError(
+        f"database {redact_url(url)!r}: unknown scheme; expected sqlite:///<path> or "
+        "postgresql://user@host:port/dbname"
+    )
 
 
-__all__ = ["Store", "open_store", "sqlite_path"]
+__all__ = ["Store", "open_store", "redact_url", "sqlite_path"]

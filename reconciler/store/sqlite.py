@@ -12,8 +12,6 @@ the reconcile loop from its own thread. Calls are short, so the lock is never he
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import sqlite3
 import threading
@@ -23,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
-from fleetkeeper_common.canonical import canonical_json
+import reconciler.store.records as records
 from reconciler.errors import ConfigError
 from reconciler.spec import JSON
 from reconciler.store.base import (
@@ -41,21 +39,13 @@ from reconciler.store.migrations import LATEST, MIGRATIONS
 log = logging.getLogger(__name__)
 
 
-_dumps = canonical_json
-
-
-def _loads(text: str) -> Any:
-    return json.loads(text)
-
-
-def desired_etag(generation: int, document: Mapping[str, JSON]) -> str:
-    """A strong, quoted ETag from the generation and the content (stable across restarts)."""
-    digest = hashlib.sha256(_dumps(document).encode()).hexdigest()[:16]
-    return f'"{generation}-{digest}"'
-
-
-def _comparable(document: Mapping[str, JSON]) -> str:
-    return _dumps({k: v for k, v in document.items() if k != "generation"})
+_dumps = records.dumps
+_loads = records.loads
+_NODE_COLUMNS = records.NODE_COLUMNS
+_TOKEN_COLUMNS = records.TOKEN_COLUMNS
+_node = records.node_record
+_join_token = records.join_token_record
+_desired = records.desired_record
 
 
 class SqliteStore:
@@ -217,18 +207,7 @@ class SqliteStore:
         with self._tx() as db:
             db.execute(
                 f"INSERT INTO join_tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    token.id,
-                    token.token_hash,
-                    token.created_at,
-                    token.expires_at,
-                    token.uses,
-                    token.used,
-                    token.node,
-                    None if token.roles is None else _dumps(list(token.roles)),
-                    None if token.labels is None else _dumps(dict(token.labels)),
-                    token.revoked_at,
-                ),
+                records.token_row(token),
             )
 
     def join_tokens(self) -> Sequence[JoinToken]:
@@ -340,25 +319,13 @@ class SqliteStore:
             )
 
 
-_NODE_COLUMNS = "name, facts, token_hash, registered_at, admission"
-_TOKEN_COLUMNS = (
-    "id, token_hash, created_at, expires_at, uses, used, node, roles, labels, revoked_at"
-)
-
-
 def _write_node(db: sqlite3.Connection, node: NodeRecord) -> None:
     db.execute(
         f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?) "
         "ON CONFLICT (name) DO UPDATE SET facts = excluded.facts, "
         "token_hash = excluded.token_hash, registered_at = excluded.registered_at, "
         "admission = excluded.admission",
-        (
-            node.name,
-            _dumps(node.facts),
-            node.token_hash,
-            node.registered_at,
-            _dumps(node.admission),
-        ),
+        records.node_row(node),
     )
 
 
@@ -386,51 +353,15 @@ def _put_desired(
     row = db.execute(
         "SELECT node, generation, etag, document FROM desired WHERE node = ?", (node,)
     ).fetchone()
-    if row is not None:
-        old = _desired(row)
-        if _comparable(old.document) == _comparable(document):
-            return old, False
-        generation = old.generation + 1
-    else:
-        generation = 1
-    doc: dict[str, JSON] = {**document, "generation": generation}
-    rec = DesiredRecord(
-        node=node, generation=generation, etag=desired_etag(generation, doc), document=doc
-    )
+    old = None if row is None else _desired(row)
+    rec = records.next_desired(node, old, document)
+    if rec is None:
+        assert old is not None
+        return old, False
     db.execute(
         "INSERT INTO desired (node, generation, etag, document) VALUES (?, ?, ?, ?) "
         "ON CONFLICT (node) DO UPDATE SET generation = excluded.generation, "
         "etag = excluded.etag, document = excluded.document",
-        (node, generation, rec.etag, _dumps(doc)),
+        (node, rec.generation, rec.etag, _dumps(rec.document)),
     )
     return rec, True
-
-
-def _node(row: tuple[Any, ...]) -> NodeRecord:
-    return NodeRecord(
-        name=row[0],
-        facts=_loads(row[1]),
-        token_hash=row[2],
-        registered_at=row[3],
-        admission=_loads(row[4]),
-    )
-
-
-def _join_token(row: tuple[Any, ...]) -> JoinToken:
-    roles, labels = row[7], row[8]
-    return JoinToken(
-        id=row[0],
-        token_hash=row[1],
-        created_at=row[2],
-        expires_at=row[3],
-        uses=row[4],
-        used=row[5],
-        node=row[6],
-        roles=None if roles is None else tuple(_loads(roles)),
-        labels=None if labels is None else dict(_loads(labels)),
-        revoked_at=row[9],
-    )
-
-
-def _desired(row: tuple[Any, ...]) -> DesiredRecord:
-    return DesiredRecord(node=row[0], generation=row[1], etag=row[2], document=_loads(row[3]))

@@ -13,6 +13,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from reconciler.views.timefmt import ago, to_unix
 from reconciler.views.view import (
     AuditRow,
     NodeRow,
@@ -99,13 +100,34 @@ def releases_table(rows: Sequence[ReleaseRow]) -> Table:
     return table
 
 
+def replicas_table(replicas: Sequence[Mapping[str, Any]], now: float) -> Table:
+    """The reconciler replicas on PostgreSQL; the leader runs the reconcile loop."""
+    table = Table(title="Reconcilers", title_justify="left", expand=False)
+    for name in ("replica", "url", "role", "last seen"):
+        table.add_column(name, no_wrap=True)
+    for r in replicas:
+        leader = bool(r.get("leader"))
+        table.add_row(
+            Text(str(r.get("name", "-")), style="bold"),
+            str(r.get("url", "-")),
+            Text("leader", style=STYLES["ok"]) if leader else Text("follower"),
+            ago(to_unix(r.get("lastSeen")), now),
+        )
+    return table
+
+
 def fleet_view(status: Mapping[str, Any], now: float) -> RenderableType:
-    """The whole status screen: a summary line, the nodes table and the releases table."""
-    return Group(
+    """The whole status screen: a summary line, the nodes table and the releases table
+    (and the reconciler replicas, on PostgreSQL)."""
+    parts: list[RenderableType] = [
         Text(summary(status), style="bold"),
         nodes_table(node_rows(status, now)),
         releases_table(release_rows(status, now)),
-    )
+    ]
+    replicas = status.get("replicas")
+    if isinstance(replicas, list):
+        parts.append(replicas_table(replicas, now))
+    return Group(*parts)
 
 
 def audit_table(events: Sequence[object]) -> Table:

@@ -90,7 +90,9 @@ class OperatedFleet:
 
 
 @contextlib.contextmanager
-def operated_fleet(tmp: Path, *, soak: int = 1, ttl: int = 90) -> Iterator[OperatedFleet]:
+def operated_fleet(
+    tmp: Path, *, soak: int = 1, ttl: int = 90, extra_config: dict[str, Any] | None = None
+) -> Iterator[OperatedFleet]:
     nodes = [node_doc(n, labels={"port": str(free_port())}) for n in NODES]
     repo = FleetRepo.create(tmp / "fleet", fleet_files(nodes, [], fleet_doc()))
     started: list[AgentProc] = []
@@ -100,7 +102,11 @@ def operated_fleet(tmp: Path, *, soak: int = 1, ttl: int = 90) -> Iterator[Opera
             running_server(
                 tmp / "server",
                 repo=repo,
-                extra_config={"pollIntervalSeconds": 0.5, "heartbeatTTLSeconds": ttl},
+                extra_config={
+                    "pollIntervalSeconds": 0.5,
+                    "heartbeatTTLSeconds": ttl,
+                    **(extra_config or {}),
+                },
             ) as server,
             running_agents(tmp / "agents", server.url, server.bootstrap_token, NODES) as agents,
         ):

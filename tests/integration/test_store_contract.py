@@ -1,6 +1,7 @@
 """Contract suite for every Store backend: the same tests run against each of BACKENDS.
 
-A new backend (PostgreSQL) adds an opener to BACKENDS; nothing else changes.
+A new backend adds an opener to BACKENDS; nothing else changes. PostgreSQL runs on the
+suite's throwaway server (``tests/helpers/postgres.py``), a fresh database per test.
 """
 
 from __future__ import annotations
@@ -28,17 +29,25 @@ from reconciler.store.migrations import LATEST
 Opener = Callable[[], Store]
 
 
-def _sqlite(tmp: Path) -> Opener:
+def _sqlite(request: pytest.FixtureRequest, tmp: Path) -> Opener:
     url = f"sqlite:///{tmp / 'state' / 'state.db'}"
     return lambda: open_store(url)
 
 
-BACKENDS: dict[str, Callable[[Path], Opener]] = {"sqlite": _sqlite}
+def _postgresql(request: pytest.FixtureRequest, tmp: Path) -> Opener:
+    url = str(request.getfixturevalue("postgres_url"))
+    return lambda: open_store(url)
+
+
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Opener]] = {
+    "sqlite": _sqlite,
+    "postgresql": _postgresql,
+}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
-    return BACKENDS[request.param](tmp_path)
+    return BACKENDS[request.param](request, tmp_path)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""open_store's URL handling (pure parsing; no database is opened)."""
+"""open_store's URL handling (refused before any connection is tried)."""
 
 from __future__ import annotations
 
@@ -25,10 +25,13 @@ def test_sqlite_path(url: str, want: str) -> None:
     ("url", "match"),
     [
         ("sqlite://relative.db", "absolute path"),
-        ("postgresql://db/fleet", "PostgreSQL backend is not available"),
+        ("postgresql://fk:hunter2@127.0.0.1:1/fleet", "carries a password"),
+        ("postgresql://fk@127.0.0.1:1/fleet?password=hunter2", "carries a password"),
+        ("postgresql://fk@127.0.0.1:1", "name the database"),
         ("mysql://db", "unknown scheme"),
     ],
 )
 def test_bad_urls(url: str, match: str) -> None:
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(ConfigError, match=match) as err:
         open_store(url)
+    assert "hunter2" not in str(err.value)  # the refusal itself must not echo the secret

@@ -1,0 +1,80 @@
+"""The served store on PostgreSQL: each committed write that another replica caches
+(desired documents, nodes and tokens, reports) is announced on the bus afterwards."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from reconciler.api.metrics import MeteredStore, Metrics
+from reconciler.replicas.bus import Bus
+from reconciler.spec import JSON
+from reconciler.store.base import (
+    AppliedRevision,
+    AuditEvent,
+    ClaimRefusal,
+    DesiredRecord,
+    NodeRecord,
+    ReportRecord,
+    Store,
+)
+
+
+class ReplicatedStore(MeteredStore):
+    def __init__(
+        self,
+        inner: Store,
+        metrics: Metrics,
+        listeners: Sequence[Callable[[AuditEvent], None]],
+        bus: Bus,
+    ) -> None:
+        super().__init__(inner, metrics, listeners)
+        self.bus = bus
+
+    def put_desired(self, node: str, document: Mapping[str, JSON]) -> tuple[DesiredRecord, bool]:
+        rec, changed = super().put_desired(node, document)
+        if changed:
+            self.bus.send("desired", [node])
+        return rec, changed
+
+    def put_desired_many(
+        self, documents: Mapping[str, Mapping[str, JSON]]
+    ) -> list[tuple[DesiredRecord, bool]]:
+        out = super().put_desired_many(documents)
+        changed = [rec.node for rec, did in out if did]
+        if changed:
+            self.bus.send("desired", changed)
+        return out
+
+    def set_applied_revision(self, rev: AppliedRevision) -> None:
+        super().set_applied_revision(rev)
+        self.bus.send("revision", [])
+
+    def upsert_node(self, node: NodeRecord) -> None:
+        super().upsert_node(node)
+        self.bus.send("nodes", [node.name])
+
+    def claim_node(
+        self, node: NodeRecord, *, replaces: str | None, join_token: str | None
+    ) -> ClaimRefusal | None:
+        refusal = super().claim_node(node, replaces=replaces, join_token=join_token)
+        if refusal is None:
+            self.bus.send("nodes", [node.name])
+        return refusal
+
+    def delete_node(self, name: str) -> bool:
+        deleted = super().delete_node(name)
+        if deleted:
+            self.bus.send("nodes", [name])
+        return deleted
+
+    def put_report(self, report: ReportRecord) -> None:
+        super().put_report(report)
+        self.bus.send("reports", [report.node])
+
+    def put_reports(self, reports: Sequence[ReportRecord]) -> None:
+        super().put_reports(reports)
+        self.bus.send("reports", [r.node for r in reports])
+
+    def touch_reports(self, seen: Mapping[str, float]) -> None:
+        super().touch_reports(seen)
+        self.bus.send("reports", list(seen))

@@ -1,0 +1,483 @@
+"""PostgreSQL backend of the store: psycopg 3 over a connection pool, for several replicas.
+
+``database: postgresql://user@host:port/dbname[?param=...]`` takes any libpq parameter
+(``sslmode``, ``application_name``, ``connect_timeout``, ...). The password never sits in
+the URL (which lands in config files, ``ps`` and logs): a URL carrying one is refused.
+libpq reads it from a pgpass file (``?passfile=/etc/fleetkeeper/pgpass``, ``PGPASSFILE``
+or ``~/.pgpass``) or from ``PGPASSWORD``. Messages show the URL through ``redact_url``.
+
+Schema: the same versions as SQLite (``pg_migrations``), applied at open under
+``pg_advisory_xact_lock(MIGRATION_LOCK)``: replicas starting at the same instant apply
+each version exactly once; the others wait, then find it applied. The audit log, the
+applied revisions and first observations are append-only *in the database* (triggers).
+
+Durability: commits are synchronous (``synchronous_commit`` is raised to ``on`` for our
+sessions when the server default says ``off``; a stricter server setting such as
+``remote_apply`` is kept), so a method that returned is on the server's disk and survives
+the replica's death. Each method is one transaction.
+
+Concurrency: unlike SQLite's single writer, transactions run side by side, so the
+read-then-write methods serialise where they must: ``claim_node`` writes conditionally
+(``ON CONFLICT DO NOTHING`` / ``WHERE token_hash = ...``), ``put_desired_many`` and
+``append_audit`` take a transaction-scoped advisory lock (generations never fork; audit
+ids commit in id order, so a reader paging by id never skips a late commit). Batched
+writes are one statement over arrays, in sorted node order (no deadlock between two).
+Connections are checked on checkout (``check_connection``): after a PostgreSQL restart or
+a ``pg_terminate_backend`` the next call gets a fresh connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool
+
+import reconciler.store.records as records
+from reconciler.errors import ConfigError
+from reconciler.spec import JSON
+from reconciler.store.base import (
+    AppliedRevision,
+    AuditEvent,
+    ClaimRefusal,
+    DesiredRecord,
+    JoinToken,
+    NodeRecord,
+    ReportRecord,
+)
+from reconciler.store.pg_migrations import LATEST, MIGRATIONS
+from reconciler.store.urls import redact_url
+
+log = logging.getLogger(__name__)
+
+# Transaction-scoped advisory lock keys (one bigint space per database). Leader election
+# or anything else taking advisory locks in the same database must use other keys.
+MIGRATION_LOCK = 0x666B_0001  # "fk" 1
+DESIRED_LOCK = 0x666B_0002
+AUDIT_LOCK = 0x666B_0003
+NODE_LOCKS = 0x666B  # (NODE_LOCKS, hashtext(name)) in the two-int key space: one per name
+
+POOL_MIN = 1
+POOL_MAX = 10  # the API's worker threads, the loop and the lastSeen flusher
+CONNECT_TIMEOUT = 5  # seconds, unless the URL says connect_timeout=
+WAIT_TIMEOUT = 30.0  # a call waits this long for a connection (PostgreSQL restarting)
+PING_TIMEOUT = 3.0  # /readyz answers quickly when the database is gone
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+def connection_params(url: str) -> dict[str, str]:
+    """libpq parameters of ``url``; a password in it is refused (see the module doc)."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(f"database {redact_url(url)}: not a PostgreSQL URL: {exc}") from exc
+    if "password" in params:
+        raise ConfigError(
+            f"database {redact_url(url)}: the URL carries a password; keep it out of the "
+            "config: use a pgpass file (?passfile=/path, PGPASSFILE or ~/.pgpass) or "
+            "PGPASSWORD"
+        )
+    if not params.get("dbname"):
+        raise ConfigError(
+            f"database {redact_url(url)}: name the database, "
+            "e.g. postgresql://fleetkeeper@db.example:5432/fleetkeeper"
+        )
+    out = {k: str(v) for k, v in params.items() if v is not None}
+    out.setdefault("connect_timeout", str(CONNECT_TIMEOUT))
+    out.setdefault("application_name", "fleetkeeper")
+    return out
+
+
+def make_durable(conn: Conn) -> None:
+    """Each new pooled connection: commits wait for the server's disk (see module doc)."""
+    row = conn.execute("SHOW synchronous_commit").fetchone()
+    if row is not None and row[0] == "off":
+        conn.execute("SET synchronous_commit = on")
+    conn.commit()
+
+
+class PostgresStore:
+    """The Store protocol over a PostgreSQL database (``url`` as in the module doc)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = redact_url(url)
+        self._params = connection_params(url)
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._migrate()
+        self._pool: ConnectionPool[Conn] = ConnectionPool(
+            kwargs=dict(self._params),
+            min_size=POOL_MIN,
+            max_size=POOL_MAX,
+            timeout=WAIT_TIMEOUT,
+            check=ConnectionPool.check_connection,
+            configure=make_durable,
+            name="fleetkeeper-store",
+            open=False,
+        )
+        self._pool.open()
+
+    # plumbing
+
+    def _connect(self) -> Conn:
+        try:
+            return psycopg.connect(**self._params)  # type: ignore[arg-type]
+        except psycopg.Error as exc:
+            raise ConfigError(f"cannot open database {self.url}: {redact_url(str(exc))}") from exc
+
+    def _migrate(self) -> None:
+        with self._connect() as conn:
+            make_durable(conn)
+            for version, statements in MIGRATIONS:
+                with conn.transaction():
+                    if version <= self._locked_version(conn):
+                        continue  # done long ago, or by a replica that started with us
+                    for statement in statements:
+                        conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, applied_at) VALUES (%s, %s)",
+                        (version, time.time()),
+                    )
+                log.info("store: applied migration %d to %s", version, self.url)
+
+    def _locked_version(self, conn: Conn) -> int:
+        """The schema version, read under the migration lock (held until the transaction
+        ends: a second opener waits here, then sees what the first applied)."""
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+        )
+        current = _version(conn)
+        if current > LATEST:
+            raise ConfigError(
+                f"database {self.url} has schema version {current}, newer than this "
+                f"fleetkeeper knows ({LATEST}); upgrade fleetkeeper or use another database"
+            )
+        return current
+
+    @contextmanager
+    def _tx(self, timeout: float | None = None) -> Iterator[Conn]:
+        """One transaction on a pooled connection: committed on exit, rolled back on error."""
+        if self._closed:
+            raise psycopg.InterfaceError("the store is closed")
+        with self._pool.connection(timeout=timeout) as conn, conn.transaction():
+            yield conn
+
+    def _read(self, query: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        with self._tx() as conn:
+            return list(conn.execute(query, params).fetchall())
+
+    # protocol
+
+    def close(self) -> None:
+        with self._close_lock:
+            if not self._closed:
+                self._closed = True
+                self._pool.close()
+
+    def ping(self) -> None:
+        with self._tx(timeout=PING_TIMEOUT) as conn:
+            conn.execute("SELECT 1")
+
+    def schema_version(self) -> int:
+        with self._tx() as conn:
+            return _version(conn)
+
+    def applied_revision(self) -> AppliedRevision | None:
+        rows = self._read(
+            "SELECT sha, approval, applied_at FROM applied_revisions ORDER BY id DESC LIMIT 1"
+        )
+        if not rows:
+            return None
+        sha, approval, at = rows[0]
+        return AppliedRevision(sha=sha, approval=records.loads(approval), applied_at=at)
+
+    def set_applied_revision(self, rev: AppliedRevision) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO applied_revisions (sha, approval, applied_at) VALUES (%s, %s, %s)",
+                (rev.sha, records.dumps(rev.approval), rev.applied_at),
+            )
+
+    def append_audit(self, event: AuditEvent) -> int:
+        with self._tx() as conn:
+            return _insert_audit(conn, event)
+
+    def audit(self, since: float | None = None, limit: int = 1000) -> Sequence[AuditEvent]:
+        query = "SELECT id, time, kind, message, revision, release, node, details FROM audit "
+        params: list[object] = []
+        if since is not None:
+            query += "WHERE time >= %s "
+            params.append(since)
+        rows = self._read(query + "ORDER BY id LIMIT %s", [*params, max(0, limit)])
+        return [
+            AuditEvent(
+                id=r[0],
+                time=r[1],
+                kind=r[2],
+                message=r[3],
+                revision=r[4],
+                release=r[5],
+                node=r[6],
+                details=records.loads(r[7]),
+            )
+            for r in rows
+        ]
+
+    def upsert_node(self, node: NodeRecord) -> None:
+        with self._tx() as conn:
+            conn.execute(_UPSERT_NODE, records.node_row(node))
+
+    def node(self, name: str) -> NodeRecord | None:
+        rows = self._read(f"SELECT {records.NODE_COLUMNS} FROM nodes WHERE name = %s", (name,))
+        return records.node_record(rows[0]) if rows else None
+
+    def nodes(self) -> Sequence[NodeRecord]:
+        rows = self._read(f"SELECT {records.NODE_COLUMNS} FROM nodes ORDER BY name")
+        return [records.node_record(r) for r in rows]
+
+    def delete_node(self, name: str) -> bool:
+        with self._tx() as conn:
+            return conn.execute("DELETE FROM nodes WHERE name = %s", (name,)).rowcount > 0
+
+    def claim_node(
+        self, node: NodeRecord, *, replaces: str | None, join_token: str | None
+    ) -> ClaimRefusal | None:
+        with self._tx() as conn:
+            _lock_names(conn, [node.name])
+            return _claim(conn, node, replaces, join_token)
+
+    def create_join_token(self, token: JoinToken) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                f"INSERT INTO join_tokens ({records.TOKEN_COLUMNS}) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                records.token_row(token),
+            )
+
+    def join_tokens(self) -> Sequence[JoinToken]:
+        rows = self._read(
+            f"SELECT {records.TOKEN_COLUMNS} FROM join_tokens ORDER BY created_at, id"
+        )
+        return [records.join_token_record(r) for r in rows]
+
+    def join_token_by_hash(self, token_hash: str) -> JoinToken | None:
+        rows = self._read(
+            f"SELECT {records.TOKEN_COLUMNS} FROM join_tokens WHERE token_hash = %s",
+            (token_hash,),
+        )
+        return records.join_token_record(rows[0]) if rows else None
+
+    def revoke_join_token(self, token_id: str, now: float) -> JoinToken | None:
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE join_tokens SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL",
+                (now, token_id),
+            )
+            row = conn.execute(
+                f"SELECT {records.TOKEN_COLUMNS} FROM join_tokens WHERE id = %s", (token_id,)
+            ).fetchone()
+            return None if row is None else records.join_token_record(row)
+
+    def desired(self, node: str) -> DesiredRecord | None:
+        rows = self._read(f"SELECT {records.DESIRED_COLUMNS} FROM desired WHERE node = %s", (node,))
+        return records.desired_record(rows[0]) if rows else None
+
+    def all_desired(self) -> Sequence[DesiredRecord]:
+        rows = self._read(f"SELECT {records.DESIRED_COLUMNS} FROM desired ORDER BY node")
+        return [records.desired_record(r) for r in rows]
+
+    def put_desired(self, node: str, document: Mapping[str, JSON]) -> tuple[DesiredRecord, bool]:
+        return self.put_desired_many({node: document})[0]
+
+    def put_desired_many(
+        self, documents: Mapping[str, Mapping[str, JSON]]
+    ) -> list[tuple[DesiredRecord, bool]]:
+        if not documents:
+            return []
+        with self._tx() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (DESIRED_LOCK,))
+            rows = conn.execute(
+                f"SELECT {records.DESIRED_COLUMNS} FROM desired WHERE node = ANY(%b)",
+                (list(documents),),
+            ).fetchall()
+            stored = {r[0]: records.desired_record(r) for r in rows}
+            out: list[tuple[DesiredRecord, bool]] = []
+            changed: dict[str, DesiredRecord] = {}
+            for node, document in documents.items():
+                old = stored.get(node)
+                rec = records.next_desired(node, old, document)
+                if rec is None:
+                    assert old is not None
+                    out.append((old, False))
+                else:
+                    changed[node] = rec
+                    out.append((rec, True))
+            if changed:
+                new = [changed[n] for n in sorted(changed)]
+                conn.execute(
+                    f"INSERT INTO desired ({records.DESIRED_COLUMNS}) "
+                    "SELECT * FROM unnest(%b::text[], %b::int8[], %b::text[], %b::text[]) "
+                    "ORDER BY 1 ON CONFLICT (node) DO UPDATE SET "
+                    "generation = excluded.generation, etag = excluded.etag, "
+                    "document = excluded.document",
+                    (
+                        [r.node for r in new],
+                        [r.generation for r in new],
+                        [r.etag for r in new],
+                        [records.dumps(r.document) for r in new],
+                    ),
+                )
+        return out
+
+    def put_report(self, report: ReportRecord) -> None:
+        self.put_reports([report])
+
+    def put_reports(self, reports: Sequence[ReportRecord]) -> None:
+        last = {r.node: r for r in reports}  # the later of two reports of one node wins
+        if not last:
+            return
+        rows = sorted(last.items())
+        # one statement over arrays: a 10,000-report flush is one round trip, not 10,000
+        # (arrays sent binary, %b: psycopg's text-array quoting costs more than the write);
+        # rows go in node order, so two replicas' flushes never deadlock
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO reports (node, report, received_at) "
+                "SELECT * FROM unnest(%b::text[], %b::text[], %b::float8[]) ORDER BY 1 "
+                "ON CONFLICT (node) DO UPDATE SET report = excluded.report, "
+                "received_at = excluded.received_at",
+                (
+                    [n for n, _ in rows],
+                    [records.dumps(r.report) for _, r in rows],
+                    [r.received_at for _, r in rows],
+                ),
+            )
+
+    def touch_reports(self, seen: Mapping[str, float]) -> None:
+        if not seen:
+            return
+        nodes, times = zip(*sorted(seen.items()), strict=True)
+        with self._tx() as conn:
+            # lock the rows in node order first: an UPDATE ... FROM visits them in any order
+            conn.execute(
+                "SELECT 1 FROM reports WHERE node = ANY(%b) ORDER BY node FOR UPDATE",
+                (list(nodes),),
+            )
+            conn.execute(
+                "UPDATE reports AS r SET received_at = GREATEST(r.received_at, v.at) "
+                "FROM unnest(%b::text[], %b::float8[]) AS v(node, at) WHERE r.node = v.node",
+                (list(nodes), list(times)),
+            )
+
+    def reports(self) -> Sequence[ReportRecord]:
+        rows = self._read("SELECT node, report, received_at FROM reports ORDER BY node")
+        return [ReportRecord(node=r[0], report=records.loads(r[1]), received_at=r[2]) for r in rows]
+
+    def rollouts(self) -> Mapping[str, Mapping[str, JSON]]:
+        rows = self._read("SELECT name, state FROM rollouts ORDER BY name")
+        return {r[0]: records.loads(r[1]) for r in rows}
+
+    def put_rollout(self, name: str, state: Mapping[str, JSON]) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO rollouts (name, state) VALUES (%s, %s) "
+                "ON CONFLICT (name) DO UPDATE SET state = excluded.state",
+                (name, records.dumps(state)),
+            )
+
+    def observe(self, shas: Sequence[str], now: float) -> Mapping[str, float]:
+        wanted = sorted(set(shas))
+        if not wanted:
+            return {}
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO observed_objects (sha, first_seen) "
+                "SELECT unnest(%b::text[]), %s ON CONFLICT (sha) DO NOTHING",
+                (wanted, now),
+            )
+            rows = conn.execute(
+                "SELECT sha, first_seen FROM observed_objects WHERE sha = ANY(%b)", (wanted,)
+            ).fetchall()
+        return {str(sha): float(at) for sha, at in rows}
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._read("SELECT value FROM meta WHERE key = %s", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (%s, %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+
+_UPSERT_NODE = (
+    f"INSERT INTO nodes ({records.NODE_COLUMNS}) VALUES (%s, %s, %s, %s, %s) "
+    "ON CONFLICT (name) DO UPDATE SET facts = excluded.facts, "
+    "token_hash = excluded.token_hash, registered_at = excluded.registered_at, "
+    "admission = excluded.admission"
+)
+
+
+def _insert_audit(conn: Conn, event: AuditEvent) -> int:
+    """Append ``event`` inside the caller's transaction. The lock (held to the commit)
+    makes ids commit in id order: a reader paging by id never skips a late commit."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,))
+    row = conn.execute(
+        "INSERT INTO audit (time, kind, message, revision, release, node, details) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+        (
+            event.time,
+            event.kind,
+            event.message,
+            event.revision,
+            event.release,
+            event.node,
+            records.dumps(event.details),
+        ),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _lock_names(conn: Conn, names: Sequence[str]) -> None:
+    """Lock node names (not rows: there may be none yet) until the commit, in sorted
+    order (two transactions locking overlapping sets cannot deadlock): read-check-write
+    of a name is then atomic across replicas, as under SQLite's single writer."""
+    for name in sorted(set(names)):
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (NODE_LOCKS, name))
+
+
+def _claim(
+    conn: Conn, node: NodeRecord, replaces: str | None, join_token: str | None
+) -> ClaimRefusal | None:
+    """One claim inside the caller's transaction, its name locked; a refusal writes nothing."""
+    row = conn.execute("SELECT token_hash FROM nodes WHERE name = %s", (node.name,)).fetchone()
+    if (None if row is None else str(row[0])) != replaces:
+        return "taken"
+    if join_token is not None:
+        spent = conn.execute(
+            "UPDATE join_tokens SET used = used + 1 WHERE id = %s "
+            "AND revoked_at IS NULL AND expires_at > %s AND used < uses",
+            (join_token, node.registered_at),
+        )
+        if spent.rowcount != 1:
+            return "token-spent"
+    conn.execute(_UPSERT_NODE, records.node_row(node))
+    return None
+
+
+def _version(conn: Conn) -> int:
+    row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()
+    return 0 if row is None else int(row[0])

@@ -20,7 +20,7 @@ $(STAMP): $(PY) pyproject.toml
 		$(PY) -m pip install -q --cache-dir "$(PIP_CACHE)" -e '.[server,test,llama,mlx]'
 	touch $(STAMP)
 
-# System tools the tests use for real: ssh-keygen, gpg. Installed only when missing (as root).
+# System tools the tests use for real: ssh-keygen, gpg, age. Installed only when missing (as root).
 sysdeps:
 	@bash scripts/sysdeps.sh
 

@@ -1,4 +1,4 @@
-"""``fleetkeeper-agent`` command line: run, rollback, status.
+"""``fleetkeeper-agent`` command line: run, rollback, status, identity.
 
 Exit codes: 0 ok, 1 the user's input or a failed action, 2 usage, 3 a bug, 130 Ctrl-C.
 """
@@ -32,6 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show what runs on this node")
     st.add_argument("--config", required=True, type=Path)
     st.add_argument("--format", choices=["table", "json"], default="table")
+    ident = sub.add_parser(
+        "identity",
+        help="print this node's age recipient (age1...), creating its identity when missing",
+    )
+    ident.add_argument("--config", required=True, type=Path)
     return p
 
 
@@ -118,6 +123,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         ok, message = request_rollback(load(args.config), args.name)
         print(message)
         return 0 if ok else 1
+    if args.command == "identity":
+        from agent.identity import ensure_identity
+        from agent.state import StateDir
+
+        state = StateDir(load(args.config).state_dir)
+        state.ensure()
+        print(ensure_identity(state).recipient)
+        return 0
     return _status(args)
 
 

@@ -18,7 +18,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from agent import secrets
 from agent.board import Board
+from agent.configdir import ConfigDirs, DesiredConfig
+from agent.datadir import DataSettings
 from agent.errors import AgentError, Superseded, UnpackError, VerifyError, WorkloadError
 from agent.installed import Installed
 from agent.journal import Journal
@@ -27,12 +30,14 @@ from agent.observe import Observer
 from agent.report import Observed
 from agent.restart import Restarter
 from agent.rollback import rollback
+from agent.secrets import SecretError
 from agent.selfinstall import DEFAULT_NAME, agent_location, who_am_i
 from agent.selfupdate import SelfUpdate
 from agent.stage import stage
 from agent.state import StateDir
 from agent.supervise.supervisor import Supervisor
 from agent.workload import Desired, Outcome, Workload, doc_key
+from fleetkeeper_common.age import Identity
 
 __all__ = ["Converger", "Outcome", "doc_key"]
 
@@ -51,6 +56,7 @@ class Converger:
         exit_code: Callable[[str], int | None] | None = None,
         workload_user: str | None = None,
         superseded: Callable[[], bool] | None = None,
+        identity: Identity | None = None,
     ) -> None:
         self.root = install_root
         self.state = state
@@ -58,7 +64,8 @@ class Converger:
         self.board = board
         self.keep = keep_versions
         # workloadUser of the agent config; a release's run.user wins.
-        self.installed = Installed(install_root, state, workload_user)
+        # identity: the node's age key, which opens the workloads' secrets (agent.secrets)
+        self.installed = Installed(install_root, state, workload_user, identity)
         # True once a newer desired generation has arrived: an in-flight download stops.
         self.superseded = superseded or (lambda: False)
         self.ledger = Ledger(state)
@@ -100,7 +107,7 @@ class Converger:
     def _failed(self, entry: Mapping[str, Any], key: str, exc: AgentError) -> Outcome:
         name = str(entry.get("name"))
         log.error("converging %s failed: %s", name, exc)
-        if isinstance(exc, VerifyError | UnpackError):
+        if isinstance(exc, VerifyError | UnpackError | SecretError):
             # A wrong digest or an unsafe archive will not fix itself: no retry until the
             # desired document changes (a network error is retried at resync).
             w = Workload.parse(entry)
@@ -143,11 +150,27 @@ class Converger:
 
         self.board.set(name, desired_version=version)
         current = layout.current_version()
-        if current == version and layout.installed_sha256(version) == sha:
+        config = DesiredConfig.parse(w.doc)  # checked before anything is touched
+        dirs = self.installed.config_dirs(name)
+        installed = current == version and layout.installed_sha256(version) == sha
+        if installed:
             if journal is not None and journal.to == version:
                 log.info("%s: finishing the interrupted update to %s", name, version)
                 return self._activate(w, journal, {"received": time.time()}, key)
-            return self._steady(w)
+            config_current = dirs.current_key() == config.key and dirs.owed() is None
+            if config_current and secrets.is_current(layout.dir, version, w.doc):
+                return self._steady(w)
+        # Before anything is touched: a secret this node cannot open fails the target here,
+        # and what runs keeps running.
+        secrets.check_secrets(w.doc, self.installed.identity)
+        if installed:
+            if secrets.is_current(layout.dir, version, w.doc):
+                return self._reconfigure(w, config, key)
+            # a rotation, perhaps with a config change: one restart takes both (a failed
+            # proof flips the config back in _restore)
+            dirs.write(config)
+            self._flip_config(dirs, config)
+            return self._rekey(w, key)
 
         if w.not_before is not None and w.not_before > time.time():
             # spread: keep running what runs (and reporting it) until the node's turn
@@ -158,6 +181,8 @@ class Converger:
         timings: dict[str, float] = {"received": time.time()}
         t0 = time.monotonic()
         stage(w, self.installed, self.board, timings, superseded=self.superseded)
+        dirs.write(config)
+        data_note = self._data_before_flip(w, current)
         from_previous = layout.previous_version()
         if (
             journal is not None
@@ -170,12 +195,29 @@ class Converger:
         journal = Journal(version, sha, current, from_previous, key)
         journal.write(self.state, name)
         t1 = time.monotonic()
+        self._flip_config(dirs, config)
         if current and current != version:
             layout.flip(layout.previous, current)
         layout.flip(layout.current, version)
         timings["flip"] = time.monotonic() - t1
         timings["stageTotal"] = time.monotonic() - t0
-        return self._activate(w, journal, timings, key)
+        outcome = self._activate(w, journal, timings, key)
+        if data_note and outcome.ok:
+            outcome = replace(outcome, message=f"{outcome.message}; {data_note}")
+        return outcome
+
+    def _rekey(self, w: Workload, key: str) -> Outcome:
+        """The version runs but its secrets changed (a rotation): restart with the new ones
+        and prove it; on failure the old launch document (old ciphertext) is restarted."""
+        name, version = w.name, w.version
+        layout = self.installed.layout(name)
+        log.info("%s %s: its secrets changed; restarting with the new ones", name, version)
+        journal = Journal(version, w.artifact.sha256, version, layout.previous_version(), key)
+        journal.write(self.state, name)
+        outcome = self._activate(w, journal, {"received": time.time()}, key)
+        if outcome.ok:  # a later rollback to this version uses the new ciphertext
+            self.installed.save_launch_doc(name, version, w.doc)
+        return outcome
 
     def _activate(
         self, w: Workload, journal: Journal, timings: dict[str, float], key: str
@@ -193,7 +235,15 @@ class Converger:
         if proof.ok:
             self.sup.set_auto_restart(name, True)
             Journal.clear(self.state, name)
-            self.installed.layout(name).prune(self.keep)
+            layout = self.installed.layout(name)
+            layout.prune(self.keep)
+            kept = (
+                {p.name for p in layout.versions.iterdir()} if layout.versions.is_dir() else set()
+            )
+            secrets.prune(layout.dir, kept)
+            dirs = self.installed.config_dirs(name)
+            dirs.settle()
+            dirs.prune()
             self.board.set(name, phase="Healthy", message=None)
             self._record_timings(name, version, timings, ok=True)
             log.info("%s %s converged: %s", name, version, proof.reason)
@@ -218,6 +268,13 @@ class Converger:
         back = journal.back
         if back and layout.is_complete(back):
             layout.flip_back(back, journal.from_previous)
+            self._config_back(name)
+            data = self.installed.data_dir(name)
+            if journal.to is not None and data.taken_for() == (back, journal.to):
+                # the failed version must not write into the data being put back
+                self.sup.stop(name)
+                note = data.restore(back, journal.to)
+                reason = f"{reason}; {note}" if note else reason
             old_doc = self.installed.launch_doc(name, back, w.doc)
             failed_proc = self.sup.running(name)
             proof = self.restarter.restart_and_prove(old_doc, back, failed_proc, {})
@@ -228,8 +285,89 @@ class Converger:
             return f"{reason}; rolled back to {back}, which does not prove healthy: {proof.reason}"
         self.sup.stop(name)
         layout.flip(layout.current, None)
+        self._config_back(name)
         Journal.clear(self.state, name)
         return f"{reason}; no previous version to roll back to: stopped"
+
+    # -- config files and data (issue 17; agent.configdir, agent.datadir) -----------------
+    def _flip_config(self, dirs: ConfigDirs, config: DesiredConfig) -> bool:
+        """Flip ``config`` to ``config``'s (written) directory; True when what the workload
+        reads changed. The restart it needs is recorded first (``owe_restart``), so an agent
+        killed before the restart still restarts, and a failed proof can flip back."""
+        current = dirs.current_key()
+        if current == config.key:
+            return False
+        changed = not (current is None and not config.files)  # an empty dir appearing is not
+        if changed:
+            dirs.owe_restart(config.key, current, dirs.key_of(dirs.previous_link))
+        dirs.flip(config.key)
+        return changed
+
+    def _config_back(self, name: str) -> None:
+        """Undo the config flip of the update being rolled back, if it made one."""
+        dirs = self.installed.config_dirs(name)
+        owed = dirs.owed()
+        if owed is not None:
+            _, back, back_previous = owed
+            dirs.flip_back(back, back_previous)
+            dirs.settle()
+
+    def _data_before_flip(self, w: Workload, current: str | None) -> str | None:
+        """Before ``current`` gives way to ``w.version``: put the data snapshot back when
+        this undoes the upgrade it was taken before, else take one (``data.snapshot``)."""
+        if current is None or current == w.version:
+            return None
+        data = self.installed.data_dir(w.name)
+        settings = DataSettings.parse(w.doc)
+        undoing = data.taken_for() == (w.version, current)
+        if not (undoing or settings.snapshot):
+            return None
+        self.sup.stop(w.name)  # a copy of data a running process writes is not a copy
+        if undoing:
+            return data.restore(w.version, current)
+        return data.take(current, w.version, settings)
+
+    def _reconfigure(self, w: Workload, config: DesiredConfig, key: str) -> Outcome:
+        """Only the config changed: write and flip it; with ``onChange: restart`` restart
+        the same version and prove it, flipping the config back when that fails."""
+        name, version = w.name, w.version
+        dirs = self.installed.config_dirs(name)
+        dirs.write(config)
+        self._flip_config(dirs, config)
+        owed = dirs.owed()
+        shown = config.digest or "none"
+        if owed is None or config.on_change == "none":
+            dirs.settle()
+            dirs.prune()
+            self._ensure_running(w)
+            self.sup.set_auto_restart(name, True)
+            self.board.set(name, phase=None, message=None)
+            how = "" if owed is None else " (onChange: none, not restarted)"
+            return Outcome(True, "Healthy", f"{name} {version}: config {shown} in place{how}", {})
+        self.board.set(name, phase="Restarting", message=None)
+        old = self.sup.running(name)
+        self.sup.set_auto_restart(name, False)
+        timings: dict[str, float] = {"received": time.time()}
+        proof = self.restarter.restart_and_prove(w.doc, version, old, timings)
+        self.sup.set_auto_restart(name, True)
+        if proof.ok:
+            dirs.settle()
+            dirs.prune()
+            self.board.set(name, phase="Healthy", message=None)
+            log.info("%s %s restarted with config %s: %s", name, version, shown, proof.reason)
+            return Outcome(True, "Healthy", proof.reason, timings)
+        reason = f"{version} with config {shown} failed: {proof.reason}"
+        log.error("%s %s", name, reason)
+        target = FailedTarget(version, w.artifact.sha256, key, "Failed", reason)
+        self.ledger.remember(name, target)
+        _, back, back_previous = owed
+        dirs.flip_back(back, back_previous)
+        dirs.settle()
+        again = self.restarter.restart_and_prove(w.doc, version, self.sup.running(name), {})
+        message = f"{reason}; config {back or 'none'} put back ({again.reason})"
+        self.ledger.remember(name, replace(target, message=message))
+        self.board.set(name, phase="Failed", message=message)
+        return Outcome(False, "Failed", message, timings)
 
     def _steady(self, w: Workload) -> Outcome:
         """``current`` already is the target: make sure that is what runs."""

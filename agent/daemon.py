@@ -36,6 +36,7 @@ from agent.client import ServerClient
 from agent.config import AgentConfig
 from agent.errors import AgentError, AlreadyRunning
 from agent.facts import platform_of
+from agent.identity import ensure_identity
 from agent.poll import Checks, Latest, poll_loop
 from agent.report import build_report, decide_phase, desired_entry, workload_entry
 from agent.selfinstall import agent_location, managed_workload
@@ -56,6 +57,7 @@ class Daemon:
         self.cfg = cfg
         self.state = StateDir(cfg.state_dir)
         self.state.ensure()
+        self.identity = ensure_identity(self.state)  # first start: this node's age key
         cfg.install_root.mkdir(parents=True, exist_ok=True)
         self.board = Board()
         self.sup = make_supervisor(cfg, self.state)

@@ -30,6 +30,7 @@ from fleetkeeper_common.fleetfile import FleetFileError, load_strict, release_pa
 
 MAX_OBJECTS = 10_000
 _RECONCILER_FIELDS = frozenset({"notBefore"})  # scheduling only: never changes what runs
+_FROM_OTHER_FILES = ("config", "secrets")  # issue 17: bytes of config/ and secrets/ files
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,14 @@ def chains(
         start = starts.get(name)
         if not isinstance(start, str):
             raise EvidenceRefused(f"{where}: no approval evidence")
+        # their bytes come from other files of the tree (config/, secrets/), which the
+        # evidence does not carry yet: refused rather than taken on the reconciler's word
+        unchecked = sorted(k for k in _FROM_OTHER_FILES if k in w)
+        if unchecked:
+            raise EvidenceRefused(
+                f"{where}: carries {' and '.join(unchecked)}, which a node with approvers "
+                "cannot check against the approved tree yet"
+            )
         claim, commit = _approved_commit(objects, start, where)
         path = release_path(str(w.get("kind")), name, str(w.get("version")))
         data = _file(objects, commit.tree, path, where)

@@ -13,20 +13,33 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from agent import isolation, procinfo
+from agent import isolation, procinfo, secrets
+from agent.configdir import ConfigDirs
+from agent.datadir import DataDir
 from agent.layout import WorkloadLayout, resolved_within
 from agent.procinfo import ProcInfo
 from agent.prove import locate_version
 from agent.runtimes import Runtime, WorkloadDoc, runtime_for
 from agent.state import StateDir, read_json, write_json
 from agent.supervise.supervisor import LaunchSpec
+from fleetkeeper_common.age import Identity
+
+CONFIG_ENV = "FLEETKEEPER_CONFIG_DIR"
+DATA_ENV = "FLEETKEEPER_DATA_DIR"
 
 
 class Installed:
-    def __init__(self, root: Path, state: StateDir, workload_user: str | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        state: StateDir,
+        workload_user: str | None = None,
+        identity: Identity | None = None,
+    ) -> None:
         self.root = root
         self.state = state
         self.workload_user = workload_user  # agent config workloadUser; run.user wins
+        self.identity = identity  # the node's age identity: opens the workloads' secrets
 
     def layout(self, name: str) -> WorkloadLayout:
         return WorkloadLayout(self.root, name)
@@ -60,7 +73,24 @@ class Installed:
         wstate.mkdir(parents=True, exist_ok=True)
         argv, env = runtime.command(doc, vdir, wstate)
         user = isolation.effective_user(doc, self.workload_user)
-        return LaunchSpec(name, tuple(argv), vdir, env, user), runtime, vdir
+        # decrypted here, at each start, into the version's secrets directory (agent.secrets)
+        extra, env_file = secrets.materialize(
+            self.layout(name).dir,
+            version,
+            isolation.with_user(doc, self.workload_user),
+            self.identity,
+        )
+        # set after run.env, so a release cannot point them elsewhere (issue 17)
+        data = self.data_dir(name).ensure(isolation.lookup_user(user) if user else None)
+        config_dir = str(self.config_dirs(name).link)
+        env = {**env, **extra, CONFIG_ENV: config_dir, DATA_ENV: str(data)}
+        return LaunchSpec(name, tuple(argv), vdir, env, user, env_file), runtime, vdir
+
+    def config_dirs(self, name: str) -> ConfigDirs:
+        return ConfigDirs(self.layout(name).dir)
+
+    def data_dir(self, name: str) -> DataDir:
+        return DataDir(self.layout(name).dir)
 
     def locate(self, name: str, info: ProcInfo) -> tuple[str | None, str]:
         """The version ``info`` runs from (None: not from this workload's versions) and the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from agent import procinfo
+from agent import procinfo, secrets
 from agent.errors import WorkloadError
 from agent.installed import Installed
 from agent.procinfo import ProcInfo
@@ -14,6 +14,7 @@ from agent.runtimes import runtime_for
 from agent.selfinstall import SelfInfo
 from agent.supervise.supervisor import Supervisor
 from agent.workload import Workload
+from fleetkeeper_common.digests import target_digest
 
 PROBE_CACHE_MAX = 64
 
@@ -64,7 +65,22 @@ class Observer:
             sha256=sha,
             healthy=healthy,
             health_message=message,
+            config_digest=target_digest(
+                self._config_in_use(w.name),
+                secrets.in_use(layout.dir, version) if version else None,
+            )
+            if info is not None
+            else None,
         )
+
+    def _config_in_use(self, name: str) -> str | None:
+        """The config digest the process reads: a flip whose restart is still owed is not
+        in use yet (the process was started with the config before it)."""
+        dirs = self.installed.config_dirs(name)
+        owed = dirs.owed()
+        if owed is not None and owed[0] == dirs.current_key():
+            return None
+        return dirs.current_digest()
 
     def _observe_self(self, w: Workload) -> Observed:
         """The agent itself: it runs (it is answering), from the version its code is in."""

@@ -38,6 +38,8 @@ class Observed:
     sha256: str | None
     healthy: bool
     health_message: str
+    # digest of the config directory in use (issue 17); None: no config files
+    config_digest: str | None = None
 
 
 def rfc3339(epoch: float | None) -> str | None:
@@ -68,6 +70,8 @@ def workload_entry(observed: Observed, phase: str, message: str | None) -> dict[
         "current": observed.current,
         "sha256": observed.sha256,
     }
+    if observed.config_digest is not None:
+        entry["configDigest"] = observed.config_digest
     text = message or observed.health_message
     if text:
         entry["message"] = text[:4096]

@@ -38,11 +38,18 @@ def rollback(
     entry = document.entry(name)
     fallback: Mapping[str, Any] = entry or {"name": name, "kind": "process"}
     old_doc = installed.launch_doc(name, previous, fallback)
+    data = installed.data_dir(name)
+    undoing = data.taken_for() == (previous, current)
+    if undoing:  # the data copied before current's upgrade comes back (data.snapshot)
+        restarter.sup.stop(name)
     layout.flip(layout.current, previous)
     layout.flip(layout.previous, current)
+    restored = data.restore(previous, current) if undoing else None
     proof = restarter.restart_and_prove(old_doc, previous, restarter.sup.running(name), {})
     restarter.sup.set_auto_restart(name, True)
     message = f"rolled back by hand from {current} to {previous}: {proof.reason}"
+    if restored:
+        message = f"{message}; {restored}"
     if entry is not None and str(entry["version"]) != previous:
         w = Workload.parse(entry)
         key = document.key(entry)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from agent.board import Board
 from agent.config import AgentConfig
 from agent.converge import Converger
+from agent.identity import read_identity
 from agent.state import StateDir
 from agent.supervise.child import ChildSupervisor
 from agent.supervise.service import LaunchdSupervisor, SystemdSupervisor
@@ -50,6 +51,7 @@ def make_converger(
         exit_code=exit_code,
         workload_user=cfg.workload_user,
         superseded=superseded,
+        identity=read_identity(state),  # the daemon created it at start (agent.identity)
     )
 
 

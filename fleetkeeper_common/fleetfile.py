@@ -136,6 +136,12 @@ def workload_entry(
     probe = doc.get("versionProbe")
     if isinstance(probe, list) and probe:
         out["versionProbe"] = fill([str(v) for v in probe], node, labels)
+    data = doc.get("data")
+    if isinstance(data, dict):
+        limit = data.get("maxBytes")
+        out["data"] = {"snapshot": data.get("snapshot") is True}
+        if isinstance(limit, int) and not isinstance(limit, bool):
+            out["data"]["maxBytes"] = limit
     if is_model:
         args = fill(doc.get("args") if isinstance(doc.get("args"), dict) else {}, node, labels)
         port = args.get("port")

@@ -33,6 +33,7 @@ COMMANDS = {
     "schema": "export the JSON Schemas for editors and other validators",
     "release": "write a new release file (digests computed, fields copied from the last one)",
     "model": "write a new model file (digest and GGUF facts read from the file)",
+    "secret": "age-encrypted secrets in the fleet repo: encrypt, check",
 }
 
 

@@ -14,11 +14,12 @@ Blobs are read as stored: no filter, eol or working-tree-encoding attribute appl
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.errors import CommandError, FleetkeeperError
+from reconciler.secret_files import is_secret_file
 from reconciler.validate.entries import in_fleet_area
 
 ZERO_SHA = "0" * 40
@@ -81,7 +82,10 @@ def resolve_commit(repo: Path, rev: str) -> str | None:
 
 
 def _wanted(path: str, prefix: str) -> bool:
-    return path.startswith(prefix) and path.endswith((".yaml", ".yml"))
+    if not path.startswith(prefix):
+        return False
+    # secrets/*.age and *.recipients: releases refer to them (issue 17)
+    return path.endswith((".yaml", ".yml")) or is_secret_file(path[len(prefix) :])
 
 
 def _read_blobs(repo: Path, entries: Sequence[tuple[str, str]]) -> dict[str, bytes]:
@@ -163,3 +167,33 @@ def tree_entries(repo: Path, rev: str, prefix: str = "") -> FleetEntries:
 def tree_files(repo: Path, rev: str, prefix: str = "") -> dict[str, bytes]:
     """The regular YAML files of ``tree_entries``."""
     return tree_entries(repo, rev, prefix).files
+
+
+def entry_reader(
+    repo: Path, rev: str | None, prefix: str = ""
+) -> Callable[[str], tuple[str, bytes] | None]:
+    """One path's (octal mode, bytes) in revision ``rev``'s tree, or in the index when
+    ``rev`` is None; None when absent. For config files, which live outside the fleet
+    folders (``validate.config_files``): a few paths, one git call each."""
+    commit = resolve_commit(repo, rev) if rev is not None else None
+
+    def read(path: str) -> tuple[str, bytes] | None:
+        full = prefix + path
+        if commit is not None:
+            out = _git(repo, "ls-tree", "-z", "--full-tree", commit, "--", full)
+        else:
+            out = _git(repo, "ls-files", "--stage", "-z", "--full-name", "--", full)
+        for record in out.decode("utf-8", "surrogateescape").split("\0"):
+            if not record:
+                continue
+            meta, name = record.split("\t", 1)
+            if name != full:
+                continue  # a folder's listing (ls-tree names the folder itself)
+            fields = meta.split()
+            mode, sha = (fields[0], fields[2]) if commit is not None else (fields[0], fields[1])
+            if mode != _REGULAR_MODE:
+                return (mode, b"")
+            return (mode, _read_blobs(repo, [(path, sha)])[path])
+        return None
+
+    return read

@@ -21,6 +21,7 @@ from typing import Literal, TextIO
 from reconciler import gitfiles
 from reconciler.errors import FleetkeeperError
 from reconciler.validate import validate_files
+from reconciler.validate.config_files import with_config
 from reconciler.validate.violations import summary
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,9 @@ def pre_receive(
                 verdict = 1
             continue
         found = gitfiles.tree_entries(repo, commit, prefix)
-        report = validate_files(found.files, irregular=found.irregular).with_prefix(prefix)
+        report = validate_files(found.files, irregular=found.irregular)
+        read = gitfiles.entry_reader(repo, commit, prefix)
+        report = with_config(report, read, found.files).with_prefix(prefix)
         judged[commit] = report.ok
         if report.ok and not report.violations:
             continue

@@ -17,12 +17,27 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pygit2
 
+from reconciler.secret_files import (
+    AGE_SUFFIX,
+    RECIPIENTS_SUFFIX,
+    attach_ciphertexts,
+    is_secret_file,
+)
 from reconciler.spec import FleetSpec
-from reconciler.validate import FileCheck, Report, RuleMemo, Violation, validate_incremental
+from reconciler.validate import (
+    FileCheck,
+    Report,
+    RuleMemo,
+    Violation,
+    secret_rules,
+    validate_incremental,
+)
+from reconciler.validate.config_files import Entry, load_config
 from reconciler.validate.entries import entry_violations
 from reconciler.validate.loader import LoadedFile, load_file
 from reconciler.validate.schema_check import check_schema, expected_kind
@@ -31,8 +46,10 @@ from reconciler.validate.violations import sort_key
 log = logging.getLogger(__name__)
 
 FLEET_DIRS = ("nodes", "releases", "models")
+SECRETS_DIR = "secrets"  # age files releases refer to (issue 17): read, never decrypted
 TOP_FILES = ("fleet.yaml", "fleet.yml")
 _YAML = (".yaml", ".yml")
+SECRET_SUFFIXES = (AGE_SUFFIX, RECIPIENTS_SUFFIX)
 _REGULAR = pygit2.enums.FileMode.BLOB  # 100644; anything else is refused (validate.entries)
 _TREE = pygit2.enums.FileMode.TREE
 # Bounds (a full cache is simply cleared): blobs and parsed files cover a fleet of ~20k
@@ -74,9 +91,10 @@ def _prefixed(found: tuple[Listing, Irregular], prefix: str) -> tuple[Listing, I
 
 
 def _list_tree(
-    repo: pygit2.Repository, tree: pygit2.Tree, prefix: str
+    repo: pygit2.Repository, tree: pygit2.Tree, prefix: str, secrets: bool = False
 ) -> tuple[Listing, Irregular]:
-    key = str(tree.id)
+    """``secrets``: list the files of ``secrets/`` (``*.age``, ``*.recipients``), not YAML."""
+    key = f"{tree.id}{'s' if secrets else ''}"
     hit = _listings.get(key)
     if hit is not None:
         return _prefixed(hit, prefix)
@@ -88,11 +106,11 @@ def _list_tree(
         if entry.filemode == _TREE:
             sub = repo[entry.id]
             assert isinstance(sub, pygit2.Tree)
-            listing, irregular = _list_tree(repo, sub, name + "/")
+            listing, irregular = _list_tree(repo, sub, name + "/", secrets)
             out.extend(listing)
             odd.extend(irregular)
         elif entry.filemode == _REGULAR:
-            if name.endswith(_YAML):
+            if name.endswith(SECRET_SUFFIXES if secrets else _YAML):
                 out.append((name, str(entry.id)))
         else:
             odd.append((name, f"{entry.filemode:o}"))
@@ -116,6 +134,12 @@ def fleet_entries(repo: pygit2.Repository, sha: str) -> tuple[Listing, Irregular
     for entry in tree:
         name = entry.name
         assert name is not None
+        if name == SECRETS_DIR and entry.filemode == _TREE:
+            sub = repo[entry.id]
+            assert isinstance(sub, pygit2.Tree)
+            listing, _ = _list_tree(repo, sub, name + "/", secrets=True)
+            out.extend(listing)  # a link there is not read: the secret is missing
+            continue
         if name not in TOP_FILES and name not in FLEET_DIRS:
             continue
         if name in TOP_FILES and entry.filemode == _REGULAR:
@@ -193,10 +217,13 @@ def _validate_listing(repo: pygit2.Repository, listing: Listing) -> tuple[Report
 
     with _lock:
         memo = _memo
-    report, spec, memo = validate_incremental(listing, check, memo)
+    secrets = {p: _blob(repo, oid) for p, oid in listing if is_secret_file(p)}
+    report, spec, memo = validate_incremental(
+        listing, check, memo, extra_rules=(secret_rules.secret_files(secrets),)
+    )
     with _lock:
         _memo = memo
-    return report, spec if report.ok else None
+    return report, attach_ciphertexts(spec, secrets) if report.ok else None
 
 
 def load_revision(repo: pygit2.Repository, sha: str) -> LoadedRevision:
@@ -220,4 +247,29 @@ def load_revision(repo: pygit2.Repository, sha: str) -> LoadedRevision:
         if spec is None:  # the verdict is the caller's to report (the loop audits it once)
             log.debug("revision %s is invalid: %d violation(s)", sha, len(violations))
     spec, violations = hit
+    if spec is not None and any(d.config is not None for d in spec.deployables):
+        # Config files live outside the fleet folders (config/...), so they are not in the
+        # cached listing: read them at this commit every time (their blobs are cached).
+        spec, found_config = load_config(spec, _reader(repo, sha))
+        if found_config:
+            violations = tuple(sorted((*violations, *found_config), key=sort_key))
+            if any(v.severity == "error" for v in found_config):
+                spec = None
     return LoadedRevision(sha=sha, spec=spec, violations=violations)
+
+
+def _reader(repo: pygit2.Repository, sha: str) -> Callable[[str], Entry | None]:
+    """Entries of commit ``sha``'s tree by repo-relative path, as (octal mode, bytes)."""
+    tree = repo[sha].peel(pygit2.Tree)
+
+    def read(path: str) -> Entry | None:
+        try:
+            obj = tree[path]
+        except (KeyError, ValueError):
+            return None
+        mode = f"{obj.filemode:o}"
+        if not isinstance(obj, pygit2.Blob) or obj.filemode != _REGULAR:
+            return (mode, b"")
+        return (mode, _blob(repo, str(obj.id)))
+
+    return read

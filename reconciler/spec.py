@@ -6,15 +6,19 @@ returns them after schema validation). No I/O here.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Literal, TypeAlias
 
+from fleetkeeper_common.digests import secrets_digest, target_digest
+
 JSON: TypeAlias = dict[str, "JSON"] | list["JSON"] | str | int | float | bool | None
 WorkloadKind = Literal["process", "model"]
 OnFailure = Literal["halt", "rollback"]
+OnChange = Literal["restart", "none"]
 
 DEFAULT_BATCH_SIZE: int | str = 1
 DEFAULT_SOAK_SECONDS = 300
@@ -88,6 +92,104 @@ class GgufFacts:
     architecture: str | None = None
 
 
+# --- config files and persistent data (issue 17, points 1 and 2) -------------------------
+# The caps on config files: they travel inside every desired document of the nodes the
+# release targets, so they stay small (a soul file, a routing table, a tool config).
+MAX_CONFIG_FILE_BYTES = 256 * 1024
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """``config.files[]``: ``source`` (``from``, a regular file of the fleet repo) becomes
+    ``to`` in the workload's config directory. ``sha256``/``data`` are the file's bytes at
+    the revision, filled in by ``reconciler.validate.config_files`` (empty until then)."""
+
+    source: str
+    to: str
+    template: bool = False
+    sha256: str = ""
+    data: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True)
+class ConfigSpec:
+    files: tuple[ConfigFile, ...]
+    on_change: OnChange = "restart"
+
+    @property
+    def digest(self) -> str:
+        """What status shows beside the version: changes when any file's bytes, name, template
+        flag or ``onChange`` change (the rollout's target is (version, digest))."""
+        parts = [self.on_change] + [f"{f.to}\0{int(f.template)}\0{f.sha256}" for f in self.files]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """``data:``: copy ``<installRoot>/<name>/data/`` before an upgrade (``snapshot``),
+    refused over ``max_bytes``; the copy comes back when the upgrade is rolled back."""
+
+    snapshot: bool = False
+    max_bytes: int | None = None
+
+
+def parse_config(value: object) -> ConfigSpec | None:
+    if not isinstance(value, dict):
+        return None
+    files = []
+    for f in value.get("files") or ():
+        assert isinstance(f, dict)
+        files.append(
+            ConfigFile(source=str(f["from"]), to=str(f["to"]), template=f.get("template") is True)
+        )
+    return ConfigSpec(
+        files=tuple(files), on_change="none" if value.get("onChange") == "none" else "restart"
+    )
+
+
+def parse_data(value: object) -> DataSpec | None:
+    if not isinstance(value, dict):
+        return None
+    limit = value.get("maxBytes")
+    return DataSpec(
+        snapshot=value.get("snapshot") is True,
+        max_bytes=limit if isinstance(limit, int) and not isinstance(limit, bool) else None,
+    )
+
+
+# --- end config files and persistent data -------------------------------------------------
+# -- secrets (issue 17): age ciphertext from secrets/ in the fleet repo ------------------
+SecretAs = Literal["env", "file"]
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """One ``secrets:`` entry of a release or model. ``ciphertext`` is the age file's text
+    (armored), filled in from the revision's tree (``secret_files.attach_ciphertexts``);
+    the reconciler passes it on and never holds a key that opens it."""
+
+    name: str  # the environment variable (as: env) or file name (as: file)
+    source: str  # from: secrets/<...>.age, repo-relative
+    as_: SecretAs
+    ciphertext: str = ""
+
+    def to_json(self) -> dict[str, JSON]:
+        return {"name": self.name, "from": self.source, "as": self.as_, "age": self.ciphertext}
+
+
+def parse_secrets(value: object) -> tuple[SecretRef, ...]:
+    out = []
+    for item in value if isinstance(value, list) else []:
+        if isinstance(item, dict):
+            as_: SecretAs = "file" if item.get("as") == "file" else "env"
+            out.append(SecretRef(str(item.get("name")), str(item.get("from")), as_))
+    return tuple(out)
+
+
+# -- end secrets --------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Deployable:
     """One version of something a node runs: a Release (kind process) or a Model."""
@@ -105,6 +207,16 @@ class Deployable:
     runtime: str | None = None  # models: "llama-cpp" | "mlx-lm"
     args: Mapping[str, JSON] = field(default_factory=dict)  # models: runtime args
     gguf: GgufFacts | None = None  # models: the GGUF header's facts, when recorded
+    config: ConfigSpec | None = None  # config files (issue 17)
+    data: DataSpec | None = None  # persistent data snapshot settings (issue 17)
+    secrets: tuple[SecretRef, ...] = ()  # issue 17: age-encrypted, decrypted on the node
+
+    @property
+    def target_digest(self) -> str | None:
+        """With the version, the rollout's target: config files and secrets' ciphertext
+        (``fleetkeeper_common.digests``; the agent reports the same as ``configDigest``)."""
+        sealed = secrets_digest((s.name, s.as_, s.source, s.ciphertext) for s in self.secrets)
+        return target_digest(self.config.digest if self.config is not None else None, sealed)
 
     def artifact_for(self, platform: str) -> Artifact | None:
         for art in self.artifacts:
@@ -140,6 +252,7 @@ class NodeTraits:
     labels: Mapping[str, str] = field(default_factory=dict)
     windows: tuple[Window, ...] | None = None  # the node file's own windows win over a release's
     hold: Hold | None = None
+    age_recipient: str | None = None  # ageRecipient: the node's age public key (issue 17)
 
 
 @dataclass(frozen=True)
@@ -155,6 +268,9 @@ class FleetSettings:
     # registration.unlisted: "allow" lets a node without a file in nodes/ get workloads,
     # planned from the roles/labels its join token's scope covered; "deny" (default) not
     unlisted: Literal["allow", "deny"] = "deny"
+    # secrets.operatorRecipients: age recipients every secret is also encrypted to, so an
+    # operator can decrypt and re-encrypt it later (issue 17)
+    operator_recipients: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -304,6 +420,7 @@ def parse_fleet(doc: Mapping[str, JSON] | None) -> FleetSettings:
         allow_insecure_urls=bool(doc.get("allowInsecureURLs", False)),
         default_rollout=_dict(defaults.get("rollout")),
         unlisted="allow" if registration.get("unlisted") == "allow" else "deny",
+        operator_recipients=_str_tuple(_dict(doc.get("secrets")).get("operatorRecipients")) or (),
     )
 
 
@@ -320,6 +437,7 @@ def parse_node(path: str | None, doc: Mapping[str, JSON]) -> NodeSpec:
         if isinstance(windows := parse_windows(doc.get("windows")), tuple)
         else None,
         hold=parse_hold(doc.get("hold")),
+        age_recipient=recipient if isinstance(recipient := doc.get("ageRecipient"), str) else None,
         path=path,
     )
 
@@ -341,6 +459,9 @@ def parse_deployable(path: str, doc: Mapping[str, JSON], fleet: FleetSettings) -
         runtime=str(doc["runtime"]) if is_model else None,
         args=_dict(doc.get("args")) if is_model else {},
         gguf=parse_gguf(doc.get("gguf")) if is_model else None,
+        config=parse_config(doc.get("config")),
+        data=parse_data(doc.get("data")),
+        secrets=parse_secrets(doc.get("secrets")),
     )
 
 

@@ -9,7 +9,10 @@ their own install roots, and locally served artifacts, all under one temp folder
 3. the same change merged with --no-ff rolls out batch by batch (canary first);
 4. 0.8.5 with a wrong checksum halts with the reason while 0.8.4 keeps running;
 5. the fixed 0.8.6 supersedes it;
-6. the reconciler restarts in signed-tag mode and an SSH-signed tag approves 0.8.7.
+6. the reconciler restarts in signed-tag mode and an SSH-signed tag approves 0.8.7;
+7. a fake server offers gpu-1 a forged release, which the node refuses;
+8. an API key, encrypted to vps-1's own age identity, reaches its workload while the
+   reconciler only ever holds ciphertext.
 
 Everything started here is stopped on exit, on Ctrl-C and on SIGTERM (process groups).
 Run it with the project's venv python: `.venv/bin/python scripts/demo.py` (`make demo`).
@@ -40,6 +43,7 @@ from demo_fleet import (
 )
 from demo_forged import forged_document_refused
 from demo_procs import DemoFailed, Processes, free_port, signals_raise, tail
+from demo_secret import secret_reaches_workload
 from demo_ui import Git, cli, console, note, run_cli, say
 from demo_watch import Fleet, current_release, progress_line, running_versions
 from rich.rule import Rule
@@ -271,7 +275,9 @@ def _story(
     git("commit", "-q", "-m", "Release inference-agent 0.8.7")
     git("push", "-q", "origin", "main")
     time.sleep(3)
-    console.print(progress_line(client.fleet()), highlight=False)
+    # the restarted reconciler may still be starting on a loaded machine: wait for it
+    status = fleet.wait("the restarted reconciler to answer", lambda _s: True, tables=False)
+    console.print(progress_line(status), highlight=False)
     note("pushed to main, but in signed-tag mode that alone approves nothing; now the tag:")
     git(
         "-c",
@@ -287,6 +293,11 @@ def _story(
     git("push", "-q", "origin", "deploy/0.8.7")
     fleet.wait_release("0.8.7", ["Succeeded"], tables=False)
 
+    def approve(tag: str) -> None:
+        """Sign ``tag`` on main's tip with dana's key and push it (signed-tag mode)."""
+        git("-c", "gpg.format=ssh", "-c", f"user.signingkey={key}", "tag", "-s", tag, "-m", tag)
+        git("push", "-q", "origin", tag)
+
     say("7. A fake server offers gpu-1 a release no one approved")
 
     def restart_gpu1(config: Path) -> None:
@@ -294,6 +305,18 @@ def _story(
         procs.start("agent-gpu-1", [*cli("fleetkeeper-agent"), "run", "--config", str(config)], env)
 
     forged_document_refused(root / "nodes" / "gpu-1", ports["gpu-1"], restart_gpu1, note)
+
+    say("8. A secret reaches a workload; the reconciler only ever holds ciphertext")
+    secret_reaches_workload(
+        root,
+        work,
+        git,
+        env,
+        client,
+        artifacts,
+        approve,
+        lambda what, done: fleet.wait(what, done, tables=False),
+    )
 
     leaks = secret_leaks(root, [admin, bootstrap, webhook])
     if leaks:

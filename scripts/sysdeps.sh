@@ -5,6 +5,7 @@ set -euo pipefail
 need=()
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v gpg >/dev/null || need+=(gnupg)
+command -v age >/dev/null || need+=(age)  # age secrets: the tests encrypt with the real CLI
 command -v chromium >/dev/null || need+=(chromium)
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need+=(nginx)
 # PostgreSQL: the tests start their own throwaway server (initdb/pg_ctl), no system service

@@ -25,6 +25,7 @@ from pathlib import Path
 from agent import isolation, procinfo
 from agent.errors import SupervisorError, WorkloadError
 from agent.procinfo import ProcInfo
+from agent.secrets import read_env_file
 from agent.state import StateDir
 from agent.supervise.records import ProcessRecords
 from agent.supervise.supervisor import LaunchSpec
@@ -112,7 +113,8 @@ def spawn(spec: LaunchSpec, logfile: Path) -> subprocess.Popen[bytes]:
     except WorkloadError as exc:
         raise SupervisorError(f"cannot start {spec.name}: {exc}") from exc
     home = user.home if user else isolation.own_home()
-    env = isolation.workload_env(spec.name, spec.env, home=home, agent_env=os.environ)
+    extra = {**spec.env, **(read_env_file(spec.env_file) if spec.env_file else {})}
+    env = isolation.workload_env(spec.name, extra, home=home, agent_env=os.environ)
     with open(logfile, "ab") as out:
         out.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} start {list(spec.argv)}\n".encode())
         out.flush()

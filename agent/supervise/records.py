@@ -32,6 +32,7 @@ class ProcessRecords:
                 "cwd": str(spec.cwd),
                 "env": dict(spec.env),
                 "user": spec.user,
+                "envFile": str(spec.env_file) if spec.env_file else None,
                 "startedAt": started,
             },
             mode=0o600,
@@ -60,8 +61,14 @@ class ProcessRecords:
         """The launch spec a record describes (to restart an adopted process after a crash)."""
         env = dict(rec.get("env") or {}) if with_env else {}
         user = rec.get("user") if isinstance(rec.get("user"), str) else None
+        env_file = rec.get("envFile")
         return LaunchSpec(
-            name, tuple(rec.get("argv") or ()), Path(rec.get("cwd") or "/"), env, user
+            name,
+            tuple(rec.get("argv") or ()),
+            Path(rec.get("cwd") or "/"),
+            env,
+            user,
+            Path(env_file) if isinstance(env_file, str) and with_env else None,
         )
 
     # -- the old process of a handoff ----------------------------------------------------

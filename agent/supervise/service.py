@@ -46,8 +46,18 @@ def run_command(argv: Sequence[str]) -> str:
     return proc.stdout
 
 
+def _no_env_secrets(spec: LaunchSpec) -> None:
+    # a unit file or plist would write the values to disk outside the secrets directory
+    if spec.env_file is not None:
+        raise SupervisorError(
+            f"{spec.name}: secrets with as: env need the child supervisor; "
+            "use as: file with systemd or launchd"
+        )
+
+
 def systemd_unit(spec: LaunchSpec, log_file: Path) -> str:
     """The unit file for a workload (pure)."""
+    _no_env_secrets(spec)
     env = "".join(f"Environment={shlex.quote(f'{k}={v}')}\n" for k, v in sorted(spec.env.items()))
     user = f"User={spec.user}\n" if spec.user else ""  # systemd also sets its groups
     return (
@@ -70,6 +80,7 @@ def systemd_unit(spec: LaunchSpec, log_file: Path) -> str:
 
 def launchd_plist(label: str, spec: LaunchSpec, log_file: Path) -> bytes:
     """The launchd job for a workload (pure)."""
+    _no_env_secrets(spec)
     job: dict[str, object] = {"UserName": spec.user} if spec.user else {}
     return plistlib.dumps(
         {

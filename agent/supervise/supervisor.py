@@ -24,6 +24,9 @@ class LaunchSpec:
     cwd: Path
     env: Mapping[str, str] = field(default_factory=dict)  # run.env and the runtime's extras
     user: str | None = None  # run.user / workloadUser; None: the agent's own user
+    # JSON of more environment, read when the process is spawned: the ``as: env`` secrets
+    # (agent.secrets), so a process record holds this path and never their values
+    env_file: Path | None = None
 
 
 class Supervisor(Protocol):

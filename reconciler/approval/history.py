@@ -16,6 +16,7 @@ import pygit2
 
 from reconciler.approval.signatures import SignedObject, Verifier, split_tag
 from reconciler.approval.values import Change, CommitFacts, Relation, Signature, TagFacts
+from reconciler.secret_files import is_secret_file
 from reconciler.validate import is_fleet_file
 
 _CACHE_MAX = 500_000  # commit facts and tags: small values
@@ -38,9 +39,21 @@ def _remember(cache: dict[str, CommitFacts], key: str, value: CommitFacts) -> No
     cache[key] = value
 
 
+# Config files (issue 17: release ``config.files[].from``, always under config/) are
+# delivered to nodes, so any change under config/ needs approval like a release file.
+_CONFIG_DEPTH = 16
+_CONFIG_DIR = "config/"
 # Fleet files live at most two levels down (fleet.yaml, nodes/<n>.yaml,
 # releases/<agent>/<version>.yaml, models/<name>/<version>.yaml): how deep to compare.
-_FLEET_DEPTH = {b"nodes": 0, b"releases": 1, b"models": 1}
+# secrets/ (issue 17): its age files reach the nodes, so changing one needs approval too;
+# nested folders are allowed there (secrets/<agent>/<name>.age)
+_FLEET_DEPTH = {
+    b"nodes": 0,
+    b"releases": 1,
+    b"models": 1,
+    b"secrets": 8,
+    b"config": _CONFIG_DEPTH,
+}
 # Files that change how fleet files are shown or checked out (a `-diff` or
 # `linguist-generated` attribute collapses a fleet file's diff in review; a submodule
 # list): a change to them needs approval like a fleet file (docs/security.md).
@@ -121,7 +134,14 @@ def _tree_changes(
                 out.extend(_tree_changes(repo, ta, tb, path + "/", depth - 1, cache))
         # a link or submodule counts whatever its name: validation refuses it, and a
         # refused push must be seen as a change
-        watched = is_fleet_file(path) or raw_name == _NESTED_META or _odd(fa) or _odd(fb)
+        watched = (
+            is_fleet_file(path)
+            or is_secret_file(path)
+            or path.startswith(_CONFIG_DIR)
+            or raw_name == _NESTED_META
+            or _odd(fa)
+            or _odd(fb)
+        )
         if fa != fb and watched:
             out.append(Change(path, fa, fb))
     return out

@@ -99,6 +99,8 @@ class Rollout:
     soak_seconds: int = 0
     timeout_seconds: int = 0
     windows: str = "any time"  # the release's windows, then nodes whose own file decides
+    # config files and secrets (issue 17): a PR that edits only them changes this
+    target_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,16 @@ def rollouts(spec: FleetSpec, nodes: Mapping[str, NodeFacts]) -> tuple[Rollout, 
         batches = tuple(make_batches(chosen, d.rollout))
         soak, timeout = d.rollout.soak_seconds, d.rollout.timeout_seconds
         out.append(
-            Rollout(name, d.kind, d.version, batches, soak, timeout, _windows(d, chosen, nodes))
+            Rollout(
+                name,
+                d.kind,
+                d.version,
+                batches,
+                soak,
+                timeout,
+                _windows(d, chosen, nodes),
+                d.target_digest,
+            )
         )
     return tuple(out)
 

@@ -18,7 +18,9 @@ from typing import Any
 
 from reconciler import gitfiles
 from reconciler.errors import CommandError
+from reconciler.secret_files import SECRETS_DIR, is_secret_file
 from reconciler.validate import FLEET_FILE_PATTERNS, Report, Violation, validate_files
+from reconciler.validate.config_files import Entry, Reader, with_config
 from reconciler.validate.violations import merge, render_json, render_text, sort_key, summary
 
 _MARKER_DIRS = ("nodes", "releases", "models")
@@ -120,6 +122,19 @@ def _disk_mode(path: Path) -> str:
     return "100755" if st.st_mode & 0o111 else "100644"
 
 
+def disk_reader(root: Path) -> Reader:
+    """Config files on disk, as git would commit them: (mode, bytes) or None when absent."""
+
+    def read(rel: str) -> Entry | None:
+        path = root / rel
+        if not os.path.lexists(path):
+            return None
+        mode = _disk_mode(path)
+        return (mode, path.read_bytes() if mode == "100644" else b"")
+
+    return read
+
+
 def worktree_entries(root: Path) -> gitfiles.FleetEntries:
     """The fleet repo on disk, read as git would commit it: regular YAML files (fleet.yaml
     and under nodes/, releases/, models/) and the entries that are not regular files."""
@@ -155,7 +170,21 @@ def worktree_entries(root: Path) -> gitfiles.FleetEntries:
             for fn in filenames:
                 if not fn.startswith("."):
                     visit(Path(dirpath) / fn, f"{rel_dir}/{fn}")
+    files.update(_secret_files(root))
     return gitfiles.FleetEntries(files, tuple(irregular))
+
+
+def _secret_files(root: Path) -> dict[str, bytes]:
+    """The regular files of secrets/ that releases refer to (``*.age``, ``*.recipients``)."""
+    base = root / SECRETS_DIR
+    if base.is_symlink() or not base.is_dir():
+        return {}
+    out = {}
+    for path in sorted(base.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if is_secret_file(rel) and _disk_mode(path) == "100644":
+            out[rel] = path.read_bytes()
+    return out
 
 
 def _display(report: Report, root: Path, cwd: Path) -> Report:
@@ -237,7 +266,8 @@ def collect(
     reports = []
     for root, group in groups.items():
         found = worktree_entries(root)
-        report = _narrow(validate_files(found.files, irregular=found.irregular), group)
+        report = validate_files(found.files, irregular=found.irregular)
+        report = _narrow(with_config(report, disk_reader(root), found.files), group)
         reports.append(_display(report, root, cwd.resolve()))
     return merge(reports)
 
@@ -272,5 +302,7 @@ def _collect_git(
         if paths
         else _Group(everything=True)
     )
-    report = _narrow(validate_files(found.files, irregular=found.irregular), group)
+    report = validate_files(found.files, irregular=found.irregular)
+    read = gitfiles.entry_reader(git_dir, None if staged else rev, prefix)
+    report = _narrow(with_config(report, read, found.files), group)
     return _display(report, root, cwd.resolve())

@@ -22,6 +22,7 @@ class WorkloadObservation:
     phase: str
     healthy: bool
     message: str = ""
+    config_digest: str | None = None  # the config directory in use (issue 17)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class NodeReport:
             if not isinstance(w, dict) or not isinstance(w.get("name"), str):
                 continue
             version, desired, message = w.get("version"), w.get("desiredVersion"), w.get("message")
+            config = w.get("configDigest")
             name = str(w["name"])
             out[name] = WorkloadObservation(
                 name=name,
@@ -52,6 +54,7 @@ class NodeReport:
                 phase=str(w.get("phase", "")),
                 healthy=w.get("healthy") is True,
                 message=message if isinstance(message, str) else "",
+                config_digest=config if isinstance(config, str) else None,
             )
         judged = doc.get("desired")
         judged = judged if isinstance(judged, dict) else {}
@@ -76,12 +79,23 @@ def is_stale(report: NodeReport | None, now: float, ttl: float) -> bool:
     return report is None or not report.fresh(now, ttl)
 
 
-def runs(report: NodeReport | None, name: str, version: str, now: float, ttl: float) -> bool:
-    """The node's last report shows ``name`` at ``version`` running healthy, and is fresh."""
+def runs(
+    report: NodeReport | None,
+    name: str,
+    version: str,
+    now: float,
+    ttl: float,
+    config: str | None = None,
+) -> bool:
+    """The node's last report shows ``name`` at ``version`` running healthy, and is fresh;
+    with ``config`` (a release's config digest), running with that config: the target of
+    a rollout is (version, config digest), so a config-only change is rolled out too."""
     if report is None or not report.fresh(now, ttl):
         return False
     w = report.workloads.get(name)
-    return w is not None and w.version == version and w.healthy and w.phase == "Healthy"
+    if w is None or w.version != version or not w.healthy or w.phase != "Healthy":
+        return False
+    return config is None or w.config_digest == config
 
 
 def failed(report: NodeReport | None, name: str, version: str) -> WorkloadObservation | None:

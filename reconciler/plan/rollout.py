@@ -91,7 +91,8 @@ class Plan:
 
 
 def _label(d: Deployable | RolloutState) -> str:
-    return f"{d.name} {d.version}"
+    digest = d.config_digest if isinstance(d, RolloutState) else d.target_digest
+    return f"{d.name} {d.version}" + (f" (config {digest})" if digest else "")
 
 
 def _start(
@@ -133,6 +134,7 @@ def _start(
         spread_seconds=d.rollout.spread_seconds,
         previous={n: current.get(n) for n in targeted},
         history=history,
+        config_digest=d.target_digest,
     )
     events.append(
         PlanEvent(
@@ -394,7 +396,8 @@ def _judge_node(
     if bad is not None:
         why = f": {bad.message}" if bad.message else ""
         return _Verdict(p, halt=Halt(n, f"node {n} reported Failed for {_label(d)}{why}", now))
-    if since_given and report is not None and runs(report, d.name, d.version, now, ttl):
+    config = d.target_digest  # config files and secrets' ciphertext (issue 17)
+    if since_given and report is not None and runs(report, d.name, d.version, now, ttl, config):
         since = p.healthy_since if p.healthy_since is not None else report.received_at
         p = replace(p, healthy_since=since)
         soak_end = since + d.rollout.soak_seconds

@@ -6,13 +6,15 @@ module only answers "if the rollout were complete, what would each node run".
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from reconciler.plan.admission import claims_of, scope_covers_claims
-from reconciler.spec import JSON, Deployable, FleetSpec, NodeSpec, NodeTraits, Targets
+from reconciler.spec import JSON, ConfigSpec, Deployable, FleetSpec, NodeSpec, NodeTraits, Targets
 
 _SEMVER = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$"
@@ -41,6 +43,7 @@ class NodeFacts(NodeTraits):
             labels=dict(node.labels),
             windows=node.windows,
             hold=node.hold,
+            age_recipient=node.age_recipient,
             declared=True,
         )
 
@@ -215,6 +218,8 @@ def workload_document(d: Deployable, node: NodeFacts) -> dict[str, JSON] | None:
         doc["health"] = resolve(dict(d.health), node)
     if d.version_probe:
         doc["versionProbe"] = resolve(list(d.version_probe), node)
+    if d.secrets:  # ciphertext only: the node decrypts (issue 17)
+        doc["secrets"] = [s.to_json() for s in d.secrets]
     if d.kind == "model":
         args = resolve(dict(d.args), node)
         assert isinstance(args, dict)
@@ -222,7 +227,37 @@ def workload_document(d: Deployable, node: NodeFacts) -> dict[str, JSON] | None:
         if isinstance(port, str) and port.isdigit():
             args["port"] = int(port)
         doc["model"] = {"runtime": d.runtime, "args": args}
+    if d.config is not None:
+        doc["config"] = config_document(d.config, node)
+    if d.data is not None:
+        data: dict[str, JSON] = {"snapshot": d.data.snapshot}
+        if d.data.max_bytes is not None:
+            data["maxBytes"] = d.data.max_bytes
+        doc["data"] = data
     return doc
+
+
+def config_document(config: ConfigSpec, node: NodeFacts) -> dict[str, JSON]:
+    """The ``config`` entry of a workload document: each file's bytes (placeholders filled
+    in for ``node`` when it is a template) as base64 with their SHA-256."""
+    files: list[JSON] = []
+    for f in config.files:
+        data = f.data
+        if f.template and b"${" in data:
+            data = _fill(data.decode("utf-8"), node).encode("utf-8")
+        files.append({"path": f.to, "sha256": _sha256(data), "content": _base64(data)})
+    return {"digest": config.digest, "onChange": config.on_change, "files": files}
+
+
+# The same file goes into the document of every node it targets, on every plan.
+@lru_cache(maxsize=256)
+def _base64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+@lru_cache(maxsize=256)
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def desired_workloads(

@@ -100,6 +100,8 @@ class RolloutState:
     history: tuple[PastRollout, ...] = ()
     wait: Wait | None = None
     held: tuple[str, ...] = ()  # targeted nodes on hold (``hold:`` in their node file)
+    # the release's config digest (issue 17): status shows the same version with a new one
+    config_digest: str | None = None
 
     def started_nodes(self) -> list[str]:
         """Nodes of every batch that has started, in batch order."""
@@ -130,6 +132,20 @@ def fingerprint(d: Deployable) -> str:
     for key, unset in _CONTROL_DEFAULTS.items():
         if rollout.get(key) == unset:
             del rollout[key]
+    # Issue 17's blocks: absent ones are left out (old fingerprints stay); a config file
+    # counts by its digest, not its bytes (they can be 1 MiB and this runs every pass).
+    for key in ("config", "data"):
+        if doc.get(key) is None:
+            doc.pop(key, None)
+    if "config" in doc:
+        for f in doc["config"]["files"]:
+            del f["data"]
+    # secrets: none, the digest they had before; a re-encrypted one is a new rollout
+    if not doc.get("secrets"):
+        doc.pop("secrets", None)
+    else:
+        for sec in doc["secrets"]:
+            sec["ciphertext"] = hashlib.sha256(sec["ciphertext"].encode()).hexdigest()
     text = canonical_json(doc, default=dict)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -217,6 +233,8 @@ def state_to_json(s: RolloutState) -> dict[str, JSON]:
         out["held"] = list(s.held)
     if s.spread_seconds:
         out["spreadSeconds"] = s.spread_seconds
+    if s.config_digest is not None:
+        out["configDigest"] = s.config_digest
     return out
 
 
@@ -290,4 +308,5 @@ def state_from_json(doc: Mapping[str, JSON]) -> RolloutState | None:
         history=history,
         wait=wait,
         held=tuple(_str(n) for n in _list(doc.get("held"))),
+        config_digest=_opt_str(doc.get("configDigest")),
     )

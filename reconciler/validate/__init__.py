@@ -34,7 +34,7 @@ from reconciler.spec import (
     parse_fleet,
     parse_node,
 )
-from reconciler.validate import control_rules, model_rules, rules
+from reconciler.validate import control_rules, model_rules, rules, secret_rules
 from reconciler.validate.entries import entry_violations
 from reconciler.validate.loader import LoadedFile, load_file
 from reconciler.validate.rules import FileRule, Rule, RuleContext, Scope
@@ -62,7 +62,12 @@ FLEET_FILE_PATTERNS = ("fleet.yaml", "nodes/*.yaml", "releases/*/*.yaml", "model
 _FLEET_FILE = re.compile(r"^(fleet\.yaml|nodes/[^/]+\.yaml|(releases|models)/[^/]+/[^/]+\.yaml)$")
 _FLEET_DIRS = ("nodes/", "releases/", "models/")
 
-ALL_RULES: tuple[Rule, ...] = (*rules.RULES, *model_rules.RULES, *control_rules.RULES)
+ALL_RULES: tuple[Rule, ...] = (
+    *rules.RULES,
+    *model_rules.RULES,
+    *control_rules.RULES,
+    *secret_rules.RULES,
+)
 # Rules of ALL_RULES that judge one file given only the Scope: memoised per file.
 PER_FILE_RULES: Mapping[Rule, FileRule] = MappingProxyType(
     {**rules.PER_FILE, **model_rules.PER_FILE, **control_rules.PER_FILE}
@@ -161,7 +166,8 @@ def _validate(
         if loaded is not None and not any(v.severity == "error" for v in found):
             passed[path] = loaded
     ctx = RuleContext.build(passed, checked)
-    for rule in (*ALL_RULES, *extra_rules):
+    # secrets/ files are not fleet files but releases refer to them (issue 17)
+    for rule in (*ALL_RULES, secret_rules.secret_files(files), *extra_rules):
         violations.extend(rule(ctx))
     documents: dict[str, dict[str, Any]] = {p: f.value for p, f in passed.items()}
     return Report(

@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
+from fleetkeeper_common.digests import secrets_digest, target_digest
 from reconciler.plan.admission import claims_of, scope_covers_claims
 from reconciler.plan.observations import NodeReport
 from reconciler.plan.rollout import workload_entry
@@ -59,6 +60,11 @@ def _node_row(
             "running": seen.version if seen is not None else None,
             "phase": seen.phase if seen is not None else "Pending",
         }
+        config = entry.get("config") if entry is not None else None
+        sealed = entry.get("secrets") if entry is not None else None
+        if isinstance(config, dict) or sealed or (seen is not None and seen.config_digest):
+            row["desiredConfig"] = _desired_digest(config, sealed)
+            row["configDigest"] = seen.config_digest if seen is not None else None
         if seen is not None:
             row["healthy"] = seen.healthy
             if seen.message:
@@ -179,6 +185,7 @@ def release_row(
         "agent": s.name,
         "kind": s.kind,
         "version": s.version,
+        "configDigest": s.config_digest,
         "phase": s.phase,
         "batch": _batch_label(s),
         "reason": _reason(s, reports, now, ttl) or None,
@@ -281,3 +288,15 @@ def fleet_status(
         "nodes": node_rows,
         "releases": releases,
     }
+
+
+def _desired_digest(config: JSON | None, sealed: JSON | None) -> str | None:
+    """What the node should report as configDigest: the config digest, folded with the
+    secrets' ciphertext digest when there are secrets (fleetkeeper_common.digests)."""
+    digest = config.get("digest") if isinstance(config, dict) else None
+    entries = [
+        (str(s.get("name")), str(s.get("as")), str(s.get("from")), str(s.get("age")))
+        for s in (sealed if isinstance(sealed, list) else [])
+        if isinstance(s, dict)
+    ]
+    return target_digest(digest if isinstance(digest, str) else None, secrets_digest(entries))

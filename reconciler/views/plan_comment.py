@@ -124,12 +124,18 @@ def render_markdown(
                 or "no node targeted"
             )
             lines.append(
-                f"| {cell(ro.name)} ({ro.kind}) | {cell(ro.version)} | {batches} "
+                f"| {cell(ro.name)} ({ro.kind}) | {cell(_version(ro.version, ro.target_digest))} "
+                f"| {batches} "
                 f"| {ro.soak_seconds}s / {ro.timeout_seconds}s | {ro.windows} |"
             )
         lines.append("")
     lines += _nodes(view, running, server)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _version(version: str, digest: str | None) -> str:
+    """The version, and the config digest a config-only change shows up by (issue 17)."""
+    return f"{version} +config {digest[:8]}" if digest else version
 
 
 def _nodes(

@@ -237,7 +237,9 @@ def release_rows(status: Mapping[str, Any], now: float) -> list[ReleaseRow]:
             ReleaseRow(
                 agent=_s(r.get("agent")),
                 kind=_s(r.get("kind"), "process"),
-                version=_s(r.get("version")),
+                # a config-only rollout is the same version with a new config digest
+                version=_s(r.get("version"))
+                + (f" +config {r['configDigest'][:8]}" if r.get("configDigest") else ""),
                 approval=approval_short(
                     r.get("approval", None if phase in FAILED_PHASES - {"Halted"} else top_approval)
                 ),

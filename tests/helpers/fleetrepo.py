@@ -31,13 +31,22 @@ class FleetRepo:
             repo.change(files, "initial fleet")
         return repo
 
-    def write(self, files: Mapping[str, Doc]) -> None:
+    def write(self, files: Mapping[str, Doc | str | bytes]) -> None:
+        """A dict is written as YAML; ``str``/``bytes`` as they are (an age file, a
+        recipients list, a config file, broken YAML)."""
         for rel, doc in files.items():
             p = self.path / rel
             p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(yaml.safe_dump(doc, sort_keys=False))
+            if isinstance(doc, bytes):
+                p.write_bytes(doc)
+            elif isinstance(doc, str):
+                p.write_text(doc)
+            else:
+                p.write_text(yaml.safe_dump(doc, sort_keys=False))
 
-    def change(self, files: Mapping[str, Doc], message: str, *, remove: Sequence[str] = ()) -> str:
+    def change(
+        self, files: Mapping[str, Doc | str | bytes], message: str, *, remove: Sequence[str] = ()
+    ) -> str:
         """Commit ``files`` (and delete ``remove``) on a topic branch, merge it; the merge sha."""
         self._n += 1
         topic = f"change-{self._n}"
@@ -59,7 +68,7 @@ class FleetRepo:
         )
         return head(self.path)
 
-    def direct_commit(self, files: Mapping[str, Doc], message: str) -> str:
+    def direct_commit(self, files: Mapping[str, Doc | str | bytes], message: str) -> str:
         """A single-parent commit on main (not approved under merged-pr without a signature)."""
         self.write(files)
         return commit_all(self.path, message)

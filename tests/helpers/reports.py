@@ -22,6 +22,7 @@ def workload_report(
     healthy: bool | None = None,
     desired: str | None = None,
     message: str = "",
+    config: str | None = None,
 ) -> Doc:
     w: Doc = {
         "name": name,
@@ -32,6 +33,8 @@ def workload_report(
     }
     if message:
         w["message"] = message
+    if config is not None:
+        w["configDigest"] = config
     return w
 
 
@@ -48,9 +51,18 @@ def converged_report(desired: Mapping[str, Any]) -> Doc:
     """What an agent that converged to ``desired`` (a desired-state document) reports."""
     return report_doc(
         str(desired["node"]),
-        [workload_report(str(w["name"]), str(w["version"])) for w in desired.get("workloads", [])],
+        [
+            workload_report(str(w["name"]), str(w["version"]), config=_config_of(w))
+            for w in desired.get("workloads", [])
+        ],
         int(desired.get("generation", 0)),
     )
+
+
+def _config_of(workload: Mapping[str, Any]) -> str | None:
+    """The config digest an agent that applied ``workload`` reports (issue 17)."""
+    config = workload.get("config")
+    return str(config["digest"]) if isinstance(config, Mapping) else None
 
 
 def failed_report(desired: Mapping[str, Any], name: str, running: str | None, why: str) -> Doc:
@@ -104,5 +116,5 @@ def simulated_workloads(
         if mode == f"unhealthy:{name}":
             ws.append(workload_report(name, version, phase="Unhealthy"))
         else:
-            ws.append(workload_report(name, version))
+            ws.append(workload_report(name, version, config=_config_of(w)))
     return ws

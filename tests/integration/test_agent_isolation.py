@@ -36,7 +36,14 @@ exec sleep 600
 """
 BOOTSTRAP = "bootstrap-secret-0123456789abcdef"
 NODE_TOKEN = "node-secret-fedcba9876543210"
-BASE_KEYS = {"PATH", "HOME", "LANG", "FLEETKEEPER_WORKLOAD"}
+BASE_KEYS = {
+    "PATH",
+    "HOME",
+    "LANG",
+    "FLEETKEEPER_WORKLOAD",
+    "FLEETKEEPER_CONFIG_DIR",
+    "FLEETKEEPER_DATA_DIR",
+}
 
 
 def snoop_artifact(dest: Path, version: str) -> Artifact:

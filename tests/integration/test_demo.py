@@ -40,6 +40,9 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
         "a release no one approved (6.6.6, /bin/sh)",
         "refused: signed by untrusted key SHA256:",
         "FORGED-MARKER was never created",
+        "fleetkeeper secret encrypt secret-reader/api-key --for-release secret-reader",
+        "workload read API_KEY (env) and $FLEETKEEPER_SECRETS_DIR/api-key (file): both sha256",
+        "checked: the key is in no reconciler file (its SQLite database included)",
         "checked: no token or webhook secret appears in any reconciler or agent log",
         "Final status (fleetkeeper status)",
         "fleetkeeper status exit code 0",
@@ -55,7 +58,7 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
     for bad in ("Halted", "Progressing", "Stale", "Unhealthy"):
         assert bad not in final_table, final_table
     assert final_table.count("inference-agent 0.8.7") == 3  # every node runs it
-    assert "tag deploy/0.8.7 by dana@fleet.demo" in final_table
+    assert "tag deploy/secret-reader-1.0.0 by dana@fleet.demo" in final_table
     # everything it started is gone, and so is its temp folder
     leftovers = [p for p in tmp_path.iterdir() if p.name.startswith("fleetkeeper-demo-")]
     assert leftovers == []

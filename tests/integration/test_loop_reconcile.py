@@ -80,6 +80,64 @@ def test_second_pass_writes_nothing(rig: LoopRig) -> None:
         assert rig.generations() == gens
 
 
+def test_config_only_change_is_a_new_rollout_and_a_second_pass_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    """Issue 17: a merged PR that edits only a config file starts a new rollout of the same
+    version, batch by batch, and the loop stays idempotent with config in the documents."""
+    doc = release_doc("app", V1, batch_size=2, soak=300)
+    doc["config"] = {"files": [{"from": "config/app/soul.md", "to": "soul.md", "template": True}]}
+    files = {**fleet_files(nodes_named(*FIVE), [doc]), "config/app/soul.md": "I am ${node.name}\n"}
+    rig = LoopRig.create(tmp_path, files)
+    try:
+        t0 = rig.clock.t
+        rig.once()
+        for t in range(1, 12):  # 3 batches, each given, reported, soaked
+            rig.clock.t = t0 + 160 * t
+            rig.converge(*FIVE)
+            rig.once()
+        assert rig.phase("app") == "Succeeded"
+        t0 = rig.clock.t
+
+        def digests() -> dict[str, str | None]:
+            out = {}
+            for d in rig.store.all_desired():
+                (w,) = d.document["workloads"]
+                out[d.node] = w["config"]["digest"]
+            return out
+
+        (old,) = set(digests().values())
+        rig.repo.change({"config/app/soul.md": "I am ${node.name}, v2\n"}, "soul v2")
+        rig.clock.t = t0 + 100
+        rig.once()
+        new = digests()
+        assert rig.versions("app") == dict.fromkeys(FIVE, V1)
+        assert [n for n in FIVE if new[n] != old] == ["n1", "n2"]  # the first batch only
+        row = rig.state("app")
+        assert row.version == V1 and row.config_digest == new["n1"] != old
+        # n1 and n2 report the same version with the old config, for longer than the soak:
+        # they have not converged (on version alone they would have), so n3 waits
+        for t in (500, 900):
+            rig.clock.t = t0 + t
+            rig.converge("n3", "n4", "n5")
+            for n in ("n1", "n2"):
+                w = {"name": "app", "version": V1, "phase": "Healthy", "healthy": True}
+                rig.put_report(report_doc(n, [{**w, "configDigest": old}]))
+            rig.once()
+        assert [n for n in FIVE if digests()[n] != old] == ["n1", "n2"]
+        before, gens = rig.snapshot(), rig.generations()
+        again = rig.once()
+        assert again.writes == 0 and rig.snapshot() == before and rig.generations() == gens
+        # once they report it in use and soak, the next batch gets it
+        for t in (1000, 1400):
+            rig.clock.t = t0 + t
+            rig.converge(*FIVE)
+            rig.once()
+        assert [n for n in FIVE if digests()[n] != old] == ["n1", "n2", "n3", "n4"]
+    finally:
+        rig.close()
+
+
 def test_failed_node_halts_and_names_it(rig: LoopRig) -> None:
     t0 = rig.clock.t
     rig.once()

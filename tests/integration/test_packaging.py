@@ -91,7 +91,7 @@ def test_client_paths_run_without_server_extra(lean: LeanInstall, tmp_path: Path
     fleet = fleet_repo_from_example(tmp_path / "fleet")
     plan = _run(lean, "fleetkeeper", "plan", "--preview", "HEAD", "--format", "markdown", cwd=fleet)
     assert plan.returncode == 0, plan.stderr
-    assert "| coding-agent (process) | 1.3.0 |" in plan.stdout
+    assert "| coding-agent (process) | 1.3.0 +config " in plan.stdout
     exported = _run(lean, "fleetkeeper", "schema", "export", str(tmp_path / "schemas"))
     assert exported.returncode == 0, exported.stderr
     artifact = tmp_path / "a.tar.gz"

@@ -99,6 +99,10 @@ def test_genuine_chain_leaves_one_signature_to_check() -> None:
         (document(build(FILE), version="1.0.1"), "no releases/hello/1.0.1.yaml"),
         (document(build(FILE), artifact={"url": "https://evil"}), "artifact.platform"),
         (
+            document(build(FILE), secrets=[{"name": "k", "as": "env", "ciphertext": "x"}]),
+            "carries secrets, which a node with approvers cannot check",
+        ),
+        (
             document({"objects": [{"type": "blob", "data": "%%"}], "workloads": {}}),
             "evidence.objects[0].data is not base64",
         ),

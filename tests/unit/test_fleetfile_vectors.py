@@ -27,6 +27,7 @@ RELEASE = release_doc(
 RELEASE["health"] = {"http": "http://127.0.0.1:${node.labels.port}/healthz", "timeoutSeconds": 9}
 RELEASE["versionProbe"] = ["bin/ia", "--version"]
 RELEASE["artifacts"][0]["unpackedSize"] = 4096
+RELEASE["data"] = {"snapshot": True, "maxBytes": 1 << 20}
 FILES = {
     "releases/inference-agent/0.8.4.yaml": RELEASE,
     "models/qwen/1.0.0.yaml": model_doc("qwen", "1.0.0"),

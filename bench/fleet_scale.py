@@ -420,6 +420,7 @@ async def release_phase(server: Server, version: str) -> str | None:
 class Result:
     agents: int
     registration_rate: float = 0.0
+    registration_cpu_ms: float = 0.0  # server CPU per registration
     p50: float = 0.0
     p99: float = 0.0
     cpu_per_s: float = 0.0
@@ -455,10 +456,17 @@ async def run_size(n: int, args: argparse.Namespace, tmp: Path) -> Result:
     agents: list[Agent] = []
     try:
         nodes = [f"node-{i:05d}" for i in range(n)]
-        t0 = time.monotonic()
+        pids = [s.proc.pid for s in servers]
+        t0, cpu0 = time.monotonic(), cpu_seconds(pids)
         tokens = await register_all(servers, nodes, stats)
         res.registration_rate = len(tokens) / (time.monotonic() - t0)
-        print(f"  {n}: registered {len(tokens)} in {time.monotonic() - t0:.1f}s", flush=True)
+        # the server's CPU per registration: what the rate would be on a core of its own
+        res.registration_cpu_ms = (cpu_seconds(pids) - cpu0) * 1000 / max(1, len(tokens))
+        print(
+            f"  {n}: registered {len(tokens)} in {time.monotonic() - t0:.1f}s "
+            f"({res.registration_cpu_ms:.2f} ms server CPU each)",
+            flush=True,
+        )
         gate = asyncio.Semaphore(CONNECT_LIMIT)
         for i, node in enumerate(nodes):
             if node in tokens:
@@ -480,7 +488,6 @@ async def run_size(n: int, args: argparse.Namespace, tmp: Path) -> Result:
 
         # steady state: after one heartbeat interval every agent has reported once
         await asyncio.sleep(HEARTBEAT + 2)
-        pids = [s.proc.pid for s in servers]
         drops0 = listen_overflows()
         cpu0, gen0, w0 = cpu_seconds(pids), time.process_time(), time.monotonic()
         await asyncio.sleep(args.steady)
@@ -650,18 +657,26 @@ def fmt(v: float | None, unit: str = "s") -> str:
 
 def table(results: Sequence[Result]) -> str:
     rows = [
-        "| agents | registration | heartbeat p50 / p99 | server CPU s/s | CPU per heartbeat "
-        "| RSS | first rollout, 10 batches, soak 0 | merge -> all hold new doc | errors "
-        "| load avg |",
+        "| agents | registration (CPU each) | heartbeat p50 / p99 | server CPU s/s "
+        "| CPU per heartbeat | RSS | first rollout, 10 batches, soak 0 "
+        "| merge -> all hold new doc | errors | load avg |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         errors = ", ".join(f"{k}: {v}" for k, v in sorted(r.errors.items())) or "0"
         rows.append(
-            f"| {r.agents:,} | {r.registration_rate:,.0f} nodes/s "
+            f"| {r.agents:,} | {r.registration_rate:,.0f} nodes/s ({r.registration_cpu_ms:.2f} ms) "
             f"| {r.p50:.1f} ms / {r.p99:.1f} ms "
             f"| {r.cpu_per_s:.2f} | {r.cpu_ms_per_heartbeat:.2f} ms | {r.rss_mib:.0f} MiB "
             f"| {fmt(r.first_rollout)} | {fmt(r.fanout)} | {errors} | {r.load_average:.1f} |"
+        )
+    small, large = min(results, key=lambda r: r.agents), max(results, key=lambda r: r.agents)
+    if large.agents > small.agents and small.cpu_ms_per_heartbeat > 0:
+        ratio = large.cpu_ms_per_heartbeat / small.cpu_ms_per_heartbeat
+        rows.append(
+            f"\nCPU per heartbeat {small.agents:,} -> {large.agents:,} agents: "
+            f"{small.cpu_ms_per_heartbeat:.2f} -> {large.cpu_ms_per_heartbeat:.2f} ms, "
+            f"ratio {ratio:.2f} (target: within 2x)"
         )
     return "\n".join(rows)
 

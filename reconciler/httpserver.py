@@ -1,16 +1,22 @@
-"""The HTTP server's limits: uvicorn's own, plus the header-read timeout it lacks.
+"""The HTTP server's limits: uvicorn's own, plus the deadlines and header cap it lacks.
 
-uvicorn bounds an idle kept-alive connection (``timeout_keep_alive``), the size of a
-request's headers (``h11_max_incomplete_event_size``) and the number of connections it
-serves before answering 503 (``limit_concurrency``), but nothing bounds how long a client
-may take to send its headers: its keep-alive timer only runs between requests, and the
-first byte of a request cancels it. A slowloris client that connects and sends a header
-byte every few seconds would hold a connection (and a file descriptor) forever, and
-enough of them push every agent into 503s. ``HeaderTimeoutH11`` closes a connection whose
-request headers are not complete ``header_timeout`` seconds after it connected (or after
-the first byte of its next request), or whose body is not complete ``body_timeout``
-seconds after its headers (the slow-POST variant). A request that has fully arrived is
-not affected, so 30 s long-polls keep working.
+uvicorn bounds an idle kept-alive connection (``timeout_keep_alive``) and the number of
+connections it serves before answering 503 (``limit_concurrency``), but nothing bounds
+how long a client may take to send its headers: its keep-alive timer only runs between
+requests, and the first byte of a request cancels it. A slowloris client that connects
+and sends a header byte every few seconds would hold a connection (and a file
+descriptor) forever, and enough of them push every agent into 503s.
+``DeadlineHttpTools`` closes a connection whose request headers are not complete
+``header_timeout`` seconds after it connected (or after the first byte of its next
+request), or whose body is not complete ``body_timeout`` seconds after its headers (the
+slow-POST variant). A request that has fully arrived is not affected, so 30 s
+long-polls keep working.
+
+It is uvicorn's httptools protocol (the C parser, llhttp), not its pure-Python h11 one:
+at 8,000 agents h11's parsing and response framing were most of the request time and
+pushed heartbeat p99 past half a second. httptools has no cap on the size of a request's
+headers (h11 had ``h11_max_incomplete_event_size``), so the protocol counts them itself:
+a request line plus headers over ``max_header_bytes`` answers 400 and closes.
 """
 
 from __future__ import annotations
@@ -18,11 +24,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-from typing import Any
+from typing import Any, Literal
 
-import h11
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from reconciler.config import Config
 
@@ -30,56 +35,120 @@ log = logging.getLogger(__name__)
 
 FD_MARGIN = 256  # files the process needs besides its connections (database, git, logs)
 
+Phase = Literal["head", "body", "in"]  # receiving headers, receiving the body, all in
 
-class HeaderTimeoutH11(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for each request's headers and its body."""
+
+class HeadersTooLarge(Exception):
+    """Raised from the parser's callback: httptools turns it into a parser error, which
+    uvicorn answers with 400 and a closed connection."""
+
+
+class DeadlineHttpTools(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline for each request's headers and its
+    body, and a cap on the size of its headers."""
 
     header_timeout: float = 10.0  # set per server by ``protocol_with``
     body_timeout: float = 30.0
+    max_header_bytes: int = 16384
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._phase: Phase = "head"  # a new connection owes its first request's headers
+        self._head_bytes = 0  # request line and headers of this request, as parsed
+        self._head_raw = 0  # bytes received while this request's headers were incomplete
         self._timer: asyncio.TimerHandle | None = None
-        self._waiting_for: object = None  # the h11 state the timer runs for
+        self._timed: Phase | None = None  # the phase the timer runs for
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)  # type: ignore[arg-type]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
         self._watch()
 
     def data_received(self, data: bytes) -> None:
+        head = self._phase == "head"
         super().data_received(data)
+        if head and self._phase == "head" and not self.transport.is_closing():
+            # all of it was request line and headers still incomplete: the parser holds
+            # partial lines, so bound them here too (not only per complete header)
+            self._head_raw += len(data)
+            if self._head_raw > self.max_header_bytes:
+                self._too_large()
+                return
         self._watch()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel()
         super().connection_lost(exc)
 
+    # parser callbacks (httptools calls them from feed_data)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._phase, self._head_bytes, self._head_raw = "head", 0, 0
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._phase = "body"
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._phase = "in"
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        done = self.cycle
+        super().on_response_complete()
+        if self.cycle is done:
+            # nothing newer arrived: drop the answered request (its scope, headers, body
+            # and event) rather than keep it until the next one; 8,000 agents' report
+            # connections sit idle between heartbeats, each holding one
+            self.cycle = None  # type: ignore[assignment]
+            self.scope = None  # type: ignore[assignment]
+            self.headers = None  # type: ignore[assignment]
+
+    def _count(self, n: int) -> None:
+        self._head_bytes += n
+        if self._head_bytes > self.max_header_bytes:
+            raise HeadersTooLarge(f"request headers over {self.max_header_bytes} bytes")
+
+    def _too_large(self) -> None:
+        self._cancel()
+        self.send_400_response(f"Request headers over {self.max_header_bytes} bytes.")
+
+    # the deadlines
+
     def _watch(self) -> None:
-        """Run the deadline of the request part still being received: headers (IDLE: a
-        request may have begun), the body (SEND_BODY), or none (the request is in)."""
-        state = self.conn.their_state
-        if self.transport.is_closing() or state not in (h11.IDLE, h11.SEND_BODY):
+        """Run the deadline of the request part still being received: headers (a request
+        may have begun), the body, or none (the request is in)."""
+        phase = self._phase
+        if self.transport.is_closing() or phase == "in":
             self._cancel()
             return
-        if self._timer is not None and self._waiting_for is state:
+        if self._timer is not None and self._timed == phase:
             return
         self._cancel()
-        seconds = self.header_timeout if state is h11.IDLE else self.body_timeout
-        self._waiting_for = state
-        self._timer = self.loop.call_later(seconds, self._expired, state, seconds)
+        seconds = self.header_timeout if phase == "head" else self.body_timeout
+        self._timed = phase
+        self._timer = self.loop.call_later(seconds, self._expired, phase, seconds)
 
     def _cancel(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-            self._waiting_for = None
+            self._timed = None
 
-    def _expired(self, state: object, seconds: float) -> None:
+    def _expired(self, phase: Phase, seconds: float) -> None:
         self._timer = None
-        self._waiting_for = None
-        if self.conn.their_state is state and not self.transport.is_closing():
+        self._timed = None
+        if self._phase == phase and not self.transport.is_closing():
             peer = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
-            part = "request headers" if state is h11.IDLE else "request body"
+            part = "request headers" if phase == "head" else "request body"
             # debug, not info: under a flood of such clients the log must not grow with it
             log.debug(
                 "closing the connection of %s: no complete %s within %gs", peer, part, seconds
@@ -87,17 +156,23 @@ class HeaderTimeoutH11(H11Protocol):
             self.transport.close()
 
 
-def protocol_with(header_timeout: float, body_timeout: float) -> type[HeaderTimeoutH11]:
-    """A ``HeaderTimeoutH11`` class bound to the timeouts (uvicorn builds the instances)."""
-    limits = {"header_timeout": header_timeout, "body_timeout": body_timeout}
-    return type("HeaderTimeoutH11", (HeaderTimeoutH11,), limits)
+def protocol_with(
+    header_timeout: float, body_timeout: float, max_header_bytes: int
+) -> type[DeadlineHttpTools]:
+    """A ``DeadlineHttpTools`` class bound to the limits (uvicorn builds the instances)."""
+    limits = {
+        "header_timeout": header_timeout,
+        "body_timeout": body_timeout,
+        "max_header_bytes": max_header_bytes,
+    }
+    return type("DeadlineHttpTools", (DeadlineHttpTools,), limits)
 
 
 def server_config(app: Any, config: Config, *, graceful_shutdown: int) -> uvicorn.Config:
     """uvicorn's settings for ``fleetkeeper serve``, limits from the reconciler config."""
     return uvicorn.Config(
         app,
-        http=protocol_with(config.header_timeout, config.body_timeout),
+        http=protocol_with(config.header_timeout, config.body_timeout, config.max_header_bytes),
         log_config=None,
         access_log=False,
         lifespan="on",
@@ -105,7 +180,6 @@ def server_config(app: Any, config: Config, *, graceful_shutdown: int) -> uvicor
         timeout_graceful_shutdown=graceful_shutdown,
         timeout_keep_alive=config.keep_alive,
         limit_concurrency=config.max_connections,
-        h11_max_incomplete_event_size=config.max_header_bytes,
         server_header=False,
     )
 

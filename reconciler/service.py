@@ -105,8 +105,20 @@ class _MeteredReconciler(Reconciler):
             return super().reconcile_once()
 
 
-async def _collect_periodically(stop: asyncio.Event) -> None:
-    """The full garbage collection every ``FULL_GC_SECONDS`` (see ``run``)."""
+async def _collect_periodically(stop: asyncio.Event, ready: Callable[[], bool]) -> None:
+    """The full garbage collection every ``FULL_GC_SECONDS`` (see ``run``).
+
+    Once the first pass is done, what start-up built (modules, the store's documents and
+    tokens loaded into memory, the applied spec) is frozen (``gc.freeze``): it lives as
+    long as the process, and the collector then never walks it again. Frozen objects are
+    still freed by reference counting when dropped; only cyclic garbage among them stays
+    until exit, and start-up data is plain documents and records, not cycles."""
+    while not ready() and not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
+    if not stop.is_set():
+        gc.collect()
+        gc.freeze()
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), FULL_GC_SECONDS)
@@ -199,7 +211,7 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
         parts: dict[str, Coroutine[Any, Any, None]] = {
             "http": server.serve(sockets=[sock]),
             "last-seen": ctx.reports.run(stop),
-            "full-gc": _collect_periodically(stop),
+            "full-gc": _collect_periodically(stop, ctx.ready),
             "notify": notifier.run(stop),
         }
         if replica is not None:  # the loop and the watcher run only while it leads

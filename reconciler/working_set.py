@@ -6,7 +6,8 @@ store on every pass made the cost of a heartbeat grow with the fleet. ``WorkingS
 keeps them from one pass to the next, together with the planner's ``Memo``, so that a
 pass re-plans only what the new reports touched (``reconciler.plan.incremental``):
 
-- node facts are re-read when a node registered (``nodes_changed``);
+- node facts: a registration patches in the node's new record, a reset re-reads them
+  (``nodes_changed``);
 - rollout states and desired documents are the ones the last pass wrote;
 - a full pass (everything re-read from the store, every rollout stepped) runs on the
   first pass, on the jittered resync, when the applied revision or the inventory
@@ -20,6 +21,7 @@ is a full pass over the store, as before.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping, Sequence
 
 from reconciler.plan.incremental import Memo, Replan, replan
@@ -27,7 +29,7 @@ from reconciler.plan.observations import NodeReport
 from reconciler.plan.select import NodeFacts, inventory
 from reconciler.reportbook import ReportBook
 from reconciler.spec import JSON, FleetSpec
-from reconciler.store.base import AppliedRevision, DesiredRecord, Store
+from reconciler.store.base import AppliedRevision, DesiredRecord, NodeRecord, Store
 
 
 class WorkingSet:
@@ -40,9 +42,11 @@ class WorkingSet:
         self._store = store
         self._reports = reports
         self._ttl = ttl
-        self._nodes: list[NodeFacts] | None = None
-        self._nodes_seen = 0  # the registration count self._nodes was read at
+        self._nodes: dict[str, NodeFacts] | None = None  # by name, in name order
+        self._nodes_seen = 0  # the re-read count self._nodes was read at
         self._registrations = 0  # bumped from the event loop; read by the pass's thread
+        self._joined: dict[str, NodeRecord] = {}  # registered since the last pass
+        self._joined_lock = threading.Lock()  # nodes_changed (loop) vs plan (thread)
         self._rollouts: dict[str, Mapping[str, JSON]] | None = None
         self._desired: dict[str, Mapping[str, JSON]] | None = None
         self._memo: Memo | None = None
@@ -52,12 +56,19 @@ class WorkingSet:
         self.full_passes = 0
         self.incremental_passes = 0
 
-    def nodes_changed(self) -> None:
-        """A node registered (or re-registered with new facts): re-read the inventory.
+    def nodes_changed(self, record: NodeRecord | None = None) -> None:
+        """A node registered (``record``, as stored: the next pass patches it in) or left
+        (a reset, None: the next pass re-reads every node from the store).
 
-        A counter rather than clearing ``_nodes``: a registration that lands while a pass
-        is reading the nodes is still seen by the next pass."""
-        self._registrations += 1
+        Patching rather than re-reading: a flood of registrations (a fleet enrolling at
+        1,000 nodes/s) would otherwise make every pass read and decode every node. A
+        counter rather than clearing ``_nodes``: a change that lands while a pass is
+        reading the nodes is still seen by the next pass."""
+        if record is None:
+            self._registrations += 1
+            return
+        with self._joined_lock:
+            self._joined[record.name] = record
 
     def invalidate(self) -> None:
         """Forget everything: the next pass re-reads the store and steps every rollout."""
@@ -81,16 +92,23 @@ class WorkingSet:
         news = book.take_news() if book is not None else frozenset()
         basis = (applied.sha, json.dumps(applied.approval, sort_keys=True))
         seen = self._registrations
+        with self._joined_lock:  # taken before a re-read: applying one twice is harmless
+            joined, self._joined = self._joined, {}
         if self._nodes is None or seen != self._nodes_seen:
-            self._nodes = [
-                NodeFacts.from_registration(r.name, r.facts, r.admission)
+            self._nodes = {
+                r.name: NodeFacts.from_registration(r.name, r.facts, r.admission)
                 for r in self._store.nodes()
-            ]
+            }
             self._nodes_seen, self._inventory = seen, None
+        if joined:
+            for r in joined.values():
+                self._nodes[r.name] = NodeFacts.from_registration(r.name, r.facts, r.admission)
+            self._nodes = dict(sorted(self._nodes.items()))  # the store's order (by name)
+            self._inventory = None
         if basis != self._basis or self._inventory is None:
             self._memo = self._previous = None
         if self._inventory is None:
-            self._inventory = inventory(spec, self._nodes)
+            self._inventory = inventory(spec, self._nodes.values())
         if self._rollouts is None:
             self._rollouts = dict(self._store.rollouts())
         reports: Mapping[str, NodeReport]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -11,15 +12,24 @@ from reconciler.api.hub import DesiredHub
 from reconciler.api.metrics import Metrics
 from reconciler.config import DEFAULT_HEARTBEAT_TTL, DEFAULT_MAX_BODY, Config
 from reconciler.forges import DeliveryLog
+from reconciler.groupcommit import GroupCommit
 from reconciler.reportbook import ReportBook
 from reconciler.signing import DocumentSigner
 from reconciler.spec import JSON, FleetSpec
-from reconciler.store.base import Store
+from reconciler.store.base import ClaimRefusal, JoinToken, NodeClaim, NodeRecord, Store
 
 MAX_WAIT_SECONDS = 60
+# A registration wakes the loop this much later, so that a fleet enrolling at once (a
+# thousand nodes a second) costs a few passes a second, not one pass per registration:
+# each such pass re-plans for a new inventory, which costs as much as the fleet is large.
+REGISTRATION_WAKE_SECONDS = 1.0
 
 
 def _nothing() -> None:
+    return None
+
+
+def _ignore(_: NodeRecord | None) -> None:
     return None
 
 
@@ -61,7 +71,8 @@ class ApiContext:
     metrics: Metrics
     reports: ReportBook  # last report per node; repeats only move lastSeen in memory
     wake: Callable[[], None] = _nothing  # a report or registration arrived: reconcile soon
-    registered: Callable[[], None] = _nothing  # nodes registered or reset: re-read the inventory
+    # a node registered (its record) or was reset (None): the planner's inventory changed
+    registered: Callable[[NodeRecord | None], None] = _ignore
     trigger: Callable[[], None] = _nothing  # a valid webhook: fetch the fleet repo now
     ready: Callable[[], bool] = _always  # the first reconcile pass is done
     spec: Callable[[], FleetSpec | None] = _no_spec  # the applied revision's spec, if known
@@ -70,6 +81,31 @@ class ApiContext:
     clock: Callable[[], float] = time.time
     # webhook deliveries accepted lately: a replay is answered without fetching
     deliveries: DeliveryLog = field(default_factory=DeliveryLog)
+    # join tokens by the sha256 of their secret, as last read from the store. Only found
+    # tokens are kept (a few: an operator creates them). Safe to be stale: the claim that
+    # consumes a use re-checks uses, expiry and revocation in its transaction, and scope
+    # never changes. Saves a store read per registration of an enrolling fleet.
+    join_tokens: dict[str, JoinToken] = field(default_factory=dict)
+    # registrations that arrive together are stored in one transaction (group commit)
+    registrations: GroupCommit[NodeClaim, ClaimRefusal | None] = field(init=False)
+
+    _wake_timer: asyncio.TimerHandle | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.registrations = GroupCommit(
+            lambda claims: self.store.claim_nodes(claims), "registration(s)"
+        )
+
+    def wake_after_registration(self) -> None:
+        """Wake the loop ``REGISTRATION_WAKE_SECONDS`` from the first registration not yet
+        planned (event loop only): the registrations meanwhile share that pass."""
+        if self._wake_timer is None:
+            loop = asyncio.get_running_loop()
+            self._wake_timer = loop.call_later(REGISTRATION_WAKE_SECONDS, self._registered_wake)
+
+    def _registered_wake(self) -> None:
+        self._wake_timer = None
+        self.wake()
 
     @classmethod
     def load(

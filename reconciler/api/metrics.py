@@ -19,6 +19,7 @@ from reconciler.store.base import (
     ClaimRefusal,
     DesiredRecord,
     JoinToken,
+    NodeClaim,
     NodeRecord,
     ReportRecord,
     Store,
@@ -175,10 +176,13 @@ class MeteredStore:
 
     def append_audit(self, event: AuditEvent) -> int:
         event_id = self.inner.append_audit(event)
+        self._told(event)
+        return event_id
+
+    def _told(self, event: AuditEvent) -> None:
         self.metrics.observe_audit(event)
         for listener in self.listeners:
             listener(event)  # only after the event is stored: never tell what was not kept
-        return event_id
 
     def audit(self, since: float | None = None, limit: int = 1000) -> Sequence[AuditEvent]:
         return self.inner.audit(since, limit)
@@ -199,6 +203,13 @@ class MeteredStore:
         self, node: NodeRecord, *, replaces: str | None, join_token: str | None
     ) -> ClaimRefusal | None:
         return self.inner.claim_node(node, replaces=replaces, join_token=join_token)
+
+    def claim_nodes(self, claims: Sequence[NodeClaim]) -> list[ClaimRefusal | None]:
+        results = self.inner.claim_nodes(claims)
+        for claim, lost in zip(claims, results, strict=True):
+            if lost is None:
+                self._told(claim.audit)
+        return results
 
     def create_join_token(self, token: JoinToken) -> None:
         self.inner.create_join_token(token)

@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from fleetkeeper_common.signing import ENVELOPE_TYPE
-from reconciler.api.admission import Admitted, Presented, Refused, admit
+from reconciler.api.admission import Presented, Refused, admit
 from reconciler.api.auth import bearer, hash_token, new_token, require_node, same_secret
 from reconciler.api.body import read_json
 from reconciler.api.context import ApiContext
@@ -21,7 +21,7 @@ from reconciler.api.errors import ApiError
 from reconciler.logs import log_event
 from reconciler.plan.admission import claims_of
 from reconciler.spec import JSON
-from reconciler.store.base import AuditEvent, NodeRecord, ReportRecord
+from reconciler.store.base import AuditEvent, ClaimRefusal, NodeClaim, NodeRecord, ReportRecord
 
 NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 JSON_TYPE = "application/json"
@@ -85,7 +85,12 @@ async def _presented(ctx: ApiContext, node: str, token: str) -> Presented:
         raise ApiError(403, f"this is another node's credential, not {node!r}'s")
     if same_secret(token, ctx.settings.bootstrap_token):
         return Presented("bootstrap")
-    join = await asyncio.to_thread(ctx.store.join_token_by_hash, hash_token(token))
+    digest = hash_token(token)
+    join = ctx.join_tokens.get(digest)
+    if join is None:
+        join = await asyncio.to_thread(ctx.store.join_token_by_hash, digest)
+        if join is not None:  # never an unknown token: one created later must be found
+            ctx.join_tokens[digest] = join
     if join is not None:
         return Presented("join-token", join)
     raise ApiError(
@@ -117,7 +122,7 @@ def _refused(
     log_event(event)
 
 
-def _admit_and_store(
+def _judge(
     ctx: ApiContext,
     node: str,
     facts: dict[str, JSON],
@@ -125,12 +130,18 @@ def _admit_and_store(
     token: str,
     new: str,
     address: str | None,
-) -> Admitted | Refused:
-    """Judge the registration (``admit``), then store it with ``claim_node`` (which refuses
-    if the name or the token changed meanwhile); audit either way. Blocking."""
+    existing: NodeRecord | None,
+) -> NodeClaim | Refused:
+    """Judge the registration (``admit``) from memory: no I/O, it runs on the event loop.
+
+    The claim it returns is stored by ``claim_nodes``, which re-checks in its transaction
+    everything that can change meanwhile: the name's credential (taken, reset, rotated)
+    and the token's uses, expiry and revocation (``_refused_late``). That is what makes
+    the in-memory inputs safe: the join token record cached by hash (``_presented``) and
+    ``existing`` None for a name the token cache does not know (another replica may have
+    registered it: the claim then answers 409 as the store lookup would have)."""
     now = ctx.clock()
     spec = ctx.spec()
-    existing = ctx.store.node(node)
     if presented.kind == "node-credential" and (
         existing is None or existing.token_hash != hash_token(token)
     ):
@@ -146,18 +157,7 @@ def _admit_and_store(
         now,
     )
     if isinstance(verdict, Refused):
-        _refused(ctx, node, presented, verdict, address, now)
         return verdict
-    record = NodeRecord(node, facts, hash_token(new), now, verdict.admission)
-    lost = ctx.store.claim_node(record, replaces=verdict.replaces, join_token=verdict.join_token)
-    if lost is not None:  # another registration won the race, or the token ran out
-        refusal = (
-            Refused(409, "name-taken", f"node {node!r} was registered meanwhile")
-            if lost == "taken"
-            else Refused(401, "token-spent", f"{presented.label} is no longer active")
-        )
-        _refused(ctx, node, presented, refusal, address, now)
-        return refusal
     how = (
         "re-registered with its node credential (credential rotated)"
         if verdict.replaces is not None
@@ -176,9 +176,15 @@ def _admit_and_store(
             "admission": verdict.admission,
         },
     )
-    ctx.store.append_audit(event)
-    log_event(event)
-    return verdict
+    record = NodeRecord(node, facts, hash_token(new), now, verdict.admission)
+    return NodeClaim(record, verdict.replaces, verdict.join_token, event)
+
+
+def _refused_late(lost: ClaimRefusal, node: str, presented: Presented) -> Refused:
+    """Why a claim judged admissible was refused when stored (a race, or the token ran out)."""
+    if lost == "taken":
+        return Refused(409, "name-taken", f"node {node!r} was registered meanwhile")
+    return Refused(401, "token-spent", f"{presented.label} is no longer active")
 
 
 def node_routes(ctx: ApiContext) -> list[Route]:
@@ -189,15 +195,31 @@ def node_routes(ctx: ApiContext) -> list[Route]:
         facts = await read_json(request, "register", ctx.settings.max_body_bytes)
         _same_node(facts, node)
         new = new_token()
-        verdict = await asyncio.to_thread(
-            _admit_and_store, ctx, node, facts, presented, token, new, _address(request)
-        )
-        if isinstance(verdict, Refused):
-            raise ApiError(verdict.status, verdict.message)
-        ctx.tokens.set(node, hash_token(new))
+        address = _address(request)
+        existing = None
+        if node in ctx.tokens or presented.kind == "node-credential":
+            existing = await asyncio.to_thread(ctx.store.node, node)
+        claim = _judge(ctx, node, facts, presented, token, new, address, existing)
+        if isinstance(claim, Refused):
+            at = ctx.clock()
+            await asyncio.to_thread(_refused, ctx, node, presented, claim, address, at)
+            raise ApiError(claim.status, claim.message)
+        # the claim and its audit event in one transaction, shared with the registrations
+        # that arrive meanwhile (group commit); durable before the answer
+        lost = await ctx.registrations.submit(claim)
+        if lost is not None:
+            if lost == "token-spent" and presented.token is not None:
+                # the cached record is out of date: the next attempt reads the store
+                ctx.join_tokens.pop(presented.token.token_hash, None)
+            refusal = _refused_late(lost, node, presented)
+            at = claim.node.registered_at
+            await asyncio.to_thread(_refused, ctx, node, presented, refusal, address, at)
+            raise ApiError(refusal.status, refusal.message)
+        log_event(claim.audit)
+        ctx.tokens.set(node, claim.node.token_hash)
         ctx.metrics.registrations.inc()
-        ctx.registered()
-        ctx.wake()
+        ctx.registered(claim.node)
+        ctx.wake_after_registration()
         return Response(
             json.dumps({"node": node, "token": new}).encode(),
             media_type=JSON_TYPE,

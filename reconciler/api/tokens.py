@@ -127,6 +127,7 @@ def token_routes(ctx: ApiContext) -> list[Route]:
             return token
 
         token = await asyncio.to_thread(write)
+        ctx.join_tokens.clear()  # a revoked token is refused at once, not only at its claim
         if token is None:
             raise ApiError(
                 404, f"no join token with id {token_id!r} (see `fleetkeeper token list`)"
@@ -159,7 +160,7 @@ def token_routes(ctx: ApiContext) -> list[Route]:
         if not await asyncio.to_thread(write):
             raise ApiError(404, f"node {node!r} is not registered")
         ctx.tokens.remove(node)
-        ctx.registered()  # it left the inventory (if Unlisted): the planner re-reads it
+        ctx.registered(None)  # it left the inventory (if Unlisted): the planner re-reads it
         ctx.wake()
         return _json({"node": node, "reset": True})
 

@@ -13,6 +13,7 @@ from reconciler.store.base import (
     AuditEvent,
     ClaimRefusal,
     DesiredRecord,
+    NodeClaim,
     NodeRecord,
     ReportRecord,
     Store,
@@ -60,6 +61,13 @@ class ReplicatedStore(MeteredStore):
         if refusal is None:
             self.bus.send("nodes", [node.name])
         return refusal
+
+    def claim_nodes(self, claims: Sequence[NodeClaim]) -> list[ClaimRefusal | None]:
+        results = super().claim_nodes(claims)
+        stored = [c.node.name for c, lost in zip(claims, results, strict=True) if lost is None]
+        if stored:
+            self.bus.send("nodes", stored)
+        return results
 
     def delete_node(self, name: str) -> bool:
         deleted = super().delete_node(name)

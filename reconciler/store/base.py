@@ -50,6 +50,18 @@ ClaimRefusal = Literal["taken", "token-spent"]
 
 
 @dataclass(frozen=True)
+class NodeClaim:
+    """One registration for ``claim_nodes``: ``node`` is stored (and ``audit`` appended)
+    only if the stored credential of that name is still ``replaces`` and, with
+    ``join_token``, a use of that token can be consumed (see ``claim_node``)."""
+
+    node: NodeRecord
+    replaces: str | None
+    join_token: str | None
+    audit: AuditEvent  # the "registered" event, kept in the same transaction
+
+
+@dataclass(frozen=True)
 class JoinToken:
     """A join token as stored: the secret's sha256 only, its scope, its uses and expiry.
 
@@ -120,6 +132,12 @@ class Store(Protocol):
     def claim_node(
         self, node: NodeRecord, *, replaces: str | None, join_token: str | None
     ) -> ClaimRefusal | None: ...
+
+    # claim_nodes judges each claim as claim_node would, in order (a later claim sees what
+    # an earlier one stored), and appends the audit event of each claim that was stored,
+    # all in one transaction: several registrations per commit (group commit). One result
+    # per claim, in order; a refused claim writes nothing.
+    def claim_nodes(self, claims: Sequence[NodeClaim]) -> list[ClaimRefusal | None]: ...
 
     # join tokens (secrets never stored, only their sha256)
     def create_join_token(self, token: JoinToken) -> None: ...

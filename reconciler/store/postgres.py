@@ -48,6 +48,7 @@ from reconciler.store.base import (
     ClaimRefusal,
     DesiredRecord,
     JoinToken,
+    NodeClaim,
     NodeRecord,
     ReportRecord,
 )
@@ -254,6 +255,19 @@ class PostgresStore:
         with self._tx() as conn:
             _lock_names(conn, [node.name])
             return _claim(conn, node, replaces, join_token)
+
+    def claim_nodes(self, claims: Sequence[NodeClaim]) -> list[ClaimRefusal | None]:
+        results: list[ClaimRefusal | None] = []
+        if not claims:
+            return results
+        with self._tx() as conn:
+            _lock_names(conn, [c.node.name for c in claims])  # all first, sorted: no deadlock
+            for c in claims:
+                lost = _claim(conn, c.node, c.replaces, c.join_token)
+                if lost is None:
+                    _insert_audit(conn, c.audit)
+                results.append(lost)
+        return results
 
     def create_join_token(self, token: JoinToken) -> None:
         with self._tx() as conn:

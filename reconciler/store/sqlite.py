@@ -6,8 +6,11 @@ the machine after a method returned loses nothing (``NORMAL`` would survive a pr
 crash but could drop the last commits on power loss, which breaks the promise that an
 acknowledged report or token is kept). Each method is one transaction.
 
-Threads: one connection shared behind a lock; the API calls in from worker threads and
-the reconcile loop from its own thread. Calls are short, so the lock is never held long.
+Threads: one writing connection shared behind a lock; the API calls in from worker
+threads and the reconcile loop from its own thread. Reads go through a second connection
+behind its own lock: in WAL mode a reader sees every committed transaction and never
+waits for a writer, so a registration's or the dashboard's reads do not queue behind
+another transaction's fsync (``:memory:`` has one connection for both).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,6 +33,7 @@ from reconciler.store.base import (
     ClaimRefusal,
     DesiredRecord,
     JoinToken,
+    NodeClaim,
     NodeRecord,
     ReportRecord,
 )
@@ -66,7 +70,14 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        self._reader, self._read_lock = self._db, self._lock
         self._migrate()
+        if path != ":memory:":
+            reader = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+            reader.execute("PRAGMA query_only=ON")
+            self._reader, self._read_lock = reader, threading.Lock()
 
     # plumbing
 
@@ -84,10 +95,10 @@ class SqliteStore:
             self._db.execute("COMMIT")
 
     def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
+        with self._read_lock:
             if self._closed:
                 raise sqlite3.ProgrammingError("the store is closed")
-            return list(self._db.execute(sql, params).fetchall())
+            return list(self._reader.execute(sql, params).fetchall())
 
     def _migrate(self) -> None:
         with self._tx() as db:
@@ -116,9 +127,12 @@ class SqliteStore:
     # protocol
 
     def close(self) -> None:
-        with self._lock:
+        separate = self._reader is not self._db
+        with self._lock, self._read_lock if separate else nullcontext():
             if not self._closed:
                 self._closed = True
+                if separate:
+                    self._reader.close()
                 self._db.close()
 
     def ping(self) -> None:
@@ -188,20 +202,17 @@ class SqliteStore:
         self, node: NodeRecord, *, replaces: str | None, join_token: str | None
     ) -> ClaimRefusal | None:
         with self._tx() as db:
-            row = db.execute("SELECT token_hash FROM nodes WHERE name = ?", (node.name,)).fetchone()
-            current = None if row is None else str(row[0])
-            if current != replaces:
-                return "taken"
-            if join_token is not None:
-                spent = db.execute(
-                    "UPDATE join_tokens SET used = used + 1 WHERE id = ? AND revoked_at IS NULL "
-                    "AND expires_at > ? AND used < uses",
-                    (join_token, node.registered_at),
-                )
-                if spent.rowcount != 1:
-                    return "token-spent"
-            _write_node(db, node)
-            return None
+            return _claim(db, node, replaces, join_token)
+
+    def claim_nodes(self, claims: Sequence[NodeClaim]) -> list[ClaimRefusal | None]:
+        results: list[ClaimRefusal | None] = []
+        with self._tx() as db:
+            for c in claims:
+                lost = _claim(db, c.node, c.replaces, c.join_token)
+                if lost is None:
+                    _insert_audit(db, c.audit)
+                results.append(lost)
+        return results
 
     def create_join_token(self, token: JoinToken) -> None:
         with self._tx() as db:
@@ -327,6 +338,26 @@ def _write_node(db: sqlite3.Connection, node: NodeRecord) -> None:
         "admission = excluded.admission",
         records.node_row(node),
     )
+
+
+def _claim(
+    db: sqlite3.Connection, node: NodeRecord, replaces: str | None, join_token: str | None
+) -> ClaimRefusal | None:
+    """One claim inside the caller's transaction; nothing is written when it is refused."""
+    row = db.execute("SELECT token_hash FROM nodes WHERE name = ?", (node.name,)).fetchone()
+    current = None if row is None else str(row[0])
+    if current != replaces:
+        return "taken"
+    if join_token is not None:
+        spent = db.execute(
+            "UPDATE join_tokens SET used = used + 1 WHERE id = ? AND revoked_at IS NULL "
+            "AND expires_at > ? AND used < uses",
+            (join_token, node.registered_at),
+        )
+        if spent.rowcount != 1:
+            return "token-spent"
+    _write_node(db, node)
+    return None
 
 
 def _insert_audit(db: sqlite3.Connection, event: AuditEvent) -> int:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from reconciler.api.context import REGISTRATION_WAKE_SECONDS
 from schema import errors as schema_errors
 from tests.helpers.server import ApiHarness, api_harness, desired_doc, register_doc
 
@@ -37,7 +38,94 @@ def test_register_returns_token_and_reregister_rotates(api: ApiHarness) -> None:
     assert t2 not in rec.token_hash and len(rec.token_hash) == 64  # stored hashed
     assert [e.kind for e in api.ctx.store.audit()] == ["registered", "registered"]
     assert "credential rotated" in api.ctx.store.audit()[1].message
-    assert len(api.wakes) == 2
+    # registrations wake the loop REGISTRATION_WAKE_SECONDS later (one pass for a burst)
+    _wait_for(lambda: len(api.wakes) >= 1, 5)
+    assert 1 <= len(api.wakes) <= 2
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _register_together(api: ApiHarness, secret: str, names: list[str]) -> list[httpx.Response]:
+    """Register ``names`` at the same instant, one connection each."""
+    clients = [api.client(secret) for _ in names]
+    for c in clients:  # connect first, so that only the requests race
+        c.get("/healthz")
+    barrier = threading.Barrier(len(names))
+    answers: dict[str, httpx.Response] = {}
+
+    def one(c: httpx.Client, name: str) -> None:
+        barrier.wait()
+        answers[name] = c.post(f"/v1/nodes/{name}/register", json=register_doc(name))
+
+    threads = [
+        threading.Thread(target=one, args=(c, n)) for c, n in zip(clients, names, strict=True)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for c in clients:
+        c.close()
+    return [answers[n] for n in names]
+
+
+def test_registrations_that_arrive_together_share_a_transaction_and_a_pass(
+    api: ApiHarness,
+) -> None:
+    names = [f"fleet-{i:02d}" for i in range(32)]
+    secret = api.create_token(roles=["inference"], uses=len(names))["token"]
+    before = api.ctx.registrations.transactions
+    answers = _register_together(api, secret, names)
+    assert [r.status_code for r in answers] == [200] * len(names), [r.text for r in answers]
+    tokens = {r.json()["token"] for r in answers}
+    assert len(tokens) == len(names)
+    commits = api.ctx.registrations.transactions - before
+    assert 1 <= commits < len(names)  # group commit: several claims per transaction
+    stored = {n.name for n in api.ctx.store.nodes()}
+    assert stored == set(names)
+    events = [e for e in api.ctx.store.audit() if e.kind == "registered"]
+    assert sorted(e.node for e in events) == names  # each claim kept its own audit event
+    (join,) = api.ctx.store.join_tokens()
+    assert join.used == len(names)
+    # every answered credential works at once
+    for r, name in zip(answers, names, strict=True):
+        with api.client(r.json()["token"]) as c:
+            assert c.get(f"/v1/nodes/{name}/desired").status_code == 200
+    _wait_for(lambda: len(api.wakes) >= 1, 5)
+    time.sleep(REGISTRATION_WAKE_SECONDS + 0.2)  # no further wake is due
+    assert len(api.wakes) < len(names) // 4  # one pass for the burst, not one each
+
+
+def test_a_cached_join_token_spent_or_revoked_elsewhere_is_refused(api: ApiHarness) -> None:
+    """The join token record is cached in memory by hash: a use or revocation the cache
+    has not seen (another replica, an operator on the database) must still refuse."""
+    spent = api.create_token(roles=["inference"], uses=1)
+    api.register("fleet-a", spent["token"])  # cached now, with used=0 in memory
+    with api.client(spent["token"]) as c:
+        r = c.post("/v1/nodes/fleet-b/register", json=register_doc("fleet-b"))
+    assert r.status_code == 401, r.text
+    assert api.ctx.store.node("fleet-b") is None
+
+    revoked = api.create_token(roles=["inference"], uses=5)
+    api.register("fleet-c", revoked["token"])  # cached as active
+    api.ctx.store.revoke_join_token(revoked["id"], time.time())  # behind the API's back
+    with api.client(revoked["token"]) as c:
+        r = c.post("/v1/nodes/fleet-d/register", json=register_doc("fleet-d"))
+    assert r.status_code == 401, r.text
+    assert "no longer active" in r.json()["message"]
+    assert api.ctx.store.node("fleet-d") is None
+    refused = [e for e in api.ctx.store.audit() if e.kind == "registration-refused"]
+    assert [e.node for e in refused] == ["fleet-b", "fleet-d"]
+    assert all(e.details["reason"] == "token-spent" for e in refused[1:])
+    # and the cache forgot it: the next attempt reads the store and says why precisely
+    with api.client(revoked["token"]) as c:
+        r = c.post("/v1/nodes/fleet-e/register", json=register_doc("fleet-e"))
+    assert r.status_code == 401 and "revoked" in r.json()["message"], r.text
 
 
 def test_register_needs_the_bootstrap_token(api: ApiHarness) -> None:

@@ -21,6 +21,7 @@ from reconciler.store.base import (
     AppliedRevision,
     AuditEvent,
     JoinToken,
+    NodeClaim,
     NodeRecord,
     ReportRecord,
 )
@@ -293,6 +294,43 @@ def test_claim_node_is_atomic_under_concurrent_claims(opener: Opener) -> None:
     assert results.count(None) == 1 and results.count("taken") == 7
     assert store.join_token_by_hash("hash-t1").used == 1  # type: ignore[union-attr]
     store.close()
+
+
+def test_claim_nodes_judges_in_order_in_one_transaction_with_the_audit(store: Store) -> None:
+    store.create_join_token(_token("t1", uses=2))
+
+    def claim(name: str, token_hash: str, replaces: str | None = None) -> NodeClaim:
+        event = AuditEvent(time=10.0, kind="registered", node=name, message=f"{name} {token_hash}")
+        record = NodeRecord(name, {}, token_hash, 10.0, {"via": "join-token"})
+        return NodeClaim(record, replaces, "t1" if replaces is None else None, event)
+
+    batch = [
+        claim("gpu-1", "h1"),
+        claim("gpu-1", "evil"),  # sees the claim before it in the same batch: taken
+        claim("gpu-2", "h2"),
+        claim("gpu-3", "h3"),  # the token had two uses: spent
+        claim("gpu-1", "h1b", replaces="h1"),  # rotation by the holder, same batch
+    ]
+    assert store.claim_nodes(batch) == [None, "taken", None, "token-spent", None]
+    assert store.node("gpu-1").token_hash == "h1b"  # type: ignore[union-attr]
+    assert store.node("gpu-2").token_hash == "h2"  # type: ignore[union-attr]
+    assert store.node("gpu-3") is None
+    assert store.join_token_by_hash("hash-t1").used == 2  # type: ignore[union-attr]
+    # exactly the stored claims' events, in order; nothing for the refused ones
+    assert [e.message for e in store.audit()] == ["gpu-1 h1", "gpu-2 h2", "gpu-1 h1b"]
+    assert store.claim_nodes([]) == []
+
+
+def test_claim_nodes_is_all_or_nothing_when_the_transaction_fails(store: Store) -> None:
+    store.create_join_token(_token("t1", uses=5))
+    good = NodeRecord("gpu-1", {}, "h1", 10.0)
+    event = AuditEvent(time=10.0, kind="registered", node="gpu-1", message="ok")
+    # a value the store cannot encode fails the transaction after the first claim wrote
+    bad = NodeRecord("gpu-2", {"x": object()}, "h2", 10.0)  # type: ignore[dict-item]
+    with pytest.raises(TypeError):
+        store.claim_nodes([NodeClaim(good, None, "t1", event), NodeClaim(bad, None, "t1", event)])
+    assert store.node("gpu-1") is None and store.audit() == []
+    assert store.join_token_by_hash("hash-t1").used == 0  # type: ignore[union-attr]
 
 
 # SQLite specifics: the file, its journal mode and the migration bookkeeping.

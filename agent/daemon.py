@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import platform
 import random
 import signal
 import sys
@@ -35,6 +36,7 @@ from agent.client import ServerClient
 from agent.config import AgentConfig
 from agent.converge import CRASH_LOOP_EXITS
 from agent.errors import AgentError, AlreadyRunning
+from agent.facts import platform_of
 from agent.identity import ensure_identity
 from agent.poll import Checks, Latest, poll_loop
 from agent.report import build_report, decide_phase, desired_entry, workload_entry
@@ -171,7 +173,15 @@ class Daemon:
                 client,
                 self.latest,
                 self.state,
-                checks=Checks(self.cfg.node, self.cfg.trusted_keys, self.cfg.policy),
+                checks=Checks(
+                    self.cfg.node,
+                    self.cfg.trusted_keys,
+                    self.cfg.policy,
+                    approvers=self.cfg.approvers,
+                    labels=self.cfg.labels,
+                    platform=platform_of(platform.system(), platform.machine()),
+                    gnupg_home=self.state.root / "approvers-gnupg",
+                ),
                 wait_seconds=self.cfg.poll_wait_seconds,
                 stop=self.stop,
                 backoff=self._backoff,

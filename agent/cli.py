@@ -71,6 +71,9 @@ def _status(args: argparse.Namespace) -> int:
             "WARNING: "
             + TOFU_WARNING.format(keyid="see the file", path=cfg.state_dir / "known_signing_keys")
         )
+    if cfg.approvers is not None:
+        pinned = [str(p) for p in (cfg.approvers.allowed_signers, cfg.approvers.gpg_keyring) if p]
+        print(f"approvers: each release's signature is checked here ({', '.join(pinned)})")
     from rich.console import Console
     from rich.table import Table
 

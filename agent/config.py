@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 import schema
+from agent.approvers import ApproverKeys
 from agent.errors import ConfigError
 from agent.policy import LocalPolicy
 
@@ -45,6 +46,7 @@ class AgentConfig:
     resync_seconds: float = DEFAULT_RESYNC_SECONDS
     self_confirm_seconds: float = DEFAULT_SELF_CONFIRM_SECONDS
     trusted_keys: Path | None = None  # None: trust on first use (agent.keys)
+    approvers: ApproverKeys | None = None  # None: approval evidence is not checked
     policy: LocalPolicy = field(default_factory=LocalPolicy)
     allow_insecure_server: bool = False
     workload_user: str | None = None  # run.user of a release wins
@@ -113,6 +115,7 @@ def from_document(doc: Mapping[str, Any], *, base: Path | None = None) -> AgentC
             doc.get("selfUpdateConfirmSeconds", DEFAULT_SELF_CONFIRM_SECONDS)
         ),
         trusted_keys=path(doc["trustedKeys"]) if doc.get("trustedKeys") else None,
+        approvers=_approvers(doc.get("approvers"), path),
         policy=LocalPolicy(
             allowed_programs=frozenset(doc.get("allowedPrograms") or ()),
             allow_insecure_urls=bool(doc.get("allowInsecureURLs", False)),
@@ -121,6 +124,19 @@ def from_document(doc: Mapping[str, Any], *, base: Path | None = None) -> AgentC
         allow_insecure_server=insecure_server,
         workload_user=str(doc["workloadUser"]) if doc.get("workloadUser") else None,
     )
+
+
+def _approvers(block: Any, path: Callable[[str], Path]) -> ApproverKeys | None:
+    if not block:
+        return None
+    keys = ApproverKeys(
+        path(block["allowedSigners"]) if block.get("allowedSigners") else None,
+        path(block["gpgKeyring"]) if block.get("gpgKeyring") else None,
+    )
+    for what, p in (("allowedSigners", keys.allowed_signers), ("gpgKeyring", keys.gpg_keyring)):
+        if p is not None and not p.is_file():
+            raise ConfigError(f"approvers.{what} {p}: no such file")
+    return keys
 
 
 def secure_server(url: str) -> bool:

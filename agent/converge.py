@@ -4,14 +4,17 @@ Safe to kill at any instant: a version directory is complete or absent (``agent.
 ``current`` is flipped atomically, and a journal in the state directory says which update
 was in flight, so a restarted agent finishes the proof (or the rollback) instead of
 guessing. A target that failed is remembered in the ledger (``agent.ledger``) and not
-retried until the desired document changes. The agent's own workload is converged by
-``agent.selfupdate``; proof is gathered by ``agent.restart``.
+retried until a new version is desired or the operator retries (``retryGeneration``); a
+transient failure (:class:`agent.errors.Unreachable`) is retried with backoff instead.
+The agent's own workload is converged by ``agent.selfupdate``; proof is gathered by
+``agent.restart``, which also drains the old process (``agent.drain``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -19,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from agent import secrets
+from agent.backoff import backoff_delay
 from agent.board import Board
 from agent.configdir import ConfigDirs, DesiredConfig
 from agent.datadir import DataSettings
-from agent.errors import AgentError, Superseded, UnpackError, VerifyError, WorkloadError
+from agent.errors import AgentError, Superseded, Unreachable, WorkloadError
 from agent.installed import Installed
 from agent.journal import Journal
 from agent.ledger import FailedTarget, Ledger, replay_failure
@@ -30,7 +34,6 @@ from agent.observe import Observer
 from agent.report import Observed
 from agent.restart import Restarter
 from agent.rollback import rollback
-from agent.secrets import SecretError
 from agent.selfinstall import DEFAULT_NAME, agent_location, who_am_i
 from agent.selfupdate import SelfUpdate
 from agent.stage import stage
@@ -40,6 +43,11 @@ from agent.workload import Desired, Outcome, Workload, doc_key
 from fleetkeeper_common.age import Identity
 
 __all__ = ["Converger", "Outcome", "doc_key"]
+
+# Quick exits in a row (each within the supervisor's STABLE_SECONDS of its start) after which
+# a version that passed its proof counts as failed: the supervisor's backoff gives it
+# about 0.5 + 1 + 2 s of restarts first.
+CRASH_LOOP_EXITS = 3
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +64,7 @@ class Converger:
         exit_code: Callable[[str], int | None] | None = None,
         workload_user: str | None = None,
         superseded: Callable[[], bool] | None = None,
+        retry_cap: float = 60.0,
         identity: Identity | None = None,
     ) -> None:
         self.root = install_root
@@ -69,6 +78,9 @@ class Converger:
         # True once a newer desired generation has arrived: an in-flight download stops.
         self.superseded = superseded or (lambda: False)
         self.ledger = Ledger(state)
+        # transient download failures in a row, per workload (backoff; not remembered)
+        self.retries: dict[str, int] = {}
+        self.retry_cap = retry_cap
         self.restarter = Restarter(self.installed, supervisor, exit_code or (lambda _name: None))
         # The agent itself, when it is installed under installRoot (see agent.selfupdate).
         self.me = who_am_i(install_root)
@@ -90,6 +102,7 @@ class Converger:
             self.board.drop(name)
         outcomes = []
         for entry in desired.entries:
+            self.ledger.rekey(str(entry.get("name")), desired.legacy_key(entry), desired.key(entry))
             try:
                 outcomes.append(self.converge_one(Workload.parse(entry), desired.key(entry)))
             except Superseded as exc:
@@ -98,22 +111,44 @@ class Converger:
                 log.info("%s: %s", entry.get("name"), exc)
                 self.board.set(str(entry.get("name")), phase=None, message=None)
                 break
+            except Unreachable as exc:
+                outcomes.append(self._unreachable(str(entry.get("name")), exc))
+                continue
             except AgentError as exc:
                 outcomes.append(self._failed(entry, desired.key(entry), exc))
+            self.retries.pop(str(entry.get("name")), None)
             if outcomes[-1].exec_argv:
                 break
         return outcomes
 
+    def _unreachable(self, name: str, exc: Unreachable) -> Outcome:
+        """A transient failure (network, artifact server, disk): not the version's. What
+        runs keeps running; the download is tried again after a backoff, and the report
+        says Downloading with the reason, never Failed."""
+        attempt = self.retries.get(name, 0)
+        self.retries[name] = attempt + 1
+        delay = backoff_delay(attempt, base=1.0, cap=self.retry_cap, draw=random.random())
+        message = f"retrying in {delay:.0f}s: {exc}"
+        log.warning("%s: %s", name, message)
+        self.board.set(name, phase="Downloading", message=message)
+        return Outcome(False, "Downloading", message, {}, retry_at=time.time() + delay)
+
     def _failed(self, entry: Mapping[str, Any], key: str, exc: AgentError) -> Outcome:
         name = str(entry.get("name"))
         log.error("converging %s failed: %s", name, exc)
-        if isinstance(exc, VerifyError | UnpackError | SecretError):
-            # A wrong digest or an unsafe archive will not fix itself: no retry until the
-            # desired document changes (a network error is retried at resync).
-            w = Workload.parse(entry)
-            self.ledger.remember(
-                name, FailedTarget(w.version, w.artifact.sha256, key, "Failed", str(exc))
-            )
+        if isinstance(exc, WorkloadError):
+            # A failure of the version itself (wrong digest, unsafe archive, a URL the
+            # server says no to, no program to run, a secret this node cannot open) will
+            # not fix itself: not tried again until a new version is desired or the
+            # operator retries (retryGeneration).
+            try:
+                w = Workload.parse(entry)
+            except WorkloadError:
+                w = None
+            if w is not None:
+                self.ledger.remember(
+                    name, FailedTarget(w.version, w.artifact.sha256, key, "Failed", str(exc))
+                )
         self.board.set(name, phase="Failed", message=str(exc))
         return Outcome(False, "Failed", str(exc), {})
 
@@ -159,7 +194,7 @@ class Converger:
                 return self._activate(w, journal, {"received": time.time()}, key)
             config_current = dirs.current_key() == config.key and dirs.owed() is None
             if config_current and secrets.is_current(layout.dir, version, w.doc):
-                return self._steady(w)
+                return self._steady(w, key)
         # Before anything is touched: a secret this node cannot open fails the target here,
         # and what runs keeps running.
         secrets.check_secrets(w.doc, self.installed.identity)
@@ -227,7 +262,8 @@ class Converger:
         old = self.sup.running(name)
         self.sup.set_auto_restart(name, False)
         t = time.monotonic()
-        proof = self.restarter.restart_and_prove(w.doc, version, old, timings)
+        notes: list[str] = []
+        proof = self.restarter.restart_and_prove(w.doc, version, old, timings, w.drain, notes)
         timings["total"] = sum(
             timings.get(k, 0.0)
             for k in ("download", "verify", "unpack", "flip", "restart", "prove")
@@ -244,12 +280,14 @@ class Converger:
             dirs = self.installed.config_dirs(name)
             dirs.settle()
             dirs.prune()
-            self.board.set(name, phase="Healthy", message=None)
-            self._record_timings(name, version, timings, ok=True)
+            # a drain that timed out is said in the report until the next update
+            note = "; ".join(notes) or None
+            self.board.set(name, phase="Healthy", message=note)
+            self._record_timings(name, version, timings, ok=True, notes=notes)
             log.info("%s %s converged: %s", name, version, proof.reason)
-            return Outcome(True, "Healthy", proof.reason, timings)
+            return Outcome(True, "Healthy", "; ".join([proof.reason, *notes]), timings)
 
-        reason = f"{version} failed: {proof.reason}"
+        reason = "; ".join([f"{version} failed: {proof.reason}", *notes])
         log.error("%s %s", name, reason)
         target = FailedTarget(version, journal.sha256, key, "Failed", reason)
         # Recorded before the rollback too: an agent killed during it must not retry.
@@ -258,7 +296,7 @@ class Converger:
         self.ledger.remember(name, replace(target, message=message))
         self.board.set(name, phase="Failed", message=message)
         timings["rollback"] = time.monotonic() - t
-        self._record_timings(name, version, timings, ok=False)
+        self._record_timings(name, version, timings, ok=False, notes=notes)
         return Outcome(False, "Failed", message, timings)
 
     def _restore(self, w: Workload, journal: Journal, reason: str = "") -> str:
@@ -348,7 +386,7 @@ class Converger:
         old = self.sup.running(name)
         self.sup.set_auto_restart(name, False)
         timings: dict[str, float] = {"received": time.time()}
-        proof = self.restarter.restart_and_prove(w.doc, version, old, timings)
+        proof = self.restarter.restart_and_prove(w.doc, version, old, timings, w.drain)
         self.sup.set_auto_restart(name, True)
         if proof.ok:
             dirs.settle()
@@ -369,12 +407,37 @@ class Converger:
         self.board.set(name, phase="Failed", message=message)
         return Outcome(False, "Failed", message, timings)
 
-    def _steady(self, w: Workload) -> Outcome:
-        """``current`` already is the target: make sure that is what runs."""
+    def _steady(self, w: Workload, key: str) -> Outcome:
+        """``current`` already is the target: make sure that is what runs (and roll back
+        a version that passed its proof but has crashed since, again and again)."""
+        crashes = self._crash_count(w.name)
+        previous = self.installed.layout(w.name).previous_version()
+        if crashes >= CRASH_LOOP_EXITS and previous not in (None, w.version):
+            return self._crash_loop(w, key, crashes, str(previous))
         self._ensure_running(w)
         self.sup.set_auto_restart(w.name, True)
         self.board.set(w.name, phase=None, message=None)
         return Outcome(True, "Healthy", f"{w.name} {w.version} already current", {})
+
+    def _crash_count(self, name: str) -> int:
+        # Only the child supervisor counts quick exits; systemd/launchd do their own limits.
+        count = getattr(self.sup, "crash_count", None)
+        return int(count(name)) if callable(count) else 0
+
+    def _crash_loop(self, w: Workload, key: str, crashes: int, previous: str) -> Outcome:
+        """A crash loop is a failure of the version: flip back to ``previous``, prove it,
+        remember the target (as a failed proof would have)."""
+        note = self.sup.crash_note(w.name) or "exited"
+        reason = f"{w.version} failed: crash loop ({crashes} exits in a row; last: {note})"
+        log.error("%s %s", w.name, reason)
+        target = FailedTarget(w.version, w.artifact.sha256, key, "Failed", reason)
+        self.ledger.remember(w.name, target)
+        journal = Journal(w.version, w.artifact.sha256, previous, w.version, key)
+        self.sup.set_auto_restart(w.name, False)
+        message = self._restore(w, journal, reason=reason)
+        self.ledger.remember(w.name, replace(target, message=message))
+        self.board.set(w.name, phase="Failed", message=message)
+        return Outcome(False, "Failed", message, {})
 
     def _ensure_running(self, w: Workload) -> None:
         name = w.name
@@ -411,9 +474,17 @@ class Converger:
         return self.observer.observe(Workload.parse(entry))
 
     def _record_timings(
-        self, name: str, version: str, timings: Mapping[str, float], ok: bool
+        self,
+        name: str,
+        version: str,
+        timings: Mapping[str, float],
+        ok: bool,
+        notes: list[str] | None = None,
     ) -> None:
-        line = json.dumps({"workload": name, "version": version, "ok": ok, **timings})
+        record: dict[str, object] = {"workload": name, "version": version, "ok": ok, **timings}
+        if notes:
+            record["notes"] = notes  # e.g. a drain that timed out
+        line = json.dumps(record)
         with open(self.state.timings_file, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
         log.info(

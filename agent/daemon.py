@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import platform
 import random
 import signal
 import sys
@@ -33,7 +34,9 @@ from agent.backoff import backoff_delay
 from agent.board import Board
 from agent.client import ServerClient
 from agent.config import AgentConfig
+from agent.converge import CRASH_LOOP_EXITS
 from agent.errors import AgentError, AlreadyRunning
+from agent.facts import platform_of
 from agent.identity import ensure_identity
 from agent.poll import Checks, Latest, poll_loop
 from agent.report import build_report, decide_phase, desired_entry, workload_entry
@@ -68,6 +71,7 @@ class Daemon:
         self.retry_at: float | None = None  # wall time a workload's notBefore passes
         self.converging_generation: int | None = None
         self._lock_fd: int | None = None
+        self._woken_for: dict[str, int] = {}  # crash count a converge pass was woken for
 
     # -- lifecycle ------------------------------------------------------------------------
     def acquire(self) -> None:
@@ -169,7 +173,15 @@ class Daemon:
                 client,
                 self.latest,
                 self.state,
-                checks=Checks(self.cfg.node, self.cfg.trusted_keys, self.cfg.policy),
+                checks=Checks(
+                    self.cfg.node,
+                    self.cfg.trusted_keys,
+                    self.cfg.policy,
+                    approvers=self.cfg.approvers,
+                    labels=self.cfg.labels,
+                    platform=platform_of(platform.system(), platform.machine()),
+                    gnupg_home=self.state.root / "approvers-gnupg",
+                ),
                 wait_seconds=self.cfg.poll_wait_seconds,
                 stop=self.stop,
                 backoff=self._backoff,
@@ -250,7 +262,10 @@ class Daemon:
             observed = self.conv.observe(entry)
             note = self.board.get(observed.name)
             phase = decide_phase(note.phase, observed)
-            message = note.message if note.phase in ("Failed", "RolledBack", "Pending") else None
+            # the converge step's own words: why it failed, waits, retries a download, or
+            # what a drain came to
+            said = ("Failed", "RolledBack", "Pending", "Downloading", "Healthy")
+            message = note.message if note.phase in said else None
             entries.append(workload_entry(observed, phase, message))
         generation = self.acted_generation or desired.generation
         doc = self.latest.document
@@ -303,11 +318,30 @@ class Daemon:
         os.execv(argv[0], argv)
 
     # -- monitor --------------------------------------------------------------------------
+    def _wake_on_crash_loop(self) -> None:
+        """A workload crash-looping: converge now (it rolls a crash-looping new version
+        back) instead of at the next resync. Once per count, not at every tick."""
+        counts = getattr(self.sup, "crash_count", None)
+        managed = getattr(self.sup, "managed", None)
+        if not callable(counts) or not callable(managed):
+            return
+        for name in managed():
+            n = int(counts(name))
+            layout = self.conv.installed.layout(name)
+            # nothing to roll back to: leave it to the supervisor's backoff
+            can_roll_back = layout.previous_version() not in (None, layout.current_version())
+            if n >= CRASH_LOOP_EXITS and can_roll_back and self._woken_for.get(name) != n:
+                self._woken_for[name] = n
+                self.latest.arrived.set()
+            elif n < CRASH_LOOP_EXITS:
+                self._woken_for.pop(name, None)
+
     def _monitor_loop(self) -> None:
         started = time.monotonic()
         confirmed = False
         while not self.stop.is_set():
             self.sup.tick()
+            self._wake_on_crash_loop()
             if not confirmed and time.monotonic() - started >= self.cfg.self_confirm_seconds:
                 confirmed = True
                 note = selfupdate.confirm(self.state, self.cfg.install_root)

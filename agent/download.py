@@ -9,6 +9,9 @@
   The size is known in advance (``artifacts[].size`` is required): no more than ``size``
   bytes are ever read, and a server that announces or sends more is refused.
 * Free disk space is checked first (the artifact plus room to unpack it).
+* Failures are classified for the converge step: the network, an artifact server that is
+  not ready (5xx, 408, 425, 429) and a full disk raise :class:`Unreachable` (transient,
+  retried with backoff); another 4xx is a :class:`DownloadError` (the version's URL).
 * ``superseded()`` is asked between chunks: once a newer desired generation has arrived the
   download is dropped, its partial file too (it is not resumed later), with
   :class:`Superseded`.
@@ -17,6 +20,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -30,7 +34,7 @@ from pathlib import Path
 
 import httpx
 
-from agent.errors import DownloadError, Superseded, VerifyError
+from agent.errors import DownloadError, Superseded, Unreachable, VerifyError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,8 @@ CHUNK = 1 << 20  # 1 MiB reads: hashing keeps up with raw hashlib
 PROGRESS_MIN_BYTES = 8 << 20
 PROGRESS_EVERY_SECONDS = 2.0
 ATTEMPTS = 5
+# answers that mean "later" rather than "no" (besides every 5xx)
+RETRY_STATUS = frozenset({408, 425, 429})
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,7 @@ def check_free_space(directory: Path, needed: int) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(directory).free
     if free < needed:
-        raise DownloadError(
+        raise Unreachable(
             f"not enough disk space in {directory}: need {needed} bytes, {free} free; "
             "free some space or move installRoot"
         )
@@ -136,7 +142,12 @@ def fetch(
         if scheme == "file":
             h, resumed = _copy_file(url, part, size, stale)
         elif scheme in ("http", "https"):
-            h, resumed = _download_http(url, part, size, timeout, stale)
+            try:
+                h, resumed = _download_http(url, part, size, timeout, stale)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise Unreachable(f"disk full while downloading {redact(url)}: {exc}") from exc
+                raise DownloadError(f"cannot write {part}: {exc}") from exc
         else:
             raise DownloadError(f"unsupported artifact URL scheme {scheme!r} in {redact(url)}")
     except (Superseded, VerifyError):
@@ -230,8 +241,12 @@ def _download_http(
                         have, h = 0, hashlib.sha256()
                         continue
                     if resp.status_code not in (200, 206):
+                        code = resp.status_code
+                        if code >= 500 or code in RETRY_STATUS:
+                            # the server is there but not ready: not the version's fault
+                            raise Unreachable(f"GET {redact(url)}: HTTP {code}")
                         raise DownloadError(
-                            f"GET {redact(url)}: HTTP {resp.status_code}; check the artifact URL"
+                            f"GET {redact(url)}: HTTP {code}; check the artifact URL"
                         )
                     if have and resp.status_code == 200:
                         log.info("server ignored Range for %s; downloading again", redact(url))
@@ -285,4 +300,5 @@ def _download_http(
                 have = _size(part)
                 h = _hash_prefix(part, have) if have else hashlib.sha256()
                 time.sleep(min(0.1 * 2**attempt, 2.0))
-    raise DownloadError(f"GET {redact(url)} failed after {ATTEMPTS} attempts: {last_error}")
+    # connection refused, DNS, no route, timeouts, drops: the network, not the version
+    raise Unreachable(f"GET {redact(url)} failed after {ATTEMPTS} attempts: {last_error}")

@@ -8,7 +8,9 @@
     ├── ServerError        the reconciler answered badly or not at all (transient: back off)
     │   └── AuthError      401/403: re-register with the join token
     └── WorkloadError      converging one workload failed (reported as Failed)
-        ├── DownloadError  fetching the artifact failed (network, disk space)
+        ├── DownloadError  fetching the artifact failed for good (4xx: the release's URL)
+        │   ├── Unreachable the artifact server could not be reached, answered 5xx/408/429,
+        │   │              or the disk is full: transient, retried with backoff, never Failed
         │   └── Superseded a newer desired generation arrived: the download was dropped
         ├── VerifyError    size or SHA-256 mismatch: nothing was touched
         ├── UnpackError    the archive is unsafe or unreadable
@@ -47,6 +49,13 @@ class WorkloadError(AgentError):
 
 class DownloadError(WorkloadError):
     reason = "DownloadFailed"
+
+
+class Unreachable(DownloadError):
+    """Not a failure of the version: the network, the artifact server or the disk is not
+    ready yet (a node that just booted). Retried with backoff; reported as Downloading."""
+
+    reason = "DownloadRetrying"
 
 
 class Superseded(DownloadError):

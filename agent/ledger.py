@@ -1,9 +1,10 @@
 """The ledger of failed targets: which (version, sha256, desired document) failed here.
 
-A target that failed is not retried until the desired document changes (its ``docKey``):
-a bad digest, an unsafe archive or a version that does not prove itself will not fix
-itself. Kept in ``<stateDir>/failed.json`` (one entry per workload), the only reader and
-writer of that file's entries.
+A target that failed is not retried until what is desired for that workload changes (its
+``docKey``: version, artifact, configuration and ``retryGeneration``, see
+:func:`agent.workload.doc_key`): a bad digest, an unsafe archive or a version that does
+not prove itself will not fix itself. Kept in ``<stateDir>/failed.json`` (one entry per
+workload, so it survives agent restarts), the only reader and writer of that file's entries.
 """
 
 from __future__ import annotations
@@ -56,6 +57,14 @@ class Ledger:
         entries = self.state.read_failed()
         entries[name] = asdict(failed)
         self.state.write_failed(entries)
+
+    def rekey(self, name: str, old_key: str, new_key: str) -> None:
+        """An entry stored under ``old_key`` (an older agent's key) is kept as ``new_key``."""
+        entries = self.state.read_failed()
+        entry = entries.get(name)
+        if isinstance(entry, dict) and entry.get("docKey") == old_key:
+            entries[name] = {**entry, "docKey": new_key}
+            self.state.write_failed(entries)
 
     def forget(self, name: str) -> None:
         entries = self.state.read_failed()

@@ -3,8 +3,10 @@
 A new document for this node is stored in the state directory first (a restarted agent
 converges from it while the reconciler is unreachable), then published to the converge
 thread through :class:`Latest`. What is checked before a document is accepted (its
-signature, node, expiry, generation and the local policy) is :func:`agent.trust.check`; a
-refused document changes nothing, and why is kept in :class:`Latest` for the report.
+signature, node, expiry, generation and the local policy) is :func:`agent.trust.check`,
+then, with ``approvers`` set, the approver's own signature on every workload's file
+(:func:`approved_by_signers`: ``agent.evidence`` and ``agent.approvers``); a refused
+document changes nothing, and why is kept in :class:`Latest` for the report.
 """
 
 from __future__ import annotations
@@ -12,14 +14,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import schema
+from agent import approvers
 from agent.client import ServerClient
 from agent.errors import AgentError, ConfigError
+from agent.evidence import EvidenceRefused, chains
 from agent.keys import Trust, load_trust, record_first_use
 from agent.policy import LocalPolicy
 from agent.state import StateDir
@@ -64,6 +68,10 @@ class Checks:
     node: str
     trusted_keys: Path | None
     policy: LocalPolicy
+    approvers: approvers.ApproverKeys | None = None  # None: no approval evidence checked
+    labels: Mapping[str, str] = field(default_factory=dict)  # resolve ${node.labels.*}
+    platform: str = ""
+    gnupg_home: Path = Path()  # the approvers' OpenPGP home (under stateDir)
 
 
 def _trust(client: ServerClient, state: StateDir, checks: Checks) -> Trust:
@@ -93,7 +101,29 @@ def accept(raw: object, latest: Latest, trust: Trust, checks: Checks) -> Accepte
         # where, not what: a schema message quotes the value, which may be a secret
         where = sorted({p.split(": ", 1)[0] for p in problems})
         return "desired state document is invalid at " + ", ".join(where[:5])
+    if checks.approvers is not None:
+        why = approved_by_signers(verdict.document, checks)
+        if why is not None:
+            return why
     return verdict
+
+
+def approved_by_signers(document: dict[str, Any], checks: Checks) -> str | None:
+    """Why the document's workloads are not shown to be approved (None: they are)."""
+    assert checks.approvers is not None
+    try:
+        claims = chains(document, node=checks.node, labels=checks.labels, platform=checks.platform)
+    except EvidenceRefused as exc:
+        return "approval evidence: " + exc.reason
+    for claim in claims:
+        try:
+            verdict = approvers.verify(claim.signed, checks.approvers, checks.gnupg_home)
+        except ConfigError as exc:  # a pinned file gone or unreadable: refuse, keep polling
+            return f"approval evidence: cannot check {claim.what}: {exc}"
+        if verdict.signer is None:
+            why = f"{claim.what} is not signed by an approver ({verdict.detail})"
+            return "approval evidence: " + why
+    return None
 
 
 def poll_loop(

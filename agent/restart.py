@@ -16,13 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent import isolation
+from agent.drain import Drained
+from agent.drain import drain as drain_old
 from agent.errors import WorkloadError
 from agent.installed import Installed
 from agent.procinfo import ProcInfo
 from agent.prove import Proof, judge_process, judge_version_probe
 from agent.runtimes import Runtime, WorkloadDoc
 from agent.supervise.supervisor import HandoffSupervisor, LaunchSpec, Supervisor
-from agent.workload import DEFAULT_HEALTH_TIMEOUT
+from agent.workload import DEFAULT_HEALTH_TIMEOUT, Drain
 
 POLL = 0.05
 MIN_UP_WITHOUT_HEALTH = 1.0
@@ -61,9 +63,20 @@ class Restarter:
         self.exit_code = exit_code
 
     def restart_and_prove(
-        self, doc: WorkloadDoc, version: str, old: ProcInfo | None, timings: dict[str, float]
+        self,
+        doc: WorkloadDoc,
+        version: str,
+        old: ProcInfo | None,
+        timings: dict[str, float],
+        drain: Drain | None = None,
+        notes: list[str] | None = None,
     ) -> Proof:
-        """Start ``version`` as ``doc`` describes it in place of ``old``, and prove it."""
+        """Start ``version`` as ``doc`` describes it in place of ``old``, and prove it.
+
+        ``drain``: ask ``old`` to finish its work first (``agent.drain``): before it is
+        stopped, or for a handoff before it is retired, after the new one is proven. What
+        the drain came to is appended to ``notes`` when it timed out.
+        """
         # The process and its versionProbe run as run.user, else the agent's workloadUser.
         doc = isolation.with_user(doc, self.installed.workload_user)
         t = time.monotonic()
@@ -75,7 +88,12 @@ class Restarter:
             if isinstance(sup, HandoffSupervisor) and handoff:
                 sup.handoff(spec)
             else:
-                sup.restart(spec)
+                drained = self._drain(drain, old, lambda: self._same(spec.name, old), timings)
+                try:
+                    t = time.monotonic()
+                    sup.restart(spec)
+                finally:
+                    self._noted(drained, notes)
         except WorkloadError as exc:
             timings["restart"] = time.monotonic() - t
             return Proof(False, str(exc))
@@ -85,11 +103,42 @@ class Restarter:
         timings["prove"] = time.monotonic() - t
         if isinstance(sup, HandoffSupervisor) and handoff:
             # Proven or not, the old process goes now (a failed proof rolls back to a fresh
-            # process of the old version).
+            # process of the old version). Drained first: the new one already serves on the
+            # shared port, and SIGTERM gets the drain's time too, so a server that finishes
+            # in-flight requests on SIGTERM (uvicorn) completes them.
+            began = time.monotonic()
+            drained = self._drain(drain, old, lambda: sup.retiring(spec.name) is not None, timings)
             t = time.monotonic()
-            sup.retire(spec.name)
+            left = None if drain is None else max(drain.timeout - (t - began), 0.0)
+            try:
+                sup.retire(spec.name, grace=left)
+            finally:
+                self._noted(drained, notes)
             timings["retire"] = time.monotonic() - t
         return proof
+
+    def _same(self, name: str, old: ProcInfo | None) -> bool:
+        """Does ``old`` still run as the workload's process?"""
+        info = self.sup.running(name)
+        return old is not None and info is not None and info.pid == old.pid
+
+    @staticmethod
+    def _drain(
+        drain: Drain | None,
+        old: ProcInfo | None,
+        alive: Callable[[], bool],
+        timings: dict[str, float],
+    ) -> Drained | None:
+        if drain is None or old is None:
+            return None
+        drained = drain_old(drain, alive)
+        timings["drain"] = drained.seconds
+        return drained
+
+    @staticmethod
+    def _noted(drained: Drained | None, notes: list[str] | None) -> None:
+        if drained is not None and not drained.idle and notes is not None:
+            notes.append(drained.message)
 
     def _can_handoff(self, runtime: Runtime, spec: LaunchSpec) -> bool:
         """Blue/green when the supervisor can and the runtime's servers share their port."""

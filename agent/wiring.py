@@ -51,6 +51,7 @@ def make_converger(
         exit_code=exit_code,
         workload_user=cfg.workload_user,
         superseded=superseded,
+        retry_cap=cfg.max_backoff_seconds,
         identity=read_identity(state),  # the daemon created it at start (agent.identity)
     )
 

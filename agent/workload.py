@@ -30,6 +30,34 @@ class Artifact:
     unpacked_size: int | None = None  # the most the archive may unpack to
 
 
+DEFAULT_DRAIN_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Drain:
+    """``drain: {http: URL, timeoutSeconds: N}`` or ``drain: {file: PATH, timeoutSeconds: N}``."""
+
+    http: str | None
+    file: str | None
+    timeout: float
+
+    @classmethod
+    def parse(cls, name: str, value: object) -> Drain | None:
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise WorkloadError(f"workload {name!r}: drain must be a mapping, got {value!r:.100}")
+        http, file = value.get("http"), value.get("file")
+        if (http is None) == (file is None):
+            raise WorkloadError(f"workload {name!r}: drain needs exactly one of http or file")
+        timeout = value.get("timeoutSeconds", DEFAULT_DRAIN_TIMEOUT)
+        return cls(
+            None if http is None else str(http),
+            None if file is None else str(file),
+            float(timeout) if isinstance(timeout, int | float) else DEFAULT_DRAIN_TIMEOUT,
+        )
+
+
 @dataclass(frozen=True)
 class Workload:
     name: str
@@ -43,6 +71,8 @@ class Workload:
     # unix time before which the artifact is not fetched (``notBefore``: the reconciler
     # spreads a batch's downloads over ``rollout.spreadSeconds``); None: at once
     not_before: float | None = None
+    # how the old process is asked to finish its work before it is stopped (``drain``)
+    drain: Drain | None = None
 
     @classmethod
     def parse(cls, doc: Mapping[str, Any]) -> Workload:
@@ -71,6 +101,7 @@ class Workload:
             has_health_check=bool(health.get("http")) or doc.get("kind") == "model",
             doc=doc,
             not_before=_instant(name, doc.get("notBefore")),
+            drain=Drain.parse(name, doc.get("drain")),
         )
 
     @property
@@ -111,18 +142,34 @@ class Desired:
         return next((e for e in self.entries if e.get("name") == name), None)
 
     def key(self, entry: Mapping[str, Any]) -> str:
-        """The ledger's identity of ``entry`` in this document."""
-        return doc_key(self.generation, entry)
+        """The ledger's identity of ``entry`` (see :func:`doc_key`)."""
+        return doc_key(entry)
+
+    def legacy_key(self, entry: Mapping[str, Any]) -> str:
+        """The key an agent before ``retryGeneration`` stored for ``entry`` in this document
+        (generation and entry), recognised so an upgrade does not retry a known-bad target."""
+        blob = json.dumps([self.generation, entry], sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def doc_key(generation: int, workload: Mapping[str, Any]) -> str:
-    """Identity of one workload's desired entry in one document (pure).
+# Scheduling, not the version: a re-planned spread must not make a failed version new.
+_NOT_PART_OF_TARGET = frozenset({"notBefore"})
 
-    Not :func:`fleetkeeper_common.canonical.canonical_json`: the keys are stored in
+
+def doc_key(workload: Mapping[str, Any]) -> str:
+    """Identity of what one desired entry asks this node to run (pure): its version,
+    artifact (sha256) and configuration (run, health, probe, model args, drain) and its
+    ``retryGeneration``, which the reconciler bumps on ``fleetkeeper rollout retry``.
+
+    The document's ``generation`` is left out on purpose: it moves whenever anything for
+    the node changes (another workload, a re-signed document), and a version that failed
+    here must not be tried again for that. Not
+    :func:`fleetkeeper_common.canonical.canonical_json`: the keys are stored in
     ``failed.json``, and an agent upgraded across a change of separators would retry a
     target it already knows to be bad.
     """
-    blob = json.dumps([generation, workload], sort_keys=True).encode()
+    target = {k: v for k, v in workload.items() if k not in _NOT_PART_OF_TARGET}
+    blob = json.dumps(["target/2", target], sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -78,6 +78,16 @@ def sign(key: Ed25519PrivateKey, signed: Mapping[str, object]) -> dict[str, obje
     }
 
 
+def envelope_bytes(key: Ed25519PrivateKey, key_id: str, signed: Mapping[str, object]) -> bytes:
+    """``canonical_bytes(sign(key, signed))`` without serializing ``signed`` twice: the
+    envelope's keys sort as ``signatures`` < ``signed``, so its canonical text is the signed
+    bytes spliced in (the reconciler signs a fleet's documents on every fan-out)."""
+    body = canonical_bytes(signed)
+    sig = base64.b64encode(key.sign(CONTEXT + body))
+    head = b'{"signatures":[{"keyid":' + json.dumps(key_id).encode() + b',"sig":"'
+    return head + sig + b'"}],"signed":' + body + b"}"
+
+
 def parse_envelope(raw: object) -> Envelope:
     """The envelope's parts, or SignatureRefused naming what is missing or malformed."""
     if not isinstance(raw, dict) or "signed" not in raw:

@@ -31,6 +31,7 @@ from reconciler.api.metrics import MeteredStore, Metrics
 from reconciler.approval.engine import Approver
 from reconciler.config import Config
 from reconciler.errors import ConfigError, Waiting
+from reconciler.evidence import EvidenceSource
 from reconciler.httpserver import raise_open_file_limit, server_config
 from reconciler.loop.reconciler import PassResult, Reconciler
 from reconciler.notify.sender import Notifier
@@ -185,7 +186,8 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
         source = _MeteredSource(config.repo, config.state_dir, config.branch)
         source.metrics = metrics
         key, key_path = load_or_create_key(config.signing_key_file, config.state_dir)
-        signer = DocumentSigner(key, config.desired_validity)
+        evidence = EvidenceSource(source.repository().path)
+        signer = DocumentSigner(key, config.desired_validity, evidence)
         log.info(
             "signing desired state with %s (%s): %s", signer.keyid, key_path, signer.public_line
         )

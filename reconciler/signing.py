@@ -17,7 +17,7 @@ import datetime as dt
 import hashlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,10 +84,20 @@ class Signed:
     refresh_at: float  # re-sign from here on (half the validity)
 
 
+Evidence = Callable[[Mapping[str, object]], Mapping[str, object] | None]
+
+
 class DocumentSigner:
-    def __init__(self, key: Ed25519PrivateKey, validity: float = DEFAULT_VALIDITY_SECONDS):
+    def __init__(
+        self,
+        key: Ed25519PrivateKey,
+        validity: float = DEFAULT_VALIDITY_SECONDS,
+        evidence: Evidence | None = None,
+    ):
         self.key = key
         self.validity = validity
+        # the approver's signed objects, for agents that check them (reconciler.evidence)
+        self.evidence = evidence
         self.public_line = signing.public_line(key.public_key())
         self.keyid = signing.keyid(key.public_key())
 
@@ -107,5 +117,8 @@ class DocumentSigner:
             "issuedAt": _stamp(issued),
             "expiresAt": _stamp(issued + self.validity),
         }
-        body = signing.canonical_bytes(signing.sign(self.key, signed))
+        proof = self.evidence(document) if self.evidence is not None else None
+        if proof is not None:
+            signed["evidence"] = dict(proof)
+        body = signing.envelope_bytes(self.key, self.keyid, signed)
         return Signed(body, issued, issued + max(int(self.validity // 2), 1))

@@ -207,6 +207,7 @@ class Deployable:
     runtime: str | None = None  # models: "llama-cpp" | "mlx-lm"
     args: Mapping[str, JSON] = field(default_factory=dict)  # models: runtime args
     gguf: GgufFacts | None = None  # models: the GGUF header's facts, when recorded
+    drain: Mapping[str, JSON] = field(default_factory=dict)  # {http|file, timeoutSeconds}
     config: ConfigSpec | None = None  # config files (issue 17)
     data: DataSpec | None = None  # persistent data snapshot settings (issue 17)
     secrets: tuple[SecretRef, ...] = ()  # issue 17: age-encrypted, decrypted on the node
@@ -459,6 +460,7 @@ def parse_deployable(path: str, doc: Mapping[str, JSON], fleet: FleetSettings) -
         runtime=str(doc["runtime"]) if is_model else None,
         args=_dict(doc.get("args")) if is_model else {},
         gguf=parse_gguf(doc.get("gguf")) if is_model else None,
+        drain=_dict(doc.get("drain")),
         config=parse_config(doc.get("config")),
         data=parse_data(doc.get("data")),
         secrets=parse_secrets(doc.get("secrets")),

@@ -306,17 +306,28 @@ class ChildSupervisor:
                 self.records.drop_retiring(spec.name)
                 raise
 
-    def retire(self, name: str) -> None:
+    def retire(self, name: str, grace: float | None = None) -> None:
         with self._lock:
             m = self._retiring.pop(name, None)
+            # A drain may give the old process longer than stopGraceSeconds to finish.
+            wait = self.grace if grace is None else max(grace, self.grace)
             if m is not None:
                 log.info("stopping %s pid %d (replaced by a handoff)", name, m.pid)
-                self._terminate(m.pid, m.popen, m.start_id)
+                terminate(m.pid, m.popen, m.start_id, grace=wait)
             else:
                 left = self.records.retiring(name)
                 if left is not None:
-                    self._terminate(left[0], None, left[1])
+                    terminate(left[0], None, left[1], grace=wait)
             self.records.drop_retiring(name)
+
+    def retiring(self, name: str) -> ProcInfo | None:
+        """The old process a handoff left running beside the new one (None: none)."""
+        with self._lock:
+            m = self._retiring.get(name)
+            if m is None or (m.popen is not None and m.popen.poll() is not None):
+                return None
+            info = procinfo.read(m.pid)
+            return info if info is not None and info.start_id == m.start_id else None
 
     def running(self, name: str) -> ProcInfo | None:
         with self._lock:
@@ -341,6 +352,13 @@ class ChildSupervisor:
                 m.auto_restart = on
                 if on:
                     m.restart_at = None
+
+    def crash_count(self, name: str) -> int:
+        """Exits in a row of the workload, each within STABLE_SECONDS of its start (0 once it
+        has run steadily): a crash loop when it keeps growing."""
+        with self._lock:
+            m = self._procs.get(name)
+            return m.failures if m else 0
 
     def crash_note(self, name: str) -> str | None:
         with self._lock:

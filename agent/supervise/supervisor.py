@@ -77,6 +77,11 @@ class HandoffSupervisor(Protocol):
         """Start ``spec`` while the running process keeps running; returns the new one."""
         ...
 
-    def retire(self, name: str) -> None:
-        """Stop the process a handoff left running (no error when there is none)."""
+    def retire(self, name: str, grace: float | None = None) -> None:
+        """Stop the process a handoff left running (no error when there is none); ``grace``:
+        seconds between SIGTERM and SIGKILL when longer than the supervisor's own."""
+        ...
+
+    def retiring(self, name: str) -> ProcInfo | None:
+        """The old process a handoff left running, while it lives."""
         ...

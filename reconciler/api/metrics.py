@@ -6,7 +6,9 @@ audit events the loop appends, so the loop needs no metrics code of its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -146,6 +148,10 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+class _Deferred(threading.local):
+    later: list[Callable[[], None]] | None = None  # inside atomic(): run after the commit
+
+
 class MeteredStore:
     """A Store that feeds audit events to the metrics and to ``listeners`` (notifications);
     everything else passes through."""
@@ -159,9 +165,31 @@ class MeteredStore:
         self.inner = inner
         self.metrics = metrics
         self.listeners = tuple(listeners)
+        self._unit = _Deferred()
 
     def close(self) -> None:
         self.inner.close()
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        if self._unit.later is not None:
+            yield
+            return
+        later: list[Callable[[], None]] = []
+        self._unit.later = later
+        try:
+            with self.inner.atomic():
+                yield
+        finally:
+            self._unit.later = None
+        for action in later:  # committed: now others may hear of it
+            action()
+
+    def _after_commit(self, action: Callable[[], None]) -> None:
+        if self._unit.later is None:
+            action()
+        else:
+            self._unit.later.append(action)
 
     def ping(self) -> None:
         self.inner.ping()
@@ -181,6 +209,9 @@ class MeteredStore:
         return event_id
 
     def _told(self, event: AuditEvent) -> None:
+        self._after_commit(lambda: self._tell(event))
+
+    def _tell(self, event: AuditEvent) -> None:
         self.metrics.observe_audit(event)
         for listener in self.listeners:
             listener(event)  # only after the event is stored: never tell what was not kept

@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleetkeeper_common.gitobjects import split_tag_signature
 from reconciler.approval.values import Signature
 from reconciler.errors import CommandError
 
@@ -59,19 +60,10 @@ class SignedObject:
 
 
 def split_tag(raw: bytes) -> tuple[bytes, bytes] | None:
-    """(payload, signature) of a raw tag object, cut at the last ``-----BEGIN`` line."""
-    at = -1
-    pos = 0
-    while True:
-        i = raw.find(b"-----BEGIN ", pos)
-        if i < 0:
-            break
-        if i == 0 or raw[i - 1 : i] == b"\n":
-            at = i
-        pos = i + 1
-    if at < 0:
-        return None
-    return raw[:at], raw[at:]
+    """(payload, signature) of a raw tag object, cut at the last ``-----BEGIN`` line (the
+    agent cuts with the same code: ``fleetkeeper_common.gitobjects``)."""
+    parts = split_tag_signature(raw)
+    return None if parts is None else (parts.payload, parts.signature)
 
 
 def signature_format(signature: bytes) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 from reconciler.approval.engine import Approver
 from reconciler.approval.values import ApprovalResult
@@ -190,11 +191,20 @@ def plan_rollouts(parts: Parts, p: Pass) -> None:
 
 
 def write_changes(parts: Parts, p: Pass) -> None:
-    """Only what changed: rollout state, desired documents (each changed node notified),
-    audit records, then the applied revision. A crash at any point is safe: the next
-    pass recomputes the rest."""
+    """Only what changed: rollout state, desired documents, audit records, then the applied
+    revision, all in one transaction: a crash (or a deposed leader's refused write) leaves
+    the pass wholly done or not at all, so no audit event is lost or told twice. Waking
+    long-polls, logging and notifications follow the commit."""
+    after: list[Callable[[], None]] = []
+    with parts.store.atomic():
+        _write_all(parts, p, after)
+    for action in after:
+        action()
+
+
+def _write_all(parts: Parts, p: Pass, after: list[Callable[[], None]]) -> None:
     if p.plan is not None and p.revision is not None:
-        _write_plan(parts, p, p.plan, p.revision)
+        _write_plan(parts, p, p.plan, p.revision, after)
     if p.new_applied is not None:
         p.pending_audit.append(
             AuditEvent(
@@ -208,7 +218,7 @@ def write_changes(parts: Parts, p: Pass) -> None:
     store = parts.store
     for event in p.pending_audit:
         store.append_audit(event)
-        log_event(event)
+        after.append(partial(log_event, event))
         p.audit.append(event)
         p.writes += 1
     if p.seen_changed:
@@ -217,13 +227,23 @@ def write_changes(parts: Parts, p: Pass) -> None:
     if p.new_applied is not None:
         store.set_applied_revision(p.new_applied)
         p.writes += 1
-        parts.spec, parts.spec_sha = p.spec, p.new_applied.sha
-        p.applied = p.new_applied
+        after.append(partial(_adopt, parts, p, p.new_applied))
     if meta.TIP_STATUS.write(store, p.tip_rows):
         p.writes += 1
 
 
-def _write_plan(parts: Parts, p: Pass, plan: Plan, revision: AppliedRevision) -> None:
+def _adopt(parts: Parts, p: Pass, applied: AppliedRevision) -> None:
+    parts.spec, parts.spec_sha = p.spec, applied.sha
+    p.applied = applied
+
+
+def _write_plan(
+    parts: Parts,
+    p: Pass,
+    plan: Plan,
+    revision: AppliedRevision,
+    after: list[Callable[[], None]],
+) -> None:
     store = parts.store
     for name in sorted(plan.changed_rollouts):
         store.put_rollout(name, plan.rollouts[name])
@@ -241,19 +261,27 @@ def _write_plan(parts: Parts, p: Pass, plan: Plan, revision: AppliedRevision) ->
         p.writes += len(docs)
         fresh = [rec for rec, changed in stored if changed]
         p.changed_nodes.extend(rec.node for rec in fresh)
-        if parts.publish is not None:
-            parts.publish(fresh)
-        else:
-            for rec in fresh:
-                parts.notify(rec.node)
+        after.append(partial(_publish, parts, fresh))
     p.pending_audit.extend(_events(plan.events, p.now, revision))
     if meta.STALE_NODES.write(store, plan.stale):
         p.writes += 1
     if p.replan is not None:
-        parts.working.written(p.replan, [rec for rec, _ in stored])
-        # an awaited node that reported after the pass's snapshot: plan again at once
-        if parts.reports is not None and parts.reports.watch(p.replan.awaiting, p.now):
-            parts.wake()
+        after.append(partial(_remember, parts, p.replan, [rec for rec, _ in stored], p.now))
+
+
+def _publish(parts: Parts, fresh: list[DesiredRecord]) -> None:
+    if parts.publish is not None:
+        parts.publish(fresh)
+    else:
+        for rec in fresh:
+            parts.notify(rec.node)
+
+
+def _remember(parts: Parts, replan: Replan, stored: list[DesiredRecord], now: float) -> None:
+    parts.working.written(replan, stored)
+    # an awaited node that reported after the pass's snapshot: plan again at once
+    if parts.reports is not None and parts.reports.watch(replan.awaiting, now):
+        parts.wake()
 
 
 def _same_document(a: Mapping[str, JSON] | None, b: Mapping[str, JSON]) -> bool:

@@ -218,6 +218,8 @@ def workload_document(d: Deployable, node: NodeFacts) -> dict[str, JSON] | None:
         doc["health"] = resolve(dict(d.health), node)
     if d.version_probe:
         doc["versionProbe"] = resolve(list(d.version_probe), node)
+    if d.drain:
+        doc["drain"] = resolve(dict(d.drain), node)
     if d.secrets:  # ciphertext only: the node decrypts (issue 17)
         doc["secrets"] = [s.to_json() for s in d.secrets]
     if d.kind == "model":

@@ -152,6 +152,8 @@ def fingerprint(d: Deployable) -> str:
     for key, unset in _CONTROL_DEFAULTS.items():
         if rollout.get(key) == unset:
             del rollout[key]
+    if not doc.get("drain"):  # likewise a file without drain
+        doc.pop("drain", None)
     # Issue 17's blocks: absent ones are left out (old fingerprints stay); a config file
     # counts by its digest, not its bytes (they can be 1 MiB and this runs every pass).
     for key in ("config", "data"):

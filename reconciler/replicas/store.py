@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from reconciler.api.metrics import MeteredStore, Metrics
-from reconciler.replicas.bus import Bus
+from reconciler.replicas.bus import Bus, Kind
 from reconciler.spec import JSON
 from reconciler.store.base import (
     AppliedRevision,
@@ -31,10 +31,14 @@ class ReplicatedStore(MeteredStore):
         super().__init__(inner, metrics, listeners)
         self.bus = bus
 
+    def _announce(self, topic: Kind, names: Sequence[str]) -> None:
+        # inside atomic(): after the commit, so a replica that reads on hearing it sees it
+        self._after_commit(lambda: self.bus.send(topic, names))
+
     def put_desired(self, node: str, document: Mapping[str, JSON]) -> tuple[DesiredRecord, bool]:
         rec, changed = super().put_desired(node, document)
         if changed:
-            self.bus.send("desired", [node])
+            self._announce("desired", [node])
         return rec, changed
 
     def put_desired_many(
@@ -43,46 +47,46 @@ class ReplicatedStore(MeteredStore):
         out = super().put_desired_many(documents)
         changed = [rec.node for rec, did in out if did]
         if changed:
-            self.bus.send("desired", changed)
+            self._announce("desired", changed)
         return out
 
     def set_applied_revision(self, rev: AppliedRevision) -> None:
         super().set_applied_revision(rev)
-        self.bus.send("revision", [])
+        self._announce("revision", [])
 
     def upsert_node(self, node: NodeRecord) -> None:
         super().upsert_node(node)
-        self.bus.send("nodes", [node.name])
+        self._announce("nodes", [node.name])
 
     def claim_node(
         self, node: NodeRecord, *, replaces: str | None, join_token: str | None
     ) -> ClaimRefusal | None:
         refusal = super().claim_node(node, replaces=replaces, join_token=join_token)
         if refusal is None:
-            self.bus.send("nodes", [node.name])
+            self._announce("nodes", [node.name])
         return refusal
 
     def claim_nodes(self, claims: Sequence[NodeClaim]) -> list[ClaimRefusal | None]:
         results = super().claim_nodes(claims)
         stored = [c.node.name for c, lost in zip(claims, results, strict=True) if lost is None]
         if stored:
-            self.bus.send("nodes", stored)
+            self._announce("nodes", stored)
         return results
 
     def delete_node(self, name: str) -> bool:
         deleted = super().delete_node(name)
         if deleted:
-            self.bus.send("nodes", [name])
+            self._announce("nodes", [name])
         return deleted
 
     def put_report(self, report: ReportRecord) -> None:
         super().put_report(report)
-        self.bus.send("reports", [report.node])
+        self._announce("reports", [report.node])
 
     def put_reports(self, reports: Sequence[ReportRecord]) -> None:
         super().put_reports(reports)
-        self.bus.send("reports", [r.node for r in reports])
+        self._announce("reports", [r.node for r in reports])
 
     def touch_reports(self, seen: Mapping[str, float]) -> None:
         super().touch_reports(seen)
-        self.bus.send("reports", list(seen))
+        self._announce("reports", list(seen))

@@ -1,7 +1,8 @@
 """The store interface: what the reconcile loop and the API persist.
 
 Every method is synchronous and transactional on its own: when it returns, the
-write is durable (a crash afterwards loses nothing that was acknowledged).
+write is durable (a crash afterwards loses nothing that was acknowledged); inside
+``atomic()`` the writes of one thread commit together when the block ends.
 Documents (desired state, reports, rollout state, approval evidence, audit details)
 are JSON values; the store does not interpret them.
 """
@@ -9,6 +10,7 @@ are JSON values; the store does not interpret them.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -106,6 +108,10 @@ class ReportRecord:
 
 class Store(Protocol):
     def close(self) -> None: ...
+    def atomic(self) -> AbstractContextManager[None]:
+        """Every write this thread makes inside the block commits together, or none does
+        (a reconcile pass: rollout state, documents, audit, applied revision)."""
+        ...
 
     # health and schema: ping raises when the database cannot be reached;
     # schema_version is the highest applied migration

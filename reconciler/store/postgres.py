@@ -106,6 +106,10 @@ def make_durable(conn: Conn) -> None:
     conn.commit()
 
 
+class _Unit(threading.local):
+    conn: Conn | None = None  # the connection of this thread's atomic() block
+
+
 class PostgresStore:
     """The Store protocol over a PostgreSQL database (``url`` as in the module doc)."""
 
@@ -114,6 +118,7 @@ class PostgresStore:
         self._params = connection_params(url)
         self._closed = False
         self._close_lock = threading.Lock()
+        self._unit = _Unit()
         self._migrate()
         self._pool: ConnectionPool[Conn] = ConnectionPool(
             kwargs=dict(self._params),
@@ -171,8 +176,24 @@ class PostgresStore:
         """One transaction on a pooled connection: committed on exit, rolled back on error."""
         if self._closed:
             raise psycopg.InterfaceError("the store is closed")
+        held = self._unit.conn
+        if held is not None:  # inside atomic() on this thread: its transaction is ours
+            yield held
+            return
         with self._pool.connection(timeout=timeout) as conn, conn.transaction():
             yield conn
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        if self._unit.conn is not None:
+            yield
+            return
+        with self._tx() as conn:
+            self._unit.conn = conn
+            try:
+                yield
+            finally:
+                self._unit.conn = None
 
     def _read(self, query: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         with self._tx() as conn:

@@ -54,6 +54,10 @@ _join_token = records.join_token_record
 _desired = records.desired_record
 
 
+class _Unit(threading.local):
+    active = False  # this thread is inside atomic()
+
+
 class SqliteStore:
     """The Store protocol over one SQLite file (``:memory:`` for throwaway use)."""
 
@@ -68,6 +72,7 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open database {path}: {exc}") from exc
         self._lock = threading.Lock()
+        self._unit = _Unit()
         self._closed = False
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -85,6 +90,9 @@ class SqliteStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        if self._unit.active:  # inside atomic() on this thread: its transaction is ours
+            yield self._db
+            return
         with self._lock:
             if self._closed:
                 raise sqlite3.ProgrammingError("the store is closed")
@@ -96,7 +104,21 @@ class SqliteStore:
                 raise
             self._db.execute("COMMIT")
 
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        if self._unit.active:
+            yield
+            return
+        with self._tx():
+            self._unit.active = True
+            try:
+                yield
+            finally:
+                self._unit.active = False
+
     def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        if self._unit.active and self._reader is self._db:  # one connection: the lock is ours
+            return list(self._db.execute(sql, params).fetchall())
         with self._read_lock:
             if self._closed:
                 raise sqlite3.ProgrammingError("the store is closed")

@@ -1,8 +1,9 @@
-"""Rules for the rollout controls: maintenance windows and holds (docs/rollouts.md).
+"""Rules for the rollout controls: maintenance windows, holds, drain (docs/rollouts.md).
 
 The schema checks the shapes; these check what a pattern cannot: that a time zone is
 one this machine's IANA database knows (a typo would make a window that never opens),
-that a window lasts at most a week, and that a hold date is a real date.
+that a window lasts at most a week, that a hold date is a real date, and that a drain
+names one way to ask (http or file).
 """
 
 from __future__ import annotations
@@ -64,6 +65,17 @@ def controls_of(scope: Scope, loaded: LoadedFile, d: Deployable | None) -> Itera
                     f"window duration {w.get('duration')} is longer than a week: a weekly "
                     "window would always be open; leave windows out instead",
                 )
+    drain = doc.get("drain") if doc.get("kind") in ("Release", "Model") else None
+    if isinstance(drain, dict) and ("http" in drain) == ("file" in drain):
+        given = "both http and file" if "http" in drain else "neither http nor file"
+        yield violation(
+            loaded,
+            loaded.path,
+            ("drain",),
+            f"drain gives {given}: give one, drain: {{http: URL}} (the agent POSTs it until "
+            "it answers 200) or drain: {file: PATH} (an update lock the workload removes "
+            "when idle)",
+        )
     hold = doc.get("hold") if doc.get("kind") == "Node" else None
     if isinstance(hold, dict) and isinstance(hold.get("until"), str):
         try:

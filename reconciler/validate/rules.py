@@ -521,7 +521,7 @@ def placeholders(ctx: RuleContext) -> Iterator[Violation]:
 def placeholders_of(scope: Scope, d: Deployable, loaded: LoadedFile) -> Iterator[Violation]:
     check_labels = scope.nodes_complete and bool(scope.nodes)
     doc = loaded.value
-    for section in ("run", "health", "versionProbe", "args"):
+    for section in ("run", "health", "versionProbe", "args", "drain"):
         for at, text in _strings(doc.get(section), (section,)):
             for m in _ANY_PLACEHOLDER.finditer(text):
                 known = _KNOWN.match(m[1])

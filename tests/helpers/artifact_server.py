@@ -32,7 +32,7 @@ class ArtifactServer:
     bodies sent to the end.
     """
 
-    def __init__(self, root: Path, *, ignore_range: bool = False) -> None:
+    def __init__(self, root: Path, *, ignore_range: bool = False, port: int = 0) -> None:
         self.root = root
         self.ignore_range = ignore_range
         self.requests: Counter[str] = Counter()
@@ -55,7 +55,8 @@ class ArtifactServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        # a fixed ``port`` lets a test hand out URLs before the server "boots"
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.port = int(self.httpd.server_address[1])
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

@@ -15,6 +15,10 @@ prints ``<name> <version>``; ``bin/<name> --port N`` (or env ``PORT``) serves ``
 (200, body ``<name> <version>``) and ``/version`` on 127.0.0.1. Behaviour switches baked in
 at build time: ``exit_at_start`` (exits 3 at once), ``unhealthy`` (``/healthz`` answers 500),
 ``crash_after`` (exits 4 after N seconds), ``probe_version`` (what ``--version`` claims).
+For drain tests: ``GET /slow?s=3`` answers after 3 s; ``POST /drain`` (any POST) answers 200
+when no slow request is in flight, else 202; with ``--lock PATH`` the program holds that
+update lock file while a slow request is in flight; ``--reuseport`` binds with SO_REUSEPORT
+so two versions can serve one port at once (the overlap swap of model servers).
 """
 
 from __future__ import annotations
@@ -45,16 +49,43 @@ if EXIT_AT_START:
     print("refusing to start (built with exit_at_start)", file=sys.stderr)
     sys.exit(3)
 port = int(args[args.index("--port") + 1]) if "--port" in args else int(os.environ.get("PORT", "0"))
+LOCK = args[args.index("--lock") + 1] if "--lock" in args else None
+busy, busy_lock = [0], threading.Lock()
+def working(delta):
+    with busy_lock:
+        busy[0] += delta
+        if LOCK and busy[0] == 1 and delta > 0:
+            open(LOCK, "w").close()
+        if LOCK and busy[0] == 0:
+            os.unlink(LOCK)
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         code = 500 if (UNHEALTHY and self.path == "/healthz") else 200
-        body = f"{{NAME}} {{VERSION}}\\n".encode()
-        self.send_response(code)
-        self.send_header("Content-Length", str(len(body)))
+        slow = self.path.startswith("/slow")
+        if slow:
+            working(1)
+        try:
+            if slow:
+                time.sleep(float(self.path.partition("=")[2] or 3))
+            body = f"{{NAME}} {{VERSION}}\\n".encode()
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            self.wfile.flush()
+        finally:
+            if slow:
+                working(-1)  # idle only once the answer is sent
+    def do_POST(self):
+        with busy_lock:
+            idle = busy[0] == 0
+        self.send_response(200 if idle else 202)
+        self.send_header("Content-Length", "0")
         self.end_headers()
-        self.wfile.write(body)
     def log_message(self, *a):
         pass
+# --reuseport: share the port with the next version (a blue/green handoff, as model servers)
+http.server.ThreadingHTTPServer.allow_reuse_port = "--reuseport" in args
 srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
 print(f"{{NAME}} {{VERSION}} listening on {{srv.server_address[1]}}", flush=True)
 if CRASH_AFTER:

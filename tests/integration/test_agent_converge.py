@@ -206,8 +206,12 @@ def test_failed_version_is_rolled_back_and_not_retried(
     again = rig.converge(w, same_doc=True)
     assert not again.ok and sum(rig.server.requests.values()) == requests
     assert rig.sup.running("hello") == now
-    # A changed document retries (the staged version is reused, the restart is tried again).
-    retried = rig.converge(w)
+    # A new generation of the document asking for the same target: still no retry.
+    again = rig.converge(w)
+    assert not again.ok and again.timings == {} and rig.sup.running("hello") == now
+    # An operator's retry (retryGeneration) tries again: the staged version is reused, the
+    # restart is tried again.
+    retried = rig.converge({**w, "retryGeneration": 1})
     assert not retried.ok and "restart" in retried.timings
 
 

@@ -436,3 +436,25 @@ def test_sqlite_tightens_a_database_left_world_readable(tmp_path: Path) -> None:
     open_store(f"sqlite:///{path}").close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_atomic_commits_a_pass_whole_or_not_at_all(store: Store) -> None:
+    # a reconcile pass: rollout state, a document, its audit event, the applied revision
+    with pytest.raises(RuntimeError), store.atomic():
+        store.put_rollout("agent", {"phase": "Progressing", "batch": 2})
+        store.put_desired_many({"gpu-1": {"workloads": []}})
+        store.append_audit(AuditEvent(time=1.0, kind="batch-started", message="batch 2"))
+        raise RuntimeError("killed between two writes")
+    assert store.rollouts() == {} and store.desired("gpu-1") is None
+    assert list(store.audit()) == []
+
+    with store.atomic():
+        store.put_rollout("agent", {"phase": "Progressing", "batch": 2})
+        store.put_desired_many({"gpu-1": {"workloads": []}})
+        with store.atomic():  # nested: part of the same transaction
+            store.append_audit(AuditEvent(time=1.0, kind="batch-started", message="batch 2"))
+        assert store.get_meta("missing") is None  # reads inside the block work
+    assert store.rollouts() == {"agent": {"phase": "Progressing", "batch": 2}}
+    desired = store.desired("gpu-1")
+    assert desired is not None and desired.generation == 1
+    assert [e.kind for e in store.audit()] == ["batch-started"]

@@ -292,11 +292,17 @@ def test_report_is_schema_valid_and_truthful() -> None:
     assert entry["startedAt"] == "2023-11-14T22:13:20+00:00"
 
 
-def test_doc_key_changes_with_the_document() -> None:
-    w: dict[str, Any] = {"name": "a", "version": "1.0.0"}
-    assert doc_key(1, w) == doc_key(1, dict(w))
-    assert doc_key(1, w) != doc_key(2, w)
-    assert doc_key(1, w) != doc_key(1, {**w, "run": {"command": ["x"]}})
+def test_doc_key_is_the_target_not_the_document() -> None:
+    """A failed version is remembered per target: version, artifact, configuration and
+    retryGeneration; not the document's generation nor the spread's notBefore."""
+    w: dict[str, Any] = {"name": "a", "version": "1.0.0", "artifact": {"sha256": "ab" * 32}}
+    assert doc_key(w) == doc_key(dict(w))
+    assert doc_key(w) == doc_key({**w, "notBefore": "2026-12-01T02:00:07Z"})
+    assert doc_key(w) != doc_key({**w, "version": "1.0.1"})
+    assert doc_key(w) != doc_key({**w, "artifact": {"sha256": "cd" * 32}})
+    assert doc_key(w) != doc_key({**w, "run": {"command": ["x"]}})
+    assert doc_key(w) != doc_key({**w, "retryGeneration": 1})
+    assert doc_key({**w, "retryGeneration": 1}) != doc_key({**w, "retryGeneration": 2})
 
 
 def test_runtime_registry() -> None:

@@ -55,7 +55,7 @@ def test_workload_parse_names_what_is_missing(change: dict[str, Any], says: str)
 def test_desired_document() -> None:
     d = Desired.parse({"generation": 4, "workloads": [ENTRY]})
     assert d.names() == {"hello"} and d.entry("hello") is ENTRY and d.entry("other") is None
-    assert d.key(ENTRY) == doc_key(4, ENTRY)
+    assert d.key(ENTRY) == doc_key(ENTRY)
     assert Desired.parse(None) == Desired(0, ())
 
 

@@ -44,6 +44,10 @@ def test_vectors() -> None:
     assert signing.public_line(KEY.public_key()) == PUBLIC
     trusted = signing.parse_public_keys(PUBLIC + " comment\n", "vector")
     assert signing.verify(signing.parse_envelope(envelope), trusted) == VECTOR_KEYID
+    # the reconciler's spliced form is the same bytes as the envelope serialized whole
+    assert signing.envelope_bytes(KEY, VECTOR_KEYID, VECTOR_DOC) == signing.canonical_bytes(
+        envelope
+    )
 
 
 def test_keyid_is_the_ssh_keygen_fingerprint(tmp_path: Path) -> None:

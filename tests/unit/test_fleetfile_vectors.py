@@ -1,0 +1,82 @@
+"""Both halves on the same vectors: the workload entry the reconciler renders from a release
+or model file (``select.workload_document``) is the one an agent re-renders from the
+approved file's bytes (``fleetkeeper_common.fleetfile``), and the YAML both refuse."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from fleetkeeper_common.fleetfile import FleetFileError, fill, load_strict, workload_entry
+from reconciler.plan.select import NodeFacts, resolve, workload_document
+from reconciler.spec import parse_deployable, parse_fleet, parse_node
+from reconciler.validate.loader import load_file
+from tests.helpers.fleetdocs import model_doc, node_doc, release_doc
+
+NODES = [
+    node_doc("gpu-1", labels={"port": "8080", "site": "lab"}),
+    node_doc("mac-1", platform="darwin/arm64", labels={"port": "9000"}),
+    node_doc("bare", platform="linux/arm64"),  # no labels: placeholders become ""
+]
+RELEASE = release_doc(
+    "inference-agent",
+    "0.8.4",
+    command=["bin/ia", "--port", "${node.labels.port}", "--name", "${node.name}"],
+    env={"SITE": "${node.labels.site}", "LOG_LEVEL": "info"},
+)
+RELEASE["health"] = {"http": "http://127.0.0.1:${node.labels.port}/healthz", "timeoutSeconds": 9}
+RELEASE["versionProbe"] = ["bin/ia", "--version"]
+RELEASE["artifacts"][0]["unpackedSize"] = 4096
+RELEASE["data"] = {"snapshot": True, "maxBytes": 1 << 20}
+FILES = {
+    "releases/inference-agent/0.8.4.yaml": RELEASE,
+    "models/qwen/1.0.0.yaml": model_doc("qwen", "1.0.0"),
+    "releases/minimal/1.0.0.yaml": {
+        **release_doc("minimal", "1.0.0", platforms=("linux/amd64",)),
+        "run": {"command": ["bin/minimal"]},
+    },
+}
+
+
+@pytest.mark.parametrize("path", sorted(FILES))
+@pytest.mark.parametrize("node", NODES, ids=lambda n: str(n["name"]))
+def test_agent_renders_what_the_reconciler_renders(path: str, node: dict[str, object]) -> None:
+    data = yaml.safe_dump(FILES[path], sort_keys=False).encode()
+    loaded, problems = load_file(path, data)
+    assert loaded is not None and problems == []
+    facts = NodeFacts.from_spec(parse_node(None, node))
+    reconciler_side = workload_document(
+        parse_deployable(path, loaded.value, parse_fleet(None)), facts
+    )
+    agent_side = workload_entry(
+        load_strict(data, path), facts.name, dict(facts.labels), facts.platform
+    )
+    assert agent_side == reconciler_side
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["${node.name}:${node.labels.port}", ["a", "${node.labels.nope}x"], {"k": "${node.name}"}, 7],
+)
+def test_placeholders_resolve_alike(value: object) -> None:
+    node = NodeFacts.from_spec(parse_node(None, NODES[0]))
+    assert fill(value, node.name, dict(node.labels)) == resolve(value, node)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("a: 1\na: 2\n", "duplicate key"),
+        ("1: x\n", "key is not a string"),
+        ("a: !!binary aGk=\n", "not a plain YAML value"),
+        ("a: !!set {x: null}\n", "unsupported YAML tag"),
+        ("a: 2026-01-01\n", "not a plain YAML value"),
+        ("a: .inf\n", "not a plain YAML value"),
+        ("base: &b {x: 1}\nc:\n  <<: *b\n", "key is not a string"),
+    ],
+)
+def test_yaml_the_validator_refuses_the_node_refuses(text: str, why: str) -> None:
+    _, problems = load_file("releases/a/1.0.0.yaml", text.encode())
+    assert problems  # the reconciler's validator refuses it ...
+    with pytest.raises(FleetFileError, match=why):  # ... and so does the node
+        load_strict(text.encode(), "releases/a/1.0.0.yaml")

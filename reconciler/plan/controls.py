@@ -16,7 +16,7 @@ approved version only; none of them can change which version is approved or desi
   folded in, so a record is applied exactly once and replanning is idempotent.
 - ``retry`` lifts a halt: the nodes of the started, unfinished batches are given the
   target again at the record's time (older reports, their ``Failed`` included, no longer
-  count) and their workload entry carries ``retry: N``, the rollout's retry count, so an
+  count) and their workload entry carries ``retryGeneration: N``, the rollout's retry count, so an
   agent that remembers the version as failed on that node tries it again. A node's
   ``Failed`` counts again only from a report of a newer document than the one it had
   acted on when retried (until then its heartbeats repeat the old failure).

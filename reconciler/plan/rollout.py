@@ -513,7 +513,7 @@ def node_workload(
     p = state.nodes.get(node)
     if in_started and p is not None:  # given: in a started batch and its window was open
         if p.retry:  # ``rollout retry``: the agent tries a version it remembers as failed
-            target = {**target, "retry": p.retry}
+            target = {**target, "retryGeneration": p.retry}
         spread = state.spread_seconds
         if spread <= 0:
             return target

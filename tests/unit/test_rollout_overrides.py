@@ -112,7 +112,7 @@ def test_retry_lifts_a_halt_and_tells_the_agent_to_try_again(on_failure: str) ->
     s.control("retry", "app", reason="libcuda installed on n1")
     s.step()
     assert phase(s) == "Progressing"
-    assert entry(s, "n1")["version"] == V and entry(s, "n1")["retry"] == 1
+    assert entry(s, "n1")["version"] == V and entry(s, "n1")["retryGeneration"] == 1
     assert [e.message for e in s.events if e.kind == "control-applied"] == [
         "app 1.0.0: retry by alice (libcuda installed on n1): retry 1: n1 given the target again"
     ]
@@ -120,7 +120,7 @@ def test_retry_lifts_a_halt_and_tells_the_agent_to_try_again(on_failure: str) ->
     st = s.state("app")
     assert st is not None and st.phase == "Succeeded" and st.retries == 1
     assert s.versions("app") == {"n1": V, "n2": V, "n3": V}
-    assert "retry" not in entry(s, "n2")  # only the retried node is told to retry
+    assert "retryGeneration" not in entry(s, "n2")  # only the retried node is told to
 
 
 def test_after_a_retry_only_a_failure_of_the_new_document_halts_again() -> None:
@@ -148,7 +148,7 @@ def test_a_retry_of_a_rollout_that_is_not_halted_does_nothing() -> None:
     s.step()
     st = s.state("app")
     assert st is not None and st.retries == 0 and st.control_seq == 1
-    assert "retry" not in entry(s, "n1")
+    assert "retryGeneration" not in entry(s, "n1")
 
 
 def test_skip_node_leaves_a_dead_node_behind_and_lifts_the_halt_it_caused() -> None:

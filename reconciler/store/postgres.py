@@ -217,12 +217,9 @@ class PostgresStore:
 
     def applied_revision(self) -> AppliedRevision | None:
         rows = self._read(
-            "SELECT sha, approval, applied_at FROM applied_revisions ORDER BY id DESC LIMIT 1"
+            f"SELECT {records.APPLIED_COLUMNS} FROM applied_revisions ORDER BY id DESC LIMIT 1"
         )
-        if not rows:
-            return None
-        sha, approval, at = rows[0]
-        return AppliedRevision(sha=sha, approval=records.loads(approval), applied_at=at)
+        return records.applied_record(rows[0]) if rows else None
 
     def set_applied_revision(self, rev: AppliedRevision) -> None:
         with self._tx() as conn:
@@ -236,25 +233,13 @@ class PostgresStore:
             return _insert_audit(conn, event)
 
     def audit(self, since: float | None = None, limit: int = 1000) -> Sequence[AuditEvent]:
-        query = "SELECT id, time, kind, message, revision, release, node, details FROM audit "
+        query = f"SELECT id, {records.AUDIT_COLUMNS} FROM audit "
         params: list[object] = []
         if since is not None:
             query += "WHERE time >= %s "
             params.append(since)
         rows = self._read(query + "ORDER BY id LIMIT %s", [*params, max(0, limit)])
-        return [
-            AuditEvent(
-                id=r[0],
-                time=r[1],
-                kind=r[2],
-                message=r[3],
-                revision=r[4],
-                release=r[5],
-                node=r[6],
-                details=records.loads(r[7]),
-            )
-            for r in rows
-        ]
+        return [records.audit_record(r) for r in rows]
 
     def upsert_node(self, node: NodeRecord) -> None:
         with self._tx() as conn:
@@ -416,8 +401,8 @@ class PostgresStore:
             )
 
     def reports(self) -> Sequence[ReportRecord]:
-        rows = self._read("SELECT node, report, received_at FROM reports ORDER BY node")
-        return [ReportRecord(node=r[0], report=records.loads(r[1]), received_at=r[2]) for r in rows]
+        rows = self._read(f"SELECT {records.REPORT_COLUMNS} FROM reports ORDER BY node")
+        return [records.report_record(r) for r in rows]
 
     def rollouts(self) -> Mapping[str, Mapping[str, JSON]]:
         rows = self._read("SELECT name, state FROM rollouts ORDER BY name")
@@ -437,17 +422,9 @@ class PostgresStore:
             # the planner asks for controls(after=last seen) and must never skip one
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,))
             row = conn.execute(
-                "INSERT INTO rollout_controls (name, action, fingerprint, node, actor, reason, "
-                "at) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING seq",
-                (
-                    control.name,
-                    control.action,
-                    control.fingerprint,
-                    control.node,
-                    control.actor,
-                    control.reason,
-                    control.at,
-                ),
+                f"INSERT INTO rollout_controls ({records.CONTROL_COLUMNS}) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING seq",
+                records.control_row(control),
             ).fetchone()
             assert row is not None
             seq = int(row[0])
@@ -456,23 +433,11 @@ class PostgresStore:
 
     def controls(self, after: int = 0) -> Sequence[Control]:
         rows = self._read(
-            "SELECT seq, name, action, fingerprint, node, actor, reason, at "
+            f"SELECT seq, {records.CONTROL_COLUMNS} "
             "FROM rollout_controls WHERE seq > %s ORDER BY seq",
             (after,),
         )
-        return [
-            Control(
-                seq=int(r[0]),
-                name=r[1],
-                action=r[2],
-                fingerprint=r[3],
-                node=r[4],
-                actor=r[5],
-                reason=r[6],
-                at=r[7],
-            )
-            for r in rows
-        ]
+        return [records.control_record(r) for r in rows]
 
     def observe(self, shas: Sequence[str], now: float) -> Mapping[str, float]:
         wanted = sorted(set(shas))
@@ -515,17 +480,9 @@ def _insert_audit(conn: Conn, event: AuditEvent) -> int:
     makes ids commit in id order: a reader paging by id never skips a late commit."""
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,))
     row = conn.execute(
-        "INSERT INTO audit (time, kind, message, revision, release, node, details) "
+        f"INSERT INTO audit ({records.AUDIT_COLUMNS}) "
         "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
-        (
-            event.time,
-            event.kind,
-            event.message,
-            event.revision,
-            event.release,
-            event.node,
-            records.dumps(event.details),
-        ),
+        records.audit_row(event),
     ).fetchone()
     assert row is not None
     return int(row[0])

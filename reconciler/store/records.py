@@ -12,8 +12,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from fleetkeeper_common.canonical import canonical_json
+from reconciler.plan.controls import Control
 from reconciler.spec import JSON
-from reconciler.store.base import DesiredRecord, JoinToken, NodeRecord
+from reconciler.store.base import (
+    AppliedRevision,
+    AuditEvent,
+    DesiredRecord,
+    JoinToken,
+    NodeRecord,
+    ReportRecord,
+)
 
 dumps = canonical_json
 
@@ -22,6 +30,10 @@ TOKEN_COLUMNS = (
     "id, token_hash, created_at, expires_at, uses, used, node, roles, labels, revoked_at"
 )
 DESIRED_COLUMNS = "node, generation, etag, document"
+AUDIT_COLUMNS = "time, kind, message, revision, release, node, details"  # id: the store's
+CONTROL_COLUMNS = "name, action, fingerprint, node, actor, reason, at"  # seq: the store's
+REPORT_COLUMNS = "node, report, received_at"
+APPLIED_COLUMNS = "sha, approval, applied_at"
 
 
 def loads(text: str) -> Any:
@@ -105,3 +117,65 @@ def join_token_record(row: tuple[Any, ...]) -> JoinToken:
 
 def desired_record(row: tuple[Any, ...]) -> DesiredRecord:
     return DesiredRecord(node=row[0], generation=row[1], etag=row[2], document=loads(row[3]))
+
+
+def audit_row(event: AuditEvent) -> tuple[object, ...]:
+    """The values of ``AUDIT_COLUMNS`` (the id is assigned by the insert)."""
+    return (
+        event.time,
+        event.kind,
+        event.message,
+        event.revision,
+        event.release,
+        event.node,
+        dumps(event.details),
+    )
+
+
+def audit_record(row: tuple[Any, ...]) -> AuditEvent:
+    """A row of ``id, AUDIT_COLUMNS``."""
+    return AuditEvent(
+        id=row[0],
+        time=row[1],
+        kind=row[2],
+        message=row[3],
+        revision=row[4],
+        release=row[5],
+        node=row[6],
+        details=loads(row[7]),
+    )
+
+
+def control_row(control: Control) -> tuple[object, ...]:
+    """The values of ``CONTROL_COLUMNS`` (the seq is assigned by the insert)."""
+    return (
+        control.name,
+        control.action,
+        control.fingerprint,
+        control.node,
+        control.actor,
+        control.reason,
+        control.at,
+    )
+
+
+def control_record(row: tuple[Any, ...]) -> Control:
+    """A row of ``seq, CONTROL_COLUMNS``."""
+    return Control(
+        seq=int(row[0]),
+        name=row[1],
+        action=row[2],
+        fingerprint=row[3],
+        node=row[4],
+        actor=row[5],
+        reason=row[6],
+        at=row[7],
+    )
+
+
+def report_record(row: tuple[Any, ...]) -> ReportRecord:
+    return ReportRecord(node=row[0], report=loads(row[1]), received_at=row[2])
+
+
+def applied_record(row: tuple[Any, ...]) -> AppliedRevision:
+    return AppliedRevision(sha=row[0], approval=loads(row[1]), applied_at=row[2])

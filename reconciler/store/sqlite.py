@@ -168,12 +168,9 @@ class SqliteStore:
 
     def applied_revision(self) -> AppliedRevision | None:
         rows = self._read(
-            "SELECT sha, approval, applied_at FROM applied_revisions ORDER BY id DESC LIMIT 1"
+            f"SELECT {records.APPLIED_COLUMNS} FROM applied_revisions ORDER BY id DESC LIMIT 1"
         )
-        if not rows:
-            return None
-        sha, approval, at = rows[0]
-        return AppliedRevision(sha=sha, approval=_loads(approval), applied_at=at)
+        return records.applied_record(rows[0]) if rows else None
 
     def set_applied_revision(self, rev: AppliedRevision) -> None:
         with self._tx() as db:
@@ -188,23 +185,10 @@ class SqliteStore:
 
     def audit(self, since: float | None = None, limit: int = 1000) -> Sequence[AuditEvent]:
         rows = self._read(
-            "SELECT id, time, kind, message, revision, release, node, details FROM audit "
-            "WHERE time >= ? ORDER BY id LIMIT ?",
+            f"SELECT id, {records.AUDIT_COLUMNS} FROM audit WHERE time >= ? ORDER BY id LIMIT ?",
             (since if since is not None else float("-inf"), max(0, limit)),
         )
-        return [
-            AuditEvent(
-                id=r[0],
-                time=r[1],
-                kind=r[2],
-                message=r[3],
-                revision=r[4],
-                release=r[5],
-                node=r[6],
-                details=_loads(r[7]),
-            )
-            for r in rows
-        ]
+        return [records.audit_record(r) for r in rows]
 
     def upsert_node(self, node: NodeRecord) -> None:
         with self._tx() as db:
@@ -308,8 +292,8 @@ class SqliteStore:
             )
 
     def reports(self) -> Sequence[ReportRecord]:
-        rows = self._read("SELECT node, report, received_at FROM reports ORDER BY node")
-        return [ReportRecord(node=r[0], report=_loads(r[1]), received_at=r[2]) for r in rows]
+        rows = self._read(f"SELECT {records.REPORT_COLUMNS} FROM reports ORDER BY node")
+        return [records.report_record(r) for r in rows]
 
     def rollouts(self) -> Mapping[str, Mapping[str, JSON]]:
         rows = self._read("SELECT name, state FROM rollouts ORDER BY name")
@@ -326,17 +310,9 @@ class SqliteStore:
     def add_control(self, control: Control, audit: AuditEvent) -> int:
         with self._tx() as db:
             cur = db.execute(
-                "INSERT INTO rollout_controls (name, action, fingerprint, node, actor, reason, "
-                "at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    control.name,
-                    control.action,
-                    control.fingerprint,
-                    control.node,
-                    control.actor,
-                    control.reason,
-                    control.at,
-                ),
+                f"INSERT INTO rollout_controls ({records.CONTROL_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                records.control_row(control),
             )
             seq = int(cast(int, cur.lastrowid))
             _insert_audit(db, replace(audit, details={**audit.details, "seq": seq}))
@@ -344,23 +320,11 @@ class SqliteStore:
 
     def controls(self, after: int = 0) -> Sequence[Control]:
         rows = self._read(
-            "SELECT seq, name, action, fingerprint, node, actor, reason, at "
+            f"SELECT seq, {records.CONTROL_COLUMNS} "
             "FROM rollout_controls WHERE seq > ? ORDER BY seq",
             (after,),
         )
-        return [
-            Control(
-                seq=r[0],
-                name=r[1],
-                action=r[2],
-                fingerprint=r[3],
-                node=r[4],
-                actor=r[5],
-                reason=r[6],
-                at=r[7],
-            )
-            for r in rows
-        ]
+        return [records.control_record(r) for r in rows]
 
     def observe(self, shas: Sequence[str], now: float) -> Mapping[str, float]:
         wanted = sorted(set(shas))
@@ -425,17 +389,8 @@ def _claim(
 
 def _insert_audit(db: sqlite3.Connection, event: AuditEvent) -> int:
     cur = db.execute(
-        "INSERT INTO audit (time, kind, message, revision, release, node, details) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (
-            event.time,
-            event.kind,
-            event.message,
-            event.revision,
-            event.release,
-            event.node,
-            _dumps(event.details),
-        ),
+        f"INSERT INTO audit ({records.AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        records.audit_row(event),
     )
     return int(cast(int, cur.lastrowid))
 

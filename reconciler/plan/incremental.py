@@ -29,7 +29,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from reconciler.plan import windows as win
 from reconciler.plan.controls import Control
 from reconciler.plan.observations import NodeReport, is_stale
 from reconciler.plan.rollout import (
@@ -38,8 +37,7 @@ from reconciler.plan.rollout import (
     desired_document,
     held_nodes,
     hold_ends,
-    node_workload,
-    step_rollout,
+    step_release,
     workload_entry,
 )
 from reconciler.plan.select import NodeFacts, latest_versions, target_nodes, workload_document
@@ -164,24 +162,22 @@ def replan(
         # held nodes (``hold:``) are not part of the rollout; they keep their entry
         on_hold = [n for n in targets if n in held]
         targeted = [n for n in targets if n not in held]  # target_nodes' order: canaries first
-        current = {n: workload_entry(desired.get(n), name) for n in targeted}
-        gates = {n: win.effective(d.rollout.windows, nodes[n].windows) for n in targeted}
         old_json = rollouts.get(name)
         if old_memo is not None and old_json is old_memo.json:  # parsed last pass already
             old: RolloutState | None = old_memo.state
         else:
             old = state_from_json(old_json) if old_json is not None else None
-        step = step_rollout(
+        step, given = step_release(
             d,
             old,
-            targeted,
-            current,
+            {n: targets[n] for n in targeted},
+            on_hold,
+            desired,
+            nodes,
             reports,
             now,
             ttl,
-            windows=gates,
-            held=on_hold,
-            controls=(controls or {}).get(name, ()),
+            controls,
         )
         # an unchanged state keeps its stored JSON (serialising 10,000 nodes is the cost)
         if old is not None and old_json is not None and step.state == old:
@@ -192,12 +188,6 @@ def replan(
             states[name] = new_json
             changed_rollouts.add(name)
         events.extend(step.events)
-        started = frozenset(step.state.started_nodes())
-        given: dict[str, Mapping[str, JSON]] = {}
-        for n in targeted:
-            w = node_workload(step.state, n, targets[n], started)
-            if w is not None:
-                given[n] = w
         for n in on_hold:
             if (kept := workload_entry(desired.get(n), name)) is not None:
                 given[n] = kept

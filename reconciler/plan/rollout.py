@@ -576,6 +576,48 @@ def hold_ends(names: Iterable[str], nodes: Mapping[str, NodeFacts], now: float) 
     return out
 
 
+def step_release(
+    d: Deployable,
+    old: RolloutState | None,
+    targets: Mapping[str, Mapping[str, JSON]],
+    held: Sequence[str],
+    desired: Mapping[str, Mapping[str, JSON]],
+    nodes: Mapping[str, NodeFacts],
+    reports: Mapping[str, NodeReport],
+    now: float,
+    ttl: float,
+    controls: Mapping[str, Sequence[Control]] | None,
+) -> tuple[Step, dict[str, Mapping[str, JSON]]]:
+    """One release's pass, shared by ``compute_plan`` and the incremental planner: its
+    rollout stepped and the workload entry each targeted node is given this pass.
+
+    ``targets``: node -> workload document for ``d``, in ``target_nodes``' order (canaries
+    first), held nodes excluded (they are ``held``); ``desired``: the stored documents.
+    """
+    targeted = list(targets)
+    current = {n: workload_entry(desired.get(n), d.name) for n in targeted}
+    gates = {n: win.effective(d.rollout.windows, nodes[n].windows) for n in targeted}
+    step = step_rollout(
+        d,
+        old,
+        targeted,
+        current,
+        reports,
+        now,
+        ttl,
+        windows=gates,
+        held=held,
+        controls=(controls or {}).get(d.name, ()),
+    )
+    started = frozenset(step.state.started_nodes())
+    given: dict[str, Mapping[str, JSON]] = {}
+    for n in targeted:
+        w = node_workload(step.state, n, targets[n], started)
+        if w is not None:
+            given[n] = w
+    return step, given
+
+
 def compute_plan(
     spec: FleetSpec,
     nodes: Mapping[str, NodeFacts],
@@ -625,22 +667,10 @@ def compute_plan(
                     per_node[n].append(kept)
                 continue
             targets[n] = doc
-        targeted = list(targets)  # keeps target_nodes' order: canaries first
-        current = {n: workload_entry(desired.get(n), name) for n in targeted}
         old_json = rollouts.get(name)
         old = state_from_json(old_json) if old_json is not None else None
-        gates = {n: win.effective(d.rollout.windows, nodes[n].windows) for n in targeted}
-        step = step_rollout(
-            d,
-            old,
-            targeted,
-            current,
-            reports,
-            now,
-            ttl,
-            windows=gates,
-            held=on_hold,
-            controls=(controls or {}).get(name, ()),
+        step, given = step_release(
+            d, old, targets, on_hold, desired, nodes, reports, now, ttl, controls
         )
         new_json = state_to_json(step.state)
         if old_json != new_json:
@@ -649,11 +679,8 @@ def compute_plan(
         events.extend(step.events)
         if step.wake_at is not None:
             wakes.append(step.wake_at)
-        started = frozenset(step.state.started_nodes())
-        for n in targeted:
-            w = node_workload(step.state, n, targets[n], started)
-            if w is not None:
-                per_node[n].append(w)
+        for n, w in given.items():
+            per_node[n].append(w)
 
     out = {
         n: desired_document(n, per_node[n], revision, approval, desired.get(n))

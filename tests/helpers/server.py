@@ -36,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ import httpx
 import uvicorn
 import yaml
 
+from tests.helpers.artifact_server import free_port
 from tests.helpers.fleet import FleetRepo, fleet_doc, node_doc
 
 START_TIMEOUT = 30.0
@@ -233,6 +234,30 @@ def start_server(
         stderr_path=stderr,
         repo=repo,
     )
+
+
+FLEET_CONFIG: dict[str, Any] = {"heartbeatTTLSeconds": 5, "pollIntervalSeconds": 1}
+
+
+def start_fleet(
+    tmp: Path,
+    nodes: Sequence[str],
+    *,
+    labels: Mapping[str, str] | None = None,
+    extra_config: Mapping[str, Any] | None = None,
+) -> tuple[FleetRepo, RunningServer, dict[str, int]]:
+    """A fleet repo declaring ``nodes`` and ``fleetkeeper serve`` on it (``FLEET_CONFIG``
+    unless ``extra_config`` overrides it). Each node is labelled with a free ``port`` (its
+    workload's, returned per node) besides ``labels``."""
+    ports = {n: free_port() for n in nodes}
+    files: dict[str, Any] = {"fleet.yaml": fleet_doc()}
+    for n in nodes:
+        files[f"nodes/{n}.yaml"] = node_doc(n, labels={"port": str(ports[n]), **(labels or {})})
+    repo = FleetRepo.create(tmp / "fleet", files)
+    server = start_server(
+        tmp / "server", repo=repo, extra_config={**FLEET_CONFIG, **(extra_config or {})}
+    )
+    return repo, server, ports
 
 
 def _launch(

@@ -14,8 +14,8 @@ import pytest
 from tests.helpers.agents import AgentProc, running_agents
 from tests.helpers.artifact_server import ArtifactServer, free_port
 from tests.helpers.artifacts import Artifact, build_program, hello_release
-from tests.helpers.fleet import FleetRepo, fleet_doc, node_doc
-from tests.helpers.server import RunningServer, restart, start_server
+from tests.helpers.fleet import FleetRepo
+from tests.helpers.server import RunningServer, restart, start_fleet
 
 NODES = ("node-a", "node-b", "node-c")
 
@@ -50,16 +50,9 @@ class Lab:
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
-    ports = {n: free_port() for n in NODES}
-    files: dict[str, Any] = {"fleet.yaml": fleet_doc()}
-    for n in NODES:
-        files[f"nodes/{n}.yaml"] = node_doc(n, labels={"port": str(ports[n])})
-    repo = FleetRepo.create(tmp_path / "fleet", files)
     listen = f"127.0.0.1:{free_port()}"
-    server = start_server(
-        tmp_path / "server",
-        repo=repo,
-        extra_config={"heartbeatTTLSeconds": 3, "pollIntervalSeconds": 1, "listen": listen},
+    repo, server, ports = start_fleet(
+        tmp_path, NODES, extra_config={"heartbeatTTLSeconds": 3, "listen": listen}
     )
     (tmp_path / "dist").mkdir()
     artifacts = ArtifactServer(tmp_path / "dist").__enter__()

@@ -15,8 +15,8 @@ import pytest
 from tests.helpers.agents import AgentProc, running_agents
 from tests.helpers.artifact_server import ArtifactServer, free_port
 from tests.helpers.artifacts import build_program, hello_release
-from tests.helpers.fleet import FleetRepo, fleet_doc, node_doc
-from tests.helpers.server import RunningServer, start_server
+from tests.helpers.fleet import FleetRepo
+from tests.helpers.server import RunningServer, start_fleet
 
 NODES = ("node-a", "node-b", "node-c")
 SPREAD = 20
@@ -24,18 +24,8 @@ SPREAD = 20
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[tuple[FleetRepo, RunningServer, ArtifactServer]]:
-    files: dict[str, Any] = {"fleet.yaml": fleet_doc()}
-    for n in NODES:
-        files[f"nodes/{n}.yaml"] = node_doc(n, labels={"port": str(free_port())})
-    repo = FleetRepo.create(tmp_path / "fleet", files)
-    server = start_server(
-        tmp_path / "server",
-        repo=repo,
-        extra_config={
-            "heartbeatTTLSeconds": 5,
-            "pollIntervalSeconds": 1,
-            "listen": f"127.0.0.1:{free_port()}",
-        },
+    repo, server, _ = start_fleet(
+        tmp_path, NODES, extra_config={"listen": f"127.0.0.1:{free_port()}"}
     )
     (tmp_path / "dist").mkdir()
     artifacts = ArtifactServer(tmp_path / "dist").__enter__()

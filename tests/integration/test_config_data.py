@@ -30,8 +30,8 @@ from tests.helpers.agents import AgentProc, make_agent, running_agents
 from tests.helpers.artifact_server import ArtifactServer, free_port
 from tests.helpers.artifacts import Artifact, describe
 from tests.helpers.desired import desired_doc, workload_doc
-from tests.helpers.fleet import FleetRepo, fleet_doc, node_doc
-from tests.helpers.server import RunningServer, start_server
+from tests.helpers.fleet import FleetRepo
+from tests.helpers.server import RunningServer, start_fleet
 
 NAME = "cfgsrv"
 SOAK = 4
@@ -136,16 +136,7 @@ class Lab:
 
 
 def make_lab(tmp: Path, nodes: tuple[str, ...]) -> Lab:
-    ports = {n: free_port() for n in nodes}
-    files: dict[str, Any] = {"fleet.yaml": fleet_doc()}
-    for n in nodes:
-        files[f"nodes/{n}.yaml"] = node_doc(n, labels={"port": str(ports[n]), "site": "lab"})
-    repo = FleetRepo.create(tmp / "fleet", files)
-    server = start_server(
-        tmp / "server",
-        repo=repo,
-        extra_config={"heartbeatTTLSeconds": 5, "pollIntervalSeconds": 1},
-    )
+    repo, server, ports = start_fleet(tmp, nodes, labels={"site": "lab"})
     (tmp / "dist").mkdir()
     return Lab(tmp, repo, server, ArtifactServer(tmp / "dist").__enter__(), ports)
 

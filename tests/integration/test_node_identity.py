@@ -31,8 +31,8 @@ from tests.helpers.artifacts import (
     free_port,
     hello_release,
 )
-from tests.helpers.fleet import FleetRepo, fleet_doc, node_doc
-from tests.helpers.server import RunningServer, register_doc, restart, start_server
+from tests.helpers.fleet import FleetRepo, fleet_doc
+from tests.helpers.server import RunningServer, register_doc, restart, start_fleet, start_server
 
 
 @dataclass
@@ -86,20 +86,10 @@ def _wait(check: Any, what: str, timeout: float = 30.0) -> Any:
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
-    port = free_port()
-    files: dict[str, Any] = {
-        "fleet.yaml": fleet_doc(),
-        "nodes/gpu-1.yaml": node_doc("gpu-1", labels={"port": str(port)}),
-    }
-    repo = FleetRepo.create(tmp_path / "fleet", files)
-    server = start_server(
-        tmp_path / "server",
-        repo=repo,
-        extra_config={"heartbeatTTLSeconds": 5, "pollIntervalSeconds": 1},
-    )
+    repo, server, ports = start_fleet(tmp_path, ["gpu-1"])
     (tmp_path / "dist").mkdir()
     artifacts = ArtifactServer(tmp_path / "dist").__enter__()
-    lab = Lab(tmp_path, repo, server, artifacts, port)
+    lab = Lab(tmp_path, repo, server, artifacts, ports["gpu-1"])
     try:
         yield lab
     finally:

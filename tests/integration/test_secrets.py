@@ -70,6 +70,19 @@ def fleetkeeper(
     )
 
 
+def encrypt_api_key(root: Path) -> subprocess.CompletedProcess[str]:
+    """``secret encrypt`` of API_KEY to the recipients of the secret-reader release."""
+    return fleetkeeper(
+        "secret",
+        "encrypt",
+        "reader/api-key",
+        "--for-release",
+        "secret-reader",
+        cwd=root,
+        stdin=API_KEY,
+    )
+
+
 def identity_of(agent: AgentProc) -> str:
     done = agent.cli("identity")
     assert done.returncode == 0, done.stderr
@@ -306,15 +319,7 @@ def test_secret_encrypt_round_trip_and_check(tmp_path: Path) -> None:
     missing = fleetkeeper("secret", "check", cwd=root)
     assert missing.returncode == 1 and "secrets/reader/api-key.age does not exist" in missing.stdout
 
-    done = fleetkeeper(
-        "secret",
-        "encrypt",
-        "reader/api-key",
-        "--for-release",
-        "secret-reader",
-        cwd=root,
-        stdin=API_KEY,
-    )
+    done = encrypt_api_key(root)
     assert done.returncode == 0, done.stderr
     assert API_KEY not in done.stdout + done.stderr
     age_file = root / "secrets/reader/api-key.age"
@@ -347,15 +352,7 @@ def test_secret_encrypt_round_trip_and_check(tmp_path: Path) -> None:
     assert invalid.returncode == 1 and "targeted node(s) n3" in invalid.stdout
 
     # re-encrypting includes n3 and the check passes; n3 can decrypt with the age CLI
-    again = fleetkeeper(
-        "secret",
-        "encrypt",
-        "reader/api-key",
-        "--for-release",
-        "secret-reader",
-        cwd=root,
-        stdin=API_KEY,
-    )
+    again = encrypt_api_key(root)
     assert again.returncode == 0, again.stderr
     out = subprocess.run(
         [str(AGE), "-d", "-i", str(tmp_path / "n3.key"), str(age_file)],
@@ -383,15 +380,7 @@ def test_secret_encrypt_round_trip_and_check(tmp_path: Path) -> None:
 def test_secret_encrypt_refuses_a_node_without_recipient(tmp_path: Path) -> None:
     keys = {"n1": age_keygen(tmp_path / "n1.key")}
     root = fleet_with_secret(tmp_path, ["n1", "n2"], keys)
-    done = fleetkeeper(
-        "secret",
-        "encrypt",
-        "reader/api-key",
-        "--for-release",
-        "secret-reader",
-        cwd=root,
-        stdin=API_KEY,
-    )
+    done = encrypt_api_key(root)
     assert done.returncode == 1
     assert "n2 have no ageRecipient" in done.stderr
     assert not (root / "secrets").exists()  # nothing written

@@ -16,7 +16,8 @@ import os
 import subprocess
 import tarfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ from tests.helpers.fakereconciler import fake_reconciler, new_key, sign_doc
 from tests.helpers.fleet import FleetRepo, fleet_doc, node_doc
 from tests.helpers.git import commit_all, git, init_repo
 from tests.helpers.keys import Keys, SignedRepo, close_keys, session_keys, signed_tag
-from tests.helpers.server import start_server
+from tests.helpers.server import RunningServer, start_server
 
 NODE = "gpu-1"
 PLATFORM = "linux/amd64"
@@ -66,6 +67,29 @@ def healthy(version: str) -> Callable[[AgentProc], bool]:
 
 def serves(port: int) -> str:
     return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).text.strip()
+
+
+@contextmanager
+def one_agent(
+    tmp: Path, server: RunningServer, labels: Mapping[str, str], approvers: Mapping[str, str]
+) -> Iterator[tuple[ArtifactServer, AgentProc]]:
+    """An artifact server on ``tmp/dist`` and agent NODE joined to ``server``, checking
+    approvals itself against ``approvers`` (no file: URLs, so it fetches over HTTP)."""
+    dist = tmp / "dist"
+    dist.mkdir()
+    with (
+        ArtifactServer(dist) as arts,
+        running_agents(
+            tmp,
+            server.url,
+            server.bootstrap_token,
+            [NODE],
+            labels=labels,
+            approvers=approvers,
+            allowFileURLs=False,
+        ) as (agent,),
+    ):
+        yield arts, agent
 
 
 def reported_refusal(report: dict[str, Any] | None, text: str) -> bool:
@@ -103,20 +127,8 @@ def test_real_reconciler_ssh_and_openpgp_tags_run_and_an_unlisted_approver_is_re
     node_signers = keys.allowed_signers_file(("alice",), "node_allowed_signers")
     approvers = {"allowedSigners": str(node_signers), "gpgKeyring": str(keys.gpg_keyring)}
     dist = tmp_path / "dist"
-    dist.mkdir()
     try:
-        with (
-            ArtifactServer(dist) as arts,
-            running_agents(
-                tmp_path,
-                server.url,
-                server.bootstrap_token,
-                [NODE],
-                labels=labels,
-                approvers=approvers,
-                allowFileURLs=False,
-            ) as (agent,),
-        ):
+        with one_agent(tmp_path, server, labels, approvers) as (arts, agent):
 
             def release(version: str, signer: str, tag: str) -> None:
                 art = build_program(dist, "hello", version)
@@ -487,19 +499,10 @@ def test_merged_pr_signed_merge_runs_and_an_unsigned_merge_is_refused_on_the_nod
     )
     forge_only = keys.allowed_signers_file(("forge",), "node_forge_signers")
     dist = tmp_path / "dist"
-    dist.mkdir()
     try:
-        with (
-            ArtifactServer(dist) as arts,
-            running_agents(
-                tmp_path,
-                server.url,
-                server.bootstrap_token,
-                [NODE],
-                labels=labels,
-                approvers={"allowedSigners": str(forge_only)},
-                allowFileURLs=False,
-            ) as (agent,),
+        with one_agent(tmp_path, server, labels, {"allowedSigners": str(forge_only)}) as (
+            arts,
+            agent,
         ):
 
             def release(version: str) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,14 +73,21 @@ def make_rig(tmp: Path, root: Path | None = None) -> tuple[Rig, ArtifactServer]:
     return Rig(tmp, dist, server, conv, sup, state, free_port()), server
 
 
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    r, server = make_rig(tmp_path)
+@contextmanager
+def running_rig(tmp: Path, root: Path | None = None) -> Iterator[Rig]:
+    """``make_rig``, its workload stopped and its artifact server closed on the way out."""
+    r, server = make_rig(tmp, root)
     try:
         yield r
     finally:
         r.sup.stop("hello")
         server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    with running_rig(tmp_path) as r:
+        yield r
 
 
 def test_install_then_update_proves_a_new_process_of_the_new_version(rig: Rig) -> None:
@@ -145,17 +153,13 @@ def test_truncated_download_is_resumed_with_range(rig: Rig) -> None:
 
 
 def test_server_without_range_support_downloads_again(tmp_path: Path) -> None:
-    r, server = make_rig(tmp_path)
-    server.ignore_range = True
-    try:
+    with running_rig(tmp_path) as r:
+        r.server.ignore_range = True
         art = r.build("1.0.0", padding=200_000)
-        server.truncate_next(art.path.name, at=50_000)
+        r.server.truncate_next(art.path.name, at=50_000)
         out = r.converge(r.doc("1.0.0", art))
         assert out.ok, out.message
-        assert server.requests[art.path.name] == 2
-    finally:
-        r.sup.stop("hello")
-        server.__exit__(None, None, None)
+        assert r.server.requests[art.path.name] == 2
 
 
 @pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "device"])
@@ -228,8 +232,7 @@ def test_symlinked_install_root_is_still_managed(tmp_path: Path) -> None:
     real.mkdir()
     link = tmp_path / "link-root"
     link.symlink_to(real)
-    r, server = make_rig(tmp_path, root=link)
-    try:
+    with running_rig(tmp_path, root=link) as r:
         a1, a2 = r.build("1.0.0"), r.build("1.1.0")
         assert r.converge(r.doc("1.0.0", a1)).ok
         out = r.converge(r.doc("1.1.0", a2))
@@ -240,9 +243,6 @@ def test_symlinked_install_root_is_still_managed(tmp_path: Path) -> None:
         seen = r.conv.observe(r.doc("1.1.0", a2))
         assert seen.version == "1.1.0" and seen.current is not None
         assert seen.current.startswith(str(real.resolve()))
-    finally:
-        r.sup.stop("hello")
-        server.__exit__(None, None, None)
 
 
 def test_zip_single_file_and_file_urls(rig: Rig) -> None:

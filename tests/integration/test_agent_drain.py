@@ -25,19 +25,15 @@ from tests.helpers.artifact_server import ArtifactServer, free_port
 from tests.helpers.artifacts import build_program, hello_release
 from tests.helpers.fleet import FleetRepo, fleet_doc, node_doc
 from tests.helpers.server import start_server
-from tests.integration.test_agent_converge import Rig, make_rig
+from tests.integration.test_agent_converge import Rig, running_rig
 
 SLOW = 3.0
 
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    r, server = make_rig(tmp_path)
-    try:
+    with running_rig(tmp_path) as r:
         yield r
-    finally:
-        r.sup.stop("hello")
-        server.__exit__(None, None, None)
 
 
 class SlowClient(threading.Thread):

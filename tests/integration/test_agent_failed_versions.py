@@ -26,7 +26,7 @@ from tests.helpers.artifacts import build_program, hello_release
 from tests.helpers.desired import desired_doc, workload_doc
 from tests.helpers.fleet import FleetRepo
 from tests.helpers.server import RunningServer, start_fleet
-from tests.integration.test_agent_converge import make_rig
+from tests.integration.test_agent_converge import running_rig
 
 
 def _starts(agent: AgentProc, version: str) -> int:
@@ -192,8 +192,7 @@ def test_a_crash_loop_after_the_proof_is_a_version_failure(tmp_path: Path) -> No
     """1.1.0 passes its proof, then exits after 1.5 s, again and again: once the supervisor
     has seen 3 quick exits in a row, the next converge pass rolls back to 1.0.0 and
     remembers 1.1.0 as failed."""
-    rig, server = make_rig(tmp_path)
-    try:
+    with running_rig(tmp_path) as rig:
         good, bad = rig.build("1.0.0"), rig.build("1.1.0", crash_after=1.5)
         assert rig.converge(rig.doc("1.0.0", good)).ok
         w = rig.doc("1.1.0", bad)
@@ -214,9 +213,6 @@ def test_a_crash_loop_after_the_proof_is_a_version_failure(tmp_path: Path) -> No
         pid = rig.sup.running("hello")
         again = rig.converge(w)
         assert again.phase == "Failed" and rig.sup.running("hello") == pid
-    finally:
-        rig.sup.stop("hello")
-        server.__exit__(None, None, None)
 
 
 def test_the_agent_rolls_a_crash_loop_back_without_waiting_for_a_resync(

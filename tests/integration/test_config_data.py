@@ -32,6 +32,7 @@ from tests.helpers.artifacts import Artifact, describe
 from tests.helpers.desired import desired_doc, workload_doc
 from tests.helpers.fleet import FleetRepo
 from tests.helpers.server import RunningServer, start_fleet
+from tests.helpers.wait import wait_until
 
 NAME = "cfgsrv"
 SOAK = 4
@@ -172,13 +173,7 @@ def desired_config(agent: AgentProc) -> str | None:
 
 
 def wait(what: str, check: Any, timeout: float = 45) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_until(what, check, timeout, interval=0.05)
 
 
 def served_soul(lab: Lab, node: str) -> str | None:

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +27,13 @@ from tests.helpers.fleet import (
     release_doc,
 )
 from tests.helpers.server import _wait_listening, register_doc, wait_ready, write_config
+from tests.helpers.wait import wait_until
 
 ROLLOUT_EVENTS = {"rollout-started", "batch-started", "batch-done", "halted", "succeeded"}
 
 
 def _wait(what: str, predicate: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_until(what, predicate, timeout)
 
 
 def test_json_logs_carry_context_and_no_secrets(tmp_path: Path) -> None:

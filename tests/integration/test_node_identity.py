@@ -33,6 +33,7 @@ from tests.helpers.artifacts import (
 )
 from tests.helpers.fleet import FleetRepo, fleet_doc
 from tests.helpers.server import RunningServer, register_doc, restart, start_fleet, start_server
+from tests.helpers.wait import wait_until
 
 
 @dataclass
@@ -75,13 +76,7 @@ class Lab:
 
 
 def _wait(check: Any, what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_until(what, check, timeout, interval=0.2)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,30 +137,29 @@ class Lab:
         return r.json() if r.status_code == 200 else None
 
 
-def make_lab(tmp: Path, nodes: tuple[str, ...]) -> Lab:
+@contextmanager
+def running_lab(tmp: Path, nodes: tuple[str, ...]) -> Iterator[Lab]:
+    """A fleet of ``nodes`` at site "lab" with its artifact server; both stopped on exit."""
     repo, server, ports = start_fleet(tmp, nodes, labels={"site": "lab"})
     (tmp / "dist").mkdir()
-    return Lab(tmp, repo, server, ArtifactServer(tmp / "dist").__enter__(), ports)
+    lab = Lab(tmp, repo, server, ArtifactServer(tmp / "dist").__enter__(), ports)
+    try:
+        yield lab
+    finally:
+        lab.artifacts.__exit__(None, None, None)
+        lab.server.stop()
 
 
 @pytest.fixture
 def lab2(tmp_path: Path) -> Iterator[Lab]:
-    lab = make_lab(tmp_path, ("node-a", "node-b"))
-    try:
+    with running_lab(tmp_path, ("node-a", "node-b")) as lab:
         yield lab
-    finally:
-        lab.artifacts.__exit__(None, None, None)
-        lab.server.stop()
 
 
 @pytest.fixture
 def lab1(tmp_path: Path) -> Iterator[Lab]:
-    lab = make_lab(tmp_path, ("node-a",))
-    try:
+    with running_lab(tmp_path, ("node-a",)) as lab:
         yield lab
-    finally:
-        lab.artifacts.__exit__(None, None, None)
-        lab.server.stop()
 
 
 def desired_config(agent: AgentProc) -> str | None:

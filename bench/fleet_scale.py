@@ -1,7 +1,7 @@
 """Benchmark: one ``fleetkeeper serve`` holding N simulated agents (issue 12).
 
     .venv/bin/python bench/fleet_scale.py [--agents 1000 2000 4000 8000] [--steady 30]
-        [--replicas N --database URL [--kills K]]
+        [--replicas N --database URL [--kills K]] [--signed]
 
 Per size, a fresh fleet repo (bare, watched) and a fresh ``fleetkeeper serve`` on SQLite
 (or ``--database``), then simulated agents that behave like ``fleetkeeper-agent`` on the
@@ -32,6 +32,13 @@ Phases and what is printed for each size:
 6. every error by kind (timeouts, connection errors, HTTP status other than 200/304).
    A keep-alive connection the server closed while idle is reopened and counted apart
    (``reconnects``), as a real HTTP client does.
+
+With ``--signed`` every size runs twice in the same run: first a server with signing turned
+off (``_unsigned_serve.py``: the code before issue 13) and agents asking for the plain
+document, then the real ``serve`` (it always signs) with agents that ask for the signed
+envelope (``Accept: application/vnd.fleetkeeper.signed+json``, as ``fleetkeeper-agent``
+does) and read the document from it; the table then gives merge -> all hold for both and
+the ratio.
 
 RLIMIT_NOFILE is raised to its hard limit for this process and the server (two sockets
 per agent on both sides: 8,000 agents need 16,000 descriptors each).
@@ -68,6 +75,8 @@ from _serve import (  # noqa: E402
     register_body,
     start,
 )
+
+from fleetkeeper_common.signing import ENVELOPE_TYPE  # noqa: E402
 
 AGENT = "bench-agent"
 HEARTBEAT = 15.0
@@ -183,10 +192,13 @@ class Agent:
         stats: Stats,
         gate: asyncio.Semaphore,
         home: int = 0,
+        signed: bool = False,
     ):
         self.node, self.stats = node, stats
         self.home = home  # the index of its replica (--replicas)
         self.auth = {"Authorization": f"Bearer {token}"}
+        self.signed = signed  # asks for the envelope, as fleetkeeper-agent does
+        self.poll_headers = {**self.auth, **({"Accept": ENVELOPE_TYPE} if signed else {})}
         self.poll_conn = Conn(*host_port(server), stats, gate)
         self.status_conn = Conn(*host_port(server), stats, gate)
         self.status_lock = asyncio.Lock()
@@ -253,7 +265,7 @@ class Agent:
     async def poll(self, stop: asyncio.Event) -> None:
         path = f"/v1/nodes/{self.node}/desired?wait={WAIT}"
         while not stop.is_set():
-            headers = {**self.auth, "If-None-Match": self.etag}
+            headers = {**self.poll_headers, "If-None-Match": self.etag}
             try:
                 status, got, body = await asyncio.wait_for(
                     self.poll_conn.request("GET", path, headers), WAIT + REQUEST_TIMEOUT
@@ -273,6 +285,12 @@ class Agent:
                 await asyncio.sleep(1)
                 continue
             doc = json.loads(body)
+            if self.signed:
+                if "signed" not in doc:  # the server did not sign: not what is measured
+                    self.stats.error("desired unsigned")
+                    await asyncio.sleep(1)
+                    continue
+                doc = doc["signed"]
             self.etag = got.get("etag", self.etag)
             self.generation = int(doc.get("generation", 0))
             self.held = versions(doc)
@@ -419,6 +437,7 @@ async def release_phase(server: Server, version: str) -> str | None:
 @dataclass
 class Result:
     agents: int
+    signed: bool | None = None  # --signed: this run's mode (None: the server's default)
     registration_rate: float = 0.0
     registration_cpu_ms: float = 0.0  # server CPU per registration
     p50: float = 0.0
@@ -440,14 +459,16 @@ class Result:
     failover_p99: float | None = None
 
 
-async def run_size(n: int, args: argparse.Namespace, tmp: Path) -> Result:
-    res = Result(agents=n)
+async def run_size(
+    n: int, args: argparse.Namespace, tmp: Path, signed: bool | None = None
+) -> Result:
+    res = Result(agents=n, signed=signed)
     bare, work = fleet_repo(tmp)
     extra: dict[str, object] = {}
     if args.database:
         extra["database"] = args.database
     servers = [
-        start(tmp / f"server-{i}", bare, poll_interval=60, extra=extra)
+        start(tmp / f"server-{i}", bare, poll_interval=60, extra=extra, unsigned=signed is False)
         for i in range(args.replicas)
     ]
     stats = Stats()
@@ -471,7 +492,9 @@ async def run_size(n: int, args: argparse.Namespace, tmp: Path) -> Result:
         for i, node in enumerate(nodes):
             if node in tokens:
                 home = i % len(servers)
-                agents.append(Agent(node, tokens[node], servers[home], stats, gate, home))
+                agents.append(
+                    Agent(node, tokens[node], servers[home], stats, gate, home, bool(signed))
+                )
         # The generator must not pause itself: a full garbage collection over 8,000 agents
         # stops its event loop for a while and would show up as server latency.
         gc.freeze()
@@ -651,25 +674,39 @@ async def failovers(
     )
 
 
+def mode(r: Result) -> str:
+    return {None: "on", True: "on, envelope", False: "off"}[r.signed]
+
+
 def fmt(v: float | None, unit: str = "s") -> str:
     return "timeout" if v is None else f"{v:.1f} {unit}"
 
 
 def table(results: Sequence[Result]) -> str:
     rows = [
-        "| agents | registration (CPU each) | heartbeat p50 / p99 | server CPU s/s "
+        "| agents | signing | registration (CPU each) | heartbeat p50 / p99 | server CPU s/s "
         "| CPU per heartbeat | RSS | first rollout, 10 batches, soak 0 "
         "| merge -> all hold new doc | errors | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         errors = ", ".join(f"{k}: {v}" for k, v in sorted(r.errors.items())) or "0"
         rows.append(
-            f"| {r.agents:,} | {r.registration_rate:,.0f} nodes/s ({r.registration_cpu_ms:.2f} ms) "
+            f"| {r.agents:,} | {mode(r)} "
+            f"| {r.registration_rate:,.0f} nodes/s ({r.registration_cpu_ms:.2f} ms) "
             f"| {r.p50:.1f} ms / {r.p99:.1f} ms "
             f"| {r.cpu_per_s:.2f} | {r.cpu_ms_per_heartbeat:.2f} ms | {r.rss_mib:.0f} MiB "
             f"| {fmt(r.first_rollout)} | {fmt(r.fanout)} | {errors} | {r.load_average:.1f} |"
         )
+    for n in sorted({r.agents for r in results}):
+        plain = [r for r in results if r.agents == n and r.signed is False]
+        signed = [r for r in results if r.agents == n and r.signed is True]
+        if plain and signed and plain[0].fanout and signed[0].fanout:
+            a, b = plain[0].fanout, signed[0].fanout
+            rows.append(
+                f"\n{n:,} agents, merge -> all hold the new document: unsigned {a:.2f} s, "
+                f"signed {b:.2f} s, ratio {b / a:.3f} (target: under 1.05)"
+            )
     small, large = min(results, key=lambda r: r.agents), max(results, key=lambda r: r.agents)
     if large.agents > small.agents and small.cpu_ms_per_heartbeat > 0:
         ratio = large.cpu_ms_per_heartbeat / small.cpu_ms_per_heartbeat
@@ -694,6 +731,11 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--keep", action="store_true", help="keep each size's temp dir (logs)")
     ap.add_argument("--dump", type=Path, help="write every heartbeat's time and latency here")
+    ap.add_argument(
+        "--signed",
+        action="store_true",
+        help="each size twice: signing off (plain documents), then on (agents get the envelope)",
+    )
     args = ap.parse_args()
     if args.replicas > 1 and not (args.database or "").startswith("postgres"):
         ap.error("--replicas N needs --database postgresql://... (one SQLite file has one writer)")
@@ -709,12 +751,13 @@ def main() -> None:
     except ImportError:
         loop_factory = None
     results = []
-    for n in args.agents:
+    modes: list[bool | None] = [False, True] if args.signed else [None]
+    for n, signed in ((n, s) for n in args.agents for s in modes):
         tmp = Path(tempfile.mkdtemp(prefix=f"fk-bench-scale-{n}-"))
         try:
-            print(f"{n} agents ...", flush=True)
+            print(f"{n} agents, signing {mode(Result(n, signed))} ...", flush=True)
             with asyncio.Runner(loop_factory=loop_factory) as runner:
-                results.append(runner.run(run_size(n, args, tmp)))
+                results.append(runner.run(run_size(n, args, tmp, signed)))
         finally:
             if args.keep:
                 print(f"  kept {tmp}", flush=True)

@@ -205,6 +205,7 @@ class Agent:
         self.etag = '"none"'
         self.generation = 0
         self.held: tuple[str, ...] = ()  # versions in the document the agent holds
+        self.got_at: dict[str, float] = {}  # version -> when a document first named it
         self.running: str | None = None  # the version it reports running
 
     def report(self) -> bytes:
@@ -294,6 +295,9 @@ class Agent:
             self.etag = got.get("etag", self.etag)
             self.generation = int(doc.get("generation", 0))
             self.held = versions(doc)
+            now = time.monotonic()
+            for v in self.held:
+                self.got_at.setdefault(v, now)
             new = self.held[0] if self.held else None
             if new != self.running:  # "converged" at once: report the new version healthy
                 self.running = new
@@ -446,7 +450,9 @@ class Result:
     cpu_ms_per_heartbeat: float = 0.0
     rss_mib: float = 0.0
     first_rollout: float | None = None
-    fanout: float | None = None
+    fanout: float | None = None  # the median over --repeat fan-outs
+    fanouts: list[float] = field(default_factory=list)
+    fanout_cpu: float | None = None  # server CPU seconds from push to all hold (median)
     errors: dict[str, int] = field(default_factory=dict)
     reconnects: int = 0
     generator_cpu_per_s: float = 0.0
@@ -557,15 +563,41 @@ async def run_size(
             res.first_rollout = time.monotonic() - t0
         print(f"  {n}: first rollout (10 batches) {fmt(res.first_rollout)}", flush=True)
 
-        # merge -> every agent holds the new document (batchSize 100%)
-        merge_change(work, {f"releases/{AGENT}/1.0.1.yaml": release("1.0.1", "100%")}, "1.0.1", 2)
-        t0 = time.monotonic()
-        git(work, "push", "-q", "origin", "main")
-        with contextlib.suppress(TimeoutError):
-            res.fanout = await wait_until(
-                lambda: all("1.0.1" in a.held for a in agents), args.timeout, "fan-out"
+        # merge -> every agent holds the new document (batchSize 100%), --repeat times: the
+        # time is the last agent's first sight of the version (its own clock reading, not
+        # the 50 ms polling of wait_until); server CPU over the same span
+        cpus: list[float] = []
+        for k in range(args.repeat):
+            version = f"1.0.{k + 1}"
+            change = {f"releases/{AGENT}/{version}.yaml": release(version, "100%")}
+            merge_change(work, change, version, 100 + k)
+            await asyncio.sleep(1)  # the previous fan-out's status reports settle
+            t0, cpu0 = time.monotonic(), cpu_seconds(pids)
+            git(work, "push", "-q", "origin", "main")
+            try:
+                await wait_until(
+                    lambda v=version: all(v in a.held for a in agents), args.timeout, "fan-out"
+                )
+            except TimeoutError:
+                print(f"  {n}: merge -> all hold {version}: timeout", flush=True)
+                continue
+            took = max(a.got_at[version] for a in agents) - t0
+            res.fanouts.append(took)
+            cpus.append(cpu_seconds(pids) - cpu0)
+            first = min(a.got_at[version] for a in agents) - t0
+            print(
+                f"  {n}: merge -> first agent holds {version} {fmt(first, 's', 3)}, "
+                f"all {fmt(took, 's', 3)}",
+                flush=True,
             )
-        print(f"  {n}: merge -> all hold the new document {fmt(res.fanout)}", flush=True)
+        if res.fanouts:
+            res.fanout = percentile(res.fanouts, 50)
+            res.fanout_cpu = percentile(cpus, 50)
+        print(
+            f"  {n}: merge -> all hold the new document {fmt(res.fanout)} (median of "
+            f"{len(res.fanouts)}), server CPU {fmt(res.fanout_cpu)}",
+            flush=True,
+        )
         if args.kills and len(servers) > 1:
             await failovers(res, args, servers, agents, bare, work, tmp, extra)
     finally:
@@ -678,8 +710,8 @@ def mode(r: Result) -> str:
     return {None: "on", True: "on, envelope", False: "off"}[r.signed]
 
 
-def fmt(v: float | None, unit: str = "s") -> str:
-    return "timeout" if v is None else f"{v:.1f} {unit}"
+def fmt(v: float | None, unit: str = "s", digits: int = 1) -> str:
+    return "timeout" if v is None else f"{v:.{digits}f} {unit}"
 
 
 def table(results: Sequence[Result]) -> str:
@@ -702,11 +734,20 @@ def table(results: Sequence[Result]) -> str:
         plain = [r for r in results if r.agents == n and r.signed is False]
         signed = [r for r in results if r.agents == n and r.signed is True]
         if plain and signed and plain[0].fanout and signed[0].fanout:
-            a, b = plain[0].fanout, signed[0].fanout
+            p, q = plain[0], signed[0]
+            assert p.fanout and q.fanout
             rows.append(
-                f"\n{n:,} agents, merge -> all hold the new document: unsigned {a:.2f} s, "
-                f"signed {b:.2f} s, ratio {b / a:.3f} (target: under 1.05)"
+                f"\n{n:,} agents, merge -> all hold the new document (median of "
+                f"{len(p.fanouts)} / {len(q.fanouts)}): unsigned {p.fanout:.3f} s, signed "
+                f"{q.fanout:.3f} s, ratio {q.fanout / p.fanout:.3f} (target: under 1.05); "
+                f"each: {', '.join(f'{x:.2f}' for x in p.fanouts)} / "
+                f"{', '.join(f'{x:.2f}' for x in q.fanouts)}"
             )
+            if p.fanout_cpu and q.fanout_cpu:
+                rows.append(
+                    f"{n:,} agents, server CPU over the fan-out: unsigned {p.fanout_cpu:.2f} s, "
+                    f"signed {q.fanout_cpu:.2f} s, ratio {q.fanout_cpu / p.fanout_cpu:.3f}"
+                )
     small, large = min(results, key=lambda r: r.agents), max(results, key=lambda r: r.agents)
     if large.agents > small.agents and small.cpu_ms_per_heartbeat > 0:
         ratio = large.cpu_ms_per_heartbeat / small.cpu_ms_per_heartbeat
@@ -731,6 +772,9 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--keep", action="store_true", help="keep each size's temp dir (logs)")
     ap.add_argument("--dump", type=Path, help="write every heartbeat's time and latency here")
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="merge -> all hold this often per size (median)"
+    )
     ap.add_argument(
         "--signed",
         action="store_true",

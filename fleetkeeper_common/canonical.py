@@ -27,9 +27,13 @@ try:
 except ImportError:  # the agent and the validator need no orjson
     HAVE_ORJSON = False
 
-# a number token with a fraction or an exponent: after ":", "," or "[", or the whole text
-_FLOAT = re.compile(rb"(?:^|[:,\[])-?[0-9]+[.eE]")
-_PRINTABLE = re.compile(rb"[^\x20-\x7e]")
+# A number token with a fraction or an exponent: after ":", "," or "[" (orjson writes no
+# spaces), or the whole text. One pattern per literal start: a pattern that starts with a
+# class is tried at every offset, 3x slower on a 1.6 KB document.
+_FLOATS = tuple(
+    re.compile(p) for p in (rb":-?[0-9]+[.eE]", rb",-?[0-9]+[.eE]", rb"\[-?[0-9]+[.eE]")
+)
+_TOP_FLOAT = re.compile(rb"-?[0-9]+[.eE]")
 
 
 def _passthrough(obj: object) -> object:
@@ -51,7 +55,10 @@ def fast_bytes(value: object) -> bytes | None:
         )
     except (TypeError, orjson.JSONEncodeError):
         return None
-    if _PRINTABLE.search(out) or b"null" in out or _FLOAT.search(out):
+    # orjson escapes control characters itself, as json does
+    if not out.isascii() or b"\x7f" in out or b"null" in out:
+        return None
+    if _TOP_FLOAT.match(out) or any(p.search(out) for p in _FLOATS):
         return None
     return out
 

@@ -331,6 +331,16 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total / CLK_TCK
 
 
+async def loop_lag(samples: list[tuple[float, float]], stop: asyncio.Event) -> None:
+    """The generator's own event-loop lag: how late a 10 ms sleep wakes (monotonic, ms).
+    A late wake-up delays every heartbeat it measures, whatever the server did."""
+    while not stop.is_set():
+        due = time.monotonic() + 0.01
+        await asyncio.sleep(0.01)
+        now = time.monotonic()
+        samples.append((now, (now - due) * 1000))
+
+
 async def register_all(
     servers: Sequence[Server], nodes: Sequence[str], stats: Stats
 ) -> dict[str, str]:
@@ -431,6 +441,8 @@ class Result:
     errors: dict[str, int] = field(default_factory=dict)
     reconnects: int = 0
     generator_cpu_per_s: float = 0.0
+    generator_lag_p99: float = 0.0  # the generator's own loop lag (ms), see loop_lag
+    generator_lag_max: float = 0.0
     load_average: float = 0.0  # 1-minute, at the end of the steady window
     # --kills: leader SIGKILLed -> another replica leads / every surviving agent holds
     # the version pushed at the kill
@@ -482,6 +494,8 @@ async def run_size(n: int, args: argparse.Namespace, tmp: Path) -> Result:
         await asyncio.gather(*(a.connect() for a in agents))
         print(f"  {n}: {2 * len(agents)} connections in {time.monotonic() - t0:.1f}s", flush=True)
         t_loops = time.monotonic()
+        lags: list[tuple[float, float]] = []
+        tasks.append(asyncio.create_task(loop_lag(lags, stop)))
         for a in agents:
             tasks.append(asyncio.create_task(a.poll(stop)))
             tasks.append(asyncio.create_task(a.heartbeats(stop)))
@@ -505,6 +519,16 @@ async def run_size(n: int, args: argparse.Namespace, tmp: Path) -> Result:
             + f"; SYNs dropped by a full accept queue: {listen_overflows() - drops0}",
             flush=True,
         )
+        lag = sorted(ms for t, ms in lags if w0 <= t < w1)
+        if lag:
+            res.generator_lag_p99 = percentile(lag, 99)
+            res.generator_lag_max = lag[-1]
+            print(
+                f"  {n}: generator loop lag p50 {percentile(lag, 50):.1f} ms, p99 "
+                f"{res.generator_lag_p99:.1f} ms, max {lag[-1]:.0f} ms; over 50 ms at "
+                + ", ".join(f"+{t - w0:.1f}s" for t, ms in lags if w0 <= t < w1 and ms > 50)[:300],
+                flush=True,
+            )
         res.cpu_per_s = (cpu1 - cpu0) / (w1 - w0)
         res.generator_cpu_per_s = (gen1 - gen0) / (w1 - w0)
         res.cpu_ms_per_heartbeat = (cpu1 - cpu0) * 1000 / max(1, len(window))

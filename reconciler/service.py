@@ -24,6 +24,9 @@ from starlette.routing import BaseRoute
 
 from reconciler.api import ApiContext, ApiSettings, create_app
 from reconciler.api.admin import fleet_status
+from reconciler.api.body import parse_json
+from reconciler.api.controls import control_request, parse_action, record_control
+from reconciler.api.errors import ApiError
 from reconciler.api.metrics import MeteredStore, Metrics
 from reconciler.approval.engine import Approver
 from reconciler.config import Config
@@ -92,7 +95,26 @@ def dashboard_routes(ctx: ApiContext) -> Sequence[BaseRoute]:
         since = ctx.clock() - DASHBOARD_AUDIT_WINDOW
         return list(await asyncio.to_thread(ctx.store.audit, since, 1000))
 
-    return routes(get_status, get_audit, ctx.settings.admin_token)
+    async def control(name: str, action: str, raw: bytes, address: str | None) -> tuple[int, Any]:
+        try:
+            body = parse_json(raw, "rollout-control-request")
+            req = control_request(
+                name,
+                parse_action(action),
+                _text(body.get("reason")),
+                _text(body.get("node")),
+                _text(body.get("by")) or "dashboard",
+                address,
+            )
+            return 200, await asyncio.to_thread(record_control, ctx, req)
+        except ApiError as exc:
+            return exc.status, {"error": exc.code, "message": exc.message}
+
+    return routes(get_status, get_audit, ctx.settings.admin_token, control=control)
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 class _MeteredReconciler(Reconciler):

@@ -353,6 +353,16 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total / CLK_TCK
 
 
+async def loop_lag(samples: list[tuple[float, float]], stop: asyncio.Event) -> None:
+    """The generator's own event-loop lag: how late a 10 ms sleep wakes (monotonic, ms).
+    A late wake-up delays every heartbeat it measures, whatever the server did."""
+    while not stop.is_set():
+        due = time.monotonic() + 0.01
+        await asyncio.sleep(0.01)
+        now = time.monotonic()
+        samples.append((now, (now - due) * 1000))
+
+
 async def register_all(
     servers: Sequence[Server], nodes: Sequence[str], stats: Stats
 ) -> dict[str, str]:
@@ -456,6 +466,8 @@ class Result:
     errors: dict[str, int] = field(default_factory=dict)
     reconnects: int = 0
     generator_cpu_per_s: float = 0.0
+    generator_lag_p99: float = 0.0  # the generator's own loop lag (ms), see loop_lag
+    generator_lag_max: float = 0.0
     load_average: float = 0.0  # 1-minute, at the end of the steady window
     # --kills: leader SIGKILLed -> another replica leads / every surviving agent holds
     # the version pushed at the kill
@@ -501,16 +513,21 @@ async def run_size(
                 agents.append(
                     Agent(node, tokens[node], servers[home], stats, gate, home, bool(signed))
                 )
-        # The generator must not pause itself: a full garbage collection over 8,000 agents
-        # stops its event loop for a while and would show up as server latency.
+        # The generator must not pause itself: its collections stop its event loop and
+        # show up as server latency. Measured (gc.callbacks) at 8,000 agents with only the
+        # full ones off: generation-1 collections of 120-150 ms every few seconds that
+        # freed nothing, each the slowest heartbeats of its run; so none at all until
+        # this size is over (the generator's garbage is not cyclic: nothing was freed).
         gc.freeze()
-        gc.set_threshold(*gc.get_threshold()[:2], 2**31 - 1)
+        gc.disable()
         # both connections of every agent first (64 handshakes in flight), then the loops:
         # connection set-up is not part of the steady state
         t0 = time.monotonic()
         await asyncio.gather(*(a.connect() for a in agents))
         print(f"  {n}: {2 * len(agents)} connections in {time.monotonic() - t0:.1f}s", flush=True)
         t_loops = time.monotonic()
+        lags: list[tuple[float, float]] = []
+        tasks.append(asyncio.create_task(loop_lag(lags, stop)))
         for a in agents:
             tasks.append(asyncio.create_task(a.poll(stop)))
             tasks.append(asyncio.create_task(a.heartbeats(stop)))
@@ -534,6 +551,16 @@ async def run_size(
             + f"; SYNs dropped by a full accept queue: {listen_overflows() - drops0}",
             flush=True,
         )
+        lag = sorted(ms for t, ms in lags if w0 <= t < w1)
+        if lag:
+            res.generator_lag_p99 = percentile(lag, 99)
+            res.generator_lag_max = lag[-1]
+            print(
+                f"  {n}: generator loop lag p50 {percentile(lag, 50):.1f} ms, p99 "
+                f"{res.generator_lag_p99:.1f} ms, max {lag[-1]:.0f} ms; over 50 ms at "
+                + ", ".join(f"+{t - w0:.1f}s" for t, ms in lags if w0 <= t < w1 and ms > 50)[:300],
+                flush=True,
+            )
         res.cpu_per_s = (cpu1 - cpu0) / (w1 - w0)
         res.generator_cpu_per_s = (gen1 - gen0) / (w1 - w0)
         res.cpu_ms_per_heartbeat = (cpu1 - cpu0) * 1000 / max(1, len(window))
@@ -601,6 +628,7 @@ async def run_size(
         if args.kills and len(servers) > 1:
             await failovers(res, args, servers, agents, bare, work, tmp, extra)
     finally:
+        gc.enable()
         stop.set()
         for a in agents:
             a.close()

@@ -28,6 +28,7 @@ COMMANDS = {
     "audit": "the audit log of a running reconciler",
     "token": "join tokens for new nodes: create, list, revoke",
     "node": "operator actions on a node's identity (reset)",
+    "rollout": "steer a rollout: pause, resume, retry, promote, skip-node (audited)",
     "store": "the reconciler's database: migrate SQLite to PostgreSQL",
     "hooks": "install git hooks (pre-commit, pre-receive) into a fleet repo",
     "schema": "export the JSON Schemas for editors and other validators",

@@ -24,12 +24,15 @@ from starlette.routing import BaseRoute
 
 from reconciler.api import ApiContext, ApiSettings, create_app
 from reconciler.api.admin import fleet_status
+from reconciler.api.body import parse_json
+from reconciler.api.controls import control_request, parse_action, record_control
+from reconciler.api.errors import ApiError
 from reconciler.api.metrics import MeteredStore, Metrics
 from reconciler.approval.engine import Approver
 from reconciler.config import Config
 from reconciler.errors import ConfigError, Waiting
 from reconciler.evidence import EvidenceSource
-from reconciler.httpserver import raise_open_file_limit, server_config
+from reconciler.httpserver import limit_malloc_arenas, raise_open_file_limit, server_config
 from reconciler.loop.reconciler import PassResult, Reconciler
 from reconciler.notify.sender import Notifier
 from reconciler.signing import DocumentSigner, load_or_create_key
@@ -92,7 +95,26 @@ def dashboard_routes(ctx: ApiContext) -> Sequence[BaseRoute]:
         since = ctx.clock() - DASHBOARD_AUDIT_WINDOW
         return list(await asyncio.to_thread(ctx.store.audit, since, 1000))
 
-    return routes(get_status, get_audit, ctx.settings.admin_token)
+    async def control(name: str, action: str, raw: bytes, address: str | None) -> tuple[int, Any]:
+        try:
+            body = parse_json(raw, "rollout-control-request")
+            req = control_request(
+                name,
+                parse_action(action),
+                _text(body.get("reason")),
+                _text(body.get("node")),
+                _text(body.get("by")) or "dashboard",
+                address,
+            )
+            return 200, await asyncio.to_thread(record_control, ctx, req)
+        except ApiError as exc:
+            return exc.status, {"error": exc.code, "message": exc.message}
+
+    return routes(get_status, get_audit, ctx.settings.admin_token, control=control)
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 class _MeteredReconciler(Reconciler):
@@ -253,6 +275,7 @@ def run(config: Config, on_listening: Callable[[str], None] | None = None) -> No
     # the GIL up to the switch interval each time it wakes. 1 ms instead of 5 ms keeps
     # heartbeat latency low while a large pass runs.
     sys.setswitchinterval(SWITCH_INTERVAL)
+    limit_malloc_arenas()  # before the first thread: each may otherwise get its own
     # Python's full (oldest-generation) collection walks every tracked object: with
     # 10,000 agents that is millions (documents, reports, connections) and about a
     # second with everything stopped, and it ran every few seconds under load (each

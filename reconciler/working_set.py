@@ -7,7 +7,9 @@ keeps them from one pass to the next, together with the planner's ``Memo``, so t
 pass re-plans only what the new reports touched (``reconciler.plan.incremental``):
 
 - node facts: a registration patches in the node's new record, a reset re-reads them
-  (``nodes_changed``);
+  (``nodes_changed``); operator rollout controls newer than the last one seen are asked
+  for every pass (one indexed query: another replica's API may have added one), and a
+  new one makes the pass a full one;
 - rollout states and desired documents are the ones the last pass wrote;
 - a full pass (everything re-read from the store, every rollout stepped) runs on the
   first pass, on the jittered resync, when the applied revision or the inventory
@@ -24,6 +26,7 @@ import json
 import threading
 from collections.abc import Mapping, Sequence
 
+from reconciler.plan.controls import Control
 from reconciler.plan.incremental import Memo, Replan, replan
 from reconciler.plan.observations import NodeReport
 from reconciler.plan.select import NodeFacts, inventory
@@ -45,6 +48,8 @@ class WorkingSet:
         self._nodes: dict[str, NodeFacts] | None = None  # by name, in name order
         self._nodes_seen = 0  # the re-read count self._nodes was read at
         self._registrations = 0  # bumped from the event loop; read by the pass's thread
+        self._controls: dict[str, list[Control]] | None = None
+        self._control_seq = 0  # the newest control in self._controls
         self._joined: dict[str, NodeRecord] = {}  # registered since the last pass
         self._joined_lock = threading.Lock()  # nodes_changed (loop) vs plan (thread)
         self._rollouts: dict[str, Mapping[str, JSON]] | None = None
@@ -72,7 +77,7 @@ class WorkingSet:
 
     def invalidate(self) -> None:
         """Forget everything: the next pass re-reads the store and steps every rollout."""
-        self._nodes = self._rollouts = self._desired = None
+        self._nodes = self._rollouts = self._desired = self._controls = None
         self._memo = self._previous = self._basis = self._inventory = None
 
     def desired(self) -> dict[str, Mapping[str, JSON]]:
@@ -105,6 +110,14 @@ class WorkingSet:
                 self._nodes[r.name] = NodeFacts.from_registration(r.name, r.facts, r.admission)
             self._nodes = dict(sorted(self._nodes.items()))  # the store's order (by name)
             self._inventory = None
+        if self._controls is None:
+            self._controls, self._control_seq = {}, 0
+        fresh = self._store.controls(self._control_seq)
+        for c in fresh:
+            self._controls.setdefault(c.name, []).append(c)
+            self._control_seq = max(self._control_seq, c.seq)
+        if fresh:  # a new control: every rollout is stepped with it
+            self._memo = None
         if basis != self._basis or self._inventory is None:
             self._memo = self._previous = None
         if self._inventory is None:
@@ -133,6 +146,7 @@ class WorkingSet:
             memo=self._memo,
             news=news,
             previous=self._previous,
+            controls=self._controls,
         )
         if result.touched is None:
             self.full_passes += 1

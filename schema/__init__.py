@@ -27,6 +27,7 @@ NAMES = (
     "register-response",
     "join-token-request",
     "join-token",
+    "rollout-control-request",
     "desired-state",
     "signed-desired-state",
     "status-report",

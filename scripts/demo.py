@@ -9,7 +9,9 @@ their own install roots, and locally served artifacts, all under one temp folder
 3. the same change merged with --no-ff rolls out batch by batch (canary first);
 4. 0.8.5 with a wrong checksum halts with the reason while 0.8.4 keeps running;
 5. the fixed 0.8.6 supersedes it;
-6. the reconciler restarts in signed-tag mode and an SSH-signed tag approves 0.8.7;
+6. the reconciler restarts in signed-tag mode and an SSH-signed tag approves 0.8.7, while
+   an operator has paused the agent's rollouts (`fleetkeeper rollout pause`): 0.8.7 waits
+   until `fleetkeeper rollout resume`;
 7. a fake server offers gpu-1 a forged release, which the node refuses;
 8. an API key, encrypted to vps-1's own age identity, reaches its workload while the
    reconciler only ever holds ciphertext.
@@ -278,7 +280,9 @@ def _story(
     # the restarted reconciler may still be starting on a loaded machine: wait for it
     status = fleet.wait("the restarted reconciler to answer", lambda _s: True, tables=False)
     console.print(progress_line(status), highlight=False)
-    note("pushed to main, but in signed-tag mode that alone approves nothing; now the tag:")
+    note("pushed to main, but in signed-tag mode that alone approves nothing")
+    note("an operator pauses inference-agent first (a change freeze), then signs the tag:")
+    rollout_control(env, server, admin, "pause", "change freeze: watch 0.8.7 before it ships")
     git(
         "-c",
         "gpg.format=ssh",
@@ -291,6 +295,16 @@ def _story(
         "Deploy inference-agent 0.8.7",
     )
     git("push", "-q", "origin", "deploy/0.8.7")
+    status = fleet.wait_release("0.8.7", ["Progressing", "Pending"], tables=False)
+    time.sleep(2)  # a few passes and heartbeats: nobody is given 0.8.7 while paused
+    status = client.fleet()
+    console.print(progress_line(status), highlight=False)
+    rel = current_release(status) or {}
+    console.print(f"[bold yellow]paused:[/] {rel.get('reason')}")
+    if any(v != "0.8.6" for v in running_versions(status).values()):
+        raise DemoFailed(f"a paused rollout gave a node 0.8.7: {running_versions(status)}")
+    note("0.8.7 is approved, but no node was given it while paused")
+    rollout_control(env, server, admin, "resume", "freeze over")
     fleet.wait_release("0.8.7", ["Succeeded"], tables=False)
 
     def approve(tag: str) -> None:
@@ -348,6 +362,19 @@ def _story(
         )
     console.print(f"[bold]demo finished in {time.monotonic() - started:.0f}s[/]")
     return 0
+
+
+def rollout_control(
+    env: Mapping[str, str], server: str, admin: Path, action: str, why: str
+) -> None:
+    """``fleetkeeper rollout ACTION inference-agent --reason WHY``, shown as typed."""
+    args = ["rollout", action, "inference-agent", "--reason", why, "--by", "operator"]
+    console.print(f"$ fleetkeeper {' '.join(args[:3])} --reason {why!r}", style="dim", markup=False)
+    for _ in range(20):  # the reconciler may still be starting its first pass
+        if run_cli(env, *args, "--server", server, "--token-file", str(admin)) == 0:
+            return
+        time.sleep(0.5)
+    raise DemoFailed(f"fleetkeeper rollout {action} failed")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute, Route
 
 from reconciler.api.admin import admin_routes, fleet_status
 from reconciler.api.context import ApiContext
+from reconciler.api.controls import control_routes
 from reconciler.api.errors import (
     ApiError,
     error_response,
@@ -86,6 +87,7 @@ def create_app(ctx: ApiContext, extra_routes: Sequence[BaseRoute] = ()) -> Starl
         *node_routes(ctx),
         *admin_routes(ctx),
         *token_routes(ctx),
+        *control_routes(ctx),
         *webhook_routes(ctx),
         *system_routes(ctx),
         *extra_routes,

@@ -13,6 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from reconciler.plan.controls import Control
 from reconciler.plan.state import PHASES
 from reconciler.spec import JSON
 from reconciler.store.base import (
@@ -285,6 +286,12 @@ class MeteredStore:
 
     def put_rollout(self, name: str, state: Mapping[str, JSON]) -> None:
         self.inner.put_rollout(name, state)
+
+    def add_control(self, control: Control, audit: AuditEvent) -> int:
+        return self.inner.add_control(control, audit)
+
+    def controls(self, after: int = 0) -> Sequence[Control]:
+        return self.inner.controls(after)
 
     def observe(self, shas: Sequence[str], now: float) -> Mapping[str, float]:
         return self.inner.observe(shas, now)

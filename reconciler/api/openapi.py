@@ -14,6 +14,7 @@ import schema
 from fleetkeeper_common.signing import ENVELOPE_TYPE
 from reconciler import __version__
 from reconciler.forges import PROVIDERS
+from reconciler.plan.controls import ACTIONS
 
 URN = "urn:fleetkeeper:schema:"
 _ANNOTATIONS = frozenset({"description", "title", "default", "examples"})
@@ -152,6 +153,46 @@ def _document() -> dict[str, Any]:
                             "Reset",
                         ),
                         **_errors(401, 404),
+                    },
+                }
+            },
+            "/v1/rollouts/{name}/{action}": {
+                "post": {
+                    "summary": "Steer the current rollout of an agent or model: pause, resume, "
+                    "retry, promote, skip-node (admin token; audited with who and why)",
+                    "security": bearer,
+                    "parameters": [
+                        {
+                            "name": "name",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "action",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"enum": list(ACTIONS)},
+                        },
+                    ],
+                    "requestBody": _body("rollout-control-request"),
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["name", "action", "seq", "version", "fingerprint"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "action": {"enum": list(ACTIONS)},
+                                    "seq": {"type": "integer"},
+                                    "version": {"type": "string"},
+                                    "fingerprint": {"type": "string"},
+                                    "node": {"type": ["string", "null"]},
+                                },
+                            },
+                            "The control, recorded",
+                        ),
+                        **_errors(400, 401, 404, 409, 413, 422),
                     },
                 }
             },

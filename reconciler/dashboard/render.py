@@ -121,8 +121,20 @@ def _release_card(r: ReleaseRow) -> str:
         f' data-phase="{esc(r.phase)}">'
         f'<header><h3>{esc(r.agent)} <span class="ver">{esc(r.version)}</span></h3>'
         f"{_pill(r.phase, r.tone)}</header>"
-        f'<dl class="facts">{dl}</dl>{reason}{_timeline(r)}</article>'
+        f'<dl class="facts">{dl}</dl>{reason}{_timeline(r)}{_controls(r)}</article>'
     )
+
+
+def _controls(r: ReleaseRow) -> str:
+    """Pause/resume, retry, promote buttons; dashboard.js asks for the reason and posts."""
+    if not r.actions:
+        return ""
+    buttons = "".join(
+        f'<button type="button" class="control" data-action="{esc(a)}"'
+        f' data-release="{esc(r.agent)}">{esc(a.capitalize())}</button>'
+        for a in r.actions
+    )
+    return f'<div class="controls" aria-label="rollout controls">{buttons}</div>'
 
 
 def releases_section(rows: Sequence[ReleaseRow]) -> str:

@@ -4,6 +4,11 @@ Behind the admin token: a login form posts the token once; the browser then hold
 HttpOnly, SameSite=Strict cookie with an HMAC-derived session value (never the token).
 ``Authorization: Bearer <admin token>`` also works, for scripts. Without an admin token in
 the reconciler's config the dashboard stays closed.
+
+The rollout buttons (pause, resume, retry, promote) post JSON to ``/ui/rollouts/{name}/
+{action}`` with the session cookie; the same code as ``POST /v1/rollouts/...`` records it.
+A cross-site page cannot forge one: the cookie is SameSite=Strict, a form cannot send
+``application/json`` without a CORS preflight we never answer, and the Origin is checked.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from reconciler.dashboard import render, session
@@ -27,6 +32,9 @@ log = logging.getLogger(__name__)
 
 StatusSource = Callable[[], Awaitable[Mapping[str, Any]] | Mapping[str, Any]]
 AuditSource = Callable[[], Awaitable[Sequence[Any]] | Sequence[Any]]
+# (name, action, JSON body as sent, caller address) -> (HTTP status, answer document)
+ControlSink = Callable[[str, str, bytes, str | None], Awaitable[tuple[int, Any]]]
+MAX_CONTROL_BODY = 4096
 
 MAX_LOGIN_BODY = 4096
 FAILED_LOGIN_DELAY = 0.5  # slows guessing; the token itself should be long and random
@@ -61,6 +69,7 @@ def routes(
     admin_token: str | None,
     *,
     session_seconds: int = session.SESSION_SECONDS,
+    control: ControlSink | None = None,
 ) -> list[BaseRoute]:
     """The dashboard's routes, to be mounted at ``/`` by the API's app factory.
 
@@ -144,6 +153,24 @@ def routes(
         )
         return resp
 
+    async def rollout_control(request: Request) -> Response:
+        if not authorized(request):
+            return JSONResponse({"message": "log in again"}, status_code=401)
+        origin = request.headers.get("origin")
+        if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+            return JSONResponse({"message": f"cross-origin request from {origin}"}, 403)
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            return JSONResponse({"message": "send the control as application/json"}, 415)
+        if control is None:
+            return JSONResponse({"message": "rollout controls are not available here"}, 503)
+        body = await request.body()
+        if len(body) > MAX_CONTROL_BODY:
+            return JSONResponse({"message": f"body over {MAX_CONTROL_BODY} bytes"}, 413)
+        address = request.client.host if request.client is not None else None
+        name, action = request.path_params["name"], request.path_params["action"]
+        status, answer = await control(str(name), str(action), body, address)
+        return JSONResponse(answer, status_code=status, headers={"Cache-Control": "no-store"})
+
     async def logout(request: Request) -> Response:
         resp = RedirectResponse("/ui/login", status_code=303)
         resp.delete_cookie(session.COOKIE, path="/", httponly=True, samesite="strict")
@@ -155,4 +182,10 @@ def routes(
         Route("/ui/login", login_form, methods=["GET"], name="dashboard-login-form"),
         Route("/ui/login", login, methods=["POST"], name="dashboard-login"),
         Route("/ui/logout", logout, methods=["POST"], name="dashboard-logout"),
+        Route(
+            "/ui/rollouts/{name}/{action}",
+            rollout_control,
+            methods=["POST"],
+            name="dashboard-rollout-control",
+        ),
     ]

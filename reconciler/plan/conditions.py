@@ -96,6 +96,8 @@ def rollout_progress(
                     if s.wait.kind == "window"
                     else f", waiting: {s.wait.label}"
                 )
+            if s.paused is not None:
+                wait += f", paused by {s.paused.by}: {s.paused.reason}"
             busy.append(f"{s.name} {s.version} {s.phase}{batch}{wait}")
     return halted, busy
 

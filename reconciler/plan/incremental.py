@@ -26,10 +26,11 @@ restart, a resync).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from reconciler.plan import windows as win
+from reconciler.plan.controls import Control
 from reconciler.plan.observations import NodeReport, is_stale
 from reconciler.plan.rollout import (
     Plan,
@@ -122,11 +123,14 @@ def replan(
     memo: Memo | None = None,
     news: frozenset[str] = frozenset(),
     previous: Mapping[str, Mapping[str, JSON]] | None = None,
+    controls: Mapping[str, Sequence[Control]] | None = None,
 ) -> Replan:
     """``compute_plan``'s result, stepping only what changed when ``memo`` is given.
 
     ``news``: nodes whose report changed since the memo's pass; ``previous``: the memo
-    pass's desired documents (``Plan.desired``), reused for nodes nothing touched.
+    pass's desired documents (``Plan.desired``), reused for nodes nothing touched;
+    ``controls``: operator control records per workload (new ones need a full pass: the
+    caller drops the memo, as for a new inventory).
     """
     stale = frozenset(n for n, r in reports.items() if n in nodes and is_stale(r, now, ttl))
     full = memo is None or previous is None
@@ -168,7 +172,16 @@ def replan(
         else:
             old = state_from_json(old_json) if old_json is not None else None
         step = step_rollout(
-            d, old, targeted, current, reports, now, ttl, windows=gates, held=on_hold
+            d,
+            old,
+            targeted,
+            current,
+            reports,
+            now,
+            ttl,
+            windows=gates,
+            held=on_hold,
+            controls=(controls or {}).get(name, ()),
         )
         # an unchanged state keeps its stored JSON (serialising 10,000 nodes is the cost)
         if old is not None and old_json is not None and step.state == old:

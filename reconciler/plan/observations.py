@@ -36,6 +36,7 @@ class NodeReport:
     # "Accepted", "Refused", "DesiredExpired", "None"; "" from an agent that does not say
     desired_phase: str = ""
     desired_message: str = ""
+    generation: int = 0  # of the last desired-state document the agent acted on
 
     @classmethod
     def from_json(cls, node: str, doc: Mapping[str, JSON], received_at: float) -> NodeReport:
@@ -59,12 +60,14 @@ class NodeReport:
         judged = doc.get("desired")
         judged = judged if isinstance(judged, dict) else {}
         phase, why = judged.get("phase"), judged.get("message")
+        gen = doc.get("generation")
         return cls(
             node=node,
             received_at=received_at,
             workloads=out,
             desired_phase=phase if isinstance(phase, str) else "",
             desired_message=why if isinstance(why, str) else "",
+            generation=gen if isinstance(gen, int) and not isinstance(gen, bool) else 0,
         )
 
     def fresh(self, now: float, ttl: float) -> bool:

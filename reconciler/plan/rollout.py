@@ -24,7 +24,11 @@ Rollout controls (``windows``, ``budget``; see docs/rollouts.md):
 - with ``spreadSeconds``, a given node's workload entry carries ``notBefore``: when it was
   given the target plus a delay hashed from (node, rollout), so fetches spread out;
 - a held node (``hold:`` in its node file) is not part of the rollout while held: it keeps
-  the entry it has, never blocks a batch, and rejoins in a new last batch when released.
+  the entry it has, never blocks a batch, and rejoins in a new last batch when released;
+- operator controls (``controls``: pause, resume, retry, promote, skip-node) are store
+  records passed in and folded into the state first; a paused rollout gives the target
+  to no further node (in-flight nodes are still judged), a promoted batch needs no soak,
+  a skipped node is left out, a retry lifts a halt.
 
 Nothing here reads a clock or does I/O; ``now`` and every input are arguments, and the
 same inputs always give the same plan (the loop relies on this to write nothing when
@@ -39,6 +43,7 @@ from dataclasses import dataclass, field, replace
 from reconciler.plan import windows as win
 from reconciler.plan.batches import make_batches
 from reconciler.plan.budget import dropped_off, iso, max_unavailable, spread_delay, unavailable
+from reconciler.plan.controls import Control, apply_controls
 from reconciler.plan.observations import NodeReport, failed, is_stale, runs
 from reconciler.plan.select import NodeFacts, latest_versions, target_nodes, workload_document
 from reconciler.plan.state import (
@@ -64,7 +69,7 @@ class PlanEvent:
     """An audit record the loop appends: a rollout step, a halt, a node going stale."""
 
     kind: str  # rollout-started | batch-started | batch-done | halted | rolled-back |
-    #            succeeded | superseded | stale | fresh
+    #            succeeded | superseded | stale | fresh | control-applied
     message: str
     release: str | None = None
     node: str | None = None
@@ -187,13 +192,15 @@ def step_rollout(
     *,
     windows: Mapping[str, Windows] | None = None,
     held: Sequence[str] = (),
+    controls: Sequence[Control] = (),
 ) -> Step:
     """Advance the rollout of ``d`` as far as the reports allow at ``now``.
 
     ``targeted``: nodes that can run ``d``, canaries first, held nodes excluded;
     ``current``: each node's workload document for ``d.name`` as it is desired now (None:
     none); ``windows``: the maintenance windows that gate each node (absent: always open);
-    ``held``: targeted nodes on hold (only recorded, for status).
+    ``held``: targeted nodes on hold (only recorded, for status); ``controls``: every
+    operator control record of ``d.name`` (``plan.controls``).
     """
     events: list[PlanEvent] = []
     if old is None or old.fingerprint != fingerprint(d):
@@ -203,18 +210,22 @@ def step_rollout(
     state = _join(state, d, targeted, current)
     if tuple(sorted(held)) != state.held:
         state = replace(state, held=tuple(sorted(held)))
+    if controls or state.paused is not None:
+        applied = apply_controls(state, controls, reports)
+        state = applied.state
+        events.extend(_control_event(d, c, what) for c, what in applied.done)
     if state.phase == "Halted":
         return Step(state, tuple(events), None)
 
-    live = set(targeted)
+    live = set(targeted) - set(state.skipped)
     batches = list(state.batches)
     progress = dict(state.nodes)
     budget = (
-        max_unavailable(d.rollout.max_unavailable, len(targeted))
+        max_unavailable(d.rollout.max_unavailable, len(live))
         if d.rollout.max_unavailable is not None
         else None
     )
-    gate = _Gate(windows or {}, budget, state.fingerprint)
+    gate = _Gate(windows or {}, budget, state.fingerprint, state.paused is not None)
     halt = _drop_off(d, state, live, budget, reports, now, ttl)
     phase: Phase = "Halted"
     wait: Wait | None = None
@@ -248,6 +259,7 @@ class _Gate:
     windows: Mapping[str, Windows]
     budget: int | None  # maxUnavailable resolved to a count; None: no backpressure
     fingerprint: str
+    paused: bool = False  # ``rollout pause``: no node is given the target
 
 
 def _drop_off(
@@ -300,6 +312,8 @@ def _advance_batches(
             continue
         members = [n for n in batch.nodes if n in live]
         if batch.started_at is None:
+            if gate.paused:
+                return "Progressing", None, wakes, None
             # a batch starts when a window of one of its nodes opens (so backpressure is
             # judged then, not hours before)
             closed_all = _closed_windows(gate, members, now)
@@ -324,6 +338,9 @@ def _advance_batches(
         closed: list[win.Opening] = []
         for n in members:
             given = progress.get(n)
+            if given is None and gate.paused:  # paused: in-flight nodes only
+                all_running = all_soaked = False
+                continue
             if given is None:  # not given the target yet: only inside its window
                 shut = _closed_windows(gate, [n], now)
                 if shut:
@@ -332,7 +349,8 @@ def _advance_batches(
                     continue
                 given = NodeProgress(started_at=now)
             delay = spread_delay(n, gate.fingerprint, d.rollout.spread_seconds)
-            verdict = _judge_node(d, n, given, reports.get(n), now, ttl, delay)
+            soak = 0 if batch.promoted else d.rollout.soak_seconds
+            verdict = _judge_node(d, n, given, reports.get(n), now, ttl, delay, soak)
             if verdict.halt is not None:
                 return "Halted", verdict.halt, wakes, None
             all_running &= verdict.running
@@ -389,10 +407,18 @@ def _judge_node(
     now: float,
     ttl: float,
     delay: int = 0,
+    soak: int | None = None,
 ) -> _Verdict:
     # only reports received after the node was given the target count
     since_given = report is not None and report.received_at >= p.started_at
     bad = failed(report, d.name, d.version) if since_given else None
+    if (
+        bad is not None
+        and p.retry
+        and report is not None
+        and report.generation <= p.failed_generation
+    ):
+        bad = None  # retried: the agent has not acted on the new document yet
     if bad is not None:
         why = f": {bad.message}" if bad.message else ""
         return _Verdict(p, halt=Halt(n, f"node {n} reported Failed for {_label(d)}{why}", now))
@@ -400,7 +426,7 @@ def _judge_node(
     if since_given and report is not None and runs(report, d.name, d.version, now, ttl, config):
         since = p.healthy_since if p.healthy_since is not None else report.received_at
         p = replace(p, healthy_since=since)
-        soak_end = since + d.rollout.soak_seconds
+        soak_end = since + (d.rollout.soak_seconds if soak is None else soak)
         if now < soak_end:
             return _Verdict(p, running=True, wake=soak_end)
         return _Verdict(p, running=True, soaked=True)
@@ -410,6 +436,16 @@ def _judge_node(
     if now >= deadline:
         return _Verdict(p, halt=Halt(n, _timeout_reason(n, d, report, now, ttl), now))
     return _Verdict(p, wake=deadline)
+
+
+def _control_event(d: Deployable, c: Control, what: str) -> PlanEvent:
+    return PlanEvent(
+        "control-applied",
+        f"{_label(d)}: {c.action} by {c.actor} ({c.reason}): {what}",
+        release=d.name,
+        node=c.node,
+        details={"action": c.action, "seq": c.seq, "by": c.actor, "reason": c.reason},
+    )
 
 
 def _batch_event(word: str, d: Deployable, i: int, of: int, members: list[str]) -> PlanEvent:
@@ -471,11 +507,13 @@ def node_workload(
 
     ``started``: ``state.started_nodes()`` when the caller already has it (large fleets).
     """
-    if node in state.rolled_back:
+    if node in state.rolled_back or node in state.skipped:
         return state.previous.get(node)
     in_started = node in (started if started is not None else frozenset(state.started_nodes()))
     p = state.nodes.get(node)
     if in_started and p is not None:  # given: in a started batch and its window was open
+        if p.retry:  # ``rollout retry``: the agent tries a version it remembers as failed
+            target = {**target, "retryGeneration": p.retry}
         spread = state.spread_seconds
         if spread <= 0:
             return target
@@ -550,13 +588,15 @@ def compute_plan(
     revision: str | None,
     approval: Mapping[str, JSON] | None,
     stale_before: frozenset[str] = frozenset(),
+    controls: Mapping[str, Sequence[Control]] | None = None,
 ) -> Plan:
     """Desired state per node and each rollout's next step, from the inputs alone.
 
     ``nodes``: the inventory (``select.inventory``); ``rollouts``: stored rollout state per
     release; ``reports``: last report per node; ``desired``: the stored desired-state
     documents; ``ttl``: heartbeat TTL in seconds; ``stale_before``: nodes that were stale
-    at the previous pass (so "went stale" is recorded once).
+    at the previous pass (so "went stale" is recorded once); ``controls``: the operator
+    control records per workload name.
 
     Long because it is the planner's whole contract in order (stale nodes, each rollout
     stepped, desired documents per node, the next wake); each part is one call.
@@ -591,7 +631,16 @@ def compute_plan(
         old = state_from_json(old_json) if old_json is not None else None
         gates = {n: win.effective(d.rollout.windows, nodes[n].windows) for n in targeted}
         step = step_rollout(
-            d, old, targeted, current, reports, now, ttl, windows=gates, held=on_hold
+            d,
+            old,
+            targeted,
+            current,
+            reports,
+            now,
+            ttl,
+            windows=gates,
+            held=on_hold,
+            controls=(controls or {}).get(name, ()),
         )
         new_json = state_to_json(step.state)
         if old_json != new_json:

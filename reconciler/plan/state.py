@@ -38,6 +38,7 @@ class Batch:
     nodes: tuple[str, ...]
     started_at: float | None = None
     done_at: float | None = None
+    promoted: bool = False  # ``rollout promote``: done once its nodes run healthy, no soak
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,10 @@ class NodeProgress:
 
     started_at: float
     healthy_since: float | None = None
+    retry: int = 0  # the rollout's retry count when it was given the target again (0: never)
+    # after a retry, a Failed report counts only from a document newer than the one the
+    # node had acted on when it was retried (its last report repeats the old failure)
+    failed_generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,15 @@ class Wait:
     label: str
     until: float | None = None
     nodes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Pause:
+    """``fleetkeeper rollout pause``: who paused the workload's rollouts, why, and when."""
+
+    by: str
+    reason: str
+    at: float
 
 
 @dataclass(frozen=True)
@@ -100,6 +114,12 @@ class RolloutState:
     history: tuple[PastRollout, ...] = ()
     wait: Wait | None = None
     held: tuple[str, ...] = ()  # targeted nodes on hold (``hold:`` in their node file)
+    # operator controls folded in (``plan.controls``): the pause in force, the newest
+    # record applied, how often a halt was retried, the nodes left behind
+    paused: Pause | None = None
+    control_seq: int = 0
+    retries: int = 0
+    skipped: tuple[str, ...] = ()
     # the release's config digest (issue 17): status shows the same version with a new one
     config_digest: str | None = None
 
@@ -198,14 +218,8 @@ def state_to_json(s: RolloutState) -> dict[str, JSON]:
         "soakSeconds": s.soak_seconds,
         "timeoutSeconds": s.timeout_seconds,
         "onFailure": s.on_failure,
-        "batches": [
-            {"nodes": list(b.nodes), "startedAt": b.started_at, "doneAt": b.done_at}
-            for b in s.batches
-        ],
-        "nodes": {
-            n: {"startedAt": p.started_at, "healthySince": p.healthy_since}
-            for n, p in sorted(s.nodes.items())
-        },
+        "batches": [_batch_json(b) for b in s.batches],
+        "nodes": {n: _progress_json(p) for n, p in sorted(s.nodes.items())},
         # the documents are shared, not copied (never mutated; 10,000 copies per pass cost)
         "previous": {n: _json_doc(doc) for n, doc in sorted(s.previous.items())},
         "halt": (
@@ -235,8 +249,32 @@ def state_to_json(s: RolloutState) -> dict[str, JSON]:
         out["held"] = list(s.held)
     if s.spread_seconds:
         out["spreadSeconds"] = s.spread_seconds
+    if s.paused is not None:
+        out["paused"] = {"by": s.paused.by, "reason": s.paused.reason, "at": s.paused.at}
+    if s.control_seq:
+        out["controlSeq"] = s.control_seq
+    if s.retries:
+        out["retries"] = s.retries
+    if s.skipped:
+        out["skipped"] = list(s.skipped)
     if s.config_digest is not None:
         out["configDigest"] = s.config_digest
+    return out
+
+
+def _batch_json(b: Batch) -> dict[str, JSON]:
+    out: dict[str, JSON] = {"nodes": list(b.nodes), "startedAt": b.started_at, "doneAt": b.done_at}
+    if b.promoted:
+        out["promoted"] = True
+    return out
+
+
+def _progress_json(p: NodeProgress) -> dict[str, JSON]:
+    out: dict[str, JSON] = {"startedAt": p.started_at, "healthySince": p.healthy_since}
+    if p.retry:
+        out["retry"] = p.retry
+    if p.failed_generation:
+        out["failedGeneration"] = p.failed_generation
     return out
 
 
@@ -252,6 +290,7 @@ def state_from_json(doc: Mapping[str, JSON]) -> RolloutState | None:
                 nodes=tuple(_str(n) for n in _list(bo.get("nodes"))),
                 started_at=_num(bo.get("startedAt")),
                 done_at=_num(bo.get("doneAt")),
+                promoted=bo.get("promoted") is True,
             )
         )
     nodes = {}
@@ -260,6 +299,8 @@ def state_from_json(doc: Mapping[str, JSON]) -> RolloutState | None:
         nodes[n] = NodeProgress(
             started_at=_num(po.get("startedAt")) or 0.0,
             healthy_since=_num(po.get("healthySince")),
+            retry=int(_num(po.get("retry")) or 0),
+            failed_generation=int(_num(po.get("failedGeneration")) or 0),
         )
     previous: dict[str, Mapping[str, JSON] | None] = {
         n: (v if isinstance(v, dict) else None) for n, v in _obj(doc.get("previous")).items()
@@ -280,6 +321,14 @@ def state_from_json(doc: Mapping[str, JSON]) -> RolloutState | None:
             label=_str(wait_doc.get("label")),
             until=_num(wait_doc.get("until")),
             nodes=tuple(_str(n) for n in _list(wait_doc.get("nodes"))),
+        )
+    paused_doc = doc.get("paused")
+    paused = None
+    if isinstance(paused_doc, dict):
+        paused = Pause(
+            by=_str(paused_doc.get("by")),
+            reason=_str(paused_doc.get("reason")),
+            at=_num(paused_doc.get("at")) or 0.0,
         )
     history = tuple(
         PastRollout(
@@ -310,5 +359,9 @@ def state_from_json(doc: Mapping[str, JSON]) -> RolloutState | None:
         history=history,
         wait=wait,
         held=tuple(_str(n) for n in _list(doc.get("held"))),
+        paused=paused,
+        control_seq=int(_num(doc.get("controlSeq")) or 0),
+        retries=int(_num(doc.get("retries")) or 0),
+        skipped=tuple(_str(n) for n in _list(doc.get("skipped"))),
         config_digest=_opt_str(doc.get("configDigest")),
     )

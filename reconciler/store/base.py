@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from reconciler.plan.controls import Control
 from reconciler.spec import JSON
 
 
@@ -177,6 +178,12 @@ class Store(Protocol):
     # rollout state per release name (opaque JSON owned by reconciler.plan.rollout)
     def rollouts(self) -> Mapping[str, Mapping[str, JSON]]: ...
     def put_rollout(self, name: str, state: Mapping[str, JSON]) -> None: ...
+
+    # operator rollout controls (append-only): add_control stores ``control`` (its seq
+    # ignored, the store assigns the next) and ``audit`` in one transaction and returns
+    # the seq; controls(after) lists those with a seq greater than ``after``, by seq
+    def add_control(self, control: Control, audit: AuditEvent) -> int: ...
+    def controls(self, after: int = 0) -> Sequence[Control]: ...
 
     # first observations of git objects (commits, tags) whose signatures are judged:
     # records ``now`` for every sha never seen before and returns the first-seen time of

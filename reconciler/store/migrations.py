@@ -101,6 +101,28 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "ALTER TABLE nodes ADD COLUMN admission TEXT NOT NULL DEFAULT '{}'",
         ),
     ),
+    (
+        4,
+        (
+            # Operator rollout controls (issue 16): pause, resume, retry, promote, skip-node,
+            # each with who and why; the planner folds them in order of seq. Append-only: a
+            # control is undone by another (resume), never by editing history.
+            """CREATE TABLE rollout_controls (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                name TEXT NOT NULL,
+                action TEXT NOT NULL,
+                fingerprint TEXT NOT NULL,
+                node TEXT,
+                actor TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                at REAL NOT NULL
+            )""",
+            """CREATE TRIGGER controls_append_only_u BEFORE UPDATE ON rollout_controls
+               BEGIN SELECT RAISE(ABORT, 'rollout controls are append-only'); END""",
+            """CREATE TRIGGER controls_append_only_d BEFORE DELETE ON rollout_controls
+               BEGIN SELECT RAISE(ABORT, 'rollout controls are append-only'); END""",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1][0]

@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -41,6 +42,7 @@ from psycopg_pool import ConnectionPool
 
 import reconciler.store.records as records
 from reconciler.errors import ConfigError
+from reconciler.plan.controls import Control
 from reconciler.spec import JSON
 from reconciler.store.base import (
     AppliedRevision,
@@ -428,6 +430,49 @@ class PostgresStore:
                 "ON CONFLICT (name) DO UPDATE SET state = excluded.state",
                 (name, records.dumps(state)),
             )
+
+    def add_control(self, control: Control, audit: AuditEvent) -> int:
+        with self._tx() as conn:
+            # the audit lock, taken before the insert, makes seqs commit in seq order too:
+            # the planner asks for controls(after=last seen) and must never skip one
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,))
+            row = conn.execute(
+                "INSERT INTO rollout_controls (name, action, fingerprint, node, actor, reason, "
+                "at) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING seq",
+                (
+                    control.name,
+                    control.action,
+                    control.fingerprint,
+                    control.node,
+                    control.actor,
+                    control.reason,
+                    control.at,
+                ),
+            ).fetchone()
+            assert row is not None
+            seq = int(row[0])
+            _insert_audit(conn, replace(audit, details={**audit.details, "seq": seq}))
+            return seq
+
+    def controls(self, after: int = 0) -> Sequence[Control]:
+        rows = self._read(
+            "SELECT seq, name, action, fingerprint, node, actor, reason, at "
+            "FROM rollout_controls WHERE seq > %s ORDER BY seq",
+            (after,),
+        )
+        return [
+            Control(
+                seq=int(r[0]),
+                name=r[1],
+                action=r[2],
+                fingerprint=r[3],
+                node=r[4],
+                actor=r[5],
+                reason=r[6],
+                at=r[7],
+            )
+            for r in rows
+        ]
 
     def observe(self, shas: Sequence[str], now: float) -> Mapping[str, float]:
         wanted = sorted(set(shas))

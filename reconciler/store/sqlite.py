@@ -21,11 +21,13 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
 import reconciler.store.records as records
 from reconciler.errors import ConfigError
+from reconciler.plan.controls import Control
 from reconciler.spec import JSON
 from reconciler.store.base import (
     AppliedRevision,
@@ -320,6 +322,45 @@ class SqliteStore:
                 "ON CONFLICT (name) DO UPDATE SET state = excluded.state",
                 (name, _dumps(state)),
             )
+
+    def add_control(self, control: Control, audit: AuditEvent) -> int:
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO rollout_controls (name, action, fingerprint, node, actor, reason, "
+                "at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    control.name,
+                    control.action,
+                    control.fingerprint,
+                    control.node,
+                    control.actor,
+                    control.reason,
+                    control.at,
+                ),
+            )
+            seq = int(cast(int, cur.lastrowid))
+            _insert_audit(db, replace(audit, details={**audit.details, "seq": seq}))
+            return seq
+
+    def controls(self, after: int = 0) -> Sequence[Control]:
+        rows = self._read(
+            "SELECT seq, name, action, fingerprint, node, actor, reason, at "
+            "FROM rollout_controls WHERE seq > ? ORDER BY seq",
+            (after,),
+        )
+        return [
+            Control(
+                seq=r[0],
+                name=r[1],
+                action=r[2],
+                fingerprint=r[3],
+                node=r[4],
+                actor=r[5],
+                reason=r[6],
+                at=r[7],
+            )
+            for r in rows
+        ]
 
     def observe(self, shas: Sequence[str], now: float) -> Mapping[str, float]:
         wanted = sorted(set(shas))

@@ -110,6 +110,18 @@ class AdminClient:
     def reset_node(self, node: str) -> dict[str, Any]:
         return self._object("POST", f"/v1/nodes/{quote(node, safe='')}/reset")
 
+    def control(
+        self, action: str, name: str, reason: str, node: str | None, by: str | None
+    ) -> dict[str, Any]:
+        """``POST /v1/rollouts/{name}/{action}``: pause, resume, retry, promote, skip-node."""
+        body: dict[str, Any] = {"reason": reason}
+        if node is not None:
+            body["node"] = node
+        if by:
+            body["by"] = by
+        path = f"/v1/rollouts/{quote(name, safe='')}/{quote(action, safe='')}"
+        return self._object("POST", path, body)
+
     def _object(
         self, method: str, path: str, body: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:

@@ -129,18 +129,29 @@ def _batch_label(s: RolloutState) -> str | None:
     return f"{(active if active is not None else m - 1) + 1}/{m}"
 
 
+def pause_text(s: RolloutState) -> str | None:
+    """``Paused by alice: disk alarms on gpu-3`` while a pause is in force."""
+    if s.paused is None:
+        return None
+    return f"Paused by {s.paused.by}: {s.paused.reason}"
+
+
 def _reason(s: RolloutState, reports: Mapping[str, NodeReport], now: float, ttl: float) -> str:
+    paused = pause_text(s)
     if s.phase == "Halted" and s.halt is not None:
         back = f"; rolled back on {', '.join(s.rolled_back)}" if s.rolled_back else ""
-        return s.halt.reason + back
+        return s.halt.reason + back + (f"; {paused}" if paused else "")
     if s.phase == "Pending":
         return "no node matches its targets (or has an artifact for its platform)"
     held = f" (held: {', '.join(s.held)})" if s.held else ""
+    held += f" (skipped: {', '.join(s.skipped)})" if s.skipped else ""
+    if paused is not None:  # a Succeeded rollout too: the next version will wait
+        return paused + held
     if s.wait is not None and s.phase == "Progressing":
         if s.wait.kind == "window" and s.wait.until is not None:
             return wait_text(s.wait.label, s.wait.until, now) + held
         return f"Waiting: {s.wait.label}{held}"
-    return _progress_reason(s, reports, now, ttl) + held
+    return (_progress_reason(s, reports, now, ttl) + held).strip()
 
 
 def _progress_reason(
@@ -193,6 +204,13 @@ def release_row(
         "batches": batches,
         "held": list(s.held),
         "waitingUntil": rfc3339(s.wait.until) if s.wait is not None else None,
+        "paused": (
+            {"by": s.paused.by, "reason": s.paused.reason, "at": rfc3339(s.paused.at)}
+            if s.paused is not None
+            else None
+        ),
+        "skipped": list(s.skipped),
+        "retries": s.retries,
     }
 
 

@@ -71,6 +71,8 @@ class ReleaseRow:
     reason: str
     tone: Tone
     batches: tuple[BatchStep, ...]
+    # the operator controls that can act on this row now (a live rollout row only)
+    actions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -251,9 +253,23 @@ def release_rows(status: Mapping[str, Any], now: float) -> list[ReleaseRow]:
                 batches=tuple(_batch(i + 1, b, phase, now) for i, b in enumerate(batches))
                 if isinstance(batches, list)
                 else (),
+                actions=control_actions(r),
             )
         )
     return rows
+
+
+def control_actions(r: Mapping[str, Any]) -> tuple[str, ...]:
+    """The rollout controls that can act on release row ``r`` now (as the API judges)."""
+    if "paused" not in r:  # a superseded, unapproved or invalid row: no rollout to steer
+        return ()
+    phase = r.get("phase")
+    out = ["resume" if r.get("paused") else "pause"]
+    if phase == "Halted":
+        out.append("retry")
+    if phase in ("Progressing", "Soaking"):
+        out.append("promote")
+    return tuple(out)
 
 
 def exit_code(status: Mapping[str, Any]) -> int:

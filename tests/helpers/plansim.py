@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from reconciler.plan.controls import Action, Control
 from reconciler.plan.observations import NodeReport
 from reconciler.plan.rollout import Plan, PlanEvent, compute_plan
 from reconciler.plan.select import NodeFacts, inventory
@@ -35,6 +36,8 @@ class PlanSim:
     events: list[PlanEvent] = field(default_factory=list)
     registered: list[NodeFacts] = field(default_factory=list)
     last: Plan | None = None
+    controls: list[Control] = field(default_factory=list)  # operator controls, as stored
+    generations: dict[str, int] = field(default_factory=dict)  # as the store would number
 
     def spec(self) -> FleetSpec:
         return spec_of(self.files)
@@ -53,7 +56,35 @@ class PlanSim:
             revision=self.revision,
             approval={"kind": "merge", "ref": self.revision, "signers": []},
             stale_before=self.stale,
+            controls={
+                c.name: [x for x in self.controls if x.name == c.name] for c in self.controls
+            },
         )
+
+    def controls_by_name(self) -> dict[str, list[Control]]:
+        out: dict[str, list[Control]] = {}
+        for c in self.controls:
+            out.setdefault(c.name, []).append(c)
+        return out
+
+    def control(
+        self, action: Action, name: str, node: str | None = None, reason: str = "test"
+    ) -> Control:
+        """Record an operator control against ``name``'s current rollout (as the API does)."""
+        st = self.state(name)
+        assert st is not None, f"no rollout of {name}"
+        c = Control(
+            seq=len(self.controls) + 1,
+            name=name,
+            action=action,
+            fingerprint=st.fingerprint,
+            actor="alice",
+            reason=reason,
+            at=self.now,
+            node=node,
+        )
+        self.controls.append(c)
+        return c
 
     def step(self, at: float | None = None) -> Plan:
         """One pass at ``at`` (default: now), applied as the loop would apply it."""
@@ -61,6 +92,9 @@ class PlanSim:
             self.now = at
         plan = self.plan()
         self.rollouts = {k: dict(v) for k, v in plan.rollouts.items()}
+        for node, doc in plan.desired.items():
+            if self.desired.get(node) != doc:
+                self.generations[node] = self.generations.get(node, 0) + 1
         self.desired = {k: dict(v) for k, v in plan.desired.items()}
         self.stale = plan.stale
         self.events.extend(plan.events)
@@ -74,7 +108,9 @@ class PlanSim:
             if mode == "down":
                 continue
             ws = simulated_workloads(mode, doc, self.running.setdefault(node, {}))
-            self.reports[node] = NodeReport.from_json(node, report_doc(node, ws), self.now)
+            generation = self.generations.get(node, 0)
+            report = report_doc(node, ws, generation)
+            self.reports[node] = NodeReport.from_json(node, report, self.now)
 
     def run_until(self, until: float, every: float = 30.0) -> Plan | None:
         """Heartbeat and pass every ``every`` seconds up to and including ``until``."""

@@ -1,8 +1,10 @@
 """The dashboard in a real headless Chromium against the real reconciler and three real
-agents: log in, see the nodes, watch a rollout advance without reloading, log out.
+agents: log in, see the nodes, watch a rollout advance without reloading, pause and resume
+it with the rollout buttons, log out.
 
 Screenshots land in test-artifacts/ (gitignored): dashboard-login.png, dashboard-rollout.png
-(mid-rollout), dashboard.png (done), dashboard-phone.png (a 390 px wide phone).
+(mid-rollout), dashboard.png (done), dashboard-paused.png (paused by its button),
+dashboard-phone.png (a 390 px wide phone).
 """
 
 from __future__ import annotations
@@ -118,6 +120,48 @@ def test_dashboard_login_nodes_and_live_rollout(tmp_path: Path) -> None:
             assert page.locator("#audit tbody tr").count() >= 5
             assert "batch-started" in page.locator("#audit").inner_text()
             page.screenshot(path=ARTIFACTS / "dashboard.png", full_page=True)
+
+            # the rollout buttons: Pause asks why, posts with the session, status shows it
+            card = page.locator('article[data-release="hello"]').last
+            assert card.locator("button.control").all_inner_texts() == ["Pause"]
+            page.once("dialog", lambda d: d.accept("   "))
+            card.locator('button[data-action="pause"]').click()
+            page.wait_for_selector("#notice.bad")
+            assert "a reason is required" in page.locator("#notice").inner_text()
+            page.once("dialog", lambda d: d.accept("freeze for the browser test"))
+            card.locator('button[data-action="pause"]').click()
+            # a selector, not wait_for_function: the page's CSP forbids evaluating strings
+            page.wait_for_selector("#notice:has-text('recorded')")
+            assert "pause hello 1.1.0 recorded" in page.locator("#notice").inner_text()
+            page.wait_for_selector('article[data-release="hello"] button[data-action="resume"]')
+            reason = page.locator('article[data-release="hello"] .reason').last.inner_text()
+            assert reason == "Paused by dashboard: freeze for the browser test"
+            paused = fleet.release_row()
+            assert paused is not None and paused["paused"]["by"] == "dashboard"
+            page.screenshot(path=ARTIFACTS / "dashboard-paused.png", full_page=True)
+            # another site cannot post a control with this browser's session
+            forged = page.request.post(
+                url + "/ui/rollouts/hello/resume",
+                data='{"reason": "forged"}',
+                headers={"Content-Type": "application/json", "Origin": "http://evil.example"},
+            )
+            assert forged.status == 403
+            page.once("dialog", lambda d: d.accept("freeze over"))
+            page.locator('article[data-release="hello"] button[data-action="resume"]').click()
+            page.wait_for_selector('article[data-release="hello"] button[data-action="pause"]')
+            resumed = fleet.release_row()
+            assert resumed is not None and resumed["paused"] is None
+            with fleet.server.admin() as c:
+                events = c.get("/v1/audit").json()["events"]
+            controls = [
+                (e["kind"], e["details"]["by"], e["details"]["reason"])
+                for e in events
+                if e["kind"] in ("rollout-pause", "rollout-resume")
+            ]
+            assert controls == [
+                ("rollout-pause", "dashboard", "freeze for the browser test"),
+                ("rollout-resume", "dashboard", "freeze over"),
+            ]
 
             # readable on a phone: no sideways scrolling, each node a labelled card
             phone = context.new_page()

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -187,6 +189,44 @@ def test_publish_wakes_only_the_changed_nodes_pollers(tmp_path: Path) -> None:
 
         done, versions = asyncio.run(scenario())
         assert done == {"n3", "n150"} and versions == done
+    finally:
+        store.close()
+
+
+def test_long_polls_begun_together_do_not_expire_together(tmp_path: Path) -> None:
+    """300 waits of 4 s begun in the same instant (a fleet started at once): the expiry
+    wheel spreads them over the latest half of the wait, each 0.1 s slot taking its
+    share, where cutting each by up to 10 % alone ended all of them within 0.4 s; a
+    lone wait still lasts what it asked, less at most 10 %."""
+    from reconciler.api.hub import MIN_PER_SLOT, SLOT_SECONDS, DesiredHub
+
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        hub = DesiredHub(store)
+
+        async def scenario() -> tuple[list[float], float]:
+            loop = asyncio.get_running_loop()
+            hub.bind(loop)
+            t0 = loop.time()
+
+            async def poll(node: str, wait: float) -> float:
+                entry = await hub.wait_change(node, hub.etag(node), wait)
+                assert entry.etag == hub.etag(node)  # expired: the same document (a 304)
+                return loop.time() - t0
+
+            lone = asyncio.create_task(poll("lone", 6))
+            herd = await asyncio.gather(*(poll(f"n{i}", 4) for i in range(300)))
+            return herd, await lone
+
+        herd, lone = asyncio.run(scenario())
+        assert min(herd) >= 2.0 - 0.01 and max(herd) <= 4.0 + 0.15, (min(herd), max(herd))
+        early = sum(t < 3.6 for t in herd)
+        assert early >= 150, f"only {early} of 300 waits ended before 3.6 s"
+        per_slot = Counter(int(t / SLOT_SECONDS) for t in herd)
+        room = max(MIN_PER_SLOT, math.ceil(300 * SLOT_SECONDS / 2))  # 300 over 2 s
+        # a slot's waiters end together; timer lateness may merge two neighbours
+        assert max(per_slot.values()) <= 2 * room, per_slot.most_common(3)
+        assert 5.4 - 0.01 <= lone <= 6.0 + 0.15, lone
     finally:
         store.close()
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 import schema
+from reconciler.plan.controls import Control
+from reconciler.store.base import AuditEvent
 from tests.helpers.fleet import LoopRig, fleet_files, nodes_named, release_doc
 
 V = "1.0.0"
@@ -89,3 +91,37 @@ def test_hold_and_window_over_the_real_loop(rig: LoopRig) -> None:
     rig.once()
     assert rig.phase("app") == "Succeeded" and rig.state("app").held == ()  # type: ignore[union-attr]
     assert rig.once().writes == 0
+
+
+def test_a_pause_over_the_real_loop_is_read_from_the_store_and_survives_a_restart(
+    tmp_path: Path,
+) -> None:
+    rig = LoopRig.create(tmp_path, fleet_files(NODES, [release_doc("app", V, soak=0)]))
+    try:
+        rig.once()
+        assert rig.versions("app") == {"n1": V, "n2": None, "n3": None}
+        st = rig.state("app")
+        assert st is not None and rig.store is not None
+        pause = Control(0, "app", "pause", st.fingerprint, "alice", "freeze", rig.clock.t)
+        event = AuditEvent(time=rig.clock.t, kind="rollout-pause", message="paused")
+        rig.store.add_control(pause, event)
+        rig.clock.t += 30
+        rig.converge("n1", "n2", "n3")
+        paused = rig.once()
+        assert "app" in paused.changed_rollouts
+        assert rig.versions("app") == {"n1": V, "n2": None, "n3": None}  # n2 not given it
+        assert release_row(rig)["reason"] == "Paused by alice: freeze"
+        # paused is a steady state: the next pass writes nothing
+        rig.clock.t += 30
+        rig.converge("n1", "n2", "n3")
+        rig.once()
+        assert rig.once().writes == 0
+        rig.start()  # a restart reads the same records: still paused
+        rig.clock.t += 30
+        rig.converge("n1", "n2", "n3")
+        rig.once()
+        assert rig.versions("app") == {"n1": V, "n2": None, "n3": None}
+        st = rig.state("app")
+        assert st is not None and st.paused is not None and st.paused.by == "alice"
+    finally:
+        rig.close()

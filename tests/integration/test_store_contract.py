@@ -12,10 +12,12 @@ import stat
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from reconciler.errors import ConfigError
+from reconciler.plan.controls import Control
 from reconciler.store import Store, open_store
 from reconciler.store.base import (
     AppliedRevision,
@@ -151,6 +153,30 @@ def test_rollouts_and_meta(store: Store) -> None:
     store.set_meta("refused-tip", "abc")
     store.set_meta("refused-tip", "def")
     assert store.get_meta("refused-tip") == "def"
+
+
+def test_rollout_controls_are_stored_in_order_with_their_audit_event(store: Store) -> None:
+    def control(action: Any, node: str | None = None) -> Control:
+        return Control(0, "agent", action, "fp1", "alice", f"why {action}", 5.0, node)
+
+    def audit(kind: str) -> AuditEvent:
+        return AuditEvent(time=5.0, kind=kind, message=kind, release="agent", details={"a": 1})
+
+    first = store.add_control(control("pause"), audit("rollout-pause"))
+    second = store.add_control(control("skip-node", "n2"), audit("rollout-skip-node"))
+    assert second > first
+    got = list(store.controls())
+    assert got == [
+        Control(first, "agent", "pause", "fp1", "alice", "why pause", 5.0, None),
+        Control(second, "agent", "skip-node", "fp1", "alice", "why skip-node", 5.0, "n2"),
+    ]
+    assert list(store.controls(after=first)) == got[1:]
+    assert list(store.controls(after=second)) == []
+    events = [e for e in store.audit() if e.kind.startswith("rollout-")]
+    assert [(e.kind, e.details) for e in events] == [
+        ("rollout-pause", {"a": 1, "seq": first}),
+        ("rollout-skip-node", {"a": 1, "seq": second}),
+    ]
 
 
 def test_observe_records_the_first_time_only(store: Store) -> None:
@@ -350,6 +376,14 @@ def test_sqlite_is_wal_full_and_audit_append_only(tmp_path: Path) -> None:
             db.execute("UPDATE audit SET message = 'x'")
         with pytest.raises(sqlite3.DatabaseError, match="append-only"):
             db.execute("DELETE FROM audit")
+        db.execute(
+            "INSERT INTO rollout_controls (name, action, fingerprint, actor, reason, at) "
+            "VALUES ('a', 'pause', 'f', 'x', 'y', 1.0)"
+        )
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            db.execute("UPDATE rollout_controls SET reason = 'rewritten'")
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            db.execute("DELETE FROM rollout_controls")
         db.execute("INSERT INTO observed_objects VALUES ('x', 1.0)")
         with pytest.raises(sqlite3.DatabaseError, match="never rewritten"):
             db.execute("UPDATE observed_objects SET first_seen = 0")

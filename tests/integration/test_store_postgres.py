@@ -22,6 +22,7 @@ import psycopg
 import pytest
 
 from reconciler.errors import ConfigError
+from reconciler.plan.controls import Control
 from reconciler.store import migrations, open_store, pg_migrations
 from reconciler.store.base import AppliedRevision, AuditEvent, ReportRecord
 from reconciler.store.pg_migrations import LATEST
@@ -38,6 +39,8 @@ def test_audit_and_history_are_append_only_in_the_database(postgres_url: str) ->
     store.append_audit(AuditEvent(time=1.0, kind="applied", message="applied a"))
     store.set_applied_revision(AppliedRevision("a" * 40, {"kind": "merge"}, 1.0))
     store.observe(["b" * 40], 5.0)
+    pause = Control(0, "app", "pause", "fp", "alice", "freeze", 1.0)
+    store.add_control(pause, AuditEvent(time=1.0, kind="rollout-pause", message="paused"))
     store.close()
     # a raw connection, as an intruder or a careless operator with psql would hold
     with _raw(postgres_url) as db:
@@ -49,11 +52,18 @@ def test_audit_and_history_are_append_only_in_the_database(postgres_url: str) ->
             ("DELETE FROM applied_revisions", "applied revisions are append-only"),
             ("TRUNCATE applied_revisions", "applied revisions are append-only"),
             ("UPDATE observed_objects SET first_seen = 0", "never rewritten"),
+            ("UPDATE rollout_controls SET reason = 'x'", "rollout controls are append-only"),
+            ("DELETE FROM rollout_controls", "rollout controls are append-only"),
+            ("TRUNCATE rollout_controls", "rollout controls are append-only"),
         ]:
             with pytest.raises(psycopg.errors.RestrictViolation, match=match):
                 db.execute(statement)  # type: ignore[arg-type]
-        assert db.execute("SELECT message FROM audit").fetchall() == [("applied a",)]
+        assert db.execute("SELECT message FROM audit ORDER BY id").fetchall() == [
+            ("applied a",),
+            ("paused",),
+        ]
         assert db.execute("SELECT first_seen FROM observed_objects").fetchall() == [(5.0,)]
+        assert db.execute("SELECT reason FROM rollout_controls").fetchall() == [("freeze",)]
         db.execute("INSERT INTO audit (time, kind, message, details) VALUES (2, 'x', 'y', '{}')")
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from agent.errors import ConfigError
 from fleetkeeper_common.gitobjects import Signed
+from fleetkeeper_common.gpgstatus import import_succeeded, status_lines
 
 SSH_NAMESPACE = "git"  # what git signs with (gpg.format=ssh)
 _TIMEOUT = 30.0
@@ -161,9 +162,9 @@ def _gpg_home(keyring: Path, home: Path, digest: str) -> dict[str, str]:
             return env
         shutil.rmtree(home, ignore_errors=True)  # a removed key must stop counting
         home.mkdir(parents=True, mode=0o700)
-        argv = ["gpg", "--batch", "--no-tty", "--no-autostart", "--import", str(keyring)]
-        code, _ = _run(argv, env=env)
-        if code != 0:
+        argv = ["gpg", "--batch", "--no-tty", "--no-autostart", "--status-fd", "1", "--import"]
+        code, out = _run([*argv, str(keyring)], env=env)
+        if not import_succeeded(code, out):
             raise ConfigError(f"approvers.gpgKeyring {keyring}: gpg --import failed ({code})")
         stamp.write_text(digest)
     return env
@@ -179,7 +180,7 @@ def _verify_gpg(signed: Signed, keyring: Path | None, home: Path, digest: str) -
         argv = ["gpg", "--batch", "--no-tty", "--no-autostart", "--trust-model", "always"]
         argv += ["--status-fd", "1"]
         code, out = _run([*argv, "--verify", str(sig), "-"], stdin=signed.payload, env=env)
-    status = [ln[9:].split(" ") for ln in out.splitlines() if ln.startswith("[GNUPG:] ")]
+    status = status_lines(out)
     bad = sorted({s[0] for s in status if s} & set(_BAD_STATUS))
     valid = [s for s in status if s and s[0] == "VALIDSIG"]
     if code != 0 or bad or not valid:

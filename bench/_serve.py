@@ -106,9 +106,15 @@ class Server:
 
 
 def start(
-    tmp: Path, repo: Path, *, poll_interval: float = 60, extra: dict[str, object] | None = None
+    tmp: Path,
+    repo: Path,
+    *,
+    poll_interval: float = 60,
+    extra: dict[str, object] | None = None,
+    unsigned: bool = False,
 ) -> Server:
-    """``fleetkeeper serve`` on ``repo`` with its state in ``tmp``; ``extra``: config keys."""
+    """``fleetkeeper serve`` on ``repo`` with its state in ``tmp``; ``extra``: config keys;
+    ``unsigned``: with signing turned off (``_unsigned_serve.py``, a baseline)."""
     tmp.mkdir(parents=True, exist_ok=True)
     bootstrap, admin = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     (tmp / "bootstrap.token").write_text(bootstrap)
@@ -129,8 +135,11 @@ def start(
         proc = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "reconciler.cli",
+                *(
+                    [str(Path(__file__).with_name("_unsigned_serve.py"))]
+                    if unsigned
+                    else ["-m", "reconciler.cli"]
+                ),
                 "--log-level",
                 "WARNING",
                 "serve",

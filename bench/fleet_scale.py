@@ -1,7 +1,7 @@
 """Benchmark: one ``fleetkeeper serve`` holding N simulated agents (issue 12).
 
     .venv/bin/python bench/fleet_scale.py [--agents 1000 2000 4000 8000] [--steady 30]
-        [--replicas N --database URL [--kills K]]
+        [--replicas N --database URL [--kills K]] [--signed]
 
 Per size, a fresh fleet repo (bare, watched) and a fresh ``fleetkeeper serve`` on SQLite
 (or ``--database``), then simulated agents that behave like ``fleetkeeper-agent`` on the
@@ -32,6 +32,13 @@ Phases and what is printed for each size:
 6. every error by kind (timeouts, connection errors, HTTP status other than 200/304).
    A keep-alive connection the server closed while idle is reopened and counted apart
    (``reconnects``), as a real HTTP client does.
+
+With ``--signed`` every size runs twice in the same run: first a server with signing turned
+off (``_unsigned_serve.py``: the code before issue 13) and agents asking for the plain
+document, then the real ``serve`` (it always signs) with agents that ask for the signed
+envelope (``Accept: application/vnd.fleetkeeper.signed+json``, as ``fleetkeeper-agent``
+does) and read the document from it; the table then gives merge -> all hold for both and
+the ratio.
 
 RLIMIT_NOFILE is raised to its hard limit for this process and the server (two sockets
 per agent on both sides: 8,000 agents need 16,000 descriptors each).
@@ -68,6 +75,8 @@ from _serve import (  # noqa: E402
     register_body,
     start,
 )
+
+from fleetkeeper_common.signing import ENVELOPE_TYPE  # noqa: E402
 
 AGENT = "bench-agent"
 HEARTBEAT = 15.0
@@ -183,16 +192,20 @@ class Agent:
         stats: Stats,
         gate: asyncio.Semaphore,
         home: int = 0,
+        signed: bool = False,
     ):
         self.node, self.stats = node, stats
         self.home = home  # the index of its replica (--replicas)
         self.auth = {"Authorization": f"Bearer {token}"}
+        self.signed = signed  # asks for the envelope, as fleetkeeper-agent does
+        self.poll_headers = {**self.auth, **({"Accept": ENVELOPE_TYPE} if signed else {})}
         self.poll_conn = Conn(*host_port(server), stats, gate)
         self.status_conn = Conn(*host_port(server), stats, gate)
         self.status_lock = asyncio.Lock()
         self.etag = '"none"'
         self.generation = 0
         self.held: tuple[str, ...] = ()  # versions in the document the agent holds
+        self.got_at: dict[str, float] = {}  # version -> when a document first named it
         self.running: str | None = None  # the version it reports running
 
     def report(self) -> bytes:
@@ -253,7 +266,7 @@ class Agent:
     async def poll(self, stop: asyncio.Event) -> None:
         path = f"/v1/nodes/{self.node}/desired?wait={WAIT}"
         while not stop.is_set():
-            headers = {**self.auth, "If-None-Match": self.etag}
+            headers = {**self.poll_headers, "If-None-Match": self.etag}
             try:
                 status, got, body = await asyncio.wait_for(
                     self.poll_conn.request("GET", path, headers), WAIT + REQUEST_TIMEOUT
@@ -273,9 +286,18 @@ class Agent:
                 await asyncio.sleep(1)
                 continue
             doc = json.loads(body)
+            if self.signed:
+                if "signed" not in doc:  # the server did not sign: not what is measured
+                    self.stats.error("desired unsigned")
+                    await asyncio.sleep(1)
+                    continue
+                doc = doc["signed"]
             self.etag = got.get("etag", self.etag)
             self.generation = int(doc.get("generation", 0))
             self.held = versions(doc)
+            now = time.monotonic()
+            for v in self.held:
+                self.got_at.setdefault(v, now)
             new = self.held[0] if self.held else None
             if new != self.running:  # "converged" at once: report the new version healthy
                 self.running = new
@@ -329,6 +351,16 @@ def cpu_seconds(pids: Sequence[int]) -> float:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
     return total / CLK_TCK
+
+
+async def loop_lag(samples: list[tuple[float, float]], stop: asyncio.Event) -> None:
+    """The generator's own event-loop lag: how late a 10 ms sleep wakes (monotonic, ms).
+    A late wake-up delays every heartbeat it measures, whatever the server did."""
+    while not stop.is_set():
+        due = time.monotonic() + 0.01
+        await asyncio.sleep(0.01)
+        now = time.monotonic()
+        samples.append((now, (now - due) * 1000))
 
 
 async def register_all(
@@ -419,6 +451,7 @@ async def release_phase(server: Server, version: str) -> str | None:
 @dataclass
 class Result:
     agents: int
+    signed: bool | None = None  # --signed: this run's mode (None: the server's default)
     registration_rate: float = 0.0
     registration_cpu_ms: float = 0.0  # server CPU per registration
     p50: float = 0.0
@@ -427,10 +460,14 @@ class Result:
     cpu_ms_per_heartbeat: float = 0.0
     rss_mib: float = 0.0
     first_rollout: float | None = None
-    fanout: float | None = None
+    fanout: float | None = None  # the median over --repeat fan-outs
+    fanouts: list[float] = field(default_factory=list)
+    fanout_cpu: float | None = None  # server CPU seconds from push to all hold (median)
     errors: dict[str, int] = field(default_factory=dict)
     reconnects: int = 0
     generator_cpu_per_s: float = 0.0
+    generator_lag_p99: float = 0.0  # the generator's own loop lag (ms), see loop_lag
+    generator_lag_max: float = 0.0
     load_average: float = 0.0  # 1-minute, at the end of the steady window
     # --kills: leader SIGKILLed -> another replica leads / every surviving agent holds
     # the version pushed at the kill
@@ -440,14 +477,16 @@ class Result:
     failover_p99: float | None = None
 
 
-async def run_size(n: int, args: argparse.Namespace, tmp: Path) -> Result:
-    res = Result(agents=n)
+async def run_size(
+    n: int, args: argparse.Namespace, tmp: Path, signed: bool | None = None
+) -> Result:
+    res = Result(agents=n, signed=signed)
     bare, work = fleet_repo(tmp)
     extra: dict[str, object] = {}
     if args.database:
         extra["database"] = args.database
     servers = [
-        start(tmp / f"server-{i}", bare, poll_interval=60, extra=extra)
+        start(tmp / f"server-{i}", bare, poll_interval=60, extra=extra, unsigned=signed is False)
         for i in range(args.replicas)
     ]
     stats = Stats()
@@ -471,17 +510,24 @@ async def run_size(n: int, args: argparse.Namespace, tmp: Path) -> Result:
         for i, node in enumerate(nodes):
             if node in tokens:
                 home = i % len(servers)
-                agents.append(Agent(node, tokens[node], servers[home], stats, gate, home))
-        # The generator must not pause itself: a full garbage collection over 8,000 agents
-        # stops its event loop for a while and would show up as server latency.
+                agents.append(
+                    Agent(node, tokens[node], servers[home], stats, gate, home, bool(signed))
+                )
+        # The generator must not pause itself: its collections stop its event loop and
+        # show up as server latency. Measured (gc.callbacks) at 8,000 agents with only the
+        # full ones off: generation-1 collections of 120-150 ms every few seconds that
+        # freed nothing, each the slowest heartbeats of its run; so none at all until
+        # this size is over (the generator's garbage is not cyclic: nothing was freed).
         gc.freeze()
-        gc.set_threshold(*gc.get_threshold()[:2], 2**31 - 1)
+        gc.disable()
         # both connections of every agent first (64 handshakes in flight), then the loops:
         # connection set-up is not part of the steady state
         t0 = time.monotonic()
         await asyncio.gather(*(a.connect() for a in agents))
         print(f"  {n}: {2 * len(agents)} connections in {time.monotonic() - t0:.1f}s", flush=True)
         t_loops = time.monotonic()
+        lags: list[tuple[float, float]] = []
+        tasks.append(asyncio.create_task(loop_lag(lags, stop)))
         for a in agents:
             tasks.append(asyncio.create_task(a.poll(stop)))
             tasks.append(asyncio.create_task(a.heartbeats(stop)))
@@ -505,6 +551,16 @@ async def run_size(n: int, args: argparse.Namespace, tmp: Path) -> Result:
             + f"; SYNs dropped by a full accept queue: {listen_overflows() - drops0}",
             flush=True,
         )
+        lag = sorted(ms for t, ms in lags if w0 <= t < w1)
+        if lag:
+            res.generator_lag_p99 = percentile(lag, 99)
+            res.generator_lag_max = lag[-1]
+            print(
+                f"  {n}: generator loop lag p50 {percentile(lag, 50):.1f} ms, p99 "
+                f"{res.generator_lag_p99:.1f} ms, max {lag[-1]:.0f} ms; over 50 ms at "
+                + ", ".join(f"+{t - w0:.1f}s" for t, ms in lags if w0 <= t < w1 and ms > 50)[:300],
+                flush=True,
+            )
         res.cpu_per_s = (cpu1 - cpu0) / (w1 - w0)
         res.generator_cpu_per_s = (gen1 - gen0) / (w1 - w0)
         res.cpu_ms_per_heartbeat = (cpu1 - cpu0) * 1000 / max(1, len(window))
@@ -534,18 +590,45 @@ async def run_size(n: int, args: argparse.Namespace, tmp: Path) -> Result:
             res.first_rollout = time.monotonic() - t0
         print(f"  {n}: first rollout (10 batches) {fmt(res.first_rollout)}", flush=True)
 
-        # merge -> every agent holds the new document (batchSize 100%)
-        merge_change(work, {f"releases/{AGENT}/1.0.1.yaml": release("1.0.1", "100%")}, "1.0.1", 2)
-        t0 = time.monotonic()
-        git(work, "push", "-q", "origin", "main")
-        with contextlib.suppress(TimeoutError):
-            res.fanout = await wait_until(
-                lambda: all("1.0.1" in a.held for a in agents), args.timeout, "fan-out"
+        # merge -> every agent holds the new document (batchSize 100%), --repeat times: the
+        # time is the last agent's first sight of the version (its own clock reading, not
+        # the 50 ms polling of wait_until); server CPU over the same span
+        cpus: list[float] = []
+        for k in range(args.repeat):
+            version = f"1.0.{k + 1}"
+            change = {f"releases/{AGENT}/{version}.yaml": release(version, "100%")}
+            merge_change(work, change, version, 100 + k)
+            await asyncio.sleep(1)  # the previous fan-out's status reports settle
+            t0, cpu0 = time.monotonic(), cpu_seconds(pids)
+            git(work, "push", "-q", "origin", "main")
+            try:
+                await wait_until(
+                    lambda v=version: all(v in a.held for a in agents), args.timeout, "fan-out"
+                )
+            except TimeoutError:
+                print(f"  {n}: merge -> all hold {version}: timeout", flush=True)
+                continue
+            took = max(a.got_at[version] for a in agents) - t0
+            res.fanouts.append(took)
+            cpus.append(cpu_seconds(pids) - cpu0)
+            first = min(a.got_at[version] for a in agents) - t0
+            print(
+                f"  {n}: merge -> first agent holds {version} {fmt(first, 's', 3)}, "
+                f"all {fmt(took, 's', 3)}",
+                flush=True,
             )
-        print(f"  {n}: merge -> all hold the new document {fmt(res.fanout)}", flush=True)
+        if res.fanouts:
+            res.fanout = percentile(res.fanouts, 50)
+            res.fanout_cpu = percentile(cpus, 50)
+        print(
+            f"  {n}: merge -> all hold the new document {fmt(res.fanout)} (median of "
+            f"{len(res.fanouts)}), server CPU {fmt(res.fanout_cpu)}",
+            flush=True,
+        )
         if args.kills and len(servers) > 1:
             await failovers(res, args, servers, agents, bare, work, tmp, extra)
     finally:
+        gc.enable()
         stop.set()
         for a in agents:
             a.close()
@@ -651,25 +734,48 @@ async def failovers(
     )
 
 
-def fmt(v: float | None, unit: str = "s") -> str:
-    return "timeout" if v is None else f"{v:.1f} {unit}"
+def mode(r: Result) -> str:
+    return {None: "on", True: "on, envelope", False: "off"}[r.signed]
+
+
+def fmt(v: float | None, unit: str = "s", digits: int = 1) -> str:
+    return "timeout" if v is None else f"{v:.{digits}f} {unit}"
 
 
 def table(results: Sequence[Result]) -> str:
     rows = [
-        "| agents | registration (CPU each) | heartbeat p50 / p99 | server CPU s/s "
+        "| agents | signing | registration (CPU each) | heartbeat p50 / p99 | server CPU s/s "
         "| CPU per heartbeat | RSS | first rollout, 10 batches, soak 0 "
         "| merge -> all hold new doc | errors | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         errors = ", ".join(f"{k}: {v}" for k, v in sorted(r.errors.items())) or "0"
         rows.append(
-            f"| {r.agents:,} | {r.registration_rate:,.0f} nodes/s ({r.registration_cpu_ms:.2f} ms) "
+            f"| {r.agents:,} | {mode(r)} "
+            f"| {r.registration_rate:,.0f} nodes/s ({r.registration_cpu_ms:.2f} ms) "
             f"| {r.p50:.1f} ms / {r.p99:.1f} ms "
             f"| {r.cpu_per_s:.2f} | {r.cpu_ms_per_heartbeat:.2f} ms | {r.rss_mib:.0f} MiB "
             f"| {fmt(r.first_rollout)} | {fmt(r.fanout)} | {errors} | {r.load_average:.1f} |"
         )
+    for n in sorted({r.agents for r in results}):
+        plain = [r for r in results if r.agents == n and r.signed is False]
+        signed = [r for r in results if r.agents == n and r.signed is True]
+        if plain and signed and plain[0].fanout and signed[0].fanout:
+            p, q = plain[0], signed[0]
+            assert p.fanout and q.fanout
+            rows.append(
+                f"\n{n:,} agents, merge -> all hold the new document (median of "
+                f"{len(p.fanouts)} / {len(q.fanouts)}): unsigned {p.fanout:.3f} s, signed "
+                f"{q.fanout:.3f} s, ratio {q.fanout / p.fanout:.3f} (target: under 1.05); "
+                f"each: {', '.join(f'{x:.2f}' for x in p.fanouts)} / "
+                f"{', '.join(f'{x:.2f}' for x in q.fanouts)}"
+            )
+            if p.fanout_cpu and q.fanout_cpu:
+                rows.append(
+                    f"{n:,} agents, server CPU over the fan-out: unsigned {p.fanout_cpu:.2f} s, "
+                    f"signed {q.fanout_cpu:.2f} s, ratio {q.fanout_cpu / p.fanout_cpu:.3f}"
+                )
     small, large = min(results, key=lambda r: r.agents), max(results, key=lambda r: r.agents)
     if large.agents > small.agents and small.cpu_ms_per_heartbeat > 0:
         ratio = large.cpu_ms_per_heartbeat / small.cpu_ms_per_heartbeat
@@ -694,6 +800,14 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--keep", action="store_true", help="keep each size's temp dir (logs)")
     ap.add_argument("--dump", type=Path, help="write every heartbeat's time and latency here")
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="merge -> all hold this often per size (median)"
+    )
+    ap.add_argument(
+        "--signed",
+        action="store_true",
+        help="each size twice: signing off (plain documents), then on (agents get the envelope)",
+    )
     args = ap.parse_args()
     if args.replicas > 1 and not (args.database or "").startswith("postgres"):
         ap.error("--replicas N needs --database postgresql://... (one SQLite file has one writer)")
@@ -709,12 +823,13 @@ def main() -> None:
     except ImportError:
         loop_factory = None
     results = []
-    for n in args.agents:
+    modes: list[bool | None] = [False, True] if args.signed else [None]
+    for n, signed in ((n, s) for n in args.agents for s in modes):
         tmp = Path(tempfile.mkdtemp(prefix=f"fk-bench-scale-{n}-"))
         try:
-            print(f"{n} agents ...", flush=True)
+            print(f"{n} agents, signing {mode(Result(n, signed))} ...", flush=True)
             with asyncio.Runner(loop_factory=loop_factory) as runner:
-                results.append(runner.run(run_size(n, args, tmp)))
+                results.append(runner.run(run_size(n, args, tmp, signed)))
         finally:
             if args.keep:
                 print(f"  kept {tmp}", flush=True)

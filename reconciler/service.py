@@ -32,7 +32,7 @@ from reconciler.approval.engine import Approver
 from reconciler.config import Config
 from reconciler.errors import ConfigError, Waiting
 from reconciler.evidence import EvidenceSource
-from reconciler.httpserver import raise_open_file_limit, server_config
+from reconciler.httpserver import limit_malloc_arenas, raise_open_file_limit, server_config
 from reconciler.loop.reconciler import PassResult, Reconciler
 from reconciler.notify.sender import Notifier
 from reconciler.signing import DocumentSigner, load_or_create_key
@@ -275,6 +275,7 @@ def run(config: Config, on_listening: Callable[[str], None] | None = None) -> No
     # the GIL up to the switch interval each time it wakes. 1 ms instead of 5 ms keeps
     # heartbeat latency low while a large pass runs.
     sys.setswitchinterval(SWITCH_INTERVAL)
+    limit_malloc_arenas()  # before the first thread: each may otherwise get its own
     # Python's full (oldest-generation) collection walks every tracked object: with
     # 10,000 agents that is millions (documents, reports, connections) and about a
     # second with everything stopped, and it ran every few seconds under load (each

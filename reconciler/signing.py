@@ -13,10 +13,10 @@ has at least half its validity left when served.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +74,8 @@ def _create(path: Path) -> None:
 
 
 def _stamp(t: float) -> str:
-    return dt.datetime.fromtimestamp(int(t), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # time.gmtime: a third of datetime's cost, twice per document on every fan-out
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(t)))
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,8 @@ class DocumentSigner:
         self.evidence = evidence
         self.public_line = signing.public_line(key.public_key())
         self.keyid = signing.keyid(key.public_key())
+        # (node, half validity) -> the node's refresh offset: one hash per node, not per sign
+        self._offsets: dict[tuple[str, int], int] = {}
 
     def issued_at(self, node: str, now: float) -> int:
         """The signing time of ``node``'s document at ``now``: the start of its current
@@ -107,7 +110,10 @@ class DocumentSigner:
         signs the same bytes (Ed25519 is deterministic too) and ETags survive restarts;
         the offset spreads the fleet's refreshes over the period instead of one instant."""
         half = max(int(self.validity // 2), 1)
-        offset = int.from_bytes(hashlib.sha256(node.encode()).digest()[:4], "big") % half
+        offset = self._offsets.get((node, half))
+        if offset is None:
+            offset = int.from_bytes(hashlib.sha256(node.encode()).digest()[:4], "big") % half
+            self._offsets[node, half] = offset
         return int((now - offset) // half) * half + offset
 
     def sign(self, document: Mapping[str, object], now: float) -> Signed:

@@ -5,8 +5,21 @@ compares ETags here and never queries the database. Writers (the reconcile loop,
 its own thread) call ``publish_from_thread(records)`` with the records they stored
 (or ``notify_from_thread(node)``, which reads the record back); the bodies are encoded
 in the writer's thread, installed on the event loop with one ``call_soon_threadsafe``
-for the whole batch, and each changed node's waiting pollers are woken through that
-node's own event: a wake-up costs the same whether 10 or 10,000 agents are waiting.
+per ``PUBLISH_CHUNK`` entries as soon as they are built (and signed), and each changed
+node's waiting pollers are woken through that node's own list of waiters: a wake-up costs
+the same whether 10 or 10,000 agents are waiting. Chunks overlap signing with serving: the
+first agents fetch their document while the rest are still being signed, instead of every
+agent waiting for the whole fleet's signatures.
+
+A wait that nothing wakes ends on an expiry wheel: one timer per 0.1 s slot, not one per
+waiter, and a slot takes only its share of the waiters (``_slot_for``). Agents that began
+their waits in the same second (a fleet started together, or all reconnecting after a
+restart) would otherwise all be answered 304 in the same few seconds, and all ask again,
+every ``wait`` seconds: at 8,000 agents that burst (2,700 answers and new requests a
+second for 3 s) was every heartbeat over 100 ms. A full slot moves the wait earlier (to
+no less than half of what was asked: a wait is "at most N seconds"), so one round spreads
+a herd over half the wait, whatever the agents do; Kubernetes randomises its watch
+timeouts for the same reason.
 
 With a signer, each entry also holds the signed envelope; once past half its validity it is
 re-signed on the next read and its ETag changes (``"<gen>-<digest>.<issuedAt>.<key>"``), so agents
@@ -18,10 +31,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from fleetkeeper_common.canonical import canonical_json
 from reconciler.signing import DocumentSigner, Signed
@@ -29,7 +43,15 @@ from reconciler.store.base import DesiredRecord, Store
 from reconciler.threadsafe import call_in_loop
 
 EMPTY_ETAG = '"0-empty"'
-WAIT_JITTER = 0.1
+WAIT_JITTER = 0.1  # each wait cut by up to 10 %, at random
+SLOT_SECONDS = 0.1  # the expiry wheel's granularity
+SPREAD_FLOOR = 0.5  # a full slot moves a wait earlier, to no less than half of it
+MIN_PER_SLOT = 8  # expiries any slot takes, however few are waiting
+SHORT_WAIT = 2.0  # shorter waits keep their own timer (tests, impatient clients)
+# entries installed per event-loop callback on a fan-out: about 15 ms of encoding and
+# signing, small enough that serving starts at once, large enough that 10,000 changed
+# nodes take 40 callbacks, not 10,000
+PUBLISH_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -69,7 +91,9 @@ class DesiredHub:
         self._key_tag = signer.keyid[7:15] if signer is not None else ""
         self._clock = clock
         self._entries: dict[str, Entry] = {r.node: self._entry(r) for r in records}
-        self._events: dict[str, asyncio.Event] = {}
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}  # by node
+        self._slots: dict[int, list[asyncio.Future[None]]] = {}  # expiry wheel, by slot
+        self._waiting = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._rng = random.Random()
@@ -87,12 +111,8 @@ class DesiredHub:
             return entry
         signed = self.signer.sign(entry.document, self._clock())
         base = entry.base_etag or entry.etag
-        return replace(
-            entry,
-            etag=f'{base[:-1]}.{signed.issued_at}.{self._key_tag}"',
-            base_etag=base,
-            signed=signed,
-        )
+        etag = f'{base[:-1]}.{signed.issued_at}.{self._key_tag}"'
+        return Entry(etag, entry.body, entry.generation, entry.document, signed, base)
 
     def _fresh(self, node: str) -> Entry | None:
         """The node's entry, re-signed first when past half its validity."""
@@ -132,18 +152,18 @@ class DesiredHub:
     def _install(self, entries: Sequence[tuple[str, Entry]]) -> None:
         for node, entry in entries:
             self._entries[node] = entry
-            event = self._events.pop(node, None)
-            if event is not None:
-                event.set()
+            _release(self._waiters.pop(node, ()))
 
     def publish_from_thread(self, records: Sequence[DesiredRecord]) -> None:
-        """Install many stored documents at once and wake their pollers (any thread)."""
-        entries = [(r.node, self._entry(r)) for r in records]
+        """Install many stored documents and wake their pollers (any thread), chunk by chunk
+        as their entries are built."""
         loop = self._loop
-        if loop is None:
-            self._entries.update(entries)  # not serving yet: nobody waits
-            return
-        call_in_loop(loop, self._install, entries)
+        for start in range(0, len(records), PUBLISH_CHUNK):
+            entries = [(r.node, self._entry(r)) for r in records[start : start + PUBLISH_CHUNK]]
+            if loop is None:
+                self._entries.update(entries)  # not serving yet: nobody waits
+            else:
+                call_in_loop(loop, self._install, entries)
 
     def notify_from_thread(self, node: str) -> None:
         """The loop's ``notify``: read the stored document here, publish on the event loop."""
@@ -158,25 +178,70 @@ class DesiredHub:
         call_in_loop(loop, self._install, [(node, self._entry(rec))])
 
     async def wait_change(self, node: str, etag: str, timeout: float) -> Entry:
-        """The current entry once its ETag differs from ``etag``, or after ``timeout``."""
+        """The current entry once its ETag differs from ``etag``, or after ``timeout``
+        (cut by up to 10 % at random, or more when many waits would end together)."""
         entry = self.get(node)
         if entry.etag != etag or timeout <= 0 or self._closed:
             return entry
-        event = self._events.get(node)
-        if event is None:
-            event = self._events[node] = asyncio.Event()
-        # Each wait is cut short by up to 10 %, at random: agents that got a document at
-        # the same moment (a fan-out) would otherwise all come back at the same moment,
-        # every ``wait`` seconds, for ever (Kubernetes randomises watch timeouts alike).
-        timeout *= 1 - self._rng.random() * WAIT_JITTER
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):  # no extra task per waiter (wait_for's)
-                await event.wait()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.setdefault(node, []).append(waiter)
+        self._expire_later(loop, waiter, timeout)
+        self._waiting += 1
+        try:
+            await waiter
+        finally:
+            self._waiting -= 1
+            waiters = self._waiters.get(node)
+            if waiters is not None:  # else a publish took them all
+                with contextlib.suppress(ValueError):
+                    waiters.remove(waiter)
+                if not waiters:
+                    del self._waiters[node]
         return self.get(node)
+
+    def _expire_later(
+        self, loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[None], timeout: float
+    ) -> None:
+        now = loop.time()
+        # the 10 % cut at random: agents served at the same moment (a fan-out) drift apart
+        want = now + timeout * (1 - self._rng.random() * WAIT_JITTER)
+        if timeout < SHORT_WAIT:
+            loop.call_at(want, _release, (waiter,))
+            return
+        slot = self._slot_for(want, now + timeout * SPREAD_FLOOR, timeout)
+        waiters = self._slots.get(slot)
+        if waiters is None:
+            waiters = self._slots[slot] = []
+            # the slot's start: no wait ends later than it was asked to
+            loop.call_at(slot * SLOT_SECONDS, self._expire, slot)
+        waiters.append(waiter)
+
+    def _slot_for(self, want: float, floor: float, timeout: float) -> int:
+        """The slot ``want`` falls in, or the latest earlier one (down to ``floor``) with
+        room: a slot holds its share of every wait spread over the latest half of
+        ``timeout``. None with room: ``want``'s own."""
+        share = (self._waiting + 1) * SLOT_SECONDS / (timeout * (1 - SPREAD_FLOOR))
+        room = max(MIN_PER_SLOT, math.ceil(share))
+        first, slot = int(floor / SLOT_SECONDS) + 1, int(want / SLOT_SECONDS)
+        for candidate in range(slot, first - 1, -1):
+            if len(self._slots.get(candidate, ())) < room:
+                return candidate
+        return slot
+
+    def _expire(self, slot: int) -> None:
+        _release(self._slots.pop(slot, ()))
 
     def close(self) -> None:
         """Release every waiting poller (shutdown): they answer with what they have."""
         self._closed = True
-        events, self._events = self._events, {}
-        for event in events.values():
-            event.set()
+        waiters, self._waiters = self._waiters, {}
+        for each in waiters.values():
+            _release(each)
+
+
+def _release(waiters: Iterable[asyncio.Future[None]]) -> None:
+    """End these waits (those not already over: answered, expired or disconnected)."""
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)

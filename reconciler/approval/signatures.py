@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleetkeeper_common.gitobjects import split_tag_signature
+from fleetkeeper_common.gpgstatus import import_succeeded, status_lines
 from reconciler.approval.values import Signature
 from reconciler.errors import CommandError
 
@@ -197,9 +198,9 @@ class Verifier:
             # Re-create from scratch: a key removed from the pinned keyring must stop counting.
             shutil.rmtree(self.gnupg_home, ignore_errors=True)
             self.gnupg_home.mkdir(parents=True, mode=0o700)
-            argv = ["gpg", "--batch", "--no-tty", "--no-autostart", "--import"]
-            code, _, err = _run([*argv, str(self.gpg_keyring)], env=self._gpg_env())
-            if code != 0:
+            argv = ["gpg", "--batch", "--no-tty", "--no-autostart", "--status-fd", "1", "--import"]
+            code, out, err = _run([*argv, str(self.gpg_keyring)], env=self._gpg_env())
+            if not import_succeeded(code, out):
                 raise CommandError(argv, code, err)
             stamp.write_text(self.digest)
             self._gpg_ready = True
@@ -230,7 +231,7 @@ class Verifier:
                 stdin=obj.payload,
                 env=self._gpg_env(),
             )
-        status = [ln[9:].split(" ") for ln in out.splitlines() if ln.startswith("[GNUPG:] ")]
+        status = status_lines(out)
         keywords = {s[0] for s in status if s}
         bad = sorted(keywords & set(_BAD_STATUS))
         valid = [s for s in status if s and s[0] == "VALIDSIG"]

@@ -8,8 +8,12 @@ SIGKILL, and the real loop on a real fleet repo.
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import sqlite3
 import time
+from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +193,44 @@ def test_publish_wakes_only_the_changed_nodes_pollers(tmp_path: Path) -> None:
         store.close()
 
 
+def test_long_polls_begun_together_do_not_expire_together(tmp_path: Path) -> None:
+    """300 waits of 4 s begun in the same instant (a fleet started at once): the expiry
+    wheel spreads them over the latest half of the wait, each 0.1 s slot taking its
+    share, where cutting each by up to 10 % alone ended all of them within 0.4 s; a
+    lone wait still lasts what it asked, less at most 10 %."""
+    from reconciler.api.hub import MIN_PER_SLOT, SLOT_SECONDS, DesiredHub
+
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        hub = DesiredHub(store)
+
+        async def scenario() -> tuple[list[float], float]:
+            loop = asyncio.get_running_loop()
+            hub.bind(loop)
+            t0 = loop.time()
+
+            async def poll(node: str, wait: float) -> float:
+                entry = await hub.wait_change(node, hub.etag(node), wait)
+                assert entry.etag == hub.etag(node)  # expired: the same document (a 304)
+                return loop.time() - t0
+
+            lone = asyncio.create_task(poll("lone", 6))
+            herd = await asyncio.gather(*(poll(f"n{i}", 4) for i in range(300)))
+            return herd, await lone
+
+        herd, lone = asyncio.run(scenario())
+        assert min(herd) >= 2.0 - 0.01 and max(herd) <= 4.0 + 0.15, (min(herd), max(herd))
+        early = sum(t < 3.6 for t in herd)
+        assert early >= 150, f"only {early} of 300 waits ended before 3.6 s"
+        per_slot = Counter(int(t / SLOT_SECONDS) for t in herd)
+        room = max(MIN_PER_SLOT, math.ceil(300 * SLOT_SECONDS / 2))  # 300 over 2 s
+        # a slot's waiters end together; timer lateness may merge two neighbours
+        assert max(per_slot.values()) <= 2 * room, per_slot.most_common(3)
+        assert 5.4 - 0.01 <= lone <= 6.0 + 0.15, lone
+    finally:
+        store.close()
+
+
 def test_served_loop_plans_incrementally_and_a_quiet_pass_writes_nothing(tmp_path: Path) -> None:
     from reconciler.loop.reconciler import Reconciler
     from reconciler.source import GitSource
@@ -241,5 +283,65 @@ def test_a_full_pass_adopts_newer_reports_from_the_store(tmp_path: Path) -> None
         assert got == {"n1": (200.0, "Failed"), "n2": (50.0, "Healthy")}
         assert book.take_news() == {"n1", "n2"}
         assert book.absorb(store.reports()) == 0  # nothing newer the second time
+    finally:
+        store.close()
+
+
+def test_a_signed_fan_out_serves_the_first_nodes_while_the_rest_are_signed(
+    tmp_path: Path,
+) -> None:
+    """Entries reach the event loop chunk by chunk: a poller of the first chunk holds its
+    signed document before the publishing thread has signed the last node's (on the old
+    code every entry was signed before any was installed, and this waited in vain)."""
+    import threading
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from fleetkeeper_common import signing
+    from reconciler.api.hub import PUBLISH_CHUNK, DesiredHub
+    from reconciler.signing import DocumentSigner, Signed
+    from tests.helpers.server import desired_doc
+
+    key = Ed25519PrivateKey.generate()
+    first_served = threading.Event()
+    last = f"n{2 * PUBLISH_CHUNK + 9:04d}"
+    signed_after: list[bool] = []
+
+    class Recording(DocumentSigner):
+        def sign(self, document: Mapping[str, object], now: float) -> Signed:
+            # the fan-out's last node (not the empty document its poller starts on)
+            if document.get("node") == last and document.get("workloads"):
+                # give the loop up to 5 s to serve the first chunk before this is signed
+                signed_after.append(first_served.wait(5))
+            return super().sign(document, now)
+
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        hub = DesiredHub(store, (), Recording(key, 3600))
+        nodes = [f"n{i:04d}" for i in range(2 * PUBLISH_CHUNK + 10)]
+        stored = [rec for rec, _ in store.put_desired_many({n: desired_doc(n) for n in nodes})]
+
+        async def scenario() -> dict[str, bytes]:
+            hub.bind(asyncio.get_running_loop())
+            # each poller holds its (signed) empty document and waits for a change
+            waits = {n: asyncio.create_task(hub.wait_change(n, hub.get(n).etag, 30)) for n in nodes}
+            await asyncio.sleep(0.05)
+            assert not any(t.done() for t in waits.values())
+            publisher = threading.Thread(target=hub.publish_from_thread, args=(stored,))
+            publisher.start()
+            entry = await waits[nodes[0]]
+            assert entry.signed is not None and entry.document and entry.document["workloads"]
+            first_served.set()
+            await asyncio.to_thread(publisher.join)
+            got = {n: (await t).signed for n, t in waits.items()}
+            return {n: s.body for n, s in got.items() if s is not None}
+
+        bodies = asyncio.run(scenario())
+        assert signed_after == [True]
+        assert sorted(bodies) == nodes  # every poller woken with its own signed document
+        trusted = {signing.keyid(key.public_key()): key.public_key()}
+        for n in (nodes[0], last):
+            envelope = signing.parse_envelope(json.loads(bodies[n]))
+            assert signing.verify(envelope, trusted) and envelope.signed["node"] == n
     finally:
         store.close()

@@ -42,10 +42,11 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 # pytest-xdist workers: the tests mostly wait on subprocesses (agents, servers, git), so
-# more workers than the 2 CI cores pay off; PYTEST_WORKERS=0 runs serially.
+# more workers than the 2 CI cores pay off; PYTEST_WORKERS=0 runs serially. loadgroup: one
+# test at a time to whichever worker is free, except a module marked xdist_group stays whole.
 PYTEST_WORKERS ?= 4
 pytest: $(STAMP) sysdeps
-	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS)
+	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 test: lint typecheck pytest
 

@@ -69,6 +69,9 @@ def test_failed_version_is_remembered_across_restarts_until_new_version_or_retry
         document = desired_doc("node-f", generation, [w])
         write_json(agent.state_dir / "desired.json", {"document": document, "etag": None})
         agent.start()
+        # the last run's status.json may already say so: wait for this run to be up, or the
+        # agent.stop() below could come before its signal handlers
+        agent.wait_started()
         agent.wait_for(lambda a: _reported(a, version, until), what=f"{version} {until}")
 
     try:

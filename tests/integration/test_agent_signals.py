@@ -7,18 +7,8 @@ import signal
 import time
 from pathlib import Path
 
-from tests.helpers.agents import AgentProc, make_agent
+from tests.helpers.agents import make_agent
 from tests.helpers.ports import free_port
-from tests.helpers.wait import wait_until
-
-# logged by the daemon right after it installs its SIGTERM/SIGINT handlers
-HANDLER_LINE = " for node sig-node: servers "
-
-
-def _handler_installed(agent: AgentProc) -> bool:
-    """This start's log (after its ``=== start N`` marker) has the line the daemon writes
-    once its signal handlers are in place."""
-    return HANDLER_LINE in agent.logs().rsplit(f"=== start {agent.starts}\n", 1)[-1]
 
 
 def test_sigterm_at_random_moments_exits_promptly(tmp_path: Path) -> None:
@@ -35,7 +25,7 @@ def test_sigterm_at_random_moments_exits_promptly(tmp_path: Path) -> None:
         if early:
             time.sleep(rng.uniform(0.0, 0.3))
         else:
-            wait_until(f"round {round_}: signal handler", lambda: _handler_installed(agent), 60)
+            agent.wait_started()
             time.sleep(rng.uniform(0.0, 1.5))
         t0 = time.monotonic()
         code = agent.stop()

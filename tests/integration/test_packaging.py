@@ -16,10 +16,6 @@ import pytest
 from tests.helpers.git import EXAMPLE_FLEET, copy_tree, fleet_repo_from_example
 from tests.helpers.wheels import fresh_venv, pip_env, prepare
 
-# one pytest-xdist worker runs the whole module (make pytest: --dist loadgroup): its
-# module fixture builds wheels and a venv, too costly to build once per worker
-pytestmark = pytest.mark.xdist_group("test_packaging")
-
 SERVER_ONLY = ("starlette", "uvicorn", "uvloop", "httptools", "watchfiles", "prometheus-client")
 
 

@@ -20,10 +20,6 @@ import pytest
 from tests.helpers.git import commit_all, fleet_repo_from_example, git, head
 from tests.helpers.wheels import OfflineIndex, build_tools_dir, pip_env, prepare
 
-# one pytest-xdist worker runs the whole module (make pytest: --dist loadgroup): its
-# module fixture builds wheels and a venv, too costly to build once per worker
-pytestmark = pytest.mark.xdist_group("test_precommit_framework")
-
 BROKEN_NODE = "apiVersion: fleetkeeper/v1\nkind: Node\nname: broken\nplatform: plan9/mips\n"
 
 

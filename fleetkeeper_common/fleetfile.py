@@ -5,6 +5,10 @@ Both halves need this: the reconciler renders a node's workload entry from the f
 re-renders it from the approved file's bytes and compares (``agent.evidence``).
 ``tests/unit/test_fleetfile_vectors.py`` holds both to the same vectors.
 
+``config`` and ``secrets`` carry the bytes of other files of the same tree (``config.files[].from``,
+``secrets[].from``): ``workload_entry`` asks ``read`` for them, so the reconciler renders from
+the revision it read and the agent from the approved tree objects of its evidence.
+
 The YAML reader is strict in the way the reconciler's validator is (duplicate keys,
 non-string keys, merge keys, tags beyond plain JSON and non-finite numbers are refused,
 not guessed at), so a file never means one thing to a reviewer and another to a node.
@@ -12,13 +16,18 @@ not guessed at), so a file never means one thing to a reviewer and another to a 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import lru_cache
 from typing import Any
 
 import yaml
 from yaml.constructor import SafeConstructor
+
+from fleetkeeper_common.digests import config_digest
 
 MAX_FILE_BYTES = 256 * 1024
 MAX_VALUES = 20_000
@@ -33,6 +42,10 @@ _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 class FleetFileError(ValueError):
     """The file is not a plain-YAML release or model; the message says where."""
+
+
+# bytes of one repo-relative path of the tree the file comes from; raises when there is none
+Reader = Callable[[str], bytes]
 
 
 def release_path(kind: str, name: str, version: str) -> str:
@@ -101,6 +114,65 @@ def fill(value: Any, node: str, labels: Mapping[str, str]) -> Any:
     return value
 
 
+def fill_config(data: bytes, template: bool, node: str, labels: Mapping[str, str]) -> bytes:
+    """A config file's bytes as the node receives them: placeholders filled in when it is a
+    template (``validate`` has made sure a template is UTF-8)."""
+    if not template or b"${" not in data:
+        return data
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FleetFileError("a template config file is not UTF-8 text") from None
+    return str(fill(text, node, labels)).encode("utf-8")
+
+
+@lru_cache(maxsize=256)  # the same file goes to every node it targets, on every plan
+def _encoded(data: bytes) -> tuple[str, str]:
+    return hashlib.sha256(data).hexdigest(), base64.b64encode(data).decode("ascii")
+
+
+def config_file_entry(to: str, data: bytes) -> dict[str, Any]:
+    """One ``config.files[]`` entry of a workload document (``data`` already filled in)."""
+    sha, content = _encoded(data)
+    return {"path": to, "sha256": sha, "content": content}
+
+
+def ciphertext_text(data: bytes) -> str:
+    """An age file as the document carries it (armored text; validate refuses other files)."""
+    return data.decode("ascii", "replace")
+
+
+def secret_entry(name: str, source: str, as_: str, ciphertext: str) -> dict[str, Any]:
+    return {"name": name, "from": source, "as": as_, "age": ciphertext}
+
+
+def config_sources(doc: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
+    """(from, to, template) of each ``config.files[]`` entry, as the reconciler reads them."""
+    config = doc.get("config")
+    files = config.get("files") if isinstance(config, dict) else None
+    return [
+        (str(f.get("from")), str(f.get("to")), f.get("template") is True)
+        for f in (files if isinstance(files, list) else [])
+        if isinstance(f, dict)
+    ]
+
+
+def secret_sources(doc: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(name, from, as) of each ``secrets[]`` entry (``as`` is ``env`` unless ``file``)."""
+    items = doc.get("secrets")
+    return [
+        (str(s.get("name")), str(s.get("from")), "file" if s.get("as") == "file" else "env")
+        for s in (items if isinstance(items, list) else [])
+        if isinstance(s, dict)
+    ]
+
+
+def referenced_files(doc: Mapping[str, Any]) -> list[str]:
+    """The other files of the tree whose bytes the workload entry carries."""
+    paths = [src for src, _, _ in config_sources(doc)] + [s for _, s, _ in secret_sources(doc)]
+    return list(dict.fromkeys(paths))
+
+
 def _artifact(doc: Mapping[str, Any], platform: str) -> dict[str, Any] | None:
     arts = [a for a in doc.get("artifacts") or [] if isinstance(a, dict)]
     chosen = next((a for a in arts if a.get("platform") == platform), None)
@@ -115,10 +187,16 @@ def _artifact(doc: Mapping[str, Any], platform: str) -> dict[str, Any] | None:
 
 
 def workload_entry(
-    doc: Mapping[str, Any], node: str, labels: Mapping[str, str], platform: str
+    doc: Mapping[str, Any],
+    node: str,
+    labels: Mapping[str, str],
+    platform: str,
+    read: Reader | None = None,
 ) -> dict[str, Any] | None:
     """The desired-state workload entry a release or model file implies for a node
-    (None: no artifact for its platform). Mirrors ``select.workload_document``."""
+    (None: no artifact for its platform). Mirrors ``select.workload_document``. ``read``
+    gives the bytes of the config and secret files; without it a file that has either is
+    refused (FleetFileError), never rendered without them."""
     is_model = doc.get("kind") == "Model"
     art = _artifact(doc, platform)
     if art is None:
@@ -148,4 +226,23 @@ def workload_entry(
         if isinstance(port, str) and port.isdigit():
             args["port"] = int(port)
         out["model"] = {"runtime": str(doc.get("runtime")), "args": args}
+    secrets, config = secret_sources(doc), doc.get("config")
+    if (secrets or isinstance(config, dict)) and read is None:
+        raise FleetFileError("config and secrets need the files they name: no reader given")
+    if secrets and read is not None:
+        out["secrets"] = [
+            secret_entry(n, src, a, ciphertext_text(read(src))) for n, src, a in secrets
+        ]
+    if isinstance(config, dict) and read is not None:
+        files, shas = [], []
+        for src, to, template in config_sources(doc):
+            data = read(src)
+            shas.append((to, template, hashlib.sha256(data).hexdigest()))
+            files.append(config_file_entry(to, fill_config(data, template, node, labels)))
+        on_change = "none" if config.get("onChange") == "none" else "restart"
+        out["config"] = {
+            "digest": config_digest(on_change, shas),
+            "onChange": on_change,
+            "files": files,
+        }
     return out

@@ -87,7 +87,7 @@ def _file(objects: Mapping[str, tuple[str, bytes]], tree: str, path: str, where:
         entry = next((e for e in entries if e.name == part.encode()), None)
         so_far = "/".join(parts[: depth + 1])
         if entry is None:
-            raise EvidenceRefused(f"{where}: the approved tree has no {so_far}")
+            raise EvidenceRefused(f"{where}: the approved tree has no {path}")
         last = depth == len(parts) - 1
         if not last and entry.mode != g.TREE_MODE:
             raise EvidenceRefused(f"{where}: {so_far} in the approved tree is not a folder")

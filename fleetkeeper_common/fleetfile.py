@@ -207,7 +207,7 @@ def workload_entry(
         "version": str(doc.get("version")),
         "artifact": art,
     }
-    for key in ("run", "health"):
+    for key in ("run", "health", "drain"):
         value = doc.get(key)
         if isinstance(value, dict) and value:
             out[key] = fill(value, node, labels)

@@ -30,6 +30,7 @@ RELEASE = release_doc(
 )
 RELEASE["health"] = {"http": "http://127.0.0.1:${node.labels.port}/healthz", "timeoutSeconds": 9}
 RELEASE["versionProbe"] = ["bin/ia", "--version"]
+RELEASE["drain"] = {"http": "http://127.0.0.1:${node.labels.port}/drain", "timeoutSeconds": 30}
 RELEASE["artifacts"][0]["unpackedSize"] = 4096
 RELEASE["data"] = {"snapshot": True, "maxBytes": 1 << 20}
 # config files and an age ciphertext: the other files of the tree the entry carries

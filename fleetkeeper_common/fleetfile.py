@@ -5,9 +5,10 @@ Both halves need this: the reconciler renders a node's workload entry from the f
 re-renders it from the approved file's bytes and compares (``agent.evidence``).
 ``tests/unit/test_fleetfile_vectors.py`` holds both to the same vectors.
 
-``config`` and ``secrets`` carry the bytes of other files of the same tree (``config.files[].from``,
-``secrets[].from``): ``workload_entry`` asks ``read`` for them, so the reconciler renders from
-the revision it read and the agent from the approved tree objects of its evidence.
+``config`` and ``secrets`` carry the bytes of other files of the same tree
+(``config.files[].from``, ``secrets[].from``): ``workload_entry`` asks ``read`` for them
+(an agent: from the approved tree objects of its evidence); the reconciler renders the same
+entries through ``fleetkeeper_common.rendering`` from the revision it read.
 
 The YAML reader is strict in the way the reconciler's validator is (duplicate keys,
 non-string keys, merge keys, tags beyond plain JSON and non-finite numbers are refused,
@@ -16,22 +17,26 @@ not guessed at), so a file never means one thing to a reviewer and another to a 
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import math
-import re
 from collections.abc import Callable, Mapping
-from functools import lru_cache
 from typing import Any
 
 import yaml
 from yaml.constructor import SafeConstructor
 
 from fleetkeeper_common.digests import config_digest
+from fleetkeeper_common.rendering import (
+    TemplateError,
+    ciphertext_text,
+    config_file_entry,
+    fill,
+    fill_config,
+    secret_entry,
+)
 
 MAX_FILE_BYTES = 256 * 1024
 MAX_VALUES = 20_000
-PLACEHOLDER = re.compile(r"\$\{node\.(name|labels\.([A-Za-z0-9._/-]+))\}")
 
 _TAG = "tag:yaml.org,2002:"
 _STR, _INT, _FLOAT, _BOOL, _NULL = (_TAG + t for t in ("str", "int", "float", "bool", "null"))
@@ -98,52 +103,6 @@ def load_strict(data: bytes, where: str) -> Any:
     if node is None:
         raise FleetFileError(f"{where}: empty")
     return build(node, 0)
-
-
-def fill(value: Any, node: str, labels: Mapping[str, str]) -> Any:
-    """``value`` with ``${node.name}`` and ``${node.labels.KEY}`` replaced in every string
-    (a label the node lacks becomes the empty string, as the validator forbids it)."""
-    if isinstance(value, str):
-        if "${" not in value:
-            return value
-        return PLACEHOLDER.sub(lambda m: node if m[1] == "name" else labels.get(m[2], ""), value)
-    if isinstance(value, list):
-        return [fill(v, node, labels) for v in value]
-    if isinstance(value, dict):
-        return {k: fill(v, node, labels) for k, v in value.items()}
-    return value
-
-
-def fill_config(data: bytes, template: bool, node: str, labels: Mapping[str, str]) -> bytes:
-    """A config file's bytes as the node receives them: placeholders filled in when it is a
-    template (``validate`` has made sure a template is UTF-8)."""
-    if not template or b"${" not in data:
-        return data
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise FleetFileError("a template config file is not UTF-8 text") from None
-    return str(fill(text, node, labels)).encode("utf-8")
-
-
-@lru_cache(maxsize=256)  # the same file goes to every node it targets, on every plan
-def _encoded(data: bytes) -> tuple[str, str]:
-    return hashlib.sha256(data).hexdigest(), base64.b64encode(data).decode("ascii")
-
-
-def config_file_entry(to: str, data: bytes) -> dict[str, Any]:
-    """One ``config.files[]`` entry of a workload document (``data`` already filled in)."""
-    sha, content = _encoded(data)
-    return {"path": to, "sha256": sha, "content": content}
-
-
-def ciphertext_text(data: bytes) -> str:
-    """An age file as the document carries it (armored text; validate refuses other files)."""
-    return data.decode("ascii", "replace")
-
-
-def secret_entry(name: str, source: str, as_: str, ciphertext: str) -> dict[str, Any]:
-    return {"name": name, "from": source, "as": as_, "age": ciphertext}
 
 
 def config_sources(doc: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
@@ -238,7 +197,11 @@ def workload_entry(
         for src, to, template in config_sources(doc):
             data = read(src)
             shas.append((to, template, hashlib.sha256(data).hexdigest()))
-            files.append(config_file_entry(to, fill_config(data, template, node, labels)))
+            try:
+                filled = fill_config(data, template, node, labels)
+            except TemplateError as exc:
+                raise FleetFileError(f"{src}: {exc}") from None
+            files.append(config_file_entry(to, filled))
         on_change = "none" if config.get("onChange") == "none" else "restart"
         out["config"] = {
             "digest": config_digest(on_change, shas),

@@ -17,7 +17,7 @@ import binascii
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from fleetkeeper_common.fleetfile import ciphertext_text
+from fleetkeeper_common.rendering import ciphertext_text
 from reconciler.plan.select import NodeFacts, latest_versions, target_nodes
 from reconciler.spec import Deployable, FleetSpec
 

@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime
 from typing import Literal, TypeAlias
 
 from fleetkeeper_common.digests import config_digest, secrets_digest, target_digest
-from fleetkeeper_common.fleetfile import secret_entry
+from fleetkeeper_common.rendering import secret_entry
 
 JSON: TypeAlias = dict[str, "JSON"] | list["JSON"] | str | int | float | bool | None
 WorkloadKind = Literal["process", "model"]

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
-from fleetkeeper_common.fleetfile import config_file_entry, fill_config
+from fleetkeeper_common.rendering import config_file_entry, fill_config
 from reconciler.plan.admission import claims_of, scope_covers_claims
 from reconciler.spec import JSON, ConfigSpec, Deployable, FleetSpec, NodeSpec, NodeTraits, Targets
 

@@ -9,7 +9,8 @@ import base64
 import pytest
 import yaml
 
-from fleetkeeper_common.fleetfile import FleetFileError, fill, load_strict, workload_entry
+from fleetkeeper_common.fleetfile import FleetFileError, load_strict, workload_entry
+from fleetkeeper_common.rendering import fill
 from reconciler.plan.select import NodeFacts, resolve, workload_document
 from reconciler.secret_files import attach_ciphertexts
 from reconciler.spec import FleetSpec, parse_deployable, parse_fleet, parse_node

@@ -7,9 +7,9 @@ forge-signed squash does), the commit, the trees from the root down to
 ``releases/<name>/<version>.yaml`` (or ``models/``), and that file; and when the workload
 carries ``config`` or ``secrets``, the same walk down to each file that release file names
 (``config.files[].from``, ``secrets[].from``: the node compares the bytes it is told to
-write with those blobs). Without a signature
-there is nothing an agent can check, and no evidence is attached: an agent with
-``approvers`` set refuses such a document (``docs/security.md``).
+write with those blobs). Without a signature there is nothing an agent can check, and no
+evidence is attached: an agent with ``approvers`` set refuses such a document
+(``docs/security.md``).
 
 I/O at the edge: reads the repository with its own pygit2 handle (under a lock; the
 reconcile loop's handle is its own). Objects are content-addressed, so what was read for a

@@ -51,7 +51,7 @@ class EvidenceSource:
         self._path = repo_path
         self._repo: pygit2.Repository | None = None
         self._lock = threading.Lock()
-        self._chains: dict[tuple[str, str], tuple[Obj, ...] | None] = {}
+        self._chains: dict[tuple[str, str, bool], tuple[Obj, ...] | None] = {}
         self._signed: dict[tuple[str, str], str | None] = {}
         self._refs: dict[str, tuple[str, ...]] = {}
         self._unsupported = False
@@ -97,7 +97,8 @@ class EvidenceSource:
                 continue  # the file is not in that tree: the agent refuses, naming it
             found: list[tuple[Obj, ...] | None] = [chain]
             if "config" in w or "secrets" in w:
-                found += [self._chain(repo, signed, p) for p in self._referenced(chain, path)]
+                refs = self._referenced(chain, path)
+                found += [self._chain(repo, signed, p, partial=True) for p in refs]
             for c in found:
                 for obj in c or ():  # a file the tree lacks: the agent refuses, naming it
                     objects.setdefault(obj[0], obj)
@@ -148,8 +149,13 @@ class EvidenceSource:
             self._refs[blob_id] = refs
         return self._refs[blob_id]
 
-    def _chain(self, repo: pygit2.Repository, signed: str, path: str) -> tuple[Obj, ...] | None:
-        key = (signed, path)
+    def _chain(
+        self, repo: pygit2.Repository, signed: str, path: str, *, partial: bool = False
+    ) -> tuple[Obj, ...] | None:
+        """The objects from ``signed`` down to the blob at ``path``; None when the tree has
+        no such file, unless ``partial``: then the trees walked, so the node can see for
+        itself that the file is missing and say so by name."""
+        key = (signed, path, partial)
         if key in self._chains:
             return self._chains[key]
         out: list[Obj] = []
@@ -175,6 +181,8 @@ class EvidenceSource:
                     result = tuple(out)
                 break
             tree = entry
+        if result is None and partial:
+            result = tuple(out)
         if len(self._chains) >= _CACHE_MAX:
             self._chains.clear()
         self._chains[key] = result

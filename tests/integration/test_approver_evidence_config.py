@@ -284,10 +284,10 @@ class Fleet:
             }
         )
         self.add("2.0.0", f"config/{NAME}/soul-2.md", f"secrets/{NAME}/key-2.age", "deploy/2", keys)
-        # a validator would refuse 3.0.0; the node must refuse it on its own
-        self.add(
-            "3.0.0", f"config/{NAME}/missing.md", f"secrets/{NAME}/key-2.age", "deploy/3", keys
-        )
+        # a validator would refuse 3.0.0; the node must refuse it on its own. Its folder
+        # config/extra/ exists (readme.md, which no release names), the file does not
+        self.write({"config/extra/readme.md": "not a config file of any release\n"})
+        self.add("3.0.0", "config/extra/missing.md", f"secrets/{NAME}/key-2.age", "deploy/3", keys)
         self.source = EvidenceSource(str(self.path))
 
     def write(self, files: dict[str, str]) -> None:
@@ -408,7 +408,7 @@ def test_fake_reconciler_cannot_change_config_or_secrets_of_a_level3_node(
                     "a config path the approved tree does not hold",
                     fleet.workload("deploy/3", "3.0.0"),
                     fleet.evidence("deploy/3", "3.0.0"),
-                    "the approved tree has no config/cfgsec/missing.md",
+                    "the approved tree has no config/extra/missing.md",
                 ),
                 (
                     "evidence without the config blob",

@@ -54,6 +54,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import resource
 import shutil
 import sys
@@ -469,6 +470,8 @@ class Result:
     generator_lag_p99: float = 0.0  # the generator's own loop lag (ms), see loop_lag
     generator_lag_max: float = 0.0
     load_average: float = 0.0  # 1-minute, at the end of the steady window
+    # the server's collections in the steady window, per generation (see gc_summary)
+    gc: dict[str, dict[str, float]] = field(default_factory=dict)
     # --kills: leader SIGKILLed -> another replica leads / every surviving agent holds
     # the version pushed at the kill
     elected_p50: float | None = None
@@ -535,9 +538,12 @@ async def run_size(
         # steady state: after one heartbeat interval every agent has reported once
         await asyncio.sleep(HEARTBEAT + 2)
         drops0 = listen_overflows()
+        gc0 = await gc_buckets(servers)
         cpu0, gen0, w0 = cpu_seconds(pids), time.process_time(), time.monotonic()
         await asyncio.sleep(args.steady)
         cpu1, gen1, w1 = cpu_seconds(pids), time.process_time(), time.monotonic()
+        res.gc = gc_summary(gc0, await gc_buckets(servers))
+        print(f"  {n}: server GC pauses in the steady window: {gc_text(res.gc)}", flush=True)
         window = [ms for t, ms in stats.heartbeats if w0 <= t < w1]
         if args.dump:  # every heartbeat: seconds since the agents started, latency in ms
             args.dump.write_text(
@@ -648,6 +654,59 @@ async def run_size(
     return res
 
 
+# fleetkeeper_gc_pause_seconds{generation} (reconciler/gcpauses.py) in /metrics
+GC_SAMPLE = re.compile(
+    r'^fleetkeeper_gc_pause_seconds_bucket\{generation="(\d)",le="([^"]+)"\} (\S+)$', re.M
+)
+
+
+async def gc_buckets(servers: Sequence[Server]) -> dict[int, dict[str, float]]:
+    """Each generation's cumulative pause buckets (``le`` -> count), summed over servers."""
+    got: dict[int, dict[str, float]] = {}
+    for server in servers:
+        conn = Conn(*host_port(server), Stats(), asyncio.Semaphore(1))
+        try:
+            status, _, body = await asyncio.wait_for(conn.request("GET", "/metrics", {}), 10)
+        finally:
+            conn.close()
+        if status != 200:
+            raise SystemExit(f"GET /metrics: HTTP {status}")
+        for gen, le, value in GC_SAMPLE.findall(body.decode()):
+            row = got.setdefault(int(gen), {})
+            row[le] = row.get(le, 0.0) + float(value)
+    return got
+
+
+def gc_summary(
+    before: dict[int, dict[str, float]], after: dict[int, dict[str, float]]
+) -> dict[str, dict[str, float]]:
+    """Per generation over a window: collections, and the bucket bounds (seconds) that
+    hold the 99th percentile and the longest pause (a histogram knows no exact max)."""
+    out: dict[str, dict[str, float]] = {}
+    for gen, row in sorted(after.items()):
+        bounds = sorted(row, key=lambda le: float(le))  # "+Inf" sorts last
+        counts = [row[le] - before.get(gen, {}).get(le, 0.0) for le in bounds]
+        total = counts[-1]
+        if total <= 0:
+            out[str(gen)] = {"count": 0, "p99": 0.0, "max": 0.0}
+            continue
+        p99 = next(float(le) for le, c in zip(bounds, counts, strict=True) if c >= 0.99 * total)
+        top = next(float(le) for le, c in zip(bounds, counts, strict=True) if c >= total)
+        out[str(gen)] = {"count": total, "p99": p99, "max": top}
+    return out
+
+
+def gc_text(summary: dict[str, dict[str, float]]) -> str:
+    def ms(v: float) -> str:
+        return "inf" if v == float("inf") else f"{v * 1000:g}"
+
+    return "; ".join(
+        f"gen {g}: {s['count']:.0f}"
+        + (f" p99<={ms(s['p99'])} max<={ms(s['max'])} ms" if s["count"] else "")
+        for g, s in summary.items()
+    )
+
+
 async def leads(server: Server) -> bool:
     """What the replica's /metrics says (False when it does not answer)."""
     if server.proc.poll() is not None:
@@ -746,8 +805,8 @@ def table(results: Sequence[Result]) -> str:
     rows = [
         "| agents | signing | registration (CPU each) | heartbeat p50 / p99 | server CPU s/s "
         "| CPU per heartbeat | RSS | first rollout, 10 batches, soak 0 "
-        "| merge -> all hold new doc | errors | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| merge -> all hold new doc | errors | server GC pauses, steady | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         errors = ", ".join(f"{k}: {v}" for k, v in sorted(r.errors.items())) or "0"
@@ -756,7 +815,8 @@ def table(results: Sequence[Result]) -> str:
             f"| {r.registration_rate:,.0f} nodes/s ({r.registration_cpu_ms:.2f} ms) "
             f"| {r.p50:.1f} ms / {r.p99:.1f} ms "
             f"| {r.cpu_per_s:.2f} | {r.cpu_ms_per_heartbeat:.2f} ms | {r.rss_mib:.0f} MiB "
-            f"| {fmt(r.first_rollout)} | {fmt(r.fanout)} | {errors} | {r.load_average:.1f} |"
+            f"| {fmt(r.first_rollout)} | {fmt(r.fanout)} | {errors} | {gc_text(r.gc)} "
+            f"| {r.load_average:.1f} |"
         )
     for n in sorted({r.agents for r in results}):
         plain = [r for r in results if r.agents == n and r.signed is False]

@@ -182,6 +182,7 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
         store: MeteredStore = replica.store
     else:
         store = MeteredStore(open_store(config.database_url), metrics, [notifier.submit])
+    metrics.gc_pauses.install()
     try:
         source = _MeteredSource(config.repo, config.state_dir, config.branch)
         source.metrics = metrics
@@ -261,6 +262,7 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
         if replica is not None:
             replica.close()
         store.close()
+        metrics.gc_pauses.uninstall()
 
 
 def run(config: Config, on_listening: Callable[[str], None] | None = None) -> None:

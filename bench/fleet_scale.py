@@ -656,7 +656,9 @@ async def run_size(
 
 # fleetkeeper_gc_pause_seconds{generation} (reconciler/gcpauses.py) in /metrics
 GC_SAMPLE = re.compile(
-    r'^fleetkeeper_gc_pause_seconds_bucket\{generation="(\d)",le="([^"]+)"\} (\S+)$', re.M
+    r'^fleetkeeper_gc_pause_seconds_(?:bucket|(sum))\{generation="(\d)"(?:,le="([^"]+)")?\} '
+    r"(\S+)$",
+    re.M,
 )
 
 
@@ -671,28 +673,31 @@ async def gc_buckets(servers: Sequence[Server]) -> dict[int, dict[str, float]]:
             conn.close()
         if status != 200:
             raise SystemExit(f"GET /metrics: HTTP {status}")
-        for gen, le, value in GC_SAMPLE.findall(body.decode()):
+        for is_sum, gen, le, value in GC_SAMPLE.findall(body.decode()):
             row = got.setdefault(int(gen), {})
-            row[le] = row.get(le, 0.0) + float(value)
+            key = "sum" if is_sum else le
+            row[key] = row.get(key, 0.0) + float(value)
     return got
 
 
 def gc_summary(
     before: dict[int, dict[str, float]], after: dict[int, dict[str, float]]
 ) -> dict[str, dict[str, float]]:
-    """Per generation over a window: collections, and the bucket bounds (seconds) that
-    hold the 99th percentile and the longest pause (a histogram knows no exact max)."""
+    """Per generation over a window: collections, their total CPU seconds, and the bucket
+    bounds (seconds) that hold the 99th percentile and the longest pause (a histogram
+    knows no exact max)."""
     out: dict[str, dict[str, float]] = {}
     for gen, row in sorted(after.items()):
+        spent = row.pop("sum", 0.0) - before.get(gen, {}).get("sum", 0.0)
         bounds = sorted(row, key=lambda le: float(le))  # "+Inf" sorts last
         counts = [row[le] - before.get(gen, {}).get(le, 0.0) for le in bounds]
         total = counts[-1]
         if total <= 0:
-            out[str(gen)] = {"count": 0, "p99": 0.0, "max": 0.0}
+            out[str(gen)] = {"count": 0, "sum": 0.0, "p99": 0.0, "max": 0.0}
             continue
         p99 = next(float(le) for le, c in zip(bounds, counts, strict=True) if c >= 0.99 * total)
         top = next(float(le) for le, c in zip(bounds, counts, strict=True) if c >= total)
-        out[str(gen)] = {"count": total, "p99": p99, "max": top}
+        out[str(gen)] = {"count": total, "sum": spent, "p99": p99, "max": top}
     return out
 
 
@@ -702,7 +707,11 @@ def gc_text(summary: dict[str, dict[str, float]]) -> str:
 
     return "; ".join(
         f"gen {g}: {s['count']:.0f}"
-        + (f" p99<={ms(s['p99'])} max<={ms(s['max'])} ms" if s["count"] else "")
+        + (
+            f" ({s['sum'] * 1000:.0f} ms CPU) p99<={ms(s['p99'])} max<={ms(s['max'])} ms"
+            if s["count"]
+            else ""
+        )
         for g, s in summary.items()
     )
 

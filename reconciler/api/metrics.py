@@ -13,7 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from reconciler.gcpauses import GcPauses
+from reconciler.garbage import GcPauses
 from reconciler.plan.controls import Control
 from reconciler.plan.state import PHASES
 from reconciler.spec import JSON

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.helpers.server import running_server
 
@@ -39,3 +40,33 @@ def test_metrics_show_the_servers_collections_by_generation(tmp_path: Path) -> N
     assert after[("count", "0")] > before[("count", "0")]
     assert after[("sum", "0")] > before[("sum", "0")]
     assert 0 < after[("sum", "2")] < 10  # real seconds, not a counter of calls
+
+
+def _frozen(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    found = re.search(r"^fleetkeeper_gc_frozen_objects (\S+)$", text, re.M)
+    assert found, "no fleetkeeper_gc_frozen_objects in /metrics"
+    return float(found.group(1))
+
+
+@pytest.mark.parametrize("freeze_seconds", [0.2, 0])
+def test_gc_freeze_seconds_moves_survivors_out_of_the_young_generations(
+    tmp_path: Path, freeze_seconds: float
+) -> None:
+    with running_server(tmp_path, extra_config={"gcFreezeSeconds": freeze_seconds}) as server:
+        deadline = time.monotonic() + 30
+        while _frozen(server.url) == 0:  # the start-up freeze, once the first pass is done
+            assert time.monotonic() < deadline, "nothing frozen after start-up"
+            time.sleep(0.1)
+        at_start = _frozen(server.url)
+        tokens = {n: server.register(n) for n in ("node-a", "node-b", "node-c")}
+        for node, token in tokens.items():  # new long-lived objects: nodes, reports, tokens
+            with server.client(token) as c:
+                report = {"node": node, "generation": 1, "workloads": []}
+                assert c.post(f"/v1/nodes/{node}/status", json=report).status_code == 200
+        time.sleep(1.0)
+        later = _frozen(server.url)
+    if freeze_seconds:
+        assert later > at_start
+    else:
+        assert later <= at_start  # frozen once; those that died since were freed all the same

@@ -488,6 +488,8 @@ async def run_size(
     extra: dict[str, object] = {}
     if args.database:
         extra["database"] = args.database
+    if args.gc_freeze is not None:
+        extra["gcFreezeSeconds"] = args.gc_freeze
     servers = [
         start(tmp / f"server-{i}", bare, poll_interval=60, extra=extra, unsigned=signed is False)
         for i in range(args.replicas)
@@ -605,6 +607,7 @@ async def run_size(
             change = {f"releases/{AGENT}/{version}.yaml": release(version, "100%")}
             merge_change(work, change, version, 100 + k)
             await asyncio.sleep(1)  # the previous fan-out's status reports settle
+            passes0 = await pass_seconds(servers)
             t0, cpu0 = time.monotonic(), cpu_seconds(pids)
             git(work, "push", "-q", "origin", "main")
             try:
@@ -618,9 +621,11 @@ async def run_size(
             res.fanouts.append(took)
             cpus.append(cpu_seconds(pids) - cpu0)
             first = min(a.got_at[version] for a in agents) - t0
+            passes = await pass_seconds(servers)
             print(
                 f"  {n}: merge -> first agent holds {version} {fmt(first, 's', 3)}, "
-                f"all {fmt(took, 's', 3)}",
+                f"all {fmt(took, 's', 3)}; reconcile passes meanwhile "
+                f"{passes[1] - passes0[1]:.0f}, {passes[0] - passes0[0]:.2f} s in all",
                 flush=True,
             )
         if res.fanouts:
@@ -662,18 +667,37 @@ GC_SAMPLE = re.compile(
 )
 
 
+PASS_SAMPLE = re.compile(r"^fleetkeeper_reconcile_duration_seconds_(sum|count) (\S+)$", re.M)
+
+
+async def metrics_text(server: Server) -> str:
+    conn = Conn(*host_port(server), Stats(), asyncio.Semaphore(1))
+    try:
+        status, _, body = await asyncio.wait_for(conn.request("GET", "/metrics", {}), 10)
+    finally:
+        conn.close()
+    if status != 200:
+        raise SystemExit(f"GET /metrics: HTTP {status}")
+    return body.decode()
+
+
+async def pass_seconds(servers: Sequence[Server]) -> tuple[float, float]:
+    """Seconds spent in reconcile passes so far, and their number (all servers)."""
+    spent = count = 0.0
+    for server in servers:
+        for kind, value in PASS_SAMPLE.findall(await metrics_text(server)):
+            if kind == "sum":
+                spent += float(value)
+            else:
+                count += float(value)
+    return spent, count
+
+
 async def gc_buckets(servers: Sequence[Server]) -> dict[int, dict[str, float]]:
     """Each generation's cumulative pause buckets (``le`` -> count), summed over servers."""
     got: dict[int, dict[str, float]] = {}
     for server in servers:
-        conn = Conn(*host_port(server), Stats(), asyncio.Semaphore(1))
-        try:
-            status, _, body = await asyncio.wait_for(conn.request("GET", "/metrics", {}), 10)
-        finally:
-            conn.close()
-        if status != 200:
-            raise SystemExit(f"GET /metrics: HTTP {status}")
-        for is_sum, gen, le, value in GC_SAMPLE.findall(body.decode()):
+        for is_sum, gen, le, value in GC_SAMPLE.findall(await metrics_text(server)):
             row = got.setdefault(int(gen), {})
             key = "sum" if is_sum else le
             row[key] = row.get(key, 0.0) + float(value)
@@ -871,6 +895,11 @@ def main() -> None:
     ap.add_argument("--dump", type=Path, help="write every heartbeat's time and latency here")
     ap.add_argument(
         "--repeat", type=int, default=1, help="merge -> all hold this often per size (median)"
+    )
+    ap.add_argument(
+        "--gc-freeze",
+        type=float,
+        help="the server's gcFreezeSeconds (default: its default; 0: freeze only at start)",
     )
     ap.add_argument(
         "--signed",

@@ -106,8 +106,8 @@ async def keep_collections_short(
     full_seconds: float = FULL_GC_SECONDS,
 ) -> None:
     """Until ``stop``: once ``ready`` (the first pass done), collect everything and freeze
-    what start-up built; then freeze the survivors every ``freeze_seconds`` (0: never
-    again), and every ``full_seconds`` unfreeze, collect everything, freeze again.
+    what start-up built; then freeze the survivors every ``freeze_seconds`` (0: not
+    in between), and every ``full_seconds`` unfreeze, collect everything, freeze again.
 
     The automatic full collection is off (``run`` in reconciler/service.py): this is the
     only one."""

@@ -1,7 +1,7 @@
 """Benchmark: one ``fleetkeeper serve`` holding N simulated agents (issue 12).
 
     .venv/bin/python bench/fleet_scale.py [--agents 1000 2000 4000 8000] [--steady 30]
-        [--replicas N --database URL [--kills K]] [--signed]
+        [--replicas N --database URL [--kills K]] [--signed] [--gc-freeze S]
 
 Per size, a fresh fleet repo (bare, watched) and a fresh ``fleetkeeper serve`` on SQLite
 (or ``--database``), then simulated agents that behave like ``fleetkeeper-agent`` on the
@@ -20,11 +20,14 @@ Phases and what is printed for each size:
 1. registration rate (64 registrations in flight);
 2. steady state over ``--steady`` seconds after a warm-up of one heartbeat interval:
    heartbeat p50/p99, server CPU seconds per wall second (utime+stime of the server
-   processes from /proc), CPU per heartbeat, RSS (VmRSS);
+   processes from /proc), CPU per heartbeat, RSS (VmRSS), and the server's garbage
+   collections in the window by generation (``fleetkeeper_gc_pause_seconds`` from
+   /metrics: count, CPU in all, the bucket bounds holding the p99 and the longest);
 3. first rollout: a merged release targeting every node, ``batchSize: 10%`` (10
    batches), ``soakSeconds: 0``; time from ``git push`` until the release is
    ``Succeeded`` (every agent holds it and reported it healthy);
-4. merge -> every agent holds the new document: a new version with ``batchSize: 100%``;
+4. merge -> every agent holds the new document: a new version with ``batchSize: 100%``
+   (and the first agent's time, and the reconcile passes that ran meanwhile);
 5. with ``--replicas N --kills K``: K times, SIGKILL the leader (``fleetkeeper_leader 1``)
    and push a new version at once; time until another replica leads, and until every
    agent of the surviving replicas holds the new document; the killed one restarts on

@@ -1,7 +1,7 @@
 """Benchmark: one ``fleetkeeper serve`` holding N simulated agents (issue 12).
 
     .venv/bin/python bench/fleet_scale.py [--agents 1000 2000 4000 8000] [--steady 30]
-        [--replicas N --database URL [--kills K]] [--signed]
+        [--replicas N --database URL [--kills K]] [--signed] [--gc-freeze S]
 
 Per size, a fresh fleet repo (bare, watched) and a fresh ``fleetkeeper serve`` on SQLite
 (or ``--database``), then simulated agents that behave like ``fleetkeeper-agent`` on the
@@ -20,11 +20,14 @@ Phases and what is printed for each size:
 1. registration rate (64 registrations in flight);
 2. steady state over ``--steady`` seconds after a warm-up of one heartbeat interval:
    heartbeat p50/p99, server CPU seconds per wall second (utime+stime of the server
-   processes from /proc), CPU per heartbeat, RSS (VmRSS);
+   processes from /proc), CPU per heartbeat, RSS (VmRSS), and the server's garbage
+   collections in the window by generation (``fleetkeeper_gc_pause_seconds`` from
+   /metrics: count, CPU in all, the bucket bounds holding the p99 and the longest);
 3. first rollout: a merged release targeting every node, ``batchSize: 10%`` (10
    batches), ``soakSeconds: 0``; time from ``git push`` until the release is
    ``Succeeded`` (every agent holds it and reported it healthy);
-4. merge -> every agent holds the new document: a new version with ``batchSize: 100%``;
+4. merge -> every agent holds the new document: a new version with ``batchSize: 100%``
+   (and the first agent's time, and the reconcile passes that ran meanwhile);
 5. with ``--replicas N --kills K``: K times, SIGKILL the leader (``fleetkeeper_leader 1``)
    and push a new version at once; time until another replica leads, and until every
    agent of the surviving replicas holds the new document; the killed one restarts on
@@ -54,6 +57,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import resource
 import shutil
 import sys
@@ -469,6 +473,8 @@ class Result:
     generator_lag_p99: float = 0.0  # the generator's own loop lag (ms), see loop_lag
     generator_lag_max: float = 0.0
     load_average: float = 0.0  # 1-minute, at the end of the steady window
+    # the server's collections in the steady window, per generation (see gc_summary)
+    gc: dict[str, dict[str, float]] = field(default_factory=dict)
     # --kills: leader SIGKILLed -> another replica leads / every surviving agent holds
     # the version pushed at the kill
     elected_p50: float | None = None
@@ -485,6 +491,8 @@ async def run_size(
     extra: dict[str, object] = {}
     if args.database:
         extra["database"] = args.database
+    if args.gc_freeze is not None:
+        extra["gcFreezeSeconds"] = args.gc_freeze
     servers = [
         start(tmp / f"server-{i}", bare, poll_interval=60, extra=extra, unsigned=signed is False)
         for i in range(args.replicas)
@@ -535,9 +543,12 @@ async def run_size(
         # steady state: after one heartbeat interval every agent has reported once
         await asyncio.sleep(HEARTBEAT + 2)
         drops0 = listen_overflows()
+        gc0 = await gc_buckets(servers)
         cpu0, gen0, w0 = cpu_seconds(pids), time.process_time(), time.monotonic()
         await asyncio.sleep(args.steady)
         cpu1, gen1, w1 = cpu_seconds(pids), time.process_time(), time.monotonic()
+        res.gc = gc_summary(gc0, await gc_buckets(servers))
+        print(f"  {n}: server GC pauses in the steady window: {gc_text(res.gc)}", flush=True)
         window = [ms for t, ms in stats.heartbeats if w0 <= t < w1]
         if args.dump:  # every heartbeat: seconds since the agents started, latency in ms
             args.dump.write_text(
@@ -599,6 +610,7 @@ async def run_size(
             change = {f"releases/{AGENT}/{version}.yaml": release(version, "100%")}
             merge_change(work, change, version, 100 + k)
             await asyncio.sleep(1)  # the previous fan-out's status reports settle
+            passes0 = await pass_seconds(servers)
             t0, cpu0 = time.monotonic(), cpu_seconds(pids)
             git(work, "push", "-q", "origin", "main")
             try:
@@ -612,9 +624,11 @@ async def run_size(
             res.fanouts.append(took)
             cpus.append(cpu_seconds(pids) - cpu0)
             first = min(a.got_at[version] for a in agents) - t0
+            passes = await pass_seconds(servers)
             print(
                 f"  {n}: merge -> first agent holds {version} {fmt(first, 's', 3)}, "
-                f"all {fmt(took, 's', 3)}",
+                f"all {fmt(took, 's', 3)}; reconcile passes meanwhile "
+                f"{passes[1] - passes0[1]:.0f}, {passes[0] - passes0[0]:.2f} s in all",
                 flush=True,
             )
         if res.fanouts:
@@ -646,6 +660,87 @@ async def run_size(
     res.reconnects = stats.reconnects
     print(f"  {n}: idle keep-alive connections reopened: {stats.reconnects}", flush=True)
     return res
+
+
+# fleetkeeper_gc_pause_seconds{generation} (reconciler/gcpauses.py) in /metrics
+GC_SAMPLE = re.compile(
+    r'^fleetkeeper_gc_pause_seconds_(?:bucket|(sum))\{generation="(\d)"(?:,le="([^"]+)")?\} '
+    r"(\S+)$",
+    re.M,
+)
+
+
+PASS_SAMPLE = re.compile(r"^fleetkeeper_reconcile_duration_seconds_(sum|count) (\S+)$", re.M)
+
+
+async def metrics_text(server: Server) -> str:
+    conn = Conn(*host_port(server), Stats(), asyncio.Semaphore(1))
+    try:
+        status, _, body = await asyncio.wait_for(conn.request("GET", "/metrics", {}), 10)
+    finally:
+        conn.close()
+    if status != 200:
+        raise SystemExit(f"GET /metrics: HTTP {status}")
+    return body.decode()
+
+
+async def pass_seconds(servers: Sequence[Server]) -> tuple[float, float]:
+    """Seconds spent in reconcile passes so far, and their number (all servers)."""
+    spent = count = 0.0
+    for server in servers:
+        for kind, value in PASS_SAMPLE.findall(await metrics_text(server)):
+            if kind == "sum":
+                spent += float(value)
+            else:
+                count += float(value)
+    return spent, count
+
+
+async def gc_buckets(servers: Sequence[Server]) -> dict[int, dict[str, float]]:
+    """Each generation's cumulative pause buckets (``le`` -> count), summed over servers."""
+    got: dict[int, dict[str, float]] = {}
+    for server in servers:
+        for is_sum, gen, le, value in GC_SAMPLE.findall(await metrics_text(server)):
+            row = got.setdefault(int(gen), {})
+            key = "sum" if is_sum else le
+            row[key] = row.get(key, 0.0) + float(value)
+    return got
+
+
+def gc_summary(
+    before: dict[int, dict[str, float]], after: dict[int, dict[str, float]]
+) -> dict[str, dict[str, float]]:
+    """Per generation over a window: collections, their total CPU seconds, and the bucket
+    bounds (seconds) that hold the 99th percentile and the longest pause (a histogram
+    knows no exact max)."""
+    out: dict[str, dict[str, float]] = {}
+    for gen, row in sorted(after.items()):
+        spent = row.pop("sum", 0.0) - before.get(gen, {}).get("sum", 0.0)
+        bounds = sorted(row, key=lambda le: float(le))  # "+Inf" sorts last
+        counts = [row[le] - before.get(gen, {}).get(le, 0.0) for le in bounds]
+        total = counts[-1]
+        if total <= 0:
+            out[str(gen)] = {"count": 0, "sum": 0.0, "p99": 0.0, "max": 0.0}
+            continue
+        p99 = next(float(le) for le, c in zip(bounds, counts, strict=True) if c >= 0.99 * total)
+        top = next(float(le) for le, c in zip(bounds, counts, strict=True) if c >= total)
+        out[str(gen)] = {"count": total, "sum": spent, "p99": p99, "max": top}
+    return out
+
+
+def gc_text(summary: dict[str, dict[str, float]]) -> str:
+    def ms(v: float) -> str:
+        return "inf" if v == float("inf") else f"{v * 1000:g}"
+
+    return "; ".join(
+        f"gen {g}: {s['count']:.0f}"
+        + (
+            f" ({s['sum'] * 1000:.0f} ms CPU) p99<={ms(s['p99'])} max<={ms(s['max'])} ms"
+            if s["count"]
+            else ""
+        )
+        for g, s in summary.items()
+    )
 
 
 async def leads(server: Server) -> bool:
@@ -746,8 +841,8 @@ def table(results: Sequence[Result]) -> str:
     rows = [
         "| agents | signing | registration (CPU each) | heartbeat p50 / p99 | server CPU s/s "
         "| CPU per heartbeat | RSS | first rollout, 10 batches, soak 0 "
-        "| merge -> all hold new doc | errors | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| merge -> all hold new doc | errors | server GC pauses, steady | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         errors = ", ".join(f"{k}: {v}" for k, v in sorted(r.errors.items())) or "0"
@@ -756,7 +851,8 @@ def table(results: Sequence[Result]) -> str:
             f"| {r.registration_rate:,.0f} nodes/s ({r.registration_cpu_ms:.2f} ms) "
             f"| {r.p50:.1f} ms / {r.p99:.1f} ms "
             f"| {r.cpu_per_s:.2f} | {r.cpu_ms_per_heartbeat:.2f} ms | {r.rss_mib:.0f} MiB "
-            f"| {fmt(r.first_rollout)} | {fmt(r.fanout)} | {errors} | {r.load_average:.1f} |"
+            f"| {fmt(r.first_rollout)} | {fmt(r.fanout)} | {errors} | {gc_text(r.gc)} "
+            f"| {r.load_average:.1f} |"
         )
     for n in sorted({r.agents for r in results}):
         plain = [r for r in results if r.agents == n and r.signed is False]
@@ -802,6 +898,11 @@ def main() -> None:
     ap.add_argument("--dump", type=Path, help="write every heartbeat's time and latency here")
     ap.add_argument(
         "--repeat", type=int, default=1, help="merge -> all hold this often per size (median)"
+    )
+    ap.add_argument(
+        "--gc-freeze",
+        type=float,
+        help="the server's gcFreezeSeconds (default: its default; 0: freeze only at start)",
     )
     ap.add_argument(
         "--signed",

@@ -26,6 +26,7 @@ DEFAULT_POLL_INTERVAL = 60.0
 DEFAULT_MAX_BODY = 1024 * 1024
 DEFAULT_STATE_DIR = "/var/lib/fleetkeeper"
 DEFAULT_DESIRED_VALIDITY = 24 * 3600.0
+DEFAULT_GC_FREEZE = 2.0  # survivors leave the young generations this often (reconciler/garbage.py)
 DEFAULT_LEADER_LEASE = 10.0  # PostgreSQL replicas: a new leader within this (docs/server.md)
 # HTTP server limits (slowloris and connection floods), see docs/server.md
 DEFAULT_HEADER_TIMEOUT = 10.0
@@ -91,6 +92,7 @@ class Config:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     leader_lease: float = DEFAULT_LEADER_LEASE
+    gc_freeze_seconds: float = DEFAULT_GC_FREEZE
     source_file: Path | None = None
 
     @property
@@ -198,6 +200,7 @@ def parse_config(
         max_connections=int(str(doc.get("maxConnections", DEFAULT_MAX_CONNECTIONS))),
         max_header_bytes=int(str(doc.get("maxHeaderBytes", DEFAULT_MAX_HEADER_BYTES))),
         leader_lease=float(str(doc.get("leaderLeaseSeconds", DEFAULT_LEADER_LEASE))),
+        gc_freeze_seconds=float(str(doc.get("gcFreezeSeconds", DEFAULT_GC_FREEZE))),
         source_file=source,
     )
 

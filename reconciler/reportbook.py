@@ -69,6 +69,9 @@ class ReportBook:
         self._dirty: dict[str, float] = {}  # node -> lastSeen not yet in the store
         self._news: set[str] = set()
         self._watched: frozenset[str] = frozenset()
+        # snapshot's values by node: (the parsed report, the lastSeen, the value given)
+        self._made: dict[str, tuple[NodeReport, float, NodeReport]] = {}
+        self._snap_lock = threading.Lock()
         self._changes: GroupCommit[tuple[ReportRecord, str], None] = GroupCommit(
             self._store_changes, "status report(s)"
         )
@@ -150,15 +153,27 @@ class ReportBook:
     # -- the loop side (any thread) -----------------------------------------------------
 
     def snapshot(self) -> dict[str, NodeReport]:
-        """Every node's last report as the planner reads it (lastSeen from memory)."""
+        """Every node's last report as the planner reads it (lastSeen from memory).
+
+        A node's value is rebuilt only when its report or lastSeen moved since the last
+        snapshot: a fan-out runs passes back to back, and rebuilding every node's value
+        (``dataclasses.replace``) was a third of each pass's planning at 4,000 agents."""
         with self._lock:  # copies at C speed; the snapshot is built outside the lock
             last, seen = dict(self._last), dict(self._seen)
-        return {
-            n: e.parsed
-            if e.parsed.received_at == seen[n]
-            else replace(e.parsed, received_at=seen[n])
-            for n, e in last.items()
-        }
+        with self._snap_lock:  # one builder at a time; the event loop never takes this lock
+            made = self._made
+            out: dict[str, NodeReport] = {}
+            for n, e in last.items():
+                at, hit = seen[n], made.get(n)
+                if hit is not None and hit[0] is e.parsed and hit[1] == at:
+                    out[n] = hit[2]
+                    continue
+                value = (
+                    e.parsed if e.parsed.received_at == at else replace(e.parsed, received_at=at)
+                )
+                made[n] = (e.parsed, at, value)
+                out[n] = value
+        return out
 
     def records(self) -> list[ReportRecord]:
         """Every node's last report as the store would hold it after a flush, by node."""

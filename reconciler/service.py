@@ -32,6 +32,7 @@ from reconciler.approval.engine import Approver
 from reconciler.config import Config
 from reconciler.errors import ConfigError, Waiting
 from reconciler.evidence import EvidenceSource
+from reconciler.garbage import keep_collections_short
 from reconciler.httpserver import limit_malloc_arenas, raise_open_file_limit, server_config
 from reconciler.loop.reconciler import PassResult, Reconciler
 from reconciler.notify.sender import Notifier
@@ -52,7 +53,6 @@ GRACE_SECONDS = 5
 # and under load a full accept queue; nginx's default is also 75 s)
 KEEP_ALIVE_SECONDS = 75
 SWITCH_INTERVAL = 0.001
-FULL_GC_SECONDS = 600  # the oldest generation is collected this often (see run)
 NO_AUTOMATIC_FULL_GC = 2**31 - 1
 LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 DASHBOARD_AUDIT_WINDOW = 7 * 86400
@@ -127,29 +127,6 @@ class _MeteredReconciler(Reconciler):
             return super().reconcile_once()
 
 
-async def _collect_periodically(stop: asyncio.Event, ready: Callable[[], bool]) -> None:
-    """The full garbage collection every ``FULL_GC_SECONDS`` (see ``run``).
-
-    Once the first pass is done, what start-up built (modules, the store's documents and
-    tokens loaded into memory, the applied spec) is frozen (``gc.freeze``): it lives as
-    long as the process, and the collector then never walks it again. Frozen objects are
-    still freed by reference counting when dropped; only cyclic garbage among them stays
-    until exit, and start-up data is plain documents and records, not cycles."""
-    while not ready() and not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.5)
-    if not stop.is_set():
-        gc.collect()
-        gc.freeze()
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), FULL_GC_SECONDS)
-        if not stop.is_set():
-            started = time.monotonic()
-            found = gc.collect()
-            log.debug("full gc: %d unreachable, %.2fs", found, time.monotonic() - started)
-
-
 class _MeteredSource(GitSource):
     """The source with each mirror fetch timed, and failures counted."""
 
@@ -182,6 +159,7 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
         store: MeteredStore = replica.store
     else:
         store = MeteredStore(open_store(config.database_url), metrics, [notifier.submit])
+    metrics.gc_pauses.install()
     try:
         source = _MeteredSource(config.repo, config.state_dir, config.branch)
         source.metrics = metrics
@@ -233,7 +211,7 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
         parts: dict[str, Coroutine[Any, Any, None]] = {
             "http": server.serve(sockets=[sock]),
             "last-seen": ctx.reports.run(stop),
-            "full-gc": _collect_periodically(stop, ctx.ready),
+            "gc": keep_collections_short(stop, ctx.ready, config.gc_freeze_seconds),
             "notify": notifier.run(stop),
         }
         if replica is not None:  # the loop and the watcher run only while it leads
@@ -261,6 +239,7 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
         if replica is not None:
             replica.close()
         store.close()
+        metrics.gc_pauses.uninstall()
 
 
 def run(config: Config, on_listening: Callable[[str], None] | None = None) -> None:
@@ -280,7 +259,8 @@ def run(config: Config, on_listening: Callable[[str], None] | None = None) -> No
     # 10,000 agents that is millions (documents, reports, connections) and about a
     # second with everything stopped, and it ran every few seconds under load (each
     # pass promotes new long-lived objects). The young generations stay automatic
-    # (they catch nearly all cyclic garbage); the full collection runs on a timer.
+    # (they catch nearly all cyclic garbage); the full collection runs on a timer, and
+    # survivors are frozen out of the young ones (keep_collections_short).
     gc.set_threshold(*gc.get_threshold()[:2], NO_AUTOMATIC_FULL_GC)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(serve(config, on_listening))

@@ -13,6 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from reconciler.garbage import GcPauses
 from reconciler.plan.controls import Control
 from reconciler.plan.state import PHASES
 from reconciler.spec import JSON
@@ -109,6 +110,9 @@ class Metrics:
             "1 when this replica runs the reconcile loop (always on SQLite), 0 on a follower",
             registry=r,
         )
+        # collected at scrape time; serve installs its gc.callbacks hook
+        self.gc_pauses = GcPauses()
+        r.register(self.gc_pauses)
         for result in ("200", "304"):
             self.desired_polls.labels(result=result)
         for state in HEALTH_STATES:

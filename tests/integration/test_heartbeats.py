@@ -165,6 +165,39 @@ def test_stale_detection_reads_last_seen_from_memory(tmp_path: Path) -> None:
         rig.close()
 
 
+def test_snapshot_rebuilds_only_what_moved_and_equals_one_built_afresh(tmp_path: Path) -> None:
+    """The planner's view after repeats, changes and quiet nodes is what a new book over
+    the same reports gives; a node where nothing moved keeps its value (not rebuilt)."""
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        t0 = 1_000.0
+        store.put_reports([ReportRecord(n, report(n), t0) for n in ("a", "b", "c")])
+        book = ReportBook(store, store.reports(), ttl=90)
+        first = book.snapshot()
+        assert {n: r.received_at for n, r in first.items()} == {"a": t0, "b": t0, "c": t0}
+
+        async def send(node: str, doc: dict[str, Any], at: float) -> None:
+            await book.submit(ReportRecord(node, doc, at))
+
+        asyncio.run(send("a", report("a"), t0 + 15))  # a repeat: lastSeen only
+        asyncio.run(send("b", report("b", phase="Unhealthy"), t0 + 16))  # a change
+        second = book.snapshot()
+        assert second["c"] is first["c"]  # nothing moved: the same value
+        assert second["a"].received_at == t0 + 15 and second["a"] != first["a"]
+        assert second["b"].received_at == t0 + 16 and second["b"] != first["b"]
+        again = book.snapshot()
+        assert again == second
+        assert again["a"] is second["a"]  # moved once, built once: not again per pass
+        asyncio.run(send("a", report("a"), t0 + 30))
+        third = book.snapshot()
+        assert third["a"].received_at == t0 + 30
+        assert third["b"] is second["b"] and third["c"] is first["c"]
+        book.flush()
+        assert third == ReportBook(store, store.reports(), ttl=90).snapshot()
+    finally:
+        store.close()
+
+
 def test_publish_wakes_only_the_changed_nodes_pollers(tmp_path: Path) -> None:
     from reconciler.api.hub import DesiredHub
     from tests.helpers.server import desired_doc

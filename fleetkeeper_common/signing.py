@@ -144,17 +144,20 @@ def batch_envelopes(key: Ed25519PrivateKey, key_id: str, bodies: Sequence[bytes]
     sig = base64.b64encode(key.sign(batch_message(len(bodies), root)))
     head = b'{"signatures":[{"keyid":' + json.dumps(key_id).encode() + b',"proof":{"index":'
     tail = b'],"size":' + size + b'},"sig":"' + sig + b'"}],"signed":'
-    b64 = base64.b64encode
-    return [
-        head
-        + str(i).encode()
-        + b',"path":['
-        + b",".join(b'"' + b64(h) + b'"' for h in path)
-        + tail
-        + body
-        + b"}"
-        for i, (body, path) in enumerate(zip(bodies, paths, strict=True))
-    ]
+    # each inner hash is on many paths: encoded once; one join copies each body once
+    quoted: dict[bytes, bytes] = {}
+    out = []
+    for i, (body, path) in enumerate(zip(bodies, paths, strict=True)):
+        hashes = []
+        for h in path:
+            q = quoted.get(h)
+            if q is None:
+                q = quoted[h] = b'"' + base64.b64encode(h) + b'"'
+            hashes.append(q)
+        out.append(
+            b"".join((head, str(i).encode(), b',"path":[', b",".join(hashes), tail, body, b"}"))
+        )
+    return out
 
 
 def accepted_form(accept: str) -> Form | None:

@@ -139,7 +139,7 @@ class DocumentSigner:
         half = max(int(self.validity // 2), 1)
         issued = [self.issued_at(str(d.get("node", "")), now) for d in documents]
         bodies = [
-            signing.canonical_bytes(self._stamped(d, t))
+            signing.canonical_bytes(self.stamped(d, t))
             for d, t in zip(documents, issued, strict=True)
         ]
         envelopes = signing.batch_envelopes(self.key, self.keyid, bodies)
@@ -148,7 +148,8 @@ class DocumentSigner:
             for envelope, body, t in zip(envelopes, bodies, issued, strict=True)
         ]
 
-    def _stamped(self, document: Mapping[str, object], issued: int) -> dict[str, object]:
+    def stamped(self, document: Mapping[str, object], issued: int) -> dict[str, object]:
+        """What is signed: the document with its stamps (and evidence, when configured)."""
         signed = {
             **document,
             "issuedAt": _stamp(issued),

@@ -89,7 +89,7 @@ class Signed:
     body: bytes  # the batch-form envelope as JSON
     issued_at: int
     refresh_at: float  # re-sign from here on (half the validity)
-    at: int = 0  # where the signed document's canonical bytes start in ``body``
+    at: int  # where the signed document's canonical bytes start in ``body``
 
     @property
     def document_bytes(self) -> bytes:

@@ -89,11 +89,12 @@ class DesiredFastPath:
             return True
         ctx.metrics.poll_200.inc()
         # the same choice as the routed handler: the envelope to an agent that asks for it
-        body, kind = entry.body, JSON_HEADERS
         form = accepted_form(accept.decode("latin-1"))
         if entry.signed is not None and form is not None:
             body = ctx.hub.envelope(node, entry, form)
             kind = BATCH_HEADERS if form == "batch" else ENVELOPE_HEADERS
+        else:
+            body, kind = ctx.hub.plain(node, entry), JSON_HEADERS
         headers = [
             *kind,
             (b"etag", entry.etag.encode()),

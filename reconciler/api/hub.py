@@ -65,7 +65,9 @@ PUBLISH_CHUNK = 256
 @dataclass(frozen=True)
 class Entry:
     etag: str
-    body: bytes  # the JSON document, encoded once
+    # the JSON document, encoded once; with a signer only on the first plain request
+    # (``plain``): agents take the envelope, and encoding both was a third of a fan-out
+    body: bytes | None
     generation: int
     document: Mapping[str, object] | None = None  # kept to re-sign it
     signed: Signed | None = None  # the envelope (with a signer)
@@ -118,7 +120,7 @@ class DesiredHub:
         entries = []
         for rec in records:
             document = dict(rec.document)
-            body = canonical_json(document).encode()
+            body = canonical_json(document).encode() if self.signer is None else None
             entries.append(Entry(rec.etag, body, rec.generation, document))
         return list(zip((r.node for r in records), self._signed(entries), strict=True))
 
@@ -161,6 +163,16 @@ class DesiredHub:
             (entry,) = self._signed([Entry(EMPTY_ETAG, body, 0, document)])
             self._entries[node] = entry
         return entry
+
+    def plain(self, node: str, entry: Entry) -> bytes:
+        """``entry``'s plain document, for a client that does not verify; encoded on first
+        request and kept while ``entry`` is the node's current one."""
+        if entry.body is not None:
+            return entry.body
+        body = canonical_json(entry.document).encode()
+        if self._entries.get(node) is entry:
+            self._entries[node] = replace(entry, body=body)
+        return body
 
     def envelope(self, node: str, entry: Entry, form: Form) -> bytes:
         """``entry``'s signed body in ``form`` (``entry.signed`` set); the single form is

@@ -244,7 +244,8 @@ def node_routes(ctx: ApiContext) -> list[Route]:
             body = ctx.hub.envelope(node, entry, form)
             kind = BATCH_TYPE if form == "batch" else ENVELOPE_TYPE
             return Response(body, media_type=kind, headers={"ETag": entry.etag})
-        return Response(entry.body, media_type=JSON_TYPE, headers={"ETag": entry.etag})
+        body = ctx.hub.plain(node, entry)
+        return Response(body, media_type=JSON_TYPE, headers={"ETag": entry.etag})
 
     async def signing_key(request: Request) -> Response:
         """The public key agents pin (``trustedKeys``): one OpenSSH line, with its keyid."""

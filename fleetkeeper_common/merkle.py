@@ -9,7 +9,7 @@ pins the CT reference vectors.
 Written here rather than taken from pymerkle 7: pymerkle's proofs carry the leaf itself and a
 direction rule beside the path (not RFC 9162's bare path), its indices start at 1, and it
 builds a 256-leaf tree with all its proofs in ~15 ms, a third more than signing the same
-256 documents one by one costs (what batch signing is for). This builds them in ~0.3 ms.
+256 documents one by one costs (what batch signing is for). This builds them in under 1 ms.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.policy import LocalPolicy
 from agent.trust import Accepted, Refused, check
@@ -494,3 +496,23 @@ def test_reconciler_shows_what_the_node_refused() -> None:
     }
     (row,) = node_rows(status, T0)
     assert row.health == "Healthy, desired Refused" and row.tone == "bad"
+
+
+@settings(max_examples=60, deadline=None)
+@given(size=st.integers(1, 40), data=st.data())
+def test_every_envelope_of_a_batch_verifies_and_no_other_document_does(
+    size: int, data: st.DataObject
+) -> None:
+    docs = [{"node": f"n{i}", "generation": i} for i in range(size)]
+    bodies = [signing.canonical_bytes(d) for d in docs]
+    envelopes = [json.loads(b) for b in signing.batch_envelopes(KEY, VECTOR_KEYID, bodies)]
+    for envelope in envelopes:
+        assert signing.verify(signing.parse_envelope(envelope), TRUSTED) == VECTOR_KEYID
+    i = data.draw(st.integers(0, size - 1), label="index")
+    # another document of the batch (or one never signed) under this document's proof
+    j = data.draw(st.integers(0, size), label="other")
+    other = docs[j] if j < size else {"node": f"n{i}", "generation": -1}
+    if other != docs[i]:
+        forged = {**envelopes[i], "signed": other}
+        with pytest.raises(signing.SignatureRefused, match="over a batch of"):
+            signing.verify(signing.parse_envelope(forged), TRUSTED)

@@ -24,7 +24,7 @@ import schema
 from agent.download import redact
 from agent.errors import AuthError, ConfigError, ServerError
 from agent.state import StateDir
-from fleetkeeper_common.signing import ENVELOPE_TYPE
+from fleetkeeper_common.signing import BATCH_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -158,10 +158,11 @@ class ServerClient:
     def desired(self, etag: str | None, wait: int) -> tuple[object, str | None, bool]:
         """(raw JSON, etag, changed). ``changed`` False on 304 (or no document yet).
 
-        Asks for the signed envelope; the caller (``agent.trust``) verifies it before any
-        field is believed, and validates the document inside against the schema.
+        Asks for the signed envelope, batch form preferred (an earlier reconciler answers
+        with the single form, which verifies too); the caller (``agent.trust``) verifies it
+        before any field is believed, and validates the document inside against the schema.
         """
-        headers = {"Accept": ENVELOPE_TYPE}
+        headers = {"Accept": BATCH_TYPE}
         if etag:
             headers["If-None-Match"] = etag
         resp = self._node_call(

@@ -2,7 +2,8 @@
 
 ``check`` runs, in order, the checks TUF asks of a client (``docs/security.md``):
 
-1. a signature by a trusted key over the canonical bytes (``fleetkeeper_common.signing``);
+1. a signature by a trusted key over the canonical bytes, or over the root of the batch
+   they were signed in, through their inclusion proof (``fleetkeeper_common.signing``);
 2. ``node`` is this node (a document for another node is refused: mix-and-match);
 3. ``expiresAt`` has not passed (freeze: an old document replayed forever);
 4. ``generation`` never below the last accepted one, and at the same generation only the

@@ -38,10 +38,10 @@ Phases and what is printed for each size:
 
 With ``--signed`` every size runs twice in the same run: first a server with signing turned
 off (``_unsigned_serve.py``: the code before issue 13) and agents asking for the plain
-document, then the real ``serve`` (it always signs) with agents that ask for the signed
-envelope (``Accept: application/vnd.fleetkeeper.signed+json``, as ``fleetkeeper-agent``
-does) and read the document from it; the table then gives merge -> all hold for both and
-the ratio.
+document, then the real ``serve`` (it always signs) with agents that ask for the batch-signed
+envelope (``Accept: application/vnd.fleetkeeper.signed+json; proofs=merkle``, as
+``fleetkeeper-agent`` does) and read the document from it; the table then gives
+merge -> all hold for both and the ratio.
 
 RLIMIT_NOFILE is raised to its hard limit for this process and the server (two sockets
 per agent on both sides: 8,000 agents need 16,000 descriptors each).
@@ -80,7 +80,7 @@ from _serve import (  # noqa: E402
     start,
 )
 
-from fleetkeeper_common.signing import ENVELOPE_TYPE  # noqa: E402
+from fleetkeeper_common.signing import BATCH_TYPE  # noqa: E402
 
 AGENT = "bench-agent"
 HEARTBEAT = 15.0
@@ -202,7 +202,7 @@ class Agent:
         self.home = home  # the index of its replica (--replicas)
         self.auth = {"Authorization": f"Bearer {token}"}
         self.signed = signed  # asks for the envelope, as fleetkeeper-agent does
-        self.poll_headers = {**self.auth, **({"Accept": ENVELOPE_TYPE} if signed else {})}
+        self.poll_headers = {**self.auth, **({"Accept": BATCH_TYPE} if signed else {})}
         self.poll_conn = Conn(*host_port(server), stats, gate)
         self.status_conn = Conn(*host_port(server), stats, gate)
         self.status_lock = asyncio.Lock()

@@ -3,12 +3,18 @@
     .venv/bin/python bench/signing.py [--docs 10000] [--workloads 3]
 
 Prints, for a realistic document (``--workloads`` process workloads with run, health and
-versionProbe):
+versionProbe), in both signed forms: single (one Ed25519 signature per document, what an
+agent of an earlier release asks for) and batch (one signature over the Merkle root of a
+``--chunk`` of documents, each envelope with its inclusion proof: what the hub signs):
 
-- sign: one ``DocumentSigner.sign`` (canonical JSON + Ed25519 + the envelope as bytes);
-- verify: one ``agent.trust.check`` on the parsed envelope (signature, node, expiry,
-  generation against the last accepted document, local policy), plus the JSON parse;
-- the extra bytes per document (envelope vs plain document);
+- sign: per document, single (canonical JSON + Ed25519 + the envelope as bytes) and batch
+  (``DocumentSigner.sign_many`` of a chunk, divided by the chunk), and the single form
+  made on demand from a batch-signed entry (``DocumentSigner.single``);
+- sign N: N documents signed both ways, end to end;
+- verify: one ``agent.trust.check`` on the parsed envelope (signature, inclusion proof,
+  node, expiry, generation against the last accepted document, local policy), plus the
+  JSON parse, for each form;
+- the extra bytes per document (envelope vs plain document; the proof's share);
 - re-sign N: a ``DesiredHub`` holding N nodes' documents, all past half-life, re-signed
   through its ETag path (what the reconciler does on the polls after a refresh is due);
 - fan-out: N changed documents published to the hub with and without a signer (the loop's
@@ -47,8 +53,8 @@ from agent.trust import Accepted, check
 from fleetkeeper_common.age import encrypt, generate_identity
 from fleetkeeper_common.canonical import canonical_json
 from fleetkeeper_common.fleetfile import release_path, workload_entry
-from fleetkeeper_common.signing import keyid
-from reconciler.api.hub import DesiredHub
+from fleetkeeper_common.signing import canonical_bytes, envelope_bytes, keyid
+from reconciler.api.hub import PUBLISH_CHUNK, DesiredHub
 from reconciler.evidence import EvidenceSource
 from reconciler.signing import DocumentSigner
 from reconciler.store import open_store
@@ -100,6 +106,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--docs", type=int, default=10_000)
     ap.add_argument("--workloads", type=int, default=3)
+    ap.add_argument("--chunk", type=int, default=PUBLISH_CHUNK, help="documents per batch")
     ap.add_argument(
         "--fanout-seconds",
         type=float,
@@ -113,11 +120,14 @@ def main() -> None:
     trusted = {keyid(key.public_key()): key.public_key()}
     doc = document("gpu-1", 2, args.workloads)
     now = time.time()
-    body = signer.sign(doc, now).body
+    chunk = [document(f"n{i:05d}", 2, args.workloads) for i in range(args.chunk)]
+    chunk[0] = doc
+    batch = signer.sign_many(chunk, now)[0]
+    single = signer.single(batch)
     last = {**document("gpu-1", 1, args.workloads)}
     plain = canonical_json(doc).encode()
 
-    def verify() -> None:
+    def verify(body: bytes) -> None:
         got = check(
             json.loads(body),
             node="gpu-1",
@@ -128,12 +138,48 @@ def main() -> None:
         )
         assert isinstance(got, Accepted)
 
-    sign_wall, sign_cpu = timed(lambda: signer.sign(doc, now), 2000)
-    verify_wall, verify_cpu = timed(verify, 2000)
-    print(f"document: {args.workloads} workloads, {len(plain)} bytes plain, {len(body)} signed")
-    print(f"extra bytes per document: {len(body) - len(plain)}")
-    print(f"sign:   {sign_wall:7.1f} µs wall (median), {sign_cpu:7.1f} µs CPU per document")
-    print(f"verify: {verify_wall:7.1f} µs wall (median), {verify_cpu:7.1f} µs CPU per document")
+    signed_doc = json.loads(single)["signed"]
+    key_id = signer.keyid
+    single_wall, single_cpu = timed(lambda: envelope_bytes(key, key_id, signed_doc), 2000)
+    stamp_wall, stamp_cpu = timed(lambda: canonical_bytes(signed_doc), 2000)
+    batch_wall, batch_cpu = timed(lambda: signer.sign_many(chunk, now), 40)
+    lazy_wall, lazy_cpu = timed(lambda: signer.single(batch), 2000)
+    v1_wall, v1_cpu = timed(lambda: verify(single), 2000)
+    vb_wall, vb_cpu = timed(lambda: verify(batch.body), 2000)
+    n = args.chunk
+    print(
+        f"document: {args.workloads} workloads, {len(plain)} bytes plain, {len(single)} single, "
+        f"{len(batch.body)} batch-signed (batches of {n})"
+    )
+    print(
+        f"extra bytes per document: single {len(single) - len(plain)}, batch "
+        f"{len(batch.body) - len(plain)} (the inclusion proof: {len(batch.body) - len(single)})"
+    )
+    print(
+        f"sign, single: {single_wall:6.1f} µs wall (median), {single_cpu:6.1f} µs CPU per "
+        f"document (of which canonical JSON {stamp_wall:.1f} µs)"
+    )
+    print(
+        f"sign, batch:  {batch_wall / n:6.1f} µs wall (median), {batch_cpu / n:6.1f} µs CPU per "
+        f"document (stamps + canonical JSON + Merkle tree + 1 signature per {n})"
+    )
+    print(f"single form on demand for an old agent: {lazy_wall:.1f} µs wall, once per document")
+    print(f"verify, single: {v1_wall:6.1f} µs wall (median), {v1_cpu:6.1f} µs CPU per document")
+    print(f"verify, batch:  {vb_wall:6.1f} µs wall (median), {vb_cpu:6.1f} µs CPU per document")
+    many = [document(f"n{i:05d}", 2, args.workloads) for i in range(args.docs)]
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    for d in many:  # the single form, as the hub signed before batches
+        envelope_bytes(key, key_id, signer.stamped(d, signer.issued_at(d["node"], now)))
+    one_wall, one_cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    for start in range(0, len(many), n):
+        signer.sign_many(many[start : start + n], now)
+    many_wall, many_cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    print(
+        f"sign {args.docs} documents: single {one_wall * 1e3:.0f} ms wall / {one_cpu * 1e3:.0f} "
+        f"ms CPU (one signature each), batch "
+        f"{many_wall * 1e3:.0f} ms wall / {many_cpu * 1e3:.0f} ms CPU"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(f"sqlite:///{Path(tmp) / 's.db'}")

@@ -12,6 +12,20 @@ otherwise, so an old agent keeps working and a new one can tell the forms apart)
 Signed bytes: ``CONTEXT`` + canonical JSON of ``signed`` (keys sorted, no spaces, non-ASCII
 as ``\\uXXXX`` escapes, so the text is ASCII; no floats in a document). The context prefix
 keeps a signature made for this purpose from being valid for any other.
+
+Batch form (served for ``Accept: application/vnd.fleetkeeper.signed+json; proofs=merkle``,
+which agents since batch signing send): the reconciler signs a fan-out's documents 256 at a
+time with one Ed25519 signature over the RFC 9162 Merkle root of their signed bytes (as
+Certificate Transparency signs a log), and each envelope's signature carries the document's
+inclusion proof::
+
+    {"keyid": ..., "proof": {"index": i, "path": ["<base64 SHA-256>", ...], "size": n},
+     "sig": "<base64 signature of BATCH_CONTEXT + n as 8 bytes big-endian + root>"}
+
+The leaf is the single form's signed bytes (``CONTEXT`` + canonical JSON); its own context
+string keeps a batch signature from passing as a single one and the other way round. One
+signature per 256 documents instead of one each: 10,000 documents take 40 Ed25519
+signatures (~1.5 ms) instead of 10,000 (~0.34 s, holding the GIL) (``bench/signing.py``).
 """
 
 from __future__ import annotations
@@ -20,17 +34,25 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from fleetkeeper_common import merkle
 from fleetkeeper_common.canonical import fast_bytes
 
 ENVELOPE_TYPE = "application/vnd.fleetkeeper.signed+json"
+PROOFS_PARAMETER = "proofs=merkle"
+BATCH_TYPE = f"{ENVELOPE_TYPE}; {PROOFS_PARAMETER}"
 CONTEXT = b"fleetkeeper desired-state v1\n"
+BATCH_CONTEXT = b"fleetkeeper desired-state batch v1\n"
+MAX_PATH = 64  # hashes in an inclusion path: a batch of up to 2**64 documents
+
+Form = Literal["single", "batch"]
 
 
 class SignatureRefused(Exception):
@@ -42,9 +64,19 @@ class SignatureRefused(Exception):
 
 
 @dataclass(frozen=True)
+class Proof:
+    """Where the document is in the signed batch: RFC 9162's inclusion proof."""
+
+    index: int
+    size: int
+    path: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
 class Signature:
     keyid: str
     sig: bytes
+    proof: Proof | None = None  # None: the single form, a signature over this document
 
 
 @dataclass(frozen=True)
@@ -88,10 +120,57 @@ def envelope_bytes(key: Ed25519PrivateKey, key_id: str, signed: Mapping[str, obj
     """``canonical_bytes(sign(key, signed))`` without serializing ``signed`` twice: the
     envelope's keys sort as ``signatures`` < ``signed``, so its canonical text is the signed
     bytes spliced in (the reconciler signs a fleet's documents on every fan-out)."""
-    body = canonical_bytes(signed)
+    return single_envelope(key, key_id, canonical_bytes(signed))
+
+
+def single_envelope(key: Ed25519PrivateKey, key_id: str, body: bytes) -> bytes:
+    """The single-signature envelope of ``body``, the canonical bytes of a signed document."""
     sig = base64.b64encode(key.sign(CONTEXT + body))
     head = b'{"signatures":[{"keyid":' + json.dumps(key_id).encode() + b',"sig":"'
     return head + sig + b'"}],"signed":' + body + b"}"
+
+
+def batch_message(size: int, root: bytes) -> bytes:
+    """What a batch signature signs: the tree's size and root, under their own context."""
+    return BATCH_CONTEXT + size.to_bytes(8, "big") + root
+
+
+def batch_envelopes(key: Ed25519PrivateKey, key_id: str, bodies: Sequence[bytes]) -> list[bytes]:
+    """The batch-form envelopes of ``bodies`` (canonical bytes of signed documents, in
+    order): one signature over their Merkle root, each envelope with its own proof; the
+    canonical text of each envelope, spliced as ``single_envelope`` does."""
+    root, paths = merkle.tree([merkle.leaf_hash(CONTEXT + body) for body in bodies])
+    size = str(len(bodies)).encode()
+    sig = base64.b64encode(key.sign(batch_message(len(bodies), root)))
+    head = b'{"signatures":[{"keyid":' + json.dumps(key_id).encode() + b',"proof":{"index":'
+    tail = b'],"size":' + size + b'},"sig":"' + sig + b'"}],"signed":'
+    # each inner hash is on many paths: encoded once; one join copies each body once
+    quoted: dict[bytes, bytes] = {}
+    out = []
+    for i, (body, path) in enumerate(zip(bodies, paths, strict=True)):
+        hashes = []
+        for h in path:
+            q = quoted.get(h)
+            if q is None:
+                q = quoted[h] = b'"' + base64.b64encode(h) + b'"'
+            hashes.append(q)
+        out.append(
+            b"".join((head, str(i).encode(), b',"path":[', b",".join(hashes), tail, body, b"}"))
+        )
+    return out
+
+
+def accepted_form(accept: str) -> Form | None:
+    """Which envelope an ``Accept`` header asks for: ``"batch"`` (with ``proofs=merkle``),
+    ``"single"``, or None (the plain document, for clients that do not verify)."""
+    form: Form | None = None
+    for media_range in accept.split(","):
+        kind, *params = (part.strip().lower() for part in media_range.split(";"))
+        if kind == ENVELOPE_TYPE:
+            if PROOFS_PARAMETER in (p.replace(" ", "") for p in params):
+                return "batch"
+            form = "single"
+    return form
 
 
 def parse_envelope(raw: object) -> Envelope:
@@ -115,21 +194,65 @@ def parse_envelope(raw: object) -> Envelope:
             sig = base64.b64decode(item["sig"], validate=True)
         except binascii.Error:
             raise SignatureRefused(f"envelope: signatures[{i}].sig is not base64") from None
-        out.append(Signature(item["keyid"], sig))
+        proof = _proof(item["proof"], i) if "proof" in item else None
+        out.append(Signature(item["keyid"], sig, proof))
     return Envelope(signed, tuple(out))
 
 
+def _proof(raw: object, i: int) -> Proof:
+    where = f"bad inclusion proof: signatures[{i}].proof"
+    if not isinstance(raw, dict):
+        raise SignatureRefused(f"{where} is not an object")
+    index, size, path = raw.get("index"), raw.get("size"), raw.get("path")
+    for name, value in (("index", index), ("size", size)):
+        # bool is an int to Python, never to JSON Schema
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+            raise SignatureRefused(f"{where}.{name} is not an integer in [0, 2**63)")
+    if not isinstance(path, list) or len(path) > MAX_PATH:
+        raise SignatureRefused(f"{where}.path is not a list of at most {MAX_PATH} hashes")
+    hashes = []
+    for n, h in enumerate(path):
+        try:
+            digest = base64.b64decode(h, validate=True) if isinstance(h, str) else b""
+        except binascii.Error:
+            digest = b""
+        if len(digest) != merkle.HASH_SIZE:
+            raise SignatureRefused(f"{where}.path[{n}] is not a base64 SHA-256 hash")
+        hashes.append(digest)
+    assert isinstance(index, int) and isinstance(size, int)
+    return Proof(index, size, tuple(hashes))
+
+
 def verify(envelope: Envelope, trusted: Mapping[str, Ed25519PublicKey]) -> str:
-    """The keyid of a trusted key whose signature over ``signed`` verifies, else refused."""
+    """The keyid of a trusted key whose signature over ``signed`` verifies, else refused.
+
+    Single form: the signature over the signed bytes. Batch form: the inclusion proof
+    recomputes the batch's root from the signed bytes (RFC 9162 §2.1.3.2), and the
+    signature over that root and the batch's size must verify."""
     message = CONTEXT + canonical_bytes(envelope.signed)
     for s in envelope.signatures:
         key = trusted.get(s.keyid)
         if key is None:
             continue
+        p = s.proof
+        signed_message = message
+        if p is not None:
+            root = merkle.root_from_path(p.index, p.size, merkle.leaf_hash(message), p.path)
+            if root is None:
+                raise SignatureRefused(
+                    f"bad inclusion proof for trusted key {s.keyid}: index {p.index} of a "
+                    f"batch of {p.size} with {len(p.path)} hashes is no path in that tree"
+                )
+            signed_message = batch_message(p.size, root)
         try:
-            key.verify(s.sig, message)
+            key.verify(s.sig, signed_message)
         except InvalidSignature:
-            raise SignatureRefused(f"bad signature by trusted key {s.keyid}") from None
+            if p is None:
+                raise SignatureRefused(f"bad signature by trusted key {s.keyid}") from None
+            raise SignatureRefused(
+                f"bad signature by trusted key {s.keyid} over a batch of {p.size}: the "
+                "document, its inclusion proof or the signature was altered"
+            ) from None
         return s.keyid
     # what the sender wrote, so bounded and printable before it reaches a log or report
     ids = ", ".join(

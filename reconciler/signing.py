@@ -9,6 +9,12 @@ A refresh re-signs the same document (same ``generation``) with a later ``issued
 ``expiresAt``: the agent accepts it as the same state, never as a change or a rollback.
 ``issuedAt`` is the start of the node's current half-validity period, so a document always
 has at least half its validity left when served.
+
+``sign_many`` signs documents as one batch (``fleetkeeper_common.signing``: one Ed25519
+signature over the Merkle root of the batch, each envelope with its inclusion proof); the
+single-signature envelope an agent of an earlier release asks for is made from it on
+demand (``single``). Each document keeps its own stamps: one batch may hold different
+``issuedAt`` values (the per-node offsets).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,9 +86,15 @@ def _stamp(t: float) -> str:
 
 @dataclass(frozen=True)
 class Signed:
-    body: bytes  # the envelope as JSON
+    body: bytes  # the batch-form envelope as JSON
     issued_at: int
     refresh_at: float  # re-sign from here on (half the validity)
+    at: int  # where the signed document's canonical bytes start in ``body``
+
+    @property
+    def document_bytes(self) -> bytes:
+        """The canonical bytes of the signed document (the envelope ends with them + ``}``)."""
+        return self.body[self.at : -1]
 
 
 Evidence = Callable[[Mapping[str, object]], Mapping[str, object] | None]
@@ -117,7 +129,27 @@ class DocumentSigner:
         return int((now - offset) // half) * half + offset
 
     def sign(self, document: Mapping[str, object], now: float) -> Signed:
-        issued = self.issued_at(str(document.get("node", "")), now)
+        """One document: a batch of one (an empty inclusion path)."""
+        return self.sign_many([document], now)[0]
+
+    def sign_many(self, documents: Sequence[Mapping[str, object]], now: float) -> list[Signed]:
+        """``documents`` signed as one batch, in order: one Ed25519 signature for them all."""
+        if not documents:
+            return []
+        half = max(int(self.validity // 2), 1)
+        issued = [self.issued_at(str(d.get("node", "")), now) for d in documents]
+        bodies = [
+            signing.canonical_bytes(self.stamped(d, t))
+            for d, t in zip(documents, issued, strict=True)
+        ]
+        envelopes = signing.batch_envelopes(self.key, self.keyid, bodies)
+        return [
+            Signed(envelope, t, t + half, len(envelope) - len(body) - 1)
+            for envelope, body, t in zip(envelopes, bodies, issued, strict=True)
+        ]
+
+    def stamped(self, document: Mapping[str, object], issued: int) -> dict[str, object]:
+        """What is signed: the document with its stamps (and evidence, when configured)."""
         signed = {
             **document,
             "issuedAt": _stamp(issued),
@@ -126,5 +158,9 @@ class DocumentSigner:
         proof = self.evidence(document) if self.evidence is not None else None
         if proof is not None:
             signed["evidence"] = dict(proof)
-        body = signing.envelope_bytes(self.key, self.keyid, signed)
-        return Signed(body, issued, issued + max(int(self.validity // 2), 1))
+        return signed
+
+    def single(self, signed: Signed) -> bytes:
+        """The single-signature envelope of the same signed document (same stamps): what
+        an agent that does not announce ``proofs=merkle`` verifies."""
+        return signing.single_envelope(self.key, self.keyid, signed.document_bytes)

@@ -15,7 +15,7 @@ import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fleetkeeper_common.signing import ENVELOPE_TYPE
+from fleetkeeper_common.signing import BATCH_TYPE, ENVELOPE_TYPE, accepted_form
 from reconciler.api.body import parse_json
 from reconciler.api.context import ApiContext
 from reconciler.api.errors import ApiError
@@ -26,6 +26,7 @@ SUFFIX = "/desired"
 STATUS_SUFFIX = "/status"
 JSON_HEADERS = [(b"content-type", b"application/json")]
 ENVELOPE_HEADERS = [(b"content-type", ENVELOPE_TYPE.encode())]
+BATCH_HEADERS = [(b"content-type", BATCH_TYPE.encode())]
 WAIT = re.compile(rb"wait=([0-9]{1,6}(?:\.[0-9]{1,6})?)")
 
 
@@ -88,9 +89,12 @@ class DesiredFastPath:
             return True
         ctx.metrics.poll_200.inc()
         # the same choice as the routed handler: the envelope to an agent that asks for it
-        body, kind = entry.body, JSON_HEADERS
-        if entry.signed is not None and ENVELOPE_TYPE.encode() in accept:
-            body, kind = entry.signed.body, ENVELOPE_HEADERS
+        form = accepted_form(accept.decode("latin-1"))
+        if entry.signed is not None and form is not None:
+            body = ctx.hub.envelope(node, entry, form)
+            kind = BATCH_HEADERS if form == "batch" else ENVELOPE_HEADERS
+        else:
+            body, kind = ctx.hub.plain(node, entry), JSON_HEADERS
         headers = [
             *kind,
             (b"etag", entry.etag.encode()),

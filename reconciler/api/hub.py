@@ -24,6 +24,13 @@ timeouts for the same reason.
 With a signer, each entry also holds the signed envelope; once past half its validity it is
 re-signed on the next read and its ETag changes (``"<gen>-<digest>.<issuedAt>.<key>"``), so agents
 holding the old one fetch the refresh (the same generation: not a change of state).
+
+Entries are signed a chunk at a time (``DocumentSigner.sign_many``: one signature per
+``PUBLISH_CHUNK`` documents, each envelope with its Merkle inclusion proof); a refresh is a
+batch of one. Agents that announce ``proofs=merkle`` get that form; an agent of an earlier
+release gets the single-signature envelope of the same signed document, made on its first
+request and kept with the entry (``envelope``). Both forms carry the same stamps, so the
+ETag names either.
 """
 
 from __future__ import annotations
@@ -35,9 +42,10 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fleetkeeper_common.canonical import canonical_json
+from fleetkeeper_common.signing import Form
 from reconciler.signing import DocumentSigner, Signed
 from reconciler.store.base import DesiredRecord, Store
 from reconciler.threadsafe import call_in_loop
@@ -57,11 +65,14 @@ PUBLISH_CHUNK = 256
 @dataclass(frozen=True)
 class Entry:
     etag: str
-    body: bytes  # the JSON document, encoded once
+    # the JSON document, encoded once; with a signer only on the first plain request
+    # (``plain``): agents take the envelope, and encoding both was a third of a fan-out
+    body: bytes | None
     generation: int
     document: Mapping[str, object] | None = None  # kept to re-sign it
     signed: Signed | None = None  # the envelope (with a signer)
     base_etag: str | None = None  # the store's ETag, before the signing stamp
+    single: bytes | None = None  # the single-signature envelope, once an old agent asked
 
 
 def empty_document(node: str) -> dict[str, object]:
@@ -90,7 +101,10 @@ class DesiredHub:
         # in the ETag too: a new signing key makes every agent fetch the re-signed document
         self._key_tag = signer.keyid[7:15] if signer is not None else ""
         self._clock = clock
-        self._entries: dict[str, Entry] = {r.node: self._entry(r) for r in records}
+        self._entries: dict[str, Entry] = {}
+        records = list(records)
+        for start in range(0, len(records), PUBLISH_CHUNK):
+            self._entries.update(self._built(records[start : start + PUBLISH_CHUNK]))
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}  # by node
         self._slots: dict[int, list[asyncio.Future[None]]] = {}  # expiry wheel, by slot
         self._waiting = 0
@@ -101,18 +115,27 @@ class DesiredHub:
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
-    def _entry(self, rec: DesiredRecord) -> Entry:
-        document = dict(rec.document)
-        body = canonical_json(document).encode()
-        return self._signed(Entry(rec.etag, body, rec.generation, document))
+    def _built(self, records: Sequence[DesiredRecord]) -> list[tuple[str, Entry]]:
+        """The records' entries, signed as one batch."""
+        entries = []
+        for rec in records:
+            document = dict(rec.document)
+            body = canonical_json(document).encode() if self.signer is None else None
+            entries.append(Entry(rec.etag, body, rec.generation, document))
+        return list(zip((r.node for r in records), self._signed(entries), strict=True))
 
-    def _signed(self, entry: Entry) -> Entry:
-        if self.signer is None or entry.document is None:
-            return entry
-        signed = self.signer.sign(entry.document, self._clock())
-        base = entry.base_etag or entry.etag
-        etag = f'{base[:-1]}.{signed.issued_at}.{self._key_tag}"'
-        return Entry(etag, entry.body, entry.generation, entry.document, signed, base)
+    def _signed(self, entries: Sequence[Entry]) -> list[Entry]:
+        if self.signer is None:
+            return list(entries)
+        documents = [e.document or {} for e in entries]
+        out = []
+        for entry, signed in zip(
+            entries, self.signer.sign_many(documents, self._clock()), strict=True
+        ):
+            base = entry.base_etag or entry.etag
+            etag = f'{base[:-1]}.{signed.issued_at}.{self._key_tag}"'
+            out.append(Entry(etag, entry.body, entry.generation, entry.document, signed, base))
+        return out
 
     def _fresh(self, node: str) -> Entry | None:
         """The node's entry, re-signed first when past half its validity."""
@@ -122,7 +145,8 @@ class DesiredHub:
             and entry.signed is not None
             and self._clock() >= entry.signed.refresh_at
         ):
-            entry = self._entries[node] = self._signed(entry)
+            (entry,) = self._signed([entry])
+            self._entries[node] = entry
         return entry
 
     def etag(self, node: str) -> str:
@@ -136,8 +160,32 @@ class DesiredHub:
             document = empty_document(node)
             body = json.dumps(document, separators=(",", ":")).encode()
             # cached: the empty document is signed once per node, not per poll
-            entry = self._entries[node] = self._signed(Entry(EMPTY_ETAG, body, 0, document))
+            (entry,) = self._signed([Entry(EMPTY_ETAG, body, 0, document)])
+            self._entries[node] = entry
         return entry
+
+    def plain(self, node: str, entry: Entry) -> bytes:
+        """``entry``'s plain document, for a client that does not verify; encoded on first
+        request and kept while ``entry`` is the node's current one."""
+        if entry.body is not None:
+            return entry.body
+        body = canonical_json(entry.document).encode()
+        if self._entries.get(node) is entry:
+            self._entries[node] = replace(entry, body=body)
+        return body
+
+    def envelope(self, node: str, entry: Entry, form: Form) -> bytes:
+        """``entry``'s signed body in ``form`` (``entry.signed`` set); the single form is
+        made on first request and kept while ``entry`` is the node's current one."""
+        assert entry.signed is not None and self.signer is not None
+        if form == "batch":
+            return entry.signed.body
+        if entry.single is None:
+            single = self.signer.single(entry.signed)
+            if self._entries.get(node) is entry:
+                self._entries[node] = replace(entry, single=single)
+            return single
+        return entry.single
 
     def stored_etag(self, node: str) -> str | None:
         """The store's ETag of the document served to ``node`` (None: nothing stored)."""
@@ -147,7 +195,7 @@ class DesiredHub:
 
     def publish(self, rec: DesiredRecord) -> None:
         """Install a new document and wake its pollers (call on the event loop)."""
-        self._install([(rec.node, self._entry(rec))])
+        self._install(self._built([rec]))
 
     def _install(self, entries: Sequence[tuple[str, Entry]]) -> None:
         for node, entry in entries:
@@ -159,7 +207,7 @@ class DesiredHub:
         as their entries are built."""
         loop = self._loop
         for start in range(0, len(records), PUBLISH_CHUNK):
-            entries = [(r.node, self._entry(r)) for r in records[start : start + PUBLISH_CHUNK]]
+            entries = self._built(records[start : start + PUBLISH_CHUNK])
             if loop is None:
                 self._entries.update(entries)  # not serving yet: nobody waits
             else:
@@ -172,10 +220,10 @@ class DesiredHub:
             return
         loop = self._loop
         if loop is None:
-            self._entries[node] = self._entry(rec)  # not serving yet: nobody waits
+            self._entries.update(self._built([rec]))  # not serving yet: nobody waits
             return
         # signed here, in the loop's worker thread: the event loop only swaps the entry in
-        call_in_loop(loop, self._install, [(node, self._entry(rec))])
+        call_in_loop(loop, self._install, self._built([rec]))
 
     async def wait_change(self, node: str, etag: str, timeout: float) -> Entry:
         """The current entry once its ETag differs from ``etag``, or after ``timeout``

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from fleetkeeper_common.signing import ENVELOPE_TYPE
+from fleetkeeper_common.signing import BATCH_TYPE, ENVELOPE_TYPE, accepted_form
 from reconciler.api.admission import Presented, Refused, admit
 from reconciler.api.auth import bearer, hash_token, new_token, require_node, same_secret
 from reconciler.api.body import read_json
@@ -239,11 +239,13 @@ def node_routes(ctx: ApiContext) -> list[Route]:
             ctx.metrics.poll_304.inc()
             return Response(status_code=304, headers={"ETag": entry.etag})
         ctx.metrics.poll_200.inc()
-        if entry.signed is not None and ENVELOPE_TYPE in request.headers.get("accept", ""):
-            return Response(
-                entry.signed.body, media_type=ENVELOPE_TYPE, headers={"ETag": entry.etag}
-            )
-        return Response(entry.body, media_type=JSON_TYPE, headers={"ETag": entry.etag})
+        form = accepted_form(request.headers.get("accept", ""))
+        if entry.signed is not None and form is not None:
+            body = ctx.hub.envelope(node, entry, form)
+            kind = BATCH_TYPE if form == "batch" else ENVELOPE_TYPE
+            return Response(body, media_type=kind, headers={"ETag": entry.etag})
+        body = ctx.hub.plain(node, entry)
+        return Response(body, media_type=JSON_TYPE, headers={"ETag": entry.etag})
 
     async def signing_key(request: Request) -> Response:
         """The public key agents pin (``trustedKeys``): one OpenSSH line, with its keyid."""

@@ -11,7 +11,7 @@ from functools import cache
 from typing import Any
 
 import schema
-from fleetkeeper_common.signing import ENVELOPE_TYPE
+from fleetkeeper_common.signing import BATCH_TYPE, ENVELOPE_TYPE
 from reconciler import __version__
 from reconciler.forges import PROVIDERS
 from reconciler.plan.controls import ACTIONS
@@ -261,10 +261,13 @@ def _document() -> dict[str, Any]:
                     "responses": {
                         "200": {
                             "description": "The desired-state document; with Accept: "
-                            f"{ENVELOPE_TYPE}, signed in an envelope (docs/security.md)",
+                            f"{ENVELOPE_TYPE}, signed in an envelope (docs/security.md); "
+                            f"with Accept: {BATCH_TYPE}, batch-signed, each envelope with "
+                            "its Merkle inclusion proof",
                             "content": {
                                 "application/json": {"schema": body_schema("desired-state")},
                                 ENVELOPE_TYPE: {"schema": body_schema("signed-desired-state")},
+                                BATCH_TYPE: {"schema": body_schema("signed-desired-state")},
                             },
                             "headers": {"ETag": {"schema": {"type": "string"}}},
                         },

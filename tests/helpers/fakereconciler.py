@@ -1,7 +1,8 @@
 """A fake reconciler (the attacker) on 127.0.0.1: it registers any node, serves whatever
 desired-state body a test sets, and keeps the status reports it receives.
 
-Signed bodies are made with ``sign_doc`` and real Ed25519 keys from ``ssh-keygen``
+Signed bodies are made with ``sign_doc`` (single form) or ``sign_batch`` (one signature over
+a batch, each envelope with its inclusion proof) and real Ed25519 keys from ``ssh-keygen``
 (``new_key``), so an agent's checks run against the same bytes a real reconciler sends.
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fleetkeeper_common.signing import canonical_bytes, sign
+from fleetkeeper_common.signing import batch_envelopes, canonical_bytes, keyid, sign
 
 
 def new_key(path: Path) -> Ed25519PrivateKey:
@@ -49,6 +50,20 @@ def sign_doc(
     issued = time.time() if issued is None else issued
     signed = {**doc, "issuedAt": stamp(issued), "expiresAt": stamp(issued + valid)}
     return canonical_bytes(sign(key, signed))
+
+
+def sign_batch(
+    key: Ed25519PrivateKey,
+    docs: list[Mapping[str, Any]],
+    *,
+    issued: float | None = None,
+    valid: float = 3600,
+) -> list[bytes]:
+    """The batch-form envelopes of ``docs``, one signature over their Merkle root."""
+    issued = time.time() if issued is None else issued
+    stamps = {"issuedAt": stamp(issued), "expiresAt": stamp(issued + valid)}
+    bodies = [canonical_bytes({**doc, **stamps}) for doc in docs]
+    return batch_envelopes(key, keyid(key.public_key()), bodies)
 
 
 class FakeReconciler:

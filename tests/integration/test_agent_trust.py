@@ -16,7 +16,13 @@ from tests.helpers.agents import AgentProc, make_agent
 from tests.helpers.artifact_server import ArtifactServer, free_port
 from tests.helpers.artifacts import Artifact, build_program
 from tests.helpers.desired import desired_doc, workload_doc
-from tests.helpers.fakereconciler import FakeReconciler, fake_reconciler, new_key, sign_doc
+from tests.helpers.fakereconciler import (
+    FakeReconciler,
+    fake_reconciler,
+    new_key,
+    sign_batch,
+    sign_doc,
+)
 from tests.helpers.wait import wait_until
 
 NODE = "gpu-1"
@@ -168,6 +174,68 @@ def test_forged_replayed_and_misdirected_documents_change_nothing(rig: Rig) -> N
         fake.serve(sign_doc(rig.key, rig.doc(3, "2.0.0")))
         agent.wait_for(healthy("2.0.0"), what="2.0.0 healthy")
         assert rig.serves() == "hello 2.0.0"
+    finally:
+        agent.stop()
+        agent.kill_workloads()
+
+
+def test_batch_signed_documents_verify_and_forged_proofs_change_nothing(rig: Rig) -> None:
+    """The batch form (one signature over a Merkle root, each document with its inclusion
+    proof) converges; an altered proof, another node's proof with this node's document
+    swapped in, and a batch signature passed off as a single one are refused. The agent
+    allows /bin/sh here, so only the signature check stands between the attacker's
+    document and the marker."""
+    import json
+
+    fake = rig.fake
+    touch = ["/bin/sh", "-c", f"touch {rig.marker}"]
+    fleet = ["gpu-0", NODE, "gpu-2", "gpu-3", "gpu-4"]
+
+    def batch(generation: int, version: str) -> dict[str, dict[str, Any]]:
+        docs = [rig.doc(generation, version, node=n) for n in fleet]
+        return {n: json.loads(b) for n, b in zip(fleet, sign_batch(rig.key, docs), strict=True)}
+
+    first = batch(1, "1.0.0")
+    assert first[NODE]["signatures"][0]["proof"]["size"] == len(fleet)
+    fake.serve(json.dumps(first[NODE]).encode())
+    agent = rig.agent(allowedPrograms=["/bin/sh"])
+    try:
+        agent.start()
+        agent.wait_for(healthy("1.0.0"), what="1.0.0 healthy from a batch-signed document")
+        assert rig.serves() == "hello 1.0.0"
+        assert "refused desired state" not in agent.logs()
+        versions = rig.tmp / NODE / "root" / "hello" / "versions"
+        installed = sorted(p.name for p in versions.iterdir())
+
+        second = batch(2, "2.0.0")
+        altered = json.loads(json.dumps(second[NODE]))
+        path = altered["signatures"][0]["proof"]["path"]
+        path[1] = ("B" if path[1][0] != "B" else "C") + path[1][1:]
+        swapped = json.loads(json.dumps(second["gpu-2"]))
+        swapped["signed"] = {
+            **second[NODE]["signed"],
+            **rig.doc(2, "2.0.0", run={"command": touch}),
+        }
+        relabelled = json.loads(json.dumps(second[NODE]))
+        del relabelled["signatures"][0]["proof"]
+        attacks: list[tuple[str, dict[str, Any], str]] = [
+            ("altered inclusion proof", altered, "over a batch of 5"),
+            ("another node's proof, this node's document", swapped, "over a batch of 5"),
+            ("batch signature relabelled as single", relabelled, "bad signature by trusted key"),
+        ]
+        for what, envelope, reason in attacks:
+            fake.serve(json.dumps(envelope).encode())
+            agent.wait_for(refused_with(fake, reason), what=f"refusal of {what}")
+            assert not rig.marker.exists(), what
+            assert rig.serves() == "hello 1.0.0", what
+            assert sorted(p.name for p in versions.iterdir()) == installed, what
+            assert agent.workload("hello")["version"] == "1.0.0"  # type: ignore[index]
+
+        # the untouched batch-signed document of that same batch still rolls out
+        fake.serve(json.dumps(second[NODE]).encode())
+        agent.wait_for(healthy("2.0.0"), what="2.0.0 healthy")
+        assert rig.serves() == "hello 2.0.0"
+        assert not rig.marker.exists()
     finally:
         agent.stop()
         agent.kill_workloads()

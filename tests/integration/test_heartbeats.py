@@ -13,7 +13,7 @@ import math
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -341,12 +341,12 @@ def test_a_signed_fan_out_serves_the_first_nodes_while_the_rest_are_signed(
     signed_after: list[bool] = []
 
     class Recording(DocumentSigner):
-        def sign(self, document: Mapping[str, object], now: float) -> Signed:
-            # the fan-out's last node (not the empty document its poller starts on)
-            if document.get("node") == last and document.get("workloads"):
+        def sign_many(self, documents: Sequence[Mapping[str, object]], now: float) -> list[Signed]:
+            # the fan-out's last chunk (not the empty documents its pollers start on)
+            if any(d.get("node") == last and d.get("workloads") for d in documents):
                 # give the loop up to 5 s to serve the first chunk before this is signed
                 signed_after.append(first_served.wait(5))
-            return super().sign(document, now)
+            return super().sign_many(documents, now)
 
     store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
     try:

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.policy import LocalPolicy
 from agent.trust import Accepted, Refused, check
@@ -18,7 +20,7 @@ from fleetkeeper_common import signing
 from reconciler.api.hub import DesiredHub
 from reconciler.signing import DocumentSigner, load_or_create_key
 from reconciler.store import open_store
-from tests.helpers.fakereconciler import sign_doc
+from tests.helpers.fakereconciler import sign_batch, sign_doc
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 VECTOR_DOC = {"node": "gpu-1", "generation": 7, "name": "café ☕", "b": [1, {"z": None, "a": True}]}
@@ -48,6 +50,70 @@ def test_vectors() -> None:
     assert signing.envelope_bytes(KEY, VECTOR_KEYID, VECTOR_DOC) == signing.canonical_bytes(
         envelope
     )
+
+
+# A batch of three (the vector document first): the Merkle root of their signed bytes, and
+# the first envelope, byte for byte (one signature, shared by all three envelopes).
+BATCH_DOCS: list[dict[str, Any]] = [
+    VECTOR_DOC,
+    {"node": "gpu-2", "generation": 7},
+    {"node": "gpu-3", "generation": 1},
+]
+BATCH_ROOT = "2f9bf99f4a274ebb9b71d3aa2b5b8534eea62ee912f21d9453530c2891a623a3"
+BATCH_FIRST = (
+    b'{"signatures":[{"keyid":"SHA256:lbmsoA0yIEcEiVDRnMWuzm+nV+3ZEEpVIURqFoeSspg",'
+    b'"proof":{"index":0,"path":["eZcEnbrm3+yMfYkXxe5zQpRlceNO8cT2VzdZAbtDnlU=",'
+    b'"kyMR/UkWvczHv2Bbj/NoJbUY9mkjDrKzFX3ZVYYT4L0="],"size":3},'
+    b'"sig":"PGAo4u2Wa36vhm+wScVLH4OmBkPwmQgFPrGsmcdd21zTysiMbO5HFmH9EM4uNGRkV6mnFmtazpl75nP54wKWDA=="}],'
+    b'"signed":' + VECTOR_BYTES + b"}"
+)
+
+
+def test_batch_vectors() -> None:
+    from fleetkeeper_common import merkle
+
+    bodies = [signing.canonical_bytes(d) for d in BATCH_DOCS]
+    root, _ = merkle.tree([merkle.leaf_hash(signing.CONTEXT + b) for b in bodies])
+    assert root.hex() == BATCH_ROOT
+    envelopes = signing.batch_envelopes(KEY, VECTOR_KEYID, bodies)
+    assert envelopes[0] == BATCH_FIRST
+    trusted = signing.parse_public_keys(PUBLIC, "vector")
+    for i, body in enumerate(envelopes):
+        raw = json.loads(body)
+        assert signing.canonical_bytes(raw) == body  # the spliced text is the canonical one
+        envelope = signing.parse_envelope(raw)
+        proof = envelope.signatures[0].proof
+        assert proof is not None and (proof.index, proof.size) == (i, 3)
+        assert signing.verify(envelope, trusted) == VECTOR_KEYID
+    # what is signed: the batch context, the size as 8 bytes big-endian, the root
+    sig = base64_of(json.loads(BATCH_FIRST)["signatures"][0]["sig"])
+    KEY.public_key().verify(
+        sig,
+        b"fleetkeeper desired-state batch v1\n" + (3).to_bytes(8, "big") + root,
+    )
+
+
+def base64_of(text: str) -> bytes:
+    import base64
+
+    return base64.b64decode(text)
+
+
+ACCEPT_CASES: list[tuple[str, str | None]] = [
+    ("application/vnd.fleetkeeper.signed+json; proofs=merkle", "batch"),
+    ("application/vnd.fleetkeeper.signed+json;proofs=merkle", "batch"),
+    ("application/json, application/vnd.fleetkeeper.signed+json; q=0.9; proofs=merkle", "batch"),
+    ("application/vnd.fleetkeeper.signed+json", "single"),
+    ("Application/Vnd.Fleetkeeper.Signed+JSON", "single"),
+    ("application/json", None),
+    ("", None),
+    ("application/vnd.fleetkeeper.signed+jsonx; proofs=merkle", None),
+]
+
+
+@pytest.mark.parametrize(("accept", "want"), ACCEPT_CASES)
+def test_accept_header_picks_the_form(accept: str, want: str | None) -> None:
+    assert signing.accepted_form(accept) == want
 
 
 def test_keyid_is_the_ssh_keygen_fingerprint(tmp_path: Path) -> None:
@@ -139,6 +205,168 @@ def test_tampered_signed_field_is_refused() -> None:
     raw["signed"]["workloads"][0]["run"]["command"] = ["/bin/sh"]
     got = check(raw, node="gpu-1", trusted=TRUSTED, last=None, policy=LocalPolicy(), now=T0)
     assert isinstance(got, Refused) and "bad signature by trusted key" in got.reason
+
+
+def _batch(n: int = 5) -> list[dict[str, Any]]:
+    return [
+        json.loads(b)
+        for b in sign_batch(KEY, [_doc(1, node=f"gpu-{i}") for i in range(1, n + 1)], issued=T0)
+    ]
+
+
+def _edit(envelope: dict[str, Any], change: Any) -> dict[str, Any]:
+    out = json.loads(json.dumps(envelope))
+    change(out, out["signatures"][0])
+    return out
+
+
+def _flip_path(_: dict[str, Any], sig: dict[str, Any]) -> None:
+    raw = bytearray(base64_of(sig["proof"]["path"][0]))
+    raw[0] ^= 1
+    import base64
+
+    sig["proof"]["path"][0] = base64.b64encode(bytes(raw)).decode()
+
+
+BATCH = _batch()
+# (case, envelope as received by gpu-1, refusal text)
+BATCH_ATTACKS: list[tuple[str, dict[str, Any], str]] = [
+    ("altered proof path", _edit(BATCH[0], _flip_path), "bad signature by trusted key"),
+    (
+        "another node's valid proof with gpu-1's document swapped in",
+        _edit(BATCH[1], lambda env, _: env.update(signed={**BATCH[1]["signed"], "node": "gpu-1"})),
+        "over a batch of 5: the document, its inclusion proof or the signature was altered",
+    ),
+    (
+        "batch signature relabelled as the single form",
+        _edit(BATCH[0], lambda _, sig: sig.pop("proof")),
+        "bad signature by trusted key",
+    ),
+    (
+        "single signature relabelled as a batch of one",
+        _edit(
+            _signed(_doc(1)),  # type: ignore[arg-type]
+            lambda _, sig: sig.update(proof={"index": 0, "size": 1, "path": []}),
+        ),
+        "over a batch of 1",
+    ),
+    (
+        "another index",
+        _edit(BATCH[0], lambda _, sig: sig["proof"].update(index=1)),
+        "bad signature by trusted key",
+    ),
+    (
+        "another size",
+        _edit(BATCH[0], lambda _, sig: sig["proof"].update(size=6)),
+        "over a batch of 6",
+    ),
+    (
+        "a path too short for its tree",
+        _edit(BATCH[0], lambda _, sig: sig["proof"]["path"].pop()),
+        "bad inclusion proof for trusted key",
+    ),
+    (
+        "an index outside the batch",
+        _edit(BATCH[0], lambda _, sig: sig["proof"].update(index=5)),
+        "bad inclusion proof for trusted key",
+    ),
+    (
+        "a path entry that is no hash",
+        _edit(BATCH[0], lambda _, sig: sig["proof"]["path"].__setitem__(0, "AAAA")),
+        "bad inclusion proof: signatures[0].proof.path[0] is not a base64 SHA-256 hash",
+    ),
+    (
+        "a size that is no integer",
+        _edit(BATCH[0], lambda _, sig: sig["proof"].update(size=True)),
+        "bad inclusion proof: signatures[0].proof.size is not an integer",
+    ),
+]
+
+
+def test_a_batch_signed_document_is_accepted() -> None:
+    for envelope in BATCH:
+        node = envelope["signed"]["node"]
+        got = check(envelope, node=node, trusted=TRUSTED, last=None, policy=LocalPolicy(), now=T0)
+        assert isinstance(got, Accepted) and got.document["node"] == node, got
+
+
+@pytest.mark.parametrize(("case", "raw", "want"), BATCH_ATTACKS, ids=[c[0] for c in BATCH_ATTACKS])
+def test_batch_attacks_are_refused(case: str, raw: dict[str, Any], want: str) -> None:
+    got = check(raw, node="gpu-1", trusted=TRUSTED, last=None, policy=LocalPolicy(), now=T0)
+    assert isinstance(got, Refused) and want in got.reason, got
+
+
+def old_verify(body: bytes) -> dict[str, Any]:
+    """The single form checked as an agent of the previous release checks it: exactly
+    keyid and sig, Ed25519 over the context and the canonical bytes, nothing else."""
+    import base64
+
+    envelope = json.loads(body)
+    (sig,) = envelope["signatures"]
+    assert set(sig) == {"keyid", "sig"}
+    KEY.public_key().verify(
+        base64.b64decode(sig["sig"]),
+        b"fleetkeeper desired-state v1\n" + signing.canonical_bytes(envelope["signed"]),
+    )
+    return dict(envelope["signed"])
+
+
+def test_hub_signs_a_chunk_once_and_gives_old_agents_the_single_form(tmp_path: Path) -> None:
+    from reconciler.api.hub import PUBLISH_CHUNK
+
+    batches: list[int] = []
+
+    class Counting(DocumentSigner):
+        def sign_many(self, documents: Any, now: float) -> Any:
+            batches.append(len(documents))
+            return super().sign_many(documents, now)
+
+    now = [T0]
+    store = open_store(f"sqlite:///{tmp_path / 's.db'}")
+    try:
+        nodes = [f"n{i:03d}" for i in range(PUBLISH_CHUNK + 44)]
+        stored = [r for r, _ in store.put_desired_many({n: _doc(1, node=n) for n in nodes})]
+        hub = DesiredHub(store, (), Counting(KEY, 3600), clock=lambda: now[0])
+        hub.publish_from_thread(stored)  # not serving yet: installed at once
+        assert batches == [PUBLISH_CHUNK, 44]  # one Ed25519 signature per chunk
+        first, last = hub.get(nodes[0]), hub.get(nodes[-1])
+        assert first.signed is not None and last.signed is not None
+        raw = json.loads(first.signed.body)
+        assert raw["signatures"][0]["proof"]["size"] == PUBLISH_CHUNK
+        assert len(raw["signatures"][0]["proof"]["path"]) == 8
+        same = json.loads(hub.get(nodes[1]).signed.body)  # type: ignore[union-attr]
+        assert same["signatures"][0]["sig"] == raw["signatures"][0]["sig"]
+        assert json.loads(last.signed.body)["signatures"][0]["proof"]["size"] == 44
+        for n in (nodes[0], nodes[-1]):
+            got = check(
+                _loads(hub.get(n).signed.body),  # type: ignore[union-attr]
+                node=n,
+                trusted=TRUSTED,
+                last=None,
+                policy=LocalPolicy(),
+                now=now[0],
+            )
+            assert isinstance(got, Accepted), got
+
+        # an agent of the previous release: the single form of the same signed document,
+        # made on its first request and kept with the entry
+        single = hub.envelope(nodes[0], first, "single")
+        assert old_verify(single) == raw["signed"]
+        assert hub.get(nodes[0]).single is single
+        assert hub.envelope(nodes[0], hub.get(nodes[0]), "single") is single
+        assert hub.envelope(nodes[0], hub.get(nodes[0]), "batch") == first.signed.body
+        assert hub.get(nodes[0]).etag == first.etag  # either form, one ETag
+
+        # a refresh is a batch of one: a new ETag, and a new single form on request
+        now[0] = first.signed.refresh_at
+        refreshed = hub.get(nodes[0])
+        assert batches[-1] == 1 and refreshed.etag != first.etag and refreshed.single is None
+        assert refreshed.signed is not None
+        assert json.loads(refreshed.signed.body)["signatures"][0]["proof"]["path"] == []
+        again = old_verify(hub.envelope(nodes[0], refreshed, "single"))
+        assert again["issuedAt"] > raw["signed"]["issuedAt"]
+    finally:
+        store.close()
 
 
 def test_hub_re_signs_at_half_life_without_a_new_generation(tmp_path: Path) -> None:
@@ -268,3 +496,23 @@ def test_reconciler_shows_what_the_node_refused() -> None:
     }
     (row,) = node_rows(status, T0)
     assert row.health == "Healthy, desired Refused" and row.tone == "bad"
+
+
+@settings(max_examples=60, deadline=None)
+@given(size=st.integers(1, 40), data=st.data())
+def test_every_envelope_of_a_batch_verifies_and_no_other_document_does(
+    size: int, data: st.DataObject
+) -> None:
+    docs = [{"node": f"n{i}", "generation": i} for i in range(size)]
+    bodies = [signing.canonical_bytes(d) for d in docs]
+    envelopes = [json.loads(b) for b in signing.batch_envelopes(KEY, VECTOR_KEYID, bodies)]
+    for envelope in envelopes:
+        assert signing.verify(signing.parse_envelope(envelope), TRUSTED) == VECTOR_KEYID
+    i = data.draw(st.integers(0, size - 1), label="index")
+    # another document of the batch (or one never signed) under this document's proof
+    j = data.draw(st.integers(0, size), label="other")
+    other = docs[j] if j < size else {"node": f"n{i}", "generation": -1}
+    if other != docs[i]:
+        forged = {**envelopes[i], "signed": other}
+        with pytest.raises(signing.SignatureRefused, match="over a batch of"):
+            signing.verify(signing.parse_envelope(forged), TRUSTED)

@@ -224,10 +224,10 @@ class PostgresStore(SqlStore):
         with self._tx() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (DESIRED_LOCK,))
             rows = conn.execute(
-                f"SELECT {records.DESIRED_COLUMNS} FROM desired WHERE node = ANY(%b)",
+                f"SELECT {records.DESIRED.columns} FROM desired WHERE node = ANY(%b)",
                 (list(documents),),
             ).fetchall()
-            stored = {r[0]: records.desired_record(r) for r in rows}
+            stored = {r[0]: records.DESIRED.record(r) for r in rows}
             out: list[tuple[DesiredRecord, bool]] = []
             changed: dict[str, DesiredRecord] = {}
             for node, document in documents.items():
@@ -242,7 +242,7 @@ class PostgresStore(SqlStore):
             if changed:
                 new = [changed[n] for n in sorted(changed)]
                 conn.execute(
-                    f"INSERT INTO desired ({records.DESIRED_COLUMNS}) "
+                    f"INSERT INTO desired ({records.DESIRED.columns}) "
                     "SELECT * FROM unnest(%b::text[], %b::int8[], %b::text[], %b::text[]) "
                     "ORDER BY 1 ON CONFLICT (node) DO UPDATE SET "
                     "generation = excluded.generation, etag = excluded.etag, "
@@ -299,9 +299,9 @@ class PostgresStore(SqlStore):
             # the planner asks for controls(after=last seen) and must never skip one
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,))
             row = conn.execute(
-                f"INSERT INTO rollout_controls ({records.CONTROL_COLUMNS}) "
+                f"INSERT INTO rollout_controls ({records.CONTROLS.columns}) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING seq",
-                records.control_row(control),
+                records.CONTROLS.row(control),
             ).fetchone()
             assert row is not None
             seq = int(row[0])
@@ -329,9 +329,9 @@ def _insert_audit(conn: Conn, event: AuditEvent) -> int:
     makes ids commit in id order: a reader paging by id never skips a late commit."""
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,))
     row = conn.execute(
-        f"INSERT INTO audit ({records.AUDIT_COLUMNS}) "
+        f"INSERT INTO audit ({records.AUDIT.columns}) "
         "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
-        records.audit_row(event),
+        records.AUDIT.row(event),
     ).fetchone()
     assert row is not None
     return int(row[0])

@@ -44,7 +44,7 @@ class Db(Protocol):
 
 
 UPSERT_NODE = (
-    f"INSERT INTO nodes ({records.NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?) "
+    f"INSERT INTO nodes ({records.NODES.columns}) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT (name) DO UPDATE SET facts = excluded.facts, "
     "token_hash = excluded.token_hash, registered_at = excluded.registered_at, "
     "admission = excluded.admission"
@@ -86,15 +86,15 @@ class SqlStore(ABC):
 
     def applied_revision(self) -> AppliedRevision | None:
         rows = self._select(
-            f"SELECT {records.APPLIED_COLUMNS} FROM applied_revisions ORDER BY id DESC LIMIT 1"
+            f"SELECT {records.APPLIED.columns} FROM applied_revisions ORDER BY id DESC LIMIT 1"
         )
-        return records.applied_record(rows[0]) if rows else None
+        return records.APPLIED.record(rows[0]) if rows else None
 
     def set_applied_revision(self, rev: AppliedRevision) -> None:
         with self._tx() as db:
             db.execute(
                 self._q(
-                    f"INSERT INTO applied_revisions ({records.APPLIED_COLUMNS}) VALUES (?, ?, ?)"
+                    f"INSERT INTO applied_revisions ({records.APPLIED.columns}) VALUES (?, ?, ?)"
                 ),
                 (rev.sha, records.dumps(rev.approval), rev.applied_at),
             )
@@ -104,25 +104,25 @@ class SqlStore(ABC):
             return self._insert_audit(db, event)
 
     def audit(self, since: float | None = None, limit: int = 1000) -> Sequence[AuditEvent]:
-        query = f"SELECT id, {records.AUDIT_COLUMNS} FROM audit "
+        query = f"SELECT id, {records.AUDIT.columns} FROM audit "
         params: list[object] = []
         if since is not None:
             query += "WHERE time >= ? "
             params.append(since)
         rows = self._select(query + "ORDER BY id LIMIT ?", [*params, max(0, limit)])
-        return [records.audit_record(r) for r in rows]
+        return [records.AUDIT.record(r) for r in rows]
 
     def upsert_node(self, node: NodeRecord) -> None:
         with self._tx() as db:
-            db.execute(self._q(UPSERT_NODE), records.node_row(node))
+            db.execute(self._q(UPSERT_NODE), records.NODES.row(node))
 
     def node(self, name: str) -> NodeRecord | None:
-        rows = self._select(f"SELECT {records.NODE_COLUMNS} FROM nodes WHERE name = ?", (name,))
-        return records.node_record(rows[0]) if rows else None
+        rows = self._select(f"SELECT {records.NODES.columns} FROM nodes WHERE name = ?", (name,))
+        return records.NODES.record(rows[0]) if rows else None
 
     def nodes(self) -> Sequence[NodeRecord]:
-        rows = self._select(f"SELECT {records.NODE_COLUMNS} FROM nodes ORDER BY name")
-        return [records.node_record(r) for r in rows]
+        rows = self._select(f"SELECT {records.NODES.columns} FROM nodes ORDER BY name")
+        return [records.NODES.record(r) for r in rows]
 
     def delete_node(self, name: str) -> bool:
         with self._tx() as db:
@@ -168,31 +168,31 @@ class SqlStore(ABC):
             )
             if spent.rowcount != 1:
                 return "token-spent"
-        db.execute(self._q(UPSERT_NODE), records.node_row(node))
+        db.execute(self._q(UPSERT_NODE), records.NODES.row(node))
         return None
 
     def create_join_token(self, token: JoinToken) -> None:
         with self._tx() as db:
             db.execute(
                 self._q(
-                    f"INSERT INTO join_tokens ({records.TOKEN_COLUMNS}) "
+                    f"INSERT INTO join_tokens ({records.JOIN_TOKENS.columns}) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 ),
-                records.token_row(token),
+                records.JOIN_TOKENS.row(token),
             )
 
     def join_tokens(self) -> Sequence[JoinToken]:
         rows = self._select(
-            f"SELECT {records.TOKEN_COLUMNS} FROM join_tokens ORDER BY created_at, id"
+            f"SELECT {records.JOIN_TOKENS.columns} FROM join_tokens ORDER BY created_at, id"
         )
-        return [records.join_token_record(r) for r in rows]
+        return [records.JOIN_TOKENS.record(r) for r in rows]
 
     def join_token_by_hash(self, token_hash: str) -> JoinToken | None:
         rows = self._select(
-            f"SELECT {records.TOKEN_COLUMNS} FROM join_tokens WHERE token_hash = ?",
+            f"SELECT {records.JOIN_TOKENS.columns} FROM join_tokens WHERE token_hash = ?",
             (token_hash,),
         )
-        return records.join_token_record(rows[0]) if rows else None
+        return records.JOIN_TOKENS.record(rows[0]) if rows else None
 
     def revoke_join_token(self, token_id: str, now: float) -> JoinToken | None:
         with self._tx() as db:
@@ -203,20 +203,20 @@ class SqlStore(ABC):
                 (now, token_id),
             )
             row = db.execute(
-                self._q(f"SELECT {records.TOKEN_COLUMNS} FROM join_tokens WHERE id = ?"),
+                self._q(f"SELECT {records.JOIN_TOKENS.columns} FROM join_tokens WHERE id = ?"),
                 (token_id,),
             ).fetchone()
-            return None if row is None else records.join_token_record(row)
+            return None if row is None else records.JOIN_TOKENS.record(row)
 
     def desired(self, node: str) -> DesiredRecord | None:
         rows = self._select(
-            f"SELECT {records.DESIRED_COLUMNS} FROM desired WHERE node = ?", (node,)
+            f"SELECT {records.DESIRED.columns} FROM desired WHERE node = ?", (node,)
         )
-        return records.desired_record(rows[0]) if rows else None
+        return records.DESIRED.record(rows[0]) if rows else None
 
     def all_desired(self) -> Sequence[DesiredRecord]:
-        rows = self._select(f"SELECT {records.DESIRED_COLUMNS} FROM desired ORDER BY node")
-        return [records.desired_record(r) for r in rows]
+        rows = self._select(f"SELECT {records.DESIRED.columns} FROM desired ORDER BY node")
+        return [records.DESIRED.record(r) for r in rows]
 
     @abstractmethod
     def put_desired_many(
@@ -233,8 +233,8 @@ class SqlStore(ABC):
         self.put_reports([report])
 
     def reports(self) -> Sequence[ReportRecord]:
-        rows = self._select(f"SELECT {records.REPORT_COLUMNS} FROM reports ORDER BY node")
-        return [records.report_record(r) for r in rows]
+        rows = self._select(f"SELECT {records.REPORTS.columns} FROM reports ORDER BY node")
+        return [records.REPORTS.record(r) for r in rows]
 
     def rollouts(self) -> Mapping[str, Mapping[str, JSON]]:
         rows = self._select("SELECT name, state FROM rollouts ORDER BY name")
@@ -252,11 +252,11 @@ class SqlStore(ABC):
 
     def controls(self, after: int = 0) -> Sequence[Control]:
         rows = self._select(
-            f"SELECT seq, {records.CONTROL_COLUMNS} "
+            f"SELECT seq, {records.CONTROLS.columns} "
             "FROM rollout_controls WHERE seq > ? ORDER BY seq",
             (after,),
         )
-        return [records.control_record(r) for r in rows]
+        return [records.CONTROLS.record(r) for r in rows]
 
     def get_meta(self, key: str) -> str | None:
         rows = self._select("SELECT value FROM meta WHERE key = ?", (key,))

@@ -40,9 +40,6 @@ from reconciler.store.sql import Db, SqlStore
 
 log = logging.getLogger(__name__)
 
-_dumps = records.dumps
-_desired = records.desired_record
-
 
 class _Unit(threading.local):
     active = False  # this thread is inside atomic()
@@ -173,7 +170,7 @@ class SqliteStore(SqlStore):
                 "INSERT INTO reports (node, report, received_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (node) DO UPDATE SET report = excluded.report, "
                 "received_at = excluded.received_at",
-                [(r.node, _dumps(r.report), r.received_at) for r in reports],
+                [(r.node, records.dumps(r.report), r.received_at) for r in reports],
             )
 
     def touch_reports(self, seen: Mapping[str, float]) -> None:
@@ -186,9 +183,9 @@ class SqliteStore(SqlStore):
     def add_control(self, control: Control, audit: AuditEvent) -> int:
         with self._tx() as db:
             cur = db.execute(
-                f"INSERT INTO rollout_controls ({records.CONTROL_COLUMNS}) "
+                f"INSERT INTO rollout_controls ({records.CONTROLS.columns}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                records.control_row(control),
+                records.CONTROLS.row(control),
             )
             seq = int(cast(int, cur.lastrowid))
             _insert_audit(db, replace(audit, details={**audit.details, "seq": seq}))
@@ -215,8 +212,8 @@ class SqliteStore(SqlStore):
 
 def _insert_audit(db: sqlite3.Connection, event: AuditEvent) -> int:
     cur = db.execute(
-        f"INSERT INTO audit ({records.AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        records.audit_row(event),
+        f"INSERT INTO audit ({records.AUDIT.columns}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        records.AUDIT.row(event),
     )
     return int(cast(int, cur.lastrowid))
 
@@ -226,17 +223,17 @@ def _put_desired(
 ) -> tuple[DesiredRecord, bool]:
     """One node's put_desired inside the caller's transaction."""
     row = db.execute(
-        "SELECT node, generation, etag, document FROM desired WHERE node = ?", (node,)
+        f"SELECT {records.DESIRED.columns} FROM desired WHERE node = ?", (node,)
     ).fetchone()
-    old = None if row is None else _desired(row)
+    old = None if row is None else records.DESIRED.record(row)
     rec = records.next_desired(node, old, document)
     if rec is None:
         assert old is not None
         return old, False
     db.execute(
-        "INSERT INTO desired (node, generation, etag, document) VALUES (?, ?, ?, ?) "
+        f"INSERT INTO desired ({records.DESIRED.columns}) VALUES (?, ?, ?, ?) "
         "ON CONFLICT (node) DO UPDATE SET generation = excluded.generation, "
         "etag = excluded.etag, document = excluded.document",
-        (node, rec.generation, rec.etag, _dumps(rec.document)),
+        records.DESIRED.row(rec),
     )
     return rec, True

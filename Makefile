@@ -41,8 +41,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
+# pytest-xdist workers: the tests mostly wait on subprocesses (agents, servers, git), so
+# more workers than the 2 CI cores pay off; PYTEST_WORKERS=0 runs serially. loadgroup hands
+# out one test at a time to whichever worker is free (no long tail on one worker).
+PYTEST_WORKERS ?= 4
 pytest: $(STAMP) sysdeps
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 test: lint typecheck pytest
 

@@ -13,8 +13,12 @@ no id is taken from the sender), follows tag -> commit -> root tree -> ... ->
 ``releases/<name>/<version>.yaml`` (``models/`` for a model), reads that blob, and
 re-renders the workload entry it implies for this node's name, labels and platform
 (``fleetkeeper_common.fleetfile``): the entry in the document must be exactly that (only
-``notBefore``, a rollout's start delay, is the reconciler's own). What is left for the
-I/O shell is the signature check of each distinct signed object (``agent.approvers``).
+``notBefore``, a rollout's start delay, is the reconciler's own). That includes ``config``
+(each file's bytes, placeholders filled for this node when it is a template, and the
+digest) and ``secrets`` (the age ciphertext the agent will decrypt with its own identity):
+each ``from`` is followed through the same approved tree to its blob, so a file the tree
+does not hold, or whose blob is missing from the evidence, is refused by name. What is left
+for the I/O shell is the signature check of each distinct signed object (``agent.approvers``).
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ from fleetkeeper_common.fleetfile import FleetFileError, load_strict, release_pa
 
 MAX_OBJECTS = 10_000
 _RECONCILER_FIELDS = frozenset({"notBefore"})  # scheduling only: never changes what runs
-_FROM_OTHER_FILES = ("config", "secrets")  # issue 17: bytes of config/ and secrets/ files
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ def _file(objects: Mapping[str, tuple[str, bytes]], tree: str, path: str, where:
         entry = next((e for e in entries if e.name == part.encode()), None)
         so_far = "/".join(parts[: depth + 1])
         if entry is None:
-            raise EvidenceRefused(f"{where}: the approved tree has no {so_far}")
+            raise EvidenceRefused(f"{where}: the approved tree has no {path}")
         last = depth == len(parts) - 1
         if not last and entry.mode != g.TREE_MODE:
             raise EvidenceRefused(f"{where}: {so_far} in the approved tree is not a folder")
@@ -155,14 +158,6 @@ def chains(
         start = starts.get(name)
         if not isinstance(start, str):
             raise EvidenceRefused(f"{where}: no approval evidence")
-        # their bytes come from other files of the tree (config/, secrets/), which the
-        # evidence does not carry yet: refused rather than taken on the reconciler's word
-        unchecked = sorted(k for k in _FROM_OTHER_FILES if k in w)
-        if unchecked:
-            raise EvidenceRefused(
-                f"{where}: carries {' and '.join(unchecked)}, which a node with approvers "
-                "cannot check against the approved tree yet"
-            )
         claim, commit = _approved_commit(objects, start, where)
         path = release_path(str(w.get("kind")), name, str(w.get("version")))
         data = _file(objects, commit.tree, path, where)
@@ -172,7 +167,15 @@ def chains(
             raise EvidenceRefused(f"{where}: {exc}") from None
         if not isinstance(approved, dict):
             raise EvidenceRefused(f"{where}: {path} is not a mapping")
-        expect = workload_entry(approved, node, labels, platform)
+
+        def read(src: str, tree: str = commit.tree, where: str = where) -> bytes:
+            # a config file or an age ciphertext the entry carries: from the same signed tree
+            return _file(objects, tree, src, where)
+
+        try:
+            expect = workload_entry(approved, node, labels, platform, read)
+        except FleetFileError as exc:
+            raise EvidenceRefused(f"{where}: {path}: {exc}") from None
         if expect is None:
             raise EvidenceRefused(f"{where}: {path} has no artifact for {platform}")
         diff = differing_fields(w, expect)

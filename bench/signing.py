@@ -44,8 +44,9 @@ from agent.approvers import ApproverKeys
 from agent.policy import LocalPolicy
 from agent.poll import Checks, approved_by_signers
 from agent.trust import Accepted, check
+from fleetkeeper_common.age import encrypt, generate_identity
 from fleetkeeper_common.canonical import canonical_json
-from fleetkeeper_common.fleetfile import release_path
+from fleetkeeper_common.fleetfile import release_path, workload_entry
 from fleetkeeper_common.signing import keyid
 from reconciler.api.hub import DesiredHub
 from reconciler.evidence import EvidenceSource
@@ -155,6 +156,7 @@ def main() -> None:
         finally:
             store.close()
     level3(signer, args.workloads, now)
+    level3(signer, args.workloads, now, with_files=True)
 
 
 def fan_out(store: Any, records: list[Any], signer: DocumentSigner, args: Any, now: float) -> None:
@@ -198,8 +200,10 @@ def _git(cwd: Path, *argv: str) -> str:
     return out.stdout.decode().strip()
 
 
-def level3(signer: DocumentSigner, workloads: int, now: float) -> None:
-    """Evidence from a real SSH-signed tag: its size, and the node's check with ssh-keygen."""
+def level3(signer: DocumentSigner, workloads: int, now: float, *, with_files: bool = False) -> None:
+    """Evidence from a real SSH-signed tag: its size, and the node's check with ssh-keygen.
+    ``with_files``: the first release also has two config files (a 4 KiB template, a
+    1 KiB JSON) and an age secret, whose blobs the evidence then carries too."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         repo = root / "fleet"
@@ -210,6 +214,7 @@ def level3(signer: DocumentSigner, workloads: int, now: float) -> None:
         allowed = root / "allowed_signers"
         allowed.write_text(f'alice namespaces="git" {Path(f"{key}.pub").read_text()}')
         plain = document("gpu-1", 2, workloads)
+        releases = []
         for w in plain["workloads"]:
             release = {
                 "apiVersion": "fleetkeeper/v1",
@@ -222,9 +227,34 @@ def level3(signer: DocumentSigner, workloads: int, now: float) -> None:
                 "versionProbe": w["versionProbe"],
                 "targets": {"roles": ["inference"]},
             }
-            path = repo / release_path("process", w["name"], w["version"])
+            releases.append(release)
+        files: dict[str, bytes] = {}
+        if with_files:
+            files = {
+                "config/agent-0/soul.md": b"I am ${node.name}. " * 215,
+                "config/agent-0/tools.json": b'{"tools": [' + b'"t", ' * 200 + b'"t"]}\n',
+                "secrets/agent-0/key.age": encrypt(b"sk-bench", [generate_identity().recipient]),
+            }
+            releases[0]["config"] = {
+                "files": [
+                    {"from": "config/agent-0/soul.md", "to": "soul.md", "template": True},
+                    {"from": "config/agent-0/tools.json", "to": "tools.json"},
+                ]
+            }
+            releases[0]["secrets"] = [
+                {"name": "KEY", "from": "secrets/agent-0/key.age", "as": "env"}
+            ]
+        for release in releases:
+            path = repo / release_path("process", release["agent"], release["version"])
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(yaml.safe_dump(release))
+        for rel, data in files.items():
+            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            (repo / rel).write_bytes(data)
+        rendered = [
+            workload_entry(r, "gpu-1", {}, "linux/amd64", files.__getitem__) for r in releases
+        ]
+        plain = {**plain, "workloads": rendered}
         _git(repo, "add", "-A")
         _git(repo, "commit", "-q", "-m", "releases")
         sign_args = ["-c", "gpg.format=ssh", "-c", f"user.signingkey={key}"]
@@ -270,7 +300,8 @@ def level3(signer: DocumentSigner, workloads: int, now: float) -> None:
         ) / 30
         print(
             f"level 3: evidence adds {len(body) - len(bare)} bytes per document "
-            f"({len(bare)} -> {len(body)}, {workloads} release files under one tag); "
+            f"({len(bare)} -> {len(body)}, {workloads} release files under one tag"
+            f"{', one with 2 config files and an age secret' if with_files else ''}); "
             f"sign with evidence {sign_e:.1f} µs wall (median)"
         )
         print(

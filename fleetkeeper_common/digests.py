@@ -12,6 +12,13 @@ import hashlib
 from collections.abc import Iterable
 
 
+def config_digest(on_change: str, files: Iterable[tuple[str, bool, str]]) -> str:
+    """Over ``onChange`` and (to, template, sha256 of the committed bytes) of each config
+    file: what status shows beside the version."""
+    parts = [on_change] + [f"{to}\0{int(template)}\0{sha}" for to, template, sha in files]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
 def secrets_digest(entries: Iterable[tuple[str, str, str, str]]) -> str | None:
     """Over (name, as, from, ciphertext) of a workload's secrets; None: it has none."""
     h = hashlib.sha256()

@@ -5,6 +5,11 @@ Both halves need this: the reconciler renders a node's workload entry from the f
 re-renders it from the approved file's bytes and compares (``agent.evidence``).
 ``tests/unit/test_fleetfile_vectors.py`` holds both to the same vectors.
 
+``config`` and ``secrets`` carry the bytes of other files of the same tree
+(``config.files[].from``, ``secrets[].from``): ``workload_entry`` asks ``read`` for them
+(an agent: from the approved tree objects of its evidence); the reconciler renders the same
+entries through ``fleetkeeper_common.rendering`` from the revision it read.
+
 The YAML reader is strict in the way the reconciler's validator is (duplicate keys,
 non-string keys, merge keys, tags beyond plain JSON and non-finite numbers are refused,
 not guessed at), so a file never means one thing to a reviewer and another to a node.
@@ -12,17 +17,26 @@ not guessed at), so a file never means one thing to a reviewer and another to a 
 
 from __future__ import annotations
 
+import hashlib
 import math
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import yaml
 from yaml.constructor import SafeConstructor
 
+from fleetkeeper_common.digests import config_digest
+from fleetkeeper_common.rendering import (
+    TemplateError,
+    ciphertext_text,
+    config_file_entry,
+    fill,
+    fill_config,
+    secret_entry,
+)
+
 MAX_FILE_BYTES = 256 * 1024
 MAX_VALUES = 20_000
-PLACEHOLDER = re.compile(r"\$\{node\.(name|labels\.([A-Za-z0-9._/-]+))\}")
 
 _TAG = "tag:yaml.org,2002:"
 _STR, _INT, _FLOAT, _BOOL, _NULL = (_TAG + t for t in ("str", "int", "float", "bool", "null"))
@@ -33,6 +47,10 @@ _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 class FleetFileError(ValueError):
     """The file is not a plain-YAML release or model; the message says where."""
+
+
+# bytes of one repo-relative path of the tree the file comes from; raises when there is none
+Reader = Callable[[str], bytes]
 
 
 def release_path(kind: str, name: str, version: str) -> str:
@@ -87,18 +105,31 @@ def load_strict(data: bytes, where: str) -> Any:
     return build(node, 0)
 
 
-def fill(value: Any, node: str, labels: Mapping[str, str]) -> Any:
-    """``value`` with ``${node.name}`` and ``${node.labels.KEY}`` replaced in every string
-    (a label the node lacks becomes the empty string, as the validator forbids it)."""
-    if isinstance(value, str):
-        if "${" not in value:
-            return value
-        return PLACEHOLDER.sub(lambda m: node if m[1] == "name" else labels.get(m[2], ""), value)
-    if isinstance(value, list):
-        return [fill(v, node, labels) for v in value]
-    if isinstance(value, dict):
-        return {k: fill(v, node, labels) for k, v in value.items()}
-    return value
+def config_sources(doc: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
+    """(from, to, template) of each ``config.files[]`` entry, as the reconciler reads them."""
+    config = doc.get("config")
+    files = config.get("files") if isinstance(config, dict) else None
+    return [
+        (str(f.get("from")), str(f.get("to")), f.get("template") is True)
+        for f in (files if isinstance(files, list) else [])
+        if isinstance(f, dict)
+    ]
+
+
+def secret_sources(doc: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(name, from, as) of each ``secrets[]`` entry (``as`` is ``env`` unless ``file``)."""
+    items = doc.get("secrets")
+    return [
+        (str(s.get("name")), str(s.get("from")), "file" if s.get("as") == "file" else "env")
+        for s in (items if isinstance(items, list) else [])
+        if isinstance(s, dict)
+    ]
+
+
+def referenced_files(doc: Mapping[str, Any]) -> list[str]:
+    """The other files of the tree whose bytes the workload entry carries."""
+    paths = [src for src, _, _ in config_sources(doc)] + [s for _, s, _ in secret_sources(doc)]
+    return list(dict.fromkeys(paths))
 
 
 def _artifact(doc: Mapping[str, Any], platform: str) -> dict[str, Any] | None:
@@ -115,10 +146,16 @@ def _artifact(doc: Mapping[str, Any], platform: str) -> dict[str, Any] | None:
 
 
 def workload_entry(
-    doc: Mapping[str, Any], node: str, labels: Mapping[str, str], platform: str
+    doc: Mapping[str, Any],
+    node: str,
+    labels: Mapping[str, str],
+    platform: str,
+    read: Reader | None = None,
 ) -> dict[str, Any] | None:
     """The desired-state workload entry a release or model file implies for a node
-    (None: no artifact for its platform). Mirrors ``select.workload_document``."""
+    (None: no artifact for its platform). Mirrors ``select.workload_document``. ``read``
+    gives the bytes of the config and secret files; without it a file that has either is
+    refused (FleetFileError), never rendered without them."""
     is_model = doc.get("kind") == "Model"
     art = _artifact(doc, platform)
     if art is None:
@@ -129,7 +166,7 @@ def workload_entry(
         "version": str(doc.get("version")),
         "artifact": art,
     }
-    for key in ("run", "health"):
+    for key in ("run", "health", "drain"):
         value = doc.get(key)
         if isinstance(value, dict) and value:
             out[key] = fill(value, node, labels)
@@ -148,4 +185,27 @@ def workload_entry(
         if isinstance(port, str) and port.isdigit():
             args["port"] = int(port)
         out["model"] = {"runtime": str(doc.get("runtime")), "args": args}
+    secrets, config = secret_sources(doc), doc.get("config")
+    if (secrets or isinstance(config, dict)) and read is None:
+        raise FleetFileError("config and secrets need the files they name: no reader given")
+    if secrets and read is not None:
+        out["secrets"] = [
+            secret_entry(n, src, a, ciphertext_text(read(src))) for n, src, a in secrets
+        ]
+    if isinstance(config, dict) and read is not None:
+        files, shas = [], []
+        for src, to, template in config_sources(doc):
+            data = read(src)
+            shas.append((to, template, hashlib.sha256(data).hexdigest()))
+            try:
+                filled = fill_config(data, template, node, labels)
+            except TemplateError as exc:
+                raise FleetFileError(f"{src}: {exc}") from None
+            files.append(config_file_entry(to, filled))
+        on_change = "none" if config.get("onChange") == "none" else "restart"
+        out["config"] = {
+            "digest": config_digest(on_change, shas),
+            "onChange": on_change,
+            "files": files,
+        }
     return out

@@ -4,9 +4,12 @@ For each workload of a document: the signed object that approved its revision (t
 annotated tag named by ``approval.ref`` in signed-tag mode, when it points straight at the
 revision; else the revision's commit when it carries a signature, as a signed merge or a
 forge-signed squash does), the commit, the trees from the root down to
-``releases/<name>/<version>.yaml`` (or ``models/``), and that file. Without a signature
-there is nothing an agent can check, and no evidence is attached: an agent with
-``approvers`` set refuses such a document (``docs/security.md``).
+``releases/<name>/<version>.yaml`` (or ``models/``), and that file; and when the workload
+carries ``config`` or ``secrets``, the same walk down to each file that release file names
+(``config.files[].from``, ``secrets[].from``: the node compares the bytes it is told to
+write with those blobs). Without a signature there is nothing an agent can check, and no
+evidence is attached: an agent with ``approvers`` set refuses such a document
+(``docs/security.md``).
 
 I/O at the edge: reads the repository with its own pygit2 handle (under a lock; the
 reconcile loop's handle is its own). Objects are content-addressed, so what was read for a
@@ -23,7 +26,12 @@ from typing import Any
 
 import pygit2
 
-from fleetkeeper_common.fleetfile import release_path
+from fleetkeeper_common.fleetfile import (
+    FleetFileError,
+    load_strict,
+    referenced_files,
+    release_path,
+)
 from fleetkeeper_common.gitobjects import split_tag_signature
 
 log = logging.getLogger(__name__)
@@ -43,8 +51,9 @@ class EvidenceSource:
         self._path = repo_path
         self._repo: pygit2.Repository | None = None
         self._lock = threading.Lock()
-        self._chains: dict[tuple[str, str], tuple[Obj, ...] | None] = {}
+        self._chains: dict[tuple[str, str, bool], tuple[Obj, ...] | None] = {}
         self._signed: dict[tuple[str, str], str | None] = {}
+        self._refs: dict[str, tuple[str, ...]] = {}
         self._unsupported = False
 
     def __call__(self, document: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -86,8 +95,13 @@ class EvidenceSource:
             chain = self._chain(repo, signed, path)
             if chain is None:
                 continue  # the file is not in that tree: the agent refuses, naming it
-            for obj in chain:
-                objects.setdefault(obj[0], obj)
+            found: list[tuple[Obj, ...] | None] = [chain]
+            if "config" in w or "secrets" in w:
+                refs = self._referenced(chain, path)
+                found += [self._chain(repo, signed, p, partial=True) for p in refs]
+            for c in found:
+                for obj in c or ():  # a file the tree lacks: the agent refuses, naming it
+                    objects.setdefault(obj[0], obj)
             starts[str(w.get("name"))] = signed
         if not starts:
             return None
@@ -120,8 +134,28 @@ class EvidenceSource:
         self._signed[key] = found
         return found
 
-    def _chain(self, repo: pygit2.Repository, signed: str, path: str) -> tuple[Obj, ...] | None:
-        key = (signed, path)
+    def _referenced(self, chain: tuple[Obj, ...], path: str) -> tuple[str, ...]:
+        """The config files and age ciphertexts the release file (the chain's last blob)
+        names: their chains go into the evidence beside its own (cached by blob id)."""
+        blob_id, _, data = chain[-1]
+        if blob_id not in self._refs:
+            try:
+                doc = load_strict(base64.b64decode(data), path)
+            except FleetFileError:
+                doc = None  # the validator refused it already; the agent will too
+            refs = tuple(referenced_files(doc)) if isinstance(doc, dict) else ()
+            if len(self._refs) >= _CACHE_MAX:
+                self._refs.clear()
+            self._refs[blob_id] = refs
+        return self._refs[blob_id]
+
+    def _chain(
+        self, repo: pygit2.Repository, signed: str, path: str, *, partial: bool = False
+    ) -> tuple[Obj, ...] | None:
+        """The objects from ``signed`` down to the blob at ``path``; None when the tree has
+        no such file, unless ``partial``: then the trees walked, so the node can see for
+        itself that the file is missing and say so by name."""
+        key = (signed, path, partial)
         if key in self._chains:
             return self._chains[key]
         out: list[Obj] = []
@@ -135,9 +169,10 @@ class EvidenceSource:
         result: tuple[Obj, ...] | None = None
         parts = path.split("/")
         for i, part in enumerate(parts):
+            if not isinstance(tree, pygit2.Tree):
+                break  # a file where the path needs a folder
             out.append((str(tree.id), "tree", _b64(tree.read_raw())))
-            assert isinstance(tree, pygit2.Tree)
-            if part not in tree:
+            if not part or part not in tree:
                 break
             entry = tree[part]
             if i == len(parts) - 1:
@@ -146,6 +181,8 @@ class EvidenceSource:
                     result = tuple(out)
                 break
             tree = entry
+        if result is None and partial:
+            result = tuple(out)
         if len(self._chains) >= _CACHE_MAX:
             self._chains.clear()
         self._chains[key] = result

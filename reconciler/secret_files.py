@@ -17,6 +17,7 @@ import binascii
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
+from fleetkeeper_common.rendering import ciphertext_text
 from reconciler.plan.select import NodeFacts, latest_versions, target_nodes
 from reconciler.spec import Deployable, FleetSpec
 
@@ -102,8 +103,7 @@ def attach_ciphertexts(spec: FleetSpec, files: Mapping[str, bytes]) -> FleetSpec
         if not d.secrets:
             return d
         refs = tuple(
-            replace(s, ciphertext=files.get(s.source, b"").decode("ascii", "replace"))
-            for s in d.secrets
+            replace(s, ciphertext=ciphertext_text(files.get(s.source, b""))) for s in d.secrets
         )
         return replace(d, secrets=refs)
 

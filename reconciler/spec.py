@@ -6,14 +6,14 @@ returns them after schema validation). No I/O here.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Literal, TypeAlias
 
-from fleetkeeper_common.digests import secrets_digest, target_digest
+from fleetkeeper_common.digests import config_digest, secrets_digest, target_digest
+from fleetkeeper_common.rendering import secret_entry
 
 JSON: TypeAlias = dict[str, "JSON"] | list["JSON"] | str | int | float | bool | None
 WorkloadKind = Literal["process", "model"]
@@ -121,8 +121,7 @@ class ConfigSpec:
     def digest(self) -> str:
         """What status shows beside the version: changes when any file's bytes, name, template
         flag or ``onChange`` change (the rollout's target is (version, digest))."""
-        parts = [self.on_change] + [f"{f.to}\0{int(f.template)}\0{f.sha256}" for f in self.files]
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+        return config_digest(self.on_change, ((f.to, f.template, f.sha256) for f in self.files))
 
 
 @dataclass(frozen=True)
@@ -175,7 +174,7 @@ class SecretRef:
     ciphertext: str = ""
 
     def to_json(self) -> dict[str, JSON]:
-        return {"name": self.name, "from": self.source, "as": self.as_, "age": self.ciphertext}
+        return secret_entry(self.name, self.source, self.as_, self.ciphertext)
 
 
 def parse_secrets(value: object) -> tuple[SecretRef, ...]:

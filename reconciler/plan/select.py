@@ -6,13 +6,12 @@ module only answers "if the rollout were complete, what would each node run".
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
+from fleetkeeper_common.rendering import config_file_entry, fill_config
 from reconciler.plan.admission import claims_of, scope_covers_claims
 from reconciler.spec import JSON, ConfigSpec, Deployable, FleetSpec, NodeSpec, NodeTraits, Targets
 
@@ -241,25 +240,13 @@ def workload_document(d: Deployable, node: NodeFacts) -> dict[str, JSON] | None:
 
 def config_document(config: ConfigSpec, node: NodeFacts) -> dict[str, JSON]:
     """The ``config`` entry of a workload document: each file's bytes (placeholders filled
-    in for ``node`` when it is a template) as base64 with their SHA-256."""
-    files: list[JSON] = []
-    for f in config.files:
-        data = f.data
-        if f.template and b"${" in data:
-            data = _fill(data.decode("utf-8"), node).encode("utf-8")
-        files.append({"path": f.to, "sha256": _sha256(data), "content": _base64(data)})
+    in for ``node`` when it is a template) as base64 with their SHA-256. Rendered by
+    ``fleetkeeper_common.fleetfile``, as an agent with approvers re-renders it."""
+    files: list[JSON] = [
+        config_file_entry(f.to, fill_config(f.data, f.template, node.name, node.labels))
+        for f in config.files
+    ]
     return {"digest": config.digest, "onChange": config.on_change, "files": files}
-
-
-# The same file goes into the document of every node it targets, on every plan.
-@lru_cache(maxsize=256)
-def _base64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-@lru_cache(maxsize=256)
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def desired_workloads(

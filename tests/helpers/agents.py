@@ -33,6 +33,8 @@ import yaml
 from tests.helpers.desired import desired_doc, workload_doc
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# agent.daemon logs this (node filled in) once its signal handlers are installed
+READY_LINE = " for node %s: servers "
 
 # The documents live in tests.helpers.desired; kept importable from here for older callers.
 __all__ = [
@@ -118,6 +120,16 @@ class AgentProc:
                 cwd=REPO_ROOT,
             )
         return self
+
+    def started(self) -> bool:
+        """This start's log (after its ``=== start N`` marker) has the line the daemon logs
+        right after installing its SIGTERM/SIGINT handlers: a stop now goes through them."""
+        return READY_LINE % self.node in self.logs().rsplit(f"=== start {self.starts}\n", 1)[-1]
+
+    def wait_started(self, timeout: float = 60.0) -> None:
+        """Until ``started()``: on a loaded machine the interpreter alone can take seconds,
+        and a SIGTERM before the handlers exist kills the agent (-15) instead of stopping it."""
+        self.wait_for(lambda a: a.started(), timeout=timeout, what="its signal handlers")
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``fleetkeeper-agent ARGS --config <this agent's config>``, as an operator runs it."""

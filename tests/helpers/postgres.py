@@ -27,7 +27,6 @@ import contextlib
 import itertools
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -39,6 +38,8 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 from psycopg import sql
+
+from tests.helpers.ports import free_port
 
 SUPERUSER = "postgres"
 PASSWORD_ROLE = "fleetkeeper_pw"
@@ -71,12 +72,6 @@ def _major(path: Path) -> int:
         return int(path.parent.name)
     except ValueError:
         return 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -151,7 +146,7 @@ class PostgresServer:
         """Start (again) on the same port; a first start picks a free one (retried)."""
         for attempt in range(5):
             if not self.port:
-                self.port = _free_port()
+                self.port = free_port()
             opts = (
                 f"-k {self.sockdir} -h 127.0.0.1 -p {self.port} "
                 "-c fsync=off -c max_connections=300 -c log_min_messages=warning"

@@ -69,6 +69,9 @@ def test_failed_version_is_remembered_across_restarts_until_new_version_or_retry
         document = desired_doc("node-f", generation, [w])
         write_json(agent.state_dir / "desired.json", {"document": document, "etag": None})
         agent.start()
+        # the last run's status.json may already say so: wait for this run to be up, or the
+        # agent.stop() below could come before its signal handlers
+        agent.wait_started()
         agent.wait_for(lambda a: _reported(a, version, until), what=f"{version} {until}")
 
     try:
@@ -177,15 +180,17 @@ def test_artifact_server_down_after_boot_is_retried_never_failed(
         for a in agents:
             failed = a.state_dir / "failed.json"
             assert not failed.exists() or "hello" not in failed.read_text()
-    # ... and its audit log: the rollout succeeded, it never halted
-    kinds: list[str] = []
-    deadline = time.monotonic() + 15
-    while "succeeded" not in kinds and time.monotonic() < deadline:
-        with server.admin() as c:
-            events = c.get("/v1/audit").json()["events"]
-        kinds = [e["kind"] for e in events if e.get("release") == "hello"]
-        time.sleep(0.2)
-    assert "halted" not in kinds and "succeeded" in kinds, events
+        # ... and its audit log: the rollout succeeded, it never halted. Asked while the
+        # agents still run: once they stop, their nodes go stale after the heartbeat TTL,
+        # and a pass that had not recorded the success yet (a loaded machine) never would.
+        kinds: list[str] = []
+        deadline = time.monotonic() + 30
+        while "succeeded" not in kinds and time.monotonic() < deadline:
+            with server.admin() as c:
+                events = c.get("/v1/audit").json()["events"]
+            kinds = [e["kind"] for e in events if e.get("release") == "hello"]
+            time.sleep(0.2)
+        assert "halted" not in kinds and "succeeded" in kinds, events
 
 
 def test_a_crash_loop_after_the_proof_is_a_version_failure(tmp_path: Path) -> None:

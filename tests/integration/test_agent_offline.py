@@ -38,6 +38,8 @@ def test_offline_agent_and_rollback_without_daemon(tmp_path: Path) -> None:
             write_json(desired, {"document": desired_doc("node-o", gen, [docs[v]]), "etag": None})
             agent.start()
             agent.wait_for(lambda a, v=v: reported(v, "Healthy"), what=f"{v} healthy")
+            # converging from the stored document can beat the first (failed) poll: await it
+            agent.wait_for(lambda a: "poll failed" in a.logs(), what="a failed poll")
             assert agent.stop() == 0
         assert "poll failed" in agent.logs()
         assert serves() == "hello 1.1.0"  # the workload outlives the agent

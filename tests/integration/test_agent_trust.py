@@ -17,6 +17,7 @@ from tests.helpers.artifact_server import ArtifactServer, free_port
 from tests.helpers.artifacts import Artifact, build_program
 from tests.helpers.desired import desired_doc, workload_doc
 from tests.helpers.fakereconciler import FakeReconciler, fake_reconciler, new_key, sign_doc
+from tests.helpers.wait import wait_until
 
 NODE = "gpu-1"
 
@@ -244,7 +245,14 @@ def test_expired_document_keeps_last_good_state_and_reports_desired_expired(rig:
             timeout=30,
             what="DesiredExpired",
         )
-        assert ((fake.last_report() or {}).get("desired") or {})["phase"] == "DesiredExpired"
+        # status.json is written before the report goes out: the server hears it a beat later
+        wait_until(
+            "the server's copy of the DesiredExpired report",
+            lambda: (
+                ((fake.last_report() or {}).get("desired") or {}).get("phase") == "DesiredExpired"
+            ),
+            timeout=15,
+        )
         assert rig.serves() == "hello 1.0.0"
         out = agent.cli("status")
         assert "desired state: DesiredExpired" in out.stdout, out.stdout + out.stderr

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("agent", "fleetkeeper_common")
 
@@ -74,23 +76,21 @@ def test_agent_has_no_import_cycle() -> None:
     assert find_cycle(graph) is None, find_cycle(graph)
 
 
-def test_every_agent_module_imports_alone_without_the_reconciler() -> None:
-    # One fresh interpreter per module: an import that only works after another module
+# One test per module, so pytest-xdist spreads the 60-odd interpreters over its workers.
+@pytest.mark.parametrize("name", sorted(modules()))
+def test_every_agent_module_imports_alone_without_the_reconciler(name: str) -> None:
+    # A fresh interpreter per module: an import that only works after another module
     # was imported first (the sign of a cycle) fails here.
     check = (
         "import importlib, sys\n"
         "importlib.import_module(sys.argv[1])\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'reconciler'))\n"
     )
-    failed = {}
-    for name in sorted(modules()):
-        proc = subprocess.run(
-            [sys.executable, "-c", check, name],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=ROOT,
-        )
-        if proc.returncode != 0 or proc.stdout.strip() != "[]":
-            failed[name] = (proc.stdout + proc.stderr)[-500:]
-    assert not failed, failed
+    proc = subprocess.run(
+        [sys.executable, "-c", check, name],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", (proc.stdout + proc.stderr)[-500:]

@@ -4,12 +4,17 @@ approved file's bytes (``fleetkeeper_common.fleetfile``), and the YAML both refu
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 import yaml
 
-from fleetkeeper_common.fleetfile import FleetFileError, fill, load_strict, workload_entry
+from fleetkeeper_common.fleetfile import FleetFileError, load_strict, workload_entry
+from fleetkeeper_common.rendering import fill
 from reconciler.plan.select import NodeFacts, resolve, workload_document
-from reconciler.spec import parse_deployable, parse_fleet, parse_node
+from reconciler.secret_files import attach_ciphertexts
+from reconciler.spec import FleetSpec, parse_deployable, parse_fleet, parse_node
+from reconciler.validate.config_files import load_config
 from reconciler.validate.loader import load_file
 from tests.helpers.fleetdocs import model_doc, node_doc, release_doc
 
@@ -26,10 +31,35 @@ RELEASE = release_doc(
 )
 RELEASE["health"] = {"http": "http://127.0.0.1:${node.labels.port}/healthz", "timeoutSeconds": 9}
 RELEASE["versionProbe"] = ["bin/ia", "--version"]
+RELEASE["drain"] = {"http": "http://127.0.0.1:${node.labels.port}/drain", "timeoutSeconds": 30}
 RELEASE["artifacts"][0]["unpackedSize"] = 4096
 RELEASE["data"] = {"snapshot": True, "maxBytes": 1 << 20}
+# config files and an age ciphertext: the other files of the tree the entry carries
+WITH_FILES = release_doc("coder", "2.0.0", platforms=("linux/amd64", "darwin/arm64"))
+WITH_FILES["config"] = {
+    "files": [
+        {"from": "config/coder/soul.md", "to": "soul.md", "template": True},
+        {"from": "config/coder/tools.json", "to": "tools/tools.json"},
+        {"from": "config/coder/raw.txt", "to": "raw.txt", "template": True},  # no placeholder
+    ],
+    "onChange": "none",
+}
+WITH_FILES["secrets"] = [
+    {"name": "API_KEY", "from": "secrets/coder/api-key.age", "as": "env"},
+    {"name": "TOKEN", "from": "secrets/coder/token.age", "as": "file"},
+]
+TREE_FILES = {
+    "config/coder/soul.md": b"I am ${node.name} at ${node.labels.site}; ${HOME} stays\n",
+    "config/coder/tools.json": b'{"tools": ["${node.name}"]}\n',  # not a template: kept
+    "config/coder/raw.txt": b"plain\n",
+    "secrets/coder/api-key.age": b"-----BEGIN AGE ENCRYPTED FILE-----\nYWdl\n"
+    b"-----END AGE ENCRYPTED FILE-----\n",
+    "secrets/coder/token.age": b"-----BEGIN AGE ENCRYPTED FILE-----\ndG9r\n"
+    b"-----END AGE ENCRYPTED FILE-----\n",
+}
 FILES = {
     "releases/inference-agent/0.8.4.yaml": RELEASE,
+    "releases/coder/2.0.0.yaml": WITH_FILES,
     "models/qwen/1.0.0.yaml": model_doc("qwen", "1.0.0"),
     "releases/minimal/1.0.0.yaml": {
         **release_doc("minimal", "1.0.0", platforms=("linux/amd64",)),
@@ -45,13 +75,33 @@ def test_agent_renders_what_the_reconciler_renders(path: str, node: dict[str, ob
     loaded, problems = load_file(path, data)
     assert loaded is not None and problems == []
     facts = NodeFacts.from_spec(parse_node(None, node))
-    reconciler_side = workload_document(
-        parse_deployable(path, loaded.value, parse_fleet(None)), facts
+    # the reconciler's own way in: config bytes read by the validator, ciphertext attached
+    spec = FleetSpec(
+        fleet=parse_fleet(None),
+        nodes={},
+        deployables=(parse_deployable(path, loaded.value, parse_fleet(None)),),
     )
+    spec, violations = load_config(spec, lambda p: ("100644", TREE_FILES[p]))
+    assert violations == ()
+    spec = attach_ciphertexts(spec, TREE_FILES)
+    reconciler_side = workload_document(spec.deployables[0], facts)
     agent_side = workload_entry(
-        load_strict(data, path), facts.name, dict(facts.labels), facts.platform
+        load_strict(data, path),
+        facts.name,
+        dict(facts.labels),
+        facts.platform,
+        TREE_FILES.__getitem__,
     )
     assert agent_side == reconciler_side
+    if path == "releases/coder/2.0.0.yaml" and agent_side is not None:
+        soul = base64.b64decode(agent_side["config"]["files"][0]["content"])
+        site = dict(facts.labels).get("site", "")
+        assert soul == f"I am {facts.name} at {site}; ${{HOME}} stays\n".encode()
+
+
+def test_config_and_secrets_are_never_rendered_without_their_files() -> None:
+    with pytest.raises(FleetFileError, match="config and secrets need the files they name"):
+        workload_entry(WITH_FILES, "gpu-1", {}, "linux/amd64")
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,7 @@ from pathlib import Path
 from reconciler.approval.engine import Approver
 from reconciler.commands.plan import build_view
 from reconciler.config import ApprovalSettings
+from reconciler.plan.inputs import PlanInputs
 from reconciler.plan.rollout import compute_plan
 from reconciler.plan.select import inventory
 from reconciler.revision import fleet_listing, load_revision
@@ -219,18 +220,10 @@ def loop_planner(repo: Path, state: Path) -> tuple[float, float]:
     loaded = load_revision(source.repository(), tip)
     assert loaded.spec is not None
     nodes = inventory(loaded.spec)
-    first = compute_plan(loaded.spec, nodes, {}, {}, {}, 0.0, 60.0, revision=None, approval=None)
+    first = compute_plan(PlanInputs(loaded.spec, nodes, {}, {}, {}, 0.0, 60.0, None, None))
     clock = Clock()
     compute_plan(
-        loaded.spec,
-        nodes,
-        first.rollouts,
-        {},
-        first.desired,
-        10.0,
-        60.0,
-        revision=None,
-        approval=None,
+        PlanInputs(loaded.spec, nodes, first.rollouts, {}, first.desired, 10.0, 60.0, None, None)
     )
     return clock.lap()
 

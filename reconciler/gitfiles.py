@@ -14,7 +14,7 @@ Blobs are read as stored: no filter, eol or working-tree-encoding attribute appl
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,27 +116,40 @@ def _irregular(path: str, mode: str, prefix: str) -> bool:
     return path.startswith(prefix) and mode != _REGULAR_MODE and in_fleet_area(path[len(prefix) :])
 
 
+def _records(out: bytes) -> Iterator[tuple[str, str]]:
+    """(meta, path) of each record of ``git ls-files --stage -z`` / ``git ls-tree -z``."""
+    for record in out.decode("utf-8", "surrogateescape").split("\0"):
+        if record:
+            meta, path = record.split("\t", 1)
+            yield meta, path
+
+
+def _collect(repo: Path, rows: Iterable[tuple[str, str, str]], prefix: str) -> FleetEntries:
+    """The fleet entries among ``rows`` of (mode, sha, path): regular files read, the
+    rest of the fleet area kept as irregular."""
+    entries: list[tuple[str, str]] = []
+    irregular: list[tuple[str, str]] = []
+    for mode, sha, path in rows:
+        if mode == _REGULAR_MODE and _wanted(path, prefix):
+            entries.append((path, sha))
+        elif _irregular(path, mode, prefix):
+            irregular.append((path[len(prefix) :], mode))
+    return FleetEntries(_read_blobs(repo, _strip(entries, prefix)), tuple(irregular))
+
+
 def index_entries(repo: Path, prefix: str = "") -> FleetEntries:
     """The index under ``prefix`` ('' or 'dir/'), paths without it: what will be committed.
 
     ``repo`` is the work tree's top folder; ``prefix`` is relative to it.
     """
     out = _git(repo, "ls-files", "--stage", "-z", "--full-name")
-    entries: list[tuple[str, str]] = []
-    irregular: list[tuple[str, str]] = []
-    for record in out.decode("utf-8", "surrogateescape").split("\0"):
-        if not record:
-            continue
-        meta, path = record.split("\t", 1)
+    rows = []
+    for meta, path in _records(out):
         mode, sha, stage = meta.split()
         # stage != 0: an unresolved merge conflict; the commit cannot happen yet anyway
-        if stage != "0":
-            continue
-        if mode == _REGULAR_MODE and _wanted(path, prefix):
-            entries.append((path, sha))
-        elif _irregular(path, mode, prefix):
-            irregular.append((path[len(prefix) :], mode))
-    return FleetEntries(_read_blobs(repo, _strip(entries, prefix)), tuple(irregular))
+        if stage == "0":
+            rows.append((mode, sha, path))
+    return _collect(repo, rows, prefix)
 
 
 def index_files(repo: Path, prefix: str = "") -> dict[str, bytes]:
@@ -150,18 +163,11 @@ def tree_entries(repo: Path, rev: str, prefix: str = "") -> FleetEntries:
     if commit is None:
         raise CommandError(["git", "rev-parse", rev], 128, f"{rev!r} names no commit")
     out = _git(repo, "ls-tree", "-r", "-z", "--full-tree", commit)
-    entries: list[tuple[str, str]] = []
-    irregular: list[tuple[str, str]] = []
-    for record in out.decode("utf-8", "surrogateescape").split("\0"):
-        if not record:
-            continue
-        meta, path = record.split("\t", 1)
+    rows = []
+    for meta, path in _records(out):
         mode, _, sha = meta.split()
-        if mode == _REGULAR_MODE and _wanted(path, prefix):
-            entries.append((path, sha))
-        elif _irregular(path, mode, prefix):
-            irregular.append((path[len(prefix) :], mode))
-    return FleetEntries(_read_blobs(repo, _strip(entries, prefix)), tuple(irregular))
+        rows.append((mode, sha, path))
+    return _collect(repo, rows, prefix)
 
 
 def tree_files(repo: Path, rev: str, prefix: str = "") -> dict[str, bytes]:

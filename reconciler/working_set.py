@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 
 from reconciler.plan.controls import Control
 from reconciler.plan.incremental import Memo, Replan, replan
+from reconciler.plan.inputs import PlanInputs
 from reconciler.plan.observations import NodeReport
 from reconciler.plan.select import NodeFacts, inventory
 from reconciler.reportbook import ReportBook
@@ -132,7 +133,7 @@ class WorkingSet:
                 r.node: NodeReport.from_json(r.node, r.report, r.received_at)
                 for r in self._store.reports()
             }
-        result = replan(
+        inputs = PlanInputs(
             spec,
             self._inventory,
             self._rollouts,
@@ -143,11 +144,9 @@ class WorkingSet:
             revision=applied.sha,
             approval=applied.approval,
             stale_before=stale_before,
-            memo=self._memo,
-            news=news,
-            previous=self._previous,
             controls=self._controls,
         )
+        result = replan(inputs, memo=self._memo, news=news, previous=self._previous)
         if result.touched is None:
             self.full_passes += 1
         else:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-# the throwaway PostgreSQL server (fixtures ``postgres``, ``postgres_url``): one per session
-pytest_plugins = ["tests.helpers.postgres"]
+# the throwaway PostgreSQL server (fixtures ``postgres``, ``postgres_url``) and the signing
+# keys (fixture ``keys``): one per session
+pytest_plugins = ["tests.helpers.postgres", "tests.helpers.keys"]
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Fleet Tester",

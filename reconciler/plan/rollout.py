@@ -44,6 +44,7 @@ from reconciler.plan import windows as win
 from reconciler.plan.batches import make_batches
 from reconciler.plan.budget import dropped_off, iso, max_unavailable, spread_delay, unavailable
 from reconciler.plan.controls import Control, apply_controls
+from reconciler.plan.inputs import PlanInputs
 from reconciler.plan.observations import NodeReport, failed, is_stale, runs
 from reconciler.plan.select import NodeFacts, latest_versions, target_nodes, workload_document
 from reconciler.plan.state import (
@@ -59,7 +60,7 @@ from reconciler.plan.state import (
     state_from_json,
     state_to_json,
 )
-from reconciler.spec import JSON, Deployable, FleetSpec, Windows
+from reconciler.spec import JSON, Deployable, Windows
 
 API_VERSION = "fleetkeeper/v1"
 
@@ -618,31 +619,30 @@ def step_release(
     return step, given
 
 
-def compute_plan(
-    spec: FleetSpec,
-    nodes: Mapping[str, NodeFacts],
-    rollouts: Mapping[str, Mapping[str, JSON]],
+def stale_events(
+    stale: frozenset[str],
+    stale_before: frozenset[str],
     reports: Mapping[str, NodeReport],
-    desired: Mapping[str, Mapping[str, JSON]],
     now: float,
-    ttl: float,
-    *,
-    revision: str | None,
-    approval: Mapping[str, JSON] | None,
-    stale_before: frozenset[str] = frozenset(),
-    controls: Mapping[str, Sequence[Control]] | None = None,
-) -> Plan:
-    """Desired state per node and each rollout's next step, from the inputs alone.
+) -> list[PlanEvent]:
+    """A node that went Stale since the previous pass, or reports again: one event each."""
+    events = []
+    for n in sorted(stale - stale_before):
+        age = int(now - reports[n].received_at)
+        events.append(PlanEvent("stale", f"node {n} went Stale: last report {age}s ago", node=n))
+    for n in sorted((stale_before - stale) & set(reports)):
+        events.append(PlanEvent("fresh", f"node {n} reports again", node=n))
+    return events
 
-    ``nodes``: the inventory (``select.inventory``); ``rollouts``: stored rollout state per
-    release; ``reports``: last report per node; ``desired``: the stored desired-state
-    documents; ``ttl``: heartbeat TTL in seconds; ``stale_before``: nodes that were stale
-    at the previous pass (so "went stale" is recorded once); ``controls``: the operator
-    control records per workload name.
+
+def compute_plan(inputs: PlanInputs) -> Plan:
+    """Desired state per node and each rollout's next step, from the inputs alone.
 
     Long because it is the planner's whole contract in order (stale nodes, each rollout
     stepped, desired documents per node, the next wake); each part is one call.
     """
+    spec, nodes, rollouts, reports = inputs.spec, inputs.nodes, inputs.rollouts, inputs.reports
+    desired, now, ttl, controls = inputs.desired, inputs.now, inputs.ttl, inputs.controls
     # A node with a stored document that left the inventory (its file was deleted, or it
     # is unlisted) gets an empty one: what it was given before must not stay desired.
     per_node: dict[str, list[Mapping[str, JSON]]] = {n: [] for n in [*nodes, *desired]}
@@ -683,15 +683,11 @@ def compute_plan(
             per_node[n].append(w)
 
     out = {
-        n: desired_document(n, per_node[n], revision, approval, desired.get(n))
+        n: desired_document(n, per_node[n], inputs.revision, inputs.approval, desired.get(n))
         for n in sorted(per_node)
     }
     stale = frozenset(n for n, r in reports.items() if n in nodes and is_stale(r, now, ttl))
-    for n in sorted(stale - stale_before):
-        age = int(now - reports[n].received_at)
-        events.append(PlanEvent("stale", f"node {n} went Stale: last report {age}s ago", node=n))
-    for n in sorted((stale_before - stale) & set(reports)):
-        events.append(PlanEvent("fresh", f"node {n} reports again", node=n))
+    events.extend(stale_events(stale, inputs.stale_before, reports, now))
     return Plan(
         desired=out,
         rollouts=states,

@@ -5,9 +5,10 @@ A message says what changed, never the data: ``{"kind", "nodes", "from"}`` with 
 registered, re-registered or was reset: reload the tokens), ``reports`` (stored reports
 or lastSeen moved: the leader re-reads them), ``fetch`` (a webhook reached a follower:
 the leader fetches), ``revision`` (the leader applied a new revision: followers load its
-spec, which registration and status need). Receivers read the store, which is the
-truth; a lost message costs only latency, since each (re)connection starts with a full
-refresh and the leader's resync re-reads everything anyway.
+spec, which registration and status need), ``controls`` (an operator's rollout control
+was stored: the leader plans with it now, not at its next resync). Receivers read the
+store, which is the truth; a lost message costs only latency, since each (re)connection
+starts with a full refresh and the leader's resync re-reads everything anyway.
 
 ``send`` is called from any thread right after the write committed, on a connection of
 its own (autocommit: the notification leaves at once); ``listen`` runs on the event loop
@@ -41,8 +42,8 @@ MAX_PAYLOAD = 7000  # bytes; PostgreSQL refuses 8000 and more
 CONNECT_TIMEOUT = 3
 RETRY_SECONDS = 1.0
 
-Kind = Literal["desired", "nodes", "reports", "fetch", "revision"]
-KINDS: tuple[Kind, ...] = ("desired", "nodes", "reports", "fetch", "revision")
+Kind = Literal["desired", "nodes", "reports", "fetch", "revision", "controls"]
+KINDS: tuple[Kind, ...] = ("desired", "nodes", "reports", "fetch", "revision", "controls")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ import hashlib
 from psycopg import AsyncConnection, sql
 from psycopg.rows import TupleRow
 
+from reconciler.plan.controls import ACTIONS
+
 SETTING = "fleetkeeper.replica"
 
 
@@ -32,14 +34,15 @@ def _key(name: str) -> int:
 LEADER_LOCK = _key("fleetkeeper leader")
 SETUP_LOCK = _key("fleetkeeper replica setup")
 
-# Audit kinds the API writes on any replica (registrations, join tokens, node resets);
-# every other kind comes from the loop and is fenced.
+# Audit kinds the API writes on any replica (registrations, join tokens, node resets,
+# an operator's rollout controls); every other kind comes from the loop and is fenced.
 API_AUDIT_KINDS = (
     "registered",
     "registration-refused",
     "join-token-created",
     "join-token-revoked",
     "node-reset",
+    *(f"rollout-{a}" for a in ACTIONS),
 )
 
 # table -> the statements the loop makes on it (deletes of desired documents come from
@@ -140,7 +143,12 @@ async def _installed(conn: AsyncConnection[TupleRow]) -> bool:
     for table in want - have:
         if await _exists(conn, table):
             return False
-    return True
+    # the audit trigger of an older version lets fewer kinds through: replace it
+    cur = await conn.execute(
+        "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = 'fleetkeeper_fence_audit'"
+    )
+    defs = [str(r[0]) for r in await cur.fetchall()]
+    return all(all(f"'{k}'" in d for k in API_AUDIT_KINDS) for d in defs)
 
 
 async def _exists(conn: AsyncConnection[TupleRow], table: str) -> bool:

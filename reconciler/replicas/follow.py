@@ -73,6 +73,8 @@ class Follower:
                 self._spawn(self._reports_later())
         elif message.kind == "fetch" and self._leadership.leading:
             self._source.trigger()
+        elif message.kind == "controls" and self._leadership.leading:
+            self._wake()  # the pass reads the new control record from the store
         elif message.kind == "revision":
             self._spawn(self.refresh_spec())
 

@@ -1,11 +1,13 @@
 """The served store on PostgreSQL: each committed write that another replica caches
-(desired documents, nodes and tokens, reports) is announced on the bus afterwards."""
+(desired documents, nodes and tokens, reports) or that the leader must act on (rollout
+controls) is announced on the bus afterwards."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
 from reconciler.api.metrics import MeteredStore, Metrics
+from reconciler.plan.controls import Control
 from reconciler.replicas.bus import Bus, Kind
 from reconciler.spec import JSON
 from reconciler.store.base import (
@@ -78,6 +80,11 @@ class ReplicatedStore(MeteredStore):
         if deleted:
             self._announce("nodes", [name])
         return deleted
+
+    def add_control(self, control: Control, audit: AuditEvent) -> int:
+        seq = super().add_control(control, audit)
+        self._announce("controls", [])
+        return seq
 
     def put_report(self, report: ReportRecord) -> None:
         super().put_report(report)

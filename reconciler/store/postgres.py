@@ -28,13 +28,14 @@ a ``pg_terminate_backend`` the next call gets a fresh connection.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -45,16 +46,12 @@ from reconciler.errors import ConfigError
 from reconciler.plan.controls import Control
 from reconciler.spec import JSON
 from reconciler.store.base import (
-    AppliedRevision,
     AuditEvent,
-    ClaimRefusal,
     DesiredRecord,
-    JoinToken,
-    NodeClaim,
-    NodeRecord,
     ReportRecord,
 )
 from reconciler.store.pg_migrations import LATEST, MIGRATIONS
+from reconciler.store.sql import Db, SqlStore
 from reconciler.store.urls import redact_url
 
 log = logging.getLogger(__name__)
@@ -110,7 +107,7 @@ class _Unit(threading.local):
     conn: Conn | None = None  # the connection of this thread's atomic() block
 
 
-class PostgresStore:
+class PostgresStore(SqlStore):
     """The Store protocol over a PostgreSQL database (``url`` as in the module doc)."""
 
     def __init__(self, url: str) -> None:
@@ -133,6 +130,8 @@ class PostgresStore:
         self._pool.open()
 
     # plumbing
+
+    _q = staticmethod(functools.cache(lambda query: query.replace("?", "%s")))
 
     def _connect(self) -> Conn:
         try:
@@ -211,114 +210,11 @@ class PostgresStore:
         with self._tx(timeout=PING_TIMEOUT) as conn:
             conn.execute("SELECT 1")
 
-    def schema_version(self) -> int:
-        with self._tx() as conn:
-            return _version(conn)
+    def _insert_audit(self, db: Db, event: AuditEvent) -> int:
+        return _insert_audit(cast(Conn, db), event)
 
-    def applied_revision(self) -> AppliedRevision | None:
-        rows = self._read(
-            f"SELECT {records.APPLIED_COLUMNS} FROM applied_revisions ORDER BY id DESC LIMIT 1"
-        )
-        return records.applied_record(rows[0]) if rows else None
-
-    def set_applied_revision(self, rev: AppliedRevision) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO applied_revisions (sha, approval, applied_at) VALUES (%s, %s, %s)",
-                (rev.sha, records.dumps(rev.approval), rev.applied_at),
-            )
-
-    def append_audit(self, event: AuditEvent) -> int:
-        with self._tx() as conn:
-            return _insert_audit(conn, event)
-
-    def audit(self, since: float | None = None, limit: int = 1000) -> Sequence[AuditEvent]:
-        query = f"SELECT id, {records.AUDIT_COLUMNS} FROM audit "
-        params: list[object] = []
-        if since is not None:
-            query += "WHERE time >= %s "
-            params.append(since)
-        rows = self._read(query + "ORDER BY id LIMIT %s", [*params, max(0, limit)])
-        return [records.audit_record(r) for r in rows]
-
-    def upsert_node(self, node: NodeRecord) -> None:
-        with self._tx() as conn:
-            conn.execute(_UPSERT_NODE, records.node_row(node))
-
-    def node(self, name: str) -> NodeRecord | None:
-        rows = self._read(f"SELECT {records.NODE_COLUMNS} FROM nodes WHERE name = %s", (name,))
-        return records.node_record(rows[0]) if rows else None
-
-    def nodes(self) -> Sequence[NodeRecord]:
-        rows = self._read(f"SELECT {records.NODE_COLUMNS} FROM nodes ORDER BY name")
-        return [records.node_record(r) for r in rows]
-
-    def delete_node(self, name: str) -> bool:
-        with self._tx() as conn:
-            return conn.execute("DELETE FROM nodes WHERE name = %s", (name,)).rowcount > 0
-
-    def claim_node(
-        self, node: NodeRecord, *, replaces: str | None, join_token: str | None
-    ) -> ClaimRefusal | None:
-        with self._tx() as conn:
-            _lock_names(conn, [node.name])
-            return _claim(conn, node, replaces, join_token)
-
-    def claim_nodes(self, claims: Sequence[NodeClaim]) -> list[ClaimRefusal | None]:
-        results: list[ClaimRefusal | None] = []
-        if not claims:
-            return results
-        with self._tx() as conn:
-            _lock_names(conn, [c.node.name for c in claims])  # all first, sorted: no deadlock
-            for c in claims:
-                lost = _claim(conn, c.node, c.replaces, c.join_token)
-                if lost is None:
-                    _insert_audit(conn, c.audit)
-                results.append(lost)
-        return results
-
-    def create_join_token(self, token: JoinToken) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                f"INSERT INTO join_tokens ({records.TOKEN_COLUMNS}) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                records.token_row(token),
-            )
-
-    def join_tokens(self) -> Sequence[JoinToken]:
-        rows = self._read(
-            f"SELECT {records.TOKEN_COLUMNS} FROM join_tokens ORDER BY created_at, id"
-        )
-        return [records.join_token_record(r) for r in rows]
-
-    def join_token_by_hash(self, token_hash: str) -> JoinToken | None:
-        rows = self._read(
-            f"SELECT {records.TOKEN_COLUMNS} FROM join_tokens WHERE token_hash = %s",
-            (token_hash,),
-        )
-        return records.join_token_record(rows[0]) if rows else None
-
-    def revoke_join_token(self, token_id: str, now: float) -> JoinToken | None:
-        with self._tx() as conn:
-            conn.execute(
-                "UPDATE join_tokens SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL",
-                (now, token_id),
-            )
-            row = conn.execute(
-                f"SELECT {records.TOKEN_COLUMNS} FROM join_tokens WHERE id = %s", (token_id,)
-            ).fetchone()
-            return None if row is None else records.join_token_record(row)
-
-    def desired(self, node: str) -> DesiredRecord | None:
-        rows = self._read(f"SELECT {records.DESIRED_COLUMNS} FROM desired WHERE node = %s", (node,))
-        return records.desired_record(rows[0]) if rows else None
-
-    def all_desired(self) -> Sequence[DesiredRecord]:
-        rows = self._read(f"SELECT {records.DESIRED_COLUMNS} FROM desired ORDER BY node")
-        return [records.desired_record(r) for r in rows]
-
-    def put_desired(self, node: str, document: Mapping[str, JSON]) -> tuple[DesiredRecord, bool]:
-        return self.put_desired_many({node: document})[0]
+    def _lock_names(self, db: Db, names: Sequence[str]) -> None:
+        _lock_names(cast(Conn, db), names)
 
     def put_desired_many(
         self, documents: Mapping[str, Mapping[str, JSON]]
@@ -328,10 +224,10 @@ class PostgresStore:
         with self._tx() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (DESIRED_LOCK,))
             rows = conn.execute(
-                f"SELECT {records.DESIRED_COLUMNS} FROM desired WHERE node = ANY(%b)",
+                f"SELECT {records.DESIRED.columns} FROM desired WHERE node = ANY(%b)",
                 (list(documents),),
             ).fetchall()
-            stored = {r[0]: records.desired_record(r) for r in rows}
+            stored = {r[0]: records.DESIRED.record(r) for r in rows}
             out: list[tuple[DesiredRecord, bool]] = []
             changed: dict[str, DesiredRecord] = {}
             for node, document in documents.items():
@@ -346,7 +242,7 @@ class PostgresStore:
             if changed:
                 new = [changed[n] for n in sorted(changed)]
                 conn.execute(
-                    f"INSERT INTO desired ({records.DESIRED_COLUMNS}) "
+                    f"INSERT INTO desired ({records.DESIRED.columns}) "
                     "SELECT * FROM unnest(%b::text[], %b::int8[], %b::text[], %b::text[]) "
                     "ORDER BY 1 ON CONFLICT (node) DO UPDATE SET "
                     "generation = excluded.generation, etag = excluded.etag, "
@@ -359,9 +255,6 @@ class PostgresStore:
                     ),
                 )
         return out
-
-    def put_report(self, report: ReportRecord) -> None:
-        self.put_reports([report])
 
     def put_reports(self, reports: Sequence[ReportRecord]) -> None:
         last = {r.node: r for r in reports}  # the later of two reports of one node wins
@@ -400,44 +293,20 @@ class PostgresStore:
                 (list(nodes), list(times)),
             )
 
-    def reports(self) -> Sequence[ReportRecord]:
-        rows = self._read(f"SELECT {records.REPORT_COLUMNS} FROM reports ORDER BY node")
-        return [records.report_record(r) for r in rows]
-
-    def rollouts(self) -> Mapping[str, Mapping[str, JSON]]:
-        rows = self._read("SELECT name, state FROM rollouts ORDER BY name")
-        return {r[0]: records.loads(r[1]) for r in rows}
-
-    def put_rollout(self, name: str, state: Mapping[str, JSON]) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO rollouts (name, state) VALUES (%s, %s) "
-                "ON CONFLICT (name) DO UPDATE SET state = excluded.state",
-                (name, records.dumps(state)),
-            )
-
     def add_control(self, control: Control, audit: AuditEvent) -> int:
         with self._tx() as conn:
             # the audit lock, taken before the insert, makes seqs commit in seq order too:
             # the planner asks for controls(after=last seen) and must never skip one
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,))
             row = conn.execute(
-                f"INSERT INTO rollout_controls ({records.CONTROL_COLUMNS}) "
+                f"INSERT INTO rollout_controls ({records.CONTROLS.columns}) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING seq",
-                records.control_row(control),
+                records.CONTROLS.row(control),
             ).fetchone()
             assert row is not None
             seq = int(row[0])
             _insert_audit(conn, replace(audit, details={**audit.details, "seq": seq}))
             return seq
-
-    def controls(self, after: int = 0) -> Sequence[Control]:
-        rows = self._read(
-            f"SELECT seq, {records.CONTROL_COLUMNS} "
-            "FROM rollout_controls WHERE seq > %s ORDER BY seq",
-            (after,),
-        )
-        return [records.control_record(r) for r in rows]
 
     def observe(self, shas: Sequence[str], now: float) -> Mapping[str, float]:
         wanted = sorted(set(shas))
@@ -454,35 +323,15 @@ class PostgresStore:
             ).fetchall()
         return {str(sha): float(at) for sha, at in rows}
 
-    def get_meta(self, key: str) -> str | None:
-        rows = self._read("SELECT value FROM meta WHERE key = %s", (key,))
-        return str(rows[0][0]) if rows else None
-
-    def set_meta(self, key: str, value: str) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES (%s, %s) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, value),
-            )
-
-
-_UPSERT_NODE = (
-    f"INSERT INTO nodes ({records.NODE_COLUMNS}) VALUES (%s, %s, %s, %s, %s) "
-    "ON CONFLICT (name) DO UPDATE SET facts = excluded.facts, "
-    "token_hash = excluded.token_hash, registered_at = excluded.registered_at, "
-    "admission = excluded.admission"
-)
-
 
 def _insert_audit(conn: Conn, event: AuditEvent) -> int:
     """Append ``event`` inside the caller's transaction. The lock (held to the commit)
     makes ids commit in id order: a reader paging by id never skips a late commit."""
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,))
     row = conn.execute(
-        f"INSERT INTO audit ({records.AUDIT_COLUMNS}) "
+        f"INSERT INTO audit ({records.AUDIT.columns}) "
         "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
-        records.audit_row(event),
+        records.AUDIT.row(event),
     ).fetchone()
     assert row is not None
     return int(row[0])
@@ -494,25 +343,6 @@ def _lock_names(conn: Conn, names: Sequence[str]) -> None:
     of a name is then atomic across replicas, as under SQLite's single writer."""
     for name in sorted(set(names)):
         conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (NODE_LOCKS, name))
-
-
-def _claim(
-    conn: Conn, node: NodeRecord, replaces: str | None, join_token: str | None
-) -> ClaimRefusal | None:
-    """One claim inside the caller's transaction, its name locked; a refusal writes nothing."""
-    row = conn.execute("SELECT token_hash FROM nodes WHERE name = %s", (node.name,)).fetchone()
-    if (None if row is None else str(row[0])) != replaces:
-        return "taken"
-    if join_token is not None:
-        spent = conn.execute(
-            "UPDATE join_tokens SET used = used + 1 WHERE id = %s "
-            "AND revoked_at IS NULL AND expires_at > %s AND used < uses",
-            (join_token, node.registered_at),
-        )
-        if spent.rowcount != 1:
-            return "token-spent"
-    conn.execute(_UPSERT_NODE, records.node_row(node))
-    return None
 
 
 def _version(conn: Conn) -> int:

@@ -1,15 +1,18 @@
 """Rows <-> records, shared by every SQL backend (the same tables, the same columns).
 
-JSON documents are stored as canonical text, so two backends (and a migrated copy)
-hold byte-identical values and the same ETags.
+Each table is one ``Shape``: its columns, in order, named like the fields of its record
+type, and how a column that is not stored as it is (JSON text) is turned to and from a
+value. JSON documents are stored as canonical text, so two backends (and a migrated
+copy) hold byte-identical values and the same ETags.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from fleetkeeper_common.canonical import canonical_json
 from reconciler.plan.controls import Control
@@ -24,16 +27,7 @@ from reconciler.store.base import (
 )
 
 dumps = canonical_json
-
-NODE_COLUMNS = "name, facts, token_hash, registered_at, admission"
-TOKEN_COLUMNS = (
-    "id, token_hash, created_at, expires_at, uses, used, node, roles, labels, revoked_at"
-)
-DESIRED_COLUMNS = "node, generation, etag, document"
-AUDIT_COLUMNS = "time, kind, message, revision, release, node, details"  # id: the store's
-CONTROL_COLUMNS = "name, action, fingerprint, node, actor, reason, at"  # seq: the store's
-REPORT_COLUMNS = "node, report, received_at"
-APPLIED_COLUMNS = "sha, approval, applied_at"
+R = TypeVar("R")
 
 
 def loads(text: str) -> Any:
@@ -64,118 +58,98 @@ def next_desired(
     )
 
 
-def node_row(node: NodeRecord) -> tuple[object, ...]:
-    return (
-        node.name,
-        dumps(node.facts),
-        node.token_hash,
-        node.registered_at,
-        dumps(node.admission),
-    )
+@dataclass(frozen=True)
+class Codec:
+    """How a field becomes a column value (``dump``) and back (``load``)."""
+
+    dump: Callable[[Any], object]
+    load: Callable[[Any], Any]
 
 
-def token_row(token: JoinToken) -> tuple[object, ...]:
-    return (
-        token.id,
-        token.token_hash,
-        token.created_at,
-        token.expires_at,
-        token.uses,
-        token.used,
-        token.node,
-        None if token.roles is None else dumps(list(token.roles)),
-        None if token.labels is None else dumps(dict(token.labels)),
-        token.revoked_at,
-    )
+def _same(value: Any) -> Any:
+    return value
 
 
-def node_record(row: tuple[Any, ...]) -> NodeRecord:
-    return NodeRecord(
-        name=row[0],
-        facts=loads(row[1]),
-        token_hash=row[2],
-        registered_at=row[3],
-        admission=loads(row[4]),
-    )
+AS_IS = Codec(_same, _same)
+JSON_TEXT = Codec(dumps, loads)
+TUPLE_OR_NULL = Codec(
+    lambda v: None if v is None else dumps(list(v)),
+    lambda t: None if t is None else tuple(loads(t)),
+)
+DICT_OR_NULL = Codec(
+    lambda v: None if v is None else dumps(dict(v)),
+    lambda t: None if t is None else dict(loads(t)),
+)
 
 
-def join_token_record(row: tuple[Any, ...]) -> JoinToken:
-    roles, labels = row[7], row[8]
-    return JoinToken(
-        id=row[0],
-        token_hash=row[1],
-        created_at=row[2],
-        expires_at=row[3],
-        uses=row[4],
-        used=row[5],
-        node=row[6],
-        roles=None if roles is None else tuple(loads(roles)),
-        labels=None if labels is None else dict(loads(labels)),
-        revoked_at=row[9],
-    )
+class Shape(Generic[R]):
+    """One table's columns and the record type they fill, field by field (same names).
+
+    ``key``: a column the database assigns (an id, a seq): not written by ``row``, read
+    as the first column, before ``columns``, by ``record``.
+    """
+
+    def __init__(
+        self,
+        make: Callable[..., R],
+        columns: Sequence[str],
+        *,
+        key: str | None = None,
+        **codecs: Codec,
+    ) -> None:
+        unknown = codecs.keys() - set(columns)
+        if unknown:
+            raise ValueError(f"codecs for columns the shape does not have: {sorted(unknown)}")
+        self._make = make
+        self._fields = tuple((c, codecs.get(c, AS_IS)) for c in columns)
+        self._key = key
+        self.columns = ", ".join(columns)  # for SELECT and INSERT lists
+
+    def row(self, record: R) -> tuple[object, ...]:
+        """The values of ``columns``, in order."""
+        return tuple(c.dump(getattr(record, n)) for n, c in self._fields)
+
+    def record(self, row: Sequence[Any]) -> R:
+        """A row of ``columns`` (``key, columns`` when the shape has a key)."""
+        values = row[1:] if self._key is not None else row
+        fields = {n: c.load(v) for (n, c), v in zip(self._fields, values, strict=True)}
+        if self._key is not None:
+            fields[self._key] = int(row[0])
+        return self._make(**fields)
 
 
-def desired_record(row: tuple[Any, ...]) -> DesiredRecord:
-    return DesiredRecord(node=row[0], generation=row[1], etag=row[2], document=loads(row[3]))
-
-
-def audit_row(event: AuditEvent) -> tuple[object, ...]:
-    """The values of ``AUDIT_COLUMNS`` (the id is assigned by the insert)."""
-    return (
-        event.time,
-        event.kind,
-        event.message,
-        event.revision,
-        event.release,
-        event.node,
-        dumps(event.details),
-    )
-
-
-def audit_record(row: tuple[Any, ...]) -> AuditEvent:
-    """A row of ``id, AUDIT_COLUMNS``."""
-    return AuditEvent(
-        id=row[0],
-        time=row[1],
-        kind=row[2],
-        message=row[3],
-        revision=row[4],
-        release=row[5],
-        node=row[6],
-        details=loads(row[7]),
-    )
-
-
-def control_row(control: Control) -> tuple[object, ...]:
-    """The values of ``CONTROL_COLUMNS`` (the seq is assigned by the insert)."""
-    return (
-        control.name,
-        control.action,
-        control.fingerprint,
-        control.node,
-        control.actor,
-        control.reason,
-        control.at,
-    )
-
-
-def control_record(row: tuple[Any, ...]) -> Control:
-    """A row of ``seq, CONTROL_COLUMNS``."""
-    return Control(
-        seq=int(row[0]),
-        name=row[1],
-        action=row[2],
-        fingerprint=row[3],
-        node=row[4],
-        actor=row[5],
-        reason=row[6],
-        at=row[7],
-    )
-
-
-def report_record(row: tuple[Any, ...]) -> ReportRecord:
-    return ReportRecord(node=row[0], report=loads(row[1]), received_at=row[2])
-
-
-def applied_record(row: tuple[Any, ...]) -> AppliedRevision:
-    return AppliedRevision(sha=row[0], approval=loads(row[1]), applied_at=row[2])
+NODES = Shape(
+    NodeRecord,
+    ("name", "facts", "token_hash", "registered_at", "admission"),
+    facts=JSON_TEXT,
+    admission=JSON_TEXT,
+)
+JOIN_TOKENS = Shape(
+    JoinToken,
+    (
+        "id",
+        "token_hash",
+        "created_at",
+        "expires_at",
+        "uses",
+        "used",
+        "node",
+        "roles",
+        "labels",
+        "revoked_at",
+    ),
+    roles=TUPLE_OR_NULL,
+    labels=DICT_OR_NULL,
+)
+DESIRED = Shape(DesiredRecord, ("node", "generation", "etag", "document"), document=JSON_TEXT)
+AUDIT = Shape(
+    AuditEvent,
+    ("time", "kind", "message", "revision", "release", "node", "details"),
+    key="id",
+    details=JSON_TEXT,
+)
+CONTROLS = Shape(
+    Control, ("name", "action", "fingerprint", "node", "actor", "reason", "at"), key="seq"
+)
+REPORTS = Shape(ReportRecord, ("node", "report", "received_at"), report=JSON_TEXT)
+APPLIED = Shape(AppliedRevision, ("sha", "approval", "applied_at"), approval=JSON_TEXT)

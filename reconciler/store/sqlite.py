@@ -30,35 +30,22 @@ from reconciler.errors import ConfigError
 from reconciler.plan.controls import Control
 from reconciler.spec import JSON
 from reconciler.store.base import (
-    AppliedRevision,
     AuditEvent,
-    ClaimRefusal,
     DesiredRecord,
-    JoinToken,
-    NodeClaim,
-    NodeRecord,
     ReportRecord,
 )
 from reconciler.store.files import private_file
 from reconciler.store.migrations import LATEST, MIGRATIONS
+from reconciler.store.sql import Db, SqlStore
 
 log = logging.getLogger(__name__)
-
-
-_dumps = records.dumps
-_loads = records.loads
-_NODE_COLUMNS = records.NODE_COLUMNS
-_TOKEN_COLUMNS = records.TOKEN_COLUMNS
-_node = records.node_record
-_join_token = records.join_token_record
-_desired = records.desired_record
 
 
 class _Unit(threading.local):
     active = False  # this thread is inside atomic()
 
 
-class SqliteStore:
+class SqliteStore(SqlStore):
     """The Store protocol over one SQLite file (``:memory:`` for throwaway use)."""
 
     def __init__(self, path: str) -> None:
@@ -162,106 +149,11 @@ class SqliteStore:
     def ping(self) -> None:
         self._read("SELECT 1")
 
-    def schema_version(self) -> int:
-        rows = self._read("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-        return int(rows[0][0])
+    def _insert_audit(self, db: Db, event: AuditEvent) -> int:
+        return _insert_audit(cast(sqlite3.Connection, db), event)
 
-    def applied_revision(self) -> AppliedRevision | None:
-        rows = self._read(
-            f"SELECT {records.APPLIED_COLUMNS} FROM applied_revisions ORDER BY id DESC LIMIT 1"
-        )
-        return records.applied_record(rows[0]) if rows else None
-
-    def set_applied_revision(self, rev: AppliedRevision) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO applied_revisions (sha, approval, applied_at) VALUES (?, ?, ?)",
-                (rev.sha, _dumps(rev.approval), rev.applied_at),
-            )
-
-    def append_audit(self, event: AuditEvent) -> int:
-        with self._tx() as db:
-            return _insert_audit(db, event)
-
-    def audit(self, since: float | None = None, limit: int = 1000) -> Sequence[AuditEvent]:
-        rows = self._read(
-            f"SELECT id, {records.AUDIT_COLUMNS} FROM audit WHERE time >= ? ORDER BY id LIMIT ?",
-            (since if since is not None else float("-inf"), max(0, limit)),
-        )
-        return [records.audit_record(r) for r in rows]
-
-    def upsert_node(self, node: NodeRecord) -> None:
-        with self._tx() as db:
-            _write_node(db, node)
-
-    def node(self, name: str) -> NodeRecord | None:
-        rows = self._read(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE name = ?", (name,))
-        return _node(rows[0]) if rows else None
-
-    def nodes(self) -> Sequence[NodeRecord]:
-        rows = self._read(f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY name")
-        return [_node(r) for r in rows]
-
-    def delete_node(self, name: str) -> bool:
-        with self._tx() as db:
-            return db.execute("DELETE FROM nodes WHERE name = ?", (name,)).rowcount > 0
-
-    def claim_node(
-        self, node: NodeRecord, *, replaces: str | None, join_token: str | None
-    ) -> ClaimRefusal | None:
-        with self._tx() as db:
-            return _claim(db, node, replaces, join_token)
-
-    def claim_nodes(self, claims: Sequence[NodeClaim]) -> list[ClaimRefusal | None]:
-        results: list[ClaimRefusal | None] = []
-        with self._tx() as db:
-            for c in claims:
-                lost = _claim(db, c.node, c.replaces, c.join_token)
-                if lost is None:
-                    _insert_audit(db, c.audit)
-                results.append(lost)
-        return results
-
-    def create_join_token(self, token: JoinToken) -> None:
-        with self._tx() as db:
-            db.execute(
-                f"INSERT INTO join_tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                records.token_row(token),
-            )
-
-    def join_tokens(self) -> Sequence[JoinToken]:
-        rows = self._read(f"SELECT {_TOKEN_COLUMNS} FROM join_tokens ORDER BY created_at, id")
-        return [_join_token(r) for r in rows]
-
-    def join_token_by_hash(self, token_hash: str) -> JoinToken | None:
-        rows = self._read(
-            f"SELECT {_TOKEN_COLUMNS} FROM join_tokens WHERE token_hash = ?", (token_hash,)
-        )
-        return _join_token(rows[0]) if rows else None
-
-    def revoke_join_token(self, token_id: str, now: float) -> JoinToken | None:
-        with self._tx() as db:
-            db.execute(
-                "UPDATE join_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                (now, token_id),
-            )
-            row = db.execute(
-                f"SELECT {_TOKEN_COLUMNS} FROM join_tokens WHERE id = ?", (token_id,)
-            ).fetchone()
-            return None if row is None else _join_token(row)
-
-    def desired(self, node: str) -> DesiredRecord | None:
-        rows = self._read(
-            "SELECT node, generation, etag, document FROM desired WHERE node = ?", (node,)
-        )
-        return _desired(rows[0]) if rows else None
-
-    def all_desired(self) -> Sequence[DesiredRecord]:
-        rows = self._read("SELECT node, generation, etag, document FROM desired ORDER BY node")
-        return [_desired(r) for r in rows]
-
-    def put_desired(self, node: str, document: Mapping[str, JSON]) -> tuple[DesiredRecord, bool]:
-        return self.put_desired_many({node: document})[0]
+    def _lock_names(self, db: Db, names: Sequence[str]) -> None:
+        pass  # one writer at a time already: BEGIN IMMEDIATE
 
     def put_desired_many(
         self, documents: Mapping[str, Mapping[str, JSON]]
@@ -272,16 +164,13 @@ class SqliteStore:
                 out.append(_put_desired(db, node, document))
         return out
 
-    def put_report(self, report: ReportRecord) -> None:
-        self.put_reports([report])
-
     def put_reports(self, reports: Sequence[ReportRecord]) -> None:
         with self._tx() as db:
             db.executemany(
                 "INSERT INTO reports (node, report, received_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (node) DO UPDATE SET report = excluded.report, "
                 "received_at = excluded.received_at",
-                [(r.node, _dumps(r.report), r.received_at) for r in reports],
+                [(r.node, records.dumps(r.report), r.received_at) for r in reports],
             )
 
     def touch_reports(self, seen: Mapping[str, float]) -> None:
@@ -291,40 +180,16 @@ class SqliteStore:
                 [(at, node) for node, at in seen.items()],
             )
 
-    def reports(self) -> Sequence[ReportRecord]:
-        rows = self._read(f"SELECT {records.REPORT_COLUMNS} FROM reports ORDER BY node")
-        return [records.report_record(r) for r in rows]
-
-    def rollouts(self) -> Mapping[str, Mapping[str, JSON]]:
-        rows = self._read("SELECT name, state FROM rollouts ORDER BY name")
-        return {r[0]: _loads(r[1]) for r in rows}
-
-    def put_rollout(self, name: str, state: Mapping[str, JSON]) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO rollouts (name, state) VALUES (?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET state = excluded.state",
-                (name, _dumps(state)),
-            )
-
     def add_control(self, control: Control, audit: AuditEvent) -> int:
         with self._tx() as db:
             cur = db.execute(
-                f"INSERT INTO rollout_controls ({records.CONTROL_COLUMNS}) "
+                f"INSERT INTO rollout_controls ({records.CONTROLS.columns}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                records.control_row(control),
+                records.CONTROLS.row(control),
             )
             seq = int(cast(int, cur.lastrowid))
             _insert_audit(db, replace(audit, details={**audit.details, "seq": seq}))
             return seq
-
-    def controls(self, after: int = 0) -> Sequence[Control]:
-        rows = self._read(
-            f"SELECT seq, {records.CONTROL_COLUMNS} "
-            "FROM rollout_controls WHERE seq > ? ORDER BY seq",
-            (after,),
-        )
-        return [records.control_record(r) for r in rows]
 
     def observe(self, shas: Sequence[str], now: float) -> Mapping[str, float]:
         wanted = sorted(set(shas))
@@ -344,53 +209,11 @@ class SqliteStore:
                 out[sha] = float(row[0])
         return out
 
-    def get_meta(self, key: str) -> str | None:
-        rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
-        return str(rows[0][0]) if rows else None
-
-    def set_meta(self, key: str, value: str) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, value),
-            )
-
-
-def _write_node(db: sqlite3.Connection, node: NodeRecord) -> None:
-    db.execute(
-        f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?) "
-        "ON CONFLICT (name) DO UPDATE SET facts = excluded.facts, "
-        "token_hash = excluded.token_hash, registered_at = excluded.registered_at, "
-        "admission = excluded.admission",
-        records.node_row(node),
-    )
-
-
-def _claim(
-    db: sqlite3.Connection, node: NodeRecord, replaces: str | None, join_token: str | None
-) -> ClaimRefusal | None:
-    """One claim inside the caller's transaction; nothing is written when it is refused."""
-    row = db.execute("SELECT token_hash FROM nodes WHERE name = ?", (node.name,)).fetchone()
-    current = None if row is None else str(row[0])
-    if current != replaces:
-        return "taken"
-    if join_token is not None:
-        spent = db.execute(
-            "UPDATE join_tokens SET used = used + 1 WHERE id = ? AND revoked_at IS NULL "
-            "AND expires_at > ? AND used < uses",
-            (join_token, node.registered_at),
-        )
-        if spent.rowcount != 1:
-            return "token-spent"
-    _write_node(db, node)
-    return None
-
 
 def _insert_audit(db: sqlite3.Connection, event: AuditEvent) -> int:
     cur = db.execute(
-        f"INSERT INTO audit ({records.AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        records.audit_row(event),
+        f"INSERT INTO audit ({records.AUDIT.columns}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        records.AUDIT.row(event),
     )
     return int(cast(int, cur.lastrowid))
 
@@ -400,17 +223,17 @@ def _put_desired(
 ) -> tuple[DesiredRecord, bool]:
     """One node's put_desired inside the caller's transaction."""
     row = db.execute(
-        "SELECT node, generation, etag, document FROM desired WHERE node = ?", (node,)
+        f"SELECT {records.DESIRED.columns} FROM desired WHERE node = ?", (node,)
     ).fetchone()
-    old = None if row is None else _desired(row)
+    old = None if row is None else records.DESIRED.record(row)
     rec = records.next_desired(node, old, document)
     if rec is None:
         assert old is not None
         return old, False
     db.execute(
-        "INSERT INTO desired (node, generation, etag, document) VALUES (?, ?, ?, ?) "
+        f"INSERT INTO desired ({records.DESIRED.columns}) VALUES (?, ?, ?, ?) "
         "ON CONFLICT (node) DO UPDATE SET generation = excluded.generation, "
         "etag = excluded.etag, document = excluded.document",
-        (node, rec.generation, rec.etag, _dumps(rec.document)),
+        records.DESIRED.row(rec),
     )
     return rec, True

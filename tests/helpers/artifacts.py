@@ -30,6 +30,7 @@ import shutil
 import sys
 import tarfile
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -312,18 +313,25 @@ def many_entries_tarball(
     return describe(path)
 
 
-def hello_release(version: str, art: Artifact, url: str) -> dict[str, Any]:
-    """The ``hello`` release of ``art`` (a program built by ``build_program``) served at
-    ``url``: a port from the node label, health on it, batches of one, no soak."""
+def program_release(
+    agent: str, version: str, art: Artifact, url: str, *, roles: Sequence[str] = ("inference",)
+) -> dict[str, Any]:
+    """The release of a program ``bin/<agent> --port N`` (such as ``build_program``'s)
+    served at ``url``: a port from the node label, health on it, batches of one, no soak."""
     return {
         "apiVersion": "fleetkeeper/v1",
         "kind": "Release",
-        "agent": "hello",
+        "agent": agent,
         "version": version,
         "artifacts": [art.artifact_doc(url, "linux/amd64")],
-        "run": {"command": ["bin/hello", "--port", "${node.labels.port}"]},
+        "run": {"command": [f"bin/{agent}", "--port", "${node.labels.port}"]},
         "health": {"http": "http://127.0.0.1:${node.labels.port}/healthz", "timeoutSeconds": 5},
-        "versionProbe": ["bin/hello", "--version"],
-        "targets": {"roles": ["inference"]},
+        "versionProbe": [f"bin/{agent}", "--version"],
+        "targets": {"roles": list(roles)},
         "rollout": {"batchSize": 1, "soakSeconds": 0, "timeoutSeconds": 60, "onFailure": "halt"},
     }
+
+
+def hello_release(version: str, art: Artifact, url: str) -> dict[str, Any]:
+    """The ``hello`` release of ``art`` (a program built by ``build_program``)."""
+    return program_release("hello", version, art, url)

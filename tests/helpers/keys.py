@@ -1,6 +1,7 @@
 """Real signing keys for tests: OpenSSH (ssh-keygen) and OpenPGP (gpg), made once per session.
 
-    keys = session_keys(tmp_path_factory)      # cached for the whole session
+    def test_x(keys: Keys) -> None:            # the session fixture (tests/conftest.py)
+    keys = session_keys(tmp_path_factory)      # or cached by hand, outside a fixture
     keys.ssh_sign_args("alice")                # git -c ... options to sign as alice
     signed_commit(repo, keys, "forge", "msg")  # commit -S; signed_tag(...) for tag -s
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,6 +141,13 @@ def session_keys(factory: pytest.TempPathFactory) -> Keys:
     if _session is None:
         _session = make_keys(factory.mktemp("keys"))
     return _session
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
+    """The suite's keys (``session_keys``); the signing home's gpg-agent stopped at the end."""
+    yield session_keys(tmp_path_factory)
+    close_keys()
 
 
 def close_keys() -> None:

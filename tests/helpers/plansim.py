@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from reconciler.plan.controls import Action, Control
+from reconciler.plan.inputs import PlanInputs
 from reconciler.plan.observations import NodeReport
 from reconciler.plan.rollout import Plan, PlanEvent, compute_plan
 from reconciler.plan.select import NodeFacts, inventory
@@ -46,19 +47,21 @@ class PlanSim:
         """One pass at ``now`` without applying it."""
         spec = self.spec()
         return compute_plan(
-            spec,
-            inventory(spec, self.registered),
-            self.rollouts,
-            self.reports,
-            self.desired,
-            self.now,
-            self.ttl,
-            revision=self.revision,
-            approval={"kind": "merge", "ref": self.revision, "signers": []},
-            stale_before=self.stale,
-            controls={
-                c.name: [x for x in self.controls if x.name == c.name] for c in self.controls
-            },
+            PlanInputs(
+                spec,
+                inventory(spec, self.registered),
+                self.rollouts,
+                self.reports,
+                self.desired,
+                self.now,
+                self.ttl,
+                revision=self.revision,
+                approval={"kind": "merge", "ref": self.revision, "signers": []},
+                stale_before=self.stale,
+                controls={
+                    c.name: [x for x in self.controls if x.name == c.name] for c in self.controls
+                },
+            )
         )
 
     def controls_by_name(self) -> dict[str, list[Control]]:

@@ -13,7 +13,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from tests.helpers.artifacts import Artifact, describe
+from tests.helpers.artifacts import Artifact, describe, program_release
 
 PROGRAM = """#!{python}
 import http.server, os, stat, sys
@@ -69,18 +69,7 @@ def reader_release(
     version: str, art: Artifact, url: str, secrets: list[dict[str, str]] | None = None
 ) -> dict[str, object]:
     """The ``secret-reader`` release: port from the node label, the canary first."""
-    doc: dict[str, object] = {
-        "apiVersion": "fleetkeeper/v1",
-        "kind": "Release",
-        "agent": "secret-reader",
-        "version": version,
-        "artifacts": [art.artifact_doc(url, "linux/amd64")],
-        "run": {"command": ["bin/secret-reader", "--port", "${node.labels.port}"]},
-        "health": {"http": "http://127.0.0.1:${node.labels.port}/healthz", "timeoutSeconds": 5},
-        "versionProbe": ["bin/secret-reader", "--version"],
-        "targets": {"roles": ["coding"]},
-        "rollout": {"batchSize": 1, "soakSeconds": 0, "timeoutSeconds": 60, "onFailure": "halt"},
-    }
+    doc: dict[str, object] = program_release("secret-reader", version, art, url, roles=("coding",))
     if secrets:
         doc["secrets"] = secrets
     return doc

@@ -3,43 +3,31 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.helpers.agents import AgentProc, running_agents
-from tests.helpers.artifact_server import ArtifactServer, free_port
+from tests.helpers.artifact_server import free_port
 from tests.helpers.artifacts import Artifact, build_program, hello_release
-from tests.helpers.fleet import FleetRepo
-from tests.helpers.server import RunningServer, restart, start_fleet
+from tests.helpers.lab import FleetLab, fleet_lab
+from tests.helpers.server import restart
 
 NODES = ("node-a", "node-b", "node-c")
 
 
-@dataclass
-class Lab:
-    tmp: Path
-    repo: FleetRepo
-    server: RunningServer
-    artifacts: ArtifactServer
-    ports: Mapping[str, int]
-
+class Lab(FleetLab):
     def merge_release(self, version: str, **behaviour: Any) -> Artifact:
         art = build_program(self.tmp / "dist", "hello", version, **behaviour)
-        doc = hello_release(version, art, self.artifacts.url(art.path.name))
+        doc = hello_release(version, art, self.url(art))
         self.repo.change({f"releases/hello/{version}.yaml": doc}, f"release hello {version}")
         return art
 
     def served(self, node: str) -> str | None:
-        try:
-            r = httpx.get(f"http://127.0.0.1:{self.ports[node]}/healthz", timeout=1)
-        except httpx.HTTPError:
-            return None
-        return r.text.strip()
+        r = self.workload_get(node, "/healthz")
+        return None if r is None else r.text.strip()
 
     def fleet_node(self, node: str) -> dict[str, Any]:
         for n in self.server.fleet()["nodes"]:
@@ -51,17 +39,9 @@ class Lab:
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
     listen = f"127.0.0.1:{free_port()}"
-    repo, server, ports = start_fleet(
-        tmp_path, NODES, extra_config={"heartbeatTTLSeconds": 3, "listen": listen}
-    )
-    (tmp_path / "dist").mkdir()
-    artifacts = ArtifactServer(tmp_path / "dist").__enter__()
-    lab = Lab(tmp_path, repo, server, artifacts, ports)
-    try:
+    extra = {"heartbeatTTLSeconds": 3, "listen": listen}
+    with fleet_lab(Lab, tmp_path, NODES, extra_config=extra) as lab:
         yield lab
-    finally:
-        artifacts.__exit__(None, None, None)
-        lab.server.stop()
 
 
 def _healthy_at(agent: AgentProc, version: str) -> bool:

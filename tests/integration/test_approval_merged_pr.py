@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,13 +13,7 @@ from reconciler.revision import load_revision
 from reconciler.source import GitSource
 from tests.helpers.fleetfiles import basic_fleet, release
 from tests.helpers.git import git
-from tests.helpers.keys import Keys, SignedRepo, close_keys, session_keys, signed_tag
-
-
-@pytest.fixture(scope="session")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
-    yield session_keys(tmp_path_factory)
-    close_keys()
+from tests.helpers.keys import Keys, SignedRepo, signed_tag
 
 
 @pytest.fixture

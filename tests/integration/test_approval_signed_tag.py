@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,15 +12,9 @@ from reconciler.config import ApprovalSettings
 from reconciler.source import GitSource
 from tests.helpers.fleetfiles import basic_fleet, release
 from tests.helpers.git import git
-from tests.helpers.keys import Keys, SignedRepo, close_keys, session_keys, signed_tag
+from tests.helpers.keys import Keys, SignedRepo, signed_tag
 
 T0 = 1_760_000_000
-
-
-@pytest.fixture(scope="session")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
-    yield session_keys(tmp_path_factory)
-    close_keys()
 
 
 @pytest.fixture

@@ -44,17 +44,11 @@ from tests.helpers.desired import desired_doc
 from tests.helpers.fakereconciler import fake_reconciler, new_key, sign_doc
 from tests.helpers.fleet import FleetRepo, fleet_doc, node_doc
 from tests.helpers.git import commit_all, git, init_repo
-from tests.helpers.keys import Keys, SignedRepo, close_keys, session_keys, signed_tag
+from tests.helpers.keys import Keys, SignedRepo, signed_tag
 from tests.helpers.server import RunningServer, start_server
 
 NODE = "gpu-1"
 PLATFORM = "linux/amd64"
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
-    yield session_keys(tmp_path_factory)
-    close_keys()
 
 
 def healthy(version: str) -> Callable[[AgentProc], bool]:

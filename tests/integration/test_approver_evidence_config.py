@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from tests.helpers.desired import desired_doc
 from tests.helpers.fakereconciler import fake_reconciler, new_key, sign_doc
 from tests.helpers.fleet import FleetRepo, fleet_doc, node_doc
 from tests.helpers.git import commit_all, git, init_repo
-from tests.helpers.keys import Keys, close_keys, session_keys, signed_tag
+from tests.helpers.keys import Keys, signed_tag
 from tests.helpers.server import start_server
 
 AGE = shutil.which("age")
@@ -83,12 +83,6 @@ class H(http.server.BaseHTTPRequestHandler):
         pass
 http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
 """
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
-    yield session_keys(tmp_path_factory)
-    close_keys()
 
 
 def build(dest: Path, version: str) -> Artifact:

@@ -17,9 +17,8 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +27,10 @@ import pytest
 
 from agent.state import write_json
 from tests.helpers.agents import AgentProc, make_agent, running_agents
-from tests.helpers.artifact_server import ArtifactServer, free_port
+from tests.helpers.artifact_server import free_port
 from tests.helpers.artifacts import Artifact, describe
 from tests.helpers.desired import desired_doc, workload_doc
-from tests.helpers.fleet import FleetRepo
-from tests.helpers.server import RunningServer, start_fleet
+from tests.helpers.lab import FleetLab, fleet_lab
 from tests.helpers.wait import wait_until
 
 NAME = "cfgsrv"
@@ -118,36 +116,17 @@ CONFIG = {
 SOUL = "soul of ${node.name} at ${node.labels.site}: {word}\n"
 
 
-@dataclass
-class Lab:
-    tmp: Path
-    repo: FleetRepo
-    server: RunningServer
-    artifacts: ArtifactServer
-    ports: Mapping[str, int]
-
-    def url(self, art: Artifact) -> str:
-        return self.artifacts.url(art.path.name)
-
+class Lab(FleetLab):
     def get(self, node: str, path: str) -> Any:
-        try:
-            r = httpx.get(f"http://127.0.0.1:{self.ports[node]}{path}", timeout=1)
-        except httpx.HTTPError:
-            return None
-        return r.json() if r.status_code == 200 else None
+        r = self.workload_get(node, path)
+        return r.json() if r is not None and r.status_code == 200 else None
 
 
 @contextmanager
 def running_lab(tmp: Path, nodes: tuple[str, ...]) -> Iterator[Lab]:
     """A fleet of ``nodes`` at site "lab" with its artifact server; both stopped on exit."""
-    repo, server, ports = start_fleet(tmp, nodes, labels={"site": "lab"})
-    (tmp / "dist").mkdir()
-    lab = Lab(tmp, repo, server, ArtifactServer(tmp / "dist").__enter__(), ports)
-    try:
+    with fleet_lab(Lab, tmp, nodes, labels={"site": "lab"}) as lab:
         yield lab
-    finally:
-        lab.artifacts.__exit__(None, None, None)
-        lab.server.stop()
 
 
 @pytest.fixture

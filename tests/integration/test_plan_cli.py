@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,13 +11,7 @@ import pytest
 from reconciler.cli import main
 from tests.helpers.fleet import FleetRepo, fleet_files, nodes_named, release_doc
 from tests.helpers.git import git
-from tests.helpers.keys import Keys, close_keys, session_keys, signed_tag
-
-
-@pytest.fixture(scope="session")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
-    yield session_keys(tmp_path_factory)
-    close_keys()
+from tests.helpers.keys import Keys, signed_tag
 
 
 @pytest.fixture

@@ -170,6 +170,37 @@ def test_two_replicas_install_fencing_at_the_same_moment(postgres_url: str) -> N
     assert triggers() == first
 
 
+def test_an_older_audit_fence_is_replaced_so_a_follower_may_record_a_control(
+    postgres_url: str,
+) -> None:
+    """A database fenced by a version whose API wrote no rollout controls: its audit
+    trigger refused ``rollout-pause`` from a follower (HTTP 500); a replica starting
+    now replaces it."""
+    loop_tables(postgres_url)
+
+    async def body(rs: list[Leadership], stops: dict[str, asyncio.Event]) -> None:
+        await until(lambda: all(r.connected for r in rs), LEASE, "connected")
+
+    asyncio.run(with_replicas(postgres_url, ["a"], body))
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE OR REPLACE TRIGGER fleetkeeper_fence_audit BEFORE INSERT ON audit "
+            "FOR EACH ROW WHEN (NEW.kind NOT IN ('registered')) "
+            "EXECUTE FUNCTION fleetkeeper_fence()"
+        )
+    with (
+        as_replica(postgres_url, "inc-follower") as follower,
+        pytest.raises(psycopg.errors.RaiseException, match="INSERT on audit refused"),
+    ):
+        follower.execute("INSERT INTO audit (kind) VALUES ('rollout-pause')")
+    asyncio.run(with_replicas(postgres_url, ["b"], body))
+    with as_replica(postgres_url, "inc-follower") as follower:
+        for action in ("pause", "resume", "retry", "promote", "skip-node"):
+            follower.execute("INSERT INTO audit (kind) VALUES (%s)", (f"rollout-{action}",))
+        with pytest.raises(psycopg.errors.RaiseException, match="INSERT on audit refused"):
+            follower.execute("INSERT INTO audit (kind) VALUES ('control-applied')")  # the loop's
+
+
 def test_payloads_stay_under_the_notify_limit() -> None:
     nodes = [f"node-{i:05d}" for i in range(3000)]
     payloads = encode("desired", nodes, "me")

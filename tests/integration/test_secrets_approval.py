@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pygit2
@@ -19,15 +18,9 @@ from reconciler.source import GitSource
 from tests.helpers.fleet import FleetRepo, fleet_doc, node_doc, release_doc
 from tests.helpers.fleetfiles import basic_fleet
 from tests.helpers.git import git
-from tests.helpers.keys import Keys, SignedRepo, close_keys, session_keys
+from tests.helpers.keys import Keys, SignedRepo
 
 pytestmark = pytest.mark.skipif(shutil.which("age") is None, reason="the age CLI is missing")
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
-    yield session_keys(tmp_path_factory)
-    close_keys()
 
 
 def encrypted(plain: bytes, tmp: Path) -> str:

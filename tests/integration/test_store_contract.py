@@ -28,6 +28,7 @@ from reconciler.store.base import (
     ReportRecord,
 )
 from reconciler.store.migrations import LATEST
+from tests.helpers.server import desired_doc
 
 Opener = Callable[[], Store]
 
@@ -58,18 +59,6 @@ def store(opener: Opener) -> Iterator[Store]:
     s = opener()
     yield s
     s.close()
-
-
-def _doc(node: str, version: str = "1.0.0", revision: str = "a" * 40) -> dict[str, object]:
-    return {
-        "apiVersion": "fleetkeeper/v1",
-        "kind": "DesiredState",
-        "node": node,
-        "generation": 0,
-        "revision": revision,
-        "approval": {"kind": "merge", "ref": revision, "signers": []},
-        "workloads": [{"name": "agent", "kind": "process", "version": version}],
-    }
 
 
 def test_fresh_store_is_empty_and_migrated(store: Store) -> None:
@@ -119,17 +108,17 @@ def test_nodes_upsert_rotates_token_and_facts(store: Store) -> None:
 
 
 def test_put_desired_bumps_generation_only_on_change(store: Store) -> None:
-    rec1, changed1 = store.put_desired("n1", _doc("n1"))
+    rec1, changed1 = store.put_desired("n1", desired_doc("n1"))
     assert changed1 and rec1.generation == 1 and rec1.document["generation"] == 1
-    rec2, changed2 = store.put_desired("n1", _doc("n1"))
+    rec2, changed2 = store.put_desired("n1", desired_doc("n1"))
     assert not changed2 and rec2 == rec1
-    rec3, changed3 = store.put_desired("n1", _doc("n1", version="1.1.0"))
+    rec3, changed3 = store.put_desired("n1", desired_doc("n1", version="1.1.0"))
     assert changed3 and rec3.generation == 2 and rec3.etag != rec1.etag
     assert rec3.etag.startswith('"') and rec3.etag.endswith('"')
-    rec4, changed4 = store.put_desired("n1", _doc("n1", version="1.1.0", revision="c" * 40))
+    rec4, changed4 = store.put_desired("n1", desired_doc("n1", version="1.1.0", revision="c" * 40))
     assert changed4 and rec4.generation == 3
     assert store.desired("n1") == rec4
-    store.put_desired("n0", _doc("n0"))
+    store.put_desired("n0", desired_doc("n0"))
     assert [d.node for d in store.all_desired()] == ["n0", "n1"]
 
 
@@ -193,7 +182,7 @@ def test_reopen_after_close_keeps_everything(opener: Opener) -> None:
     s.set_applied_revision(AppliedRevision("a" * 40, {"kind": "merge"}, 1.0))
     s.append_audit(AuditEvent(time=1.0, kind="applied", message="applied a", revision="a" * 40))
     s.upsert_node(NodeRecord("n1", {"platform": "linux/amd64"}, "hash", 1.0))
-    rec, _ = s.put_desired("n1", _doc("n1"))
+    rec, _ = s.put_desired("n1", desired_doc("n1"))
     s.put_report(ReportRecord("n1", {"generation": 1}, 5.0))
     s.put_rollout("agent", {"phase": "Succeeded"})
     s.set_meta("k", "v")
@@ -206,7 +195,8 @@ def test_reopen_after_close_keeps_everything(opener: Opener) -> None:
         assert [e.message for e in s2.audit()] == ["applied a"]
         assert s2.node("n1") == NodeRecord("n1", {"platform": "linux/amd64"}, "hash", 1.0)
         assert s2.desired("n1") == rec
-        assert s2.put_desired("n1", _doc("n1"))[1] is False  # same content, no new generation
+        same = s2.put_desired("n1", desired_doc("n1"))[1] is False
+        assert same  # the same content: no new generation
         assert [r.received_at for r in s2.reports()] == [5.0]
         assert dict(s2.rollouts()) == {"agent": {"phase": "Succeeded"}}
         assert s2.get_meta("k") == "v"

@@ -32,17 +32,11 @@ from reconciler.store import Store, open_store
 from tests.helpers.fleet import LoopRig, fleet_files, nodes_named, release_doc
 from tests.helpers.fleetfiles import basic_fleet, node, release
 from tests.helpers.git import git
-from tests.helpers.keys import Keys, SignedRepo, close_keys, session_keys, signed_tag
+from tests.helpers.keys import Keys, SignedRepo, signed_tag
 from tests.helpers.keys import _git_signed as git_signed
 
 BACKDATED = "@1500000000 +0000"  # 2017: inside the retired key's validity window
 DAY = 86_400
-
-
-@pytest.fixture(scope="session")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
-    yield session_keys(tmp_path_factory)
-    close_keys()
 
 
 @pytest.fixture

@@ -23,6 +23,12 @@ NOTHING = "[GNUPG:] IMPORT_RES 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n"
         (2, NOTHING, False),  # an empty or unreadable keyring file
         (2, "", False),
         (2, "[GNUPG:] IMPORT_RES 1 0 1\n", False),  # truncated: not judged
+        # counts that are not plain numbers are a refusal, never a ValueError
+        (2, "[GNUPG:] IMPORT_RES x 0 1 0 0 0 0 0 0 0 0 0 0 0 0\n", False),
+        (2, "[GNUPG:] IMPORT_RES 1 0 1 0 0 0 0 0 0 0 0 0 0 zero 0\n", False),
+        (2, "[GNUPG:] IMPORT_RES 1 0 2 0 -1 0 0 0 0 0 0 0 0 0 0\n", False),  # 2 + -1 == 1
+        (2, "[GNUPG:] IMPORT_RES 1 0 1 0 0 0 0 0 0 0 0 0 0 \u0660 0\n", False),  # Arabic zero
+        (2, "[GNUPG:] IMPORT_RES 1 0 1 0 0 0 0 0 0 0 0 0 0  0\n", False),  # empty field
     ],
 )
 def test_import_judged_by_import_res(code: int, out: str, ok: bool) -> None:

@@ -9,6 +9,7 @@ equal in everything the loop writes or acts on.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -17,9 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reconciler.plan.incremental import Memo, replan
+from reconciler.plan.inputs import PlanInputs
 from reconciler.plan.observations import NodeReport
 from reconciler.plan.rollout import Plan, compute_plan
 from reconciler.plan.select import NodeFacts, inventory
+from reconciler.spec import JSON, FleetSpec
 from tests.helpers.fleet import (
     fleet_doc,
     fleet_files,
@@ -32,7 +35,7 @@ from tests.helpers.fleet import (
 
 NODES = tuple(f"n{i}" for i in range(6))
 TTL = 90.0
-APPROVAL = {"kind": "merge", "ref": "a" * 40, "signers": []}
+APPROVAL: dict[str, JSON] = {"kind": "merge", "ref": "a" * 40, "signers": []}
 SPEC = spec_of(
     fleet_files(
         nodes_named(*NODES),
@@ -117,6 +120,30 @@ def agent_report(node: str, action: str, doc: dict[str, Any] | None) -> dict[str
     return report_doc(node, items)
 
 
+def inputs(
+    spec: FleetSpec,
+    facts: Mapping[str, NodeFacts],
+    side: Side,
+    reports: Mapping[str, NodeReport],
+    now: float,
+    *,
+    stale_before: frozenset[str] | None = None,
+) -> PlanInputs:
+    """The pass's inputs from what ``side`` stored (its stale set unless told otherwise)."""
+    return PlanInputs(
+        spec,
+        facts,
+        side.rollouts,
+        reports,
+        side.desired,
+        now,
+        TTL,
+        revision="a" * 40,
+        approval=APPROVAL,
+        stale_before=side.stale if stale_before is None else stale_before,
+    )
+
+
 def same(a: Plan, b: Plan) -> None:
     assert dict(a.desired) == dict(b.desired)
     assert dict(a.rollouts) == dict(b.rollouts)
@@ -143,16 +170,13 @@ def test_incremental_equals_full_over_random_reports(
 
     def both() -> None:
         nonlocal previous
-        want = compute_plan(
-            spec, facts, full.rollouts, reports, full.desired, now, TTL,
-            revision="a" * 40, approval=APPROVAL, stale_before=full.stale,
-        )  # fmt: skip
+        want = compute_plan(inputs(spec, facts, full, reports, now))
         got = replan(
-            spec, facts, inc.rollouts, reports, inc.desired, now, TTL,
-            revision="a" * 40, approval=APPROVAL, stale_before=inc.stale,
-            memo=inc.memo, news=frozenset(news),
+            inputs(spec, facts, inc, reports, now),
+            memo=inc.memo,
+            news=frozenset(news),
             previous=previous.desired if previous is not None else None,
-        )  # fmt: skip
+        )
         same(got.plan, want)
         full.apply(want)
         inc.apply(got.plan)
@@ -178,14 +202,15 @@ def test_untouched_rollouts_are_not_stepped() -> None:
     """The point of it: a report from a node no rollout targets steps nothing."""
     now = 1_000.0
     side = Side()
-    first = replan(SPEC, NODE_FACTS, {}, {}, {}, now, TTL, revision="a" * 40, approval=APPROVAL)
+    first = replan(inputs(SPEC, NODE_FACTS, Side(), {}, now))
     assert first.touched is None and first.stepped == {"app", "side"}
     side.apply(first.plan)
     again = replan(
-        SPEC, NODE_FACTS, side.rollouts, {}, side.desired, now + 1, TTL,
-        revision="a" * 40, approval=APPROVAL, memo=first.memo, news=frozenset({"elsewhere"}),
+        inputs(SPEC, NODE_FACTS, side, {}, now + 1, stale_before=frozenset()),
+        memo=first.memo,
+        news=frozenset({"elsewhere"}),
         previous=first.plan.desired,
-    )  # fmt: skip
+    )
     assert again.stepped == frozenset() and again.touched == frozenset()
     assert dict(again.plan.desired) == dict(first.plan.desired)
 
@@ -212,18 +237,17 @@ def test_a_node_that_leaves_the_inventory_gets_an_empty_document(how: str, node:
         declared=False, scoped=True,
     )  # fmt: skip
     spec = spec_of(files)
-    first = replan(
-        spec, inventory(spec, [edge]), {}, {}, {}, 1_000.0, TTL,
-        revision="a" * 40, approval=APPROVAL,
-    )  # fmt: skip
+    first = replan(inputs(spec, inventory(spec, [edge]), Side(), {}, 1_000.0))
     assert first.plan.desired[node]["workloads"] != []
     if how == "unscoped":
         registered = [replace(edge, scoped=False)]
     else:
         del files["nodes/n1.yaml"]
         spec, registered = spec_of(files), [edge]
-    args = (spec, inventory(spec, registered), first.plan.rollouts, {}, first.plan.desired)
-    want = compute_plan(*args, 1_001.0, TTL, revision="a" * 40, approval=APPROVAL)
-    got = replan(*args, 1_001.0, TTL, revision="a" * 40, approval=APPROVAL)
+    side = Side()
+    side.apply(first.plan)
+    again = inputs(spec, inventory(spec, registered), side, {}, 1_001.0, stale_before=frozenset())
+    want = compute_plan(again)
+    got = replan(again)
     assert want.desired[node]["workloads"] == []
     assert dict(got.plan.desired) == dict(want.desired)

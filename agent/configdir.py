@@ -250,6 +250,21 @@ class ConfigDirs:
         for p in self.configs.iterdir():
             if p.name not in keep:
                 shutil.rmtree(p, ignore_errors=True)
+        self._unlink_temp_links()
+
+    def clean_leftovers(self) -> None:
+        """Remove what an agent killed inside ``write`` or ``_point`` left: staging dirs
+        and temp links. Run before each converge, as prune runs only after a change (a
+        steady workload would keep a killed write's staging dir forever)."""
+        if self.configs.is_dir():
+            for p in self.configs.iterdir():
+                if p.name.startswith(_STAGING):
+                    shutil.rmtree(p, ignore_errors=True)
+        self._unlink_temp_links()
+
+    def _unlink_temp_links(self) -> None:
+        if not self.dir.is_dir():
+            return
         for p in self.dir.iterdir():
             if p.name.startswith((".config.tmp-", ".config.previous.tmp-")):
                 with contextlib.suppress(OSError):

@@ -163,6 +163,7 @@ class Converger:
         name, version, sha = w.name, w.version, w.artifact.sha256
         layout = self.installed.layout(name)
         layout.clean_leftovers()
+        self.installed.config_dirs(name).clean_leftovers()
         failed = self.ledger.get(name)
         if self.me.name is not None and name == self.me.name:
             return self.self_update.converge(w, key, failed)

@@ -126,3 +126,9 @@ def fake_reconciler() -> Iterator[FakeReconciler]:
     finally:
         fake.server.shutdown()
         fake.server.server_close()
+
+
+def reported_refusal(report: Mapping[str, Any] | None, text: str) -> bool:
+    """Whether an agent's status report says its desired document was refused, naming ``text``."""
+    judged = (report or {}).get("desired") or {}
+    return judged.get("phase") == "Refused" and text in judged.get("message", "")

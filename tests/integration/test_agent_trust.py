@@ -20,6 +20,7 @@ from tests.helpers.fakereconciler import (
     FakeReconciler,
     fake_reconciler,
     new_key,
+    reported_refusal,
     sign_batch,
     sign_doc,
 )
@@ -65,8 +66,7 @@ class Rig:
 
 def refused_with(fake: FakeReconciler, text: str) -> Callable[[AgentProc], bool]:
     def check(_: AgentProc) -> bool:
-        judged = (fake.last_report() or {}).get("desired") or {}
-        return judged.get("phase") == "Refused" and text in judged.get("message", "")
+        return reported_refusal(fake.last_report(), text)
 
     return check
 

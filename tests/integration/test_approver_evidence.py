@@ -41,7 +41,7 @@ from tests.helpers.artifacts import (
     program_source,
 )
 from tests.helpers.desired import desired_doc
-from tests.helpers.fakereconciler import fake_reconciler, new_key, sign_doc
+from tests.helpers.fakereconciler import fake_reconciler, new_key, reported_refusal, sign_doc
 from tests.helpers.fleet import FleetRepo, fleet_doc, node_doc
 from tests.helpers.git import commit_all, git, init_repo
 from tests.helpers.keys import Keys, SignedRepo, signed_tag
@@ -84,11 +84,6 @@ def one_agent(
         ) as (agent,),
     ):
         yield arts, agent
-
-
-def reported_refusal(report: dict[str, Any] | None, text: str) -> bool:
-    judged = (report or {}).get("desired") or {}
-    return judged.get("phase") == "Refused" and text in judged.get("message", "")
 
 
 # -- the real reconciler ---------------------------------------------------------------

@@ -39,7 +39,7 @@ from tests.helpers.agents import AgentProc, make_agent, running_agents
 from tests.helpers.artifact_server import ArtifactServer, free_port
 from tests.helpers.artifacts import Artifact, describe
 from tests.helpers.desired import desired_doc
-from tests.helpers.fakereconciler import fake_reconciler, new_key, sign_doc
+from tests.helpers.fakereconciler import fake_reconciler, new_key, reported_refusal, sign_doc
 from tests.helpers.fleet import FleetRepo, fleet_doc, node_doc
 from tests.helpers.git import commit_all, git, init_repo
 from tests.helpers.keys import Keys, signed_tag
@@ -326,11 +326,6 @@ class Fleet:
         self, workload: dict[str, Any], evidence: dict[str, Any], gen: int
     ) -> dict[str, Any]:
         return {**desired_doc(NODE, gen, [workload]), "evidence": evidence}
-
-
-def reported_refusal(report: dict[str, Any] | None, text: str) -> bool:
-    judged = (report or {}).get("desired") or {}
-    return judged.get("phase") == "Refused" and text in judged.get("message", "")
 
 
 def test_fake_reconciler_cannot_change_config_or_secrets_of_a_level3_node(

@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator, Sequence
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
 
 from reconciler.api.admin import admin_routes, fleet_status
 from reconciler.api.context import ApiContext
@@ -25,7 +25,7 @@ from reconciler.api.errors import (
     on_http_error,
     on_unexpected,
 )
-from reconciler.api.fastpath import DesiredFastPath, StatusFastPath
+from reconciler.api.fastpath import fast_paths
 from reconciler.api.metrics import CONTENT_TYPE
 from reconciler.api.nodes import node_routes
 from reconciler.api.openapi import openapi_document
@@ -74,8 +74,9 @@ def system_routes(ctx: ApiContext) -> list[Route]:
     ]
 
 
-def create_app(ctx: ApiContext, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
-    """The API over ``ctx``; ``extra_routes`` (the dashboard) are mounted after ours."""
+def create_app(ctx: ApiContext, extra_routes: Sequence[BaseRoute] = ()) -> ASGIApp:
+    """The API over ``ctx``; ``extra_routes`` (the dashboard) are mounted after ours; the
+    hot paths in front (``fast_paths``)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -95,7 +96,6 @@ def create_app(ctx: ApiContext, extra_routes: Sequence[BaseRoute] = ()) -> Starl
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(DesiredFastPath, ctx=ctx), Middleware(StatusFastPath, ctx=ctx)],
         exception_handlers={
             ApiError: on_api_error,
             HTTPException: on_http_error,
@@ -103,4 +103,4 @@ def create_app(ctx: ApiContext, extra_routes: Sequence[BaseRoute] = ()) -> Starl
         },
     )
     app.state.ctx = ctx
-    return app
+    return fast_paths(app, ctx)

@@ -70,5 +70,17 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:
-    log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    return unexpected_response(request.method, request.url.path, exc)
+
+
+def unexpected_response(method: str, path: str, exc: Exception) -> Response:
+    log.error("internal error on %s %s", method, path, exc_info=exc)
     return error_response(500, "internal", "internal error; the reconciler logged the details")
+
+
+def failure_response(method: str, path: str, exc: Exception) -> Response:
+    """What the application's exception handlers answer for ``exc`` (an ``ApiError``
+    its own status; anything else 500, logged), for code that runs outside them."""
+    if isinstance(exc, ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+    return unexpected_response(method, path, exc)

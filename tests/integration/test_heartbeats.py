@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import sqlite3
 import time
@@ -16,6 +17,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from reconciler.reportbook import FLUSH_SECONDS, ReportBook
 from reconciler.store import open_store
@@ -108,6 +111,26 @@ def test_a_failed_write_acknowledges_nothing(tmp_path: Path) -> None:
     else:
         raise AssertionError("a report that was not stored was acknowledged")
     assert book.records() == []  # and memory did not pretend otherwise
+
+
+def test_a_report_the_store_cannot_take_answers_the_applications_500(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The status fast path runs in front of the application (fastpath.py), so it answers
+    a failure as the application's handlers would: JSON 500, logged, the connection kept."""
+    with api_harness(tmp_path) as h:
+        token = h.register("gpu-1")
+        with h.client(token) as c:
+            assert c.post("/v1/nodes/gpu-1/status", json=report("gpu-1")).status_code == 200
+            h.ctx.store.close()  # every write now fails
+            with caplog.at_level(logging.ERROR, logger="reconciler.api.errors"):
+                r = c.post("/v1/nodes/gpu-1/status", json=report("gpu-1", "Failed"))
+            assert r.status_code == 500, r.text
+            assert r.json()["error"] == "internal" and "logged" in r.json()["message"]
+            assert "internal error on POST /v1/nodes/gpu-1/status" in caplog.text
+            assert "closed" in caplog.text  # the cause, in the log only
+            # the same connection still answers: the repeat of the stored report
+            assert c.post("/v1/nodes/gpu-1/status", json=report("gpu-1")).status_code == 200
 
 
 def test_sigkill_keeps_changed_reports_and_flushed_last_seen(tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ The slowloris and slow-POST attacks themselves are in
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.reports import report_doc
 from tests.helpers.server import RunningServer, start_server
 
 MAX_HEADER_BYTES = 4096
@@ -171,3 +174,32 @@ def test_server_runs_the_httptools_protocol(server: RunningServer, tmp_path: Pat
     http = server_config(object(), cfg, graceful_shutdown=5).http
     assert isinstance(http, type) and issubclass(http, DeadlineHttpTools)
     assert http.max_header_bytes == 1234
+
+
+def test_a_body_in_pieces_and_pipelined_requests_are_served(server: RunningServer) -> None:
+    """The request event, pipeline and flow control are ours (``RequestEvent``,
+    ``_Pipeline``, ``LazyFlowControl``): a body that arrives in three writes, read by the
+    status fast path while it waits, and three requests sent in one write."""
+    token = server.register("node-b")
+    body = json.dumps(report_doc("node-b", [])).encode()
+    head = (
+        b"POST /v1/nodes/node-b/status HTTP/1.1\r\nHost: x\r\n"
+        + f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n".encode()
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+    )
+    with _connect(server) as sock:
+        third = len(body) // 3
+        sock.sendall(head + body[:third])
+        for piece in (body[third : 2 * third], body[2 * third :]):
+            time.sleep(0.2)  # the handler is waiting for more of the body
+            sock.sendall(piece)
+        status, answer = _answer(sock)
+        assert status == 200, answer
+        assert json.loads(answer)["node"] == "node-b"
+        sock.sendall(_request("/healthz") + _request("/nope") + _request("/healthz"))
+        stream = b""  # the answers may arrive in one read: parse the stream, not per read
+        while len(statuses := re.findall(rb"HTTP/1\.1 (\d{3}) ", stream)) < 3:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {stream[-300:]!r}"
+            stream += chunk
+        assert statuses == [b"200", b"404", b"200"]  # all three, in order

@@ -13,7 +13,13 @@ from typing import Any
 import uvicorn
 from uvicorn.server import ServerState
 
-from reconciler.httpserver import DeadlineHttpTools, LazyFlowControl, _Pipeline, protocol_with
+from reconciler.httpserver import (
+    DeadlineHttpTools,
+    LazyFlowControl,
+    RequestEvent,
+    _Pipeline,
+    protocol_with,
+)
 
 CONNECTIONS = 500
 # measured: 1.5 KB with the deadline state in one slotted attribute, a list for the
@@ -107,3 +113,38 @@ def test_flow_control_waits_only_while_writing_is_paused() -> None:
         assert not flow.write_paused
 
     asyncio.run(run())
+
+
+def test_the_request_event_behaves_as_asyncio_event() -> None:
+    """The same script on both: what each ``wait`` returns, and when."""
+
+    async def script(event: Any) -> list[str]:
+        seen: list[str] = []
+
+        async def waiter(name: str) -> None:
+            await event.wait()
+            seen.append(name)
+
+        assert not event.is_set()
+        first, second = (asyncio.ensure_future(waiter(n)) for n in ("a", "b"))
+        gone = asyncio.ensure_future(waiter("cancelled"))
+        await asyncio.sleep(0)
+        gone.cancel()
+        await asyncio.sleep(0)
+        seen.append("set")
+        event.set()
+        event.set()  # twice changes nothing
+        await asyncio.gather(first, second)
+        assert event.is_set()
+        await asyncio.wait_for(event.wait(), 1)  # set: at once
+        event.clear()
+        late = asyncio.ensure_future(waiter("late"))
+        await asyncio.sleep(0.01)
+        seen.append("cleared" if not late.done() else "did not wait")
+        event.set()
+        event.clear()  # cleared again before the waiter ran: it still wakes
+        await asyncio.wait_for(late, 1)
+        return seen
+
+    ours, theirs = asyncio.run(script(RequestEvent())), asyncio.run(script(asyncio.Event()))
+    assert ours == theirs == ["set", "a", "b", "cleared", "late"]

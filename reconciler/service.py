@@ -192,6 +192,7 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
             replica.serve_api(ctx, reconciler, source, f"{socket.gethostname()}:{port}", url)
         else:
             metrics.leader.set(1)  # the single process always leads
+            ctx.rollouts = reconciler.working.rollouts  # its loop holds them
         app = create_app(ctx, dashboard_routes(ctx))
         raise_open_file_limit(config.max_connections)
         server = _Server(server_config(app, config, graceful_shutdown=GRACE_SECONDS))

@@ -81,6 +81,12 @@ class WorkingSet:
         self._nodes = self._rollouts = self._desired = self._controls = None
         self._memo = self._previous = self._basis = self._inventory = None
 
+    def rollouts(self) -> dict[str, Mapping[str, JSON]]:
+        """The rollout states as the last pass wrote them (a copy: any thread may call
+        it); from the store when none is held (before the first pass, after a failure)."""
+        held = self._rollouts
+        return dict(held) if held is not None else dict(self._store.rollouts())
+
     def desired(self) -> dict[str, Mapping[str, JSON]]:
         """The desired documents as stored (with their generation)."""
         if self._desired is None:

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
-from reconciler.api.admin import admin_routes, fleet_status
+from reconciler.api.admin import admin_routes, fleet_gauges
 from reconciler.api.context import ApiContext
 from reconciler.api.controls import control_routes
 from reconciler.api.errors import (
@@ -57,8 +57,8 @@ def system_routes(ctx: ApiContext) -> list[Route]:
 
     async def metrics(request: Request) -> Response:
         try:
-            doc = await asyncio.wait_for(asyncio.to_thread(fleet_status, ctx), STATUS_TIMEOUT)
-            ctx.metrics.observe_status(doc)
+            gauges = await asyncio.wait_for(asyncio.to_thread(fleet_gauges, ctx), STATUS_TIMEOUT)
+            ctx.metrics.observe_gauges(gauges)
         except Exception as exc:  # the database is away: the other metrics still answer
             log.warning("metrics without the fleet gauges: %s", exc or type(exc).__name__)
         return Response(await asyncio.to_thread(ctx.metrics.render), media_type=CONTENT_TYPE)

@@ -73,6 +73,10 @@ class NodeTokens:
     def known_nodes(self) -> frozenset[str]:
         return frozenset(self._by_node)
 
+    def pairs(self) -> list[tuple[str, str]]:
+        """(node, token hash) of every node (a copy: any thread may call it)."""
+        return list(self._by_node.items())
+
     def __contains__(self, node: object) -> bool:
         return node in self._by_node
 

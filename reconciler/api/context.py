@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 
 from reconciler.api.auth import NodeTokens
+from reconciler.api.gauges import UnlistedVerdicts
 from reconciler.api.hub import DesiredHub
 from reconciler.api.metrics import Metrics
 from reconciler.config import DEFAULT_HEARTBEAT_TTL, DEFAULT_MAX_BODY, Config
@@ -86,6 +87,10 @@ class ApiContext:
     # consumes a use re-checks uses, expiry and revocation in its transaction, and scope
     # never changes. Saves a store read per registration of an enrolling fleet.
     join_tokens: dict[str, JoinToken] = field(default_factory=dict)
+    # the rollout states as the loop last wrote them (None: read the store), for /metrics
+    rollouts: Callable[[], Mapping[str, Mapping[str, JSON]]] | None = None
+    # which registered nodes are unlisted, kept per token and spec (/metrics)
+    unlisted: UnlistedVerdicts = field(default_factory=UnlistedVerdicts)
     # registrations that arrive together are stored in one transaction (group commit)
     registrations: GroupCommit[NodeClaim, ClaimRefusal | None] = field(init=False)
 

@@ -149,6 +149,10 @@ class DesiredHub:
             self._entries[node] = entry
         return entry
 
+    def nodes(self) -> list[str]:
+        """The nodes that have a desired document (a copy: any thread may call it)."""
+        return list(self._entries)
+
     def etag(self, node: str) -> str:
         """The node's current ETag (no document built: the 304 path needs only this)."""
         entry = self._fresh(node)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -28,6 +27,7 @@ from reconciler.store.base import (
     ReportRecord,
     Store,
 )
+from reconciler.views.fleet_status import FleetGauges
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REFUSED_KINDS = frozenset({"refused", "unapproved", "invalid", "rejected", "rollback"})
@@ -126,18 +126,16 @@ class Metrics:
     def count_notification(self, receiver: str, result: str) -> None:
         self.notifications.labels(receiver=receiver, result=result).inc()
 
-    def observe_status(self, status: Mapping[str, Any]) -> None:
+    def observe_gauges(self, gauges: FleetGauges) -> None:
         counts = dict.fromkeys(HEALTH_STATES, 0)
-        for n in status.get("nodes", []):
-            counts[str(n.get("health"))] = counts.get(str(n.get("health")), 0) + 1
+        counts.update(gauges.health)
         for state, count in counts.items():
             self.nodes.labels(state=state).set(count)
         self.rollout_phase.clear()
-        for rel in status.get("releases", []):
-            name = f"{rel.get('agent')}@{rel.get('version')}"
+        for name, current in gauges.releases:
             for phase in RELEASE_PHASES:
                 self.rollout_phase.labels(release=name, phase=phase).set(
-                    1 if rel.get("phase") == phase else 0
+                    1 if current == phase else 0
                 )
 
     def observe_audit(self, event: AuditEvent) -> None:

@@ -8,7 +8,8 @@ rollouts of workloads that no longer exist.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from fleetkeeper_common.digests import secrets_digest, target_digest
@@ -220,8 +221,11 @@ def _release_rows(
     last: Mapping[str, NodeReport],
     now: float,
     ttl: float,
+    *,
+    phases_only: bool = False,
 ) -> list[JSON]:
-    """One row per live rollout, after the row of the rollout it superseded (if shown)."""
+    """One row per live rollout, after the row of the rollout it superseded (if shown);
+    ``phases_only``: each row's agent, version and phase, nothing more."""
     live = set(latest_versions(spec)) if spec is not None else None
     releases: list[JSON] = []
     for name in sorted(rollout_states):
@@ -244,7 +248,10 @@ def _release_rows(
                     "batches": [],
                 }
             )
-        releases.append(release_row(s, last, now, ttl))
+        if phases_only:
+            releases.append({"agent": s.name, "version": s.version, "phase": s.phase})
+        else:
+            releases.append(release_row(s, last, now, ttl))
     return releases
 
 
@@ -271,10 +278,8 @@ def fleet_status(
     unlisted: set[str] = set()
     for rec in nodes:
         facts[rec.name] = rec.facts
-        if spec is not None and rec.name not in spec.nodes:
-            scoped = scope_covers_claims(rec.admission, claims_of(rec.facts))
-            if not (spec.fleet.unlisted == "allow" and scoped):
-                unlisted.add(rec.name)
+        if is_unlisted(spec, rec):
+            unlisted.add(rec.name)
     if spec is not None:
         for name, n in spec.nodes.items():
             reg = facts.get(name, {})
@@ -306,6 +311,66 @@ def fleet_status(
         "nodes": node_rows,
         "releases": releases,
     }
+
+
+def is_unlisted(spec: FleetSpec | None, rec: NodeRecord) -> bool:
+    """Registered without a file in nodes/ and not admitted (``fleet.unlisted: allow``
+    and a join token whose scope covers its claims): it is planned nothing."""
+    if spec is None or rec.name in spec.nodes:
+        return False
+    scoped = scope_covers_claims(rec.admission, claims_of(rec.facts))
+    return not (spec.fleet.unlisted == "allow" and scoped)
+
+
+@dataclass(frozen=True)
+class FleetGauges:
+    """What ``/metrics`` shows of the fleet: nodes by health, each release row's phase."""
+
+    health: Mapping[str, int]
+    releases: Sequence[tuple[str, str]]  # ("agent@version", phase), as the rows go
+
+
+def fleet_gauges(
+    spec: FleetSpec | None,
+    registered: Iterable[str],
+    unlisted: Collection[str],
+    with_desired: Iterable[str],
+    rollout_states: Mapping[str, Mapping[str, JSON]],
+    last: Mapping[str, NodeReport],
+    now: float,
+    ttl: float,
+    *,
+    blocked: Sequence[Mapping[str, JSON]] = (),
+) -> FleetGauges:
+    """The counts ``fleet_status`` implies (``gauges_of``), without building its rows:
+    a Prometheus scrape every 15 s of 8,000 nodes' status document cost about a second
+    of CPU and a 77 MB peak each. ``registered``: node names in the store; ``unlisted``
+    those of them ``is_unlisted``; ``with_desired``: nodes with a desired document."""
+    names = set(registered) | set(with_desired)
+    if spec is not None:
+        names |= set(spec.nodes)
+    health: dict[str, int] = {}
+    for n in names:
+        state = "Unlisted" if n in unlisted else node_health(last.get(n), now, ttl)
+        health[state] = health.get(state, 0) + 1
+    rows = _release_rows(spec, rollout_states, last, now, ttl, phases_only=True)
+    rows.extend(dict(b) for b in blocked)
+    return FleetGauges(health, [_release_phase(r) for r in rows if isinstance(r, dict)])
+
+
+def gauges_of(status: Mapping[str, JSON]) -> FleetGauges:
+    """The gauges of a fleet-status document already built (``GET /v1/fleet``)."""
+    health: dict[str, int] = {}
+    nodes, releases = status.get("nodes"), status.get("releases")
+    for n in nodes if isinstance(nodes, list) else []:
+        state = str(n.get("health")) if isinstance(n, dict) else "None"
+        health[state] = health.get(state, 0) + 1
+    rows = releases if isinstance(releases, list) else []
+    return FleetGauges(health, [_release_phase(r) for r in rows if isinstance(r, dict)])
+
+
+def _release_phase(row: Mapping[str, JSON]) -> tuple[str, str]:
+    return f"{row.get('agent')}@{row.get('version')}", str(row.get("phase"))
 
 
 def _desired_digest(config: JSON | None, sealed: JSON | None) -> str | None:

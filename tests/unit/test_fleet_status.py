@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 
 import schema
+from reconciler.plan.observations import NodeReport
+from reconciler.spec import FleetSpec
 from reconciler.store.base import AppliedRevision, DesiredRecord, NodeRecord, ReportRecord
-from reconciler.views.fleet_status import fleet_status
+from reconciler.views.fleet_status import fleet_gauges, fleet_status, gauges_of, is_unlisted
 from tests.helpers.fleet import PlanSim, fleet_files, nodes_named, release_doc
 
 V = "1.0.0"
@@ -44,7 +46,36 @@ def status_of(s: PlanSim, **kw: Any) -> dict[str, Any]:
         **kw,
     )
     assert schema.errors("fleet-status", doc) == []
+    assert_gauges_match(doc, s.spec(), regs, s.rollouts, reports, desired, s.now, s.ttl, **kw)
     return doc
+
+
+def assert_gauges_match(
+    doc: dict[str, Any],
+    spec: FleetSpec | None,
+    regs: list[NodeRecord],
+    rollouts: Any,
+    reports: list[ReportRecord],
+    desired: list[DesiredRecord],
+    now: float,
+    ttl: float,
+    **kw: Any,
+) -> None:
+    """/metrics' gauges, counted without the rows, are the document's."""
+    last = {r.node: NodeReport.from_json(r.node, r.report, r.received_at) for r in reports}
+    gauges = fleet_gauges(
+        spec,
+        [r.name for r in regs],
+        {r.name for r in regs if is_unlisted(spec, r)},
+        [d.node for d in desired],
+        rollouts,
+        last,
+        now,
+        ttl,
+        **kw,
+    )
+    assert gauges == gauges_of(doc)
+    assert sum(gauges.health.values()) == len(doc["nodes"])
 
 
 def release(doc: dict[str, Any], name: str = "app") -> dict[str, Any]:
@@ -188,5 +219,6 @@ def test_a_node_without_a_file_shows_unlisted_unless_admitted(
     regs = [NodeRecord("edge-1", _EDGE, "h", 0, admission)]
     doc = fleet_status(spec, regs, {}, [], [], 100.0, 90.0)
     assert schema.errors("fleet-status", doc) == []
+    assert_gauges_match(doc, spec, regs, {}, [], [], 100.0, 90.0)
     rows = {n["node"]: n["health"] for n in doc["nodes"]}
     assert rows == {"n1": "Stale", "edge-1": health}

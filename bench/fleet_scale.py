@@ -27,7 +27,9 @@ Phases and what is printed for each size:
    batches), ``soakSeconds: 0``; time from ``git push`` until the release is
    ``Succeeded`` (every agent holds it and reported it healthy);
 4. merge -> every agent holds the new document: a new version with ``batchSize: 100%``
-   (and the first agent's time, and the reconcile passes that ran meanwhile);
+   (and the first agent's time, and the reconcile passes that ran meanwhile); then,
+   one heartbeat interval later, the RSS again (in the table in brackets: every node
+   now holds a release, and the rollouts' transient objects are gone);
 5. with ``--replicas N --kills K``: K times, SIGKILL the leader (``fleetkeeper_leader 1``)
    and push a new version at once; time until another replica leads, and until every
    agent of the surviving replicas holds the new document; the killed one restarts on
@@ -463,6 +465,7 @@ class Result:
     cpu_per_s: float = 0.0
     cpu_ms_per_heartbeat: float = 0.0
     rss_mib: float = 0.0
+    rss_after_mib: float = 0.0  # steady again after the rollouts (every node holds more)
     first_rollout: float | None = None
     fanout: float | None = None  # the median over --repeat fan-outs
     fanouts: list[float] = field(default_factory=list)
@@ -639,6 +642,11 @@ async def run_size(
             f"{len(res.fanouts)}), server CPU {fmt(res.fanout_cpu)}",
             flush=True,
         )
+        # steady again: each node's rollout history and documents are larger now, and
+        # the rollouts' transient objects are gone
+        await asyncio.sleep(HEARTBEAT)
+        res.rss_after_mib = sum(s.rss_kib() for s in servers) / 1024
+        print(f"  {n}: RSS after the rollouts {res.rss_after_mib:.0f} MiB", flush=True)
         if args.kills and len(servers) > 1:
             await failovers(res, args, servers, agents, bare, work, tmp, extra)
     finally:
@@ -840,7 +848,7 @@ def fmt(v: float | None, unit: str = "s", digits: int = 1) -> str:
 def table(results: Sequence[Result]) -> str:
     rows = [
         "| agents | signing | registration (CPU each) | heartbeat p50 / p99 | server CPU s/s "
-        "| CPU per heartbeat | RSS | first rollout, 10 batches, soak 0 "
+        "| CPU per heartbeat | RSS (after the rollouts) | first rollout, 10 batches, soak 0 "
         "| merge -> all hold new doc | errors | server GC pauses, steady | load avg |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -850,7 +858,8 @@ def table(results: Sequence[Result]) -> str:
             f"| {r.agents:,} | {mode(r)} "
             f"| {r.registration_rate:,.0f} nodes/s ({r.registration_cpu_ms:.2f} ms) "
             f"| {r.p50:.1f} ms / {r.p99:.1f} ms "
-            f"| {r.cpu_per_s:.2f} | {r.cpu_ms_per_heartbeat:.2f} ms | {r.rss_mib:.0f} MiB "
+            f"| {r.cpu_per_s:.2f} | {r.cpu_ms_per_heartbeat:.2f} ms "
+            f"| {r.rss_mib:.0f} ({r.rss_after_mib:.0f}) MiB "
             f"| {fmt(r.first_rollout)} | {fmt(r.fanout)} | {errors} | {gc_text(r.gc)} "
             f"| {r.load_average:.1f} |"
         )

@@ -33,7 +33,8 @@ from reconciler.config import Config
 from reconciler.errors import ConfigError, Waiting
 from reconciler.evidence import EvidenceSource
 from reconciler.garbage import keep_collections_short
-from reconciler.httpserver import limit_malloc_arenas, raise_open_file_limit, server_config
+from reconciler.heap import keep_heap_trimmed, limit_malloc_arenas
+from reconciler.httpserver import raise_open_file_limit, server_config
 from reconciler.loop.reconciler import PassResult, Reconciler
 from reconciler.notify.sender import Notifier
 from reconciler.signing import DocumentSigner, load_or_create_key
@@ -213,6 +214,7 @@ async def serve(config: Config, on_listening: Callable[[str], None] | None = Non
             "http": server.serve(sockets=[sock]),
             "last-seen": ctx.reports.run(stop),
             "gc": keep_collections_short(stop, ctx.ready, config.gc_freeze_seconds),
+            "heap": keep_heap_trimmed(stop),
             "notify": notifier.run(stop),
         }
         if replica is not None:  # the loop and the watcher run only while it leads

@@ -27,6 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from store_backends import desired_doc  # noqa: E402
 
 from reconciler.api.admin import fleet_gauges, fleet_status  # noqa: E402
 from reconciler.api.context import ApiContext, ApiSettings  # noqa: E402
@@ -36,19 +39,6 @@ from reconciler.views.fleet_status import FleetGauges, gauges_of  # noqa: E402
 
 CHUNK = 1000
 FACTS = {"platform": "linux/amd64", "roles": ["inference"], "runtimes": {"llama-cpp": True}}
-
-
-def _doc(node: str) -> dict[str, object]:
-    rev = "a" * 40
-    return {
-        "apiVersion": "fleetkeeper/v1",
-        "kind": "DesiredState",
-        "node": node,
-        "generation": 0,
-        "revision": rev,
-        "approval": {"kind": "merge", "ref": rev, "signers": []},
-        "workloads": [{"name": "agent", "kind": "process", "version": "1.0.0"}],
-    }
 
 
 def _report(node: str, at: float) -> ReportRecord:
@@ -73,7 +63,7 @@ def _fleet(path: Path, nodes: int) -> ApiContext:
                 for i, n in enumerate(chunk, start)
             ]
         )
-        store.put_desired_many({n: _doc(n) for n in chunk})
+        store.put_desired_many({n: desired_doc(n, "1.0.0") for n in chunk})
         store.put_reports([_report(n, now) for n in chunk])
     return ApiContext.load(store, ApiSettings(heartbeat_ttl=3600))
 

@@ -30,7 +30,8 @@ from reconciler.store import Store, open_store  # noqa: E402
 from reconciler.store.base import AuditEvent, NodeRecord, ReportRecord  # noqa: E402
 
 
-def _doc(node: str, version: str) -> dict[str, object]:
+def desired_doc(node: str, version: str) -> dict[str, object]:
+    """A desired document of one process workload (also bench/metrics_scrape.py)."""
     rev = "a" * 40
     return {
         "apiVersion": "fleetkeeper/v1",
@@ -67,7 +68,7 @@ def measure(store: Store, nodes: int) -> dict[str, str]:
     out[f"touch_reports x{nodes}"] = (
         f"{_timed(lambda: store.touch_reports(dict.fromkeys(names, 2.0))):.0f} ms"
     )
-    docs = {n: _doc(n, "1.0.0") for n in names}
+    docs = {n: desired_doc(n, "1.0.0") for n in names}
     out[f"put_desired_many x{nodes} (new)"] = (
         f"{_timed(lambda: store.put_desired_many(docs)):.0f} ms"
     )

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fleetkeeper_common.signing import batch_envelopes, canonical_bytes, keyid, sign
+from tests.helpers.agents import AgentProc, make_agent
 
 
 def new_key(path: Path) -> Ed25519PrivateKey:
@@ -132,3 +133,25 @@ def reported_refusal(report: Mapping[str, Any] | None, text: str) -> bool:
     """Whether an agent's status report says its desired document was refused, naming ``text``."""
     judged = (report or {}).get("desired") or {}
     return judged.get("phase") == "Refused" and text in judged.get("message", "")
+
+
+def level3_agent(
+    tmp: Path, node: str, server_url: str, port: int, approvers: Mapping[str, str]
+) -> tuple[AgentProc, Ed25519PrivateKey]:
+    """An agent (not started) that trusts a fresh reconciler key and checks approvals
+    itself (level 3, ``approvers``), fetching artifacts over HTTP only; and that key, to
+    sign what ``server_url`` (a fake reconciler) serves it."""
+    rkey = new_key(tmp / "reconciler_key")
+    trusted = tmp / "trusted_keys"
+    trusted.write_text((tmp / "reconciler_key.pub").read_text())
+    agent = make_agent(
+        tmp,
+        node,
+        server_url,
+        "b" * 32,
+        trustedKeys=str(trusted),
+        labels={"port": str(port)},
+        approvers=dict(approvers),
+        allowFileURLs=False,
+    )
+    return agent, rkey

@@ -31,7 +31,7 @@ from fleetkeeper_common import gitobjects
 from fleetkeeper_common.fleetfile import workload_entry
 from fleetkeeper_common.signing import ENVELOPE_TYPE
 from reconciler.evidence import EvidenceSource
-from tests.helpers.agents import AgentProc, make_agent, running_agents
+from tests.helpers.agents import AgentProc, running_agents
 from tests.helpers.artifact_server import ArtifactServer, free_port
 from tests.helpers.artifacts import (
     Artifact,
@@ -41,7 +41,12 @@ from tests.helpers.artifacts import (
     program_source,
 )
 from tests.helpers.desired import desired_doc
-from tests.helpers.fakereconciler import fake_reconciler, new_key, reported_refusal, sign_doc
+from tests.helpers.fakereconciler import (
+    fake_reconciler,
+    level3_agent,
+    reported_refusal,
+    sign_doc,
+)
 from tests.helpers.fleet import FleetRepo, fleet_doc, node_doc
 from tests.helpers.git import commit_all, git, init_repo
 from tests.helpers.keys import Keys, SignedRepo, signed_tag
@@ -283,22 +288,11 @@ def test_fake_reconciler_cannot_make_a_level3_node_run_what_no_approver_signed(
     with fake_reconciler() as fake, ArtifactServer(tmp_path / "artifacts") as arts:
         fleet = Fleet(tmp_path, keys, arts, port)
         evil = evil_artifact(tmp_path / "artifacts", marker, port)
-        rkey = new_key(tmp_path / "reconciler_key")
-        trusted = tmp_path / "trusted_keys"
-        trusted.write_text((tmp_path / "reconciler_key.pub").read_text())
-        agent = make_agent(
-            tmp_path,
-            NODE,
-            fake.url,
-            "b" * 32,
-            trustedKeys=str(trusted),
-            labels={"port": str(port)},
-            approvers={
-                "allowedSigners": str(keys.allowed_signers),
-                "gpgKeyring": str(keys.gpg_keyring),
-            },
-            allowFileURLs=False,
-        )
+        approvers = {
+            "allowedSigners": str(keys.allowed_signers),
+            "gpgKeyring": str(keys.gpg_keyring),
+        }
+        agent, rkey = level3_agent(tmp_path, NODE, fake.url, port, approvers)
         fake.serve(sign_doc(rkey, fleet.document(1, "1.0.0", fleet.evidence("deploy/1", "1.0.0"))))
         try:
             agent.start()

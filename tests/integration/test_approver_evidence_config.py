@@ -35,11 +35,16 @@ from fleetkeeper_common import gitobjects
 from fleetkeeper_common.fleetfile import workload_entry
 from fleetkeeper_common.signing import ENVELOPE_TYPE
 from reconciler.evidence import EvidenceSource
-from tests.helpers.agents import AgentProc, make_agent, running_agents
+from tests.helpers.agents import AgentProc, running_agents
 from tests.helpers.artifact_server import ArtifactServer, free_port
 from tests.helpers.artifacts import Artifact, describe
 from tests.helpers.desired import desired_doc
-from tests.helpers.fakereconciler import fake_reconciler, new_key, reported_refusal, sign_doc
+from tests.helpers.fakereconciler import (
+    fake_reconciler,
+    level3_agent,
+    reported_refusal,
+    sign_doc,
+)
 from tests.helpers.fleet import FleetRepo, fleet_doc, node_doc
 from tests.helpers.git import commit_all, git, init_repo
 from tests.helpers.keys import Keys, signed_tag
@@ -334,19 +339,8 @@ def test_fake_reconciler_cannot_change_config_or_secrets_of_a_level3_node(
     (tmp_path / "artifacts").mkdir()
     port = free_port()
     with fake_reconciler() as fake, ArtifactServer(tmp_path / "artifacts") as arts:
-        rkey = new_key(tmp_path / "reconciler_key")
-        trusted = tmp_path / "trusted_keys"
-        trusted.write_text((tmp_path / "reconciler_key.pub").read_text())
-        agent = make_agent(
-            tmp_path,
-            NODE,
-            fake.url,
-            "b" * 32,
-            trustedKeys=str(trusted),
-            labels={"port": str(port)},
-            approvers={"allowedSigners": str(keys.allowed_signers)},
-            allowFileURLs=False,
-        )
+        approvers = {"allowedSigners": str(keys.allowed_signers)}
+        agent, rkey = level3_agent(tmp_path, NODE, fake.url, port, approvers)
         recipient = identity_of(agent)
         fleet = Fleet(tmp_path, keys, arts, recipient, {"port": str(port)})
         one = fleet.workload("deploy/1", "1.0.0")

@@ -8,7 +8,7 @@ side, the two ways to get ``fleetkeeper_nodes`` and ``fleetkeeper_rollout_phase`
 
 - **document**: build the whole fleet-status document (``GET /v1/fleet``), then count it
   (what ``/metrics`` did before: ``gauges_of(fleet_status(ctx))``);
-- **memory**: ``fleet_gauges(ctx)`` (reconciler/api/gauges.py), what it does now.
+- **memory**: ``read_gauges(ctx)`` (reconciler/api/gauges.py), what it does now.
 
 Printed per size: CPU milliseconds (median of 5, ``time.process_time``), the
 ``tracemalloc`` peak of one call (a separate call: tracing slows it), and the ratios.
@@ -31,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from store_backends import desired_doc  # noqa: E402
 
-from reconciler.api.admin import fleet_gauges, fleet_status  # noqa: E402
+from reconciler.api.admin import fleet_status  # noqa: E402
 from reconciler.api.context import ApiContext, ApiSettings  # noqa: E402
+from reconciler.api.gauges import read_gauges  # noqa: E402
 from reconciler.store import open_store  # noqa: E402
 from reconciler.store.base import AuditEvent, NodeClaim, NodeRecord, ReportRecord  # noqa: E402
 from reconciler.views.fleet_status import FleetGauges, gauges_of  # noqa: E402
@@ -102,7 +103,7 @@ def main() -> None:
                 return gauges_of(fleet_status(ctx))
 
             def memory(ctx: ApiContext = ctx) -> FleetGauges:
-                return fleet_gauges(ctx)
+                return read_gauges(ctx)
 
             if document() != memory():
                 raise SystemExit(f"{n} nodes: the two counts differ")

@@ -13,9 +13,8 @@ from starlette.routing import Route
 from reconciler.api.auth import require_secret
 from reconciler.api.context import ApiContext
 from reconciler.api.errors import ApiError
-from reconciler.api.gauges import read_gauges
 from reconciler.spec import JSON
-from reconciler.views.fleet_status import FleetGauges, gauges_of
+from reconciler.views.fleet_status import gauges_of
 from reconciler.views.readmodel import read_fleet_status
 
 MAX_AUDIT_LIMIT = 10000
@@ -35,21 +34,6 @@ def fleet_status(ctx: ApiContext) -> dict[str, JSON]:
     if replicas is not None:
         doc["replicas"] = list[JSON](replicas)
     return doc
-
-
-def fleet_gauges(ctx: ApiContext) -> FleetGauges:
-    """The fleet gauges of ``/metrics`` (blocking: run in a thread), from memory."""
-    return read_gauges(
-        ctx.store,
-        ctx.spec(),
-        ctx.unlisted,
-        ctx.tokens.pairs(),
-        ctx.hub.nodes(),
-        ctx.rollouts or ctx.store.rollouts,
-        ctx.reports.snapshot(),
-        ctx.clock(),
-        ctx.settings.heartbeat_ttl,
-    )
 
 
 def _number(request: Request, name: str) -> float | None:

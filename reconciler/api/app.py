@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
-from reconciler.api.admin import admin_routes, fleet_gauges
+from reconciler.api.admin import admin_routes
 from reconciler.api.context import ApiContext
 from reconciler.api.controls import control_routes
 from reconciler.api.errors import (
@@ -26,6 +26,7 @@ from reconciler.api.errors import (
     on_unexpected,
 )
 from reconciler.api.fastpath import fast_paths
+from reconciler.api.gauges import read_gauges
 from reconciler.api.metrics import CONTENT_TYPE
 from reconciler.api.nodes import node_routes
 from reconciler.api.openapi import openapi_document
@@ -57,7 +58,7 @@ def system_routes(ctx: ApiContext) -> list[Route]:
 
     async def metrics(request: Request) -> Response:
         try:
-            gauges = await asyncio.wait_for(asyncio.to_thread(fleet_gauges, ctx), STATUS_TIMEOUT)
+            gauges = await asyncio.wait_for(asyncio.to_thread(read_gauges, ctx), STATUS_TIMEOUT)
             ctx.metrics.observe_gauges(gauges)
         except Exception as exc:  # the database is away: the other metrics still answer
             log.warning("metrics without the fleet gauges: %s", exc or type(exc).__name__)

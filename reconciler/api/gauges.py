@@ -11,13 +11,16 @@ tip status.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import threading
+from typing import TYPE_CHECKING
 
 from reconciler.loop.meta import TIP_STATUS
-from reconciler.plan.observations import NodeReport
-from reconciler.spec import JSON, FleetSpec
+from reconciler.spec import FleetSpec
 from reconciler.store.base import NodeRecord, Store
 from reconciler.views.fleet_status import FleetGauges, fleet_gauges, is_unlisted
+
+if TYPE_CHECKING:  # the context holds an UnlistedVerdicts
+    from reconciler.api.context import ApiContext
 
 # more verdicts missing than this: one read of every node, not one read each
 BULK_READ = 64
@@ -29,11 +32,18 @@ class UnlistedVerdicts:
     def __init__(self) -> None:
         self._spec: FleetSpec | None = None
         self._verdicts: dict[str, tuple[str, bool]] = {}
+        self._lock = threading.Lock()  # two scrapes at once run in two threads
 
     def unlisted(
         self, store: Store, spec: FleetSpec | None, registered: list[tuple[str, str]]
     ) -> set[str]:
         """The unlisted ones of ``registered`` (name, token hash) pairs."""
+        with self._lock:
+            return self._unlisted(store, spec, registered)
+
+    def _unlisted(
+        self, store: Store, spec: FleetSpec | None, registered: list[tuple[str, str]]
+    ) -> set[str]:
         if spec is not self._spec:
             self._spec, self._verdicts = spec, {}
         if spec is None:
@@ -58,26 +68,19 @@ class UnlistedVerdicts:
         return {n for n, (_, unlisted) in verdicts.items() if unlisted}
 
 
-def read_gauges(
-    store: Store,
-    spec: FleetSpec | None,
-    verdicts: UnlistedVerdicts,
-    registered: list[tuple[str, str]],
-    with_desired: list[str],
-    rollouts: Callable[[], Mapping[str, Mapping[str, JSON]]],
-    last: Mapping[str, NodeReport],
-    now: float,
-    ttl: float,
-) -> FleetGauges:
-    """Blocking (the store): run in a thread."""
+def read_gauges(ctx: ApiContext) -> FleetGauges:
+    """The fleet gauges of ``/metrics`` (blocking, the store: run in a thread)."""
+    registered = ctx.tokens.pairs()
+    store = ctx.store
+    spec = ctx.spec()
     return fleet_gauges(
         spec,
         (n for n, _ in registered),
-        verdicts.unlisted(store, spec, registered),
-        with_desired,
-        rollouts(),
-        last,
-        now,
-        ttl,
+        ctx.unlisted.unlisted(store, spec, registered),
+        ctx.hub.nodes(),
+        (ctx.rollouts or store.rollouts)(),
+        ctx.reports.snapshot(),
+        ctx.clock(),
+        ctx.settings.heartbeat_ttl,
         blocked=TIP_STATUS.read(store),
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import time
 from typing import Any
@@ -45,6 +46,7 @@ class _MallInfo2(ctypes.Structure):  # struct mallinfo2 (glibc 2.33+), all size_
     ]
 
 
+@functools.cache
 def _libc() -> Any:
     try:
         return ctypes.CDLL(None)

@@ -177,8 +177,8 @@ def test_server_runs_the_httptools_protocol(server: RunningServer, tmp_path: Pat
 
 
 def test_a_body_in_pieces_and_pipelined_requests_are_served(server: RunningServer) -> None:
-    """The request event, pipeline and flow control are ours (``RequestEvent``,
-    ``_Pipeline``, ``LazyFlowControl``): a body that arrives in three writes, read by the
+    """The request event, pipeline and flow control are ours (``LightEvent``,
+    ``_Pipeline``, ``LightFlowControl``): a body that arrives in three writes, read by the
     status fast path while it waits, and three requests sent in one write."""
     token = server.register("node-b")
     body = json.dumps(report_doc("node-b", [])).encode()

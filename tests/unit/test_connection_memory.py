@@ -15,8 +15,8 @@ from uvicorn.server import ServerState
 
 from reconciler.httpserver import (
     DeadlineHttpTools,
-    LazyFlowControl,
-    RequestEvent,
+    LightEvent,
+    LightFlowControl,
     _Pipeline,
     protocol_with,
 )
@@ -99,7 +99,7 @@ def test_the_pipeline_list_is_first_in_first_out_like_uvicorns_deque() -> None:
 def test_flow_control_waits_only_while_writing_is_paused() -> None:
     async def run() -> None:
         transport = _Transport()
-        flow = LazyFlowControl(transport)
+        flow = LightFlowControl(transport)
         await asyncio.wait_for(flow.drain(), 1)  # never paused: no event, no wait
         flow.pause_writing()
         flow.pause_writing()  # twice, as a transport may
@@ -146,5 +146,5 @@ def test_the_request_event_behaves_as_asyncio_event() -> None:
         await asyncio.wait_for(late, 1)
         return seen
 
-    ours, theirs = asyncio.run(script(RequestEvent())), asyncio.run(script(asyncio.Event()))
+    ours, theirs = asyncio.run(script(LightEvent())), asyncio.run(script(asyncio.Event()))
     assert ours == theirs == ["set", "a", "b", "cleared", "late"]

@@ -61,7 +61,7 @@ def system_routes(ctx: ApiContext) -> list[Route]:
             gauges = await asyncio.wait_for(asyncio.to_thread(read_gauges, ctx), STATUS_TIMEOUT)
             ctx.metrics.observe_gauges(gauges)
         except Exception as exc:  # the database is away: the other metrics still answer
-            log.warning("metrics without the fleet gauges: %s", exc or type(exc).__name__)
+            log.warning("metrics without the fleet gauges: %s", str(exc) or type(exc).__name__)
         return Response(await asyncio.to_thread(ctx.metrics.render), media_type=CONTENT_TYPE)
 
     async def openapi(request: Request) -> Response:

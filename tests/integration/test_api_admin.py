@@ -229,3 +229,26 @@ def test_a_steady_scrape_reads_no_node_records_or_documents(api: ApiHarness) -> 
         assert {s: float(rows.count(s)) for s in got} == got
     assert reads[: reads.index("nodes")] == []  # before /v1/fleet: nothing read
     assert "all_desired" not in first and "nodes" not in first
+
+
+def test_a_slow_store_leaves_metrics_answering_and_says_why(
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The gauges wait ``STATUS_TIMEOUT`` for the store; past it the other metrics still
+    answer and the log names the timeout (a TimeoutError's message is empty: the log line
+    once ended in nothing)."""
+    import reconciler.api.app as app_module
+
+    monkeypatch.setattr(app_module, "STATUS_TIMEOUT", 0.1)
+    read = app_module.read_gauges
+
+    def slow(ctx: object) -> object:  # a database that takes its time
+        time.sleep(0.5)
+        return read(ctx)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(app_module, "read_gauges", slow)
+    with caplog.at_level("WARNING", logger="reconciler.api.app"):
+        r = httpx.get(f"{api.url}/metrics", timeout=10)
+    assert r.status_code == 200 and "fleetkeeper_" in r.text
+    said = [m for m in caplog.messages if "without the fleet gauges" in m]
+    assert said and said[-1].endswith("TimeoutError"), said

@@ -459,7 +459,7 @@ async def release_phase(server: Server, version: str) -> str | None:
 @dataclass
 class Result:
     agents: int
-    signed: bool | None = None  # --signed: this run's mode (None: the server's default)
+    signed: bool = True  # this run's mode: False, signing off (--signed's first run)
     registration_rate: float = 0.0
     registration_cpu_ms: float = 0.0  # server CPU per registration
     p50: float = 0.0
@@ -488,9 +488,7 @@ class Result:
     failover_p99: float | None = None
 
 
-async def run_size(
-    n: int, args: argparse.Namespace, tmp: Path, signed: bool | None = None
-) -> Result:
+async def run_size(n: int, args: argparse.Namespace, tmp: Path, signed: bool = True) -> Result:
     res = Result(agents=n, signed=signed)
     bare, work = fleet_repo(tmp)
     extra: dict[str, object] = {}
@@ -499,7 +497,7 @@ async def run_size(
     if args.gc_freeze is not None:
         extra["gcFreezeSeconds"] = args.gc_freeze
     servers = [
-        start(tmp / f"server-{i}", bare, poll_interval=60, extra=extra, unsigned=signed is False)
+        start(tmp / f"server-{i}", bare, poll_interval=60, extra=extra, unsigned=not signed)
         for i in range(args.replicas)
     ]
     stats = Stats()
@@ -523,9 +521,7 @@ async def run_size(
         for i, node in enumerate(nodes):
             if node in tokens:
                 home = i % len(servers)
-                agents.append(
-                    Agent(node, tokens[node], servers[home], stats, gate, home, bool(signed))
-                )
+                agents.append(Agent(node, tokens[node], servers[home], stats, gate, home, signed))
         # The generator must not pause itself: its collections stop its event loop and
         # show up as server latency. Measured (gc.callbacks) at 8,000 agents with only the
         # full ones off: generation-1 collections of 120-150 ms every few seconds that
@@ -840,7 +836,7 @@ async def failovers(
 
 
 def mode(r: Result) -> str:
-    return {None: "on", True: "on, envelope", False: "off"}[r.signed]
+    return "on, envelope" if r.signed else "off"
 
 
 def fmt(v: float | None, unit: str = "s", digits: int = 1) -> str:
@@ -866,8 +862,8 @@ def table(results: Sequence[Result]) -> str:
             f"| {r.load_average:.1f} |"
         )
     for n in sorted({r.agents for r in results}):
-        plain = [r for r in results if r.agents == n and r.signed is False]
-        signed = [r for r in results if r.agents == n and r.signed is True]
+        plain = [r for r in results if r.agents == n and not r.signed]
+        signed = [r for r in results if r.agents == n and r.signed]
         if plain and signed and plain[0].fanout and signed[0].fanout:
             p, q = plain[0], signed[0]
             assert p.fanout and q.fanout
@@ -935,7 +931,7 @@ def main() -> None:
     except ImportError:
         loop_factory = None
     results = []
-    modes: list[bool | None] = [False, True] if args.signed else [True]
+    modes = [False, True] if args.signed else [True]
     for n, signed in ((n, s) for n in args.agents for s in modes):
         tmp = Path(tempfile.mkdtemp(prefix=f"fk-bench-scale-{n}-"))
         try:
